@@ -1,0 +1,146 @@
+"""The one exception tree of cm-fhir. Pure: no I/O.
+
+::
+
+    CmFhirError
+    ├── ConfigError                 bad configuration, raised at start-up only
+    │   ├── MappingSpecError        a file in mappings/ is invalid (file, key path, reason)
+    │   └── ProfileError            a StructureDefinition or value set cannot be loaded
+    ├── DomainError                 a change the case-management process forbids
+    │   └── TransitionError         a status change outside the allowed state machine
+    ├── InboundMessageError         an inbound HL7v2 message is refused -> ACK AE/AR with ERR
+    │   ├── FramingError            MLLP framing is broken (e.g. message too large)
+    │   ├── Hl7ParseError           the message cannot be parsed
+    │   └── UnsupportedEventError   a message type/version we do not handle
+    ├── MappingError                valid spec, but the data cannot be mapped -> 422 / AE
+    ├── ValidationError             profile violations; carries an OperationOutcome (dict)
+    └── FhirServerError             a FHIR server answered with an error (status, outcome)
+        ├── FhirUnavailableError    connect errors, 429, 5xx: the only retryable class
+        ├── FhirAuthError           401 / 403
+        ├── ResourceNotFound        404 / 410
+        └── FhirConflictError       409 / 412
+
+Errors of other libraries (hl7apy, pydantic, SQLAlchemy, httpx) are translated into this tree where
+they enter, and never leak past an edge. Messages never contain PHI: they name positions (file, key
+path, segment and field), not values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class CmFhirError(Exception):
+    """Root of every error cm-fhir raises on purpose."""
+
+
+class ConfigError(CmFhirError):
+    """Configuration that cannot be used; raised at start-up."""
+
+
+class MappingSpecError(ConfigError):
+    """A file in ``mappings/`` failed validation."""
+
+    def __init__(self, file: str, key: str, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {reason}")
+
+
+class ProfileError(ConfigError):
+    """A profile, value set or code system cannot be loaded."""
+
+
+class DomainError(CmFhirError):
+    """A change the case-management process does not allow."""
+
+
+class TransitionError(DomainError):
+    """A status transition outside the state machine."""
+
+    def __init__(self, entity: str, current: str, target: str, allowed: frozenset[str]) -> None:
+        self.entity = entity
+        self.current = current
+        self.target = target
+        self.allowed = allowed
+        options = ", ".join(sorted(allowed)) or "none (terminal state)"
+        super().__init__(
+            f"{entity} cannot go from '{current}' to '{target}'; allowed from '{current}': {options}"
+        )
+
+
+class InboundMessageError(CmFhirError):
+    """An inbound message is refused. ``code`` is an HL7 table 0357 error code."""
+
+    code: str = "207"
+    ack_code: str = "AE"
+
+    def __init__(self, message: str, *, location: str | None = None, code: str | None = None):
+        self.location = location
+        if code is not None:
+            self.code = code
+        super().__init__(message)
+
+
+class FramingError(InboundMessageError):
+    """Broken MLLP framing, e.g. a frame over the size limit."""
+
+    code = "100"
+    ack_code = "AR"
+
+
+class Hl7ParseError(InboundMessageError):
+    """The message cannot be parsed (segment sequence, data type, required field)."""
+
+    code = "100"
+    ack_code = "AE"
+
+
+class UnsupportedEventError(InboundMessageError):
+    """A message type, event or version we do not handle."""
+
+    code = "200"
+    ack_code = "AR"
+
+
+class MappingError(CmFhirError):
+    """The mapping spec is valid but this data cannot be mapped."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        self.path = path
+        super().__init__(f"{path}: {message}" if path else message)
+
+
+class ValidationError(CmFhirError):
+    """Profile or structure violations. ``outcome`` is an OperationOutcome as a dict."""
+
+    def __init__(self, message: str, outcome: dict[str, Any]) -> None:
+        self.outcome = outcome
+        super().__init__(message)
+
+
+class FhirServerError(CmFhirError):
+    """A FHIR server answered with an error."""
+
+    def __init__(self, status: int, message: str, outcome: dict[str, Any] | None = None) -> None:
+        self.status = status
+        self.outcome = outcome
+        super().__init__(f"HTTP {status}: {message}")
+
+
+class FhirUnavailableError(FhirServerError):
+    """Connect errors, 429 and 5xx: the only retryable class."""
+
+
+class FhirAuthError(FhirServerError):
+    """401 or 403."""
+
+
+class ResourceNotFound(FhirServerError):
+    """404 or 410."""
+
+
+class FhirConflictError(FhirServerError):
+    """409 or 412."""

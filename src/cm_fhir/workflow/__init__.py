@@ -1,0 +1,1 @@
+"""Discharge-planning workflow rules (pure). Filled in by the workflow issue."""
