@@ -2,12 +2,12 @@
 
 The spec lives in ``mappings/adt-concept-maps.yaml``. HL7 table 0004 (patient class, PV1-2) maps
 to the FHIR v3 ActCode encounter classes; table 0112 (discharge disposition, PV1-36) is
-site-defined, so its map targets our own small set of disposition codes and a site is expected to override it (a
-file of the same name in the override folder is deep-merged over the bundled one, see
-:func:`cm_fhir.mapping.loader.load_with_overrides`). Every map states what happens to a code it does
-not know: ``report`` (kept as unmapped), ``default`` (mapped to ``default`` but flagged unmapped) or
-``error`` (a :class:`~cm_fhir.errors.MappingError` naming the field position, never the value).
-Loading reads a file; mapping a code is pure.
+site-defined, so its map targets our own small set of disposition codes and a site is expected to
+override it (a file of the same name in the override folder is deep-merged over the bundled one,
+see :func:`cm_fhir.mapping.loader.load_with_overrides`). Every map states what happens to a code it
+does not know: ``report`` (kept as unmapped), ``default`` (mapped to ``default`` but flagged
+unmapped) or ``error`` (a :class:`~cm_fhir.errors.MappingError` naming the field position, never
+the value). Loading reads a file; mapping a code is pure.
 """
 
 from __future__ import annotations
