@@ -8,6 +8,7 @@ from __future__ import annotations
 
 # Command modules register on import. Keep this list sorted.
 from cm_fhir.cli import (  # noqa: F401
+    adt_inspect,
     cases,
 )
 from cm_fhir.cli._app import app
