@@ -1,0 +1,213 @@
+"""The case: one episode of case management, and the rules its status follows. Pure.
+
+A case is opened when a patient is identified and found eligible; it moves through
+``referred -> screening -> active <-> on-hold -> transition -> closed`` (or ``cancelled``).
+Closed and cancelled cases are final: they take no new work. Every change returns a new
+:class:`Case`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from itertools import pairwise
+from typing import Self, TypeVar
+
+from pydantic import Field, model_validator
+
+from cm_fhir.domain.assessment import Assessment, OutcomeEvaluation, RiskEvaluation, Screening
+from cm_fhir.domain.codes import CaseManagementModel, CaseStatus, Programme, TaskStatus
+from cm_fhir.domain.common import (
+    Code,
+    DomainModel,
+    Identifier,
+    Instant,
+    LocalId,
+    PartyRef,
+    PatientRef,
+)
+from cm_fhir.domain.plan import CarePlan, Goal
+from cm_fhir.domain.referral import DischargePlan, Referral
+from cm_fhir.domain.task import Task
+from cm_fhir.errors import DomainError, TransitionError
+
+C = CaseStatus
+CASE_TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
+    C.REFERRED: frozenset({C.SCREENING, C.ACTIVE, C.CLOSED, C.CANCELLED}),
+    C.SCREENING: frozenset({C.ACTIVE, C.CLOSED, C.CANCELLED}),
+    C.ACTIVE: frozenset({C.ON_HOLD, C.TRANSITION, C.CLOSED, C.CANCELLED}),
+    C.ON_HOLD: frozenset({C.ACTIVE, C.TRANSITION, C.CLOSED, C.CANCELLED}),
+    C.TRANSITION: frozenset({C.ACTIVE, C.CLOSED, C.CANCELLED}),
+    C.CLOSED: frozenset(),
+    C.CANCELLED: frozenset(),
+}
+FINAL_CASE_STATUSES = frozenset({C.CLOSED, C.CANCELLED})
+
+
+class StatusChange(DomainModel):
+    """One period the case spent in one status."""
+
+    status: CaseStatus
+    start: Instant
+    end: Instant | None = None
+
+
+class CareTeamMember(DomainModel):
+    role: Code
+    party: PartyRef
+
+
+class CareTeam(DomainModel):
+    """The coordinated group of providers around the patient."""
+
+    id: LocalId
+    name: str | None = None
+    members: tuple[CareTeamMember, ...] = ()
+
+
+class Coverage(DomainModel):
+    """The patient's insurance for this case."""
+
+    payer: PartyRef
+    member_id: str = Field(min_length=1)
+    plan: str | None = None
+
+
+class ReferralSource(DomainModel):
+    """Who referred the patient to case management, when and why (the intake referral)."""
+
+    party: PartyRef | None = Field(default=None, description="None when a data flag found them")
+    received: Instant
+    reasons: tuple[Code, ...] = ()
+    note: str | None = None
+
+
+_T = TypeVar("_T", Task, Goal, Referral, Assessment)
+
+
+def _unique(items: Iterable[_T], what: str) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"{what} id '{item.id}' is used twice")
+        seen.add(item.id)
+
+
+class Case(DomainModel):
+    """An episode of case management for one patient."""
+
+    id: LocalId = Field(description="The case number")
+    patient: PatientRef
+    programme: Programme
+    models: tuple[CaseManagementModel, ...] = ()
+    status: CaseStatus
+    status_history: tuple[StatusChange, ...] = Field(min_length=1)
+    closed: Instant | None = None
+    case_manager: PartyRef | None = None
+    care_team: CareTeam | None = None
+    managing_organization: PartyRef | None = None
+    referral_source: ReferralSource | None = None
+    reasons: tuple[Code, ...] = Field(default=(), description="Conditions, in rank order")
+    encounters: tuple[Identifier, ...] = Field(default=(), description="Visit numbers")
+    coverage: tuple[Coverage, ...] = ()
+    screening: Screening | None = None
+    assessments: tuple[Assessment, ...] = ()
+    risk: RiskEvaluation | None = None
+    goals: tuple[Goal, ...] = ()
+    care_plan: CarePlan | None = None
+    tasks: tuple[Task, ...] = ()
+    referrals: tuple[Referral, ...] = ()
+    discharge_plan: DischargePlan | None = None
+    outcome: OutcomeEvaluation | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        history = self.status_history
+        if history[-1].status != self.status or history[-1].end is not None:
+            raise ValueError("the last status_history entry must be the current, open status")
+        for before, after in pairwise(history):
+            if before.end is None or before.end > after.start:
+                raise ValueError("status_history periods must be closed and in order")
+        if (self.closed is not None) != (self.status in FINAL_CASE_STATUSES):
+            raise ValueError("'closed' is set exactly when the case is closed or cancelled")
+        _unique(self.tasks, "task")
+        _unique(self.goals, "goal")
+        _unique(self.referrals, "referral")
+        _unique(self.assessments, "assessment")
+        plans = {p.id for p in (self.care_plan, self.discharge_plan) if p is not None}
+        goal_ids = {g.id for g in self.goals}
+        named = [(t.id, t.care_plan) for t in self.tasks] + [
+            (r.id, r.care_plan) for r in self.referrals
+        ]
+        for item_id, plan_id in named:
+            if plan_id is not None and plan_id not in plans:
+                raise ValueError(f"'{item_id}' names care plan '{plan_id}', which is absent")
+        for task in self.tasks:
+            if task.focus_goal is not None and task.focus_goal not in goal_ids:
+                raise ValueError(f"task '{task.id}' focuses on goal '{task.focus_goal}', absent")
+        if self.care_plan is not None:
+            missing = set(self.care_plan.goals) - goal_ids
+            if missing:
+                raise ValueError(f"the care plan names absent goals: {sorted(missing)}")
+        return self
+
+    @property
+    def opened(self) -> Instant:
+        return self.status_history[0].start
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_CASE_STATUSES
+
+    def transition(self, target: CaseStatus, at: Instant) -> Case:
+        """Move the case to ``target`` at ``at``; TransitionError if the process forbids it."""
+        if target == self.status:
+            return self
+        allowed = CASE_TRANSITIONS[self.status]
+        if target not in allowed:
+            raise TransitionError(
+                f"case '{self.id}'", self.status, target, frozenset(a.value for a in allowed)
+            )
+        current = self.status_history[-1]
+        if at < current.start:
+            raise DomainError(f"case '{self.id}': a status change cannot predate the current one")
+        history = (*self.status_history[:-1], current.model_copy(update={"end": at}))
+        return self._changed(
+            status=target,
+            status_history=(*history, StatusChange(status=target, start=at)),
+            closed=at if target in FINAL_CASE_STATUSES else None,
+        )
+
+    def _require_open(self, what: str) -> None:
+        if self.is_final:
+            raise DomainError(f"case '{self.id}' is {self.status.value}: it takes no new {what}")
+
+    def add_task(self, task: Task) -> Case:
+        self._require_open("tasks")
+        return self._changed(tasks=(*self.tasks, task))
+
+    def add_goal(self, goal: Goal) -> Case:
+        self._require_open("goals")
+        return self._changed(goals=(*self.goals, goal))
+
+    def add_referral(self, referral: Referral) -> Case:
+        self._require_open("referrals")
+        return self._changed(referrals=(*self.referrals, referral))
+
+    def add_assessment(self, assessment: Assessment) -> Case:
+        self._require_open("assessments")
+        return self._changed(assessments=(*self.assessments, assessment))
+
+    def task(self, task_id: str) -> Task:
+        for task in self.tasks:
+            if task.id == task_id:
+                return task
+        raise DomainError(f"case '{self.id}' has no task '{task_id}'")
+
+    def update_task_status(self, task_id: str, target: TaskStatus) -> Case:
+        """Move one task through the Task state machine."""
+        changed = self.task(task_id).transition(target)
+        return self._changed(tasks=tuple(changed if t.id == task_id else t for t in self.tasks))
+
+    def _changed(self, **update: object) -> Case:
+        # Re-validate the whole aggregate so no change can break an invariant.
+        return Case.model_validate({**dict(self), **update})

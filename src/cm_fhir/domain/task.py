@@ -1,0 +1,91 @@
+"""Interventions as tasks, following the FHIR Task state machine. Pure.
+
+The allowed transitions follow the FHIR R4 Task state diagram: ``draft`` becomes ``requested`` or
+``ready``; a request is received, accepted or rejected; work is ``ready``, ``in-progress`` or
+``on-hold``; ``completed``, ``failed``, ``cancelled`` and ``rejected`` are terminal. Any status may
+become ``entered-in-error``. Anything else raises :class:`~cm_fhir.errors.TransitionError`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from cm_fhir.domain.codes import ActivityKind, Priority, TaskIntent, TaskStatus
+from cm_fhir.domain.common import DomainModel, Instant, LocalId, NonEmptyStr, PartyRef
+from cm_fhir.errors import TransitionError
+
+S = TaskStatus
+TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
+    S.DRAFT: frozenset({S.REQUESTED, S.READY, S.CANCELLED}),
+    S.REQUESTED: frozenset(
+        {S.RECEIVED, S.ACCEPTED, S.REJECTED, S.READY, S.IN_PROGRESS, S.CANCELLED}
+    ),
+    S.RECEIVED: frozenset({S.ACCEPTED, S.REJECTED, S.CANCELLED}),
+    S.ACCEPTED: frozenset({S.READY, S.IN_PROGRESS, S.CANCELLED}),
+    S.READY: frozenset({S.IN_PROGRESS, S.CANCELLED, S.FAILED, S.COMPLETED}),
+    S.IN_PROGRESS: frozenset({S.ON_HOLD, S.COMPLETED, S.FAILED, S.CANCELLED}),
+    S.ON_HOLD: frozenset({S.IN_PROGRESS, S.CANCELLED, S.FAILED}),
+    S.COMPLETED: frozenset(),
+    S.FAILED: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.REJECTED: frozenset(),
+    S.ENTERED_IN_ERROR: frozenset(),
+}
+#: Statuses in which a task is still open work.
+OPEN_TASK_STATUSES = frozenset(
+    {S.DRAFT, S.REQUESTED, S.RECEIVED, S.ACCEPTED, S.READY, S.IN_PROGRESS, S.ON_HOLD}
+)
+#: Statuses in which nobody has acted on the task yet (undo may use ``entered-in-error``).
+UNTOUCHED_TASK_STATUSES = frozenset({S.DRAFT, S.REQUESTED})
+
+
+def check_task_transition(current: TaskStatus, target: TaskStatus, entity: str = "task") -> None:
+    """Raise TransitionError unless ``current -> target`` is allowed."""
+    if target == current or target == S.ENTERED_IN_ERROR:
+        return
+    allowed = TASK_TRANSITIONS[current]
+    if target not in allowed:
+        raise TransitionError(
+            entity, current.value, target.value, frozenset(a.value for a in allowed)
+        )
+
+
+class Task(DomainModel):
+    """A piece of case-management work: an assessment, a follow-up call, a medication review..."""
+
+    id: LocalId
+    kind: ActivityKind
+    description: NonEmptyStr
+    status: TaskStatus = TaskStatus.REQUESTED
+    intent: TaskIntent = TaskIntent.ORDER
+    priority: Priority = Priority.ROUTINE
+    owner: PartyRef
+    requester: PartyRef | None = None
+    authored_on: Instant
+    due: Instant
+    business_status: str | None = Field(
+        default=None, description="Free text, e.g. 'left voicemail'"
+    )
+    care_plan: LocalId | None = Field(default=None, description="The plan this task carries out")
+    focus_goal: LocalId | None = None
+    notes: tuple[NonEmptyStr, ...] = ()
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_TASK_STATUSES
+
+    def transition(self, target: TaskStatus, *, business_status: str | None = None) -> Task:
+        """This task in ``target`` status; TransitionError if the state machine forbids it."""
+        check_task_transition(self.status, target, f"task '{self.id}'")
+        update: dict[str, object] = {"status": target}
+        if business_status is not None:
+            update["business_status"] = business_status
+        return self.model_copy(update=update)
+
+    def reassign(self, owner: PartyRef) -> Task:
+        return self.model_copy(update={"owner": owner})
+
+    def is_overdue(self, now: datetime) -> bool:
+        return self.is_open and self.due < now

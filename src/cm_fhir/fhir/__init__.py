@@ -1,0 +1,67 @@
+"""Case <-> FHIR R4: resources, transaction Bundles and structural validation. Pure.
+
+The public API::
+
+    bundle = map_case(case)                 # validated transaction Bundle (dict)
+    data = map_case_json(case)              # the same, as canonical JSON bytes
+    data = map_case_json(case, validate=False)   # the fast path, no validation
+    case = case_from_bundle(bundle)         # the reverse mapping (lossless)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cm_fhir.domain.case import Case
+from cm_fhir.fhir.bundle import WriteMode, bundle_resources, dumps, transaction_bundle
+from cm_fhir.fhir.context import ReferenceStyle
+from cm_fhir.fhir.mapper import case_to_resources, resources_to_case
+from cm_fhir.fhir.models import validate_bundle, validate_resource
+from cm_fhir.mapping.registry import MappingRegistry, default_registry
+
+Json = dict[str, Any]
+
+
+def map_case(
+    case: Case,
+    registry: MappingRegistry | None = None,
+    *,
+    validate: bool = True,
+    mode: WriteMode = WriteMode.CONDITIONAL_UPDATE,
+) -> Json:
+    """The transaction Bundle for ``case``; structurally validated unless ``validate=False``."""
+    bundle = transaction_bundle(case_to_resources(case, registry or default_registry()), mode)
+    if validate:
+        validate_bundle(bundle)
+    return bundle
+
+
+def map_case_json(
+    case: Case,
+    registry: MappingRegistry | None = None,
+    *,
+    validate: bool = True,
+    mode: WriteMode = WriteMode.CONDITIONAL_UPDATE,
+) -> bytes:
+    """``map_case`` as canonical JSON bytes: the same case always gives the same bytes."""
+    return dumps(map_case(case, registry, validate=validate, mode=mode))
+
+
+def case_from_bundle(bundle: Json, registry: MappingRegistry | None = None) -> Case:
+    """Read a case back from a Bundle (or a list of resources) the mapper made."""
+    return resources_to_case(bundle_resources(bundle), registry or default_registry())
+
+
+__all__ = [
+    "ReferenceStyle",
+    "WriteMode",
+    "case_from_bundle",
+    "case_to_resources",
+    "dumps",
+    "map_case",
+    "map_case_json",
+    "resources_to_case",
+    "transaction_bundle",
+    "validate_bundle",
+    "validate_resource",
+]

@@ -1,0 +1,39 @@
+"""Deterministic resource ids and business identifiers. Pure.
+
+A resource's id is a UUIDv5 over its type and business identifier, in a namespace derived from the
+canonical base: the same case always yields the same ids, so writing it twice never creates twice.
+Case-local ids (a task ``t1`` of case ``C-1``) become identifier values ``C-1.t1``; the dot cannot
+occur in a local id, so the split back is unambiguous.
+"""
+
+from __future__ import annotations
+
+import uuid
+from functools import lru_cache
+
+from cm_fhir.errors import MappingError
+
+SEPARATOR = "."
+
+
+@lru_cache(maxsize=16)
+def _namespace(canonical_base: str) -> uuid.UUID:
+    return uuid.uuid5(uuid.NAMESPACE_URL, canonical_base)
+
+
+def resource_id(canonical_base: str, resource_type: str, system: str, value: str) -> str:
+    """The deterministic id of a resource with this business identifier."""
+    return str(uuid.uuid5(_namespace(canonical_base), f"{resource_type}|{system}|{value}"))
+
+
+def local_value(case_id: str, *local_ids: str) -> str:
+    """The identifier value of something inside a case."""
+    return SEPARATOR.join((case_id, *local_ids))
+
+
+def split_local_value(value: str, case_id: str, path: str) -> list[str]:
+    """The local id parts of an identifier value made by :func:`local_value`."""
+    prefix = case_id + SEPARATOR
+    if not value.startswith(prefix):
+        raise MappingError(f"identifier value does not belong to case '{case_id}'", path=path)
+    return value[len(prefix) :].split(SEPARATOR)
