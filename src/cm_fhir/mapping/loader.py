@@ -4,9 +4,9 @@ Every file is YAML holding data only (no expressions, no code). Each file has a 
 ``extra="forbid"``; a file that does not fit fails at start-up with a :class:`MappingSpecError` that
 names the file, the key path (``status_maps.case.on-hold``) and the reason.
 
-A deployment can override or extend the bundled files from its own folder: a file of the same name in
-the override folder is deep-merged over the bundled one (mappings merge key by key, lists replace), so a
-site states only what differs. See the README, "Customising mappings".
+A deployment can override or extend the bundled files from its own folder: a file of the same name
+in the override folder is deep-merged over the bundled one (mappings merge key by key, lists
+replace), so a site states only what differs. See the README, "Customising mappings".
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ OVERRIDE_ENV = "CM_FHIR_MAPPINGS_DIR"
 
 @cache
 def bundled_mappings_dir() -> Path:
-    """The bundled ``mappings/`` folder: inside an installed wheel, or at a source checkout's root."""
+    """The bundled ``mappings/``: inside an installed wheel, or at a source checkout's root."""
     packaged = resources.files("cm_fhir") / "_mappings"
     if packaged.is_dir():
         return Path(str(packaged))

@@ -28,8 +28,8 @@ from cm_fhir.domain.codes import (
 from cm_fhir.errors import MappingSpecError
 from cm_fhir.mapping.loader import bundled_mappings_dir, load_with_overrides
 from cm_fhir.mapping.spec import (
-    CodeSystemsSpec,
     CodeSystemSpec,
+    CodeSystemsSpec,
     FhirIdentitySpec,
     StatusMapsSpec,
 )
