@@ -32,7 +32,15 @@ typecheck: $(STAMP)
 imports: $(STAMP)
 	$(BIN)/lint-imports
 
-unit: $(STAMP)
+## The in-memory FHIR R4 server the tests start; needs npm (tests skip it without node).
+FHIR_SERVER := tests/fhir_server
+.PHONY: fhir-server-deps
+fhir-server-deps: $(FHIR_SERVER)/node_modules/.installed
+$(FHIR_SERVER)/node_modules/.installed: $(FHIR_SERVER)/package-lock.json
+	npm ci --prefix $(FHIR_SERVER) --no-audit --no-fund
+	touch $@
+
+unit: $(STAMP) $(if $(shell command -v npm 2>/dev/null),fhir-server-deps)
 	$(BIN)/pytest -q -m "not slow"
 
 ## Long soak and fuzz runs, on demand.

@@ -1,0 +1,89 @@
+"""The `fhir_server` pytest fixture: a real in-memory FHIR R4 server on loopback.
+
+It does I/O: it starts `tests/fhir_server/server.mjs` under Node.js as a subprocess on an ephemeral
+127.0.0.1 port, waits for its "listening <port>" line, yields the FHIR base URL
+(`http://127.0.0.1:<port>/fhir`) and terminates the process at the end of the session. The server
+keeps everything in memory and is shared by the whole session, so tests isolate themselves with
+fresh identifiers. When Node.js or the server's npm packages (`make fhir-server-deps`) are missing,
+every test that uses the fixture is skipped with the reason; a server that is installed but fails
+to start fails the test.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SERVER_DIR = Path(__file__).parent / "fhir_server"
+START_TIMEOUT_SECONDS = 30.0
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+def _wait_for_port(process: subprocess.Popen[str], deadline: float) -> int | None:
+    """Read the server's stdout until "listening <port>", the process exits or time runs out."""
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not selector.select(timeout=remaining):
+                continue
+            line = process.stdout.readline()
+            if not line:
+                return None
+            word, _, port = line.strip().partition(" ")
+            if word == "listening" and port.isdigit():
+                return int(port)
+        return None
+    finally:
+        selector.close()
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+
+@pytest.fixture(scope="session")
+def fhir_server() -> Iterator[str]:
+    """Base URL of a fresh in-memory FHIR R4 server, shared by the test session."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js is not installed; the test FHIR server needs node >= 20.19")
+    if not (SERVER_DIR / "node_modules" / "@medplum" / "fhir-router").is_dir():
+        pytest.skip("test FHIR server packages are not installed; run `make fhir-server-deps`")
+    with tempfile.TemporaryFile(mode="w+") as stderr:
+        started = time.monotonic()
+        process = subprocess.Popen(
+            [node, str(SERVER_DIR / "server.mjs"), "0"],
+            cwd=SERVER_DIR,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "NODE_ENV": "test"},
+        )
+        try:
+            port = _wait_for_port(process, started + START_TIMEOUT_SECONDS)
+            if port is None:
+                _stop(process)
+                stderr.seek(0)
+                pytest.fail(f"test FHIR server did not start:\n{stderr.read()[-2000:]}")
+            yield f"http://127.0.0.1:{port}/fhir"
+        finally:
+            if process.poll() is None:
+                _stop(process)
+            if process.stdout is not None:
+                process.stdout.close()

