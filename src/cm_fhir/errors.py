@@ -13,6 +13,7 @@
     │   ├── Hl7ParseError           the message cannot be parsed
     │   └── UnsupportedEventError   a message type/version we do not handle
     ├── MappingError                valid spec, but the data cannot be mapped -> 422 / AE
+    ├── StoreError                  the database refused or could not commit a write (retryable)
     ├── ValidationError             profile violations; carries an OperationOutcome (dict)
     └── FhirServerError             a FHIR server answered with an error (status, outcome)
         ├── FhirUnavailableError    connect errors, 429, 5xx: the only retryable class
@@ -67,7 +68,8 @@ class TransitionError(DomainError):
         self.allowed = allowed
         options = ", ".join(sorted(allowed)) or "none (terminal state)"
         super().__init__(
-            f"{entity} cannot go from '{current}' to '{target}'; allowed from '{current}': {options}"
+            f"{entity} cannot go from '{current}' to '{target}'; "
+            f"allowed from '{current}': {options}"
         )
 
 
@@ -103,6 +105,10 @@ class UnsupportedEventError(InboundMessageError):
 
     code = "200"
     ack_code = "AR"
+
+
+class StoreError(CmFhirError):
+    """The database could not commit a write; the caller may retry (the listener answers AR/CE)."""
 
 
 class MappingError(CmFhirError):

@@ -1,0 +1,126 @@
+"""Group commit for the inbox: many concurrent submitters, few transactions. I/O (asyncio).
+
+Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to
+be committed. Behind it, one or more writer tasks take whatever has queued up while the previous
+transaction was committing (up to ``max_batch``) and store it in a single transaction: one fsync
+on SQLite serves many messages, and PostgreSQL gets several writers in parallel. If the
+transaction fails, every waiter of that group gets :class:`~cm_fhir.errors.StoreError` and
+nothing of the group is acknowledged positively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.errors import StoreError
+from cm_fhir.store.inbox import NewMessage, StoredMessage, store_messages
+
+__all__ = ["InboxWriter"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Job:
+    message: NewMessage
+    done: asyncio.Future[StoredMessage]
+
+
+class InboxWriter:
+    """Batches inbox inserts across connections; each caller still waits for its own commit."""
+
+    def __init__(self, engine: AsyncEngine, *, writers: int | None = None, max_batch: int = 256):
+        self._engine = engine
+        if writers is None:
+            writers = 1 if engine.dialect.name == "sqlite" else 4
+        self._writer_count = writers
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+        self.batches = 0
+        self.messages = 0
+
+    async def __aenter__(self) -> InboxWriter:
+        self.start()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    def start(self) -> None:
+        """Start the writer tasks (idempotent)."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._run(), name=f"inbox-writer-{n}")
+                for n in range(self._writer_count)
+            ]
+
+    async def store(self, message: NewMessage) -> StoredMessage:
+        """Store one message; return once the transaction holding it has committed."""
+        return (await self.store_many([message]))[0]
+
+    async def store_many(self, messages: list[NewMessage]) -> list[StoredMessage]:
+        """Store several messages (e.g. one batch); return once all of them are committed."""
+        if self._closed:
+            raise StoreError("the inbox is closed")
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(message, loop.create_future()) for message in messages]
+        for job in jobs:
+            self._queue.put_nowait(job)
+        # Shielded: a caller that goes away does not cancel a commit others share.
+        return [await asyncio.shield(job.done) for job in jobs]
+
+    async def close(self) -> None:
+        """Stop taking messages, commit what is queued, stop the writer tasks."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._tasks:
+            self._queue.put_nowait(None)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+    async def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            job = await self._queue.get()
+            if job is None:
+                return
+            jobs = [job]
+            while len(jobs) < self._max_batch and not self._queue.empty():
+                extra = self._queue.get_nowait()
+                if extra is None:
+                    stopping = True
+                    break
+                jobs.append(extra)
+            await self._commit(jobs)
+
+    async def _commit(self, jobs: list[_Job]) -> None:
+        try:
+            async with self._engine.begin() as connection:
+                results = await store_messages(connection, [job.message for job in jobs])
+        except (SQLAlchemyError, OSError) as exc:
+            log.error("inbox commit of %d message(s) failed: %s", len(jobs), type(exc).__name__)
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(StoreError("the inbox could not commit the message"))
+            return
+        except BaseException as exc:
+            for job in jobs:
+                if not job.done.done():
+                    job.done.set_exception(StoreError("the inbox writer stopped"))
+            if isinstance(exc, Exception):
+                log.exception("inbox writer failed")
+                return
+            raise
+        self.batches += 1
+        self.messages += len(jobs)
+        for job, result in zip(jobs, results, strict=True):
+            if not job.done.done():
+                job.done.set_result(result)
