@@ -10,6 +10,7 @@ from __future__ import annotations
 from cm_fhir.cli import (  # noqa: F401
     adt_inspect,
     cases,
+    demo,
     intake,
 )
 from cm_fhir.cli._app import app

@@ -1,3 +1,109 @@
-"""Case commands: ``map``, ``schema``, ``mappings check`` and ``demo``. I/O edge."""
+"""Case commands: ``map``, ``schema`` and ``mappings check``. I/O edge."""
 
 from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import pydantic
+import typer
+
+from cm_fhir.cli._app import app, mappings_app
+from cm_fhir.cli.errors import EXIT_PROBLEMS, fail, read_json, report_validation
+from cm_fhir.domain import Case
+from cm_fhir.errors import CmFhirError, MappingSpecError, ValidationError
+from cm_fhir.fhir import WriteMode, map_case_json
+from cm_fhir.mapping.catalog import check_mappings
+from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
+
+
+class SchemaName(StrEnum):
+    case = "case"
+
+
+def load_case(path: Path) -> Case:
+    """Read and validate a case document; problems exit 2 with the JSON path."""
+    data = read_json(path)
+    try:
+        return Case.model_validate(data)
+    except pydantic.ValidationError as exc:
+        report_validation(path, exc)
+
+
+def registry_for(mappings: Path | None) -> MappingRegistry:
+    try:
+        return load_registry(mappings) if mappings is not None else default_registry()
+    except MappingSpecError as exc:
+        fail(f"mappings: {exc}")
+
+
+MappingsOption = Annotated[
+    Path | None,
+    typer.Option("--mappings", help="A site folder whose mapping files override the bundled ones."),
+]
+
+
+@app.command("map")
+def map_command(
+    case_file: Annotated[Path, typer.Argument(help="A case document (JSON).")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
+    ] = None,
+    mode: Annotated[WriteMode, typer.Option(help="How entries write.")] = (
+        WriteMode.CONDITIONAL_UPDATE
+    ),
+    validate: Annotated[
+        bool, typer.Option("--validate/--no-validate", help="Check with the FHIR R4 models.")
+    ] = True,
+    pretty: Annotated[bool, typer.Option(help="Indent the JSON.")] = False,
+    mappings: MappingsOption = None,
+) -> None:
+    """Print the FHIR R4 transaction Bundle for a case document."""
+    case = load_case(case_file)
+    try:
+        data = map_case_json(case, registry_for(mappings), validate=validate, mode=mode)
+    except ValidationError as exc:
+        for issue in exc.outcome.get("issue", []):
+            where = ", ".join(issue.get("expression", []))
+            typer.echo(f"error: {case_file}: {where}: {issue['details']['text']}", err=True)
+        raise typer.Exit(EXIT_PROBLEMS) from exc
+    except CmFhirError as exc:
+        fail(f"{case_file}: {exc}", EXIT_PROBLEMS)
+    if pretty:
+        data = json.dumps(json.loads(data), indent=2, ensure_ascii=False).encode() + b"\n"
+    else:
+        data += b"\n"
+    if output is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        output.write_bytes(data)
+
+
+@app.command("schema")
+def schema_command(
+    name: Annotated[SchemaName, typer.Argument(help="Which document.")] = SchemaName.case,
+) -> None:
+    """Print the JSON Schema of the case document."""
+    schema = Case.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    typer.echo(json.dumps(schema, indent=2))
+
+
+@mappings_app.command("check")
+def mappings_check(
+    site_dir: Annotated[
+        Path | None,
+        typer.Argument(help="A site folder of overrides to check together with the bundled files."),
+    ] = None,
+) -> None:
+    """Load every mapping file and report problems (file, key path, reason)."""
+    report = check_mappings(site_dir)
+    for problem in report.problems:
+        typer.echo(f"error: {problem}", err=True)
+    if not report.ok:
+        raise typer.Exit(EXIT_PROBLEMS)
+    typer.echo(f"ok: {len(report.checked)} mapping files: {', '.join(report.checked)}")

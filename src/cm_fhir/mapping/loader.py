@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pydantic
 import yaml
 
+from cm_fhir.bundled import bundled_dir
 from cm_fhir.errors import MappingSpecError
 
 M = TypeVar("M", bound=pydantic.BaseModel)
@@ -29,13 +28,9 @@ M = TypeVar("M", bound=pydantic.BaseModel)
 OVERRIDE_ENV = "CM_FHIR_MAPPINGS_DIR"
 
 
-@cache
 def bundled_mappings_dir() -> Path:
-    """The bundled ``mappings/``: inside an installed wheel, or at a source checkout's root."""
-    packaged = resources.files("cm_fhir") / "_mappings"
-    if packaged.is_dir():
-        return Path(str(packaged))
-    return Path(__file__).resolve().parents[3] / "mappings"
+    """The bundled ``mappings/`` folder."""
+    return bundled_dir("mappings")
 
 
 def read_yaml(path: Path) -> Any:

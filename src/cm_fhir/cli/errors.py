@@ -1,0 +1,52 @@
+"""How the CLI reports errors: one readable line per problem on stderr, a status, no traceback.
+
+Exit statuses: 0 success, 1 the input was read but has problems (e.g. validation errors), 2 the
+input is unusable (missing file, bad JSON, a document that does not fit the schema).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pydantic
+import typer
+
+EXIT_PROBLEMS = 1
+EXIT_UNUSABLE = 2
+
+
+def fail(message: str, status: int = EXIT_UNUSABLE) -> NoReturn:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(status)
+
+
+def json_path(loc: tuple[int | str, ...]) -> str:
+    """A JSON path (``$.tasks[0].status``) for a pydantic error location."""
+    out = "$"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def read_json(path: Path) -> Any:
+    """Read a JSON file; unreadable files and syntax errors exit 2 naming file, line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"{path}: cannot read ({exc.strerror or exc})")
+    except UnicodeDecodeError:
+        fail(f"{path}: not UTF-8 text")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")
+
+
+def report_validation(path: Path, exc: pydantic.ValidationError) -> NoReturn:
+    """Print every schema problem with its JSON path, then exit 2."""
+    for error in exc.errors():
+        where = json_path(tuple(error["loc"]))
+        typer.echo(f"error: {path}: {where}: {error['msg']}", err=True)
+    raise typer.Exit(EXIT_UNUSABLE)
