@@ -8,7 +8,7 @@ default) or a conditional create (``POST`` with ``ifNoneExist``). Internal refer
 
 from __future__ import annotations
 
-import json
+import orjson
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
@@ -52,7 +52,7 @@ def transaction_bundle(
 
 def dumps(document: Json) -> bytes:
     """Canonical JSON: compact, UTF-8, keys in the order the mapper built them."""
-    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    return orjson.dumps(document)
 
 
 def bundle_resources(bundle: Json) -> list[Json]:

@@ -8,7 +8,7 @@ deterministic id, so the reverse mapping resolves either.
 from __future__ import annotations
 
 import html
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -35,6 +35,7 @@ class CaseContext:
     case_id: str
     patient: PatientRef
     style: ReferenceStyle = ReferenceStyle.URN_UUID
+    _ids: dict[tuple[str, ...], str] = field(default_factory=dict, repr=False, compare=False)
 
     def identifier(self, system_key: str, *local_ids: str) -> Json:
         return {
@@ -43,12 +44,16 @@ class CaseContext:
         }
 
     def id_for(self, resource_type: str, system_key: str, *local_ids: str) -> str:
-        return resource_id(
-            self.registry.canonical_base,
-            resource_type,
-            self.registry.system(system_key),
-            local_value(self.case_id, *local_ids),
-        )
+        key = (resource_type, system_key, *local_ids)
+        rid = self._ids.get(key)
+        if rid is None:
+            rid = self._ids[key] = resource_id(
+                self.registry.canonical_base,
+                resource_type,
+                self.registry.system(system_key),
+                local_value(self.case_id, *local_ids),
+            )
+        return rid
 
     def ref(self, resource_type: str, system_key: str, *local_ids: str) -> Json:
         rid = self.id_for(resource_type, system_key, *local_ids)
