@@ -8,10 +8,11 @@ default) or a conditional create (``POST`` with ``ifNoneExist``). Internal refer
 
 from __future__ import annotations
 
-import orjson
 from enum import StrEnum
 from typing import Any
 from urllib.parse import quote
+
+import orjson
 
 from cm_fhir.errors import MappingError
 
