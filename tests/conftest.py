@@ -1,5 +1,13 @@
 """Shared pytest fixtures; each lives in its own module and is re-exported here."""
 
 from fhir_server_fixture import fhir_server
+from inbox_fixtures import database, inbox_engine, listener_config, pg_schema, running_listener
 
-__all__ = ["fhir_server"]
+__all__ = [
+    "database",
+    "fhir_server",
+    "inbox_engine",
+    "listener_config",
+    "pg_schema",
+    "running_listener",
+]

@@ -1,0 +1,213 @@
+"""The inbox store on SQLite and PostgreSQL: migrations, dedup, control-id reuse, group commit,
+race-safe inserts and per-patient claiming."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.errors import StoreError
+from cm_fhir.store.engine import current_revision, upgrade_database
+from cm_fhir.store.inbox import NewMessage, claim_next, store_messages
+from cm_fhir.store.tables import inbox_messages, metadata
+from cm_fhir.store.writer import InboxWriter
+
+
+def message(control_id: str, body: str = "A", *, patient: str | None = "P1^H") -> NewMessage:
+    raw = f"MSH|^~\\&|APP|FAC|||||ADT^A01|{control_id}|P|2.5\rPID|1||{body}".encode()
+    return NewMessage(
+        raw=raw,
+        content_sha256=hashlib.sha256(raw).hexdigest(),
+        state="received",
+        ack_code="AA",
+        ack_bytes=b"ACK for " + control_id.encode() + body.encode(),
+        sending_application="APP",
+        sending_facility="FAC",
+        control_id=control_id,
+        message_type="ADT",
+        trigger_event="A01",
+        patient_key=patient,
+    )
+
+
+async def count_rows(engine: AsyncEngine) -> int:
+    async with engine.connect() as connection:
+        return int(
+            (
+                await connection.execute(select(func.count()).select_from(inbox_messages))
+            ).scalar_one()
+        )
+
+
+async def test_migrations_match_the_table_definitions(inbox_engine: AsyncEngine) -> None:
+    def diff(connection: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+    async with inbox_engine.connect() as connection:
+        assert await connection.run_sync(diff) == []
+    assert await current_revision(inbox_engine) == "0001_inbox"
+    await upgrade_database(inbox_engine)  # idempotent
+    assert await current_revision(inbox_engine) == "0001_inbox"
+
+
+async def test_duplicate_returns_the_original_row_and_ack(inbox_engine: AsyncEngine) -> None:
+    async with inbox_engine.begin() as connection:
+        [first] = await store_messages(connection, [message("C1")])
+    resend = message("C1")
+    resend.ack_bytes = b"a different ACK that must not be used"
+    async with inbox_engine.begin() as connection:
+        [again] = await store_messages(connection, [resend])
+    assert not first.duplicate
+    assert again.duplicate
+    assert again.id == first.id
+    assert again.ack_bytes == b"ACK for C1A"
+    assert await count_rows(inbox_engine) == 1
+
+
+async def test_reused_control_id_with_new_content_is_stored_and_flagged(
+    inbox_engine: AsyncEngine,
+) -> None:
+    async with inbox_engine.begin() as connection:
+        [first] = await store_messages(connection, [message("C1", "A")])
+        [other] = await store_messages(connection, [message("C1", "B")])
+        [other_sender] = await store_messages(connection, [_other_sender("C1")])
+    assert not first.control_id_reused
+    assert other.control_id_reused
+    assert not other.duplicate
+    assert not other_sender.control_id_reused
+    assert await count_rows(inbox_engine) == 3
+    async with inbox_engine.connect() as connection:
+        flags = (
+            await connection.execute(
+                select(inbox_messages.c.control_id_reused).order_by(inbox_messages.c.id)
+            )
+        ).scalars()
+        assert list(flags) == [False, True, False]
+
+
+def _other_sender(control_id: str) -> NewMessage:
+    new = message(control_id, "A")
+    new.sending_facility = "OTHER"
+    return new
+
+
+async def test_same_message_twice_in_one_group(inbox_engine: AsyncEngine) -> None:
+    async with inbox_engine.begin() as connection:
+        results = await store_messages(connection, [message("C1"), message("C2"), message("C1")])
+    assert [r.duplicate for r in results] == [False, False, True]
+    assert results[2].id == results[0].id
+    assert await count_rows(inbox_engine) == 2
+
+
+async def test_messages_without_control_id_are_never_deduplicated(
+    inbox_engine: AsyncEngine,
+) -> None:
+    unreadable = NewMessage(
+        raw=b"junk", content_sha256="0" * 64, state="failed", ack_code="AE", ack_bytes=None
+    )
+    async with inbox_engine.begin() as connection:
+        results = await store_messages(connection, [unreadable, unreadable])
+    assert results[0].id != results[1].id
+    assert await count_rows(inbox_engine) == 2
+
+
+async def test_concurrent_writers_store_a_retransmission_once(
+    inbox_engine: AsyncEngine,
+) -> None:
+    # Two independent writers (as two listener processes would) race on the same messages.
+    async with (
+        InboxWriter(inbox_engine, writers=2) as one,
+        InboxWriter(inbox_engine, writers=2) as two,
+    ):
+        batch = [message(f"R{n}") for n in range(40)]
+        results = await asyncio.gather(
+            *(one.store(m) for m in batch), *(two.store(m) for m in batch)
+        )
+    assert await count_rows(inbox_engine) == 40
+    by_control: dict[bytes, set[int]] = {}
+    for result in results:
+        assert result.ack_bytes is not None
+        by_control.setdefault(result.ack_bytes, set()).add(result.id)
+    assert all(len(ids) == 1 for ids in by_control.values())
+    assert sum(not r.duplicate for r in results) == 40
+
+
+async def test_group_commit_batches_concurrent_submitters(inbox_engine: AsyncEngine) -> None:
+    async with InboxWriter(inbox_engine, writers=1) as writer:
+        results = await asyncio.gather(*(writer.store(message(f"G{n}")) for n in range(200)))
+        assert writer.messages == 200
+        assert writer.batches < 200
+    assert len({r.id for r in results}) == 200
+    assert await count_rows(inbox_engine) == 200
+
+
+async def test_writer_failure_reaches_every_waiter(inbox_engine: AsyncEngine) -> None:
+    async with inbox_engine.begin() as connection:
+        await connection.execute(text("ALTER TABLE inbox_message RENAME TO inbox_message_moved"))
+    try:
+        async with InboxWriter(inbox_engine) as writer:
+            outcomes = await asyncio.gather(
+                *(writer.store(message(f"F{n}")) for n in range(5)), return_exceptions=True
+            )
+        assert all(isinstance(o, StoreError) for o in outcomes)
+    finally:
+        async with inbox_engine.begin() as connection:
+            await connection.execute(
+                text("ALTER TABLE inbox_message_moved RENAME TO inbox_message")
+            )
+    assert await count_rows(inbox_engine) == 0
+
+
+async def test_closed_writer_refuses(inbox_engine: AsyncEngine) -> None:
+    writer = InboxWriter(inbox_engine)
+    writer.start()
+    await writer.close()
+    with pytest.raises(StoreError):
+        await writer.store(message("late"))
+
+
+async def test_claim_takes_the_oldest_received_row_per_patient(inbox_engine: AsyncEngine) -> None:
+    async with inbox_engine.begin() as connection:
+        stored = await store_messages(
+            connection,
+            [
+                message("1", patient="X"),
+                message("2", patient="Y"),
+                message("3", patient="X"),
+                message("4", patient=None),
+                message("5", patient="Y"),
+            ],
+        )
+    ids = [s.id for s in stored]
+    async with inbox_engine.begin() as connection:
+        assert await claim_next(connection) == [ids[0], ids[1], ids[3]]
+        await connection.execute(
+            update(inbox_messages).where(inbox_messages.c.id == ids[0]).values(state="processed")
+        )
+    async with inbox_engine.begin() as connection:
+        assert await claim_next(connection) == [ids[1], ids[2], ids[3]]
+
+
+async def test_claims_by_concurrent_workers_keep_patient_order(inbox_engine: AsyncEngine) -> None:
+    if inbox_engine.dialect.name != "postgresql":
+        pytest.skip("row locks with SKIP LOCKED are a PostgreSQL feature; SQLite has one writer")
+    async with inbox_engine.begin() as connection:
+        stored = await store_messages(
+            connection,
+            [message("1", patient="X"), message("2", patient="X"), message("3", patient="Z")],
+        )
+    ids = [s.id for s in stored]
+    async with inbox_engine.connect() as first, inbox_engine.connect() as second:
+        await first.begin()
+        await second.begin()
+        assert await claim_next(first, limit=1) == [ids[0]]
+        # Row 1 is locked: the second worker may take patient Z, never X's later row.
+        assert await claim_next(second) == [ids[2]]
+        await first.rollback()
+        await second.rollback()
