@@ -1,0 +1,317 @@
+"""The instance walk: one resource checked against compiled element trees. Pure.
+
+:class:`InstanceChecker` visits a resource's JSON together with the :class:`ElementNode` tree of
+its profile (or of the base definition), descending into datatypes, extensions, contained and
+Bundle entry resources. At each element it checks cardinality, unknown properties, JSON shape and
+primitive formats, fixed and pattern values, slices, bindings, references and invariants, and
+records issues on a :class:`Run`. Codes, bindings and references are delegated to
+:mod:`cm_fhir.profiles.rules`. Issue text never repeats instance values (they may be PHI); it
+names the element and what the profile expects.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from cm_fhir.profiles.constraints import SKIPPED, ConstraintEngine
+from cm_fhir.profiles.model import CompiledProfile, ElementNode
+from cm_fhir.profiles.primitives import check_primitive, is_primitive
+from cm_fhir.profiles.rules import Catalog, Run, check_binding, check_coding, check_reference
+from cm_fhir.profiles.slicing import assign_slices, matches_pattern
+
+_NO_TYPE_TREE = frozenset({"BackboneElement", "Element", "Resource"})
+
+
+class InstanceChecker:
+    """Walks instances; holds no per-call state (that lives on :class:`Run`)."""
+
+    def __init__(self, catalog: Catalog, engine: ConstraintEngine) -> None:
+        self.catalog = catalog
+        self.engine = engine
+
+    # -- resources --------------------------------------------------------------------------
+    def check_resource(
+        self, resource: dict[str, Any], expr: str, run: Run, profiles: list[str] | None = None
+    ) -> None:
+        rtype = resource.get("resourceType")
+        if not isinstance(rtype, str):
+            run.error("structure", expr, "resourceType is missing: not a FHIR resource")
+            return
+        if not self.catalog.is_resource_type(rtype):
+            run.error("structure", expr, f"'{rtype}' is not an R4 resource type")
+            return
+        compiled = self._profiles_for(resource, rtype, expr, run, profiles)
+        if not compiled:
+            run.warning("not-supported", expr, f"no definition of {rtype} is loaded; not checked")
+            return
+        run.resources.append(resource)
+        try:
+            for profile in compiled:
+                self.check_object(resource, profile.root, rtype, expr, run, root=True)
+        finally:
+            run.resources.pop()
+
+    def _profiles_for(
+        self, resource: dict[str, Any], rtype: str, expr: str, run: Run, extra: list[str] | None
+    ) -> list[CompiledProfile]:
+        meta = resource.get("meta")
+        urls = list(extra or [])
+        if isinstance(meta, dict) and isinstance(meta.get("profile"), list):
+            urls += [u for u in meta["profile"] if isinstance(u, str) and u not in urls]
+        compiled = []
+        for url in urls:
+            profile = self.catalog.profile(url)
+            if profile is None:
+                run.warning(
+                    "not-supported", expr, f"profile {url} is not loaded; checked against the base"
+                )
+            elif profile.type != rtype:
+                run.error("structure", expr, f"profile {url} is for {profile.type}, not {rtype}")
+            else:
+                compiled.append(profile)
+        if not compiled:
+            base = self.catalog.profile(f"http://hl7.org/fhir/StructureDefinition/{rtype}")
+            compiled = [base] if base else []
+        return compiled
+
+    # -- complex values ---------------------------------------------------------------------
+    def check_object(
+        self,
+        value: dict[str, Any],
+        node: ElementNode,
+        tcode: str,
+        expr: str,
+        run: Run,
+        root: bool = False,
+    ) -> None:
+        type_tree = None if root or tcode in _NO_TYPE_TREE else self._type_tree(node, tcode, value)
+        owner = node.structure()
+        if not owner.children:
+            if type_tree is None:
+                return
+            owner = type_tree.root
+        for key in value:
+            if key in owner.keys or (root and key == "resourceType"):
+                continue
+            if key.startswith("_") and is_primitive(owner.keys.get(key[1:], (owner, ""))[1]):
+                continue
+            run.error("structure", f"{expr}.{key}", _unknown_text(key, owner))
+        for child in owner.children.values():
+            self.check_child(value, child, owner, expr, run)
+        if not any(k != "id" for k in value):
+            run.error("invariant", expr, "ele-1: the element has no value and no children")
+        if tcode == "Extension" and ("extension" in value) == _has_value_x(value):
+            run.error(
+                "invariant", expr, "ext-1: an extension needs either extensions or a value[x]"
+            )
+        constraints = list(node.constraints)
+        fhirpath_type = rtype if (rtype := value.get("resourceType")) and root else None
+        self._constraints(constraints, value, fhirpath_type or node.fhirpath_type, expr, run)
+        if type_tree is not None and type_tree.root is not node:
+            seen = {c.key for c in constraints}
+            extra = [c for c in type_tree.root.constraints if c.key not in seen]
+            self._constraints(extra, value, type_tree.root.fhirpath_type, expr, run)
+
+    def _type_tree(
+        self, node: ElementNode, tcode: str, value: dict[str, Any]
+    ) -> CompiledProfile | None:
+        for t in node.types:
+            if t.code == tcode and t.profiles:
+                found = self.catalog.profile(t.profiles[0])
+                if found is not None:
+                    return found
+        if tcode == "Extension":
+            url = value.get("url")
+            if isinstance(url, str) and ":" in url:
+                found = self.catalog.profile(url)
+                if found is not None:
+                    return found
+        return self.catalog.profile(f"http://hl7.org/fhir/StructureDefinition/{tcode}")
+
+    def check_child(
+        self, value: dict[str, Any], child: ElementNode, owner: ElementNode, expr: str, run: Run
+    ) -> None:
+        items: list[tuple[Any, Any, str, str]] = []
+        present = [(k, t) for k, t in child.json_keys if k in value or f"_{k}" in value]
+        if len(present) > 1:
+            run.error(
+                "structure",
+                f"{expr}.{child.display_name}",
+                f"only one type of {child.name} may be given; found "
+                + ", ".join(k for k, _ in present),
+            )
+        for key, tcode in present:
+            items += self._items(value, key, tcode, child, expr, run)
+        where = f"{expr}.{child.display_name}"
+        count = len(items)
+        if count < child.min:
+            run.error("required", where, _missing_text(child, count))
+        elif child.max is not None and count > child.max:
+            text = (
+                "is not allowed by the profile (max 0)"
+                if child.max == 0
+                else f"occurs {count} times; at most {child.max} allowed"
+            )
+            run.error("structure", where, f"{child.display_name} {text}")
+        elif count == 0 and child.must_support:
+            run.information(
+                "informational", where, f"must-support element {child.display_name} is absent"
+            )
+        targets: list[ElementNode | None] = [None] * count
+        if child.slicing is not None and child.slices:
+            targets = assign_slices([i[0] for i in items], [i[3] for i in items], child, where, run)
+        for (raw, ext, tcode, item_expr), target in zip(items, targets, strict=True):
+            self.check_item(raw, ext, tcode, target or child, owner, item_expr, run)
+
+    def _items(
+        self, value: dict[str, Any], key: str, tcode: str, child: ElementNode, expr: str, run: Run
+    ) -> list[tuple[Any, Any, str, str]]:
+        raw, ext = value.get(key), value.get(f"_{key}")
+        if not child.is_array:
+            if isinstance(raw, list) or isinstance(ext, list):
+                run.error(
+                    "structure", f"{expr}.{key}", f"{key} must be a single value, not an array"
+                )
+                return []
+            return [(raw, ext, tcode, f"{expr}.{key}")]
+        raws = _as_list(raw, f"{expr}.{key}", run)
+        exts = _as_list(ext, f"{expr}._{key}", run)
+        size = max(len(raws), len(exts))
+        return [
+            (
+                raws[i] if i < len(raws) else None,
+                exts[i] if i < len(exts) else None,
+                tcode,
+                f"{expr}.{key}[{i}]",
+            )
+            for i in range(size)
+        ]
+
+    # -- single values ----------------------------------------------------------------------
+    def check_item(
+        self,
+        raw: Any,
+        ext: Any,
+        tcode: str,
+        node: ElementNode,
+        owner: ElementNode,
+        expr: str,
+        run: Run,
+    ) -> None:
+        if is_primitive(tcode):
+            self._check_primitive(raw, ext, tcode, node, expr, run)
+            return
+        if tcode == "Resource" or self.catalog.is_resource_type(tcode):
+            if isinstance(raw, dict):
+                self.check_resource(raw, expr, run)
+            else:
+                run.error("structure", expr, "must be a JSON object holding a resource")
+            return
+        if not isinstance(raw, dict):
+            run.error("structure", expr, f"must be a JSON object ({tcode})")
+            return
+        self._fixed_and_pattern(raw, node, expr, run)
+        if node.binding is not None:
+            check_binding(raw, tcode, node.binding, self.catalog, expr, run)
+        if tcode == "Coding":
+            check_coding(raw, self.catalog, expr, run)
+        elif tcode == "Reference":
+            check_reference(raw, node, self.catalog, expr, run)
+        elif tcode == "Extension":
+            self._check_extension_context(raw, node, owner, expr, run)
+        self.check_object(raw, node, tcode, expr, run)
+
+    def _check_primitive(
+        self, raw: Any, ext: Any, tcode: str, node: ElementNode, expr: str, run: Run
+    ) -> None:
+        if raw is None and ext is None:
+            run.error("structure", expr, "is null without a value or extension")
+            return
+        if raw is not None:
+            problem = check_primitive(tcode, raw)
+            if problem:
+                run.error("value", expr, f"{node.display_name} {problem}")
+                return
+            self._fixed_and_pattern(raw, node, expr, run)
+            if node.binding is not None:
+                check_binding(raw, tcode, node.binding, self.catalog, expr, run)
+        if ext is not None:
+            element = self.catalog.profile("http://hl7.org/fhir/StructureDefinition/Element")
+            if not isinstance(ext, dict):
+                run.error("structure", expr, "the _ companion must be a JSON object")
+            elif element is not None:
+                self.check_object(ext, element.root, "Element", expr, run, root=True)
+
+    def _fixed_and_pattern(self, raw: Any, node: ElementNode, expr: str, run: Run) -> None:
+        if node.has_fixed and raw != node.fixed:
+            run.error("value", expr, f"must be exactly the fixed value {_show(node.fixed)}")
+        if node.has_pattern and not matches_pattern(raw, node.pattern):
+            run.error("value", expr, f"must match the pattern {_show(node.pattern)}")
+
+    def _check_extension_context(
+        self, raw: dict[str, Any], node: ElementNode, owner: ElementNode, expr: str, run: Run
+    ) -> None:
+        url = raw.get("url")
+        if not isinstance(url, str) or ":" not in url:
+            return
+        definition = self.catalog.profile(url)
+        if definition is None:
+            run.information(
+                "informational",
+                expr,
+                f"extension {url} is not known; only its structure is checked",
+            )
+            return
+        allowed = {"Element", "Resource", "DomainResource", owner.path, owner.fhirpath_type}
+        if definition.contexts and not allowed.intersection(definition.contexts):
+            run.warning(
+                "business-rule",
+                expr,
+                f"extension {url} is defined for {', '.join(definition.contexts)}, "
+                f"not for {owner.path}; strict validators reject it here",
+            )
+
+    def _constraints(
+        self, constraints: list[Any], value: Any, fhirpath_type: str, expr: str, run: Run
+    ) -> None:
+        for c in constraints:
+            if c.severity != "error" or c.key in SKIPPED:
+                continue
+            result = self.engine.evaluate(c.key, c.expression, value, fhirpath_type, run.resource)
+            if result is None:
+                run.information(
+                    "informational", expr, f"constraint {c.key} could not be evaluated; not checked"
+                )
+            elif not result:
+                run.error("invariant", expr, f"{c.key}: {c.human}")
+
+
+def _has_value_x(value: dict[str, Any]) -> bool:
+    return any(k.startswith("value") for k in value)
+
+
+def _as_list(value: Any, expr: str, run: Run) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        run.error("structure", expr, "must be a JSON array")
+        return [value]
+    return value
+
+
+def _missing_text(child: ElementNode, count: int) -> str:
+    found = "is missing" if count == 0 else f"occurs {count} times"
+    return f"required element {child.display_name} {found}; at least {child.min} needed"
+
+
+def _unknown_text(key: str, owner: ElementNode) -> str:
+    for child in owner.children.values():
+        if child.name.endswith("[x]") and key.startswith(child.display_name):
+            allowed = ", ".join(k for k, _ in child.json_keys)
+            return f"'{key}' is not an allowed type for {child.name} here; use one of: {allowed}"
+    return f"unknown element '{key}': not defined in {owner.path}"
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), sort_keys=True)
