@@ -50,6 +50,12 @@ class StatusChange(DomainModel):
     start: Instant
     end: Instant | None = None
 
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end is not None and self.end < self.start:
+            raise ValueError("a status change ends before it starts")
+        return self
+
 
 class CareTeamMember(DomainModel):
     role: Code
@@ -129,10 +135,14 @@ class Case(DomainModel):
                 raise ValueError("status_history periods must be closed and in order")
         if (self.closed is not None) != (self.status in FINAL_CASE_STATUSES):
             raise ValueError("'closed' is set exactly when the case is closed or cancelled")
+        if self.closed is not None and self.closed < history[0].start:
+            raise ValueError("the case is closed before it was opened")
         _unique(self.tasks, "task")
         _unique(self.goals, "goal")
         _unique(self.referrals, "referral")
         _unique(self.assessments, "assessment")
+        if self.care_plan and self.discharge_plan and self.care_plan.id == self.discharge_plan.id:
+            raise ValueError("the care plan and the discharge plan need different ids")
         plans = {p.id for p in (self.care_plan, self.discharge_plan) if p is not None}
         goal_ids = {g.id for g in self.goals}
         named = [(t.id, t.care_plan) for t in self.tasks] + [

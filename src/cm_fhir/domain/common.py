@@ -25,7 +25,10 @@ from cm_fhir.domain.codes import IdentifierKind, PartyKind
 class DomainModel(BaseModel):
     """Base for all domain values: immutable, strict about unknown fields."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+    # No empty text anywhere: FHIR refuses empty strings, so "" must be None instead.
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", str_strip_whitespace=True, str_min_length=1
+    )
 
 
 #: A case-local id (a task, goal, referral ...): letters, digits and hyphens, as in FHIR ids.
@@ -56,7 +59,8 @@ class Code(DomainModel):
     """A coded concept from a named code system (ICD-10-CM, SNOMED CT, a local table...)."""
 
     system: Annotated[str, StringConstraints(min_length=1, pattern=r"^\S+$")]
-    code: Annotated[str, StringConstraints(min_length=1, pattern=r"^\S(.*\S)?$")]
+    # FHIR code: tokens separated by single whitespace characters.
+    code: Annotated[str, StringConstraints(min_length=1, pattern=r"^\S+(\s\S+)*$")]
     display: str | None = None
 
 
@@ -103,6 +107,8 @@ class Range(DomainModel):
     def _bounded(self) -> Self:
         if self.low is None and self.high is None:
             raise ValueError("a range needs a low or a high bound")
+        if self.low is not None and self.high is not None and self.low.value > self.high.value:
+            raise ValueError("the range's low bound is above its high bound")
         return self
 
 
