@@ -47,8 +47,7 @@ def test_damaged_messages_raise_only_inbound_or_mapping_errors(
         text = text[:pos] + char + text[pos + 1 :]
     try:
         result = parse_adt(text, MAPS)
-    except (InboundMessageError, MappingError) as exc:
-        assert str(exc)
+    except (InboundMessageError, MappingError):
         return
     assert isinstance(result, AdtEvent | UnsupportedMessage)
 
