@@ -105,6 +105,8 @@ class InstanceChecker:
             run.error(
                 "invariant", expr, "ext-1: an extension needs either extensions or a value[x]"
             )
+        if root and isinstance(value.get("contained"), list):
+            _check_contained_referenced(value, expr, run)
         constraints = list(node.constraints)
         fhirpath_type = rtype if (rtype := value.get("resourceType")) and root else None
         self._constraints(constraints, value, fhirpath_type or node.fhirpath_type, expr, run)
@@ -285,6 +287,34 @@ class InstanceChecker:
                 )
             elif not result:
                 run.error("invariant", expr, f"{c.key}: {c.human}")
+
+
+def _check_contained_referenced(resource: dict[str, Any], expr: str, run: Run) -> None:
+    """dom-3: each contained resource is referenced from the container or refers to it."""
+    local_refs: set[str] = set()
+    _collect_local_refs(resource, local_refs)
+    for index, contained in enumerate(resource["contained"]):
+        if not isinstance(contained, dict):
+            continue
+        inner: set[str] = set()
+        _collect_local_refs(contained, inner)
+        if f"#{contained.get('id')}" not in local_refs and "#" not in inner:
+            run.error(
+                "invariant",
+                f"{expr}.contained[{index}]",
+                "dom-3: a contained resource must be referenced from the resource that holds it",
+            )
+
+
+def _collect_local_refs(value: Any, found: set[str]) -> None:
+    if isinstance(value, dict):
+        for item in value.values():
+            _collect_local_refs(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _collect_local_refs(item, found)
+    elif isinstance(value, str) and value.startswith("#"):
+        found.add(value)
 
 
 def _has_value_x(value: dict[str, Any]) -> bool:

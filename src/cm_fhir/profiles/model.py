@@ -202,6 +202,8 @@ def _node(raw: dict[str, Any], registry: ConformanceRegistry) -> ElementNode:
     binding = raw.get("binding")
     types = tuple(_type_ref(t, registry) for t in raw.get("type", []))
     base_path = str(base.get("path", path))
+    if base_path == "Resource.id":  # typed System.String in R4 but lexically an id
+        types = (TypeRef("id"),)
     is_complex = (
         len(types) == 1
         and types[0].code[:1].isupper()
