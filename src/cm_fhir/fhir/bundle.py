@@ -1,9 +1,14 @@
 """Transaction Bundles and canonical JSON. Pure.
 
-Every entry is a conditional write keyed on the resource's business identifier, so sending the same
-Bundle twice creates nothing new: a conditional update (``PUT Type?identifier=system|value``, the
-default) or a conditional create (``POST`` with ``ifNoneExist``). Internal references are
-``urn:uuid:<id>`` and every fullUrl is the matching ``urn:uuid``; the server resolves them.
+Every entry is an idempotent write, so sending the same Bundle twice creates nothing new:
+- ``conditional-update`` (default): ``PUT Type?identifier=system|value``;
+- ``conditional-create``: ``POST Type`` with ``ifNoneExist: identifier=system|value``;
+- ``update``: ``PUT Type/<id>`` with our deterministic id, for servers that accept client ids.
+
+Every fullUrl is ``urn:uuid:<deterministic id>`` and internal references use it; the server resolves
+them. In the two conditional modes the resource body carries no ``id``: R4 lets a server reject a
+conditional update whose body has an id that matches nothing, and ignores ids on create. The reverse
+mapping reads the id back from the fullUrl.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ Json = dict[str, Any]
 class WriteMode(StrEnum):
     CONDITIONAL_UPDATE = "conditional-update"
     CONDITIONAL_CREATE = "conditional-create"
+    UPDATE = "update"
 
 
 def identifier_query(resource: Json) -> str:
@@ -39,15 +45,18 @@ def transaction_bundle(
     """A transaction Bundle that writes ``resources`` idempotently."""
     entries = []
     for resource in resources:
-        rtype = resource["resourceType"]
+        rtype, rid = resource["resourceType"], resource["id"]
         query = identifier_query(resource)
-        if mode is WriteMode.CONDITIONAL_UPDATE:
-            request = {"method": "PUT", "url": f"{rtype}?{query}"}
+        body = resource
+        if mode is WriteMode.UPDATE:
+            request = {"method": "PUT", "url": f"{rtype}/{rid}"}
         else:
-            request = {"method": "POST", "url": rtype, "ifNoneExist": query}
-        entries.append(
-            {"fullUrl": f"urn:uuid:{resource['id']}", "resource": resource, "request": request}
-        )
+            body = {k: v for k, v in resource.items() if k != "id"}
+            if mode is WriteMode.CONDITIONAL_UPDATE:
+                request = {"method": "PUT", "url": f"{rtype}?{query}"}
+            else:
+                request = {"method": "POST", "url": rtype, "ifNoneExist": query}
+        entries.append({"fullUrl": f"urn:uuid:{rid}", "resource": body, "request": request})
     return {"resourceType": "Bundle", "type": "transaction", "entry": entries}
 
 
@@ -60,4 +69,13 @@ def bundle_resources(bundle: Json) -> list[Json]:
     """The resources of a Bundle's entries (or a single resource as a one-element list)."""
     if bundle.get("resourceType") != "Bundle":
         return [bundle]
-    return [e["resource"] for e in bundle.get("entry", []) if "resource" in e]
+    out = []
+    for entry in bundle.get("entry", []):
+        resource = entry.get("resource")
+        if resource is None:
+            continue
+        full_url = str(entry.get("fullUrl", ""))
+        if "id" not in resource and full_url.startswith("urn:uuid:"):
+            resource = {"id": full_url[len("urn:uuid:") :], **resource}
+        out.append(resource)
+    return out
