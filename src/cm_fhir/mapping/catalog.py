@@ -22,6 +22,7 @@ from cm_fhir.mapping.registry import (
     STATUS_MAPS_FILE,
     load_registry,
 )
+from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules
 from cm_fhir.mapping.spec import CodeSystemsSpec, FhirIdentitySpec, StatusMapsSpec
 
 #: Every mapping file cm-fhir reads, with the model that validates it.
@@ -30,6 +31,7 @@ MAPPING_FILES: dict[str, type[pydantic.BaseModel]] = {
     CODE_SYSTEMS_FILE: CodeSystemsSpec,
     STATUS_MAPS_FILE: StatusMapsSpec,
     "adt-concept-maps.yaml": AdtConceptMaps,
+    DISCHARGE_RULES_FILE: DischargeRules,
 }
 
 

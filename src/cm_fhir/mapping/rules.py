@@ -1,0 +1,287 @@
+"""The typed spec of ``mappings/discharge-rules.yaml``: discharge-planning rules as data. Pure
+apart from reading the file once in :func:`load_discharge_rules`.
+
+The file says who is screened into a case (criteria combined with ``any``/``all``, nestable), which
+case-management team owns the work on each unit, and which tasks, referrals and due dates each ADT
+event creates. Every value is checked at load: task kinds, referral types, dispositions and
+encounter classes must be known codes, durations must read like ``24h``/``7d``, and a unit may only
+name a team the file declares. A bad file fails with :class:`~cm_fhir.errors.MappingSpecError`
+naming the file and key path. The workflow in :mod:`cm_fhir.workflow` reads nothing else.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Final, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from cm_fhir.domain.codes import (
+    ActivityKind,
+    Disposition,
+    PartyKind,
+    Priority,
+    Programme,
+    ReferralType,
+)
+from cm_fhir.mapping.adt_maps import ENCOUNTER_CLASSES
+from cm_fhir.mapping.loader import load_with_overrides
+
+__all__ = [
+    "DISCHARGE_RULES_FILE",
+    "AdmissionRules",
+    "Criterion",
+    "DischargeRules",
+    "DischargeStepRules",
+    "IdentityRules",
+    "PartySpec",
+    "PendingDischargeRules",
+    "ReferralRule",
+    "TaskRule",
+    "TransferRules",
+    "load_discharge_rules",
+    "parse_duration",
+]
+
+DISCHARGE_RULES_FILE: Final = "discharge-rules.yaml"
+
+_DURATION = re.compile(r"^\s*(\d{1,5})\s*([mhdw])\s*$")
+_UNITS: Final[dict[str, str]] = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_duration(value: object) -> timedelta:
+    """``"90m"``, ``"24h"``, ``"7d"`` or ``"2w"`` as a timedelta; anything else is refused."""
+    if isinstance(value, timedelta):
+        return value
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("a duration is a whole number and a unit: m, h, d or w (e.g. 24h, 7d)")
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+#: A positive duration written ``24h``, ``7d``...
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+#: A rule name: it becomes part of task ids, so it is short and id-safe.
+RuleName = Annotated[
+    str, StringConstraints(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=32)
+]
+TeamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+NoSpace = Annotated[str, StringConstraints(pattern=r"^\S+$")]
+
+
+class Rules(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IdentifierSpec(Rules):
+    system: NoSpace
+    value: Annotated[str, StringConstraints(pattern=r"^\S(.*\S)?$")]
+
+
+class PartySpec(Rules):
+    """A team or organisation: a CareTeam or Organization with a display and/or an identifier."""
+
+    kind: Literal[PartyKind.CARE_TEAM, PartyKind.ORGANIZATION]
+    display: Text | None = None
+    identifier: IdentifierSpec | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> Self:
+        if self.display is None and self.identifier is None:
+            raise ValueError("a team or organisation needs a display or an identifier")
+        return self
+
+
+class TaskRule(Rules):
+    """One task a rule creates: its kind (a task code), text, due date and priority."""
+
+    kind: ActivityKind
+    description: Text
+    due: Duration
+    priority: Priority = Priority.ROUTINE
+
+
+class ReferralRule(Rules):
+    """A post-acute referral: the service type, who performs it and when it is due."""
+
+    type: ReferralType
+    performer: PartySpec
+    due: Duration
+    note: Text | None = None
+    priority: Priority = Priority.ROUTINE
+
+
+class AgeRange(Rules):
+    min: int | None = Field(default=None, ge=0, le=150)
+    max: int | None = Field(default=None, ge=0, le=150)
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Self:
+        if self.min is None and self.max is None:
+            raise ValueError("an age criterion needs min or max")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError("min is above max")
+        return self
+
+
+class DiagnosisCriterion(Rules):
+    codes: list[NoSpace] = Field(default_factory=list)
+    prefixes: list[NoSpace] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _something(self) -> Self:
+        if not self.codes and not self.prefixes:
+            raise ValueError("a diagnosis criterion needs codes or prefixes")
+        return self
+
+
+class Criterion(Rules):
+    """One screening criterion; exactly one key. ``any``/``all`` nest further criteria."""
+
+    any: list[Criterion] | None = Field(default=None, min_length=1)
+    all: list[Criterion] | None = Field(default=None, min_length=1)
+    patient_class: list[str] | None = Field(default=None, min_length=1)
+    age: AgeRange | None = None
+    diagnosis: DiagnosisCriterion | None = None
+    readmission_within: Duration | None = None
+    payer: list[NoSpace] | None = Field(default=None, min_length=1)
+    location: list[NoSpace] | None = Field(default=None, min_length=1)
+    hospital_service: list[NoSpace] | None = Field(default=None, min_length=1)
+
+    @field_validator("patient_class")
+    @classmethod
+    def _classes(cls, value: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(value or ()) - ENCOUNTER_CLASSES)
+        if unknown:
+            raise ValueError(f"not v3 ActCode encounter classes: {unknown}")
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Self:
+        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a criterion has exactly one key, found {sorted(given) or 'none'}")
+        return self
+
+    @property
+    def name(self) -> str:
+        """The criterion's key (``age``, ``diagnosis``, ``any``...)."""
+        return next(n for n in type(self).model_fields if getattr(self, n) is not None)
+
+
+class IdentityRules(Rules):
+    """Identifier and code systems for what comes from HL7v2 without one."""
+
+    patient_systems: dict[str, NoSpace] = Field(
+        default_factory=dict, description="PID-3.4 assigning authority -> identifier system"
+    )
+    default_patient_system: NoSpace
+    visit_system: NoSpace
+    payer_system: NoSpace
+    diagnosis_systems: dict[str, NoSpace] = Field(
+        default_factory=dict, description="DG1-3.3 coding system -> code system URL"
+    )
+    default_diagnosis_system: NoSpace
+    screening_criterion_system: NoSpace
+
+
+class AdmissionRules(Rules):
+    initial_assessment: TaskRule
+    payer_notification: TaskRule | None = None
+
+
+class TransferRules(Rules):
+    move_open_tasks: bool = True
+
+
+class PendingDischargeRules(Rules):
+    tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
+
+
+class DischargeStepRules(Rules):
+    tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
+    referrals: dict[Disposition, ReferralRule] = Field(default_factory=dict)
+    unmapped_disposition: TaskRule
+    close_after: Duration
+    close_when_follow_up_done: bool = True
+
+
+class DischargeRules(Rules):
+    """``mappings/discharge-rules.yaml``."""
+
+    programme: Programme = Programme.HOSPITAL_DISCHARGE_PLANNING
+    case_id_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]{0,7}$")] = "dp"
+    timezone: str = Field(default="UTC", description="For HL7 times without an offset")
+    identity: IdentityRules
+    teams: dict[TeamName, PartySpec] = Field(min_length=1)
+    location_teams: dict[str, TeamName] = Field(
+        default_factory=dict, description="PV1-3.1 point of care -> team"
+    )
+    default_team: TeamName
+    screening: Criterion
+    admission: AdmissionRules
+    transfer: TransferRules = Field(default_factory=TransferRules)
+    pending_discharge: PendingDischargeRules = Field(default_factory=PendingDischargeRules)
+    discharge: DischargeStepRules
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError("unknown IANA time zone") from exc
+        return value
+
+    @field_validator("location_teams", "default_team")
+    @classmethod
+    def _known_teams(
+        cls, value: dict[str, str] | str, info: ValidationInfo
+    ) -> dict[str, str] | str:
+        teams = info.data.get("teams")
+        if teams is None:  # the teams themselves failed; that error is reported
+            return value
+        named = value.items() if isinstance(value, dict) else [("", value)]
+        for location, team in named:
+            if team not in teams:
+                where = f"'{location}' names" if location else "names"
+                raise ValueError(f"{where} unknown team '{team}'; known: {sorted(teams)}")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_task_ids(self) -> Self:
+        pending = set(self.pending_discharge.tasks)
+        clash = pending & set(self.discharge.tasks)
+        if clash:
+            raise ValueError(f"pending_discharge and discharge reuse task names {sorted(clash)}")
+        return self
+
+    def team(self, location: str | None) -> str:
+        """The team that owns the work on ``location`` (a PV1-3.1 point of care)."""
+        if location is not None and location in self.location_teams:
+            return self.location_teams[location]
+        return self.default_team
+
+
+def load_discharge_rules(override_dir: Path | None = None) -> DischargeRules:
+    """Load the bundled rules, deep-merged with a site's file of the same name.
+
+    ``override_dir`` defaults to the folder named by ``CM_FHIR_MAPPINGS_DIR``.
+
+    Raises:
+        MappingSpecError: the file (or the merged result) is invalid; names file, key and reason.
+    """
+    return load_with_overrides(DISCHARGE_RULES_FILE, DischargeRules, override_dir)
