@@ -67,16 +67,14 @@ def test_snapshot_check_and_regenerate(tmp_path: Path) -> None:
     )
     target = folder / "StructureDefinition-cm-task.json"
     sd = json.loads(target.read_text())
-    sd["differential"]["element"].append(
-        {"id": "Task.description", "path": "Task.description", "min": 1}
-    )
+    sd["differential"]["element"].append({"id": "Task.note", "path": "Task.note", "min": 1})
     target.write_text(json.dumps(sd))
     stale = runner.invoke(app, ["profiles", "snapshot", "--dir", str(folder), "--check"])
     assert stale.exit_code == 1
     assert "StructureDefinition-cm-task.json" in stale.output
     assert runner.invoke(app, ["profiles", "snapshot", "--dir", str(folder)]).exit_code == 0
     regenerated = json.loads(target.read_text())["snapshot"]["element"]
-    assert next(e for e in regenerated if e["id"] == "Task.description")["min"] == 1
+    assert next(e for e in regenerated if e["id"] == "Task.note")["min"] == 1
     result = runner.invoke(
         app, ["validate", "--profiles-dir", str(folder), str(write(tmp_path, "t.json", {}))]
     )

@@ -37,10 +37,14 @@ def generate_snapshot(profile: dict[str, Any], resolve: Resolver) -> list[dict[s
     if base is None or "snapshot" not in base:
         raise ProfileError(f"{url}: base definition {base_url} is not loaded or has no snapshot")
     builder = _Builder(url, copy.deepcopy(base["snapshot"]["element"]), resolve)
+    seen: set[str] = set()
     for diff in profile.get("differential", {}).get("element", []):
         element_id = diff.get("id") or diff.get("path")
         if not isinstance(element_id, str):
             raise ProfileError(f"{url}: a differential element has neither id nor path")
+        if element_id in seen:  # sdf-17: servers refuse duplicate ids
+            raise ProfileError(f"{url}: element {element_id} appears twice in the differential")
+        seen.add(element_id)
         builder.apply(element_id, diff)
     return builder.elements
 
@@ -58,6 +62,23 @@ class _Builder:
         if index is None:
             index = self._make(element_id)
         self._merge(self.elements[index], diff)
+        self._fix_extension_url(self.elements[index])
+
+    def _fix_extension_url(self, element: dict[str, Any]) -> None:
+        """An extension slice gets its url fixed, so slice matching needs no profile lookup."""
+        if "sliceName" not in element or element["path"].rpartition(".")[2] not in (
+            "extension",
+            "modifierExtension",
+        ):
+            return
+        profiles = [p for t in element.get("type", []) for p in t.get("profile", [])]
+        if len(profiles) != 1:
+            return
+        url_id = element["id"] + ".url"
+        url_index = self._find(url_id)
+        if url_index is None:
+            url_index = self._make(url_id)
+        self.elements[url_index]["fixedUri"] = profiles[0]
 
     def _find(self, element_id: str) -> int | None:
         for index, element in enumerate(self.elements):
