@@ -1,0 +1,252 @@
+"""The building blocks of one workflow step: the working copy of a patient's state, and the domain
+changes the rules make (open a case, add a task or referral, withdraw them, move them). Pure.
+
+A :class:`Step` holds the cases and visit memory while one event is applied, records every change
+in the trace with the message and the rule that caused it, and hands back a new
+:class:`~cm_fhir.workflow.state.PatientState`. Every case change goes through
+:func:`revalidated`, so no rule can leave a case that breaks a domain invariant.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from cm_fhir.domain.case import Case, StatusChange
+from cm_fhir.domain.codes import CaseStatus, PlanStatus, TaskStatus
+from cm_fhir.domain.common import PartyRef, PatientRef
+from cm_fhir.domain.referral import Referral
+from cm_fhir.domain.task import OPEN_TASK_STATUSES, UNTOUCHED_TASK_STATUSES, Task
+from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.mapping.rules import DischargeRules, ReferralRule, TaskRule
+from cm_fhir.workflow.facts import DISCHARGE_PLAN_ID, event_time, party
+from cm_fhir.workflow.state import (
+    PROCESSED_MEMORY,
+    Flag,
+    PatientState,
+    ProcessedMessage,
+    TraceEntry,
+    VisitMemory,
+)
+
+__all__ = ["Step", "Withdrawal", "revalidated"]
+
+#: How an undo treats what it withdraws: ``cancel`` always cancels; ``void`` marks what nobody
+#: has acted on as entered-in-error (the admission never happened) and cancels the rest.
+Withdrawal = Literal["cancel", "void"]
+
+
+def revalidated(case: Case, **update: object) -> Case:
+    """``case`` with ``update`` applied, re-validated as a whole."""
+    return Case.model_validate({**dict(case), **update})
+
+
+class Step:
+    """The working copy of one patient's state while one event (or a clock tick) is applied."""
+
+    def __init__(
+        self,
+        state: PatientState,
+        rules: DischargeRules,
+        now: datetime,
+        event: AdtEvent | None = None,
+    ) -> None:
+        self.rules = rules
+        self.event = event
+        self.now = now
+        self.at = event_time(event, rules, now) if event is not None else now
+        self.control_id = event.message_control_id if event is not None else None
+        self.keys = list(state.patient_keys)
+        self.patient = state.patient
+        self.cases = {c.id: c for c in state.cases}
+        self.visits = {v.visit_number: v for v in state.visits}
+        self.last_discharge = state.last_discharge
+        self.processed = list(state.processed)
+        self.trace: list[TraceEntry] = []
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def note(
+        self,
+        rule: str,
+        action: str,
+        case_id: str | None = None,
+        target: str | None = None,
+        *flags: Flag,
+    ) -> None:
+        self.trace.append(
+            TraceEntry(
+                message_control_id=self.control_id,
+                event=self.event.event if self.event is not None else None,
+                rule=rule,
+                action=action,
+                case_id=case_id,
+                target=target,
+                flags=flags,
+            )
+        )
+
+    def remember(self, digest: str) -> None:
+        if self.control_id is None:
+            return
+        entry = ProcessedMessage(message_control_id=self.control_id, digest=digest)
+        self.processed = [*self.processed, entry][-PROCESSED_MEMORY:]
+
+    def state(self) -> PatientState:
+        return PatientState(
+            patient_keys=tuple(self.keys),
+            patient=self.patient,
+            cases=tuple(self.cases.values()),
+            visits=tuple(self.visits.values()),
+            last_discharge=self.last_discharge,
+            processed=tuple(self.processed),
+        )
+
+    def visit(self, number: str) -> VisitMemory:
+        return self.visits.get(number) or VisitMemory(visit_number=number)
+
+    def put_visit(self, visit: VisitMemory) -> None:
+        self.visits[visit.visit_number] = visit
+
+    def open_case_of(self, visit: VisitMemory) -> Case | None:
+        case = self.cases.get(visit.case_id) if visit.case_id is not None else None
+        return case if case is not None and not case.is_final else None
+
+    # -- case changes --------------------------------------------------------------------------
+
+    def open_case(
+        self, case_id: str, patient: PatientRef, status: CaseStatus, **fields: object
+    ) -> Case:
+        case = Case.model_validate(
+            {
+                "id": case_id,
+                "patient": patient,
+                "programme": self.rules.programme,
+                "status": status,
+                "status_history": (StatusChange(status=status, start=self.at),),
+                **fields,
+            }
+        )
+        self.cases[case.id] = case
+        return case
+
+    def move(self, case: Case, target: CaseStatus, rule: str) -> Case:
+        """Move ``case`` to ``target`` no earlier than its current status began."""
+        if case.status == target:
+            return case
+        when = max(self.at, case.status_history[-1].start)
+        changed = case.transition(target, when)
+        self.cases[case.id] = changed
+        self.note(rule, f"case-{target.value}", case.id)
+        return changed
+
+    def add_task(
+        self, case: Case, rule_path: str, rule: TaskRule, task_id: str, owner: PartyRef
+    ) -> tuple[Case, bool]:
+        """Add a task unless the case already has one with this id (no work is duplicated)."""
+        if any(t.id == task_id for t in case.tasks):
+            return case, False
+        plan = DISCHARGE_PLAN_ID if case.discharge_plan is not None else None
+        task = Task(
+            id=task_id,
+            kind=rule.kind,
+            description=rule.description,
+            priority=rule.priority,
+            owner=owner,
+            authored_on=self.at,
+            due=self.at + rule.due,
+            care_plan=plan,
+        )
+        case = case.add_task(task)
+        self.cases[case.id] = case
+        self.note(rule_path, "task-created", case.id, task_id)
+        return case, True
+
+    def add_referral(
+        self,
+        case: Case,
+        rule_path: str,
+        rule: ReferralRule,
+        referral_id: str,
+        requester: PartyRef,
+    ) -> tuple[Case, bool]:
+        if any(r.id == referral_id for r in case.referrals):
+            return case, False
+        referral = Referral(
+            id=referral_id,
+            type=rule.type,
+            priority=rule.priority,
+            performer=party(rule.performer),
+            requester=requester,
+            authored_on=self.at,
+            due=self.at + rule.due,
+            reasons=case.reasons,
+            note=rule.note,
+            care_plan=DISCHARGE_PLAN_ID if case.discharge_plan is not None else None,
+        )
+        case = case.add_referral(referral)
+        self.cases[case.id] = case
+        self.note(rule_path, "referral-created", case.id, referral_id)
+        return case, True
+
+    def withdraw(
+        self,
+        case: Case,
+        task_ids: tuple[str, ...],
+        referral_ids: tuple[str, ...],
+        how: Withdrawal,
+        rule: str,
+    ) -> Case:
+        """Cancel (or void) the given tasks and referrals; finished work is left as it is."""
+        tasks = []
+        for task in case.tasks:
+            if task.id in task_ids and task.is_open:
+                target = _withdrawn_task_status(task.status, how)
+                self.note(rule, f"task-{target.value}", case.id, task.id)
+                task = task.transition(target)
+            elif task.id in task_ids:
+                self.note(rule, "task-kept", case.id, task.id, Flag.TASK_DONE)
+            tasks.append(task)
+        referrals = []
+        for ref in case.referrals:
+            if ref.id in referral_ids and ref.status in _LIVE_REFERRAL:
+                untouched = ref.fulfilment_status in UNTOUCHED_TASK_STATUSES
+                void = how == "void" and untouched
+                status = PlanStatus.ENTERED_IN_ERROR if void else PlanStatus.REVOKED
+                fulfilment = ref.fulfilment_status
+                if fulfilment in OPEN_TASK_STATUSES:
+                    fulfilment = TaskStatus.ENTERED_IN_ERROR if void else TaskStatus.CANCELLED
+                ref = ref.model_copy(update={"status": status, "fulfilment_status": fulfilment})
+                self.note(rule, f"referral-{status.value}", case.id, ref.id)
+            referrals.append(ref)
+        changed = revalidated(case, tasks=tuple(tasks), referrals=tuple(referrals))
+        self.cases[case.id] = changed
+        return changed
+
+    def reassign(
+        self, case: Case, old: PartyRef | None, new: PartyRef, rule: str, only: tuple[str, ...] = ()
+    ) -> tuple[Case, tuple[str, ...]]:
+        """Give the open tasks owned by ``old`` (or just ``only``) to ``new``; the moved ids."""
+        moved: list[str] = []
+        tasks = []
+        for task in case.tasks:
+            chosen = task.id in only if only else True
+            if chosen and task.is_open and task.owner == old and task.owner != new:
+                task = task.reassign(new)
+                moved.append(task.id)
+                self.note(rule, "task-reassigned", case.id, task.id)
+            tasks.append(task)
+        if not moved:
+            return case, ()
+        changed = revalidated(case, tasks=tuple(tasks))
+        self.cases[case.id] = changed
+        return changed, tuple(moved)
+
+
+_LIVE_REFERRAL = frozenset({PlanStatus.DRAFT, PlanStatus.ACTIVE, PlanStatus.ON_HOLD})
+
+
+def _withdrawn_task_status(status: TaskStatus, how: Withdrawal) -> TaskStatus:
+    if how == "void" and status in UNTOUCHED_TASK_STATUSES:
+        return TaskStatus.ENTERED_IN_ERROR
+    return TaskStatus.CANCELLED

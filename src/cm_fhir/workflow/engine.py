@@ -1,0 +1,246 @@
+"""``apply_event``: one ADT event applied to one patient's state under the discharge rules. Pure.
+
+Dispatches on the trigger event (A01/A04 admit, A02 transfer, A03 discharge, A06 class change,
+A08 update, A11/A12/A13 cancels, A16 pending discharge, A40 merge), after the duplicate check:
+a message whose control id and content were already applied changes nothing. Events without a
+rule (A05, A07, A15, A25, A26, A27, A38) and events without a visit number are recorded in the
+trace, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Final
+
+from cm_fhir.domain.common import PatientRef
+from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.mapping.rules import DischargeRules
+from cm_fhir.workflow import facts
+from cm_fhir.workflow.actions import Step, revalidated
+from cm_fhir.workflow.admission import (
+    admit,
+    cancel_admit,
+    refresh_case,
+    refresh_visit,
+    team_party,
+)
+from cm_fhir.workflow.discharge import cancel_discharge, discharge, plan_discharge
+from cm_fhir.workflow.state import (
+    Flag,
+    Outcome,
+    PatientState,
+    ProcessedMessage,
+    TransferFrame,
+    VisitMemory,
+    changed_cases,
+    latest,
+)
+
+__all__ = ["apply_event"]
+
+
+def apply_event(
+    event: AdtEvent,
+    state: PatientState,
+    rules: DischargeRules,
+    *,
+    now: datetime,
+    merged: Sequence[PatientState] = (),
+) -> Outcome:
+    """Apply one ADT event to the patient's state.
+
+    ``state`` is the state filed under the event's patient (``PatientState()`` for a new one);
+    ``now`` stands in for the event time when the message carries none. For an A40, ``merged``
+    holds the states of the prior patients (see :func:`~cm_fhir.workflow.facts.patient_keys`):
+    their cases and visits move to the surviving patient and their keys are retired.
+    """
+    step = Step(state, rules, now, event)
+    lock = facts.patient_keys(event, rules)
+    digest = facts.digest(event)
+    seen = [p for p in state.processed if p.message_control_id == event.message_control_id]
+    if any(p.digest == digest for p in seen):
+        step.note(f"event.{event.event}", "duplicate-ignored", None, None, Flag.DUPLICATE_MESSAGE)
+        return Outcome(state=state, trace=tuple(step.trace), lock_keys=lock)
+    if seen:
+        step.note(f"event.{event.event}", "applied-again", None, None, Flag.CONTROL_ID_REUSED)
+    ref = facts.patient_ref(event.patient.identifiers, rules)
+    step.patient = ref
+    step.keys = list(dict.fromkeys([facts.patient_key(ref), *step.keys]))
+    retired: tuple[str, ...] = ()
+    if event.event == "A40":
+        retired = _merge(step, event, ref, merged)
+    else:
+        handler = _HANDLERS.get(event.event)
+        number = event.visit.visit_number if event.visit is not None else None
+        if handler is None:
+            step.note(f"event.{event.event}", "no-rule", None, None, Flag.NO_RULE)
+        elif number is None:
+            step.note(f"event.{event.event}", "no-visit", None, None, Flag.NO_VISIT_NUMBER)
+        else:
+            step.put_visit(handler(step, step.visit(number)))
+    _refresh_patient(step, ref)
+    step.remember(digest)
+    after = step.state()
+    return Outcome(
+        state=after,
+        changed_cases=changed_cases(state, after),
+        trace=tuple(step.trace),
+        lock_keys=lock,
+        retired_keys=retired,
+    )
+
+
+# -- handlers: (step, visit memory) -> new visit memory -------------------------------------------
+
+
+def _admission(step: Step, visit: VisitMemory) -> VisitMemory:
+    visit = admit(step, refresh_visit(step, visit), f"event.{_code(step)}")
+    return plan_discharge(step, visit, pending=False)
+
+
+def _transfer(step: Step, visit: VisitMemory) -> VisitMemory:
+    before = visit.patient_class
+    visit = refresh_visit(step, visit, with_location=False)
+    visit = _relocate(step, visit, record=True)
+    return _after_update(step, visit, before)
+
+
+def _update(step: Step, visit: VisitMemory) -> VisitMemory:
+    before = visit.patient_class
+    visit = refresh_visit(step, visit, with_location=False)
+    visit = _relocate(step, visit, record=False)
+    return _after_update(step, visit, before)
+
+
+def _after_update(step: Step, visit: VisitMemory, class_before: str | None) -> VisitMemory:
+    """Screen again when the patient class changed; keep the case's data current."""
+    case = step.open_case_of(visit)
+    if case is None and class_before is not None and visit.patient_class != class_before:
+        visit = admit(step, visit, f"screening.{_code(step)}")
+    elif case is not None:
+        refresh_case(step, case, visit)
+    return plan_discharge(step, visit, pending=False)
+
+
+def _class_change(step: Step, visit: VisitMemory) -> VisitMemory:
+    visit = admit(step, refresh_visit(step, visit), "screening.A06")
+    return plan_discharge(step, visit, pending=False)
+
+
+def _pending(step: Step, visit: VisitMemory) -> VisitMemory:
+    visit = refresh_visit(step, visit)
+    case = step.open_case_of(visit)
+    if case is not None:
+        refresh_case(step, case, visit)
+    return plan_discharge(step, visit, pending=True)
+
+
+def _discharge(step: Step, visit: VisitMemory) -> VisitMemory:
+    return discharge(step, refresh_visit(step, visit))
+
+
+def _cancel_transfer(step: Step, visit: VisitMemory) -> VisitMemory:
+    if not visit.transfers:
+        step.note("event.A12", "nothing-to-undo", visit.case_id, None, Flag.NOTHING_TO_UNDO)
+        return visit
+    frame = visit.transfers[-1]
+    case = step.open_case_of(visit)
+    if case is not None and frame.moved_task_ids:
+        new, old = team_party(step.rules, visit.team), team_party(step.rules, frame.team)
+        step.reassign(case, new, old, "event.A12", only=frame.moved_task_ids)
+    step.note("event.A12", "location-reverted", visit.case_id)
+    return visit.model_copy(
+        update={"location": frame.location, "team": frame.team, "transfers": visit.transfers[:-1]}
+    )
+
+
+def _relocate(step: Step, visit: VisitMemory, *, record: bool) -> VisitMemory:
+    """Move the visit to the event's PV1-3 unit and the open tasks to that unit's team."""
+    event = step.event
+    assert event is not None
+    assert event.visit is not None
+    new = event.visit.location.point_of_care if event.visit.location is not None else None
+    if new is None or new == visit.location:
+        return visit
+    rules = step.rules
+    old_team = visit.team or rules.team(visit.location)
+    new_team = rules.team(new)
+    moved: tuple[str, ...] = ()
+    case = step.open_case_of(visit)
+    if case is not None and rules.transfer.move_open_tasks and new_team != old_team:
+        old, target = team_party(rules, old_team), team_party(rules, new_team)
+        _, moved = step.reassign(case, old, target, "transfer.move_open_tasks")
+    step.note(f"event.{event.event}", "location-changed", visit.case_id)
+    update: dict[str, object] = {"location": new, "team": new_team}
+    if record:
+        frame = TransferFrame(
+            message_control_id=event.message_control_id,
+            location=visit.location,
+            team=old_team,
+            moved_task_ids=moved,
+        )
+        update["transfers"] = (*visit.transfers, frame)
+    return visit.model_copy(update=update)
+
+
+_Handler = Callable[[Step, VisitMemory], VisitMemory]
+_HANDLERS: Final[dict[str, _Handler]] = {
+    "A01": _admission,
+    "A04": _admission,
+    "A02": _transfer,
+    "A03": _discharge,
+    "A06": _class_change,
+    "A08": _update,
+    "A11": cancel_admit,
+    "A12": _cancel_transfer,
+    "A13": cancel_discharge,
+    "A16": _pending,
+}
+
+
+def _code(step: Step) -> str:
+    return step.event.event if step.event is not None else "tick"
+
+
+# -- merge and patient identity -------------------------------------------------------------------
+
+
+def _merge(
+    step: Step, event: AdtEvent, survivor: PatientRef, merged: Sequence[PatientState]
+) -> tuple[str, ...]:
+    """A40: move the prior patients' cases and visits to the surviving patient."""
+    retired: list[str] = []
+    for merge in event.merges:
+        key = facts.patient_key(facts.patient_ref(merge.prior_identifiers, step.rules))
+        if key == step.keys[0]:
+            continue
+        retired.append(key)
+        source = next((s for s in merged if key in s.patient_keys), None)
+        if source is None:
+            step.note("event.A40", "no-prior-state", None, None, Flag.NO_PRIOR_STATE)
+            continue
+        for case in source.cases:
+            if case.id in step.cases:
+                step.note("event.A40", "case-already-here", case.id)
+                continue
+            step.cases[case.id] = revalidated(case, patient=survivor)
+            step.note("event.A40", "case-moved", case.id)
+        for visit in source.visits:
+            step.visits.setdefault(visit.visit_number, visit)
+        step.last_discharge = latest([step.last_discharge, source.last_discharge])
+        step.keys = list(dict.fromkeys([*step.keys, *source.patient_keys]))
+        step.processed = _union(step.processed, source.processed)
+    return tuple(dict.fromkeys(retired))
+
+
+def _union(a: list[ProcessedMessage], b: tuple[ProcessedMessage, ...]) -> list[ProcessedMessage]:
+    return list(dict.fromkeys([*a, *b]))
+
+
+def _refresh_patient(step: Step, ref: PatientRef) -> None:
+    """Open cases follow the patient's current identifiers (A08 demographics, A40 merges)."""
+    for case_id, case in list(step.cases.items()):
+        if not case.is_final and case.patient != ref:
+            step.cases[case_id] = revalidated(case, patient=ref)
+            step.note(f"event.{_code(step)}", "patient-updated", case_id)

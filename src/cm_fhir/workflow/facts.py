@@ -1,0 +1,180 @@
+"""What the workflow reads from an ADT event, in domain terms, and the deterministic ids. Pure.
+
+Patient identifiers, the visit identifier, coverage, diagnoses and the event time come out of an
+:class:`~cm_fhir.hl7v2.events.AdtEvent` as domain values, with identifier and code systems from the
+rules file. Ids are derived only from the visit number, the rule and the sequence numbers, never
+from the time of processing, so replaying an inbox gives identical cases: a visit number that is
+not already id-safe is hashed (``x-`` and 16 hex digits of its SHA-256).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+from cm_fhir.domain.case import Coverage
+from cm_fhir.domain.codes import IdentifierKind, PartyKind
+from cm_fhir.domain.common import Code, Identifier, PartyRef, PatientRef
+from cm_fhir.hl7v2.events import AdtEvent, PatientIdentifier
+from cm_fhir.mapping.rules import DischargeRules, PartySpec
+
+__all__ = [
+    "DISCHARGE_PLAN_ID",
+    "age_at",
+    "aware",
+    "case_id",
+    "coverage",
+    "digest",
+    "encounter",
+    "event_time",
+    "item_id",
+    "party",
+    "patient_key",
+    "patient_keys",
+    "patient_ref",
+    "reasons",
+    "visit_slug",
+]
+
+#: The local id of the discharge plan in every discharge-planning case.
+DISCHARGE_PLAN_ID = "discharge-plan"
+
+_SAFE_VISIT = re.compile(r"^[A-Za-z0-9]{1,24}$")
+_KINDS = {kind.value: kind for kind in IdentifierKind}
+
+
+def visit_slug(visit_number: str) -> str:
+    """The visit number in id form: as is when short and alphanumeric, else hashed."""
+    if _SAFE_VISIT.match(visit_number):
+        return visit_number
+    return "x-" + hashlib.sha256(visit_number.encode()).hexdigest()[:16]
+
+
+def case_id(rules: DischargeRules, visit_number: str, admission: int) -> str:
+    """``dp-V100200`` for a visit's first case, ``dp-V100200-2`` after an A11 and a new admit."""
+    base = f"{rules.case_id_prefix}-{visit_slug(visit_number)}"
+    return base if admission == 1 else f"{base}-{admission}"
+
+
+def item_id(rule: str, tag: str = "") -> str:
+    """A task or referral id inside a case: the rule name, plus ``p1``/``d2`` for a sequence."""
+    return f"{rule}-{tag}" if tag else rule
+
+
+def aware(value: datetime, rules: DischargeRules) -> datetime:
+    """``value`` with the rules' time zone attached when HL7 sent no offset."""
+    return value if value.tzinfo is not None else value.replace(tzinfo=ZoneInfo(rules.timezone))
+
+
+def event_time(event: AdtEvent, rules: DischargeRules, now: datetime) -> datetime:
+    """When the event happened (EVN-6, EVN-2, MSH-7), else ``now``; always timezone-aware."""
+    return aware(event.trigger_time or now, rules)
+
+
+def age_at(birth: date, when: datetime) -> int:
+    """Whole years between a birth date and a moment."""
+    day = when.date()
+    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
+
+
+def _identifier(pid: PatientIdentifier, rules: DischargeRules) -> Identifier:
+    authority = pid.assigning_authority
+    system = rules.identity.patient_systems.get(
+        authority or "", rules.identity.default_patient_system
+    )
+    if authority and authority not in rules.identity.patient_systems:
+        # Keep identifiers of different authorities apart even without a configured system.
+        system = f"{system}:{_token(authority)}"
+    return Identifier(
+        system=system,
+        value=pid.value.strip(),
+        kind=_KINDS.get(pid.type_code or ""),
+        assigner=authority,
+    )
+
+
+def _token(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.-]", "-", text.strip()) or "-"
+
+
+def _primary_first(ids: tuple[PatientIdentifier, ...]) -> list[PatientIdentifier]:
+    """The MR-typed identifier first (the MRN), the others in message order."""
+    mrns = [i for i in ids if i.type_code == IdentifierKind.MRN.value]
+    return mrns[:1] + [i for i in ids if not mrns or i is not mrns[0]]
+
+
+def patient_ref(ids: tuple[PatientIdentifier, ...], rules: DischargeRules) -> PatientRef:
+    """The patient reference from PID-3 (or MRG-1) repetitions, the MRN first."""
+    found: list[Identifier] = []
+    for pid in _primary_first(ids):
+        ident = _identifier(pid, rules)
+        if all((i.system, i.value) != (ident.system, ident.value) for i in found):
+            found.append(ident)
+    return PatientRef(identifiers=tuple(found))
+
+
+def patient_key(ref: PatientRef) -> str:
+    """The key the store locks and files a patient's state under: ``system|value`` of the MRN."""
+    return f"{ref.primary.system}|{ref.primary.value}"
+
+
+def patient_keys(event: AdtEvent, rules: DischargeRules) -> tuple[str, ...]:
+    """Every patient key an event touches: the patient, plus the prior patients of an A40."""
+    keys = [patient_key(patient_ref(event.patient.identifiers, rules))]
+    for merge in event.merges:
+        if merge.prior_identifiers:
+            keys.append(patient_key(patient_ref(merge.prior_identifiers, rules)))
+    return tuple(dict.fromkeys(keys))
+
+
+def encounter(visit_number: str, rules: DischargeRules) -> Identifier:
+    return Identifier(
+        system=rules.identity.visit_system, value=visit_number, kind=IdentifierKind.VISIT
+    )
+
+
+def coverage(event: AdtEvent, rules: DischargeRules) -> tuple[Coverage, ...]:
+    """Coverage from IN1 segments that name a payer and a member id."""
+    out: list[Coverage] = []
+    for ins in event.insurances:
+        if ins.member_id is None or (ins.payer_id is None and ins.payer_name is None):
+            continue
+        payer_id = (
+            Identifier(system=rules.identity.payer_system, value=ins.payer_id)
+            if ins.payer_id
+            else None
+        )
+        payer = PartyRef(kind=PartyKind.ORGANIZATION, identifier=payer_id, display=ins.payer_name)
+        out.append(Coverage(payer=payer, member_id=ins.member_id, plan=ins.plan_id))
+    return tuple(out)
+
+
+def reasons(event: AdtEvent, rules: DischargeRules) -> tuple[Code, ...]:
+    """Diagnosis codes from DG1, in message order, without repeats."""
+    found: list[Code] = []
+    for dx in event.diagnoses:
+        if dx.code is None or not dx.code.strip():
+            continue
+        systems = rules.identity.diagnosis_systems
+        system = systems.get((dx.system or "").upper(), rules.identity.default_diagnosis_system)
+        code = Code(system=system, code=" ".join(dx.code.split()), display=dx.description)
+        if all((c.system, c.code) != (code.system, code.code) for c in found):
+            found.append(code)
+    return tuple(found)
+
+
+def party(spec: PartySpec) -> PartyRef:
+    """A team or organisation from the rules file as a domain party reference."""
+    ident = (
+        Identifier(system=spec.identifier.system, value=spec.identifier.value)
+        if spec.identifier is not None
+        else None
+    )
+    return PartyRef(kind=spec.kind, identifier=ident, display=spec.display)
+
+
+def digest(event: AdtEvent) -> str:
+    """A digest of the event's content, to tell a resent message from a reused control id."""
+    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()[:32]
