@@ -19,13 +19,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, exists, select
+from sqlalchemy import Connection, Row, and_, bindparam, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.store.tables import InboxState, inbox_messages
 
-__all__ = ["NewMessage", "StoredMessage", "claim_next", "store_messages"]
+__all__ = [
+    "NewMessage",
+    "StoredMessage",
+    "claim_next",
+    "store_messages",
+    "store_messages_sync",
+]
 
 _t = inbox_messages
 DedupKey = tuple[str, str, str, str]
@@ -101,25 +107,44 @@ class StoredMessage:
     ack_bytes: bytes | None
 
 
-def _insert(connection: AsyncConnection) -> Any:
-    if connection.dialect.name == "postgresql":
-        return postgresql.insert(_t)
-    return sqlite.insert(_t)
+_EXISTING = select(
+    _t.c.id,
+    _t.c.control_id,
+    _t.c.sending_application,
+    _t.c.sending_facility,
+    _t.c.content_sha256,
+    _t.c.ack_code,
+    _t.c.ack_bytes,
+).where(_t.c.control_id.in_(bindparam("control_ids", expanding=True)))
+_DEDUP_COLUMNS = [
+    _t.c.control_id,
+    _t.c.sending_application,
+    _t.c.sending_facility,
+    _t.c.content_sha256,
+]
+_INSERT_RETURNING = (_t.c.id, *_DEDUP_COLUMNS)
+_INSERT_UNKEYED = _t.insert().returning(_t.c.id)
 
 
-async def _existing(connection: AsyncConnection, control_ids: set[str]) -> Sequence[AnyRow]:
+def _existing(connection: Connection, control_ids: set[str]) -> Sequence[AnyRow]:
     if not control_ids:
         return []
-    query = select(
-        _t.c.id,
-        _t.c.control_id,
-        _t.c.sending_application,
-        _t.c.sending_facility,
-        _t.c.content_sha256,
-        _t.c.ack_code,
-        _t.c.ack_bytes,
-    ).where(_t.c.control_id.in_(sorted(control_ids)))
-    return (await connection.execute(query)).all()
+    return connection.execute(_EXISTING, {"control_ids": sorted(control_ids)}).all()
+
+
+def _insert_keyed(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (dedup key) DO NOTHING RETURNING id, key; one per dialect."""
+    if dialect not in _INSERTS:
+        module = postgresql if dialect == "postgresql" else sqlite
+        _INSERTS[dialect] = (
+            module.insert(_t)
+            .on_conflict_do_nothing(index_elements=_DEDUP_COLUMNS)
+            .returning(*_INSERT_RETURNING)
+        )
+    return _INSERTS[dialect]
+
+
+_INSERTS: dict[str, Any] = {}
 
 
 def _key(row: AnyRow) -> DedupKey:
@@ -130,10 +155,17 @@ async def store_messages(
     connection: AsyncConnection, messages: Sequence[NewMessage]
 ) -> list[StoredMessage]:
     """Store ``messages`` (caller commits); return one result per message, in order."""
+    return await connection.run_sync(store_messages_sync, messages)
+
+
+def store_messages_sync(
+    connection: Connection, messages: Sequence[NewMessage]
+) -> list[StoredMessage]:
+    """:func:`store_messages` on a synchronous connection (the SQLite writer thread uses it)."""
     keyed = {m.dedup_key[0] for m in messages if m.dedup_key is not None}
     found: dict[DedupKey, StoredMessage] = {}
     senders_seen: set[tuple[str, str, str]] = set()
-    for row in await _existing(connection, keyed):
+    for row in _existing(connection, keyed):
         row_key = _key(row)
         senders_seen.add(row_key[:3])
         found[row_key] = StoredMessage(row.id, True, False, row.ack_code, row.ack_bytes)
@@ -155,30 +187,14 @@ async def store_messages(
             pending[key] = (message, reused, [index])
 
     if pending:
-        statement = (
-            _insert(connection)
-            .values([m.row(control_id_reused=reused) for m, reused, _ in pending.values()])
-            .on_conflict_do_nothing(
-                index_elements=[
-                    _t.c.control_id,
-                    _t.c.sending_application,
-                    _t.c.sending_facility,
-                    _t.c.content_sha256,
-                ]
-            )
-            .returning(
-                _t.c.id,
-                _t.c.control_id,
-                _t.c.sending_application,
-                _t.c.sending_facility,
-                _t.c.content_sha256,
-            )
-        )
-        inserted = {_key(row): row.id for row in (await connection.execute(statement)).all()}
+        rows = [m.row(control_id_reused=reused) for m, reused, _ in pending.values()]
+        statement = _insert_keyed(connection.dialect.name)
+        result = connection.execute(statement, rows)
+        inserted = {_key(row): row.id for row in result.all()}
         lost_race = {key for key in pending if key not in inserted}
         if lost_race:
             # Another process stored the same message meanwhile: answer with its ACK.
-            for row in await _existing(connection, {key[0] for key in lost_race}):
+            for row in _existing(connection, {key[0] for key in lost_race}):
                 found[_key(row)] = StoredMessage(row.id, True, False, row.ack_code, row.ack_bytes)
         for key, (message, reused, indexes) in pending.items():
             first = (
@@ -194,8 +210,8 @@ async def store_messages(
 
     for index in unkeyed:
         message = messages[index]
-        statement = _t.insert().values(message.row(control_id_reused=False)).returning(_t.c.id)
-        row_id = (await connection.execute(statement)).scalar_one()
+        values = message.row(control_id_reused=False)
+        row_id = connection.execute(_INSERT_UNKEYED, values).scalar_one()
         results[index] = StoredMessage(row_id, False, False, message.ack_code, message.ack_bytes)
 
     return [result for result in results if result is not None]

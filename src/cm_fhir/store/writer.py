@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import StoreError
-from cm_fhir.store.inbox import NewMessage, StoredMessage, store_messages
+from cm_fhir.store.engine import make_sqlite_writer_engine
+from cm_fhir.store.inbox import NewMessage, StoredMessage, store_messages, store_messages_sync
 
 __all__ = ["InboxWriter"]
 
 log = logging.getLogger(__name__)
+
+
+def _consume_error(future: asyncio.Future[StoredMessage]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(slots=True)
@@ -42,6 +50,12 @@ class InboxWriter:
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        # SQLite: one thread owns a synchronous connection and runs each group commit whole.
+        self._sqlite: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
+        if engine.dialect.name == "sqlite":
+            self._sqlite = make_sqlite_writer_engine(engine)
+            self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
         self._closed = False
         self.batches = 0
         self.messages = 0
@@ -72,6 +86,8 @@ class InboxWriter:
         loop = asyncio.get_running_loop()
         jobs = [_Job(message, loop.create_future()) for message in messages]
         for job in jobs:
+            # A caller cancelled mid-wait never reads its future: mark any error as seen.
+            job.done.add_done_callback(_consume_error)
             self._queue.put_nowait(job)
         # Shielded: a caller that goes away does not cancel a commit others share.
         return [await asyncio.shield(job.done) for job in jobs]
@@ -85,6 +101,9 @@ class InboxWriter:
             self._queue.put_nowait(None)
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        if self._thread is not None and self._sqlite is not None:
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.dispose)
+            self._thread.shutdown(wait=True)
 
     async def _run(self) -> None:
         stopping = False
@@ -101,10 +120,20 @@ class InboxWriter:
                 jobs.append(extra)
             await self._commit(jobs)
 
+    def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
+        assert self._sqlite is not None
+        with self._sqlite.begin() as connection:
+            return store_messages_sync(connection, messages)
+
     async def _commit(self, jobs: list[_Job]) -> None:
+        messages = [job.message for job in jobs]
         try:
-            async with self._engine.begin() as connection:
-                results = await store_messages(connection, [job.message for job in jobs])
+            if self._thread is not None:
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._thread, self._commit_sqlite, messages)
+            else:
+                async with self._engine.begin() as connection:
+                    results = await store_messages(connection, messages)
         except (SQLAlchemyError, OSError) as exc:
             log.error("inbox commit of %d message(s) failed: %s", len(jobs), type(exc).__name__)
             for job in jobs:
