@@ -8,7 +8,8 @@ which a property test checks.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pydantic
 
@@ -23,6 +24,7 @@ from cm_fhir.fhir.work import FULFILMENT
 from cm_fhir.mapping.registry import MappingRegistry
 
 Json = dict[str, Any]
+_T = TypeVar("_T")
 
 
 def case_to_resources(
@@ -97,45 +99,65 @@ def resources_to_case(resources: list[Json], registry: MappingRegistry) -> Case:
         return _to_case(resources, registry)
     except MappingError:
         raise
-    except (KeyError, IndexError, TypeError, ValueError, StopIteration) as exc:
-        if isinstance(exc, pydantic.ValidationError):
-            first = exc.errors()[0]
-            where = ".".join(str(p) for p in first["loc"])
-            raise MappingError(first["msg"], path=where or None) from exc
-        raise MappingError(f"resources do not hold a case ({type(exc).__name__}: {exc})") from exc
+    except _STRUCTURAL as exc:
+        raise _mapping_error(exc, None) from exc
+
+
+_STRUCTURAL = (KeyError, IndexError, TypeError, ValueError, AttributeError, StopIteration)
+
+
+def _mapping_error(exc: Exception, where: str | None) -> MappingError:
+    if isinstance(exc, pydantic.ValidationError):
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        path = ".".join(p for p in (where, loc) if p)
+        return MappingError(first["msg"], path=path or None)
+    return MappingError(f"resources do not hold a case ({type(exc).__name__}: {exc})", path=where)
+
+
+def _parse(resource: Json, parse: Callable[..., _T], *args: Any) -> _T:
+    """Run one resource's parser; a structural problem names the resource it was found in."""
+    try:
+        return parse(*args)
+    except MappingError:
+        raise
+    except _STRUCTURAL as exc:
+        where = f"{resource.get('resourceType')}/{resource.get('id')}"
+        raise _mapping_error(exc, where) from exc
 
 
 def _to_case(resources: list[Json], registry: MappingRegistry) -> Case:
     idx = _Index(resources, registry)
     eoc = idx.episode
-    primary = dt.parse_identifier(eoc["patient"]["identifier"], "EpisodeOfCare.patient")
-    head = episode.parse_case_head(
-        CaseContext(registry, idx.case_id, PatientRef(identifiers=(primary,))), eoc
+    primary = _parse(
+        eoc, lambda: dt.parse_identifier(eoc["patient"]["identifier"], "EpisodeOfCare.patient")
     )
+    head_ctx = CaseContext(registry, idx.case_id, PatientRef(identifiers=(primary,)))
+    head = _parse(eoc, episode.parse_case_head, head_ctx, eoc)
     patient = PatientRef(identifiers=(primary, *head.pop("extra_identifiers")))
     ctx = CaseContext(registry, idx.case_id, patient)
     data: Json = {"id": idx.case_id, "patient": patient, **head}
 
     for parts, r in idx.with_system("CareTeam", "care_team"):
-        data["care_team"] = episode.parse_care_team(r, parts[0])
+        data["care_team"] = _parse(r, episode.parse_care_team, r, parts[0])
     intake = [
         r
         for r in resources
         if r.get("resourceType") == "ServiceRequest" and idx.values(r, "referral") == [idx.case_id]
     ]
     if intake:
-        data["referral_source"] = episode.parse_intake_referral(intake[0])
+        data["referral_source"] = _parse(intake[0], episode.parse_intake_referral, intake[0])
     data["goals"] = tuple(
-        plans.parse_goal(r, parts[0]) for parts, r in idx.with_system("Goal", "goal")
+        _parse(r, plans.parse_goal, r, parts[0]) for parts, r in idx.with_system("Goal", "goal")
     )
     for parts, r in idx.with_system("CarePlan", "care_plan"):
         if plans.plan_category(ctx, r) == "discharge-plan":
-            data["discharge_plan"] = plans.parse_discharge_plan(ctx, r, parts[0])
+            data["discharge_plan"] = _parse(r, plans.parse_discharge_plan, ctx, r, parts[0])
         else:
             goal_ids = [idx.local_of(g, "goal") or "" for g in r.get("goal", [])]
-            data["care_plan"] = plans.parse_care_plan(r, parts[0], goal_ids)
+            data["care_plan"] = _parse(r, plans.parse_care_plan, r, parts[0], goal_ids)
     data["assessments"] = tuple(
-        work.parse_assessment(ctx, r, parts[0])
+        _parse(r, work.parse_assessment, ctx, r, parts[0])
         for parts, r in idx.with_system("Task", "assessment")
     )
     tasks, fulfilments = [], {}
@@ -145,10 +167,12 @@ def _to_case(resources: list[Json], registry: MappingRegistry) -> Case:
             continue
         plan = idx.local_of((r.get("basedOn") or [None])[0], "care_plan")
         goal = idx.local_of(r.get("focus"), "goal")
-        tasks.append(work.parse_task(r, parts[0], plan, goal))
+        tasks.append(_parse(r, work.parse_task, r, parts[0], plan, goal))
     data["tasks"] = tuple(tasks)
     data["referrals"] = tuple(
-        work.parse_referral(
+        _parse(
+            r,
+            work.parse_referral,
             r,
             fulfilments.get(parts[0]),
             parts[0],
@@ -157,5 +181,5 @@ def _to_case(resources: list[Json], registry: MappingRegistry) -> Case:
         for parts, r in idx.with_system("ServiceRequest", "referral")
     )
     for parts, r in idx.with_system("RiskAssessment", "risk_assessment"):
-        data["risk"] = work.parse_risk(r, parts[0])
+        data["risk"] = _parse(r, work.parse_risk, r, parts[0])
     return Case.model_validate(data)
