@@ -95,7 +95,8 @@ def apply_event(
 
 
 def _admission(step: Step, visit: VisitMemory) -> VisitMemory:
-    visit = admit(step, refresh_visit(step, visit), f"event.{_code(step)}")
+    visit = _relocate(step, refresh_visit(step, visit, with_location=False), record=False)
+    visit = admit(step, visit, f"event.{_code(step)}")
     return plan_discharge(step, visit, pending=False)
 
 
@@ -124,12 +125,13 @@ def _after_update(step: Step, visit: VisitMemory, class_before: str | None) -> V
 
 
 def _class_change(step: Step, visit: VisitMemory) -> VisitMemory:
-    visit = admit(step, refresh_visit(step, visit), "screening.A06")
+    visit = _relocate(step, refresh_visit(step, visit, with_location=False), record=False)
+    visit = admit(step, visit, "screening.A06")
     return plan_discharge(step, visit, pending=False)
 
 
 def _pending(step: Step, visit: VisitMemory) -> VisitMemory:
-    visit = refresh_visit(step, visit)
+    visit = refresh_visit(step, visit, with_location=visit.location is None)
     case = step.open_case_of(visit)
     if case is not None:
         refresh_case(step, case, visit)
@@ -137,7 +139,8 @@ def _pending(step: Step, visit: VisitMemory) -> VisitMemory:
 
 
 def _discharge(step: Step, visit: VisitMemory) -> VisitMemory:
-    return discharge(step, refresh_visit(step, visit))
+    # Only A02 and A08 move a known visit; other events' PV1-3 sets the unit of a new visit.
+    return discharge(step, refresh_visit(step, visit, with_location=visit.location is None))
 
 
 def _cancel_transfer(step: Step, visit: VisitMemory) -> VisitMemory:

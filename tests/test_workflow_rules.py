@@ -1,0 +1,179 @@
+"""The discharge-rules file: bundled defaults, site overrides, bad values, screening logic."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cm_fhir.domain import ActivityKind, CaseStatus
+from cm_fhir.errors import MappingSpecError
+from cm_fhir.mapping.catalog import MAPPING_FILES, check_mappings
+from cm_fhir.mapping.loader import bundled_mappings_dir, read_yaml
+from cm_fhir.mapping.rules import (
+    DISCHARGE_RULES_FILE,
+    DischargeRules,
+    load_discharge_rules,
+    parse_duration,
+)
+from cm_fhir.workflow import PatientState, ScreeningFacts, apply_event, screen
+from workflow_messages import NOW, Visit, hours
+
+
+def site(folder: Path, text: str) -> Path:
+    (folder / DISCHARGE_RULES_FILE).write_text(text, encoding="utf-8")
+    return folder
+
+
+def test_bundled_rules_load_with_the_documented_defaults() -> None:
+    rules = load_discharge_rules()
+    assert rules.admission.initial_assessment.due == timedelta(hours=24)
+    assert rules.admission.initial_assessment.kind == ActivityKind.INITIAL_ASSESSMENT
+    assert rules.discharge.tasks["follow-up"].due == timedelta(days=7)
+    assert rules.discharge.tasks["med-rec"].due == timedelta(days=2)
+    assert DISCHARGE_RULES_FILE in MAPPING_FILES
+    assert check_mappings().ok
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("90m", timedelta(minutes=90)), ("24h", timedelta(days=1)), (" 2w", timedelta(days=14))],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "reason"),
+    [
+        (
+            "admission:\n  initial_assessment:\n    kind: tea-break\n",
+            "admission.initial_assessment.kind",
+            "initial-assessment",  # the allowed task kinds are listed
+        ),
+        ("discharge:\n  close_after: soon\n", "discharge.close_after", "duration"),
+        (
+            "discharge:\n  tasks:\n    follow-up:\n      due: 7 days\n",
+            "discharge.tasks.follow-up.due",
+            "duration",
+        ),
+        ("location_teams:\n  6SOUTH: cm-nowhere\n", "location_teams", "6SOUTH"),
+        ("default_team: cm-nowhere\n", "default_team", "unknown team"),
+        ("screening:\n  any:\n    - age: {min: 70}\n      payer: [X]\n", "screening.any", "one"),
+        ("screening:\n  patient_class: [INPATIENT]\n", "screening.patient_class", "INPATIENT"),
+        (
+            "discharge:\n  referrals:\n    moon-base: {}\n",
+            "discharge.referrals.moon-base",
+            "hospice",
+        ),
+        ("teams:\n  cm-general: {kind: Patient, display: X}\n", "teams.cm-general.kind", ""),
+        ("timezone: Mars/Olympus\n", "timezone", "time zone"),
+        ("admission:\n  surprise: true\n", "admission.surprise", "unknown key"),
+    ],
+)
+def test_bad_rules_name_file_key_and_reason(
+    tmp_path: Path, override: str, key: str, reason: str
+) -> None:
+    with pytest.raises(MappingSpecError) as info:
+        load_discharge_rules(site(tmp_path, override))
+    err = info.value
+    assert err.file.endswith(f"{DISCHARGE_RULES_FILE} (over {DISCHARGE_RULES_FILE})")
+    assert err.key.startswith(key)
+    assert reason in err.reason
+    report = check_mappings(tmp_path)
+    assert [p.key for p in report.problems] == [err.key]
+
+
+def test_site_override_is_deep_merged_and_drives_the_workflow(tmp_path: Path) -> None:
+    rules = load_discharge_rules(
+        site(
+            tmp_path,
+            "location_teams:\n  4WEST: cm-surgery\n"
+            "discharge:\n  tasks:\n    follow-up:\n      kind: follow-up-call\n"
+            "      description: Call the patient at home\n      due: 3d\n",
+        )
+    )
+    bundled = DischargeRules.model_validate(read_yaml(_bundled()))
+    assert rules.location_teams["3EAST"] == bundled.location_teams["3EAST"]  # merged, not replaced
+    # mappings merge key by key: the bundled med-rec task stays, follow-up is replaced field-wise
+    assert set(rules.discharge.tasks) == set(bundled.discharge.tasks)
+    assert rules.discharge.tasks["med-rec"] == bundled.discharge.tasks["med-rec"]
+    assert rules.discharge.tasks["follow-up"].due == timedelta(days=3)
+    visit = Visit()
+    state = PatientState()
+    for event in (
+        visit.adt("A01", "S1", hours(0)),
+        visit.adt("A03", "S2", hours(10), discharge=hours(10)),
+    ):
+        state = apply_event(event, state, rules, now=NOW).state
+    (case,) = state.cases
+    task = case.task("follow-up-d1")
+    assert task.kind == ActivityKind.FOLLOW_UP_CALL
+    assert task.due == hours(10) + timedelta(days=3)
+    assert task.owner.display == rules.teams["cm-surgery"].display
+    assert case.status == CaseStatus.TRANSITION
+
+
+def _bundled() -> Path:
+    return bundled_mappings_dir() / DISCHARGE_RULES_FILE
+
+
+def _rules(screening: str) -> DischargeRules:
+    data = read_yaml(_bundled())
+    data["screening"] = yaml.safe_load(screening)
+    return DischargeRules.model_validate(data)
+
+
+AT = datetime(2024, 3, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("facts", "eligible", "matched"),
+    [
+        (ScreeningFacts(at=AT, patient_class="IMP", birth_date=date(1950, 1, 1)), True, ["age"]),
+        (ScreeningFacts(at=AT, patient_class="IMP", birth_date=date(1990, 1, 1)), False, []),
+        (ScreeningFacts(at=AT, patient_class="EMER", birth_date=date(1930, 1, 1)), False, []),
+        (
+            ScreeningFacts(at=AT, patient_class="IMP", diagnoses=("n18.4",), payers=("MEDICARE",)),
+            True,
+            ["diagnosis", "payer"],
+        ),
+        (
+            ScreeningFacts(at=AT, patient_class="IMP", last_discharge=AT - timedelta(days=29)),
+            True,
+            ["readmission-within"],
+        ),
+        (
+            ScreeningFacts(at=AT, patient_class="IMP", last_discharge=AT - timedelta(days=31)),
+            False,
+            [],
+        ),
+    ],
+)
+def test_bundled_screening(facts: ScreeningFacts, eligible: bool, matched: list[str]) -> None:
+    result = screen(facts, load_discharge_rules())
+    assert result.eligible is eligible
+    assert [m for m in result.matched if m != "patient-class"] == matched
+
+
+def test_nested_screening_criteria() -> None:
+    rules = _rules(
+        "any:\n"
+        "  - all:\n"
+        "      - location: [ICU]\n"
+        "      - age: {max: 17}\n"
+        "  - hospital_service: [ONC]\n"
+        "  - diagnosis: {codes: [Z99.11]}\n"
+    )
+    child_in_icu = ScreeningFacts(at=AT, location="ICU", birth_date=date(2015, 5, 1))
+    adult_in_icu = ScreeningFacts(at=AT, location="ICU", birth_date=date(1980, 5, 1))
+    oncology = ScreeningFacts(at=AT, hospital_service="ONC", location="ICU")
+    ventilator = ScreeningFacts(at=AT, diagnoses=("Z99.11",))
+    near_miss = ScreeningFacts(at=AT, diagnoses=("Z99.1",))
+    assert screen(child_in_icu, rules).matched == ("location", "age")
+    assert not screen(adult_in_icu, rules).eligible
+    assert screen(oncology, rules).matched == ("hospital-service",)
+    assert screen(ventilator, rules).eligible
+    assert not screen(near_miss, rules).eligible

@@ -1,0 +1,109 @@
+"""Synthetic ADT messages and a runner for the discharge-planning workflow tests (no real data).
+
+``adt(...)`` builds one message with the fields the workflow reads and parses it with the bundled
+concept maps; ``run`` applies a sequence of events to a patient state, as the worker would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cache
+
+from cm_fhir.hl7v2.adt import parse_adt
+from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.workflow import Outcome, PatientState, apply_event
+
+NOW = datetime(2024, 6, 1, 12, 0, tzinfo=UTC)
+START = datetime(2024, 3, 5, 9, 0, tzinfo=UTC)
+AUTHORITY = "NSH"
+
+
+@cache
+def maps() -> AdtConceptMaps:
+    return load_adt_concept_maps()
+
+
+@cache
+def rules() -> DischargeRules:
+    return load_discharge_rules()
+
+
+def hl7_time(when: datetime) -> str:
+    return when.strftime("%Y%m%d%H%M%S") + "+0000"
+
+
+@dataclass(frozen=True)
+class Visit:
+    """One synthetic patient and visit; ``adt`` fills in the rest per event."""
+
+    mrn: str = "MRN0001"
+    visit: str = "V100200"
+    birth: str = "19480304"  # 75-76 years old in 2024: qualifies by age
+    diagnosis: str | None = "I50.9"
+    payer: str | None = "PAYER01"
+
+    def adt(
+        self,
+        event: str,
+        control_id: str,
+        at: datetime,
+        *,
+        patient_class: str = "I",
+        location: str = "4WEST",
+        prior_location: str = "",
+        disposition: str = "",
+        discharge: datetime | None = None,
+        expected: str = "",
+        prior_mrn: str | None = None,
+    ) -> AdtEvent:
+        fields = [""] * 46
+        fields[1] = "1"
+        fields[2] = patient_class
+        fields[3] = f"{location}^401^A^NORTHSIDE"
+        fields[6] = prior_location
+        fields[10] = "MED"
+        fields[19] = self.visit
+        fields[36] = disposition
+        fields[44] = hl7_time(START)
+        fields[45] = hl7_time(discharge) if discharge else ""
+        segments = [
+            f"MSH|^~\\&|ADTSYS|NORTHSIDE|CMFHIR|CM|{hl7_time(at)}||ADT^{event}|{control_id}|P|2.5.1",
+            f"EVN|{event}|{hl7_time(at)}||||{hl7_time(at)}",
+            f"PID|1||{self.mrn}^^^{AUTHORITY}^MR||TESTPATIENT^ALPHA||{self.birth}|F",
+        ]
+        if prior_mrn is not None:
+            segments.append(f"MRG|{prior_mrn}^^^{AUTHORITY}^MR")
+        else:
+            segments.append("PV1|" + "|".join(fields[1:]))
+            segments.append(f"PV2|||||||||{expected}")
+            if self.diagnosis:
+                segments.append(f"DG1|1|I10|{self.diagnosis}^Heart failure^I10||20240305|A")
+            if self.payer:
+                segments.append(
+                    f"IN1|1|PLAN-GOLD|{self.payer}|Example Health Plan" + "|" * 32 + "MEM-778"
+                )
+        parsed = parse_adt("\r".join(segments), maps())
+        assert isinstance(parsed, AdtEvent)
+        return parsed
+
+
+def hours(n: float) -> datetime:
+    """A moment ``n`` hours after the visit starts."""
+    return START + timedelta(hours=n)
+
+
+def run(
+    events: Iterable[AdtEvent], state: PatientState | None = None, **kwargs: object
+) -> tuple[PatientState, list[Outcome]]:
+    """Apply ``events`` in order; the final state and every outcome."""
+    current = state or PatientState()
+    outcomes: list[Outcome] = []
+    for event in events:
+        outcome = apply_event(event, current, rules(), now=NOW, **kwargs)  # type: ignore[arg-type]
+        outcomes.append(outcome)
+        current = outcome.state
+    return current, outcomes
