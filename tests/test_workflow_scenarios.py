@@ -410,3 +410,59 @@ def test_close_due_cases() -> None:
     assert not any(t.is_open for t in case.tasks)
     resources(case)
     assert later < NOW  # the runner's clock is past the window too
+
+
+def test_cancel_admit_cancels_work_someone_started() -> None:
+    state, _ = run([V.adt("A01", "K1", hours(0))])
+    case = only_case(state)
+    started = case.update_task_status("initial-assessment", TaskStatus.IN_PROGRESS)
+    state = state.model_copy(update={"cases": (started,)})
+    state, _ = run([V.adt("A11", "K2", hours(1))], state)
+    tasks = statuses(only_case(state))
+    assert tasks["initial-assessment"] == TaskStatus.CANCELLED
+    assert tasks["payer-notification"] == TaskStatus.ENTERED_IN_ERROR
+
+
+def test_cancel_admit_reverts_a_case_that_existed_before() -> None:
+    no_payer = Visit(payer=None)
+    state, _ = run(
+        [
+            no_payer.adt("A03", "L1", hours(30), disposition="01", discharge=hours(30)),
+            V.adt("A01", "L2", hours(31)),  # late admit, now with IN1: a payer notification
+            V.adt("A11", "L3", hours(32)),
+        ]
+    )
+    case = only_case(state)
+    assert case.status == CaseStatus.TRANSITION  # reverted, not cancelled
+    tasks = statuses(case)
+    assert tasks["payer-notification"] == TaskStatus.ENTERED_IN_ERROR
+    assert tasks["follow-up-d1"] == TaskStatus.REQUESTED
+
+
+def test_events_without_rule_or_visit_are_traced() -> None:
+    state, outcomes = run(
+        [
+            V.adt("A05", "N1", hours(0)),
+            Visit(visit="").adt("A01", "N2", hours(1)),
+            V.adt("A12", "N3", hours(2)),
+            V.adt("A13", "N4", hours(3)),
+        ]
+    )
+    assert [o.flags for o in outcomes] == [
+        {Flag.NO_RULE},
+        {Flag.NO_VISIT_NUMBER},
+        {Flag.NOTHING_TO_UNDO},
+        {Flag.NOTHING_TO_UNDO},
+    ]
+    assert state.cases == ()
+    assert [p.message_control_id for p in state.processed] == ["N1", "N2", "N3", "N4"]
+
+
+def test_cancel_discharge_of_a_closed_case_is_flagged() -> None:
+    from cm_fhir.workflow import close_due_cases
+
+    state, _ = run([V.adt("A01", "F1", hours(0)), V.adt("A03", "F2", hours(5), discharge=hours(5))])
+    state = close_due_cases(state, rules(), hours(5) + rules().discharge.close_after).state
+    state, outcomes = run([V.adt("A13", "F3", hours(6))], state)
+    assert Flag.CASE_FINAL in outcomes[0].flags
+    assert only_case(state).status == CaseStatus.CLOSED
