@@ -246,7 +246,7 @@ def referrals(draw: Draw, referral_id: str, plan_ids: list[str]) -> Referral:
         status=draw(st.sampled_from(PlanStatus)),
         priority=draw(st.sampled_from(Priority)),
         performer=draw(parties()),
-        requester=draw(maybe(parties())),
+        requester=draw(parties()),
         authored_on=draw(instants),
         due=draw(instants),
         reasons=draw(few(codes)),

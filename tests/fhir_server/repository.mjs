@@ -100,7 +100,9 @@ export class ValidatingRepository extends MemoryRepository {
       query.set('version', version);
     }
     const found = await this.searchResources(parseSearchRequest(`StructureDefinition?${query}`));
-    return found[0];
+    // The in-memory search matches uri parameters by prefix; a canonical URL must match exactly
+    // (cm-goal must not find cm-goal-qualitative-reason).
+    return found.find((sd) => sd.url === url && (!version || sd.version === version));
   }
 
   /** A copy of the resource whose conditional references ("Type?search") point to Type/id. */

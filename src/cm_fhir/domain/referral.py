@@ -31,7 +31,7 @@ class Referral(DomainModel):
     status: PlanStatus = PlanStatus.ACTIVE
     priority: Priority = Priority.ROUTINE
     performer: PartyRef
-    requester: PartyRef | None = None
+    requester: PartyRef = Field(description="Who refers: the Gravity SDOH pattern requires it")
     authored_on: Instant
     due: Instant
     reasons: tuple[Code, ...] = ()

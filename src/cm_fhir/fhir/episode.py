@@ -157,6 +157,7 @@ def episode_of_care(ctx: CaseContext, case: Case) -> Json:
 
 def care_team(ctx: CaseContext, team: CareTeam, case_final: bool) -> Json:
     out = ctx.head("CareTeam", ctx.id_for("CareTeam", "care_team", team.id), "care_team")
+    out["extension"] = [ctx.episode_extension()]
     out["identifier"] = [ctx.identifier("care_team", team.id)]
     out["status"] = "inactive" if case_final else "active"
     if team.name is not None:

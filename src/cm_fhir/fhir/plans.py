@@ -36,7 +36,7 @@ from cm_fhir.fhir.episode import contained_conditions, parse_contained_condition
 
 Json = dict[str, Any]
 ACHIEVEMENT = "http://terminology.hl7.org/CodeSystem/goal-achievement"
-GOAL_PRIORITY = "http://terminology.hl7.org/CodeSystem/goalpriority"
+GOAL_PRIORITY = "http://terminology.hl7.org/CodeSystem/goal-priority"
 US_CORE_CAREPLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 
 

@@ -137,7 +137,6 @@ def referral_task(ctx: CaseContext, r: Referral) -> Json:
 def risk_assessment(ctx: CaseContext, risk: RiskEvaluation) -> Json:
     rid = ctx.id_for("RiskAssessment", "risk_assessment", risk.id)
     out = ctx.head("RiskAssessment", rid, "risk_assessment")
-    out["extension"] = [ctx.episode_extension()]
     out["identifier"] = [ctx.identifier("risk_assessment", risk.id)]
     out["status"] = "final"
     out["subject"] = ctx.patient_ref()
