@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -49,6 +51,8 @@ from cm_fhir.domain import (
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir import WriteMode, case_from_bundle, map_case
 from cm_fhir.fhir.bundle import bundle_resources
+
+ROOT = Path(__file__).resolve().parents[1]
 
 Json = dict[str, Any]
 BASE = "http://cm-fhir.org/fhir"
@@ -348,14 +352,19 @@ def test_discharge_plan_extension(out: dict[tuple[str, str], Json]) -> None:
     assert parts == {
         ("expectedDate", "valueDate"),
         ("disposition", "valueCoding"),
-        ("need", "valueCoding"),
+        ("need", "valueCodeableConcept"),
         ("barrier", "valueString"),
     }
-    need = next(e for e in ext["extension"] if e["url"] == "need")["valueCoding"]
+    need = next(e for e in ext["extension"] if e["url"] == "need")["valueCodeableConcept"]
     assert need == {
-        "system": f"{BASE}/CodeSystem/cm-discharge-need",
-        "code": "home-iv",
-        "display": "Ertapenem daily",
+        "coding": [
+            {
+                "system": f"{BASE}/CodeSystem/cm-discharge-need",
+                "code": "home-iv",
+                "display": "Home IV therapy",
+            }
+        ],
+        "text": "Ertapenem daily",
     }
 
 
@@ -642,3 +651,11 @@ def test_bad_documents_name_the_field(mutate: Any, field: tuple[Any, ...]) -> No
     with pytest.raises(pydantic.ValidationError) as caught:
         Case.model_validate(document)
     assert caught.value.errors()[0]["loc"][: len(field)] == field
+
+
+def test_discharge_need_detail_equal_to_the_standard_display_survives() -> None:
+    """A detail that repeats the code's display is still the case manager's text: kept as such."""
+    doc = json.loads((ROOT / "examples" / "stroke-inpatient-rehab.json").read_text())
+    doc["discharge_plan"]["needs"] = [{"need": "oxygen", "detail": "Home oxygen"}, {"need": "dme"}]
+    case = Case.model_validate(doc)
+    assert case_from_bundle(map_case(case)) == case

@@ -165,10 +165,10 @@ def discharge_care_plan(ctx: CaseContext, case: Case, plan: DischargePlan) -> Js
 
 
 def _need(ctx: CaseContext, item: DischargeNeedItem) -> tuple[str, str, Any]:
-    coding = ctx.registry.coding("discharge_need", item.need.value)
+    concept: Json = {"coding": [ctx.registry.coding("discharge_need", item.need.value)]}
     if item.detail is not None:
-        coding = {**coding, "display": item.detail}
-    return ("need", "valueCoding", coding)
+        concept["text"] = item.detail
+    return ("need", "valueCodeableConcept", concept)
 
 
 # ---------------------------------------------------------------- reverse direction
@@ -252,13 +252,12 @@ def parse_discharge_plan(ctx: CaseContext, resource: Json, local_id: str) -> Dis
     expected = sub_value(data, "expectedDate", "valueDate")
     disposition = sub_value(data, "disposition", "valueCoding")
     provider = sub_value(data, "postAcuteProvider", "valueReference")
-    need_system = ctx.registry.code_systems["discharge_need"]
-    needs = []
-    for coding in sub_values(data, "need", "valueCoding"):
-        need = DischargeNeed(coding["code"])
-        display = coding.get("display")
-        detail = None if display == need_system.concepts.get(need.value) else display
-        needs.append(DischargeNeedItem(need=need, detail=detail))
+    needs = [
+        DischargeNeedItem(
+            need=DischargeNeed(concept["coding"][0]["code"]), detail=concept.get("text")
+        )
+        for concept in sub_values(data, "need", "valueCodeableConcept")
+    ]
     author = resource.get("author")
     return DischargePlan(
         id=local_id,
