@@ -111,3 +111,20 @@ def test_console_script_runs(args: list[str]) -> None:
     proc = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "Usage" in proc.stdout
+
+
+def test_map_refuses_output_that_breaks_a_profile(tmp_path: Path) -> None:
+    """A site override that moves the programme code system breaks cm-episodeofcare's type slice."""
+    (tmp_path / "code-systems.yaml").write_text(
+        "programme:\n  url: http://example.org/CodeSystem/local-programmes\n"
+    )
+    result = runner.invoke(app, ["map", str(STROKE), "--mappings", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "error: " in result.stderr
+    assert "Bundle.entry[0].resource.type" in result.stderr
+    assert result.stdout == ""
+    # without validation the Bundle is printed as it is
+    unchecked = runner.invoke(
+        app, ["map", str(STROKE), "--mappings", str(tmp_path), "--no-validate"]
+    )
+    assert unchecked.exit_code == 0

@@ -18,6 +18,7 @@ from cm_fhir.errors import CmFhirError, MappingSpecError, ValidationError
 from cm_fhir.fhir import WriteMode, map_case_json
 from cm_fhir.mapping.catalog import check_mappings
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
+from cm_fhir.profiles import default_validator, error_issues
 
 
 class SchemaName(StrEnum):
@@ -56,9 +57,16 @@ def map_command(
         WriteMode.CONDITIONAL_UPDATE
     ),
     validate: Annotated[
-        bool, typer.Option("--validate/--no-validate", help="Check with the FHIR R4 models.")
+        bool,
+        typer.Option(
+            "--validate/--no-validate",
+            help="Check with the FHIR R4 models and against the cm-fhir profiles.",
+        ),
     ] = True,
     pretty: Annotated[bool, typer.Option(help="Indent the JSON.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Also print profile warnings.")
+    ] = False,
     mappings: MappingsOption = None,
 ) -> None:
     """Print the FHIR R4 transaction Bundle for a case document."""
@@ -72,6 +80,17 @@ def map_command(
         raise typer.Exit(EXIT_PROBLEMS) from exc
     except CmFhirError as exc:
         fail(f"{case_file}: {exc}", EXIT_PROBLEMS)
+    if validate:
+        # Nothing leaves without a profile check: errors stop the output.
+        outcome = default_validator().validate(json.loads(data))
+        shown = ("error", "fatal", "warning") if verbose else ("error", "fatal")
+        for issue in outcome["issue"]:
+            if issue["severity"] in shown:
+                where = ", ".join(issue.get("expression", []))
+                text = issue.get("details", {}).get("text", "")
+                typer.echo(f"{issue['severity']}: {case_file}: {where}: {text}", err=True)
+        if error_issues(outcome):
+            raise typer.Exit(EXIT_PROBLEMS)
     if pretty:
         data = json.dumps(json.loads(data), indent=2, ensure_ascii=False).encode() + b"\n"
     else:
