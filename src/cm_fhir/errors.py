@@ -13,6 +13,7 @@
     │   ├── Hl7ParseError           the message cannot be parsed
     │   └── UnsupportedEventError   a message type/version we do not handle
     ├── MappingError                valid spec, but the data cannot be mapped -> 422 / AE
+    ├── SearchParameterError        a FHIR search the facade does not support -> 400
     ├── StoreError                  the database refused or could not commit a write (retryable)
     ├── ValidationError             profile violations; carries an OperationOutcome (dict)
     └── FhirServerError             a FHIR server answered with an error (status, outcome)
@@ -117,6 +118,15 @@ class MappingError(CmFhirError):
     def __init__(self, message: str, *, path: str | None = None) -> None:
         self.path = path
         super().__init__(f"{path}: {message}" if path else message)
+
+
+class SearchParameterError(CmFhirError):
+    """A search parameter, modifier, prefix or value the FHIR facade does not support."""
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        self.parameter = parameter
+        self.reason = reason
+        super().__init__(f"search parameter '{parameter}': {reason}")
 
 
 class ValidationError(CmFhirError):

@@ -1,0 +1,331 @@
+"""FHIR search parameters of the read-only facade: what each type supports, and the parser. Pure.
+
+:data:`SEARCH_PARAMETERS` is the one table of what the facade answers; the parser, the store query
+and the CapabilityStatement are all driven by it, so they cannot disagree. :func:`parse_search`
+turns the query parameters of ``GET /fhir/<Type>`` into a :class:`SearchQuery`: typed criteria
+(repeated parameters are ANDed, comma-separated values ORed) plus ``_count`` and the page cursor.
+Anything the table does not name (a parameter, a modifier, a prefix) raises
+:class:`~cm_fhir.errors.SearchParameterError`, which the API answers with a 400 OperationOutcome.
+
+Patients are referenced logically, by identifier: ``patient:identifier=system|value`` is the
+standard form; ``patient=system|value`` is read the same way. ``patient=Patient/<id>`` is refused
+with a hint, because cm-fhir holds no Patient resources whose ids could match.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from cm_fhir.errors import SearchParameterError
+from cm_fhir.facade.dates import DateBound, parse_date_bound
+from cm_fhir.facade.paging import Cursor, parse_cursor
+
+__all__ = [
+    "RESOURCE_TYPES",
+    "SEARCH_PARAMETERS",
+    "Criterion",
+    "DateCriterion",
+    "Field",
+    "IdCriterion",
+    "ReferenceCriterion",
+    "SearchParam",
+    "SearchQuery",
+    "Token",
+    "TokenCriterion",
+    "parse_search",
+    "split_token",
+]
+
+DEFAULT_COUNT = 20
+MAX_COUNT = 100
+
+_HL7_SP = "http://hl7.org/fhir/SearchParameter/"
+_ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+
+
+class Field(StrEnum):
+    """What a criterion compares: the columns the store keeps for every served resource."""
+
+    ID = "id"
+    IDENTIFIER = "identifier"
+    PATIENT = "patient"
+    STATUS = "status"
+    LAST_UPDATED = "last_updated"
+    TARGET = "target"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchParam:
+    """One supported search parameter of one resource type."""
+
+    name: str
+    type: str  # FHIR search parameter type: token, reference, date
+    field: Field
+    definition: str
+    documentation: str
+    modifiers: frozenset[str] = frozenset()
+
+
+def _common(
+    identifier: str | None, patient: str, status: tuple[str, str] | None
+) -> list[SearchParam]:
+    params = [
+        SearchParam("_id", "token", Field.ID, _HL7_SP + "Resource-id", "Logical id(s)"),
+        SearchParam(
+            "_lastUpdated",
+            "date",
+            Field.LAST_UPDATED,
+            _HL7_SP + "Resource-lastUpdated",
+            "When the resource last changed; prefixes eq, gt, ge, lt, le; no offset means UTC",
+        ),
+        SearchParam(
+            "patient",
+            "reference",
+            Field.PATIENT,
+            _HL7_SP + patient,
+            "The patient, by identifier: patient:identifier=system|value (or patient=system|value)",
+            frozenset({"identifier"}),
+        ),
+    ]
+    if identifier is not None:
+        params.append(
+            SearchParam(
+                "identifier",
+                "token",
+                Field.IDENTIFIER,
+                _HL7_SP + identifier,
+                "Business identifier: system|value, |value, system| or value",
+            )
+        )
+    if status is not None:
+        name, definition = status
+        params.append(
+            SearchParam(name, "token", Field.STATUS, _HL7_SP + definition, "Status code(s)")
+        )
+    return params
+
+
+#: Every searchable type and its parameters (besides ``_count``, ``_page`` and ``_format``).
+SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
+    "EpisodeOfCare": tuple(
+        _common("clinical-identifier", "clinical-patient", ("status", "EpisodeOfCare-status"))
+    ),
+    "CarePlan": tuple(
+        _common("clinical-identifier", "clinical-patient", ("status", "CarePlan-status"))
+    ),
+    "Goal": tuple(
+        _common(
+            "clinical-identifier", "clinical-patient", ("lifecycle-status", "Goal-lifecycle-status")
+        )
+    ),
+    "Task": tuple(_common("Task-identifier", "Task-patient", ("status", "Task-status"))),
+    "CareTeam": tuple(
+        _common("clinical-identifier", "clinical-patient", ("status", "CareTeam-status"))
+    ),
+    "ServiceRequest": tuple(
+        _common("clinical-identifier", "clinical-patient", ("status", "ServiceRequest-status"))
+    ),
+    "Provenance": (
+        *_common(None, "Provenance-patient", None),
+        SearchParam(
+            "target",
+            "reference",
+            Field.TARGET,
+            _HL7_SP + "Provenance-target",
+            "A changed resource, as Type/id",
+        ),
+    ),
+}
+RESOURCE_TYPES: tuple[str, ...] = tuple(SEARCH_PARAMETERS)
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """A token value: ``system`` None means any system, "" means no system; ``code`` None: any."""
+
+    system: str | None
+    code: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IdCriterion:
+    any_of: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenCriterion:
+    field: Field
+    any_of: tuple[Token, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DateCriterion:
+    field: Field
+    bound: DateBound
+
+
+@dataclass(frozen=True, slots=True)
+class ReferenceCriterion:
+    field: Field
+    any_of: tuple[tuple[str, str], ...]  # (resource type, id)
+
+
+Criterion = IdCriterion | TokenCriterion | DateCriterion | ReferenceCriterion
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """A parsed search: criteria (ANDed), page size, cursor, and the parameters for links."""
+
+    resource_type: str
+    criteria: tuple[Criterion, ...]
+    count: int
+    cursor: Cursor | None
+    params: tuple[tuple[str, str], ...]  # the accepted criteria parameters, in a stable order
+
+
+def _split_unescaped(text: str, separator: str, limit: int = -1) -> list[str]:
+    parts, current, escaped = [], [], False
+    for char in text:
+        if escaped:
+            current.append("\\" + char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == separator and limit != 0:
+            parts.append("".join(current))
+            current = []
+            limit -= 1
+        else:
+            current.append(char)
+    if escaped:
+        current.append("\\")
+    parts.append("".join(current))
+    return parts
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\([\\,|$])", r"\1", text)
+
+
+def split_token(text: str) -> Token:
+    """Read ``system|code``, ``|code``, ``system|`` or ``code`` (one value, escapes honoured)."""
+    parts = _split_unescaped(text, "|", limit=1)
+    if len(parts) == 1:
+        return Token(None, _unescape(parts[0]))
+    system, code = (_unescape(p) for p in parts)
+    return Token(system, code or None)
+
+
+def _values(text: str) -> list[str]:
+    return [v for v in _split_unescaped(text, ",") if v != ""]
+
+
+def _tokens(name: str, text: str, *, need_code: bool) -> tuple[Token, ...]:
+    tokens = tuple(split_token(v) for v in _values(text))
+    if need_code and any(t.code is None for t in tokens):
+        raise SearchParameterError(name, "a code is required (system| alone is not supported)")
+    return tokens
+
+
+def _reference(name: str, text: str) -> tuple[str, str]:
+    type_, _, rid = _unescape(text).rstrip("/").rpartition("/")
+    resource_type = type_.rsplit("/", 1)[-1]
+    if not resource_type or not _ID_PATTERN.match(rid):
+        raise SearchParameterError(name, "expected a relative reference such as Task/<id>")
+    return resource_type, rid
+
+
+def _patient(name: str, modifier: str | None, text: str) -> TokenCriterion:
+    values = _values(text)
+    if modifier is None and any("|" not in v for v in values):
+        raise SearchParameterError(
+            name,
+            "patients are referenced by identifier: use patient:identifier=system|value "
+            "(cm-fhir holds no Patient resources)",
+        )
+    return TokenCriterion(Field.PATIENT, tuple(split_token(v) for v in values))
+
+
+def _criterion(param: SearchParam, modifier: str | None, text: str) -> Criterion:
+    name = param.name if modifier is None else f"{param.name}:{modifier}"
+    if param.field is Field.ID:
+        ids = tuple(_unescape(v) for v in _values(text))
+        if not all(_ID_PATTERN.match(i) for i in ids):
+            raise SearchParameterError(name, "not a valid resource id")
+        return IdCriterion(ids)
+    if param.field is Field.LAST_UPDATED:
+        return DateCriterion(param.field, parse_date_bound(name, text))
+    if param.field is Field.PATIENT:
+        return _patient(name, modifier, text)
+    if param.field is Field.TARGET:
+        return ReferenceCriterion(param.field, tuple(_reference(name, v) for v in _values(text)))
+    return TokenCriterion(param.field, _tokens(name, text, need_code=param.field is Field.STATUS))
+
+
+def _count(text: str, max_count: int) -> int:
+    if not text.isdigit():
+        raise SearchParameterError("_count", "expected a whole number, 0 or more")
+    return min(int(text), max_count)
+
+
+def parse_search(
+    resource_type: str,
+    items: Iterable[tuple[str, str]],
+    *,
+    default_count: int = DEFAULT_COUNT,
+    max_count: int = MAX_COUNT,
+) -> SearchQuery:
+    """Parse the query parameters of a search on ``resource_type`` (SearchParameterError if bad).
+
+    ``items`` are the decoded ``(name, value)`` pairs in request order. ``_count`` above
+    ``max_count`` is lowered to it, as FHIR allows; an empty value is ignored, as FHIR requires.
+    """
+    table = SEARCH_PARAMETERS.get(resource_type)
+    if table is None:
+        supported = ", ".join(RESOURCE_TYPES)
+        raise SearchParameterError("type", f"'{resource_type}' is not served (served: {supported})")
+    by_name = {p.name: p for p in table}
+    criteria: list[Criterion] = []
+    accepted: list[tuple[str, str]] = []
+    count: int | None = None
+    cursor: Cursor | None = None
+    for key, raw in items:
+        value = raw.strip()
+        name, _, modifier = key.partition(":")
+        if key in ("_count", "_page", "_format"):
+            if key == "_format":
+                if value and value not in _FORMATS:
+                    raise SearchParameterError(key, "only JSON is served")
+            elif key == "_count":
+                if count is not None:
+                    raise SearchParameterError(key, "given more than once")
+                count = _count(value, max_count)
+            else:
+                if cursor is not None:
+                    raise SearchParameterError(key, "given more than once")
+                cursor = parse_cursor(value)
+            continue
+        param = by_name.get(name)
+        if param is None:
+            known = ", ".join(sorted([*by_name, "_count"]))
+            raise SearchParameterError(
+                name, f"not supported on {resource_type} (supported: {known})"
+            )
+        if modifier and modifier not in param.modifiers:
+            raise SearchParameterError(key, f"modifier ':{modifier}' is not supported")
+        if value == "":
+            continue
+        criteria.append(_criterion(param, modifier or None, value))
+        accepted.append((key, value))
+    return SearchQuery(
+        resource_type=resource_type,
+        criteria=tuple(criteria),
+        count=default_count if count is None else count,
+        cursor=cursor,
+        params=tuple(sorted(accepted)),
+    )
