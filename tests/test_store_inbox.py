@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from importlib.resources import files
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -46,14 +49,27 @@ async def count_rows(engine: AsyncEngine) -> int:
 
 
 async def test_migrations_match_the_table_definitions(inbox_engine: AsyncEngine) -> None:
+    # Tables of later revisions may live in modules this test does not import: compare the
+    # tables ``metadata`` knows, and expect the newest revision shipped.
+    def include(name: str | None, type_: str, _parent: object) -> bool:
+        return type_ != "table" or name in metadata.tables
+
     def diff(connection: Connection) -> list[object]:
-        return list(compare_metadata(MigrationContext.configure(connection), metadata))
+        context = MigrationContext.configure(connection, opts={"include_name": include})
+        return list(compare_metadata(context, metadata))
 
     async with inbox_engine.connect() as connection:
         assert await connection.run_sync(diff) == []
-    assert await current_revision(inbox_engine) == "0001_inbox"
+    script = ScriptDirectory.from_config(_config())
+    assert await current_revision(inbox_engine) == script.get_current_head()
     await upgrade_database(inbox_engine)  # idempotent
-    assert await current_revision(inbox_engine) == "0001_inbox"
+    assert await current_revision(inbox_engine) == script.get_current_head()
+
+
+def _config() -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(files("cm_fhir.store") / "migrations"))
+    return config
 
 
 async def test_duplicate_returns_the_original_row_and_ack(inbox_engine: AsyncEngine) -> None:

@@ -16,16 +16,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
+import secrets
 import ssl
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cm_fhir.errors import Hl7ParseError, StoreError
 from cm_fhir.hl7v2 import ack as acks
 from cm_fhir.hl7v2.framing import Frame, FrameTooLarge, MllpFramer, frame
-from cm_fhir.hl7v2.header import MessageHeader, read_batch_header, read_header, read_patient_key
+from cm_fhir.hl7v2.header import (
+    BatchHeader,
+    MessageHeader,
+    read_batch_header,
+    read_header,
+    read_patient_key,
+)
 from cm_fhir.hl7v2.normalise import decode, split_batch
 from cm_fhir.store.inbox import NewMessage, StoredMessage
 from cm_fhir.store.writer import InboxWriter
@@ -75,8 +82,23 @@ class ListenerStats:
     store_failures: int = 0
 
 
+_CONTROL_ID_PREFIX = secrets.token_hex(4)
+_control_ids = itertools.count(1)
+
+
 def _new_control_id() -> str:
-    return uuid.uuid4().hex[:20]
+    """A fresh MSH-10 for an ACK: 8 random hex digits per process + a counter (20 characters)."""
+    return f"{_CONTROL_ID_PREFIX}{next(_control_ids):012d}"
+
+
+def _split(text: str) -> tuple[BatchHeader | None, list[str]]:
+    """The batch header (if any) and the messages of a frame.
+
+    A frame holding one plain CR-separated message (the usual case) skips the general splitter.
+    """
+    if text.startswith("MSH") and "\n" not in text and "\rMSH" not in text:
+        return None, [text.rstrip("\r\t ")]
+    return read_batch_header(text), split_batch(text)
 
 
 class MllpListener:
@@ -189,8 +211,7 @@ class MllpListener:
         except UnicodeDecodeError:
             text, codec = decode(payload), "latin-1"
         try:
-            batch = read_batch_header(text)
-            messages = split_batch(text)
+            batch, messages = _split(text)
         except Hl7ParseError as exc:
             prepared = [self._prepare_unreadable(payload, exc, now, codec, peer)]
             batch = None

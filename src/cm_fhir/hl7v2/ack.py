@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from cm_fhir.hl7v2.header import BatchHeader, MessageHeader
 
@@ -142,6 +143,11 @@ def response_code(header: MessageHeader | None, original_code: str) -> str:
 
 def hl7_timestamp(moment: datetime) -> str:
     """Format an aware datetime as an HL7 DTM with offset: ``YYYYMMDDHHMMSS+ZZZZ``."""
+    return _second_timestamp(moment.replace(microsecond=0))
+
+
+@lru_cache(maxsize=8)
+def _second_timestamp(moment: datetime) -> str:
     return moment.strftime("%Y%m%d%H%M%S%z")
 
 

@@ -9,12 +9,13 @@ runs the hand-written Alembic revisions shipped in ``cm_fhir.store.migrations``.
 
 from __future__ import annotations
 
+import sqlite3
 from importlib.resources import files
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -24,7 +25,7 @@ __all__ = [
     "DEFAULT_DATABASE_URL",
     "current_revision",
     "make_engine",
-    "make_sqlite_writer_engine",
+    "open_sqlite_writer",
     "upgrade_database",
 ]
 
@@ -48,22 +49,36 @@ def make_engine(url: str, *, search_path: str | None = None, pool_size: int = 5)
         raise ConfigError(f"database URL cannot be used: {type(exc).__name__}") from exc
 
 
-def make_sqlite_writer_engine(engine: AsyncEngine) -> Engine:
-    """A synchronous (pysqlite) engine on the same SQLite file, for a dedicated writer thread.
+def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
+    """A plain sqlite3 connection to the engine's SQLite file, for the inbox writer thread.
 
-    One thread hop per group commit instead of one per statement: the inbox writer runs the whole
-    transaction in its own thread with this engine.
+    Same settings as :func:`make_engine` (WAL, ``synchronous=FULL``, busy timeout); the caller
+    issues ``BEGIN IMMEDIATE`` / ``COMMIT`` itself, so a group commit is one thread hop with no
+    pool or statement-compilation cost.
     """
-    url = engine.url.set(drivername="sqlite+pysqlite")
-    if url.database in (None, "", ":memory:"):
+    path = engine.url.database
+    if path in (None, "", ":memory:"):
         raise ConfigError("the inbox needs a SQLite file, not an in-memory database")
-    sync_engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
-    _configure_sqlite(sync_engine)
-    return sync_engine
+    try:
+        connection = sqlite3.connect(
+            path, timeout=30, isolation_level=None, check_same_thread=False
+        )
+        for pragma in _SQLITE_PRAGMAS:
+            connection.execute(pragma)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open the SQLite inbox: {type(exc).__name__}") from exc
+    return connection
 
 
-def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
-    target = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
+_SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA busy_timeout=30000",
+)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    target = engine.sync_engine
 
     @event.listens_for(target, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -71,9 +86,8 @@ def _configure_sqlite(engine: AsyncEngine | Engine) -> None:
         # deferred and would fail with SQLITE_BUSY when a read upgrades to a write).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        for pragma in _SQLITE_PRAGMAS:
+            cursor.execute(pragma)
         cursor.close()
 
     @event.listens_for(target, "begin")

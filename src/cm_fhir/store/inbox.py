@@ -14,10 +14,11 @@ parallel.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import Connection, Row, and_, bindparam, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -30,6 +31,7 @@ __all__ = [
     "StoredMessage",
     "claim_next",
     "store_messages",
+    "store_messages_sqlite3",
     "store_messages_sync",
 ]
 
@@ -126,12 +128,6 @@ _INSERT_RETURNING = (_t.c.id, *_DEDUP_COLUMNS)
 _INSERT_UNKEYED = _t.insert().returning(_t.c.id)
 
 
-def _existing(connection: Connection, control_ids: set[str]) -> Sequence[AnyRow]:
-    if not control_ids:
-        return []
-    return connection.execute(_EXISTING, {"control_ids": sorted(control_ids)}).all()
-
-
 def _insert_keyed(dialect: str) -> Any:
     """INSERT ... ON CONFLICT (dedup key) DO NOTHING RETURNING id, key; one per dialect."""
     if dialect not in _INSERTS:
@@ -158,17 +154,112 @@ async def store_messages(
     return await connection.run_sync(store_messages_sync, messages)
 
 
+class _InboxSql(Protocol):
+    """The three statements the dedup logic needs, over SQLAlchemy or a raw sqlite3 connection."""
+
+    def existing(self, control_ids: set[str]) -> Sequence[tuple[Any, ...]]: ...
+
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]: ...
+
+    def insert_unkeyed(self, row: dict[str, Any]) -> int: ...
+
+
+_EXISTING_COLUMNS = "id, control_id, sending_application, sending_facility, content_sha256"
+
+
+class _AlchemySql:
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def existing(self, control_ids: set[str]) -> Sequence[tuple[Any, ...]]:
+        if not control_ids:
+            return []
+        query = self._connection.execute(_EXISTING, {"control_ids": sorted(control_ids)})
+        return [tuple(row) for row in query]
+
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
+        statement = _insert_keyed(self._connection.dialect.name)
+        return [(row.id, _key(row)) for row in self._connection.execute(statement, rows)]
+
+    def insert_unkeyed(self, row: dict[str, Any]) -> int:
+        return int(self._connection.execute(_INSERT_UNKEYED, row).scalar_one())
+
+
+_SQLITE = sqlite.dialect()
+_COLUMNS = [column for column in _t.columns if column.name != "id"]
+_BINDERS = [
+    (column.name, column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) for column in _COLUMNS
+]
+_RAW_INSERT = (
+    f"INSERT INTO {_t.name} ({', '.join(c.name for c in _COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
+)
+_RAW_ON_CONFLICT = (
+    " ON CONFLICT (control_id, sending_application, sending_facility, content_sha256) DO NOTHING"
+)
+
+
+class _RawSqliteSql:
+    """The same statements on the sqlite3 connection itself: no per-statement compile cost."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(bind(row[name]) if bind else row[name] for name, bind in _BINDERS)
+
+    def existing(self, control_ids: set[str]) -> Sequence[tuple[Any, ...]]:
+        if not control_ids:
+            return []
+        marks = ", ".join("?" for _ in control_ids)
+        query = (
+            f"SELECT {_EXISTING_COLUMNS}, ack_code, ack_bytes FROM {_t.name} "
+            f"WHERE control_id IN ({marks})"
+        )
+        return self._connection.execute(query, sorted(control_ids)).fetchall()
+
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
+        inserted: list[tuple[int, DedupKey]] = []
+        statement = _RAW_INSERT + _RAW_ON_CONFLICT + " RETURNING id"
+        for row in rows:
+            found = self._connection.execute(statement, self._values(row)).fetchone()
+            if found is not None:
+                key = (
+                    row["control_id"],
+                    row["sending_application"],
+                    row["sending_facility"],
+                    row["content_sha256"],
+                )
+                inserted.append((int(found[0]), key))
+        return inserted
+
+    def insert_unkeyed(self, row: dict[str, Any]) -> int:
+        cursor = self._connection.execute(_RAW_INSERT + " RETURNING id", self._values(row))
+        return int(cursor.fetchone()[0])
+
+
 def store_messages_sync(
     connection: Connection, messages: Sequence[NewMessage]
 ) -> list[StoredMessage]:
-    """:func:`store_messages` on a synchronous connection (the SQLite writer thread uses it)."""
+    """:func:`store_messages` on a synchronous SQLAlchemy connection."""
+    return _store(_AlchemySql(connection), messages)
+
+
+def store_messages_sqlite3(
+    connection: sqlite3.Connection, messages: Sequence[NewMessage]
+) -> list[StoredMessage]:
+    """:func:`store_messages` on a raw sqlite3 connection inside a transaction (writer thread)."""
+    return _store(_RawSqliteSql(connection), messages)
+
+
+def _store(sql: _InboxSql, messages: Sequence[NewMessage]) -> list[StoredMessage]:
     keyed = {m.dedup_key[0] for m in messages if m.dedup_key is not None}
     found: dict[DedupKey, StoredMessage] = {}
     senders_seen: set[tuple[str, str, str]] = set()
-    for row in _existing(connection, keyed):
-        row_key = _key(row)
+    for row in sql.existing(keyed):
+        row_key: DedupKey = (row[1], row[2], row[3], row[4])
         senders_seen.add(row_key[:3])
-        found[row_key] = StoredMessage(row.id, True, False, row.ack_code, row.ack_bytes)
+        found[row_key] = StoredMessage(row[0], True, False, row[5], row[6])
 
     results: list[StoredMessage | None] = [None] * len(messages)
     pending: dict[DedupKey, tuple[NewMessage, bool, list[int]]] = {}
@@ -188,14 +279,14 @@ def store_messages_sync(
 
     if pending:
         rows = [m.row(control_id_reused=reused) for m, reused, _ in pending.values()]
-        statement = _insert_keyed(connection.dialect.name)
-        result = connection.execute(statement, rows)
-        inserted = {_key(row): row.id for row in result.all()}
+        inserted = {key: row_id for row_id, key in sql.insert_keyed(rows)}
         lost_race = {key for key in pending if key not in inserted}
         if lost_race:
             # Another process stored the same message meanwhile: answer with its ACK.
-            for row in _existing(connection, {key[0] for key in lost_race}):
-                found[_key(row)] = StoredMessage(row.id, True, False, row.ack_code, row.ack_bytes)
+            for row in sql.existing({key[0] for key in lost_race}):
+                found[(row[1], row[2], row[3], row[4])] = StoredMessage(
+                    row[0], True, False, row[5], row[6]
+                )
         for key, (message, reused, indexes) in pending.items():
             first = (
                 StoredMessage(inserted[key], False, reused, message.ack_code, message.ack_bytes)
@@ -210,8 +301,7 @@ def store_messages_sync(
 
     for index in unkeyed:
         message = messages[index]
-        values = message.row(control_id_reused=False)
-        row_id = connection.execute(_INSERT_UNKEYED, values).scalar_one()
+        row_id = sql.insert_unkeyed(message.row(control_id_reused=False))
         results[index] = StoredMessage(row_id, False, False, message.ack_code, message.ack_bytes)
 
     return [result for result in results if result is not None]

@@ -11,17 +11,18 @@ nothing of the group is acknowledged positively.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import StoreError
-from cm_fhir.store.engine import make_sqlite_writer_engine
-from cm_fhir.store.inbox import NewMessage, StoredMessage, store_messages, store_messages_sync
+from cm_fhir.store.engine import open_sqlite_writer
+from cm_fhir.store.inbox import NewMessage, StoredMessage, store_messages, store_messages_sqlite3
 
 __all__ = ["InboxWriter"]
 
@@ -51,10 +52,10 @@ class InboxWriter:
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite: one thread owns a synchronous connection and runs each group commit whole.
-        self._sqlite: Engine | None = None
+        self._sqlite: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         if engine.dialect.name == "sqlite":
-            self._sqlite = make_sqlite_writer_engine(engine)
+            self._sqlite = open_sqlite_writer(engine)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
         self._closed = False
         self.batches = 0
@@ -102,7 +103,7 @@ class InboxWriter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._thread is not None and self._sqlite is not None:
-            await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.dispose)
+            await asyncio.get_running_loop().run_in_executor(self._thread, self._sqlite.close)
             self._thread.shutdown(wait=True)
 
     async def _run(self) -> None:
@@ -121,9 +122,18 @@ class InboxWriter:
             await self._commit(jobs)
 
     def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
-        assert self._sqlite is not None
-        with self._sqlite.begin() as connection:
-            return store_messages_sync(connection, messages)
+        connection = self._sqlite
+        assert connection is not None
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            results = store_messages_sqlite3(connection, messages)
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    connection.execute("ROLLBACK")
+            raise
+        return results
 
     async def _commit(self, jobs: list[_Job]) -> None:
         messages = [job.message for job in jobs]
@@ -134,7 +144,7 @@ class InboxWriter:
             else:
                 async with self._engine.begin() as connection:
                     results = await store_messages(connection, messages)
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
             log.error("inbox commit of %d message(s) failed: %s", len(jobs), type(exc).__name__)
             for job in jobs:
                 if not job.done.done():
