@@ -1,0 +1,197 @@
+"""The application factory: :func:`create_app` builds one FastAPI app for one set of settings. I/O.
+
+Nothing happens at import. The lifespan opens what the app needs (the engine, unless one is
+passed in; an inbox writer for ``POST /api/hl7v2``, unless one is shared with the MLLP listener)
+and closes what it opened. A pure ASGI middleware logs one line per request with the method, the
+route *template*, the status and the time taken: never the query string or a body, which may
+hold patient identifiers. Unhandled errors become a JSON 500 here too, so no traceback reaches a
+client.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib.resources import files
+from typing import Any
+
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import cm_fhir
+from cm_fhir.api import metrics
+from cm_fhir.api.auth import Authenticator
+from cm_fhir.api.deps import AppContext
+from cm_fhir.api.errors import install_error_handlers
+from cm_fhir.api.routes import routers
+from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.settings import Settings
+from cm_fhir.store.engine import current_revision, make_engine
+from cm_fhir.store.writer import InboxWriter
+
+__all__ = ["create_app", "head_revision", "schema_is_current"]
+
+log = logging.getLogger("cm_fhir.api.access")
+
+_DESCRIPTION = """\
+cm-fhir's service API: the HL7v2 inbox (list, inspect, ingest over HTTP, replay dead letters),
+the FHIR outbox, cases, and a read-only FHIR R4 facade under `/fhir`.
+
+Every route except `/health` and `/ready` needs `Authorization: Bearer <token>`: a static API
+key (`CM_FHIR_API_KEYS`) or an OAuth2 access token (JWT) from the configured authorisation
+server. Scopes: `read`, `write`; SMART `system/*.read` (or `system/<Type>.read`) on `/fhir`.
+"""
+
+
+def head_revision() -> str:
+    """The newest migration shipped with this build."""
+    config = Config()
+    config.set_main_option("script_location", str(files("cm_fhir.store") / "migrations"))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if head is None:
+        raise RuntimeError("no migrations are shipped")
+    return head
+
+
+async def schema_is_current(engine: AsyncEngine) -> bool:
+    """Whether the database is at :func:`head_revision`."""
+    return await current_revision(engine) == head_revision()
+
+
+class _AccessLog:
+    """One log line per request (route template, no query string); a JSON 500 on a crash."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+        response_started = False
+
+        async def _send(message: Message) -> None:
+            nonlocal status, response_started
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, _send)
+        except Exception as exc:
+            log.error("unhandled %s", type(exc).__name__)
+            if not response_started:
+                body = {"error": {"status": 500, "code": "internal_error", "message": "error"}}
+                await JSONResponse(body, 500)(scope, receive, send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or "(no route)"
+            log.info(
+                "%s %s %d %.1fms",
+                scope.get("method", "?"),
+                route,
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+
+def create_app(
+    settings: Settings,
+    *,
+    engine: AsyncEngine | None = None,
+    inbox_writer: InboxWriter | None = None,
+    context: AppContext | None = None,
+) -> FastAPI:
+    """Build the API for ``settings``.
+
+    ``engine``: use this engine (the caller disposes of it) instead of opening one.
+    ``inbox_writer``: share the MLLP listener's group-commit writer for ``POST /api/hl7v2``.
+    ``context``: the service passes its own, to report role states on ``/ready``.
+    """
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            own_engine = engine is None
+            active = engine or make_engine(
+                settings.effective_database_url, search_path=settings.database_search_path
+            )
+            if own_engine:
+                stack.push_async_callback(active.dispose)
+            writer = inbox_writer
+            if writer is None:
+                writer = await stack.enter_async_context(InboxWriter(active))
+            ctx = context or AppContext(
+                settings=settings,
+                engine=active,
+                authenticator=Authenticator(
+                    [key.get_secret_value() for key in settings.api_keys], settings.auth
+                ),
+            )
+            ctx.engine = active
+            ctx.ingest = MllpListener(
+                ListenerConfig(max_message_bytes=settings.mllp.max_message_bytes), writer
+            )
+            ctx.schema_current = await schema_is_current(active)
+            ctx.roles.setdefault("api", "running")
+            ctx.roles["api"] = "running"
+            app.state.context = ctx
+            try:
+                yield
+            finally:
+                ctx.roles["api"] = "stopped"
+
+    app = FastAPI(
+        title="cm-fhir",
+        version=cm_fhir.__version__ if hasattr(cm_fhir, "__version__") else "0",
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        root_path=settings.http.root_path,
+        responses=_COMMON_RESPONSES,
+    )
+    install_error_handlers(app)
+    for router in routers():
+        app.include_router(router)
+    app.include_router(metrics.router)
+    app.add_middleware(_AccessLog)
+    return app
+
+
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "status": {"type": "integer"},
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "fields": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+                    },
+                },
+            },
+        }
+    },
+}
+_COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {
+        "description": "No or invalid bearer token",
+        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+    },
+    403: {
+        "description": "The token lacks the scope",
+        "content": {"application/json": {"schema": _ERROR_SCHEMA}},
+    },
+}

@@ -1,0 +1,226 @@
+"""Service settings (pydantic-settings). No global instance; reads the environment and files.
+
+:func:`load_settings` builds one :class:`Settings` from, highest priority first: explicit values
+(the ``cm-fhir serve`` flags), the environment (``CM_FHIR_`` prefix, nested fields joined with
+``__``, e.g. ``CM_FHIR_HTTP__PORT=8081``), an optional TOML or YAML config file, then the defaults
+below. Nothing is read at import time: the CLI and the tests each call :func:`load_settings`.
+Secrets (API keys) are :class:`~pydantic.SecretStr`, so they never appear in a repr or a log line.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import ValidationError as PydanticValidationError
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from cm_fhir.errors import ConfigError
+
+__all__ = [
+    "AuthSettings",
+    "HttpSettings",
+    "MllpSettings",
+    "Role",
+    "Settings",
+    "WorkerSettings",
+    "load_settings",
+]
+
+SQLITE_FILE_NAME = "cm-fhir.sqlite3"
+
+
+class Role(StrEnum):
+    """What one ``cm-fhir serve`` process runs."""
+
+    API = "api"
+    LISTENER = "listener"
+    WORKER = "worker"
+    ALL = "all"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class HttpSettings(_Section):
+    """The HTTP API (FastAPI under uvicorn)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    graceful_timeout: float = Field(10.0, gt=0, description="Seconds to finish open requests.")
+    root_path: str = Field("", description="Prefix when served behind a reverse proxy.")
+
+
+class MllpSettings(_Section):
+    """The MLLP listener."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=0, le=65535, description="0 picks a free port.")
+    max_connections: int = Field(64, gt=0)
+    max_message_bytes: int = Field(1_048_576, gt=0)
+    idle_timeout: float = Field(600.0, ge=0, description="Seconds; 0 disables.")
+    shutdown_grace: float = Field(10.0, gt=0, description="Seconds to finish in-flight frames.")
+    tls_cert: Path | None = Field(None, description="PEM certificate chain: MLLP over TLS.")
+    tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+
+
+class WorkerSettings(_Section):
+    """The inbox and outbox workers."""
+
+    concurrency: int = Field(4, gt=0, description="Patients processed in parallel.")
+    poll_interval: float = Field(0.5, gt=0, description="Seconds between polls when idle.")
+    shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish in-flight work.")
+
+
+class AuthSettings(_Section):
+    """OAuth2 bearer tokens (JWT) checked against a JWKS; static keys are ``api_keys``."""
+
+    jwks_url: str | None = Field(None, description="JWKS of the authorisation server.")
+    issuer: str | None = Field(None, description="Required `iss` claim.")
+    audience: str | None = Field(None, description="Required `aud` claim.")
+    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
+    leeway: float = Field(30.0, ge=0, description="Clock skew allowed on exp/nbf, seconds.")
+    jwks_cache_seconds: int = Field(300, gt=0)
+    jwks_timeout: float = Field(5.0, gt=0)
+
+    @property
+    def jwt_enabled(self) -> bool:
+        return self.jwks_url is not None
+
+
+class Settings(BaseSettings):
+    """Everything ``cm-fhir serve`` needs; build it with :func:`load_settings`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CM_FHIR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(
+        Path("cm-fhir-data"), description="Where the embedded SQLite database lives."
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; unset = SQLite file in data_dir (created, migrated)."
+    )
+    database_search_path: str | None = Field(
+        None, description="PostgreSQL schema(s) to use (search_path)."
+    )
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        (), description="Static API keys (comma-separated in the environment)."
+    )
+    http: HttpSettings = HttpSettings()
+    mllp: MllpSettings = MllpSettings()
+    worker: WorkerSettings = WorkerSettings()
+    auth: AuthSettings = AuthSettings()
+    log_level: str = "INFO"
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys_long_enough(cls, value: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for key in value:
+            if len(key.get_secret_value()) < 16:
+                raise ValueError("every API key needs at least 16 characters")
+        return value
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when no URL is configured: the SQLite file under ``data_dir`` is used."""
+        return self.database_url is None
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+
+    @property
+    def credentials_configured(self) -> bool:
+        """Whether any way to authenticate is configured (API keys or a JWKS)."""
+        return bool(self.api_keys) or self.auth.jwt_enabled
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML (``.toml``) or YAML (``.yaml``/``.yml``) config file into a dict."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    try:
+        if path.suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif path.suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(f"{path}: config files are .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config file must hold a table/mapping at the top")
+    return data
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The config file as the lowest-priority source above the defaults."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self._data.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self._data)
+
+
+def load_settings(
+    config_file: Path | None = None, overrides: dict[str, Any] | None = None
+) -> Settings:
+    """Settings from ``overrides`` > environment > ``config_file`` > defaults.
+
+    ``overrides`` may be nested (``{"http": {"port": 0}}``); a nested override replaces only the
+    keys it names. Raises :class:`ConfigError` naming every bad key (never its value).
+    """
+    file_data = read_config_file(config_file) if config_file is not None else {}
+
+    class _Loaded(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, file_data))
+
+    try:
+        return _Loaded(**(overrides or {}))
+    except PydanticValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from exc
