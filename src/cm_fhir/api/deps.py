@@ -33,8 +33,8 @@ from cm_fhir.store.audit import AuditRecord, record_audit
 __all__ = [
     "AppContext",
     "AuditDep",
-    "ContextDep",
     "Auditor",
+    "ContextDep",
     "EngineDep",
     "PrincipalDep",
     "ReadPrincipal",
