@@ -1,7 +1,8 @@
 """Synthetic ADT messages and a runner for the discharge-planning workflow tests (no real data).
 
-``adt(...)`` builds one message with the fields the workflow reads and parses it with the bundled
-concept maps; ``run`` applies a sequence of events to a patient state, as the worker would.
+``adt(...)`` builds one message with the fields the workflow reads (``raw(...)``, as ER7 text) and
+parses it with the bundled concept maps; ``run`` applies a sequence of events to a patient state,
+as the worker would.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Any
 
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
@@ -46,7 +48,12 @@ class Visit:
     diagnosis: str | None = "I50.9"
     payer: str | None = "PAYER01"
 
-    def adt(
+    def adt(self, event: str, control_id: str, at: datetime, **fields: Any) -> AdtEvent:
+        parsed = parse_adt(self.raw(event, control_id, at, **fields), maps())
+        assert isinstance(parsed, AdtEvent)
+        return parsed
+
+    def raw(
         self,
         event: str,
         control_id: str,
@@ -59,7 +66,8 @@ class Visit:
         discharge: datetime | None = None,
         expected: str = "",
         prior_mrn: str | None = None,
-    ) -> AdtEvent:
+    ) -> str:
+        """The message as ER7 text (segments joined by carriage returns)."""
         fields = [""] * 46
         fields[1] = "1"
         fields[2] = patient_class
@@ -86,9 +94,7 @@ class Visit:
                 segments.append(
                     f"IN1|1|PLAN-GOLD|{self.payer}|Example Health Plan" + "|" * 32 + "MEM-778"
                 )
-        parsed = parse_adt("\r".join(segments), maps())
-        assert isinstance(parsed, AdtEvent)
-        return parsed
+        return "\r".join(segments)
 
 
 def hours(n: float) -> datetime:

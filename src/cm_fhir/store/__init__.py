@@ -2,3 +2,6 @@
 
 SQLite (WAL, ``synchronous=FULL``) is the embedded default; PostgreSQL is the production store.
 """
+
+# Register every table on the shared metadata, whichever store module is imported first.
+from cm_fhir.store import case_tables as _case_tables  # noqa: E402, F401

@@ -1,0 +1,139 @@
+"""Tables the worker writes: patient states, cases, outbox, trace, FHIR resources. No I/O.
+
+Declared on the inbox's :data:`~cm_fhir.store.tables.metadata` so one comparison test covers every
+table against the hand-written migrations (``0002_cases_outbox``). ``patient_states`` holds the
+workflow's :class:`~cm_fhir.workflow.PatientState` document per patient key (a merged-away key is
+a row with ``alias_of`` set and no document); ``cases`` is the queryable projection of each case;
+``outbox`` the transaction Bundles still to send; ``trace`` the workflow's
+:class:`~cm_fhir.workflow.TraceEntry` rows linked to their inbox row; ``fhir_resources`` the current
+resources of every case, as the read-only FHIR facade serves them. Rows point at inbox rows by id
+without a foreign key, so the inbox can be pruned or truncated on its own.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+from cm_fhir.store.tables import metadata
+
+__all__ = [
+    "OutboxState",
+    "cases",
+    "fhir_resources",
+    "outbox",
+    "patient_states",
+    "trace",
+]
+
+_ID = BigInteger().with_variant(Integer, "sqlite")
+
+
+class OutboxState(StrEnum):
+    """Life cycle of an outbox row: pending until the sync worker has written it."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+patient_states = Table(
+    "patient_states",
+    metadata,
+    Column("patient_key", String(255), primary_key=True),
+    Column("alias_of", String(255), nullable=True),
+    Column("document", Text, nullable=True),
+    Column("version", Integer, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=True),
+)
+
+cases = Table(
+    "cases",
+    metadata,
+    Column("case_id", String(64), primary_key=True),
+    Column("patient_key", String(255), nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("programme", String(64), nullable=False),
+    Column("team", String(64), nullable=True),
+    Column("owner", String(255), nullable=True),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("last_bundle_sha256", String(64), nullable=True),
+    Column("case_json", Text, nullable=False),
+)
+Index("ix_cases_patient_key", cases.c.patient_key)
+Index("ix_cases_status", cases.c.status, cases.c.team)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("reason", String(500), nullable=True),
+    Column("case_id", String(64), nullable=False),
+    Column("patient_key", String(255), nullable=False),
+    Column("inbox_message_id", BigInteger, nullable=True),
+    Column("case_identifier", String(500), nullable=False),
+    Column("identifiers", Text, nullable=False),
+    Column("bundle_sha256", String(64), nullable=False),
+    Column("bundle", LargeBinary, nullable=False),
+    CheckConstraint("state IN ('pending', 'sent', 'failed')", name="state"),
+)
+Index("ix_outbox_state", outbox.c.state, outbox.c.id)
+Index("ix_outbox_case_id", outbox.c.case_id, outbox.c.id)
+
+trace = Table(
+    "trace",
+    metadata,
+    Column("id", _ID, primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("inbox_message_id", BigInteger, nullable=True),
+    Column("patient_key", String(255), nullable=True),
+    Column("message_control_id", String(199), nullable=True),
+    Column("event", String(16), nullable=True),
+    Column("rule", String(200), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("case_id", String(64), nullable=True),
+    Column("target", String(200), nullable=True),
+    Column("flags", String(300), nullable=True),
+)
+Index("ix_trace_inbox_message_id", trace.c.inbox_message_id)
+Index("ix_trace_patient_key", trace.c.patient_key, trace.c.id)
+Index("ix_trace_case_id", trace.c.case_id, trace.c.id)
+
+fhir_resources = Table(
+    "fhir_resources",
+    metadata,
+    Column("resource_type", String(64), nullable=False),
+    Column("id", String(64), nullable=False),
+    Column("case_id", String(64), nullable=False),
+    Column("identifier", String(500), nullable=False),
+    Column("patient_identifier", String(500), nullable=True),
+    Column("status", String(32), nullable=True),
+    Column("version_id", Integer, nullable=False, server_default="1"),
+    Column("last_updated", DateTime(timezone=True), nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("resource", Text, nullable=False),
+    PrimaryKeyConstraint("resource_type", "id"),
+)
+Index("ix_fhir_resources_case_id", fhir_resources.c.case_id)
+Index("ix_fhir_resources_identifier", fhir_resources.c.resource_type, fhir_resources.c.identifier)
+Index("ix_fhir_resources_patient_identifier", fhir_resources.c.patient_identifier)

@@ -1,0 +1,262 @@
+"""Patient state documents, the ``cases`` projection and the ``fhir_resources`` table. I/O.
+
+:func:`lock_states` makes sure a row exists for every patient key (``INSERT ... ON CONFLICT DO
+NOTHING``) and then reads them ``SELECT ... FOR UPDATE`` on PostgreSQL, in key order so that two
+workers locking overlapping keys (an A40 names two patients) queue instead of deadlocking. Rows
+with ``alias_of`` are keys merged into another patient; their target is locked too.
+:func:`write_states`, :func:`upsert_cases` and :func:`sync_resources` write the results of a batch
+with one statement each (executemany). Every function runs in the caller's transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, Table, and_, bindparam, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cm_fhir.store.case_tables import cases, fhir_resources, patient_states
+
+__all__ = [
+    "CaseRow",
+    "ResourceRow",
+    "StateRow",
+    "load_states",
+    "lock_states",
+    "resource_rows",
+    "sync_resources",
+    "upsert_cases",
+    "write_states",
+]
+
+Json = dict[str, Any]
+_s = patient_states
+_r = fhir_resources
+
+
+@dataclass(frozen=True, slots=True)
+class StateRow:
+    """One ``patient_states`` row: a document, an alias, or an empty placeholder (new patient)."""
+
+    patient_key: str
+    alias_of: str | None
+    document: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CaseRow:
+    """The queryable projection of one case."""
+
+    case_id: str
+    patient_key: str
+    status: str
+    programme: str
+    team: str | None
+    owner: str | None
+    opened_at: datetime
+    closed_at: datetime | None
+    last_bundle_sha256: str | None
+    case_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceRow:
+    """One current FHIR resource of a case, with the columns the facade searches on."""
+
+    resource_type: str
+    id: str
+    case_id: str
+    identifier: str
+    patient_identifier: str | None
+    status: str | None
+    content_sha256: str
+    resource: str
+
+
+def _dialect_insert(connection: Connection, table: Table) -> Any:
+    module = postgresql if connection.dialect.name == "postgresql" else sqlite
+    return module.insert(table)
+
+
+def _read_states(connection: Connection, keys: Iterable[str], lock: bool) -> list[StateRow]:
+    query = (
+        select(_s.c.patient_key, _s.c.alias_of, _s.c.document)
+        .where(_s.c.patient_key.in_(sorted(set(keys))))
+        .order_by(_s.c.patient_key)
+    )
+    if lock and connection.dialect.name == "postgresql":
+        query = query.with_for_update()
+    return [StateRow(r.patient_key, r.alias_of, r.document) for r in connection.execute(query)]
+
+
+def lock_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateRow]:
+    """Lock the states filed under ``keys`` and the keys they are aliases of."""
+    found: dict[str, StateRow] = {}
+    wanted = set(keys)
+    while wanted:
+        placeholders = _dialect_insert(connection, _s).on_conflict_do_nothing(
+            index_elements=[_s.c.patient_key]
+        )
+        connection.execute(placeholders, [{"patient_key": k} for k in sorted(wanted)])
+        for row in _read_states(connection, wanted, lock=True):
+            found[row.patient_key] = row
+        wanted = {r.alias_of for r in found.values() if r.alias_of and r.alias_of not in found}
+    return found
+
+
+def load_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateRow]:
+    """Read (without locking or creating rows) the states under ``keys`` and their aliases."""
+    found: dict[str, StateRow] = {}
+    wanted = set(keys)
+    while wanted:
+        for row in _read_states(connection, wanted, lock=False):
+            found[row.patient_key] = row
+        wanted = {r.alias_of for r in found.values() if r.alias_of and r.alias_of not in found}
+    return found
+
+
+def write_states(
+    connection: Connection,
+    documents: dict[str, str],
+    aliases: dict[str, str],
+    now: datetime,
+) -> None:
+    """File each document under its key and each alias key as pointing at its patient."""
+    rows = [
+        {"patient_key": k, "alias_of": None, "document": d, "version": 1, "updated_at": now}
+        for k, d in documents.items()
+    ]
+    rows += [
+        {"patient_key": k, "alias_of": a, "document": None, "version": 1, "updated_at": now}
+        for k, a in aliases.items()
+        if k not in documents
+    ]
+    if not rows:
+        return
+    insert = _dialect_insert(connection, _s)
+    statement = insert.on_conflict_do_update(
+        index_elements=[_s.c.patient_key],
+        set_={
+            "alias_of": insert.excluded.alias_of,
+            "document": insert.excluded.document,
+            "version": _s.c.version + 1,
+            "updated_at": insert.excluded.updated_at,
+        },
+    )
+    connection.execute(statement, rows)
+
+
+def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime) -> None:
+    """Insert or update the ``cases`` rows (the version counts the updates)."""
+    if not rows:
+        return
+    values = [
+        {
+            "case_id": r.case_id,
+            "patient_key": r.patient_key,
+            "status": r.status,
+            "programme": r.programme,
+            "team": r.team,
+            "owner": r.owner,
+            "opened_at": r.opened_at,
+            "closed_at": r.closed_at,
+            "updated_at": now,
+            "version": 1,
+            "last_bundle_sha256": r.last_bundle_sha256,
+            "case_json": r.case_json,
+        }
+        for r in rows
+    ]
+    insert = _dialect_insert(connection, cases)
+    columns = [c for c in values[0] if c not in ("case_id", "version")]
+    update = {c: getattr(insert.excluded, c) for c in columns}
+    update["version"] = cases.c.version + 1
+    connection.execute(
+        insert.on_conflict_do_update(index_elements=[cases.c.case_id], set_=update), values
+    )
+
+
+def resource_rows(
+    case_id: str, resources: Sequence[Json], patient_identifier: str | None
+) -> list[ResourceRow]:
+    """The ``fhir_resources`` rows of one case's resources (``Type/id`` references)."""
+    out = []
+    for resource in resources:
+        content = orjson.dumps(resource)
+        first = (resource.get("identifier") or [{}])[0]
+        status = resource.get("status")
+        out.append(
+            ResourceRow(
+                resource_type=str(resource["resourceType"]),
+                id=str(resource["id"]),
+                case_id=case_id,
+                identifier=f"{first.get('system', '')}|{first.get('value', '')}",
+                patient_identifier=patient_identifier,
+                status=str(status) if isinstance(status, str) else None,
+                content_sha256=hashlib.sha256(content).hexdigest(),
+                resource=content.decode(),
+            )
+        )
+    return out
+
+
+_DELETE_RESOURCE = delete(_r).where(
+    and_(_r.c.resource_type == bindparam("rtype"), _r.c.id == bindparam("rid"))
+)
+
+
+def sync_resources(
+    connection: Connection, current: dict[str, list[ResourceRow]], now: datetime
+) -> tuple[int, int]:
+    """Make ``fhir_resources`` hold exactly ``current`` for these cases; (written, removed).
+
+    Unchanged resources keep their ``version_id`` and ``last_updated``; changed ones get the next
+    version; resources a case no longer has are deleted.
+    """
+    if not current:
+        return 0, 0
+    existing = {
+        (row.resource_type, row.id): row.content_sha256
+        for row in connection.execute(
+            select(_r.c.resource_type, _r.c.id, _r.c.content_sha256).where(
+                _r.c.case_id.in_(sorted(current))
+            )
+        )
+    }
+    wanted = {(r.resource_type, r.id): r for rows in current.values() for r in rows}
+    changed = [r for key, r in wanted.items() if existing.get(key) != r.content_sha256]
+    removed = [key for key in existing if key not in wanted]
+    if changed:
+        insert = _dialect_insert(connection, _r)
+        columns = ("case_id", "identifier", "patient_identifier", "status", "content_sha256")
+        update = {c: getattr(insert.excluded, c) for c in (*columns, "resource", "last_updated")}
+        update["version_id"] = _r.c.version_id + 1
+        statement = insert.on_conflict_do_update(
+            index_elements=[_r.c.resource_type, _r.c.id], set_=update
+        )
+        connection.execute(
+            statement,
+            [
+                {
+                    "resource_type": r.resource_type,
+                    "id": r.id,
+                    "case_id": r.case_id,
+                    "identifier": r.identifier,
+                    "patient_identifier": r.patient_identifier,
+                    "status": r.status,
+                    "version_id": 1,
+                    "last_updated": now,
+                    "content_sha256": r.content_sha256,
+                    "resource": r.resource,
+                }
+                for r in changed
+            ],
+        )
+    if removed:
+        connection.execute(_DELETE_RESOURCE, [{"rtype": t, "rid": i} for t, i in removed])
+    return len(changed), len(removed)

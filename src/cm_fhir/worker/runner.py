@@ -1,0 +1,143 @@
+"""The async worker loop: batches of inbox rows, one transaction each, until stopped. I/O.
+
+:class:`Worker` runs :class:`~cm_fhir.worker.processor.BatchProcessor` in a transaction per batch
+(``run_sync`` on the async connection: one greenlet switch per statement on asyncpg, no thread per
+message). When a batch's transaction fails in the database, the rows are rolled back and the next
+claims take one row at a time, so one bad row is found and counted instead of failing its
+neighbours; lock conflicts and lost connections (``OperationalError``) are retried without counting
+an attempt. :meth:`Worker.run` polls until its stop event is set and always finishes the batch in
+flight before returning; :meth:`Worker.run_once` stops when nothing is claimable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.errors import StoreError
+from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.registry import MappingRegistry, default_registry
+from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.store.queue import mark_waiting
+from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
+from cm_fhir.workflow import apply_event
+
+__all__ = ["Worker", "WorkerConfig"]
+
+log = logging.getLogger(__name__)
+_TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerConfig:
+    """How the worker claims and retries."""
+
+    batch_size: int = 200
+    max_attempts: int = 5
+    retry_delay: float = 5.0  # seconds between attempts of a failing row
+    poll_interval: float = 0.5  # seconds to wait when the inbox has nothing to claim
+
+
+def _transient(exc: SQLAlchemyError) -> bool:
+    if isinstance(exc, OperationalError):
+        return True
+    if isinstance(exc, DBAPIError):
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return exc.connection_invalidated or state in _TRANSIENT_STATES
+    return False
+
+
+class Worker:
+    """Processes the inbox of one database; several may run against PostgreSQL."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        config: WorkerConfig | None = None,
+        *,
+        rules: DischargeRules | None = None,
+        maps: AdtConceptMaps | None = None,
+        registry: MappingRegistry | None = None,
+        apply: ApplyEvent = apply_event,
+    ) -> None:
+        self.engine = engine
+        self.config = config or WorkerConfig()
+        self.processor = BatchProcessor(
+            rules or load_discharge_rules(),
+            maps or load_adt_concept_maps(),
+            registry or default_registry(),
+            max_attempts=self.config.max_attempts,
+            apply=apply,
+        )
+        self.totals = BatchResult()
+        self._one_at_a_time = 0
+
+    async def run_batch(self) -> BatchResult:
+        """Claim, process and commit one batch; an empty result when nothing was claimable."""
+        limit = 1 if self._one_at_a_time > 0 else self.config.batch_size
+        self._one_at_a_time = max(0, self._one_at_a_time - 1)
+        retry_before = datetime.now(UTC) - timedelta(seconds=self.config.retry_delay)
+        try:
+            async with self.engine.begin() as connection:
+                result = await connection.run_sync(self.processor.process, limit, retry_before)
+        except SQLAlchemyError as exc:
+            return await self._after_failure(exc)
+        self.totals.add(result)
+        return result
+
+    async def _after_failure(self, exc: SQLAlchemyError) -> BatchResult:
+        claimed = self.processor.last_claimed
+        name = type(exc).__name__
+        if _transient(exc) or not claimed:
+            log.warning("batch rolled back (%s); retrying", name)
+            await asyncio.sleep(0.05)
+            return BatchResult(claimed=len(claimed), retried=len(claimed))
+        if len(claimed) > 1:
+            log.warning("batch of %d rolled back (%s); retrying one by one", len(claimed), name)
+            self._one_at_a_time = len(claimed)
+            return BatchResult(claimed=len(claimed), retried=len(claimed))
+        row = claimed[0]
+        log.error("inbox row %d could not be committed (%s)", row.id, name)
+        store_error = StoreError(f"the database refused the changes ({name})")
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(self.processor.record_failure, row, store_error)
+        except SQLAlchemyError as again:
+            raise StoreError(f"cannot record a failed attempt: {type(again).__name__}") from again
+        result = BatchResult(claimed=1, retried=1)
+        self.totals.add(result)
+        return result
+
+    async def run_once(self) -> BatchResult:
+        """Process batches until nothing is claimable; the summed counts."""
+        total = BatchResult()
+        while True:
+            result = await self.run_batch()
+            total.add(result)
+            if result.claimed == 0:
+                return total
+
+    async def run(self, stop: asyncio.Event) -> BatchResult:
+        """Process until ``stop`` is set; the batch in flight always commits first."""
+        total = BatchResult()
+        while not stop.is_set():
+            result = await self.run_batch()
+            total.add(result)
+            if result.claimed == 0:
+                await self._mark_waiting()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_interval)
+        return total
+
+    async def _mark_waiting(self) -> None:
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(mark_waiting, datetime.now(UTC))
+        except SQLAlchemyError as exc:
+            log.warning("could not mark rows waiting behind dead letters: %s", type(exc).__name__)

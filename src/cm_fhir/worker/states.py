@@ -1,0 +1,94 @@
+"""The patient states of one batch, in memory: lookups through aliases and what to write.
+
+No I/O of its own: :class:`PatientBook` wraps the ``patient_states`` rows a batch has locked. It
+decodes the documents, follows alias rows (keys merged into another patient) to the document they
+point at, and records which documents and aliases the batch changed. A state is filed under its
+first patient key; its other keys, the key it was found under and the keys an A40 retired become
+aliases of that key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from cm_fhir.store.cases import StateRow
+from cm_fhir.workflow import PatientState
+
+__all__ = ["PatientBook"]
+
+
+class PatientBook:
+    """The states a batch works on; see the module docstring."""
+
+    def __init__(self, rows: dict[str, StateRow]) -> None:
+        self._rows = rows
+        self._alias = {k: r.alias_of for k, r in rows.items() if r.alias_of}
+        self._docs: dict[str, PatientState] = {}
+        self._dirty_docs: set[str] = set()
+        self._dirty_aliases: set[str] = set()
+
+    def decode_all(self) -> None:
+        """Decode every stored document once."""
+        for key, row in self._rows.items():
+            if row.document is not None and row.alias_of is None:
+                self._docs[key] = PatientState.model_validate_json(row.document)
+
+    def resolve(self, key: str) -> str:
+        """The key the patient's document is filed under."""
+        seen = {key}
+        while key in self._alias:
+            key = self._alias[key]
+            if key in seen:  # a cycle cannot be written, but never loop on one
+                break
+            seen.add(key)
+        return key
+
+    def state(self, key: str) -> PatientState:
+        """The patient's current state; ``PatientState()`` for a patient not seen before."""
+        return self._docs.get(self.resolve(key)) or PatientState()
+
+    def merged(self, key: str, others: Sequence[str]) -> list[PatientState]:
+        """The states of an A40's prior patients that are not already this patient's."""
+        seen = {self.resolve(key)}
+        out: list[PatientState] = []
+        for other in others:
+            primary = self.resolve(other)
+            if primary in seen:
+                continue
+            seen.add(primary)
+            state = self._docs.get(primary)
+            if state is not None:
+                out.append(state)
+        return out
+
+    def file(self, key: str, state: PatientState, retired: Iterable[str] = ()) -> str:
+        """Keep ``state`` as the patient's new state; return the key it is filed under."""
+        old = self.resolve(key)
+        primary = state.patient_keys[0] if state.patient_keys else old
+        self._docs[primary] = state
+        self._alias.pop(primary, None)
+        self._dirty_docs.add(primary)
+        self._dirty_aliases.discard(primary)
+        for other in {old, *state.patient_keys[1:], *retired} - {primary}:
+            self._alias[other] = primary
+            self._docs.pop(other, None)
+            self._dirty_docs.discard(other)
+            self._dirty_aliases.add(other)
+        return primary
+
+    def dirty(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Documents (as JSON) and aliases the batch changed."""
+        documents = {k: self._docs[k].model_dump_json() for k in sorted(self._dirty_docs)}
+        aliases = {k: self._alias[k] for k in sorted(self._dirty_aliases) if k in self._alias}
+        return documents, aliases
+
+    def case_ids(self) -> set[str]:
+        """Ids of every case in the loaded documents."""
+        return {case.id for state in self._docs.values() for case in state.cases}
+
+    def team_of(self, key: str, case_id: str) -> str | None:
+        """The team of the visit the case belongs to, from the workflow's visit memory."""
+        state = self._docs.get(self.resolve(key))
+        if state is None:
+            return None
+        return next((v.team for v in state.visits if v.case_id == case_id), None)
