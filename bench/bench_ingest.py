@@ -11,7 +11,8 @@ messages per second and p50/p99 ACK latency. Servers measured in the same run:
 * ``cm-fhir postgres``: the same on PostgreSQL (``CM_FHIR_TEST_PG_URL``, a throw-away schema);
   skipped when the server is unreachable.
 
-Usage: ``python bench/bench_ingest.py [--senders 16] [--messages 400]`` (messages per sender).
+Usage: ``python bench/bench_ingest.py [--senders 16] [--messages 400] [--rounds 3]`` (messages
+per sender; the servers are measured in alternating rounds and the medians printed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cm_fhir.mllp_client import MllpClient
@@ -126,24 +128,40 @@ async def drive(port: int, senders: int, messages: int) -> tuple[float, list[flo
     return time.perf_counter() - started, latencies, failures
 
 
-async def measure(name: str, args: list[str], senders: int, messages: int) -> float | None:
-    try:
-        process, port = await start_server(*args)
-    except RuntimeError as exc:
-        print(f"{name:<22} skipped: {exc}")
-        return None
+@dataclass
+class Figures:
+    """Runs of one server: throughput and latency percentiles per round."""
+
+    name: str
+    rates: list[float] = field(default_factory=list)
+    p50: list[float] = field(default_factory=list)
+    p99: list[float] = field(default_factory=list)
+    failures: int = 0
+
+    def line(self) -> str:
+        if not self.rates:
+            return f"{self.name:<18} skipped"
+        rate = statistics.median(self.rates)
+        spread = f"{min(self.rates):.0f}-{max(self.rates):.0f}"
+        return (
+            f"{self.name:<18} {rate:7.0f} msgs/s (rounds {spread})   "
+            f"p50 {statistics.median(self.p50):6.2f} ms   p99 {statistics.median(self.p99):6.2f} ms"
+            f"   non-AA {self.failures}"
+        )
+
+
+async def measure(figures: Figures, args: list[str], senders: int, messages: int) -> None:
+    process, port = await start_server(*args)
     try:
         elapsed, latencies, failures = await drive(port, senders, messages)
     finally:
         process.terminate()
         await process.wait()
-    rate = len(latencies) / elapsed
     quantiles = statistics.quantiles(latencies, n=100)
-    print(
-        f"{name:<22} {rate:9.0f} msgs/s   p50 {quantiles[49] * 1000:7.2f} ms   "
-        f"p99 {quantiles[98] * 1000:7.2f} ms   non-AA {failures}"
-    )
-    return rate
+    figures.rates.append(len(latencies) / elapsed)
+    figures.p50.append(quantiles[49] * 1000)
+    figures.p99.append(quantiles[98] * 1000)
+    figures.failures += failures
 
 
 async def pg_schema(action: str, schema: str) -> bool:
@@ -165,32 +183,39 @@ async def pg_schema(action: str, schema: str) -> bool:
         await engine.dispose()
 
 
-async def main(senders: int, messages: int) -> None:
-    print(f"{senders} senders x {messages} messages, persistent connections, loopback")
-    baseline = await measure("python-hl7 echo", ["--serve-echo"], senders, messages)
-    results: dict[str, float | None] = {}
-    with tempfile.TemporaryDirectory() as folder:
-        url = f"sqlite+aiosqlite:///{Path(folder) / 'bench.sqlite3'}"
-        results["cm-fhir sqlite"] = await measure(
-            "cm-fhir sqlite", ["--serve-cm", url], senders, messages
-        )
+async def main(senders: int, messages: int, rounds: int) -> None:
+    print(f"{senders} senders x {messages} messages, persistent connections, loopback, ")
+    print(f"{rounds} rounds alternating the servers; medians reported")
+    echo = Figures("python-hl7 echo")
+    ours = [Figures("cm-fhir sqlite"), Figures("cm-fhir postgres")]
     schema = f"cmfhir_bench_{uuid.uuid4().hex[:10]}"
-    if await pg_schema("CREATE", schema):
-        try:
-            args = ["--serve-cm", PG_URL, "--schema", schema]
-            results["cm-fhir postgres"] = await measure("cm-fhir postgres", args, senders, messages)
-        finally:
+    postgres = await pg_schema("CREATE", schema)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            for round_number in range(rounds):
+                url = f"sqlite+aiosqlite:///{Path(folder) / f'bench{round_number}.sqlite3'}"
+                await measure(echo, ["--serve-echo"], senders, messages)
+                await measure(ours[0], ["--serve-cm", url], senders, messages)
+                if postgres:
+                    args = ["--serve-cm", PG_URL, "--schema", schema]
+                    await measure(ours[1], args, senders, messages)
+    finally:
+        if postgres:
             await pg_schema("DROP", schema)
-    if baseline:
-        for name, rate in results.items():
-            if rate:
-                print(f"ratio {name} / python-hl7 echo: {rate / baseline:.2f}x (target >= 3x)")
+    for figures in (echo, *ours):
+        print(figures.line())
+    baseline = statistics.median(echo.rates)
+    for figures in ours:
+        if figures.rates:
+            ratio = statistics.median(figures.rates) / baseline
+            print(f"ratio {figures.name} / python-hl7 echo: {ratio:.2f}x (target >= 3x)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--senders", type=int, default=16)
     parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-cm", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
@@ -200,4 +225,4 @@ if __name__ == "__main__":
     elif options.serve_cm:
         asyncio.run(serve_cm(options.serve_cm, options.schema))
     else:
-        asyncio.run(main(options.senders, options.messages))
+        asyncio.run(main(options.senders, options.messages, options.rounds))

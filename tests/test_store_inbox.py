@@ -4,6 +4,7 @@ race-safe inserts and per-patient claiming."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 from importlib.resources import files
 
@@ -227,3 +228,37 @@ async def test_claims_by_concurrent_workers_keep_patient_order(inbox_engine: Asy
         assert await claim_next(second) == [ids[2]]
         await first.rollback()
         await second.rollback()
+
+
+async def test_odd_header_values_do_not_poison_a_group(inbox_engine: AsyncEngine) -> None:
+    # MSH-10 longer than its column, and a NUL (PostgreSQL refuses it in text).
+    odd = dataclasses.replace(message("X" * 300), sending_application="APP\x00NUL")
+    async with InboxWriter(inbox_engine) as writer:
+        results = await asyncio.gather(writer.store(odd), writer.store(message("fine")))
+    assert [r.duplicate for r in results] == [False, False]
+    async with inbox_engine.connect() as connection:
+        stored = (
+            await connection.execute(
+                select(inbox_messages.c.control_id, inbox_messages.c.sending_application).order_by(
+                    inbox_messages.c.id
+                )
+            )
+        ).all()
+    assert [(len(c), a) for c, a in stored] == [(199, "APPNUL"), (4, "APP")]
+
+
+async def test_writer_rows_read_back_like_sqlalchemy_rows(inbox_engine: AsyncEngine) -> None:
+    via_writer = message("W1")
+    via_core = message("W2")
+    async with InboxWriter(inbox_engine) as writer:
+        await writer.store(via_writer)
+    async with inbox_engine.begin() as connection:
+        await store_messages(connection, [via_core])
+    async with inbox_engine.connect() as connection:
+        rows = (
+            await connection.execute(select(inbox_messages).order_by(inbox_messages.c.id))
+        ).all()
+    for row, sent in zip(rows, [via_writer, via_core], strict=True):
+        assert row.received_at.replace(tzinfo=None) == sent.received_at.replace(tzinfo=None)
+        assert (row.raw, row.ack_bytes, row.control_id_reused) == (sent.raw, sent.ack_bytes, False)
+        assert (row.patient_key, row.state, row.attempts) == (sent.patient_key, "received", 0)

@@ -4,26 +4,34 @@
 MSH-3/4 sender, MSH-10 and content hash) is not stored again: its result carries the row id and
 ACK of the original. A reused MSH-10 with other content is stored and flagged
 ``control_id_reused``. The unique dedup index makes this safe across processes: the insert is
-``ON CONFLICT DO NOTHING`` and a conflicting row is read back as a duplicate.
+``ON CONFLICT DO NOTHING`` and a conflicting row is read back as a duplicate. The decisions live
+in :class:`_StorePlan`; the statements come from :mod:`cm_fhir.store.inbox_sql` (SQLAlchemy, a
+raw sqlite3 connection for the SQLite writer thread, or asyncpg for PostgreSQL).
 
-:func:`claim_next` is the worker's entry point: the oldest ``received`` rows whose patient has no
-older ``received`` row, locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serialises writers
-with ``BEGIN IMMEDIATE``), so rows of one patient are handled in arrival order, patients in
-parallel.
+:func:`claim_next` picks the oldest ``received`` rows whose patient has no older ``received`` row,
+locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serialises writers with ``BEGIN
+IMMEDIATE``), so rows of one patient are handled in arrival order, patients in parallel.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
-from sqlalchemy import Connection, Row, and_, bindparam, exists, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, and_, exists, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cm_fhir.store.inbox_sql import (
+    AlchemyInboxSql,
+    AsyncpgInboxSql,
+    DedupKey,
+    ExistingRow,
+    InboxSql,
+    SqliteInboxSql,
+)
 from cm_fhir.store.tables import InboxState, inbox_messages
 
 __all__ = [
@@ -31,13 +39,24 @@ __all__ = [
     "StoredMessage",
     "claim_next",
     "store_messages",
+    "store_messages_asyncpg",
     "store_messages_sqlite3",
     "store_messages_sync",
 ]
 
 _t = inbox_messages
-DedupKey = tuple[str, str, str, str]
-AnyRow = Row[*tuple[Any, ...]]
+_LENGTHS: dict[str, int] = {
+    c.name: length for c in _t.columns if (length := getattr(c.type, "length", None))
+}
+
+
+def _clean(name: str, value: str | None) -> str | None:
+    """Fit a header value into its column: no NUL (PostgreSQL refuses it), clipped to length."""
+    if value is None:
+        return None
+    value = value.replace("\x00", "")
+    length = _LENGTHS.get(name)
+    return value[:length] if length else value
 
 
 @dataclass(slots=True)
@@ -61,6 +80,22 @@ class NewMessage:
     batch_control_id: str | None = None
     peer: str | None = None
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __post_init__(self) -> None:
+        for name in (
+            "sending_application",
+            "sending_facility",
+            "control_id",
+            "message_type",
+            "trigger_event",
+            "version_id",
+            "application_ack_type",
+            "patient_key",
+            "reason",
+            "batch_control_id",
+            "peer",
+        ):
+            setattr(self, name, _clean(name, getattr(self, name)))
 
     @property
     def dedup_key(self) -> DedupKey | None:
@@ -109,42 +144,99 @@ class StoredMessage:
     ack_bytes: bytes | None
 
 
-_EXISTING = select(
-    _t.c.id,
-    _t.c.control_id,
-    _t.c.sending_application,
-    _t.c.sending_facility,
-    _t.c.content_sha256,
-    _t.c.ack_code,
-    _t.c.ack_bytes,
-).where(_t.c.control_id.in_(bindparam("control_ids", expanding=True)))
-_DEDUP_COLUMNS = [
-    _t.c.control_id,
-    _t.c.sending_application,
-    _t.c.sending_facility,
-    _t.c.content_sha256,
-]
-_INSERT_RETURNING = (_t.c.id, *_DEDUP_COLUMNS)
-_INSERT_UNKEYED = _t.insert().returning(_t.c.id)
+class _StorePlan:
+    """The dedup decisions for one group of messages; the SQL is run by a driver function."""
 
+    def __init__(self, messages: Sequence[NewMessage]) -> None:
+        self.messages = messages
+        self.control_ids = {m.control_id for m in messages if m.control_id is not None}
+        self._found: dict[DedupKey, StoredMessage] = {}
+        self._results: list[StoredMessage | None] = [None] * len(messages)
+        self._pending: dict[DedupKey, tuple[NewMessage, bool, list[int]]] = {}
+        self._inserted: dict[DedupKey, int] = {}
+        self.unkeyed: list[int] = []
 
-def _insert_keyed(dialect: str) -> Any:
-    """INSERT ... ON CONFLICT (dedup key) DO NOTHING RETURNING id, key; one per dialect."""
-    if dialect not in _INSERTS:
-        module = postgresql if dialect == "postgresql" else sqlite
-        _INSERTS[dialect] = (
-            module.insert(_t)
-            .on_conflict_do_nothing(index_elements=_DEDUP_COLUMNS)
-            .returning(*_INSERT_RETURNING)
+    def _remember(self, rows: Iterable[ExistingRow]) -> set[tuple[str, str, str]]:
+        senders: set[tuple[str, str, str]] = set()
+        for row_id, control_id, application, facility, digest, ack_code, ack_bytes in rows:
+            key = (control_id, application or "", facility or "", digest)
+            senders.add(key[:3])
+            self._found[key] = StoredMessage(row_id, True, False, ack_code, ack_bytes)
+        return senders
+
+    def apply_existing(self, rows: Iterable[ExistingRow]) -> list[dict[str, Any]]:
+        """Take the stored rows sharing a control id; return the rows to insert."""
+        senders_seen = self._remember(rows)
+        for index, message in enumerate(self.messages):
+            key = message.dedup_key
+            if key is None:
+                self.unkeyed.append(index)
+            elif key in self._found:
+                self._results[index] = self._found[key]
+            elif key in self._pending:
+                self._pending[key][2].append(index)  # the same message twice in one group
+            else:
+                reused = key[:3] in senders_seen
+                senders_seen.add(key[:3])
+                self._pending[key] = (message, reused, [index])
+        return [m.row(control_id_reused=reused) for m, reused, _ in self._pending.values()]
+
+    def apply_inserted(self, inserted: Iterable[tuple[int, DedupKey]]) -> set[str]:
+        """Take the ids the insert returned; return control ids another writer stored first."""
+        self._inserted = {key: row_id for row_id, key in inserted}
+        return {key[0] for key in self._pending if key not in self._inserted}
+
+    def apply_raced(self, rows: Iterable[ExistingRow]) -> None:
+        self._remember(rows)
+
+    def apply_unkeyed(self, index: int, row_id: int) -> None:
+        message = self.messages[index]
+        self._results[index] = StoredMessage(
+            row_id, False, False, message.ack_code, message.ack_bytes
         )
-    return _INSERTS[dialect]
+
+    def results(self) -> list[StoredMessage]:
+        for key, (message, reused, indexes) in self._pending.items():
+            first = (
+                StoredMessage(
+                    self._inserted[key], False, reused, message.ack_code, message.ack_bytes
+                )
+                if key in self._inserted
+                else self._found[key]
+            )
+            self._results[indexes[0]] = first
+            for index in indexes[1:]:
+                self._results[index] = StoredMessage(
+                    first.id, True, False, first.ack_code, first.ack_bytes
+                )
+        return [result for result in self._results if result is not None]
 
 
-_INSERTS: dict[str, Any] = {}
+def _run(sql: InboxSql, messages: Sequence[NewMessage]) -> list[StoredMessage]:
+    plan = _StorePlan(messages)
+    to_insert = plan.apply_existing(sql.existing(plan.control_ids))
+    if to_insert:
+        raced = plan.apply_inserted(sql.insert_keyed(to_insert))
+        if raced:
+            plan.apply_raced(sql.existing(raced))
+    for index in plan.unkeyed:
+        row = messages[index].row(control_id_reused=False)
+        plan.apply_unkeyed(index, sql.insert_unkeyed(row))
+    return plan.results()
 
 
-def _key(row: AnyRow) -> DedupKey:
-    return (row.control_id, row.sending_application, row.sending_facility, row.content_sha256)
+def store_messages_sync(
+    connection: Connection, messages: Sequence[NewMessage]
+) -> list[StoredMessage]:
+    """Store ``messages`` on a synchronous SQLAlchemy connection (caller commits)."""
+    return _run(AlchemyInboxSql(connection), messages)
+
+
+def store_messages_sqlite3(
+    connection: sqlite3.Connection, messages: Sequence[NewMessage]
+) -> list[StoredMessage]:
+    """Store ``messages`` on a raw sqlite3 connection inside the caller's transaction."""
+    return _run(SqliteInboxSql(connection), messages)
 
 
 async def store_messages(
@@ -154,157 +246,22 @@ async def store_messages(
     return await connection.run_sync(store_messages_sync, messages)
 
 
-class _InboxSql(Protocol):
-    """The three statements the dedup logic needs, over SQLAlchemy or a raw sqlite3 connection."""
-
-    def existing(self, control_ids: set[str]) -> Sequence[tuple[Any, ...]]: ...
-
-    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]: ...
-
-    def insert_unkeyed(self, row: dict[str, Any]) -> int: ...
-
-
-_EXISTING_COLUMNS = "id, control_id, sending_application, sending_facility, content_sha256"
-
-
-class _AlchemySql:
-    def __init__(self, connection: Connection) -> None:
-        self._connection = connection
-
-    def existing(self, control_ids: set[str]) -> Sequence[tuple[Any, ...]]:
-        if not control_ids:
-            return []
-        query = self._connection.execute(_EXISTING, {"control_ids": sorted(control_ids)})
-        return [tuple(row) for row in query]
-
-    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
-        statement = _insert_keyed(self._connection.dialect.name)
-        return [(row.id, _key(row)) for row in self._connection.execute(statement, rows)]
-
-    def insert_unkeyed(self, row: dict[str, Any]) -> int:
-        return int(self._connection.execute(_INSERT_UNKEYED, row).scalar_one())
-
-
-_SQLITE = sqlite.dialect()
-_COLUMNS = [column for column in _t.columns if column.name != "id"]
-_BINDERS = [
-    (column.name, column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) for column in _COLUMNS
-]
-_RAW_INSERT = (
-    f"INSERT INTO {_t.name} ({', '.join(c.name for c in _COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in _COLUMNS)})"
-)
-_RAW_ON_CONFLICT = (
-    " ON CONFLICT (control_id, sending_application, sending_facility, content_sha256) DO NOTHING"
-)
-
-
-class _RawSqliteSql:
-    """The same statements on the sqlite3 connection itself: no per-statement compile cost."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self._connection = connection
-
-    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(bind(row[name]) if bind else row[name] for name, bind in _BINDERS)
-
-    def existing(self, control_ids: set[str]) -> Sequence[tuple[Any, ...]]:
-        if not control_ids:
-            return []
-        marks = ", ".join("?" for _ in control_ids)
-        query = (
-            f"SELECT {_EXISTING_COLUMNS}, ack_code, ack_bytes FROM {_t.name} "
-            f"WHERE control_id IN ({marks})"
-        )
-        return self._connection.execute(query, sorted(control_ids)).fetchall()
-
-    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
-        inserted: list[tuple[int, DedupKey]] = []
-        statement = _RAW_INSERT + _RAW_ON_CONFLICT + " RETURNING id"
-        for row in rows:
-            found = self._connection.execute(statement, self._values(row)).fetchone()
-            if found is not None:
-                key = (
-                    row["control_id"],
-                    row["sending_application"],
-                    row["sending_facility"],
-                    row["content_sha256"],
-                )
-                inserted.append((int(found[0]), key))
-        return inserted
-
-    def insert_unkeyed(self, row: dict[str, Any]) -> int:
-        cursor = self._connection.execute(_RAW_INSERT + " RETURNING id", self._values(row))
-        return int(cursor.fetchone()[0])
-
-
-def store_messages_sync(
-    connection: Connection, messages: Sequence[NewMessage]
+async def store_messages_asyncpg(
+    connection: Any, messages: Sequence[NewMessage]
 ) -> list[StoredMessage]:
-    """:func:`store_messages` on a synchronous SQLAlchemy connection."""
-    return _store(_AlchemySql(connection), messages)
-
-
-def store_messages_sqlite3(
-    connection: sqlite3.Connection, messages: Sequence[NewMessage]
-) -> list[StoredMessage]:
-    """:func:`store_messages` on a raw sqlite3 connection inside a transaction (writer thread)."""
-    return _store(_RawSqliteSql(connection), messages)
-
-
-def _store(sql: _InboxSql, messages: Sequence[NewMessage]) -> list[StoredMessage]:
-    keyed = {m.dedup_key[0] for m in messages if m.dedup_key is not None}
-    found: dict[DedupKey, StoredMessage] = {}
-    senders_seen: set[tuple[str, str, str]] = set()
-    for row in sql.existing(keyed):
-        row_key: DedupKey = (row[1], row[2], row[3], row[4])
-        senders_seen.add(row_key[:3])
-        found[row_key] = StoredMessage(row[0], True, False, row[5], row[6])
-
-    results: list[StoredMessage | None] = [None] * len(messages)
-    pending: dict[DedupKey, tuple[NewMessage, bool, list[int]]] = {}
-    unkeyed: list[int] = []
-    for index, message in enumerate(messages):
-        key = message.dedup_key
-        if key is None:
-            unkeyed.append(index)
-        elif key in found:
-            results[index] = found[key]
-        elif key in pending:
-            pending[key][2].append(index)  # same message twice in one group
-        else:
-            reused = key[:3] in senders_seen
-            senders_seen.add(key[:3])
-            pending[key] = (message, reused, [index])
-
-    if pending:
-        rows = [m.row(control_id_reused=reused) for m, reused, _ in pending.values()]
-        inserted = {key: row_id for row_id, key in sql.insert_keyed(rows)}
-        lost_race = {key for key in pending if key not in inserted}
-        if lost_race:
-            # Another process stored the same message meanwhile: answer with its ACK.
-            for row in sql.existing({key[0] for key in lost_race}):
-                found[(row[1], row[2], row[3], row[4])] = StoredMessage(
-                    row[0], True, False, row[5], row[6]
-                )
-        for key, (message, reused, indexes) in pending.items():
-            first = (
-                StoredMessage(inserted[key], False, reused, message.ack_code, message.ack_bytes)
-                if key in inserted
-                else found[key]
-            )
-            results[indexes[0]] = first
-            for index in indexes[1:]:
-                results[index] = StoredMessage(
-                    first.id, True, False, first.ack_code, first.ack_bytes
-                )
-
-    for index in unkeyed:
-        message = messages[index]
-        row_id = sql.insert_unkeyed(message.row(control_id_reused=False))
-        results[index] = StoredMessage(row_id, False, False, message.ack_code, message.ack_bytes)
-
-    return [result for result in results if result is not None]
+    """Store ``messages`` on an asyncpg connection in one transaction (PostgreSQL writer)."""
+    sql = AsyncpgInboxSql(connection)
+    async with connection.transaction():
+        plan = _StorePlan(messages)
+        to_insert = plan.apply_existing(await sql.existing(plan.control_ids))
+        if to_insert:
+            raced = plan.apply_inserted(await sql.insert_keyed(to_insert))
+            if raced:
+                plan.apply_raced(await sql.existing(raced))
+        for index in plan.unkeyed:
+            row = messages[index].row(control_id_reused=False)
+            plan.apply_unkeyed(index, await sql.insert_unkeyed(row))
+    return plan.results()
 
 
 async def claim_next(connection: AsyncConnection, limit: int = 10) -> list[int]:

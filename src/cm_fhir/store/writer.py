@@ -17,16 +17,30 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import StoreError
 from cm_fhir.store.engine import open_sqlite_writer
-from cm_fhir.store.inbox import NewMessage, StoredMessage, store_messages, store_messages_sqlite3
+from cm_fhir.store.inbox import (
+    NewMessage,
+    StoredMessage,
+    store_messages,
+    store_messages_asyncpg,
+    store_messages_sqlite3,
+)
 
 __all__ = ["InboxWriter"]
 
 log = logging.getLogger(__name__)
+_DATABASE_ERRORS = (
+    SQLAlchemyError,
+    sqlite3.Error,
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
 
 
 def _consume_error(future: asyncio.Future[StoredMessage]) -> None:
@@ -54,7 +68,7 @@ class InboxWriter:
         # SQLite: one thread owns a synchronous connection and runs each group commit whole.
         self._sqlite: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
-        if engine.dialect.name == "sqlite":
+        if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             self._sqlite = open_sqlite_writer(engine)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
         self._closed = False
@@ -141,10 +155,14 @@ class InboxWriter:
             if self._thread is not None:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self._thread, self._commit_sqlite, messages)
+            elif self._engine.dialect.driver == "asyncpg":
+                async with self._engine.connect() as connection:
+                    raw = await connection.get_raw_connection()
+                    results = await store_messages_asyncpg(raw.driver_connection, messages)
             else:
                 async with self._engine.begin() as connection:
                     results = await store_messages(connection, messages)
-        except (SQLAlchemyError, sqlite3.Error, OSError) as exc:
+        except _DATABASE_ERRORS as exc:
             log.error("inbox commit of %d message(s) failed: %s", len(jobs), type(exc).__name__)
             for job in jobs:
                 if not job.done.done():

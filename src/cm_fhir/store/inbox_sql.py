@@ -1,0 +1,174 @@
+"""The inbox statements, three ways: SQLAlchemy Core, raw sqlite3, raw asyncpg. I/O.
+
+The dedup logic in :mod:`cm_fhir.store.inbox` needs three statements: read the rows sharing a
+control id, insert new rows ``ON CONFLICT (dedup key) DO NOTHING`` returning their ids, and insert
+a row without a control id. SQLAlchemy serves tests and ad-hoc callers; the group-commit writers
+use the driver connection directly (no per-statement compilation, one round trip per statement):
+sqlite3 in the SQLite writer thread, asyncpg with ``unnest`` arrays on PostgreSQL. Values go
+through SQLAlchemy's own bind processors on SQLite, so every path stores the same bytes.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from cm_fhir.store.tables import inbox_messages
+
+__all__ = [
+    "AlchemyInboxSql",
+    "AsyncpgInboxSql",
+    "DedupKey",
+    "ExistingRow",
+    "InboxSql",
+    "SqliteInboxSql",
+]
+
+_t = inbox_messages
+DedupKey = tuple[str, str, str, str]
+ExistingRow = tuple[Any, ...]  # id, control_id, application, facility, sha256, ack_code, ack_bytes
+
+_DEDUP = ("control_id", "sending_application", "sending_facility", "content_sha256")
+_EXISTING_COLUMNS = ("id", *_DEDUP, "ack_code", "ack_bytes")
+_COLUMNS = [column for column in _t.columns if column.name != "id"]
+_NAMES = ", ".join(column.name for column in _COLUMNS)
+_ON_CONFLICT = f" ON CONFLICT ({', '.join(_DEDUP)}) DO NOTHING"
+
+
+def _key(row: dict[str, Any]) -> DedupKey:
+    return (
+        row["control_id"],
+        row["sending_application"] or "",
+        row["sending_facility"] or "",
+        row["content_sha256"],
+    )
+
+
+class InboxSql(Protocol):
+    """The three statements, synchronous flavour."""
+
+    def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]: ...
+
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]: ...
+
+    def insert_unkeyed(self, row: dict[str, Any]) -> int: ...
+
+
+_EXISTING = select(*(_t.c[name] for name in _EXISTING_COLUMNS)).where(
+    _t.c.control_id.in_(bindparam("control_ids", expanding=True))
+)
+_INSERT_UNKEYED = _t.insert().returning(_t.c.id)
+_INSERTS = {
+    name: module.insert(_t)
+    .on_conflict_do_nothing(index_elements=[_t.c[c] for c in _DEDUP])
+    .returning(_t.c.id, *(_t.c[c] for c in _DEDUP))
+    for name, module in (("postgresql", postgresql), ("sqlite", sqlite))
+}
+
+
+class AlchemyInboxSql:
+    """SQLAlchemy Core on any supported dialect."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+
+    def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]:
+        if not control_ids:
+            return []
+        query = self._connection.execute(_EXISTING, {"control_ids": sorted(control_ids)})
+        return [tuple(row) for row in query]
+
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
+        statement = _INSERTS[self._connection.dialect.name]
+        result = self._connection.execute(statement, rows)
+        return [(row[0], (row[1], row[2] or "", row[3] or "", row[4])) for row in result]
+
+    def insert_unkeyed(self, row: dict[str, Any]) -> int:
+        return int(self._connection.execute(_INSERT_UNKEYED, row).scalar_one())
+
+
+_SQLITE = sqlite.dialect()
+_BINDERS = [
+    (column.name, column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) for column in _COLUMNS
+]
+_SQLITE_INSERT = f"INSERT INTO {_t.name} ({_NAMES}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+
+
+class SqliteInboxSql:
+    """The statements on a raw sqlite3 connection (the SQLite writer thread)."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+
+    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(bind(row[name]) if bind else row[name] for name, bind in _BINDERS)
+
+    def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]:
+        if not control_ids:
+            return []
+        marks = ", ".join("?" for _ in control_ids)
+        query = (
+            f"SELECT {', '.join(_EXISTING_COLUMNS)} FROM {_t.name} WHERE control_id IN ({marks})"
+        )
+        return self._connection.execute(query, sorted(control_ids)).fetchall()
+
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
+        statement = _SQLITE_INSERT + _ON_CONFLICT + " RETURNING id"
+        inserted: list[tuple[int, DedupKey]] = []
+        for row in rows:
+            found = self._connection.execute(statement, self._values(row)).fetchone()
+            if found is not None:
+                inserted.append((int(found[0]), _key(row)))
+        return inserted
+
+    def insert_unkeyed(self, row: dict[str, Any]) -> int:
+        cursor = self._connection.execute(_SQLITE_INSERT + " RETURNING id", self._values(row))
+        return int(cursor.fetchone()[0])
+
+
+def _pg_type(column: Any) -> str:
+    kind = type(column.type).__name__
+    return {"DateTime": "timestamptz", "Integer": "int4", "Boolean": "bool"}.get(
+        kind, "bytea" if kind == "LargeBinary" else "text"
+    )
+
+
+_PG_UNNEST = ", ".join(f"${n}::{_pg_type(c)}[]" for n, c in enumerate(_COLUMNS, start=1))
+_PG_INSERT_KEYED = (
+    f"INSERT INTO {_t.name} ({_NAMES}) SELECT * FROM unnest({_PG_UNNEST})"
+    f"{_ON_CONFLICT} RETURNING id, {', '.join(_DEDUP)}"
+)
+_PG_INSERT_ONE = (
+    f"INSERT INTO {_t.name} ({_NAMES}) VALUES "
+    f"({', '.join(f'${n}' for n in range(1, len(_COLUMNS) + 1))}) RETURNING id"
+)
+_PG_EXISTING = (
+    f"SELECT {', '.join(_EXISTING_COLUMNS)} FROM {_t.name} WHERE control_id = ANY($1::text[])"
+)
+
+
+class AsyncpgInboxSql:
+    """The statements on an asyncpg connection; a whole group is inserted with one ``unnest``."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+
+    async def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]:
+        if not control_ids:
+            return []
+        rows = await self._connection.fetch(_PG_EXISTING, sorted(control_ids))
+        return [tuple(row) for row in rows]
+
+    async def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
+        arrays = [[row[c.name] for row in rows] for c in _COLUMNS]
+        found = await self._connection.fetch(_PG_INSERT_KEYED, *arrays)
+        return [(r[0], (r[1], r[2] or "", r[3] or "", r[4])) for r in found]
+
+    async def insert_unkeyed(self, row: dict[str, Any]) -> int:
+        return int(
+            await self._connection.fetchval(_PG_INSERT_ONE, *(row[c.name] for c in _COLUMNS))
+        )
