@@ -76,11 +76,16 @@ class MllpSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    """The inbox and outbox workers."""
+    """The inbox workers."""
 
-    concurrency: int = Field(4, gt=0, description="Patients processed in parallel.")
+    concurrency: int = Field(
+        2, gt=0, description="Worker loops on PostgreSQL (SQLite always runs one)."
+    )
+    batch_size: int = Field(200, gt=0, description="Inbox rows claimed per transaction.")
+    max_attempts: int = Field(5, gt=0, description="Attempts before a row is dead-lettered.")
+    retry_delay: float = Field(5.0, ge=0, description="Seconds between attempts of a row.")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between polls when idle.")
-    shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish in-flight work.")
+    shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish the batch in flight.")
 
 
 class AuthSettings(_Section):

@@ -1,0 +1,308 @@
+"""Running the service's roles in one process: HTTP API, MLLP listener, inbox workers. I/O.
+
+:class:`Service` opens the database (creating and migrating the embedded SQLite file itself;
+refusing any other database that is not at the shipped revision, with the command that fixes it),
+then starts the roles asked for: the API under a programmatic uvicorn server on a socket bound
+here (so port 0 works and the port is known before serving), the MLLP listener, and the inbox
+workers (:class:`cm_fhir.worker.Worker`, found at run time behind :class:`WorkerRole`; a build
+without it runs no worker and says so). API and listener share one group-commit inbox writer.
+Stopping is graceful and ordered: readiness goes false; the listener and the API stop accepting
+and finish what is in flight (ACKs included); the workers commit the batch in flight; queued inbox
+writes commit; the engine closes. With no credentials configured, a random API key is generated
+for the run and the API must bind to a loopback address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import ipaddress
+import logging
+import secrets
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import uvicorn
+from pydantic import SecretStr
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.api.app import create_app, head_revision
+from cm_fhir.api.auth import Authenticator
+from cm_fhir.api.deps import AppContext
+from cm_fhir.errors import ConfigError, StoreError
+from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.settings import Role, Settings
+from cm_fhir.store.engine import current_revision, make_engine, upgrade_database
+from cm_fhir.store.writer import InboxWriter
+
+__all__ = ["Service", "ServiceInfo", "WorkerRole", "check_database", "worker_available"]
+
+log = logging.getLogger(__name__)
+_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
+
+
+@dataclass(slots=True)
+class ServiceInfo:
+    """Where the running roles can be reached (filled in as they start)."""
+
+    roles: tuple[str, ...]
+    http_url: str | None = None
+    mllp_address: tuple[str, int] | None = None
+    workers: int = 0
+    generated_api_key: str | None = None
+    database: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bool) -> None:
+    """Migrate (embedded default or ``migrate``) or refuse a database not at the head revision."""
+    if settings.embedded_database:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        migrate = True
+    try:
+        if migrate:
+            await upgrade_database(engine)
+            return
+        current = await current_revision(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        raise ConfigError(f"cannot open the database: {type(exc).__name__}") from exc
+    except StoreError as exc:
+        raise ConfigError(str(exc)) from exc
+    head = head_revision()
+    if current != head:
+        state = "has no cm-fhir schema" if current is None else f"is at revision {current}"
+        raise ConfigError(
+            f"the database {state}; this cm-fhir needs {head}. Run `cm-fhir db upgrade "
+            "--database-url <url>` (or start with --migrate) first"
+        )
+
+
+def worker_available() -> bool:
+    """Whether this build ships the inbox worker (``cm_fhir.worker``)."""
+    return importlib.util.find_spec("cm_fhir.worker") is not None
+
+
+class WorkerRole(Protocol):
+    """What the service needs of a worker: run until ``stop`` is set, committing what it began."""
+
+    async def run(self, stop: asyncio.Event) -> Any: ...
+
+
+def make_workers(engine: AsyncEngine, settings: Settings) -> list[WorkerRole]:
+    """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL."""
+    module = importlib.import_module("cm_fhir.worker")
+    config = module.WorkerConfig(
+        batch_size=settings.worker.batch_size,
+        max_attempts=settings.worker.max_attempts,
+        retry_delay=settings.worker.retry_delay,
+        poll_interval=settings.worker.poll_interval,
+    )
+    count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
+    workers: list[WorkerRole] = [module.Worker(engine, config) for _ in range(count)]
+    return workers
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the service decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Any:
+        yield
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    cert, key = settings.mllp.tls_cert, settings.mllp.tls_key
+    if cert is None and key is None:
+        return None
+    if cert is None or key is None:
+        raise ConfigError("mllp.tls_cert and mllp.tls_key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        name = type(exc).__name__
+        raise ConfigError(f"cannot load the MLLP TLS certificate or key: {name}") from exc
+    return context
+
+
+class Service:
+    """The roles of one ``cm-fhir serve`` process; :meth:`run` until ``stop`` is set."""
+
+    def __init__(
+        self, settings: Settings, roles: set[Role] | None = None, *, migrate: bool = False
+    ) -> None:
+        roles = roles or {Role.ALL}
+        if Role.ALL in roles:
+            roles = {Role.API, Role.LISTENER, Role.WORKER}
+        self.roles = roles
+        self.migrate = migrate
+        self.settings = self._with_credentials(settings)
+        self.info = ServiceInfo(
+            roles=tuple(r.value for r in (Role.API, Role.LISTENER, Role.WORKER) if r in roles),
+            generated_api_key=self._generated,
+        )
+
+    def _with_credentials(self, settings: Settings) -> Settings:
+        self._generated: str | None = None
+        if settings.credentials_configured or Role.API not in self.roles:
+            return settings
+        if not is_loopback(settings.http.host):
+            raise ConfigError(
+                f"no API keys or JWKS configured: the API may only bind to localhost, not "
+                f"{settings.http.host}. Set CM_FHIR_API_KEYS or auth.jwks_url"
+            )
+        self._generated = secrets.token_urlsafe(24)
+        return settings.model_copy(update={"api_keys": (SecretStr(self._generated),)})
+
+    async def run(
+        self,
+        stop: asyncio.Event,
+        on_ready: Callable[[ServiceInfo], None] | None = None,
+    ) -> None:
+        settings = self.settings
+        engine = make_engine(
+            settings.effective_database_url, search_path=settings.database_search_path
+        )
+        self.info.database = engine.url.render_as_string(hide_password=True)
+        context = AppContext(
+            settings=settings,
+            engine=engine,
+            authenticator=Authenticator(
+                [k.get_secret_value() for k in settings.api_keys], settings.auth
+            ),
+        )
+        try:
+            await check_database(engine, settings, migrate=self.migrate)
+            async with contextlib.AsyncExitStack() as stack:
+                stack.push_async_callback(engine.dispose)
+                await self._run_roles(stack, engine, context, stop, on_ready)
+        finally:
+            await engine.dispose()
+
+    async def _run_roles(
+        self,
+        stack: contextlib.AsyncExitStack,
+        engine: AsyncEngine,
+        context: AppContext,
+        stop: asyncio.Event,
+        on_ready: Callable[[ServiceInfo], None] | None,
+    ) -> None:
+        settings = self.settings
+        writer: InboxWriter | None = None
+        if Role.API in self.roles or Role.LISTENER in self.roles:
+            writer = await stack.enter_async_context(InboxWriter(engine))
+        listener: MllpListener | None = None
+        server: _QuietServer | None = None
+        server_task: asyncio.Task[None] | None = None
+        worker_stop = asyncio.Event()
+        worker_tasks: list[asyncio.Task[Any]] = []
+
+        if Role.WORKER in self.roles:
+            if worker_available():
+                context.roles["worker"] = "running"
+                workers = make_workers(engine, settings)
+                worker_tasks = [
+                    asyncio.create_task(w.run(worker_stop), name=f"worker-{n}")
+                    for n, w in enumerate(workers)
+                ]
+                self.info.workers = len(workers)
+            else:
+                self.info.notes.append("worker: not in this build; messages stay queued")
+        if Role.LISTENER in self.roles:
+            assert writer is not None
+            mllp = settings.mllp
+            config = ListenerConfig(
+                host=mllp.host,
+                port=mllp.port,
+                max_connections=mllp.max_connections,
+                max_message_bytes=mllp.max_message_bytes,
+                idle_timeout=mllp.idle_timeout,
+                ssl_context=_tls_context(settings),
+                shutdown_grace=mllp.shutdown_grace,
+            )
+            listener = MllpListener(config, writer)
+            context.listener = listener
+            await listener.start()
+            context.roles["listener"] = "running"
+            self.info.mllp_address = (mllp.host, listener.port)
+        if Role.API in self.roles:
+            context.roles["api"] = "starting"
+            sock = _bind(settings.http.host, settings.http.port)
+            app = create_app(settings, engine=engine, inbox_writer=writer, context=context)
+            uv_config = uvicorn.Config(
+                app,
+                lifespan="on",
+                log_config=None,
+                access_log=False,
+                server_header=False,
+                timeout_graceful_shutdown=int(settings.http.graceful_timeout),
+                root_path=settings.http.root_path,
+                limit_concurrency=1000,
+            )
+            server = _QuietServer(uv_config)
+            server_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+            while not server.started and not server_task.done():
+                await asyncio.sleep(0.02)
+            if server_task.done():
+                sock.close()
+                server_task.result()
+                raise ConfigError("the HTTP API did not start")
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+            self.info.http_url = f"http://{shown}:{port}"
+        if on_ready is not None:
+            on_ready(self.info)
+
+        waiters = [asyncio.create_task(stop.wait())]
+        if server_task is not None:
+            waiters.append(server_task)  # type: ignore[arg-type]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        log.info("stopping: no new connections or requests, finishing in-flight work")
+        for role in context.roles:
+            context.roles[role] = "stopping"
+        intake: list[Any] = []
+        if listener is not None:
+            intake.append(listener.stop())
+        if server is not None and server_task is not None:
+            server.should_exit = True
+            intake.append(server_task)
+        await asyncio.gather(*intake, return_exceptions=True)
+        worker_stop.set()
+        if worker_tasks:
+            done, pending = await asyncio.wait(worker_tasks, timeout=settings.worker.shutdown_grace)
+            for task in pending:
+                task.cancel()
+            for task in done:
+                if task.exception() is not None:
+                    log.error("worker stopped with %s", type(task.exception()).__name__)
+        waiters[0].cancel()
+        log.info("stopped")
