@@ -1,9 +1,13 @@
 """Shared pytest fixtures; each lives in its own module and is re-exported here."""
 
+from api_fixtures import api_app, api_client, api_settings
 from fhir_server_fixture import fhir_server
 from inbox_fixtures import database, inbox_engine, listener_config, pg_schema, running_listener
 
 __all__ = [
+    "api_app",
+    "api_client",
+    "api_settings",
     "database",
     "fhir_server",
     "inbox_engine",

@@ -12,6 +12,7 @@ from cm_fhir.cli import (  # noqa: F401
     cases,
     demo,
     intake,
+    serve,
     validate,
 )
 from cm_fhir.cli._app import app
