@@ -14,6 +14,7 @@ from cm_fhir.cli import (  # noqa: F401
     intake,
     serve,
     validate,
+    worker,
 )
 from cm_fhir.cli._app import app
 

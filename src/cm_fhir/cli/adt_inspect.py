@@ -2,8 +2,11 @@
 
 Reads each file (a message, a batch or several messages back to back), parses every message with
 :func:`cm_fhir.hl7v2.adt.parse_adt` and prints one block per message, or JSON with ``--json``.
-Parse errors are reported with their segment and field position. Exit status: 0 if every message
-parsed, 1 if any message failed, 2 if a file (or the concept-map spec) could not be read.
+Parse errors are reported with their segment and field position. ``--dry-run`` runs the parsed
+events through the workflow against the stored state and shows the case and FHIR resource
+changes they would make, without committing (:mod:`cm_fhir.worker.dry_run`). Exit status: 0 if
+every message parsed, 1 if any message failed, 2 if a file (or the concept-map spec) could not be
+read.
 
 The reading and parsing (:func:`inspect_files`) is kept apart from the printing so other commands
 (e.g. a dry run through the workflow) can reuse the parsed events.
@@ -21,7 +24,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import typer
 
 from cm_fhir.cli._app import adt_app
-from cm_fhir.errors import ConfigError, Hl7ParseError, InboundMessageError, MappingError
+from cm_fhir.errors import (
+    CmFhirError,
+    ConfigError,
+    Hl7ParseError,
+    InboundMessageError,
+    MappingError,
+)
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent, Location, MappedCode, PersonName, UnsupportedMessage
 from cm_fhir.hl7v2.normalise import split_batch
@@ -189,6 +198,22 @@ def _print_text(files: list[InspectedFile]) -> None:
                 typer.echo("\n".join(_event_lines(message.result)))
 
 
+def _print_dry_run(files: list[InspectedFile], database_url: str) -> None:
+    from cm_fhir.worker.dry_run import dry_run_sync, render  # the store only when asked
+
+    events = [m.result for f in files for m in f.messages if isinstance(m.result, AdtEvent)]
+    try:
+        typer.echo("\n".join(render(dry_run_sync(events, database_url))))
+    except CmFhirError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    for item in files:
+        for message in item.messages:
+            if message.error is not None:
+                where = _error_json(message.error)["location"] or "-"
+                typer.echo(f"{item.path} message {message.index}: ERROR at {where}", err=True)
+
+
 @adt_app.command("inspect")
 def inspect(
     files: list[Path] = typer.Argument(..., help="HL7v2 files (messages or batches)."),
@@ -198,6 +223,15 @@ def inspect(
     ),
     zone: str | None = typer.Option(
         None, "--timezone", help="IANA zone for date/times without an offset (default: naive)."
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="Show what the messages would change in the store; commit nothing."
+    ),
+    database_url: str = typer.Option(
+        "sqlite+aiosqlite:///cm-fhir.sqlite3",
+        "--database-url",
+        envvar="CM_FHIR_DATABASE_URL",
+        help="The store --dry-run compares against.",
     ),
 ) -> None:
     """Print the ADT event(s) each file holds, or the errors with their positions."""
@@ -211,7 +245,9 @@ def inspect(
         typer.echo(f"error: unknown time zone {zone!r}", err=True)
         raise typer.Exit(2) from exc
     inspected = inspect_files(files, maps, default_tz)
-    if as_json:
+    if dry_run:
+        _print_dry_run(inspected, database_url)
+    elif as_json:
         typer.echo(json.dumps(_to_json(inspected), indent=2))
     else:
         _print_text(inspected)

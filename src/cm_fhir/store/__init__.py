@@ -4,4 +4,4 @@ SQLite (WAL, ``synchronous=FULL``) is the embedded default; PostgreSQL is the pr
 """
 
 # Register every table on the shared metadata, whichever store module is imported first.
-from cm_fhir.store import case_tables as _case_tables  # noqa: E402, F401
+from cm_fhir.store import case_tables as _case_tables  # noqa: F401
