@@ -1,0 +1,121 @@
+"""Provenance resources built from the workflow trace: one per case change. Pure.
+
+A *change* is the trace rows one inbound message (or one API request) wrote for one case. Its
+Provenance names as ``target`` the case's EpisodeOfCare and every resource the rows name (a task,
+a goal, a plan, a referral's ServiceRequest and fulfilment Task), ``recorded`` is when the change
+was committed, the ``agent`` is cm-fhir (who changed a case through the API is in the audit
+trail), and the ``entity`` is the HL7v2 message, by its control id (MSH-10). The id is
+``trace-<n>``, ``n`` the first trace row of the change, so it never changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cm_fhir.domain import Case
+from cm_fhir.fhir.context import CaseContext, ReferenceStyle
+from cm_fhir.fhir.ids import resource_id
+from cm_fhir.fhir.work import FULFILMENT
+from cm_fhir.mapping.registry import MappingRegistry
+
+__all__ = ["PROVENANCE_PREFIX", "ChangeStep", "provenance", "provenance_number", "targets_of"]
+
+Json = dict[str, Any]
+PROVENANCE_PREFIX = "trace-"
+_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeStep:
+    """One trace row of a change (no patient data: ids, rule paths, actions)."""
+
+    rule: str
+    action: str
+    target: str | None
+    event: str | None
+    message_control_id: str | None
+
+
+def provenance_number(resource_id: str) -> int | None:
+    """The first trace row id behind a Provenance id, or None if it is not one of ours."""
+    number = resource_id.removeprefix(PROVENANCE_PREFIX)
+    if number == resource_id or not number.isdigit() or len(number) > 18:
+        return None
+    return int(number)
+
+
+def targets_of(
+    registry: MappingRegistry, case_id: str, case: Case | None, local_ids: Sequence[str]
+) -> list[Json]:
+    """References to the EpisodeOfCare and to each resource the local ids name in ``case``."""
+    if case is None:  # the case is gone: its EpisodeOfCare id is still known
+        system = registry.system("case")
+        rid = resource_id(registry.canonical_base, "EpisodeOfCare", system, case_id)
+        return [{"reference": f"EpisodeOfCare/{rid}"}]
+    ctx = CaseContext(registry, case_id, case.patient, ReferenceStyle.RELATIVE)
+    out = [ctx.episode_ref()]
+    plans = {p.id for p in (case.care_plan, case.discharge_plan) if p is not None}
+    for local in dict.fromkeys(local_ids):
+        if any(t.id == local for t in case.tasks):
+            out.append(ctx.ref("Task", "task", local))
+        elif any(g.id == local for g in case.goals):
+            out.append(ctx.ref("Goal", "goal", local))
+        elif local in plans:
+            out.append(ctx.ref("CarePlan", "care_plan", local))
+        elif any(r.id == local for r in case.referrals):
+            out.append(ctx.ref("ServiceRequest", "referral", local))
+            out.append(ctx.ref("Task", "task", local, FULFILMENT))
+        elif any(a.id == local for a in case.assessments):
+            out.append(ctx.ref("Task", "assessment", local))
+    return out
+
+
+def provenance(
+    registry: MappingRegistry,
+    number: int,
+    case_id: str,
+    case: Case | None,
+    recorded: datetime,
+    steps: Sequence[ChangeStep],
+) -> Json:
+    """The Provenance of one change; ``case`` (its current state) resolves the targets' types."""
+    targets = targets_of(registry, case_id, case, [s.target for s in steps if s.target])
+    agents: list[Json] = [
+        {
+            "type": {
+                "coding": [{"system": _PARTICIPANT, "code": "assembler", "display": "Assembler"}]
+            },
+            "who": {"display": "cm-fhir"},
+        }
+    ]
+    stamp = recorded.isoformat()
+    out: Json = {
+        "resourceType": "Provenance",
+        "id": f"{PROVENANCE_PREFIX}{number}",
+        "meta": {"lastUpdated": stamp},
+        "target": targets,
+        "recorded": stamp,
+        "activity": {
+            "coding": [{"system": _DATA_OPERATION, "code": "UPDATE", "display": "revise"}],
+            "text": "; ".join(dict.fromkeys(f"{s.rule}: {s.action}" for s in steps)),
+        },
+        "agent": agents,
+    }
+    messages = dict.fromkeys((s.message_control_id, s.event) for s in steps if s.message_control_id)
+    if messages:
+        system = f"{registry.canonical_base}/sid/hl7v2-message-control-id"
+        out["entity"] = [
+            {
+                "role": "source",
+                "what": {
+                    "identifier": {"system": system, "value": control_id},
+                    "display": f"HL7v2 {event or 'ADT'} message",
+                },
+            }
+            for control_id, event in messages
+        ]
+    return out
