@@ -222,10 +222,12 @@ def load_settings(
             return (init_settings, env_settings, _FileSource(settings_cls, file_data))
 
     try:
-        return _Loaded(**(overrides or {}))
+        loaded = _Loaded(**(overrides or {}))
     except PydanticValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
             for error in exc.errors()
         )
         raise ConfigError(f"invalid settings: {problems}") from exc
+    # A plain Settings (validated above), so instances compare and print as Settings.
+    return Settings.model_construct(_fields_set=loaded.model_fields_set, **dict(loaded))
