@@ -25,16 +25,15 @@ from cm_fhir.fhir import (
     validate_bundle,
     validate_resource,
 )
-from cm_fhir.hl7v2.adt import parse_adt
-from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.mllp_client import MllpClient, read_ack
 from cm_fhir.profiles import default_validator, error_issues
 from cm_fhir.store.writer import InboxWriter
-from cm_fhir.workflow import Flag, PatientState, apply_event
+from cm_fhir.workflow import Flag, PatientState
 from worker_fixtures import (
     cases,
+    expected_states,
     fhir_resources,
     inbox_messages,
     ingest,
@@ -44,7 +43,7 @@ from worker_fixtures import (
     settle_worker,
     trace,
 )
-from workflow_messages import NOW, Visit, hours, maps, rules
+from workflow_messages import Visit, hours, rules
 
 V = Visit()
 ALPHA = Visit(mrn="MRN-A1", visit="VA1")
@@ -213,25 +212,6 @@ SCENARIOS = {
         _unmapped,
     ),
 }
-
-
-def expected_states(messages: list[str]) -> dict[str, PatientState]:
-    """The pure workflow over the same messages (each once, in order), by patient key."""
-    states: dict[str, PatientState] = {}
-    alias: dict[str, str] = {}
-    for raw in dict.fromkeys(messages):
-        event = parse_adt(raw, maps())
-        assert isinstance(event, AdtEvent)
-        outcome = apply_event(event, PatientState(), rules(), now=NOW)  # keys only
-        key, *others = outcome.lock_keys
-        key = alias.get(key, key)
-        merged = [states.pop(alias.get(k, k)) for k in others if alias.get(k, k) in states]
-        outcome = apply_event(
-            event, states.get(key, PatientState()), rules(), now=NOW, merged=merged
-        )
-        states[key] = outcome.state
-        alias.update({k: key for k in outcome.retired_keys})
-    return states
 
 
 async def _check_store(engine: AsyncEngine, scenario: Scenario) -> None:

@@ -15,13 +15,17 @@ import pytest
 from sqlalchemy import Table, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cm_fhir.hl7v2.adt import parse_adt
+from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.store.case_tables import cases, fhir_resources, outbox, patient_states, trace
 from cm_fhir.store.engine import upgrade_database
 from cm_fhir.store.tables import inbox_messages
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.worker import BatchResult, Worker, WorkerConfig
+from cm_fhir.workflow import PatientState, apply_event
 from inbox_fixtures import Database
+from workflow_messages import NOW, maps, rules
 
 _TABLES = ("inbox_message", "patient_states", "cases", "outbox", "trace", "fhir_resources")
 
@@ -64,8 +68,28 @@ async def rows(engine: AsyncEngine, table: Table, order: Any = None) -> list[Any
         return list((await connection.execute(query)).all())
 
 
+def expected_states(messages: list[str]) -> dict[str, PatientState]:
+    """The pure workflow over the same messages (each once, in order), by patient key."""
+    states: dict[str, PatientState] = {}
+    alias: dict[str, str] = {}
+    for raw in dict.fromkeys(messages):
+        event = parse_adt(raw, maps())
+        assert isinstance(event, AdtEvent)
+        outcome = apply_event(event, PatientState(), rules(), now=NOW)  # keys only
+        key, *others = outcome.lock_keys
+        key = alias.get(key, key)
+        merged = [states.pop(alias.get(k, k)) for k in others if alias.get(k, k) in states]
+        outcome = apply_event(
+            event, states.get(key, PatientState()), rules(), now=NOW, merged=merged
+        )
+        states[key] = outcome.state
+        alias.update({k: key for k in outcome.retired_keys})
+    return states
+
+
 __all__ = [
     "cases",
+    "expected_states",
     "fhir_resources",
     "inbox_messages",
     "ingest",

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 from multiprocessing.context import SpawnProcess
 
@@ -25,6 +26,8 @@ from cm_fhir.store.engine import DEFAULT_DATABASE_URL, make_engine, upgrade_data
 from cm_fhir.worker import BatchResult, Worker, WorkerConfig, replay, replay_dead_letter
 
 __all__ = ["replay_command", "worker"]
+
+log = logging.getLogger(__name__)
 
 _DB_URL = typer.Option(
     DEFAULT_DATABASE_URL, "--database-url", envvar="CM_FHIR_DATABASE_URL", help="SQLAlchemy URL."
@@ -55,6 +58,7 @@ async def _run(url: str, schema: str | None, config: WorkerConfig, once: bool) -
     engine = make_engine(url, search_path=schema)
     try:
         worker = Worker(engine, config)
+        log.info("worker process %d started", os.getpid())
         if once:
             return await worker.run_once()
         stop = asyncio.Event()
