@@ -14,16 +14,18 @@ types and positions, never message content. Bundles are built on the fast path (
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection
 
 from cm_fhir.domain.case import Case
 from cm_fhir.errors import CmFhirError, Hl7ParseError, MappingError, UnsupportedEventError
-from cm_fhir.fhir import ReferenceStyle, case_to_resources, dumps, map_case
+from cm_fhir.fhir import case_to_resources, dumps, transaction_bundle
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.adt_maps import AdtConceptMaps
@@ -43,11 +45,29 @@ from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settl
 from cm_fhir.store.tables import InboxState
 from cm_fhir.store.trace import TraceRecord, record_trace
 from cm_fhir.worker.states import PatientBook
-from cm_fhir.workflow import Outcome, apply_event, patient_keys
+from cm_fhir.workflow import Outcome, PatientState, apply_event, patient_keys
 
 __all__ = ["ApplyEvent", "BatchProcessor", "BatchResult", "describe_error"]
 
 ApplyEvent = Callable[..., Outcome]
+Json = dict[str, Any]
+_URN = re.compile(rb'"urn:uuid:([0-9a-f-]{36})"')
+
+
+def relative_references(resources: list[Json]) -> list[Json]:
+    """The case's resources with ``Type/id`` references instead of ``urn:uuid:id``.
+
+    The same as ``case_to_resources(case, registry, ReferenceStyle.RELATIVE)`` (a test checks it)
+    without mapping the case a second time.
+    """
+    types = {str(r["id"]).encode(): str(r["resourceType"]).encode() for r in resources}
+
+    def local(match: re.Match[bytes]) -> bytes:
+        rid = match.group(1)
+        rtype = types.get(rid)
+        return b'"' + rtype + b"/" + rid + b'"' if rtype is not None else match.group(0)
+
+    return [orjson.loads(_URN.sub(local, orjson.dumps(r))) for r in resources]
 
 
 @dataclass(slots=True)
@@ -92,7 +112,7 @@ class _Changes:
     outcomes: list[InboxOutcome] = field(default_factory=list)
     outbox: list[OutboxEntry] = field(default_factory=list)
     trace: list[TraceRecord] = field(default_factory=list)
-    cases: dict[str, tuple[Case, str]] = field(default_factory=dict)
+    cases: dict[str, tuple[Case, str, list[Json]]] = field(default_factory=dict)
 
 
 class BatchProcessor:
@@ -113,6 +133,7 @@ class BatchProcessor:
         self.max_attempts = max_attempts
         self.apply = apply
         self.last_claimed: list[ClaimedMessage] = []
+        self._decoded: dict[str, tuple[str, PatientState]] = {}
 
     def process(
         self, connection: Connection, limit: int, retry_before: datetime | None = None
@@ -127,7 +148,7 @@ class BatchProcessor:
         now = datetime.now(UTC)
         parsed = [self._parse(row) for row in rows]
         keys = {k for p in parsed if p.event is not None for k in self._keys(p)}
-        book = PatientBook(lock_states(connection, keys))
+        book = PatientBook(lock_states(connection, keys), self._decoded)
         book.decode_all()
         hashes = last_bundle_hashes(connection, book.case_ids())
         changes = _Changes()
@@ -197,10 +218,10 @@ class BatchProcessor:
             changes.outcomes.append(failure)
             return False
         primary = book.file(keys[0], outcome.state, outcome.retired_keys)
-        for case, (bundle, sha, case_identifier, identifiers) in zip(
+        for case, (bundle, sha, case_identifier, identifiers, resources) in zip(
             outcome.changed_cases, bundles, strict=True
         ):
-            changes.cases[case.id] = (case, primary)
+            changes.cases[case.id] = (case, primary, resources)
             if hashes.get(case.id) == sha:
                 continue
             hashes[case.id] = sha
@@ -211,18 +232,24 @@ class BatchProcessor:
         changes.outcomes.append(InboxOutcome(row.id, InboxState.PROCESSED))
         return True
 
-    def _bundle(self, case: Case) -> tuple[bytes, str, str, tuple[str, ...]]:
-        bundle = map_case(case, self.registry, validate=False)
-        data = dumps(bundle)
+    def _bundle(self, case: Case) -> tuple[bytes, str, str, tuple[str, ...], list[Json]]:
+        """The case's fast-path Bundle, its hash and identifiers, and its resources."""
+        resources = case_to_resources(case, self.registry)
+        data = dumps(transaction_bundle(resources))
         identifiers = []
-        for entry in bundle["entry"]:
-            resource: dict[str, Any] = entry["resource"]
+        for resource in resources:
             first = (resource.get("identifier") or [{}])[0]
             identifiers.append(
                 f"{resource['resourceType']}|{first.get('system', '')}|{first.get('value', '')}"
             )
         case_identifier = identifiers[0].split("|", 1)[1] if identifiers else ""
-        return data, hashlib.sha256(data).hexdigest(), case_identifier, tuple(identifiers)
+        return (
+            data,
+            hashlib.sha256(data).hexdigest(),
+            case_identifier,
+            tuple(identifiers),
+            resources,
+        )
 
     def _write(
         self,
@@ -237,17 +264,16 @@ class BatchProcessor:
         write_states(connection, documents, aliases, now)
         case_rows = [
             self._case_row(case, key, book, hashes.get(case.id))
-            for case, key in changes.cases.values()
+            for case, key, _ in changes.cases.values()
         ]
         upsert_cases(connection, case_rows, now)
         enqueue(connection, changes.outbox, now)
         record_trace(connection, changes.trace, now)
         current: dict[str, list[ResourceRow]] = {}
-        for case, _ in changes.cases.values():
+        for case, _, resources in changes.cases.values():
             patient = case.patient.primary
-            resources = case_to_resources(case, self.registry, ReferenceStyle.RELATIVE)
             current[case.id] = resource_rows(
-                case.id, resources, f"{patient.system}|{patient.value}"
+                case.id, relative_references(resources), f"{patient.system}|{patient.value}"
             )
         written, removed = sync_resources(connection, current, now)
         settle(connection, changes.outcomes, now)

@@ -16,12 +16,18 @@ from cm_fhir.workflow import PatientState
 
 __all__ = ["PatientBook"]
 
+_CACHE_LIMIT = 20_000
+
 
 class PatientBook:
     """The states a batch works on; see the module docstring."""
 
-    def __init__(self, rows: dict[str, StateRow]) -> None:
+    def __init__(
+        self, rows: dict[str, StateRow], cache: dict[str, tuple[str, PatientState]] | None = None
+    ) -> None:
         self._rows = rows
+        # Decoded documents of earlier batches, by key: reused when the stored text is the same.
+        self._cache = cache if cache is not None else {}
         self._alias = {k: r.alias_of for k, r in rows.items() if r.alias_of}
         self._docs: dict[str, PatientState] = {}
         self._dirty_docs: set[str] = set()
@@ -30,7 +36,12 @@ class PatientBook:
     def decode_all(self) -> None:
         """Decode every stored document once."""
         for key, row in self._rows.items():
-            if row.document is not None and row.alias_of is None:
+            if row.document is None or row.alias_of is not None:
+                continue
+            cached = self._cache.get(key)
+            if cached is not None and cached[0] == row.document:
+                self._docs[key] = cached[1]
+            else:
                 self._docs[key] = PatientState.model_validate_json(row.document)
 
     def resolve(self, key: str) -> str:
@@ -79,6 +90,9 @@ class PatientBook:
     def dirty(self) -> tuple[dict[str, str], dict[str, str]]:
         """Documents (as JSON) and aliases the batch changed."""
         documents = {k: self._docs[k].model_dump_json() for k in sorted(self._dirty_docs)}
+        if len(self._cache) > _CACHE_LIMIT:
+            self._cache.clear()
+        self._cache.update({k: (d, self._docs[k]) for k, d in documents.items()})
         aliases = {k: self._alias[k] for k in sorted(self._dirty_aliases) if k in self._alias}
         return documents, aliases
 
