@@ -319,28 +319,7 @@ async def test_scenario_over_a_real_mllp_socket(worker_engine: AsyncEngine) -> N
     await _check_store(worker_engine, scenario)
 
 
-# The workflow names the case's team (a CareTeam) as requester of the post-acute referral; R4
-# ServiceRequest.requester and Task.requester do not allow CareTeam, so our profiles reject it.
-_REFERRAL_REQUESTER = pytest.mark.xfail(
-    strict=True, reason="referral requester is a CareTeam (workflow); not allowed by R4"
-)
-_WITH_REFERRAL = {
-    "admit-transfer-discharge",
-    "admit-cancel-admit-transfer-discharge",
-    "discharge-cancel-discharge-again",
-    "duplicates",
-    "two-admits-then-cancel-discharge",
-    "merge",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=_REFERRAL_REQUESTER) if n in _WITH_REFERRAL else n
-        for n in sorted(SCENARIOS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
 async def test_every_committed_resource_validates_against_our_profiles(
     worker_engine: AsyncEngine, name: str
 ) -> None:

@@ -214,9 +214,18 @@ class PendingDischargeRules(Rules):
 class DischargeStepRules(Rules):
     tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
     referrals: dict[Disposition, ReferralRule] = Field(default_factory=dict)
+    referral_requester: PartySpec = Field(
+        description="Who requests post-acute referrals; R4 allows an Organization, not a CareTeam"
+    )
     unmapped_disposition: TaskRule
     close_after: Duration
     close_when_follow_up_done: bool = True
+
+    @model_validator(mode="after")
+    def _requester_is_an_organisation(self) -> Self:
+        if self.referral_requester.kind is not PartyKind.ORGANIZATION:
+            raise ValueError("referral_requester must be an Organization (R4 requester types)")
+        return self
 
 
 class DischargeRules(Rules):

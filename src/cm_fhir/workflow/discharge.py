@@ -145,7 +145,11 @@ def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
         else:
             ref_id = facts.item_id("referral", f"d{sequence}")
             case, added = step.add_referral(
-                case, f"discharge.referrals.{chosen.value}", referral_rule, ref_id, team
+                case,
+                f"discharge.referrals.{chosen.value}",
+                referral_rule,
+                ref_id,
+                facts.party(rules.discharge.referral_requester),
             )
             referral_ids += [ref_id] if added else []
     if case.discharge_plan is not None:
