@@ -1,46 +1,37 @@
 """The asyncio MLLP listener: frames in, inbox rows committed, ACKs out. I/O edge.
 
-A thin shell around pure parts: :class:`~cm_fhir.hl7v2.framing.MllpFramer` cuts the byte stream
-into frames, :mod:`cm_fhir.hl7v2.header` reads MSH cheaply, :mod:`cm_fhir.hl7v2.ack` decides and
-renders the ACK, and :class:`~cm_fhir.store.writer.InboxWriter` commits the raw message (group
-commit) *before* the ACK is written to the socket. Frames of one connection are handled in order;
-connections run concurrently up to ``max_connections`` (further connections are closed right
-after accept, so the sender retries). A frame over ``max_message_bytes`` is answered AR (CR in
-enhanced mode) with ERR 207 and the connection stays open: the framer skips to the frame's end
-block and resynchronises. A connection idle for ``idle_timeout`` seconds is closed. Stopping closes
-the listening socket, lets connections finish the frame they are committing, then closes them.
+A thin shell: an :class:`asyncio.Protocol` per connection feeds received bytes to the sans-IO
+:class:`~cm_fhir.hl7v2.framing.MllpFramer` and hands complete frames, in order, to
+:class:`~cm_fhir.ingest.FrameIntake`, which commits them (group commit across connections) before
+returning the ACKs this module writes back. Frames of one connection are handled one after the
+other; connections run concurrently up to ``max_connections`` (further connections are closed
+right after accept, so the sender retries later). A frame over ``max_message_bytes`` is answered
+AR (CR in enhanced mode) with ERR 207 and the connection stays open: the framer skips to the
+frame's end block and resynchronises. A connection that sends nothing for ``idle_timeout`` seconds
+is closed. A sender that stops reading its ACKs is not read from until it does (back pressure).
+:meth:`MllpListener.stop` closes the listening socket, lets connections finish the frames they
+are committing and write those ACKs, then closes every connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import itertools
 import logging
-import secrets
 import ssl
+from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from cm_fhir.errors import Hl7ParseError, StoreError
-from cm_fhir.hl7v2 import ack as acks
 from cm_fhir.hl7v2.framing import Frame, FrameTooLarge, MllpFramer, frame
-from cm_fhir.hl7v2.header import (
-    BatchHeader,
-    MessageHeader,
-    read_batch_header,
-    read_header,
-    read_patient_key,
-)
-from cm_fhir.hl7v2.normalise import decode, split_batch
-from cm_fhir.store.inbox import NewMessage, StoredMessage
+from cm_fhir.ingest import FrameIntake, IntakeStats
 from cm_fhir.store.writer import InboxWriter
 
-__all__ = ["ListenerConfig", "MllpListener"]
+__all__ = ["ListenerConfig", "ListenerStats", "MllpListener", "run_listener"]
 
 log = logging.getLogger(__name__)
-_READ_SIZE = 65536
+ListenerStats = IntakeStats
+_WRITE_BUFFER_LIMIT = 1_048_576
+_PENDING_FRAME_LIMIT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,54 +42,121 @@ class ListenerConfig:
     port: int = 2575
     max_connections: int = 64
     max_message_bytes: int = 1_048_576
-    idle_timeout: float = 600.0  # seconds; 0 disables
+    idle_timeout: float = 600.0  # seconds without received bytes; 0 disables
     ssl_context: ssl.SSLContext | None = None
     shutdown_grace: float = 10.0
 
 
-@dataclass(slots=True)
-class _Prepared:
-    header: MessageHeader | None
-    message: NewMessage
-    codec: str
+class _MllpConnection(asyncio.Protocol):
+    """One sender: frames queue up as they complete and are answered strictly in order."""
 
+    def __init__(self, listener: MllpListener) -> None:
+        self._listener = listener
+        self._framer = MllpFramer(listener.config.max_message_bytes)
+        self._frames: deque[Frame | FrameTooLarge] = deque()
+        self._transport: asyncio.Transport | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._idle: asyncio.TimerHandle | None = None
+        self._last_data = 0.0
+        self._reading_paused = False
+        self._answered_one = False
+        self._can_write = asyncio.Event()
+        self._can_write.set()
+        self.peer = ""
+        self.closed = asyncio.Event()
 
-@dataclass(slots=True, eq=False)
-class _Connection:
-    task: asyncio.Task[object] | None
-    busy: bool = False
-    peer: str = ""
+    @property
+    def busy(self) -> bool:
+        """True while a frame is being stored or answered."""
+        return self._worker is not None and not self._worker.done()
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        if not self._listener._admit(self):
+            transport.abort()
+            return
+        self._last_data = asyncio.get_running_loop().time()
+        self._arm_idle_timer()
 
-@dataclass(slots=True)
-class ListenerStats:
-    """Counters for health checks and tests (no message content)."""
+    def data_received(self, data: bytes) -> None:
+        self._last_data = asyncio.get_running_loop().time()
+        stats = self._listener.stats
+        for event in self._framer.feed(data):
+            if isinstance(event, Frame | FrameTooLarge):
+                self._frames.append(event)
+            else:
+                stats.discarded_bytes += event.size
+        if len(self._frames) >= _PENDING_FRAME_LIMIT:
+            self._pause_reading()
+        if self._frames and not self.busy and not self._listener.stopping:
+            self._worker = asyncio.get_running_loop().create_task(self._answer())
 
-    connections: int = 0
-    refused_connections: int = 0
-    frames: int = 0
-    oversize_frames: int = 0
-    discarded_bytes: int = 0
-    store_failures: int = 0
+    async def _answer(self) -> None:
+        self._answered_one = False
+        intake, limit = self._listener.intake, self._listener.config.max_message_bytes
+        while self._frames and self._transport is not None:
+            if self._listener.stopping and self._answered_one:
+                break  # stopping: finish the frame in hand, leave the rest unacknowledged
+            self._answered_one = True
+            event = self._frames.popleft()
+            if isinstance(event, Frame):
+                intake.stats.frames += 1
+                replies = await intake.handle_payload(event.payload, self.peer)
+            else:
+                replies = intake.oversize_reply(event, limit)
+            if self._transport.is_closing():
+                return
+            for reply in replies:
+                self._transport.write(frame(reply))
+            await self._can_write.wait()
+            if self._reading_paused and len(self._frames) < _PENDING_FRAME_LIMIT // 2:
+                self._resume_reading()
+        if self._listener.stopping:
+            self.close()
 
+    def pause_writing(self) -> None:
+        self._can_write.clear()
 
-_CONTROL_ID_PREFIX = secrets.token_hex(4)
-_control_ids = itertools.count(1)
+    def resume_writing(self) -> None:
+        self._can_write.set()
 
+    def _pause_reading(self) -> None:
+        if self._transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
 
-def _new_control_id() -> str:
-    """A fresh MSH-10 for an ACK: 8 random hex digits per process + a counter (20 characters)."""
-    return f"{_CONTROL_ID_PREFIX}{next(_control_ids):012d}"
+    def _resume_reading(self) -> None:
+        if self._transport is not None and self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
 
+    def _arm_idle_timer(self) -> None:
+        timeout = self._listener.config.idle_timeout
+        if timeout > 0:
+            due = self._last_data + timeout
+            self._idle = asyncio.get_running_loop().call_at(due, self._check_idle)
 
-def _split(text: str) -> tuple[BatchHeader | None, list[str]]:
-    """The batch header (if any) and the messages of a frame.
+    def _check_idle(self) -> None:
+        timeout = self._listener.config.idle_timeout
+        if asyncio.get_running_loop().time() - self._last_data >= timeout and not self.busy:
+            log.info("closing connection from %s: idle for %.0f s", self.peer, timeout)
+            self.close()
+        else:
+            self._arm_idle_timer()
 
-    A frame holding one plain CR-separated message (the usual case) skips the general splitter.
-    """
-    if text.startswith("MSH") and "\n" not in text and "\rMSH" not in text:
-        return None, [text.rstrip("\r\t ")]
-    return read_batch_header(text), split_batch(text)
+    def close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+        self._can_write.set()
+        self._listener._release(self)
+        self.closed.set()
 
 
 class MllpListener:
@@ -106,11 +164,11 @@ class MllpListener:
 
     def __init__(self, config: ListenerConfig, writer: InboxWriter) -> None:
         self.config = config
-        self._writer = writer
+        self.intake = FrameIntake(writer)
+        self.stats = self.intake.stats
         self._server: asyncio.Server | None = None
-        self._connections: set[_Connection] = set()
-        self._stopping = False
-        self.stats = ListenerStats()
+        self._connections: set[_MllpConnection] = set()
+        self.stopping = False
 
     @property
     def port(self) -> int:
@@ -121,239 +179,45 @@ class MllpListener:
 
     async def start(self) -> None:
         """Bind and start accepting connections."""
-        self._server = await asyncio.start_server(
-            self._serve_connection,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _MllpConnection(self),
             self.config.host,
             self.config.port,
             ssl=self.config.ssl_context,
-            limit=_READ_SIZE,
         )
+
+    async def handle_payload(self, payload: bytes, peer: str = "") -> list[bytes]:
+        """Store the message(s) of one frame; return the ACK payloads (see :class:`FrameIntake`)."""
+        return await self.intake.handle_payload(payload, peer)
+
+    def _admit(self, connection: _MllpConnection) -> bool:
+        if self.stopping or len(self._connections) >= self.config.max_connections:
+            self.stats.refused_connections += 1
+            log.warning("refusing connection from %s: limit reached or stopping", connection.peer)
+            return False
+        self._connections.add(connection)
+        self.stats.connections += 1
+        return True
+
+    def _release(self, connection: _MllpConnection) -> None:
+        self._connections.discard(connection)
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight commits finish and their ACKs go out, close."""
-        self._stopping = True
+        self.stopping = True
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections):
-            if not connection.busy and connection.task is not None:
-                connection.task.cancel()
-        tasks = [c.task for c in self._connections if c.task is not None]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.shutdown_grace)
+            if not connection.busy:
+                connection.close()  # busy ones close themselves after their current frame
+        waits = [asyncio.ensure_future(c.closed.wait()) for c in self._connections]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=self.config.shutdown_grace)
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
-
-    async def _serve_connection(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        peername = writer.get_extra_info("peername")
-        peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else ""
-        if self._stopping or len(self._connections) >= self.config.max_connections:
-            self.stats.refused_connections += 1
-            log.warning(
-                "refusing connection from %s: limit of %d reached", peer, len(self._connections)
-            )
-            writer.close()
-            return
-        connection = _Connection(asyncio.current_task(), peer=peer)
-        self._connections.add(connection)
-        self.stats.connections += 1
-        framer = MllpFramer(self.config.max_message_bytes)
-        try:
-            await self._conversation(reader, writer, framer, connection)
-        except asyncio.CancelledError:
-            pass  # shutdown of an idle connection
-        except (ConnectionError, ssl.SSLError, TimeoutError, OSError) as exc:
-            log.info("connection from %s ended: %s", peer, type(exc).__name__)
-        finally:
-            self._connections.discard(connection)
-            writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
-
-    async def _conversation(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        framer: MllpFramer,
-        connection: _Connection,
-    ) -> None:
-        idle = self.config.idle_timeout or None
-        while not self._stopping:
-            async with asyncio.timeout(idle):
-                data = await reader.read(_READ_SIZE)
-            if not data:
-                return
-            connection.busy = True
-            for event in framer.feed(data):
-                if isinstance(event, Frame):
-                    self.stats.frames += 1
-                    replies = await self.handle_payload(event.payload, connection.peer)
-                elif isinstance(event, FrameTooLarge):
-                    self.stats.oversize_frames += 1
-                    replies = self._oversize_reply(event)
-                else:
-                    self.stats.discarded_bytes += event.size
-                    continue
-                for reply in replies:
-                    writer.write(frame(reply))
-                async with asyncio.timeout(idle):
-                    await writer.drain()
-            connection.busy = False
-
-    async def handle_payload(self, payload: bytes, peer: str = "") -> list[bytes]:
-        """Store the message(s) of one frame and return the ACK frames' payloads to send."""
-        now = datetime.now(UTC)
-        try:
-            text, codec = payload.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text, codec = decode(payload), "latin-1"
-        try:
-            batch, messages = _split(text)
-        except Hl7ParseError as exc:
-            prepared = [self._prepare_unreadable(payload, exc, now, codec, peer)]
-            batch = None
-        else:
-            batch_id = batch.control_id if batch else None
-            single = len(messages) == 1 and batch is None
-            prepared = [
-                self._prepare(
-                    m, payload if single else m.encode(codec, "replace"), batch_id, now, codec, peer
-                )
-                for m in messages
-            ]
-        try:
-            stored = await self._writer.store_many([p.message for p in prepared])
-        except StoreError:
-            self.stats.store_failures += 1
-            replies = [self._storage_failure_reply(p, now) for p in prepared]
-        else:
-            replies = [_reply_of(result) for result in stored]
-        if batch is not None:
-            inner = [r.decode(codec, "replace") for r in replies if r is not None]
-            body = acks.build_batch_ack(batch, inner, control_id=_new_control_id(), timestamp=now)
-            return [body.encode(codec, "replace")]
-        return [r for r in replies if r is not None]
-
-    def _prepare(
-        self,
-        message: str,
-        raw: bytes,
-        batch_id: str | None,
-        now: datetime,
-        codec: str,
-        peer: str,
-    ) -> _Prepared:
-        digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
-        try:
-            header = read_header(message)
-        except Hl7ParseError as exc:
-            return self._prepare_unreadable(raw, exc, now, codec, peer, digest)
-        disposition = acks.decide(header)
-        code = acks.response_code(header, disposition.ack_code)
-        ack_bytes = None
-        if disposition.reply and acks.ack_wanted(header, code):
-            text = acks.build_ack(
-                header, code, control_id=_new_control_id(), timestamp=now, error=disposition.error
-            )
-            ack_bytes = text.encode(codec, "replace")
-        new = NewMessage(
-            raw=raw,
-            content_sha256=digest,
-            state=disposition.state,
-            reason=disposition.reason,
-            ack_code=code,
-            ack_bytes=ack_bytes,
-            sending_application=header.sending_application,
-            sending_facility=header.sending_facility,
-            control_id=header.control_id,
-            message_type=header.message_type or None,
-            trigger_event=header.trigger_event or None,
-            version_id=header.version_id or None,
-            application_ack_type=header.application_ack_type or None,
-            patient_key=read_patient_key(message, header),
-            batch_control_id=batch_id,
-            peer=peer,
-            received_at=now,
-        )
-        return _Prepared(header, new, codec)
-
-    def _prepare_unreadable(
-        self,
-        raw: bytes,
-        exc: Hl7ParseError,
-        now: datetime,
-        codec: str,
-        peer: str,
-        digest: str | None = None,
-    ) -> _Prepared:
-        disposition = acks.unparseable(exc.location, str(exc))
-        text = acks.build_ack(
-            None,
-            disposition.ack_code,
-            control_id=_new_control_id(),
-            timestamp=now,
-            error=disposition.error,
-        )
-        new = NewMessage(
-            raw=raw,
-            content_sha256=digest or hashlib.sha256(raw).hexdigest(),
-            state=disposition.state,
-            reason=disposition.reason,
-            ack_code=disposition.ack_code,
-            ack_bytes=text.encode(codec, "replace"),
-            peer=peer,
-            received_at=now,
-        )
-        return _Prepared(None, new, codec)
-
-    def _storage_failure_reply(self, prepared: _Prepared, now: datetime) -> bytes | None:
-        header = prepared.header
-        code = "CE" if header is not None and header.enhanced_mode else "AR"
-        if not acks.ack_wanted(header, code):
-            return None
-        text = acks.build_ack(
-            header,
-            code,
-            control_id=_new_control_id(),
-            timestamp=now,
-            error=acks.storage_failure(),
-        )
-        return text.encode(prepared.codec, "replace")
-
-    def _oversize_reply(self, event: FrameTooLarge) -> list[bytes]:
-        log.warning(
-            "frame of %d bytes exceeds the limit of %d", event.size, self.config.max_message_bytes
-        )
-        text = decode(event.prefix)
-        try:
-            header: MessageHeader | None = read_header(text.replace("\n", "\r"))
-        except Hl7ParseError:
-            header = None
-        code = acks.response_code(header, "AR")
-        if not acks.ack_wanted(header, code):
-            return []
-        error = acks.AckError(
-            "207", f"message exceeds the limit of {self.config.max_message_bytes} bytes"
-        )
-        reply = acks.build_ack(
-            header, code, control_id=_new_control_id(), timestamp=datetime.now(UTC), error=error
-        )
-        return [reply.encode("utf-8" if _is_utf8(event.prefix) else "latin-1", "replace")]
-
-
-def _reply_of(result: StoredMessage) -> bytes | None:
-    return result.ack_bytes
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+            for connection in list(self._connections):
+                connection.close()
 
 
 async def run_listener(

@@ -60,7 +60,7 @@ class InboxWriter:
     def __init__(self, engine: AsyncEngine, *, writers: int | None = None, max_batch: int = 256):
         self._engine = engine
         if writers is None:
-            writers = 1 if engine.dialect.name == "sqlite" else 4
+            writers = 1 if engine.dialect.name == "sqlite" else 2
         self._writer_count = writers
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
