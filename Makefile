@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export CM_FHIR_TEST_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test lint typecheck imports unit soak bench clean
+.PHONY: setup demo test lint typecheck imports unit soak bench clean fuzz-api
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,16 @@ unit: $(STAMP) $(if $(shell command -v npm 2>/dev/null),fhir-server-deps)
 ## Long soak and fuzz runs, on demand.
 soak: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+## Schemathesis against the OpenAPI document of a real `cm-fhir serve` (takes minutes).
+FUZZ_KEY := fuzz-key-0123456789abcdef
+fuzz-api: $(STAMP)
+	@dir=$$(mktemp -d); \
+	CM_FHIR_API_KEYS=$(FUZZ_KEY) $(BIN)/cm-fhir serve --data-dir $$dir --http-port 18080 \
+	  --mllp-port 0 --log-level WARNING & pid=$$!; sleep 4; \
+	$(BIN)/schemathesis run http://127.0.0.1:18080/openapi.json \
+	  -H "Authorization: Bearer $(FUZZ_KEY)" -c not_a_server_error --max-examples 50; \
+	status=$$?; kill $$pid; wait $$pid; rm -rf $$dir; exit $$status
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
