@@ -1,5 +1,5 @@
 """The inbox store on SQLite and PostgreSQL: migrations, dedup, control-id reuse, group commit,
-race-safe inserts and per-patient claiming."""
+race-safe inserts, values that must not poison a group."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, func, select, text, update
+from sqlalchemy import Connection, func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import StoreError
 from cm_fhir.store.engine import current_revision, upgrade_database
-from cm_fhir.store.inbox import NewMessage, claim_next, store_messages
+from cm_fhir.store.inbox import NewMessage, store_messages
 from cm_fhir.store.tables import inbox_messages, metadata
 from cm_fhir.store.writer import InboxWriter
 
@@ -187,47 +187,6 @@ async def test_closed_writer_refuses(inbox_engine: AsyncEngine) -> None:
     await writer.close()
     with pytest.raises(StoreError):
         await writer.store(message("late"))
-
-
-async def test_claim_takes_the_oldest_received_row_per_patient(inbox_engine: AsyncEngine) -> None:
-    async with inbox_engine.begin() as connection:
-        stored = await store_messages(
-            connection,
-            [
-                message("1", patient="X"),
-                message("2", patient="Y"),
-                message("3", patient="X"),
-                message("4", patient=None),
-                message("5", patient="Y"),
-            ],
-        )
-    ids = [s.id for s in stored]
-    async with inbox_engine.begin() as connection:
-        assert await claim_next(connection) == [ids[0], ids[1], ids[3]]
-        await connection.execute(
-            update(inbox_messages).where(inbox_messages.c.id == ids[0]).values(state="processed")
-        )
-    async with inbox_engine.begin() as connection:
-        assert await claim_next(connection) == [ids[1], ids[2], ids[3]]
-
-
-async def test_claims_by_concurrent_workers_keep_patient_order(inbox_engine: AsyncEngine) -> None:
-    if inbox_engine.dialect.name != "postgresql":
-        pytest.skip("row locks with SKIP LOCKED are a PostgreSQL feature; SQLite has one writer")
-    async with inbox_engine.begin() as connection:
-        stored = await store_messages(
-            connection,
-            [message("1", patient="X"), message("2", patient="X"), message("3", patient="Z")],
-        )
-    ids = [s.id for s in stored]
-    async with inbox_engine.connect() as first, inbox_engine.connect() as second:
-        await first.begin()
-        await second.begin()
-        assert await claim_next(first, limit=1) == [ids[0]]
-        # Row 1 is locked: the second worker may take patient Z, never X's later row.
-        assert await claim_next(second) == [ids[2]]
-        await first.rollback()
-        await second.rollback()
 
 
 async def test_odd_header_values_do_not_poison_a_group(inbox_engine: AsyncEngine) -> None:

@@ -8,9 +8,8 @@ ACK of the original. A reused MSH-10 with other content is stored and flagged
 in :class:`_StorePlan`; the statements come from :mod:`cm_fhir.store.inbox_sql` (SQLAlchemy, a
 raw sqlite3 connection for the SQLite writer thread, or asyncpg for PostgreSQL).
 
-:func:`claim_next` picks the oldest ``received`` rows whose patient has no older ``received`` row,
-locked ``FOR UPDATE SKIP LOCKED`` on PostgreSQL (SQLite serialises writers with ``BEGIN
-IMMEDIATE``), so rows of one patient are handled in arrival order, patients in parallel.
+Rows carry a patient ordering key (first PID-3 id and assigning authority) indexed with state and
+id, so the worker (:mod:`cm_fhir.store.queue`) can claim them per patient in arrival order.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, select
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.store.inbox_sql import (
@@ -32,12 +31,11 @@ from cm_fhir.store.inbox_sql import (
     InboxSql,
     SqliteInboxSql,
 )
-from cm_fhir.store.tables import InboxState, inbox_messages
+from cm_fhir.store.tables import inbox_messages
 
 __all__ = [
     "NewMessage",
     "StoredMessage",
-    "claim_next",
     "store_messages",
     "store_messages_asyncpg",
     "store_messages_sqlite3",
@@ -262,31 +260,3 @@ async def store_messages_asyncpg(
             row = messages[index].row(control_id_reused=False)
             plan.apply_unkeyed(index, await sql.insert_unkeyed(row))
     return plan.results()
-
-
-async def claim_next(connection: AsyncConnection, limit: int = 10) -> list[int]:
-    """Lock and return ids of the next rows to process: per patient, the oldest ``received`` one.
-
-    Call inside a transaction and keep it open while processing; rows locked by another worker
-    are skipped on PostgreSQL, and so are later rows of the same patient (their older row is
-    still ``received``).
-    """
-    older = _t.alias("older")
-    query = (
-        select(_t.c.id)
-        .where(
-            _t.c.state == InboxState.RECEIVED.value,
-            ~exists().where(
-                and_(
-                    older.c.patient_key == _t.c.patient_key,
-                    older.c.state == InboxState.RECEIVED.value,
-                    older.c.id < _t.c.id,
-                )
-            ),
-        )
-        .order_by(_t.c.id)
-        .limit(limit)
-    )
-    if connection.dialect.name == "postgresql":
-        query = query.with_for_update(skip_locked=True, of=_t)
-    return [row.id for row in (await connection.execute(query)).all()]
