@@ -88,6 +88,9 @@ async def test_validation_errors_name_the_field(api_client: httpx.AsyncClient) -
     assert "bogus" not in response.text  # the value sent is not echoed
     body = await api_client.post("/api/messages/replay", json={"ids": ["x"], "extra": 1})
     assert {f["field"] for f in body.json()["error"]["fields"]} == {"body.ids[0]", "body.extra"}
+    huge = await api_client.post("/api/messages/replay", json={"ids": [1, 2**70, -3]})
+    assert huge.status_code == 422
+    assert {f["field"] for f in huge.json()["error"]["fields"]} == {"body.ids[1]", "body.ids[2]"}
 
 
 async def test_detail_has_ack_and_raw_only_on_request_which_is_audited(

@@ -111,7 +111,9 @@ class ReplayRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(default_factory=list, max_length=1000)
+    ids: list[Annotated[int, Field(ge=1, le=2**63 - 1)]] = Field(
+        default_factory=list, max_length=1000, description="Inbox row ids."
+    )
     all_dead_letters: bool = Field(False, description="Replay every dead-lettered message.")
 
 
