@@ -16,7 +16,9 @@ import pytest
 
 from cm_fhir.demo_feed import demo_feed
 from cm_fhir.errors import ConfigError
+from cm_fhir.mapping.registry import load_registry
 from cm_fhir.mllp_client import MllpClient, read_ack
+from cm_fhir.profiles import default_validator, error_issues
 from cm_fhir.service import Service
 from cm_fhir.settings import load_settings
 from inbox_fixtures import PG_URL, _pg_admin
@@ -85,11 +87,35 @@ async def test_serve_ingests_over_mllp_processes_and_stops_gracefully(tmp_path: 
             assert {m["state"] for m in items} == {"processed"}
             outbox = (await http.get("/api/outbox")).json()["counts"]
             assert sum(c["count"] for c in outbox) >= 2  # two cases became FHIR writes
+            await _check_fhir_tasks(http)
     finally:
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(30):
             _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()[-2000:]
+
+
+async def _check_fhir_tasks(http: httpx.AsyncClient) -> None:
+    """The Tasks the admissions created, read through the /fhir facade, conform to our profiles."""
+    answer = await http.get("/fhir/Task", params={"_count": "50"})
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/fhir+json")
+    bundle = answer.json()
+    assert bundle["type"] == "searchset"
+    tasks = [e["resource"] for e in bundle.get("entry", [])]
+    codes = sorted(t["code"]["coding"][0]["code"] for t in tasks)
+    # each qualifying admission: an initial assessment (and a payer notification when IN1 is sent)
+    assert codes.count("initial-assessment") == 2, codes
+    validator = default_validator()
+    for task in tasks:
+        assert task["meta"]["profile"] == [load_registry().profile("task")]
+        assert error_issues(validator.validate(task)) == [], task["id"]
+        # the facade serves what the mapper emits: the id follows from the business identifier
+        ident = task["identifier"][0]
+        again = await http.get(
+            "/fhir/Task", params={"identifier": f"{ident['system']}|{ident['value']}"}
+        )
+        assert [e["resource"]["id"] for e in again.json()["entry"]] == [task["id"]]
 
 
 async def test_serve_refuses_an_unmigrated_postgresql_schema(tmp_path: Path) -> None:
