@@ -100,7 +100,7 @@ class Hl7Segment:
     characters, so numbering matches the standard for every segment.
     """
 
-    __slots__ = ("_fields", "encoding", "id", "position")
+    __slots__ = ("_components", "_fields", "encoding", "id", "position")
 
     def __init__(self, text: str, position: int, encoding: EncodingCharacters) -> None:
         self.position = position
@@ -110,14 +110,18 @@ class Hl7Segment:
         if self.id == "MSH":
             parts = [parts[0], encoding.field, *parts[1:]]
         self._fields = parts
+        # Split components by (field, repetition): the readers ask for the same ones repeatedly.
+        self._components: dict[tuple[int, int], list[str]] = {}
 
     def field(self, n: int) -> str:
         """SEG-n as written, ``""`` if absent. An explicit null comes back as ``'""'``."""
-        return self._fields[n] if 0 < n < len(self._fields) else ""
+        fields = self._fields
+        return fields[n] if 0 < n < len(fields) else ""
 
     def is_null(self, n: int) -> bool:
         """True if SEG-n is the explicit null ``""`` (delete the value)."""
-        return self.field(n).strip() == NULL
+        fields = self._fields
+        return 0 < n < len(fields) and fields[n].strip() == NULL
 
     def repetitions(self, n: int) -> list[str]:
         """The non-empty repetitions of SEG-n (an explicit null gives none)."""
@@ -128,17 +132,36 @@ class Hl7Segment:
 
     def components(self, n: int, repetition: int = 0) -> list[str]:
         """The raw components of one repetition of SEG-n (``[]`` if that repetition is absent)."""
-        reps = self.repetitions(n)
-        if repetition >= len(reps):
-            return []
-        return reps[repetition].split(self.encoding.component)
+        return list(self._split(n, repetition))
+
+    def _split(self, n: int, repetition: int) -> list[str]:
+        key = (n, repetition)
+        found = self._components.get(key)
+        if found is None:
+            raw = self.field(n)
+            if repetition == 0 and self.encoding.repetition not in raw:
+                # One repetition: the same as repetitions(n)[0], without the list.
+                blank = not raw.strip() or raw.strip() == NULL
+                found = [] if blank else raw.split(self.encoding.component)
+            else:
+                reps = self.repetitions(n)
+                found = (
+                    reps[repetition].split(self.encoding.component)
+                    if repetition < len(reps)
+                    else []
+                )
+            self._components[key] = found
+        return found
 
     def text(self, n: int, component: int = 1, subcomponent: int = 1) -> str | None:
         """SEG-n.component.subcomponent (1-based) of the first repetition, decoded and trimmed.
 
         Empty values and explicit nulls give None.
         """
-        return self.text_in(self.components(n), component, subcomponent)
+        fields = self._fields
+        if not (0 < n < len(fields) and fields[n]):
+            return None
+        return self.text_in(self._split(n, 0), component, subcomponent)
 
     def text_in(
         self, components: list[str], component: int = 1, subcomponent: int = 1
@@ -146,10 +169,18 @@ class Hl7Segment:
         """Like :meth:`text` on components already split from one repetition."""
         if component > len(components):
             return None
-        parts = components[component - 1].split(self.encoding.subcomponent)
-        if subcomponent > len(parts):
+        part = components[component - 1]
+        encoding = self.encoding
+        if encoding.subcomponent in part:
+            parts = part.split(encoding.subcomponent)
+            if subcomponent > len(parts):
+                return None
+            part = parts[subcomponent - 1]
+        elif subcomponent > 1:
             return None
-        value = self.encoding.unescape(parts[subcomponent - 1]).strip()
+        if encoding.escape in part:
+            part = encoding.unescape(part)
+        value = part.strip()
         return None if not value or value == NULL else value
 
     def location(self, n: int) -> str:
@@ -212,20 +243,64 @@ def parse_dtm(value: str, location: str, default_tz: tzinfo | None = None) -> da
     Raises:
         Hl7ParseError: the value is not a valid date/time; the message names ``location`` only.
     """
-    try:
-        moment, _fmt, offset, _precision = get_datetime_info(value.strip())
-    except (ValueError, TypeError, IndexError) as exc:
-        raise Hl7ParseError(f"{location} is not a valid HL7 date/time", location=location) from exc
+    value = value.strip()
+    read = _read_common_dtm(value)
+    if read is None:
+        try:
+            moment, _fmt, offset, _precision = get_datetime_info(value)
+        except (ValueError, TypeError, IndexError) as exc:
+            message = f"{location} is not a valid HL7 date/time"
+            raise Hl7ParseError(message, location=location) from exc
+    else:
+        moment, offset = read
     if offset:
-        sign = -1 if offset[0] == "-" else 1
-        hours, minutes = int(offset[1:3]), int(offset[3:5])
-        if hours > 14 or minutes > 59:
-            raise Hl7ParseError(f"{location} has an invalid UTC offset", location=location)
-        zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+        zone = _ZONES.get(offset) or _zone(offset, location)
         return moment.replace(tzinfo=zone)  # type: ignore[no-any-return]
     if default_tz is not None:
         return moment.replace(tzinfo=default_tz)  # type: ignore[no-any-return]
     return moment  # type: ignore[no-any-return]
+
+
+# The usual shape, ``YYYYMMDD[HH[MM[SS[.S{1,4}]]]][+/-ZZZZ]`` in ASCII digits, read directly. The
+# offset ranges are the ones hl7apy's reader accepts. Anything else (year or month precision,
+# odd digits, out-of-range values) goes to hl7apy, so both paths give the same result or error.
+_COMMON_DTM = re.compile(
+    r"([0-9]{4})([0-9]{2})([0-9]{2})"
+    r"(?:([0-9]{2})(?:([0-9]{2})(?:([0-9]{2})(?:\.([0-9]{1,4}))?)?)?)?"
+    r"((?:\+(?:1[0-4]|0[0-9])|-(?:1[0-2]|0[0-9]))[0-5][0-9])?"
+)
+_ZONES: dict[str, timezone] = {}
+
+
+def _read_common_dtm(value: str) -> tuple[datetime, str] | None:
+    match = _COMMON_DTM.fullmatch(value)
+    if match is None:
+        return None
+    year, month, day, hour, minute, second, fraction, offset = match.groups()
+    try:
+        moment = datetime(
+            int(year),
+            int(month),
+            int(day),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int(fraction.ljust(6, "0")) if fraction else 0,
+        )
+    except ValueError:
+        return None
+    return moment, offset or ""
+
+
+def _zone(offset: str, location: str) -> timezone:
+    sign = -1 if offset[0] == "-" else 1
+    hours, minutes = int(offset[1:3]), int(offset[3:5])
+    if hours > 14 or minutes > 59:
+        raise Hl7ParseError(f"{location} has an invalid UTC offset", location=location)
+    zone = timezone(sign * timedelta(hours=hours, minutes=minutes))
+    if len(_ZONES) < 256:
+        _ZONES[offset] = zone
+    return zone
 
 
 def parse_date(value: str, location: str) -> date:

@@ -13,9 +13,11 @@ types and positions, never message content. Bundles are built on the fast path (
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,7 +37,6 @@ from cm_fhir.store.cases import (
     CaseRow,
     ResourceRow,
     lock_states,
-    resource_rows,
     sync_resources,
     upsert_cases,
     write_states,
@@ -60,6 +61,42 @@ def relative_references(resources: list[Json]) -> list[Json]:
     The same as ``case_to_resources(case, registry, ReferenceStyle.RELATIVE)`` (a test checks it)
     without mapping the case a second time.
     """
+    local = _relative(resources)
+    return [orjson.loads(local(orjson.dumps(r))) for r in resources]
+
+
+def served_rows(case_id: str, resources: list[Json], patient: str | None) -> list[ResourceRow]:
+    """The ``fhir_resources`` rows of a case's resources: :func:`resource_rows` of
+    :func:`relative_references`, serialised once (no decode and encode round trip)."""
+    local = _relative(resources)
+    out = []
+    for resource in resources:
+        content = local(orjson.dumps(resource))
+        first = (resource.get("identifier") or [{}])[0]
+        system, value = first.get("system", ""), first.get("value", "")
+        status = resource.get("status")
+        if any(isinstance(v, str) and v.startswith("urn:uuid:") for v in (system, value, status)):
+            # Never seen from our mapping, but the rewrite covers every string of the resource.
+            system, value, status = (
+                orjson.loads(local(orjson.dumps(v))) for v in (system, value, status)
+            )
+        out.append(
+            ResourceRow(
+                resource_type=str(resource["resourceType"]),
+                id=str(resource["id"]),
+                case_id=case_id,
+                identifier=f"{system}|{value}",
+                patient_identifier=patient,
+                status=str(status) if isinstance(status, str) else None,
+                content_sha256=hashlib.sha256(content).hexdigest(),
+                resource=content.decode(),
+            )
+        )
+    return out
+
+
+def _relative(resources: list[Json]) -> Callable[[bytes], bytes]:
+    """Rewrites ``"urn:uuid:<id>"`` of these resources to ``"Type/<id>"`` in JSON text."""
     types = {str(r["id"]).encode(): str(r["resourceType"]).encode() for r in resources}
 
     def local(match: re.Match[bytes]) -> bytes:
@@ -67,7 +104,10 @@ def relative_references(resources: list[Json]) -> list[Json]:
         rtype = types.get(rid)
         return b'"' + rtype + b"/" + rid + b'"' if rtype is not None else match.group(0)
 
-    return [orjson.loads(_URN.sub(local, orjson.dumps(r))) for r in resources]
+    def rewrite(text: bytes) -> bytes:
+        return _URN.sub(local, text) if b"urn:uuid:" in text else text
+
+    return rewrite
 
 
 @dataclass(slots=True)
@@ -105,6 +145,7 @@ class _Parsed:
     row: ClaimedMessage
     event: AdtEvent | None = None
     settled: InboxOutcome | None = None
+    keys: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -113,6 +154,25 @@ class _Changes:
     outbox: list[OutboxEntry] = field(default_factory=list)
     trace: list[TraceRecord] = field(default_factory=list)
     cases: dict[str, tuple[Case, str, list[Json]]] = field(default_factory=dict)
+
+
+@contextmanager
+def collection_paused() -> Iterator[None]:
+    """Hold the cyclic garbage collector off for one batch; it catches up right after.
+
+    A batch allocates hundreds of thousands of short-lived model objects while the decoded states
+    of earlier batches stay alive, so the default thresholds run a young collection every few
+    hundred allocations and a full one over those states every few batches. Reference counting
+    still frees everything at once; only cycles wait for the collection that follows the batch.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 class BatchProcessor:
@@ -139,6 +199,12 @@ class BatchProcessor:
         self, connection: Connection, limit: int, retry_before: datetime | None = None
     ) -> BatchResult:
         """Claim up to ``limit`` rows and commit-ready write their results (caller commits)."""
+        with collection_paused():
+            return self._process(connection, limit, retry_before)
+
+    def _process(
+        self, connection: Connection, limit: int, retry_before: datetime | None
+    ) -> BatchResult:
         self.last_claimed = []
         rows = claim_batch(connection, limit, retry_before)
         self.last_claimed = rows
@@ -147,7 +213,7 @@ class BatchProcessor:
             return result
         now = datetime.now(UTC)
         parsed = [self._parse(row) for row in rows]
-        keys = {k for p in parsed if p.event is not None for k in self._keys(p)}
+        keys = {k for p in parsed for k in p.keys}
         book = PatientBook(lock_states(connection, keys), self._decoded)
         book.decode_all()
         hashes = last_bundle_hashes(connection, book.case_ids())
@@ -169,16 +235,12 @@ class BatchProcessor:
 
     # -- stages ----------------------------------------------------------------------------
 
-    def _keys(self, item: _Parsed) -> tuple[str, ...]:
-        assert item.event is not None
-        return patient_keys(item.event, self.rules)
-
     def _parse(self, row: ClaimedMessage) -> _Parsed:
         try:
             result = parse_adt(row.raw, self.maps)
             if isinstance(result, AdtEvent):
-                patient_keys(result, self.rules)  # an event without a usable patient fails here
-                return _Parsed(row, event=result)
+                # An event without a usable patient fails here.
+                return _Parsed(row, event=result, keys=patient_keys(result, self.rules))
             reason = f"unsupported: {result.message_type}^{result.event or '-'} ({result.reason})"
             return _Parsed(row, settled=InboxOutcome(row.id, InboxState.IGNORED, reason))
         except UnsupportedEventError as exc:
@@ -207,7 +269,7 @@ class BatchProcessor:
     ) -> bool:
         event, row = item.event, item.row
         assert event is not None
-        keys = self._keys(item)
+        keys = item.keys
         try:
             state = book.state(keys[0])
             merged = book.merged(keys[0], keys[1:])
@@ -272,9 +334,7 @@ class BatchProcessor:
         current: dict[str, list[ResourceRow]] = {}
         for case, _, resources in changes.cases.values():
             patient = case.patient.primary
-            current[case.id] = resource_rows(
-                case.id, relative_references(resources), f"{patient.system}|{patient.value}"
-            )
+            current[case.id] = served_rows(case.id, resources, f"{patient.system}|{patient.value}")
         written, removed = sync_resources(connection, current, now)
         settle(connection, changes.outcomes, now)
         states = [o.state for o in changes.outcomes]
