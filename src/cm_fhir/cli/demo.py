@@ -126,6 +126,13 @@ async def _show_cases(database_url: str) -> int:
         for task in case.tasks:
             due = task.due.strftime("%Y-%m-%d %H:%M UTC")
             typer.echo(f"      task {task.status.value:<10} due {due}  {task.description}")
+        for referral in case.referrals:
+            due = referral.due.strftime("%Y-%m-%d %H:%M UTC")
+            to = referral.performer.display or "-"
+            typer.echo(
+                f"      referral {referral.type.value} ({referral.fulfilment_status.value}) "
+                f"due {due}  to {to}"
+            )
     return len(found)
 
 
@@ -165,7 +172,8 @@ async def _service_section(once: bool, data_dir: Path) -> int:
         task.result()
         return 1
     info = ready.result()
-    typer.echo(f"   API {info.http_url}   MLLP {info.mllp_address}   data {data_dir}")
+    mllp = f"{info.mllp_address[0]}:{info.mllp_address[1]}" if info.mllp_address else "-"
+    typer.echo(f"   API {info.http_url}   MLLP {mllp}   data {data_dir}")
     problems = 0
     try:
         problems += await _play(info)
