@@ -23,9 +23,11 @@ from cm_fhir.errors import (
     CmFhirError,
     ConfigError,
     DomainError,
+    FhirConflictError,
     InboundMessageError,
     MappingError,
     ResourceNotFound,
+    SearchParameterError,
     StoreError,
     ValidationError,
 )
@@ -136,6 +138,10 @@ async def _auth(request: Request, exc: Exception) -> JSONResponse:
 def _status_of(exc: CmFhirError) -> int:
     if isinstance(exc, ResourceNotFound):
         return 404
+    if isinstance(exc, SearchParameterError):
+        return 400
+    if isinstance(exc, FhirConflictError):
+        return exc.status if exc.status in (409, 412) else 409
     if isinstance(exc, ValidationError | MappingError | InboundMessageError):
         return 422
     if isinstance(exc, DomainError):
