@@ -14,6 +14,7 @@ mapping reads the id back from the fullUrl.
 from __future__ import annotations
 
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -36,7 +37,12 @@ def identifier_query(resource: Json) -> str:
     if not identifiers:
         raise MappingError("a resource without a business identifier cannot be written safely")
     first = identifiers[0]
-    return f"identifier={quote(first['system'], safe=':/')}|{quote(first['value'], safe='')}"
+    return _query(first["system"], first["value"])
+
+
+@lru_cache(maxsize=1 << 16)  # the worker writes the same resources again and again
+def _query(system: str, value: str) -> str:
+    return f"identifier={quote(system, safe=':/')}|{quote(value, safe='')}"
 
 
 def transaction_bundle(

@@ -22,6 +22,7 @@ def _namespace(canonical_base: str) -> uuid.UUID:
     return uuid.uuid5(uuid.NAMESPACE_URL, canonical_base)
 
 
+@lru_cache(maxsize=1 << 16)  # the worker maps the same cases again and again
 def resource_id(canonical_base: str, resource_type: str, system: str, value: str) -> str:
     """The deterministic id of a resource with this business identifier.
 

@@ -88,9 +88,25 @@ def _older(states: tuple[str, ...]) -> Any:
     )
 
 
+def _first_received() -> Any:
+    """The oldest ``received`` row of each patient: one pass over the claim index."""
+    first = _t.alias("first")
+    return (
+        select(func.min(first.c.id))
+        .where(first.c.state == _RECEIVED, first.c.patient_key.is_not(None))
+        .group_by(first.c.patient_key)
+    )
+
+
+# A head has no older received row of its patient (it is that patient's first received row, or
+# it has no patient key) and no older dead letter.
 _HEADS = (
     select(_t.c.id, _t.c.patient_key)
-    .where(_t.c.state == _RECEIVED, ~_older((_RECEIVED, _DEAD)))
+    .where(
+        _t.c.state == _RECEIVED,
+        or_(_t.c.patient_key.is_(None), _t.c.id.in_(_first_received())),
+        ~_older((_DEAD,)),
+    )
     .order_by(_t.c.id)
 )
 _COLUMNS = (_t.c.id, _t.c.patient_key, _t.c.raw, _t.c.received_at, _t.c.attempts)

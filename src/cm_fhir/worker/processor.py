@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
 
 from cm_fhir.domain.case import Case
 from cm_fhir.errors import CmFhirError, Hl7ParseError, MappingError, UnsupportedEventError
@@ -156,6 +157,25 @@ class _Changes:
     cases: dict[str, tuple[Case, str, list[Json]]] = field(default_factory=dict)
 
 
+def _prefer_lz4(connection: Connection, *, probe: bool) -> bool:
+    """Have PostgreSQL compress this transaction's large values with lz4; False if it cannot.
+
+    Bundles and state documents are kilobytes each: lz4 stores them at a fraction of the server
+    CPU of the default pglz (each stored value records its method; reading is unchanged). The
+    first time runs in a savepoint, so a server without lz4 (or before 14) only loses the hint.
+    """
+    statement = "SET LOCAL default_toast_compression = 'lz4'"
+    if not probe:
+        connection.exec_driver_sql(statement)
+        return True
+    try:
+        with connection.begin_nested():
+            connection.exec_driver_sql(statement)
+    except DBAPIError:
+        return False
+    return True
+
+
 @contextmanager
 def collection_paused() -> Iterator[None]:
     """Hold the cyclic garbage collector off for one batch; it catches up right after.
@@ -194,6 +214,7 @@ class BatchProcessor:
         self.apply = apply
         self.last_claimed: list[ClaimedMessage] = []
         self._decoded: dict[str, tuple[str, PatientState]] = {}
+        self._toast_lz4: bool | None = None  # not known until the first PostgreSQL batch
 
     def process(
         self, connection: Connection, limit: int, retry_before: datetime | None = None
@@ -206,6 +227,8 @@ class BatchProcessor:
         self, connection: Connection, limit: int, retry_before: datetime | None
     ) -> BatchResult:
         self.last_claimed = []
+        if connection.dialect.name == "postgresql" and self._toast_lz4 is not False:
+            self._toast_lz4 = _prefer_lz4(connection, probe=self._toast_lz4 is None)
         rows = claim_batch(connection, limit, retry_before)
         self.last_claimed = rows
         result = BatchResult(claimed=len(rows))
