@@ -2,7 +2,8 @@
 
 Each server runs in its own subprocess on 127.0.0.1; this process drives it with N concurrent
 senders over persistent connections (send one message, wait for its ACK, repeat) and reports
-messages per second and p50/p99 ACK latency. Servers measured in the same run:
+messages per second, p50/p99 ACK latency and the server process's CPU time per message (Linux;
+not counting the PostgreSQL server's own work). Servers measured in the same run:
 
 * baseline ``python-hl7 echo``: ``hl7.mllp.start_hl7_server`` answering each message with
   ``message.create_ack()`` (parses the message, no persistence);
@@ -136,6 +137,7 @@ class Figures:
     rates: list[float] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
     failures: int = 0
 
     def line(self) -> str:
@@ -146,17 +148,31 @@ class Figures:
         return (
             f"{self.name:<18} {rate:7.0f} msgs/s (rounds {spread})   "
             f"p50 {statistics.median(self.p50):6.2f} ms   p99 {statistics.median(self.p99):6.2f} ms"
+            f"   cpu {statistics.median(self.cpu_us) if self.cpu_us else float('nan'):5.0f} us/msg"
             f"   non-AA {self.failures}"
         )
+
+
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process (Linux /proc), or None elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(figures: Figures, args: list[str], senders: int, messages: int) -> None:
     process, port = await start_server(*args)
     try:
+        cpu_before = process_cpu_seconds(process.pid)
         elapsed, latencies, failures = await drive(port, senders, messages)
+        cpu_after = process_cpu_seconds(process.pid)
     finally:
         process.terminate()
         await process.wait()
+    if cpu_before is not None and cpu_after is not None:
+        figures.cpu_us.append((cpu_after - cpu_before) / len(latencies) * 1e6)
     quantiles = statistics.quantiles(latencies, n=100)
     figures.rates.append(len(latencies) / elapsed)
     figures.p50.append(quantiles[49] * 1000)

@@ -52,9 +52,10 @@ def _clean(name: str, value: str | None) -> str | None:
     """Fit a header value into its column: no NUL (PostgreSQL refuses it), clipped to length."""
     if value is None:
         return None
-    value = value.replace("\x00", "")
-    length = _LENGTHS.get(name)
-    return value[:length] if length else value
+    length = _LENGTHS.get(name, 0)
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return value[:length] if length and len(value) > length else value
 
 
 @dataclass(slots=True)

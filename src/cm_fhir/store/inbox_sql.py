@@ -92,8 +92,11 @@ class AlchemyInboxSql:
 
 
 _SQLITE = sqlite.dialect()
+_COLUMN_NAMES = [column.name for column in _COLUMNS]
 _BINDERS = [
-    (column.name, column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) for column in _COLUMNS
+    (index, bind)
+    for index, column in enumerate(_COLUMNS)
+    if (bind := column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) is not None
 ]
 _SQLITE_INSERT = f"INSERT INTO {_t.name} ({_NAMES}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
@@ -104,8 +107,11 @@ class SqliteInboxSql:
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._connection = connection
 
-    def _values(self, row: dict[str, Any]) -> tuple[Any, ...]:
-        return tuple(bind(row[name]) if bind else row[name] for name, bind in _BINDERS)
+    def _values(self, row: dict[str, Any]) -> list[Any]:
+        values = [row[name] for name in _COLUMN_NAMES]
+        for index, bind in _BINDERS:
+            values[index] = bind(values[index])
+        return values
 
     def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]:
         if not control_ids:

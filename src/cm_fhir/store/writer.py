@@ -43,11 +43,6 @@ _DATABASE_ERRORS = (
 )
 
 
-def _consume_error(future: asyncio.Future[StoredMessage]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 @dataclass(slots=True)
 class _Job:
     message: NewMessage
@@ -101,11 +96,12 @@ class InboxWriter:
         loop = asyncio.get_running_loop()
         jobs = [_Job(message, loop.create_future()) for message in messages]
         for job in jobs:
-            # A caller cancelled mid-wait never reads its future: mark any error as seen.
-            job.done.add_done_callback(_consume_error)
             self._queue.put_nowait(job)
-        # Shielded: a caller that goes away does not cancel a commit others share.
-        return [await asyncio.shield(job.done) for job in jobs]
+        # A caller that goes away cancels only its own future: the writer still commits the
+        # message (a resend is then answered as a duplicate) and skips the cancelled future.
+        if len(jobs) == 1:
+            return [await jobs[0].done]
+        return list(await asyncio.gather(*(job.done for job in jobs)))
 
     async def close(self) -> None:
         """Stop taking messages, commit what is queued, stop the writer tasks."""
