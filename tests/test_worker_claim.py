@@ -1,17 +1,22 @@
 """Which inbox rows one claim takes: heads per patient, their followers, keyless rows, limits.
 
 Runs on SQLite and PostgreSQL (the ``worker_engine`` fixture). Rows are stored directly with the
-states a scenario needs; the claim runs in a transaction that is rolled back.
+states a scenario needs; the claim runs in a transaction that is rolled back. Also: a batch holds
+the cyclic garbage collector off and always gives it back.
 """
 
 from __future__ import annotations
 
+import gc
+
+import pytest
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.store.inbox import NewMessage, store_messages
 from cm_fhir.store.queue import claim_batch
 from cm_fhir.store.tables import inbox_messages
+from cm_fhir.worker.processor import collection_paused
 from worker_fixtures import rows
 
 
@@ -64,3 +69,25 @@ async def test_an_older_dead_letter_holds_back_its_patient_only(
     await _set_state(worker_engine, a1, "processed")
     await _set_state(worker_engine, a2, "failed")
     assert await _claim(worker_engine, 50) == [b1, b2, a3]
+
+
+def test_a_batch_pauses_the_collector_and_gives_it_back() -> None:
+    seen: list[bool] = []
+
+    def failing_batch() -> None:
+        with collection_paused():
+            seen.append(gc.isenabled())
+            raise RuntimeError("the batch failed")
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError):
+        failing_batch()
+    assert seen == [False]
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with collection_paused():
+            pass
+        assert not gc.isenabled(), "a collector someone else turned off stays off"
+    finally:
+        gc.enable()

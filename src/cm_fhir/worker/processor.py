@@ -9,6 +9,8 @@ result. A row whose processing raises is retried (``attempts``) and dead-lettere
 ``max_attempts``; its patient's later rows in the batch are left for later. Parse failures are
 ``failed`` with their position, messages we do not process are ``ignored``. Reasons name error
 types and positions, never message content. Bundles are built on the fast path (no validation).
+The cyclic garbage collector waits while a batch runs (:func:`collection_paused`), and PostgreSQL
+is asked to compress the batch's large values with lz4 where it can.
 """
 
 from __future__ import annotations
