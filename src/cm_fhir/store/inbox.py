@@ -248,16 +248,21 @@ async def store_messages(
 async def store_messages_asyncpg(
     connection: Any, messages: Sequence[NewMessage]
 ) -> list[StoredMessage]:
-    """Store ``messages`` on an asyncpg connection in one transaction (PostgreSQL writer)."""
+    """Store ``messages`` on an asyncpg connection (PostgreSQL writer), in autocommit mode.
+
+    All new rows with a control id go in one ``INSERT ... SELECT unnest(...)`` statement, which
+    commits on its own; rows without one (unreadable MSH) are inserted one by one. Everything is
+    committed when this returns. If a later statement fails, earlier rows stay stored and the
+    caller answers AR for the whole group: a resend is then recognised as a duplicate.
+    """
     sql = AsyncpgInboxSql(connection)
-    async with connection.transaction():
-        plan = _StorePlan(messages)
-        to_insert = plan.apply_existing(await sql.existing(plan.control_ids))
-        if to_insert:
-            raced = plan.apply_inserted(await sql.insert_keyed(to_insert))
-            if raced:
-                plan.apply_raced(await sql.existing(raced))
-        for index in plan.unkeyed:
-            row = messages[index].row(control_id_reused=False)
-            plan.apply_unkeyed(index, await sql.insert_unkeyed(row))
+    plan = _StorePlan(messages)
+    to_insert = plan.apply_existing(await sql.existing(plan.control_ids))
+    if to_insert:
+        raced = plan.apply_inserted(await sql.insert_keyed(to_insert))
+        if raced:
+            plan.apply_raced(await sql.existing(raced))
+    for index in plan.unkeyed:
+        row = messages[index].row(control_id_reused=False)
+        plan.apply_unkeyed(index, await sql.insert_unkeyed(row))
     return plan.results()

@@ -16,6 +16,7 @@ import logging
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.exc import SQLAlchemyError
@@ -41,6 +42,13 @@ _DATABASE_ERRORS = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
 )
+
+
+@dataclass(slots=True)
+class _HeldConnection:
+    """The pooled driver connection a PostgreSQL writer task keeps between group commits."""
+
+    raw: Any = None
 
 
 @dataclass(slots=True)
@@ -117,6 +125,15 @@ class InboxWriter:
             self._thread.shutdown(wait=True)
 
     async def _run(self) -> None:
+        held = _HeldConnection()
+        try:
+            await self._loop(held)
+        finally:
+            if held.raw is not None:
+                with contextlib.suppress(Exception):
+                    held.raw.close()  # back to the pool
+
+    async def _loop(self, held: _HeldConnection) -> None:
         stopping = False
         while not stopping:
             job = await self._queue.get()
@@ -129,7 +146,7 @@ class InboxWriter:
                     stopping = True
                     break
                 jobs.append(extra)
-            await self._commit(jobs)
+            await self._commit(jobs, held)
 
     def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
         connection = self._sqlite
@@ -145,16 +162,28 @@ class InboxWriter:
             raise
         return results
 
-    async def _commit(self, jobs: list[_Job]) -> None:
+    async def _commit_asyncpg(
+        self, messages: list[NewMessage], held: _HeldConnection
+    ) -> list[StoredMessage]:
+        # Each writer task keeps one pooled connection; a failed one is discarded, not reused.
+        if held.raw is None:
+            held.raw = await self._engine.raw_connection()
+        try:
+            return await store_messages_asyncpg(held.raw.driver_connection, messages)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                held.raw.invalidate()
+            held.raw = None
+            raise
+
+    async def _commit(self, jobs: list[_Job], held: _HeldConnection) -> None:
         messages = [job.message for job in jobs]
         try:
             if self._thread is not None:
                 loop = asyncio.get_running_loop()
                 results = await loop.run_in_executor(self._thread, self._commit_sqlite, messages)
             elif self._engine.dialect.driver == "asyncpg":
-                async with self._engine.connect() as connection:
-                    raw = await connection.get_raw_connection()
-                    results = await store_messages_asyncpg(raw.driver_connection, messages)
+                results = await self._commit_asyncpg(messages, held)
             else:
                 async with self._engine.begin() as connection:
                     results = await store_messages(connection, messages)
