@@ -1,11 +1,13 @@
 """Group commit for the inbox: many concurrent submitters, few transactions. I/O (asyncio).
 
 Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to
-be committed. Behind it, one or more writer tasks take whatever has queued up while the previous
-transaction was committing (up to ``max_batch``) and store it in a single transaction: one fsync
-on SQLite serves many messages, and PostgreSQL gets several writers in parallel. If the
-transaction fails, every waiter of that group gets :class:`~cm_fhir.errors.StoreError` and
-nothing of the group is acknowledged positively.
+be committed. Behind it, writer tasks take whatever has queued up while the previous commit was
+running (up to ``max_batch``) and store it as one group, so one fsync serves many messages.
+SQLite: one writer, whose transaction (``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain sqlite3
+connection) runs whole in a dedicated thread, so the event loop never waits on the disk or on a
+lock held by another process. PostgreSQL: two writers by default, each keeping one pooled asyncpg
+connection. If a group fails, each of its waiters gets :class:`~cm_fhir.errors.StoreError` and
+none is acknowledged positively. An in-memory SQLite database falls back to plain SQLAlchemy.
 """
 
 from __future__ import annotations
