@@ -266,3 +266,28 @@ async def test_stop_refuses_new_connections(
         await idle.close()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection("127.0.0.1", port)
+
+
+async def test_pipelined_frames_are_answered_in_order(
+    running_listener: MllpListener, inbox_engine: AsyncEngine
+) -> None:
+    async with await MllpClient.connect("127.0.0.1", running_listener.port) as client:
+        for n in range(20):
+            await client.send_only(adt(f"P-{n}"))
+        answers = [read_ack(await client.receive())[0].control_id for _ in range(20)]
+    assert answers == [f"P-{n}" for n in range(20)]
+    assert [r["control_id"] for r in await rows(inbox_engine)] == answers
+
+
+async def test_sender_gone_before_its_ack_finds_the_message_stored_on_resend(
+    running_listener: MllpListener, inbox_engine: AsyncEngine
+) -> None:
+    gone = await MllpClient.connect("127.0.0.1", running_listener.port)
+    await gone.send_only(adt("G-1"))
+    await gone.close()
+    async with await MllpClient.connect("127.0.0.1", running_listener.port) as client:
+        reply = await client.send(adt("G-1"))
+    stored = await rows(inbox_engine)
+    assert len(stored) == 1
+    assert stored[0]["ack_bytes"] == reply
+    assert read_ack(reply)[0].code == "AA"
