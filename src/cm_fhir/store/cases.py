@@ -189,7 +189,8 @@ def resource_rows(
     for resource in resources:
         content = orjson.dumps(resource)
         first = (resource.get("identifier") or [{}])[0]
-        status = resource.get("status")
+        # Goal carries its status as lifecycleStatus; the column serves the facade's status search.
+        status = resource.get("status", resource.get("lifecycleStatus"))
         out.append(
             ResourceRow(
                 resource_type=str(resource["resourceType"]),

@@ -56,14 +56,7 @@ def token_condition(column: Any, token: Token) -> ColumnElement[bool]:
 
 def _status(resource_type: str, tokens: tuple[Token, ...]) -> ColumnElement[bool]:
     codes = [t.code for t in tokens if t.code is not None]
-    if resource_type == "Goal":
-        # Goal has lifecycleStatus, not status; the stored JSON is canonical (orjson, compact).
-        return or_(
-            *[
-                _r.c.resource.like(f'%"lifecycleStatus":"{escape_like(c)}"%', escape="\\")
-                for c in codes
-            ]
-        )
+    # The status column holds Goal.lifecycleStatus for Goals (see store.cases.resource_rows).
     return _r.c.status.in_(codes)
 
 
