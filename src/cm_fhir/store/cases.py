@@ -28,6 +28,7 @@ __all__ = [
     "StateRow",
     "load_states",
     "lock_states",
+    "resource_row",
     "resource_rows",
     "sync_resources",
     "upsert_cases",
@@ -185,25 +186,29 @@ def resource_rows(
     case_id: str, resources: Sequence[Json], patient_identifier: str | None
 ) -> list[ResourceRow]:
     """The ``fhir_resources`` rows of one case's resources (``Type/id`` references)."""
-    out = []
-    for resource in resources:
-        content = orjson.dumps(resource)
-        first = (resource.get("identifier") or [{}])[0]
-        # Goal carries its status as lifecycleStatus; the column serves the facade's status search.
-        status = resource.get("status", resource.get("lifecycleStatus"))
-        out.append(
-            ResourceRow(
-                resource_type=str(resource["resourceType"]),
-                id=str(resource["id"]),
-                case_id=case_id,
-                identifier=f"{first.get('system', '')}|{first.get('value', '')}",
-                patient_identifier=patient_identifier,
-                status=str(status) if isinstance(status, str) else None,
-                content_sha256=hashlib.sha256(content).hexdigest(),
-                resource=content.decode(),
-            )
-        )
-    return out
+    return [
+        resource_row(case_id, resource, orjson.dumps(resource), patient_identifier)
+        for resource in resources
+    ]
+
+
+def resource_row(
+    case_id: str, resource: Json, content: bytes, patient_identifier: str | None
+) -> ResourceRow:
+    """One ``fhir_resources`` row; ``content`` is the resource as it will be served."""
+    first = (resource.get("identifier") or [{}])[0]
+    # Goal carries its status as lifecycleStatus; the column serves the facade's status search.
+    status = resource.get("status", resource.get("lifecycleStatus"))
+    return ResourceRow(
+        resource_type=str(resource["resourceType"]),
+        id=str(resource["id"]),
+        case_id=case_id,
+        identifier=f"{first.get('system', '')}|{first.get('value', '')}",
+        patient_identifier=patient_identifier,
+        status=str(status) if isinstance(status, str) else None,
+        content_sha256=hashlib.sha256(content).hexdigest(),
+        resource=content.decode(),
+    )
 
 
 _DELETE_RESOURCE = delete(_r).where(

@@ -40,6 +40,7 @@ from cm_fhir.store.cases import (
     CaseRow,
     ResourceRow,
     lock_states,
+    resource_row,
     sync_resources,
     upsert_cases,
     write_states,
@@ -70,32 +71,11 @@ def relative_references(resources: list[Json]) -> list[Json]:
 
 def served_rows(case_id: str, resources: list[Json], patient: str | None) -> list[ResourceRow]:
     """The ``fhir_resources`` rows of a case's resources: :func:`resource_rows` of
-    :func:`relative_references`, serialised once (no decode and encode round trip)."""
+    :func:`relative_references`, serialised once (no decode and encode round trip). Identifiers
+    and statuses never hold ``urn:uuid`` references, so they are read from the resources as built.
+    """
     local = _relative(resources)
-    out = []
-    for resource in resources:
-        content = local(orjson.dumps(resource))
-        first = (resource.get("identifier") or [{}])[0]
-        system, value = first.get("system", ""), first.get("value", "")
-        status = resource.get("status")
-        if any(isinstance(v, str) and v.startswith("urn:uuid:") for v in (system, value, status)):
-            # Never seen from our mapping, but the rewrite covers every string of the resource.
-            system, value, status = (
-                orjson.loads(local(orjson.dumps(v))) for v in (system, value, status)
-            )
-        out.append(
-            ResourceRow(
-                resource_type=str(resource["resourceType"]),
-                id=str(resource["id"]),
-                case_id=case_id,
-                identifier=f"{system}|{value}",
-                patient_identifier=patient,
-                status=str(status) if isinstance(status, str) else None,
-                content_sha256=hashlib.sha256(content).hexdigest(),
-                resource=content.decode(),
-            )
-        )
-    return out
+    return [resource_row(case_id, r, local(orjson.dumps(r)), patient) for r in resources]
 
 
 def _relative(resources: list[Json]) -> Callable[[bytes], bytes]:
