@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -13,6 +13,7 @@ from cm_fhir.hl7v2.ack import (
     build_ack,
     build_batch_ack,
     decide,
+    hl7_timestamp,
     response_code,
     storage_failure,
 )
@@ -50,6 +51,26 @@ def test_header_fields_are_read_from_their_positions() -> None:
     assert header.control_id == CONTROL_ID
     assert (header.processing_id, header.version_id) == ("P", "2.5.1")
     assert not header.enhanced_mode
+
+
+def test_header_without_trailing_fields_or_other_segments_reads_them_empty() -> None:
+    header = read_header("MSH|^~\\&|A|B|C|D|20240305||ADT^A08|7|P|2.4")
+    assert (header.trigger_event, header.control_id, header.version_id) == ("A08", "7", "2.4")
+    assert (header.accept_ack_type, header.application_ack_type, header.character_set) == (
+        "",
+        "",
+        "",
+    )
+    enhanced = read_header(with_msh_field(ADT_A01_V251, 15, "ne"))
+    assert (enhanced.accept_ack_type, enhanced.character_set) == ("NE", "")
+
+
+def test_timestamps_of_one_instant_keep_each_offset() -> None:
+    east = WHEN.astimezone(timezone(timedelta(hours=2)))
+    assert hl7_timestamp(WHEN) == "20240305101500+0000"
+    assert hl7_timestamp(east) == "20240305121500+0200"
+    assert hl7_timestamp(WHEN.replace(microsecond=999_999)) == "20240305101500+0000"
+    assert hl7_timestamp(WHEN + timedelta(seconds=1)) == "20240305101501+0000"
 
 
 def test_patient_key_is_first_pid3_identifier_with_authority() -> None:

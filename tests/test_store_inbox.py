@@ -221,3 +221,18 @@ async def test_writer_rows_read_back_like_sqlalchemy_rows(inbox_engine: AsyncEng
         assert row.received_at.replace(tzinfo=None) == sent.received_at.replace(tzinfo=None)
         assert (row.raw, row.ack_bytes, row.control_id_reused) == (sent.raw, sent.ack_bytes, False)
         assert (row.patient_key, row.state, row.attempts) == (sent.patient_key, "received", 0)
+
+
+def test_sqlite_values_share_a_bound_timestamp_only_when_it_is_the_same() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cm_fhir.store.inbox_sql import SqliteInboxSql
+
+    row = message("V1").row(control_id_reused=True)
+    values = SqliteInboxSql._values(SqliteInboxSql.__new__(SqliteInboxSql), row)
+    assert values[0] == values[1] == row["received_at"].strftime("%Y-%m-%d %H:%M:%S.%f")
+    later = datetime(2024, 3, 5, 10, 0, tzinfo=UTC)
+    moved = {**row, "received_at": later, "updated_at": later + timedelta(seconds=5)}
+    values = SqliteInboxSql._values(SqliteInboxSql.__new__(SqliteInboxSql), moved)
+    assert values[:2] == ["2024-03-05 10:00:00.000000", "2024-03-05 10:00:05.000000"]
+    assert values[9] == 1

@@ -111,7 +111,8 @@ class _MllpConnection(asyncio.Protocol):
                 return
             for reply in replies:
                 self._transport.write(frame(reply))
-            await self._can_write.wait()
+            if not self._can_write.is_set():
+                await self._can_write.wait()
             if self._reading_paused and len(self._frames) < _PENDING_FRAME_LIMIT // 2:
                 self._resume_reading()
         if self._listener.stopping:

@@ -15,8 +15,7 @@ they would come from the worker once a message is processed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from functools import lru_cache
+from datetime import datetime, timedelta
 
 from cm_fhir.hl7v2.header import BatchHeader, MessageHeader
 
@@ -53,6 +52,7 @@ _ERROR_TEXT = {
     "203": "Unsupported version id",
     "207": "Application internal error",
 }
+_last_timestamp: list[tuple[tuple[float, timedelta | None] | None, str]] = [(None, "")]
 _DEFAULT_FIELD_SEPARATOR = "|"
 _DEFAULT_ENCODING = "^~\\&"
 
@@ -78,26 +78,33 @@ class Disposition:
     reply: bool = True  # False for inbound ACK messages: acknowledgments are never acknowledged
 
 
+# The outcomes without an error are the same every time (frozen, so they are shared).
+_RECEIVED = Disposition("received", "AA")
+_NOT_HANDLED = Disposition("ignored", "AA", None, "ADT event not handled")
+_ACKNOWLEDGMENT = Disposition("ignored", "AA", None, "acknowledgment message", reply=False)
+
+
 def decide(header: MessageHeader) -> Disposition:
     """Classify a message by its header alone (the ACK path never runs a full parse)."""
-    for number, value in (("9", header.message_type), ("10", header.control_id)):
-        if not value:
-            return _content_error("101", f"MSH-{number}", f"MSH-{number} is empty")
+    if not header.message_type:
+        return _content_error("101", "MSH-9", "MSH-9 is empty")
+    if not header.control_id:
+        return _content_error("101", "MSH-10", "MSH-10 is empty")
     if not header.version_id:
         return _content_error("101", "MSH-12", "MSH-12 is empty")
     if not header.version_id.startswith("2."):
         error = AckError("203", "MSH-12 names a version this interface does not accept", "MSH-12")
         return Disposition("ignored", "AR", error, "unsupported version")
     if header.message_type == "ACK":
-        return Disposition("ignored", "AA", None, "acknowledgment message", reply=False)
+        return _ACKNOWLEDGMENT
     if header.message_type != "ADT":
         error = AckError("200", "MSH-9.1 is not a message type this interface accepts", "MSH-9.1")
         return Disposition("ignored", "AR", error, "unsupported message type")
     if not header.trigger_event:
         return _content_error("101", "MSH-9.2", "MSH-9.2 is empty")
     if header.trigger_event not in HANDLED_ADT_EVENTS:
-        return Disposition("ignored", "AA", None, "ADT event not handled")
-    return Disposition("received", "AA")
+        return _NOT_HANDLED
+    return _RECEIVED
 
 
 def _content_error(code: str, location: str, text: str) -> Disposition:
@@ -143,12 +150,15 @@ def response_code(header: MessageHeader | None, original_code: str) -> str:
 
 def hl7_timestamp(moment: datetime) -> str:
     """Format an aware datetime as an HL7 DTM with offset: ``YYYYMMDDHHMMSS+ZZZZ``."""
-    return _second_timestamp(moment.replace(microsecond=0))
-
-
-@lru_cache(maxsize=8)
-def _second_timestamp(moment: datetime) -> str:
-    return moment.strftime("%Y%m%d%H%M%S%z")
+    # The ACKs of one second share their text: keep the last one. The key holds the offset too,
+    # since equal instants with other offsets print differently. One tuple, replaced whole.
+    key = (moment.timestamp() // 1, moment.utcoffset())
+    last = _last_timestamp[0]
+    if last[0] == key:
+        return last[1]
+    text = moment.strftime("%Y%m%d%H%M%S%z")
+    _last_timestamp[0] = (key, text)
+    return text
 
 
 def _escape(text: str, field_separator: str, encoding: str) -> str:

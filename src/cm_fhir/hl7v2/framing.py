@@ -108,6 +108,14 @@ class MllpFramer:
                     return events
                 if start > pos:
                     events.append(Discarded(start - pos))
+                # The usual case, a whole frame within this read, needs no buffering.
+                eb = data.find(END_BLOCK, start + 1)
+                if 0 <= eb - start - 1 <= self.max_frame_bytes and (
+                    data.find(START_BLOCK, start + 1, eb) < 0
+                ):
+                    events.append(Frame(data[start + 1 : eb]))
+                    pos = eb + 2
+                    continue
                 self._begin_frame()
                 pos = start + 1
                 continue

@@ -22,6 +22,7 @@ __all__ = [
 ]
 
 _SEGMENT_END = "\r"
+_MSH_FIELDS = 19  # fields[0] .. fields[18] (MSH-18), the last one read
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +100,32 @@ def read_header(message: str) -> MessageHeader:
     Raises:
         Hl7ParseError: the first segment is not MSH (code 100) or has no usable separators.
     """
-    first = message.split(_SEGMENT_END, 1)[0]
-    if not first.startswith("MSH"):
+    if not message.startswith("MSH"):
         raise Hl7ParseError("first segment is not MSH", location="MSH", code="100")
-    fields = _fields(first, "MSH")
+    end = message.find(_SEGMENT_END)
+    fields = _fields(message if end < 0 else message[:end], "MSH")
+    if len(fields) < _MSH_FIELDS:
+        fields += [""] * (_MSH_FIELDS - len(fields))  # absent trailing fields read as empty
     encoding = fields[2]
-    message_type = _field(fields, 9).split(encoding[0])
+    component = encoding[0]
+    message_type = fields[9].split(component)
+    count = len(message_type)
     return MessageHeader(
         field_separator=fields[1],
         encoding_characters=encoding,
-        sending_application=_field(fields, 3),
-        sending_facility=_field(fields, 4),
-        receiving_application=_field(fields, 5),
-        receiving_facility=_field(fields, 6),
+        sending_application=fields[3],
+        sending_facility=fields[4],
+        receiving_application=fields[5],
+        receiving_facility=fields[6],
         message_type=message_type[0].strip(),
-        trigger_event=message_type[1].strip() if len(message_type) > 1 else "",
-        message_structure=message_type[2].strip() if len(message_type) > 2 else "",
-        control_id=_field(fields, 10).strip(),
-        processing_id=_field(fields, 11).strip(),
-        version_id=_field(fields, 12).split(encoding[0])[0].strip(),
-        accept_ack_type=_field(fields, 15).strip().upper(),
-        application_ack_type=_field(fields, 16).strip().upper(),
-        character_set=_field(fields, 18).strip(),
+        trigger_event=message_type[1].strip() if count > 1 else "",
+        message_structure=message_type[2].strip() if count > 2 else "",
+        control_id=fields[10].strip(),
+        processing_id=fields[11].strip(),
+        version_id=fields[12].split(component, 1)[0].strip(),
+        accept_ack_type=fields[15].strip().upper(),
+        application_ack_type=fields[16].strip().upper(),
+        character_set=fields[18].strip(),
     )
 
 
@@ -163,7 +168,7 @@ def read_patient_key(message: str, header: MessageHeader) -> str | None:
         return None
     end = message.find(_SEGMENT_END, start + 1)
     segment = message[start + 1 : end if end >= 0 else len(message)]
-    fields = segment.split(header.field_separator)
+    fields = segment.split(header.field_separator, 4)  # PID-3 is fields[3]
     if len(fields) <= 3:
         return None
     encoding = header.encoding_characters

@@ -58,6 +58,24 @@ def _clean(name: str, value: str | None) -> str | None:
     return value[:length] if length and len(value) > length else value
 
 
+_CLEANED = tuple(
+    (name, _LENGTHS.get(name, 0))
+    for name in (
+        "sending_application",
+        "sending_facility",
+        "control_id",
+        "message_type",
+        "trigger_event",
+        "version_id",
+        "application_ack_type",
+        "patient_key",
+        "reason",
+        "batch_control_id",
+        "peer",
+    )
+)
+
+
 @dataclass(slots=True)
 class NewMessage:
     """One inbound message as the listener hands it to the inbox (raw bytes are PHI)."""
@@ -81,20 +99,11 @@ class NewMessage:
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def __post_init__(self) -> None:
-        for name in (
-            "sending_application",
-            "sending_facility",
-            "control_id",
-            "message_type",
-            "trigger_event",
-            "version_id",
-            "application_ack_type",
-            "patient_key",
-            "reason",
-            "batch_control_id",
-            "peer",
-        ):
-            setattr(self, name, _clean(name, getattr(self, name)))
+        for name, length in _CLEANED:
+            value = getattr(self, name)
+            # Most values already fit: only those that do not are rewritten.
+            if value is not None and (len(value) > length or "\x00" in value):
+                setattr(self, name, _clean(name, value))
 
     @property
     def dedup_key(self) -> DedupKey | None:

@@ -98,6 +98,20 @@ _BINDERS = [
     for index, column in enumerate(_COLUMNS)
     if (bind := column.type.dialect_impl(_SQLITE).bind_processor(_SQLITE)) is not None
 ]
+
+
+def _first_of_type(index: int) -> int:
+    kind = repr(_COLUMNS[index].type)
+    return next(earlier for earlier, _ in _BINDERS if repr(_COLUMNS[earlier].type) == kind)
+
+
+# A column of the same type as an earlier one often holds the very same value (updated_at is
+# received_at when a row is stored): then the earlier column's bound value is reused.
+_BIND_STEPS = [
+    (index, bind, earlier, _COLUMN_NAMES[index], _COLUMN_NAMES[earlier])
+    for index, bind in _BINDERS
+    for earlier in (_first_of_type(index),)
+]
 _SQLITE_INSERT = f"INSERT INTO {_t.name} ({_NAMES}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
 
 
@@ -109,8 +123,11 @@ class SqliteInboxSql:
 
     def _values(self, row: dict[str, Any]) -> list[Any]:
         values = [row[name] for name in _COLUMN_NAMES]
-        for index, bind in _BINDERS:
-            values[index] = bind(values[index])
+        for index, bind, earlier, name, earlier_name in _BIND_STEPS:
+            if earlier != index and row[name] is row[earlier_name]:
+                values[index] = values[earlier]
+            else:
+                values[index] = bind(values[index])
         return values
 
     def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]:
