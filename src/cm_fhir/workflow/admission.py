@@ -11,6 +11,8 @@ the case did not come from an admission of this visit.
 
 from __future__ import annotations
 
+from datetime import date
+
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import CaseStatus, PlanStatus
 from cm_fhir.domain.common import PartyRef
@@ -19,7 +21,7 @@ from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step, revalidated
-from cm_fhir.workflow.screening import ScreeningFacts, screen
+from cm_fhir.workflow.screening import ScreeningFacts, ScreeningResult, screen
 from cm_fhir.workflow.state import EffectKind, EventEffect, Flag, VisitMemory
 
 __all__ = [
@@ -111,6 +113,35 @@ def refresh_case(step: Step, case: Case, visit: VisitMemory) -> Case:
     return changed
 
 
+def open_visit_case(
+    step: Step,
+    visit: VisitMemory,
+    result: ScreeningResult,
+    status: CaseStatus,
+    *,
+    expected_discharge: date | None = None,
+) -> Case:
+    """Open the case of a visit screening found eligible, with its draft discharge plan."""
+    event, rules = step.event, step.rules
+    assert event is not None
+    assert step.patient is not None
+    return step.open_case(
+        facts.case_id(rules, visit.visit_number, visit.admissions + 1),
+        step.patient,
+        status,
+        screening=result.screening(rules, step.at),
+        encounters=(facts.encounter(visit.visit_number, rules),),
+        reasons=facts.reasons(event, rules),
+        coverage=facts.coverage(event, rules),
+        discharge_plan=DischargePlan(
+            id=facts.DISCHARGE_PLAN_ID,
+            expected_discharge=expected_discharge,
+            created=step.at,
+            author=team_party(rules, visit.team),
+        ),
+    )
+
+
 def admit(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
     """Screen the visit and open its case, or update the case it already has."""
     event = step.event
@@ -137,20 +168,8 @@ def admit(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
         return visit
     admissions = visit.admissions + 1
     team = team_party(rules, visit.team)
-    case = step.open_case(
-        facts.case_id(rules, visit.visit_number, admissions),
-        step.patient,
-        CaseStatus.ACTIVE,
-        screening=result.screening(rules, step.at),
-        encounters=(facts.encounter(visit.visit_number, rules),),
-        reasons=facts.reasons(event, rules),
-        coverage=facts.coverage(event, rules),
-        discharge_plan=DischargePlan(
-            id=facts.DISCHARGE_PLAN_ID,
-            expected_discharge=visit.expected_discharge,
-            created=step.at,
-            author=team,
-        ),
+    case = open_visit_case(
+        step, visit, result, CaseStatus.ACTIVE, expected_discharge=visit.expected_discharge
     )
     step.note(rule, "case-opened", case.id)
     step.note("admission", "discharge-plan-drafted", case.id, facts.DISCHARGE_PLAN_ID)

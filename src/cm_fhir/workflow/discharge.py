@@ -15,12 +15,16 @@ from datetime import datetime
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import CaseStatus, Disposition, PlanStatus
-from cm_fhir.domain.referral import DischargePlan
 from cm_fhir.domain.task import OPEN_TASK_STATUSES
 from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step, revalidated
-from cm_fhir.workflow.admission import refresh_case, screening_facts, team_party
+from cm_fhir.workflow.admission import (
+    open_visit_case,
+    refresh_case,
+    screening_facts,
+    team_party,
+)
 from cm_fhir.workflow.screening import screen
 from cm_fhir.workflow.state import (
     EffectKind,
@@ -92,20 +96,7 @@ def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
             step.last_discharge = latest([before, when])
             return visit.model_copy(update={"discharge_time": when, "discharges": sequence})
         admissions = visit.admissions + 1
-        case = step.open_case(
-            facts.case_id(rules, visit.visit_number, admissions),
-            step.patient,
-            CaseStatus.TRANSITION,
-            screening=result.screening(rules, step.at),
-            encounters=(facts.encounter(visit.visit_number, rules),),
-            reasons=facts.reasons(event, rules),
-            coverage=facts.coverage(event, rules),
-            discharge_plan=DischargePlan(
-                id=facts.DISCHARGE_PLAN_ID,
-                created=step.at,
-                author=team_party(rules, visit.team),
-            ),
-        )
+        case = open_visit_case(step, visit, result, CaseStatus.TRANSITION)
         step.note("screening", "case-opened-at-discharge", case.id)
         visit = visit.model_copy(update={"case_id": case.id, "admissions": admissions})
         opened = True
