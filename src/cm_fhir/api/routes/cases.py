@@ -12,15 +12,17 @@ with a message that names ids and fields, never patient values. Scopes: ``read``
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api import case_changes as changes
-from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal, WritePrincipal
+from cm_fhir.api.deps import AuditDep, Auditor, EngineDep, ReadPrincipal, WritePrincipal
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import (
     CarePlan,
@@ -208,161 +210,102 @@ async def get_case_fhir(
     return JSONResponse(bundle, headers=headers, media_type=FHIR_JSON)
 
 
-async def _change(
+@dataclass(frozen=True, slots=True)
+class CaseChange:
+    """What every change route shares: the case, its If-Match, the database and the audit trail."""
+
+    request: Request
+    engine: AsyncEngine
+    audit: Auditor
+    case_id: str
+    if_match: str | None
+
+    async def apply(
+        self, change: Callable[[Case], Case], action: str, target: str | None = None
+    ) -> Response:
+        """Run ``change`` on the case in one transaction (see :func:`change_case`)."""
+        try:
+            async with self.engine.begin() as connection:
+                stored = await connection.run_sync(
+                    change_case,
+                    self.case_id,
+                    change,
+                    default_registry(),
+                    expected_version=_version(self.if_match),
+                    now=datetime.now(UTC),
+                    action=action,
+                    target=target,
+                )
+                await self.audit.record("update", "case", self.case_id, connection=connection)
+        except (FhirConflictError, ResourceNotFound) as exc:
+            return _server_error(self.request, exc)
+        return _case_response(stored)
+
+    def refuse(self, message: str) -> Response:
+        return error_response(self.request, 422, message)
+
+
+async def _case_change(
     request: Request,
+    case_id: str,
     engine: EngineDep,
     audit: AuditDep,
-    case_id: str,
-    change: Callable[[Case], Case],
-    if_match: str | None,
-    action: str,
-    target: str | None = None,
-) -> Response:
-    now = datetime.now(UTC)
-    try:
-        async with engine.begin() as connection:
-            stored = await connection.run_sync(
-                change_case,
-                case_id,
-                change,
-                default_registry(),
-                expected_version=_version(if_match),
-                now=now,
-                action=action,
-                target=target,
-            )
-            await audit.record("update", "case", case_id, connection=connection)
-    except (FhirConflictError, ResourceNotFound) as exc:
-        return _server_error(request, exc)
-    return _case_response(stored)
+    _: WritePrincipal,
+    if_match: IfMatch = None,
+) -> CaseChange:
+    return CaseChange(request, engine, audit, case_id, if_match)
+
+
+ChangeDep = Annotated[CaseChange, Depends(_case_change)]
 
 
 @router.post("/{case_id}/status", summary="Move the case to another status")
-async def post_status(
-    request: Request,
-    case_id: str,
-    body: StatusChangeRequest,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
+async def post_status(body: StatusChangeRequest, write: ChangeDep) -> Response:
     at = body.at or datetime.now(UTC)
     if at.tzinfo is None:
-        return error_response(request, 422, "'at' needs a timezone offset", fields=[("at", "")])
-    change = changes.transition(body.status, at)
-    return await _change(request, engine, audit, case_id, change, if_match, "case.status")
+        return error_response(
+            write.request, 422, "'at' needs a timezone offset", fields=[("at", "")]
+        )
+    return await write.apply(changes.transition(body.status, at), "case.status")
 
 
 @router.put("/{case_id}/goals/{goal_id}", summary="Add or replace a SMART goal")
-async def put_goal(
-    request: Request,
-    case_id: str,
-    goal_id: str,
-    goal: Goal,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
+async def put_goal(goal_id: str, goal: Goal, write: ChangeDep) -> Response:
     if goal.id != goal_id:
-        return error_response(request, 422, "the goal's id differs from the path")
-    change = changes.put_goal(goal)
-    return await _change(request, engine, audit, case_id, change, if_match, "goal.put", goal_id)
+        return write.refuse("the goal's id differs from the path")
+    return await write.apply(changes.put_goal(goal), "goal.put", goal_id)
 
 
 @router.put("/{case_id}/care-plan", summary="Set or replace the care plan")
-async def put_care_plan(
-    request: Request,
-    case_id: str,
-    plan: CarePlan,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
-    change = changes.put_care_plan(plan)
-    return await _change(request, engine, audit, case_id, change, if_match, "plan.put", plan.id)
+async def put_care_plan(plan: CarePlan, write: ChangeDep) -> Response:
+    return await write.apply(changes.put_care_plan(plan), "plan.put", plan.id)
 
 
 @router.post("/{case_id}/care-plan/activities", summary="Add a task that carries out the plan")
-async def post_activity(
-    request: Request,
-    case_id: str,
-    task: Task,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
-    change = changes.add_activity(task)
-    return await _change(
-        request, engine, audit, case_id, change, if_match, "plan.activity", task.id
-    )
+async def post_activity(task: Task, write: ChangeDep) -> Response:
+    return await write.apply(changes.add_activity(task), "plan.activity", task.id)
 
 
 @router.put("/{case_id}/tasks/{task_id}", summary="Add or replace a task")
-async def put_task(
-    request: Request,
-    case_id: str,
-    task_id: str,
-    task: Task,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
+async def put_task(task_id: str, task: Task, write: ChangeDep) -> Response:
     if task.id != task_id:
-        return error_response(request, 422, "the task's id differs from the path")
-    change = changes.put_task(task)
-    return await _change(request, engine, audit, case_id, change, if_match, "task.put", task_id)
+        return write.refuse("the task's id differs from the path")
+    return await write.apply(changes.put_task(task), "task.put", task_id)
 
 
 @router.post("/{case_id}/tasks/{task_id}/status", summary="Move a task to another status")
-async def post_task_status(
-    request: Request,
-    case_id: str,
-    task_id: str,
-    body: TaskStatusRequest,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
+async def post_task_status(task_id: str, body: TaskStatusRequest, write: ChangeDep) -> Response:
     change = changes.task_status(task_id, body.status, body.business_status)
-    return await _change(request, engine, audit, case_id, change, if_match, "task.status", task_id)
+    return await write.apply(change, "task.status", task_id)
 
 
 @router.put("/{case_id}/referrals/{referral_id}", summary="Add or replace a referral")
-async def put_referral(
-    request: Request,
-    case_id: str,
-    referral_id: str,
-    referral: Referral,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
+async def put_referral(referral_id: str, referral: Referral, write: ChangeDep) -> Response:
     if referral.id != referral_id:
-        return error_response(request, 422, "the referral's id differs from the path")
-    change = changes.put_referral(referral)
-    return await _change(
-        request, engine, audit, case_id, change, if_match, "referral.put", referral_id
-    )
+        return write.refuse("the referral's id differs from the path")
+    return await write.apply(changes.put_referral(referral), "referral.put", referral_id)
 
 
 @router.put("/{case_id}/discharge-plan", summary="Set or replace the discharge plan")
-async def put_discharge_plan(
-    request: Request,
-    case_id: str,
-    plan: DischargePlan,
-    engine: EngineDep,
-    audit: AuditDep,
-    _: WritePrincipal,
-    if_match: IfMatch = None,
-) -> Response:
-    change = changes.put_discharge_plan(plan)
-    return await _change(
-        request, engine, audit, case_id, change, if_match, "discharge.put", plan.id
-    )
+async def put_discharge_plan(plan: DischargePlan, write: ChangeDep) -> Response:
+    return await write.apply(changes.put_discharge_plan(plan), "discharge.put", plan.id)
