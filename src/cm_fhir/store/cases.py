@@ -11,7 +11,7 @@ with one statement each (executemany). Every function runs in the caller's trans
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -126,14 +126,34 @@ def write_states(
     documents: dict[str, str],
     aliases: dict[str, str],
     now: datetime,
+    close_checks: Mapping[str, datetime | None] | None = None,
 ) -> None:
-    """File each document under its key and each alias key as pointing at its patient."""
+    """File each document under its key and each alias key as pointing at its patient.
+
+    ``close_checks`` gives each document's next closing check (``close_check_at``); a caller
+    that does not compute it (the case API) leaves it None and the document is checked at once.
+    """
+    checks = close_checks if close_checks is not None else dict.fromkeys(documents, now)
     rows = [
-        {"patient_key": k, "alias_of": None, "document": d, "version": 1, "updated_at": now}
+        {
+            "patient_key": k,
+            "alias_of": None,
+            "document": d,
+            "version": 1,
+            "updated_at": now,
+            "close_check_at": checks.get(k),
+        }
         for k, d in documents.items()
     ]
     rows += [
-        {"patient_key": k, "alias_of": a, "document": None, "version": 1, "updated_at": now}
+        {
+            "patient_key": k,
+            "alias_of": a,
+            "document": None,
+            "version": 1,
+            "updated_at": now,
+            "close_check_at": None,
+        }
         for k, a in aliases.items()
         if k not in documents
     ]
@@ -147,6 +167,7 @@ def write_states(
             "document": insert.excluded.document,
             "version": _s.c.version + 1,
             "updated_at": insert.excluded.updated_at,
+            "close_check_at": insert.excluded.close_check_at,
         },
     )
     connection.execute(statement, rows)

@@ -121,7 +121,16 @@ def _build(connection: Connection, registry: MappingRegistry, groups: list[Any])
             select(_t).where(_t.c.case_id == g.case_id, _group == g.grp).order_by(_t.c.id)
         ).all()
         steps = [
-            ChangeStep(r.rule, r.action, r.target, r.event, r.message_control_id) for r in rows
+            ChangeStep(
+                r.rule,
+                r.action,
+                r.target,
+                r.event,
+                r.message_control_id,
+                r.message_key,
+                r.inbox_message_id,
+            )
+            for r in rows
         ]
         out.append(
             provenance(
