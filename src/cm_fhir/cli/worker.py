@@ -40,6 +40,7 @@ _SCHEMA = typer.Option(
 def _summary(result: BatchResult) -> str:
     return (
         f"processed {result.processed}, ignored {result.ignored}, failed {result.failed}, "
+        f"needs attention {result.needs_attention}, "
         f"retried {result.retried}, dead-lettered {result.dead_lettered}; "
         f"outbox {result.outbox}, trace {result.trace}, "
         f"resources written {result.resources_written}, removed {result.resources_removed}"
