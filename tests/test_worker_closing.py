@@ -238,3 +238,24 @@ def test_the_service_hands_the_closing_and_processing_id_settings_to_its_workers
     assert isinstance(worker, Worker)
     assert worker.config.close_check_seconds == 7.5
     assert worker.config.apply_processing_ids == frozenset({"P", "T"})
+
+
+async def test_closing_a_merged_patient_keeps_its_alias_rows(worker_engine: AsyncEngine) -> None:
+    survivor = Visit(mrn="MRN-CM1", visit="VCM1")
+    prior = Visit(mrn="MRN-CM2", visit="VCM2")
+    await ingest(
+        worker_engine,
+        [
+            prior.raw("A01", "CM-0", hours(0)),
+            *discharged(survivor),
+            survivor.raw("A40", "CM-9", hours(60), prior_mrn=prior.mrn),
+        ],
+    )
+    await settle_worker(worker_engine)
+    before = {r.patient_key: r for r in await rows(worker_engine, patient_states)}
+    (alias,) = [r for r in before.values() if r.alias_of]
+    result = await Worker(worker_engine, WorkerConfig()).close_due()
+    assert result.closed == 1  # the survivor's discharged case; the prior visit's stays open
+    after = {r.patient_key: r for r in await rows(worker_engine, patient_states)}
+    assert after[alias.patient_key] == alias  # not rewritten, so never locked by closing
+    assert sorted((await statuses(worker_engine)).values()) == ["active", "closed"]

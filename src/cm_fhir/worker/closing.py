@@ -85,7 +85,7 @@ class CaseCloser:
             if not outcome.changed_cases:
                 later[key] = next_close_check(book.state(key), self.rules, now)
                 continue
-            primary = book.file(key, outcome.state)
+            primary = book.replace(key, outcome.state)  # alias rows stay untouched (unlocked)
             closed.add(primary)
             changes.file(outcome, built, primary, hashes, inbox_id=None, message_key=None)
             result.closed += sum(c.status == CaseStatus.CLOSED for c in outcome.changed_cases)
