@@ -10,7 +10,8 @@ not close a case twice.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
+import re
+from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
@@ -112,12 +113,29 @@ async def test_a_due_case_closes_once_through_the_write_path(worker_engine: Asyn
     assert len(await closing_trace(worker_engine)) == 1
 
 
+def in_new_york(raw: str) -> str:
+    """The message with its times written at UTC-5 (the same instants)."""
+    zone = timezone(timedelta(hours=-5))
+    return re.sub(
+        r"(\d{14})\+0000",
+        lambda m: (
+            datetime.strptime(m.group(1), "%Y%m%d%H%M%S")
+            .replace(tzinfo=UTC)
+            .astimezone(zone)
+            .strftime("%Y%m%d%H%M%S-0500")
+        ),
+        raw,
+    )
+
+
+@pytest.mark.parametrize("local", [False, True], ids=["utc", "utc-5"])
 async def test_only_due_states_are_checked_and_the_deadline_is_kept(
-    worker_engine: AsyncEngine,
+    worker_engine: AsyncEngine, local: bool
 ) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     recent = Visit(mrn="MRN-CL2", visit="VCL2")
-    await ingest(worker_engine, discharged(recent, at=now - timedelta(days=1)))
+    messages = discharged(recent, at=now - timedelta(days=1))
+    await ingest(worker_engine, [in_new_york(m) for m in messages] if local else messages)
     await settle_worker(worker_engine)
     (state,) = [r for r in await rows(worker_engine, patient_states) if r.document]
     deadline = now - timedelta(days=1) + CLOSE_AFTER
@@ -129,7 +147,10 @@ async def test_only_due_states_are_checked_and_the_deadline_is_kept(
     assert early.checked == 0
     late = await worker.close_due(now=deadline)
     assert (late.checked, late.closed) == (1, 1)
-    assert list((await statuses(worker_engine)).values()) == ["closed"]
+    (row,) = await rows(worker_engine, cases)
+    assert row.status == "closed"
+    assert aware(row.opened_at) == now - timedelta(days=4)  # the A01, as an instant
+    assert aware(row.closed_at) == deadline
 
 
 async def test_follow_up_done_through_the_api_closes_at_the_next_check(

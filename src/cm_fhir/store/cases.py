@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -173,8 +173,13 @@ def write_states(
     connection.execute(statement, rows)
 
 
+def _utc(value: datetime) -> datetime:
+    """In UTC: SQLite stores a datetime's wall time without its offset."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value
+
+
 def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime) -> None:
-    """Insert or update the ``cases`` rows (the version counts the updates)."""
+    """Insert or update the ``cases`` rows (the version counts the updates; times in UTC)."""
     if not rows:
         return
     values = [
@@ -185,8 +190,8 @@ def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime)
             "programme": r.programme,
             "team": r.team,
             "owner": r.owner,
-            "opened_at": r.opened_at,
-            "closed_at": r.closed_at,
+            "opened_at": _utc(r.opened_at),
+            "closed_at": _utc(r.closed_at) if r.closed_at is not None else None,
             "updated_at": now,
             "version": 1,
             "last_bundle_sha256": r.last_bundle_sha256,

@@ -11,7 +11,7 @@ closes nothing reschedules the same way, so a case is never checked in a loop.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from cm_fhir.domain.codes import CaseStatus
 from cm_fhir.mapping.rules import DischargeRules
@@ -32,4 +32,5 @@ def next_close_check(state: PatientState, rules: DischargeRules, now: datetime) 
         for visit in state.visits
         if visit.case_id is not None and (case := waiting.get(visit.case_id)) is not None
     ]
-    return min((d for d in deadlines if d > now), default=None)
+    due = min((d for d in deadlines if d > now), default=None)
+    return due.astimezone(UTC) if due is not None else None  # SQLite keeps no offset: store UTC
