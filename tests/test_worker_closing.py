@@ -13,6 +13,7 @@ import asyncio
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
+import httpx
 import orjson
 import pytest
 from sqlalchemy import text
@@ -280,3 +281,30 @@ async def test_closing_a_merged_patient_keeps_its_alias_rows(worker_engine: Asyn
     after = {r.patient_key: r for r in await rows(worker_engine, patient_states)}
     assert after[alias.patient_key] == alias  # not rewritten, so never locked by closing
     assert sorted((await statuses(worker_engine)).values()) == ["active", "closed"]
+
+
+async def test_a_closing_is_one_provenance_naming_its_rule_and_what_it_withdrew(
+    worker_engine: AsyncEngine, worker_http: httpx.AsyncClient
+) -> None:
+    await ingest(worker_engine, discharged(Visit(mrn="MRN-CP1", visit="VCP1")))
+    await settle_worker(worker_engine)
+    await Worker(worker_engine, WorkerConfig()).close_due()
+    withdrawn = [
+        r.target
+        for r in await rows(worker_engine, trace)
+        if r.rule == "discharge.close_after" and r.target
+    ]
+    assert len(withdrawn) >= 2  # the open tasks and the referral
+
+    found = (await worker_http.get("/fhir/Provenance", params={"_count": "50"})).json()
+    resources = [e["resource"] for e in found["entry"]]
+    closings = [p for p in resources if "discharge.close_after" in p["activity"]["text"]]
+    assert len(closings) == 1
+    (closing,) = closings
+    assert "entity" not in closing  # no inbox message caused it
+    assert "case-closed" in closing["activity"]["text"]
+    kinds = [t["reference"].split("/")[0] for t in closing["target"]]
+    assert kinds[0] == "EpisodeOfCare"
+    assert kinds.count("Task") >= len(withdrawn)  # tasks, and each referral's fulfilment Task
+    read = await worker_http.get(f"/fhir/Provenance/{closing['id']}")
+    assert read.json() == closing

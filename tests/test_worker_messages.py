@@ -9,17 +9,13 @@ facade's Provenance) and replay through the API.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.api.app import create_app
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mllp_client import read_ack
-from cm_fhir.settings import Settings
 from cm_fhir.store.queue import message_key
 from cm_fhir.workflow import Outcome, PatientState, apply_event
 from worker_fixtures import (
@@ -32,23 +28,6 @@ from worker_fixtures import (
     trace,
 )
 from workflow_messages import Visit, hours
-
-API_KEY = "test-key-0123456789abcdef"
-
-
-@pytest.fixture
-async def http(
-    worker_engine: AsyncEngine, api_settings: Settings
-) -> AsyncIterator[httpx.AsyncClient]:
-    """The API over the worker's database."""
-    app = create_app(api_settings, engine=worker_engine)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app)
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with httpx.AsyncClient(
-            transport=transport, base_url="http://cm-fhir.test", headers=headers
-        ) as client:
-            yield client
 
 
 def processing(raw: str, processing_id: str) -> str:
@@ -115,7 +94,7 @@ async def test_a_worker_told_to_apply_training_messages_applies_them(
 
 
 async def test_trace_and_provenance_tell_apart_messages_that_reuse_a_control_id(
-    worker_engine: AsyncEngine, http: httpx.AsyncClient
+    worker_engine: AsyncEngine, worker_http: httpx.AsyncClient
 ) -> None:
     visit = Visit(mrn="MRN-R1", visit="VR1")
     await ingest(worker_engine, [visit.raw("A01", "SAME", hours(0))])
@@ -132,7 +111,7 @@ async def test_trace_and_provenance_tell_apart_messages_that_reuse_a_control_id(
     for row in await rows(worker_engine, trace):
         assert row.message_key == keys[row.inbox_message_id]
 
-    bundle = (await http.get("/fhir/Provenance")).json()
+    bundle = (await worker_http.get("/fhir/Provenance")).json()
     entities = [e for entry in bundle["entry"] for e in entry["resource"].get("entity", [])]
     named = {e["what"]["identifier"]["value"]: e["what"]["display"] for e in entities}
     assert set(named) == set(keys.values())
@@ -157,7 +136,7 @@ class FixedVisit:
 
 
 async def test_an_event_without_a_visit_needs_attention_and_replays(
-    worker_engine: AsyncEngine, http: httpx.AsyncClient
+    worker_engine: AsyncEngine, worker_http: httpx.AsyncClient
 ) -> None:
     nowhere = Visit(mrn="MRN-NA1", visit="")
     await ingest(worker_engine, [nowhere.raw("A01", "NA1", hours(0))])
@@ -169,19 +148,19 @@ async def test_an_event_without_a_visit_needs_attention_and_replays(
     assert nowhere.mrn not in row.reason
     assert await rows(worker_engine, cases) == []
 
-    listed = (await http.get("/api/messages", params={"state": "needs_attention"})).json()
+    listed = (await worker_http.get("/api/messages", params={"state": "needs_attention"})).json()
     assert [m["id"] for m in listed["items"]] == [row.id]
-    metrics = (await http.get("/metrics")).text
+    metrics = (await worker_http.get("/metrics")).text
     assert metric(metrics, "cm_fhir_inbox_depth", state="needs_attention") == 1.0
     assert metric(metrics, "cm_fhir_workflow_flags_total", flag="no-visit-number") == 1.0
 
     # replayed unchanged, it needs attention again (not "processed" as a duplicate)
-    assert (await http.post(f"/api/messages/{row.id}/replay")).json()["replayed"] == [row.id]
+    assert (await worker_http.post(f"/api/messages/{row.id}/replay")).json()["replayed"] == [row.id]
     await settle_worker(worker_engine)
     (row,) = await rows(worker_engine, inbox_messages)
     assert row.state == "needs_attention"
     # replayed after a fix, it is applied
-    await http.post(f"/api/messages/{row.id}/replay")
+    await worker_http.post(f"/api/messages/{row.id}/replay")
     await settle_worker(worker_engine, apply=FixedVisit())
     (row,) = await rows(worker_engine, inbox_messages)
     assert (row.state, row.reason) == ("processed", None)
@@ -189,7 +168,7 @@ async def test_an_event_without_a_visit_needs_attention_and_replays(
 
 
 async def test_unmapped_dispositions_are_counted(
-    worker_engine: AsyncEngine, http: httpx.AsyncClient
+    worker_engine: AsyncEngine, worker_http: httpx.AsyncClient
 ) -> None:
     first = Visit(mrn="MRN-UD1", visit="VUD1")
     second = Visit(mrn="MRN-UD2", visit="VUD2")
@@ -205,6 +184,6 @@ async def test_unmapped_dispositions_are_counted(
     await settle_worker(worker_engine)
     states = {r.control_id: r.state for r in await rows(worker_engine, inbox_messages)}
     assert set(states.values()) == {"processed"}  # applied: a generic task, flagged
-    metrics = (await http.get("/metrics")).text
+    metrics = (await worker_http.get("/metrics")).text
     assert metric(metrics, "cm_fhir_workflow_flags_total", flag="unmapped-disposition") == 1.0
     assert metric(metrics, "cm_fhir_workflow_flags_total", flag="no-visit-number") == 0.0
