@@ -28,6 +28,7 @@ from cm_fhir.domain import (
     Case,
     CaseManagementModel,
     CaseStatus,
+    ClosingReason,
     Code,
     Coverage,
     DischargeNeed,
@@ -63,6 +64,7 @@ from cm_fhir.domain import (
     TaskIntent,
     TaskStatus,
 )
+from cm_fhir.domain.case import FINAL_CASE_STATUSES
 
 T = TypeVar("T")
 Draw = Any  # hypothesis' DrawFn; kept loose so the composites stay readable
@@ -85,7 +87,7 @@ IDENTIFIER_SYSTEMS = (
     "https://payer.example.org/sid/member",
 )
 UCUM = (("mg/dL", "mg/dL"), ("%", "%"), ("mm[Hg]", "mm[Hg]"), ("m", "m"), (None, None))
-FINAL = frozenset({CaseStatus.CLOSED, CaseStatus.CANCELLED})
+FINAL = FINAL_CASE_STATUSES
 
 # Letters, digits, punctuation, symbols and the plain space: FHIR strings refuse control
 # characters and other whitespace.
@@ -309,6 +311,7 @@ def outcomes(draw: Draw) -> OutcomeEvaluation:
         readmissions=draw(st.integers(0, 3)),
         ed_visits=draw(st.integers(0, 5)),
         summary=draw(maybe(text)),
+        closing_reason=draw(maybe(st.sampled_from(ClosingReason))),
     )
 
 
