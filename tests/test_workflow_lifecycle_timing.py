@@ -143,6 +143,26 @@ def test_planning_work_done_before_discharge_is_left_alone() -> None:
     assert only_case(state).task("dme-p1").status == TaskStatus.COMPLETED
 
 
+def test_planning_holds_across_a_cancelled_discharge() -> None:
+    state, outcomes = run(
+        [
+            V.adt("A01", "C1", hours(0)),
+            V.adt("A16", "C2", hours(20), expected=EXPECTED),
+            V.adt("A03", "C3", hours(40), disposition="01", discharge=hours(40)),
+            V.adt("A13", "C4", hours(41)),
+            V.adt("A16", "C5", hours(45)),
+            V.adt("A03", "C6", hours(60), disposition="01", discharge=hours(60)),
+        ]
+    )
+    tasks = {t.id: t.status for t in only_case(state).tasks}
+    # one follow-up booking for the visit: planned before the first discharge, still open
+    assert [i for i in tasks if i.startswith("follow-up-p")] == ["follow-up-p1"]
+    assert tasks["follow-up-p1"] == TaskStatus.REQUESTED
+    assert tasks["med-rec-d1"] == TaskStatus.CANCELLED
+    assert tasks["med-rec-d2"] == TaskStatus.REQUESTED
+    assert not [t for t in outcomes[4].trace if t.action == "task-created"]
+
+
 # -- dispositions --------------------------------------------------------------------------------
 
 

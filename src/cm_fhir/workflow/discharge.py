@@ -52,6 +52,7 @@ __all__ = [
     "live_referrals",
     "plan_discharge",
     "planning_effects",
+    "rule_name",
 ]
 
 #: Business status of planning work A03 cancels because the patient left before it was done.
@@ -74,8 +75,24 @@ def due_before_discharge(
 
 
 def planning_effects(visit: VisitMemory, sequence: int) -> list[EventEffect]:
-    """The live pre-discharge effects of one discharge sequence."""
-    return [e for e in visit.live_effects(EffectKind.PENDING_DISCHARGE) if e.sequence == sequence]
+    """The live planning effects for discharge ``sequence``: its own, and those of earlier
+    discharges that A13 cancelled (that planning still holds for the next discharge)."""
+    done = {e.sequence for e in visit.live_effects(EffectKind.DISCHARGE) if e.sequence < sequence}
+    return [
+        e
+        for e in visit.live_effects(EffectKind.PENDING_DISCHARGE)
+        if e.sequence <= sequence and e.sequence not in done
+    ]
+
+
+def _planned(visit: VisitMemory, sequence: int) -> set[str]:
+    """The rule names of the planning tasks that hold for discharge ``sequence``."""
+    return {rule_name(i) for e in planning_effects(visit, sequence) for i in e.task_ids}
+
+
+def rule_name(task_id: str) -> str:
+    """The rule a planning task came from: ``dme`` for ``dme-p1`` or ``dme-p2r1``."""
+    return task_id.rsplit("-p", 1)[0]
 
 
 def live_referrals(case: Case, ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -111,7 +128,10 @@ def plan_discharge(step: Step, visit: VisitMemory, *, pending: bool) -> VisitMem
     team = team_party(step.rules, visit.team)
     created: list[str] = []
     if pending or visit.expected_discharge is not None:
+        planned = _planned(visit, sequence)
         for name, rule in step.rules.pending_discharge.tasks.items():
+            if name in planned:
+                continue
             task_id = facts.item_id(name, tag)
             due = due_before_discharge(step, visit, rule.due, rule.before_discharge)
             rule_path = f"pending_discharge.tasks.{name}"
@@ -203,7 +223,10 @@ def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
     plan_before = case.discharge_plan
     case = _settle_planning(step, visit, case, sequence)
     task_ids: list[str] = []
+    planned = _planned(visit, sequence)
     for name in rules.discharge.catch_up:
+        if name in planned:
+            continue
         rule = rules.pending_discharge.tasks[name]
         task_id = facts.item_id(name, _planning_tag(visit, sequence))
         case, added = step.add_task(case, "discharge.catch_up", rule, task_id, team)
@@ -249,7 +272,7 @@ def _settle_planning(step: Step, visit: VisitMemory, case: Case, sequence: int) 
         for task in case.tasks:
             if task.id not in effect.task_ids or not task.is_open:
                 continue
-            name = task.id.rsplit("-p", 1)[0]
+            name = rule_name(task.id)
             how = rules[name].at_discharge if name in rules else "flag"
             if how == "cancel":
                 cancel.append(task.id)
