@@ -71,6 +71,37 @@ def test_referral_starts_on_a_pre_discharge_disposition_and_is_due_before_discha
     assert case.discharge_plan.status == PlanStatus.ACTIVE
 
 
+def test_a_rule_at_admission_starts_the_referral(tmp_path: Path) -> None:
+    (tmp_path / "discharge-rules.yaml").write_text(
+        "admission:\n  post_acute:\n"
+        "    - when: {hospital_service: [ORT]}\n      disposition: home-health\n"
+        "    - when: {hospital_service: [MED]}\n      disposition: inpatient-rehab\n",
+        encoding="utf-8",
+    )
+    site = load_discharge_rules(tmp_path)
+    state = PatientState()
+    outcomes = []
+    for event in (
+        V.adt("A01", "R1", hours(0), expected=EXPECTED),  # PV1-10 is MED
+        V.adt("A08", "R2", hours(5), expected=EXPECTED),  # no new referral on later events
+        V.adt("A03", "R3", hours(80), disposition="62", discharge=hours(80)),
+    ):
+        outcome = apply_event(event, state, site, now=NOW)
+        outcomes.append(outcome)
+        state = outcome.state
+    case = only_case(state)
+    (referral,) = case.referrals
+    assert referral.id == "referral-inpatient-rehab-p1"
+    assert referral.type == ReferralType.REHABILITATION
+    assert referral.authored_on == hours(0)
+    assert referral.due < EXPECTED_DAY
+    assert any(t.rule == "admission.post_acute[1]" for t in outcomes[0].trace)
+    assert Flag.LATE_REFERRAL not in outcomes[2].flags
+    # without a matching rule nothing starts at admission
+    state, _ = run([V.adt("A01", "R4", hours(0))])
+    assert only_case(state).referrals == ()
+
+
 def test_a_changed_disposition_replaces_the_referral() -> None:
     state, outcomes = run(
         [
@@ -289,6 +320,11 @@ def test_without_close_when_follow_up_done_only_the_clock_closes(tmp_path: Path)
             "cancel",
         ),
         ("death:\n  tasks:\n    wake:\n      kind: party\n", "death.tasks.wake", ""),
+        (
+            "admission:\n  post_acute:\n    - when: {age: {min: 80}}\n      disposition: moon\n",
+            "admission.post_acute[0].disposition",
+            "hospice",
+        ),
         (
             "discharge:\n  unmapped_disposition: {}\n",
             "discharge.unmapped_disposition",

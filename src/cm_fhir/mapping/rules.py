@@ -52,6 +52,7 @@ __all__ = [
     "IdentityRules",
     "PartySpec",
     "PendingDischargeRules",
+    "PostAcuteRule",
     "PreAdmissionRules",
     "ReferralRule",
     "TaskRule",
@@ -215,9 +216,19 @@ class IdentityRules(Rules):
     screening_criterion_system: NoSpace
 
 
+class PostAcuteRule(Rules):
+    """A disposition known from the admission itself: when ``when`` holds, plan ``disposition``."""
+
+    when: Criterion
+    disposition: Disposition
+
+
 class AdmissionRules(Rules):
     initial_assessment: TaskRule
     payer_notification: TaskRule | None = None
+    post_acute: list[PostAcuteRule] = Field(
+        default_factory=list, description="First match starts the disposition's referral"
+    )
 
 
 class TransferRules(Rules):

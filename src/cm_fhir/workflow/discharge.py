@@ -1,18 +1,17 @@
-"""Discharge: the planning before it, the work it creates, undoing it on A13, and closing. Pure.
+"""Discharge: the planning before it, the work it creates, and undoing it on A13. Pure.
 
 Planning starts as soon as the discharge is known. A16, or a PV2-9 expected discharge date on any
 event, sets the plan's expected date and creates the discharge-planning tasks once per discharge
-(among them booking the follow-up visit); a PV1-36 disposition on any event before the discharge
-starts the post-acute referral it maps to. Work with ``before_discharge`` is due that long before
-the expected discharge day. A03 records the discharge, settles the planning work still open
-(cancel, flag or keep, per task rule), creates the post-discharge tasks, the catch-up tasks no
-planning created, and the post-acute referral if none was arranged for that disposition (flagged
-late); it activates the plan and moves the case to ``transition``. An unmapped disposition creates
-no work and is flagged. A qualifying discharge of a visit without a case opens one in
-``transition``. A13 cancels exactly the work of the discharge it cancels and puts the case back to
-``active``; when that discharge opened the case, the case gets the admission work, as if the admit
-had come first. :func:`close_due_cases` closes cases whose follow-up work is done, or whose time
-in transition is up.
+(among them booking the follow-up visit). A PV1-36 disposition on any event before the discharge,
+or an ``admission.post_acute`` rule at the admission, starts the post-acute referral of that
+disposition. Work with ``before_discharge`` is due that long before the expected discharge day.
+A03 records the discharge, settles the planning work still open (cancel, flag or keep, per task
+rule), creates the post-discharge tasks, the catch-up tasks no planning created, and the
+post-acute referral if none was arranged for that disposition (flagged late); it activates the
+plan and moves the case to ``transition``. An unmapped disposition creates no work and is flagged.
+A qualifying discharge of a visit without a case opens one in ``transition``. A13 cancels exactly
+the work of the discharge it cancels and puts the case back to ``active``; when that discharge
+opened the case, the case gets the admission work, as if the admit had come first.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from zoneinfo import ZoneInfo
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import CaseStatus, Disposition, PlanStatus
-from cm_fhir.domain.task import OPEN_TASK_STATUSES
-from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step, revalidated
 from cm_fhir.workflow.admission import (
@@ -31,22 +28,14 @@ from cm_fhir.workflow.admission import (
     open_visit_case,
     refresh_case,
     screen_visit,
+    screening_facts,
     team_party,
 )
-from cm_fhir.workflow.state import (
-    EffectKind,
-    EventEffect,
-    Flag,
-    Outcome,
-    PatientState,
-    VisitMemory,
-    changed_cases,
-    latest,
-)
+from cm_fhir.workflow.screening import screen
+from cm_fhir.workflow.state import EffectKind, EventEffect, Flag, VisitMemory, latest
 
 __all__ = [
     "cancel_discharge",
-    "close_due_cases",
     "discharge",
     "due_before_discharge",
     "live_referrals",
@@ -154,19 +143,25 @@ def plan_discharge(step: Step, visit: VisitMemory, *, pending: bool) -> VisitMem
 def _early_referral(
     step: Step, visit: VisitMemory, case: Case, sequence: int, tag: str
 ) -> tuple[str, ...]:
-    """A PV1-36 disposition before the discharge: start (or switch) the post-acute referral."""
+    """A PV1-36 disposition before the discharge, or an ``admission.post_acute`` rule at the
+    admission: start (or switch) the post-acute referral."""
     event = step.event
     code = event.visit.discharge_disposition if event and event.visit else None
     plan = case.discharge_plan
-    if code is None or plan is None:
+    if plan is None:
         return ()
-    if not code.mapped or code.target is None:
+    if code is None:
+        chosen = _admission_disposition(step, visit, plan.disposition)
+        if chosen is None:
+            return ()
+    elif not code.mapped or code.target is None:
         flag = Flag.UNMAPPED_DISPOSITION
         step.note(
             "adt-concept-maps.discharge_disposition", "unmapped-disposition", case.id, None, flag
         )
         return ()
-    chosen = Disposition(code.target)
+    else:
+        chosen = Disposition(code.target)
     if plan.disposition == chosen:
         return ()
     earlier = [i for e in planning_effects(visit, sequence) for i in e.referral_ids]
@@ -190,6 +185,25 @@ def _early_referral(
     path = f"discharge.referrals.{chosen.value}"
     _, added = step.add_referral(case, path, rule, ref_id, requester, due)
     return (ref_id,) if added else ()
+
+
+def _admission_disposition(
+    step: Step, visit: VisitMemory, known: Disposition | None
+) -> Disposition | None:
+    """At an admission whose plan names no disposition yet: the first matching rule's."""
+    event = step.event
+    if event is None or event.event not in _ADMISSIONS or known is not None:
+        return None
+    found = screening_facts(step, visit)
+    for i, rule in enumerate(step.rules.admission.post_acute):
+        # A rule's condition is a screening criterion, evaluated the way screening does.
+        if screen(found, step.rules.model_copy(update={"screening": rule.when})).eligible:
+            step.note(f"admission.post_acute[{i}]", f"disposition-{rule.disposition.value}")
+            return rule.disposition
+    return None
+
+
+_ADMISSIONS = frozenset({"A01", "A04", "A05", "A06", "A14"})
 
 
 def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
@@ -365,79 +379,3 @@ def cancel_discharge(step: Step, visit: VisitMemory) -> VisitMemory:
         step.note("event.A13", "case-admitted", case.id)
         return admission_work(step, cleared, case, opened=True)
     return cleared
-
-
-def close_due_cases(state: PatientState, rules: DischargeRules, now: datetime) -> Outcome:
-    """Close the cases in transition whose follow-up work is done, or whose time is up.
-
-    The follow-up work is what the latest discharge created, before and at the discharge (its
-    tasks and referrals), or the death tasks of a patient who died. Work still open when
-    ``close_after`` ends is cancelled; referrals whose fulfilment is done are completed.
-    """
-    step = Step(state, rules, now)
-    for visit in state.visits:
-        case = step.open_case_of(visit)
-        work = _follow_up_work(visit)
-        if case is None or case.status != CaseStatus.TRANSITION or work is None:
-            continue
-        task_ids, referral_ids = work
-        done = rules.discharge.close_when_follow_up_done and _done(case, task_ids, referral_ids)
-        start = visit.discharge_time or case.status_history[-1].start
-        expired = now >= start + rules.discharge.close_after
-        if not (done or expired):
-            continue
-        rule = "discharge.close_when_follow_up_done" if done else "discharge.close_after"
-        if not done:
-            still_open = tuple(t.id for t in case.tasks if t.is_open)
-            live = tuple(r.id for r in case.referrals if r.fulfilment_status in OPEN_TASK_STATUSES)
-            case = step.withdraw(case, still_open, live_referrals(case, live), "cancel", rule)
-        case = _complete_plan(case)
-        step.cases[case.id] = case
-        step.move(case, CaseStatus.CLOSED, rule)
-    after = step.state()
-    return Outcome(
-        state=after,
-        changed_cases=changed_cases(state, after),
-        trace=tuple(step.trace),
-        lock_keys=state.patient_keys,
-    )
-
-
-def _follow_up_work(visit: VisitMemory) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """The task and referral ids whose completion lets the case close; None if not discharged."""
-    effects = visit.live_effects(EffectKind.DEATH)
-    if not effects:
-        discharges = visit.live_effects(EffectKind.DISCHARGE)
-        if not discharges:
-            return None
-        sequence = discharges[-1].sequence
-        effects = [*planning_effects(visit, sequence), discharges[-1]]
-    tasks = tuple(i for e in effects for i in e.task_ids)
-    referrals = tuple(i for e in effects for i in e.referral_ids)
-    return tasks, referrals
-
-
-def _done(case: Case, task_ids: tuple[str, ...], referral_ids: tuple[str, ...]) -> bool:
-    tasks_done = all(t.status not in OPEN_TASK_STATUSES for t in case.tasks if t.id in task_ids)
-    live = live_referrals(case, referral_ids)
-    referrals_done = all(
-        r.fulfilment_status not in OPEN_TASK_STATUSES for r in case.referrals if r.id in live
-    )
-    return tasks_done and referrals_done
-
-
-def _complete_plan(case: Case) -> Case:
-    """At closing: the active discharge plan and the fulfilled live referrals are completed."""
-    update: dict[str, object] = {}
-    plan = case.discharge_plan
-    if plan is not None and plan.status == PlanStatus.ACTIVE:
-        update["discharge_plan"] = plan.model_copy(update={"status": PlanStatus.COMPLETED})
-    live = set(live_referrals(case, [r.id for r in case.referrals]))
-    if live:
-        update["referrals"] = tuple(
-            r.model_copy(update={"status": PlanStatus.COMPLETED})
-            if r.id in live and r.fulfilment_status not in OPEN_TASK_STATUSES
-            else r
-            for r in case.referrals
-        )
-    return revalidated(case, **update) if update else case

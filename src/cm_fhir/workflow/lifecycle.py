@@ -38,7 +38,13 @@ from cm_fhir.workflow.admission import (
 )
 from cm_fhir.workflow.discharge import discharge, live_referrals, plan_discharge, planning_effects
 from cm_fhir.workflow.screening import screen
-from cm_fhir.workflow.state import EffectKind, EventEffect, Flag, VisitMemory, latest
+from cm_fhir.workflow.state import (
+    EffectKind,
+    EventEffect,
+    Flag,
+    VisitMemory,
+    latest,
+)
 
 __all__ = [
     "cancel_pending_discharge",
