@@ -258,6 +258,9 @@ def test_a_referral_arranged_before_discharge_must_be_done_before_the_case_close
     assert case.referrals[0].status == PlanStatus.COMPLETED
     assert case.discharge_plan is not None
     assert case.discharge_plan.status == PlanStatus.COMPLETED
+    # admission work nobody finished does not stay open on a closed case
+    assert case.task("initial-assessment").status == TaskStatus.CANCELLED
+    assert case.task("initial-assessment").business_status == "the case closed"
 
 
 def test_close_after_cancels_what_is_still_open_including_early_referrals() -> None:

@@ -3,7 +3,7 @@
 A case in ``transition`` closes once the work of its latest discharge is done (the planning and
 discharge tasks and the referral of that discharge; for a patient who died, the ``death`` tasks),
 when ``discharge.close_when_follow_up_done`` is on; or ``discharge.close_after`` after the
-discharge, when whatever is still open is cancelled. Fulfilled live referrals and an active
+discharge. Whatever is still open at closing is cancelled. Fulfilled live referrals and an active
 discharge plan are completed at closing. Cases in any other status never close on the clock.
 """
 
@@ -21,13 +21,17 @@ from cm_fhir.workflow.state import EffectKind, Outcome, PatientState, VisitMemor
 
 __all__ = ["close_due_cases"]
 
+#: Business status of work cancelled because its case closed.
+CASE_CLOSED = "the case closed"
+
 
 def close_due_cases(state: PatientState, rules: DischargeRules, now: datetime) -> Outcome:
     """Close the cases in transition whose follow-up work is done, or whose time is up.
 
     The follow-up work is what the latest discharge created, before and at the discharge (its
-    tasks and referrals), or the death tasks of a patient who died. Work still open when
-    ``close_after`` ends is cancelled; referrals whose fulfilment is done are completed.
+    tasks and referrals), or the death tasks of a patient who died. Work still open at closing
+    (any of it when ``close_after`` ends; otherwise work outside the follow-up, such as an
+    unfinished admission task) is cancelled; referrals whose fulfilment is done are completed.
     """
     step = Step(state, rules, now)
     for visit in state.visits:
@@ -42,10 +46,11 @@ def close_due_cases(state: PatientState, rules: DischargeRules, now: datetime) -
         if not (done or expired):
             continue
         rule = "discharge.close_when_follow_up_done" if done else "discharge.close_after"
-        if not done:
-            still_open = tuple(t.id for t in case.tasks if t.is_open)
-            live = tuple(r.id for r in case.referrals if r.fulfilment_status in OPEN_TASK_STATUSES)
-            case = step.withdraw(case, still_open, live_referrals(case, live), "cancel", rule)
+        still_open = tuple(t.id for t in case.tasks if t.is_open)
+        live = tuple(r.id for r in case.referrals if r.fulfilment_status in OPEN_TASK_STATUSES)
+        live = live_referrals(case, live)
+        if still_open or live:
+            case = step.withdraw(case, still_open, live, "cancel", rule, CASE_CLOSED)
         case = _complete_plan(case)
         step.cases[case.id] = case
         step.move(case, CaseStatus.CLOSED, rule)
