@@ -221,6 +221,7 @@ def assessments(draw: Draw, assessment_id: str) -> Assessment:
 
 @st.composite
 def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) -> Task:
+    due = draw(instants)
     return Task(
         id=task_id,
         kind=draw(st.sampled_from(ActivityKind)),
@@ -231,7 +232,8 @@ def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) ->
         owner=draw(parties()),
         requester=draw(maybe(parties())),
         authored_on=draw(instants),
-        due=draw(instants),
+        not_before=start if (start := draw(maybe(instants))) is not None and start <= due else None,
+        due=due,
         business_status=draw(maybe(text)),
         care_plan=draw(maybe(st.sampled_from(plan_ids))) if plan_ids else None,
         focus_goal=draw(maybe(st.sampled_from(goal_ids))) if goal_ids else None,

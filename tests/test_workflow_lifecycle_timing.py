@@ -9,9 +9,11 @@ import pytest
 
 from cm_fhir.domain import Case, CaseStatus, PlanStatus, ReferralType, TaskStatus
 from cm_fhir.errors import MappingSpecError
+from cm_fhir.fhir import case_to_resources
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.adt_maps import load_adt_concept_maps
+from cm_fhir.mapping.registry import default_registry
 from cm_fhir.mapping.rules import load_discharge_rules
 from cm_fhir.workflow import Flag, PatientState, apply_event, close_due_cases
 from workflow_messages import NOW, Visit, hours, rules, run
@@ -159,6 +161,16 @@ def test_follow_up_is_booked_before_discharge_and_open_planning_is_settled_per_r
     call = tasks["follow-up-call-d1"]
     assert call.kind.value == "follow-up-call"
     assert call.due == hours(90) + timedelta(hours=72)
+    assert call.not_before == hours(90) + timedelta(hours=48)  # a 48-72 h window
+    (fhir_call,) = [
+        r
+        for r in case_to_resources(case, default_registry())
+        if r["resourceType"] == "Task" and r["identifier"][0]["value"].endswith("follow-up-call-d1")
+    ]
+    assert fhir_call["restriction"]["period"] == {
+        "start": "2024-03-11T03:00:00+00:00",
+        "end": "2024-03-12T03:00:00+00:00",
+    }
     assert "48 to 72 hours" in call.description
 
 
@@ -323,6 +335,11 @@ def test_without_close_when_follow_up_done_only_the_clock_closes(tmp_path: Path)
             "cancel",
         ),
         ("death:\n  tasks:\n    wake:\n      kind: party\n", "death.tasks.wake", ""),
+        (
+            "discharge:\n  tasks:\n    follow-up-call:\n      not_before: 4d\n",
+            "discharge.tasks.follow-up-call",
+            "later than due",
+        ),
         (
             "admission:\n  post_acute:\n    - when: {age: {min: 80}}\n      disposition: moon\n",
             "admission.post_acute[0].disposition",

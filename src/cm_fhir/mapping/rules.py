@@ -118,17 +118,27 @@ AtDischarge = Literal["cancel", "flag", "keep"]
 class TaskRule(Rules):
     """One task a rule creates: its kind (a task code), text, due date and priority.
 
-    ``due`` counts from the event time; ``before_discharge`` (planning work only) brings the due
-    date forward to that long before the start of the expected discharge day, when one is known.
+    ``due`` (and ``not_before``, the start of a window) count from the event time;
+    ``before_discharge`` (planning work only) brings the due date forward to that long before the
+    start of the expected discharge day, when one is known.
     ``at_discharge`` (``pending_discharge`` tasks only) says what A03 does if the task is open.
     """
 
     kind: ActivityKind
     description: Text
     due: Duration
+    not_before: Duration | None = None
     before_discharge: Duration | None = None
     priority: Priority = Priority.ROUTINE
     at_discharge: AtDischarge = "flag"
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.not_before is not None and self.not_before > self.due:
+            raise ValueError("not_before is later than due")
+        if self.not_before is not None and self.before_discharge is not None:
+            raise ValueError("a task has not_before or before_discharge, not both")
+        return self
 
 
 class ReferralRule(Rules):

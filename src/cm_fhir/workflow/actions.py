@@ -166,6 +166,7 @@ class Step:
             priority=rule.priority,
             owner=owner,
             authored_on=self.at,
+            not_before=self.at + rule.not_before if rule.not_before is not None else None,
             due=due or self.at + rule.due,
             care_plan=plan,
         )
