@@ -124,6 +124,33 @@ def test_a_changed_disposition_replaces_the_referral() -> None:
     assert Flag.LATE_REFERRAL in outcomes[2].flags
 
 
+def test_planning_due_dates_follow_a_moved_expected_date() -> None:
+    state, outcomes = run(
+        [
+            V.adt("A01", "Y1", hours(0)),
+            V.adt("A16", "Y2", hours(20), expected=EXPECTED, disposition="03"),
+        ]
+    )
+    before = only_case(state)
+    assert before.task("dme-p1").due == hours(44)  # 24 h after the A16, before the day
+    assert before.referrals[0].due == EXPECTED_DAY - timedelta(days=1)
+    state, outcomes = run([V.adt("A08", "Y3", hours(21), expected="20240307")], state)
+    case = only_case(state)
+    new_day = datetime(2024, 3, 7, tzinfo=UTC)
+    assert case.task("dme-p1").due == new_day  # brought forward to the new day
+    assert case.task("post-acute-needs-p1").due == hours(20)  # a day before it: due at once
+    assert case.referrals[0].due == hours(20)
+    assert case.task("initial-assessment").due == before.task("initial-assessment").due
+    moved = {t.target for t in outcomes[0].trace if t.action == "due-moved"}
+    assert moved == {
+        "dme-p1",
+        "education-p1",
+        "follow-up-p1",
+        "post-acute-needs-p1",
+        case.referrals[0].id,
+    }
+
+
 def test_due_dates_never_fall_before_the_event() -> None:
     state, _ = run(
         [V.adt("A01", "Z1", hours(0)), V.adt("A16", "Z2", hours(20), expected="20240301")]

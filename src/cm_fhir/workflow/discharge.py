@@ -4,7 +4,8 @@ Planning starts as soon as the discharge is known. A16, or a PV2-9 expected disc
 event, sets the plan's expected date and creates the discharge-planning tasks once per discharge
 (among them booking the follow-up visit). A PV1-36 disposition on any event before the discharge,
 or an ``admission.post_acute`` rule at the admission, starts the post-acute referral of that
-disposition. Work with ``before_discharge`` is due that long before the expected discharge day.
+disposition. Work with ``before_discharge`` is due that long before the expected discharge day,
+and follows the day when it moves.
 A03 records the discharge, settles the planning work still open (cancel, flag or keep, per task
 rule), creates the post-discharge tasks, the catch-up tasks no planning created, and the
 post-acute referral if none was arranged for that disposition (flagged late); it activates the
@@ -51,16 +52,21 @@ DISPOSITION_CHANGED = "the discharge disposition changed"
 
 
 def due_before_discharge(
-    step: Step, visit: VisitMemory, due: timedelta, before: timedelta | None
+    step: Step,
+    visit: VisitMemory,
+    due: timedelta,
+    before: timedelta | None,
+    since: datetime | None = None,
 ) -> datetime:
-    """``due`` after the event, brought forward to ``before`` ahead of the expected discharge
-    day (00:00 in the rules' time zone) when the rule says so and the date is known; never
-    earlier than the event."""
-    at = step.at + due
+    """``due`` after ``since`` (the event), brought forward to ``before`` ahead of the expected
+    discharge day (00:00 in the rules' time zone) when the rule says so and the date is known;
+    never earlier than ``since``."""
+    start = since or step.at
+    at = start + due
     if before is None or visit.expected_discharge is None:
         return at
     day = datetime.combine(visit.expected_discharge, time(0), ZoneInfo(step.rules.timezone))
-    return max(step.at, min(at, day - before))
+    return max(start, min(at, day - before))
 
 
 def planning_effects(visit: VisitMemory, sequence: int) -> list[EventEffect]:
@@ -112,6 +118,7 @@ def plan_discharge(step: Step, visit: VisitMemory, *, pending: bool) -> VisitMem
         case = revalidated(case, discharge_plan=plan)
         step.cases[case.id] = case
         step.note("pending_discharge", "expected-date-updated", case.id, plan.id)
+        case = _follow_expected_date(step, visit, case)
     sequence = visit.discharges + 1
     tag = _planning_tag(visit, sequence)
     team = team_party(step.rules, visit.team)
@@ -138,6 +145,40 @@ def plan_discharge(step: Step, visit: VisitMemory, *, pending: bool) -> VisitMem
         referral_ids=referrals,
     )
     return visit.model_copy(update={"effects": (*visit.effects, effect)})
+
+
+def _follow_expected_date(step: Step, visit: VisitMemory, case: Case) -> Case:
+    """The expected date moved: open planning work due before it moves with it."""
+    effects = planning_effects(visit, visit.discharges + 1)
+    planned = {i for e in effects for i in (*e.task_ids, *e.referral_ids)}
+    rules = step.rules
+    tasks = []
+    for task in case.tasks:
+        rule = rules.pending_discharge.tasks.get(rule_name(task.id))
+        if task.id in planned and task.is_open and rule and rule.before_discharge is not None:
+            due = due_before_discharge(
+                step, visit, rule.due, rule.before_discharge, since=task.authored_on
+            )
+            if due != task.due:
+                task = task.model_copy(update={"due": due})
+                step.note("pending_discharge.before_discharge", "due-moved", case.id, task.id)
+        tasks.append(task)
+    disposition = case.discharge_plan.disposition if case.discharge_plan else None
+    ref_rule = rules.discharge.referrals.get(disposition) if disposition else None
+    live = live_referrals(case, list(planned))
+    referrals = []
+    for ref in case.referrals:
+        if ref.id in live and ref_rule is not None and ref_rule.before_discharge is not None:
+            due = due_before_discharge(
+                step, visit, ref_rule.due, ref_rule.before_discharge, since=ref.authored_on
+            )
+            if due != ref.due:
+                ref = ref.model_copy(update={"due": due})
+                step.note("discharge.referrals", "due-moved", case.id, ref.id)
+        referrals.append(ref)
+    changed = revalidated(case, tasks=tuple(tasks), referrals=tuple(referrals))
+    step.cases[case.id] = changed
+    return changed
 
 
 def _early_referral(
