@@ -245,8 +245,9 @@ def discharge_or_death(step: Step, visit: VisitMemory) -> VisitMemory:
             update={"discharge_time": when, "discharges": sequence, "effects": effects}
         )
     step.put_visit(visit)
-    record_death(step)
-    return step.visit(visit.visit_number)
+    key = next(k for k, v in step.visits.items() if v is visit)
+    record_death(step)  # ends this visit's case too, through the visits of the step
+    return step.visits[key]
 
 
 def record_death(step: Step) -> None:
