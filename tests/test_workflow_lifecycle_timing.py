@@ -231,6 +231,12 @@ def test_planning_holds_across_a_cancelled_discharge() -> None:
     assert tasks["med-rec-d1"] == TaskStatus.CANCELLED
     assert tasks["med-rec-d2"] == TaskStatus.REQUESTED
     assert not [t for t in outcomes[4].trace if t.action == "task-created"]
+    # the first A03 cancelled the open DME and education work; its A13 asked for them again
+    after_a13 = {t.id: t.status for t in outcomes[3].state.cases[0].tasks}
+    assert after_a13["dme-p1"] == after_a13["education-p1"] == TaskStatus.CANCELLED
+    assert after_a13["dme-p2"] == after_a13["education-p2"] == TaskStatus.REQUESTED
+    assert "post-acute-needs-p2" not in after_a13  # flagged, never cancelled: still open
+    assert tasks["dme-p2"] == TaskStatus.CANCELLED  # the second discharge settled them again
 
 
 # -- dispositions --------------------------------------------------------------------------------

@@ -11,8 +11,9 @@ rule), creates the post-discharge tasks, the catch-up tasks no planning created,
 post-acute referral if none was arranged for that disposition (flagged late); it activates the
 plan and moves the case to ``transition``. An unmapped disposition creates no work and is flagged.
 A qualifying discharge of a visit without a case opens one in ``transition``. A13 cancels exactly
-the work of the discharge it cancels and puts the case back to ``active``; when that discharge
-opened the case, the case gets the admission work, as if the admit had come first.
+the work of the discharge it cancels, asks again (new tasks) for the planning work that discharge
+cancelled, and puts the case back to ``active``; when that discharge opened the case, the case gets
+the admission work, as if the admit had come first.
 """
 
 from __future__ import annotations
@@ -276,7 +277,7 @@ def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
         case = refresh_case(step, case, visit)
     team = team_party(rules, visit.team)
     plan_before = case.discharge_plan
-    case = _settle_planning(step, visit, case, sequence)
+    case, withdrawn = _settle_planning(step, visit, case, sequence)
     task_ids: list[str] = []
     planned = _planned(visit, sequence)
     for name in rules.discharge.catch_up:
@@ -306,6 +307,7 @@ def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
         opened_case=opened,
         task_ids=tuple(task_ids),
         referral_ids=referral_ids,
+        withdrawn_task_ids=withdrawn,
         plan_before=plan_before,
         last_discharge_before=before,
     )
@@ -319,8 +321,11 @@ def discharge(step: Step, visit: VisitMemory) -> VisitMemory:
     )
 
 
-def _settle_planning(step: Step, visit: VisitMemory, case: Case, sequence: int) -> Case:
-    """Planning tasks still open at A03: cancelled, flagged or kept, as their rule says."""
+def _settle_planning(
+    step: Step, visit: VisitMemory, case: Case, sequence: int
+) -> tuple[Case, tuple[str, ...]]:
+    """Planning tasks still open at A03: cancelled, flagged or kept, as their rule says; the
+    case and the cancelled ids."""
     rules = step.rules.pending_discharge.tasks
     cancel: list[str] = []
     for effect in planning_effects(visit, sequence):
@@ -337,9 +342,10 @@ def _settle_planning(step: Step, visit: VisitMemory, case: Case, sequence: int) 
                     f"pending_discharge.tasks.{name}", "open-at-discharge", case.id, task.id, flag
                 )
     if not cancel:
-        return case
+        return case, ()
     rule = "pending_discharge.at_discharge"
-    return step.withdraw(case, tuple(cancel), (), "cancel", rule, LEFT_BEFORE_DONE)
+    case = step.withdraw(case, tuple(cancel), (), "cancel", rule, LEFT_BEFORE_DONE)
+    return case, tuple(cancel)
 
 
 def _referral_at_discharge(
@@ -415,8 +421,36 @@ def cancel_discharge(step: Step, visit: VisitMemory) -> VisitMemory:
         case = revalidated(case, discharge_plan=restored)
         step.cases[case.id] = case
     case = step.move(case, CaseStatus.ACTIVE, "event.A13")
+    cleared = _replan(step, cleared, case, effect.withdrawn_task_ids)
     if effect.opened_case:
         # The discharge opened the case: it is an inpatient case now, admitted as usual.
         step.note("event.A13", "case-admitted", case.id)
-        return admission_work(step, cleared, case, opened=True)
+        return admission_work(step, cleared, step.cases[case.id], opened=True)
     return cleared
+
+
+def _replan(step: Step, visit: VisitMemory, case: Case, withdrawn: tuple[str, ...]) -> VisitMemory:
+    """A13: planning work the cancelled discharge cancelled is needed again, as new tasks."""
+    sequence = visit.discharges + 1
+    rules = step.rules.pending_discharge.tasks
+    team = team_party(step.rules, visit.team)
+    created: list[str] = []
+    for old in withdrawn:
+        name = rule_name(old)
+        rule = rules.get(name)
+        if rule is None:
+            continue
+        task_id = facts.item_id(name, f"p{sequence}")
+        due = due_before_discharge(step, visit, rule.due, rule.before_discharge)
+        case, added = step.add_task(case, "event.A13", rule, task_id, team, due)
+        created += [task_id] if added else []
+    if not created:
+        return visit
+    effect = EventEffect(
+        kind=EffectKind.PENDING_DISCHARGE,
+        message_control_id=step.control_id or "",
+        sequence=sequence,
+        case_id=case.id,
+        task_ids=tuple(created),
+    )
+    return visit.model_copy(update={"effects": (*visit.effects, effect)})

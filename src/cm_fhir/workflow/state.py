@@ -60,6 +60,9 @@ class EventEffect(_State):
     opened_case: bool = False
     task_ids: tuple[LocalId, ...] = ()
     referral_ids: tuple[LocalId, ...] = ()
+    withdrawn_task_ids: tuple[LocalId, ...] = Field(
+        default=(), description="Earlier work this event cancelled (A03: open planning tasks)"
+    )
     plan_before: DischargePlan | None = Field(
         default=None, description="The discharge plan before a discharge changed it"
     )
