@@ -17,13 +17,19 @@ with ``WWW-Authenticate`` (an OperationOutcome under ``/fhir``).
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.routing import compile_path
+from starlette.types import Scope
 
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
@@ -45,9 +51,15 @@ __all__ = [
     "get_context",
     "get_engine",
     "get_settings",
+    "record_denial",
     "require_fhir_read",
     "require_scope",
+    "route_path",
+    "route_template",
+    "token_subject",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -86,13 +98,16 @@ _bearer = HTTPBearer(auto_error=False, description="An API key or an OAuth2 JWT 
 
 async def current_principal(
     request: Request,
-    context: ContextDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The authenticated caller (401 without a valid bearer token)."""
-    header = request.headers.get("authorization")
-    principal = await context.authenticator.authenticate(header if credentials else None)
-    request.state.principal = principal
+    """The caller the front door authenticated (:mod:`cm_fhir.api.front_door`), else 401.
+
+    ``_credentials`` only documents the bearer scheme in the OpenAPI document: the token was
+    checked before the request body was read, and the principal kept in the request state.
+    """
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        raise AuthError(401, "a bearer token is required")
     return principal
 
 
@@ -180,11 +195,86 @@ class Auditor:
             await record_audit(own, records)
 
 
+def route_path(scope: Scope) -> str:
+    """The request path below the app's root path (``/fhir/Task``, whatever the proxy prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
+def _route_table(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    table: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "route_table", None)
+    if table is None:
+        paths = app.openapi().get("paths", {})
+        table = [(compile_path(template)[0], template) for template in paths]
+        app.state.route_table = table
+    return table
+
+
+def route_template(scope: Scope) -> str:
+    """The route template of a request (``/api/messages/{message_id}``), never the concrete path.
+
+    After routing it is the matched route's; before (in the front door) the path is matched
+    against the templates of the OpenAPI document. ``(no route)`` when none matches.
+    """
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    app = scope.get("app")
+    if app is None or not hasattr(app, "openapi"):
+        return "(no route)"
+    path = route_path(scope)
+    for pattern, template in _route_table(app):
+        if pattern.match(path):
+            return template
+    return "(no route)"
+
+
+def _client_of(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def audit(request: Request, engine: EngineDep, principal: PrincipalDep) -> Auditor:
     """The request's :class:`Auditor` (needs an authenticated caller)."""
-    route = getattr(request.scope.get("route"), "path", None)
-    client = request.client.host if request.client else None
-    return Auditor(engine, principal, route or "", client)
+    return Auditor(engine, principal, route_template(request.scope), _client_of(request.scope))
+
+
+def token_subject(authorization: str | None) -> str:
+    """How a refused caller is named in the audit trail: a short digest of what it sent, or
+    ``anonymous``. Never the token itself."""
+    if not authorization:
+        return "anonymous"
+    return "token:" + hashlib.sha256(authorization.encode()).hexdigest()[:12]
+
+
+async def record_denial(
+    scope: Scope, subject: str, auth_method: str, status: int, reason: str
+) -> None:
+    """Audit a refused request (401 or 403): who, route template, client, never the token.
+
+    Best effort: a database that cannot take the row is logged, and the refusal still answered.
+    """
+    context: AppContext | None = getattr(getattr(scope.get("app"), "state", None), "context", None)
+    if context is None:
+        return
+    record = AuditRecord(
+        subject=subject,
+        auth_method=auth_method,
+        action="authenticate" if status == 401 else "authorise",
+        entity_type="request",
+        entity_id=None,
+        route=route_template(scope),
+        outcome="denied" if status == 401 else "forbidden",
+        client=_client_of(scope),
+    )
+    try:
+        async with context.engine.begin() as connection:
+            await record_audit(connection, [record])
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("audit of a refused request failed: %s (%s)", type(exc).__name__, reason)
 
 
 AuditDep = Annotated[Auditor, Depends(audit)]
