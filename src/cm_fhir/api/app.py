@@ -21,15 +21,15 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cm_fhir
 from cm_fhir.api import metrics
 from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext, route_template
-from cm_fhir.api.errors import install_error_handlers
+from cm_fhir.api.errors import error_response, install_error_handlers
 from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
 from cm_fhir.listener import ListenerConfig, MllpListener
@@ -92,8 +92,8 @@ class _AccessLog:
         except Exception as exc:
             log.error("unhandled %s", type(exc).__name__)
             if not response_started:
-                body = {"error": {"status": 500, "code": "internal_error", "message": "error"}}
-                await JSONResponse(body, 500)(scope, receive, send)
+                response = error_response(Request(scope), 500, "internal error")
+                await response(scope, receive, send)
         finally:
             log.info(
                 "%s %s %d %.1fms",
