@@ -29,12 +29,12 @@ from cm_fhir.facade.dates import DateBound, parse_date_bound
 from cm_fhir.facade.paging import Cursor, parse_cursor
 
 __all__ = [
-    "RESOURCE_TYPES",
-    "SEARCH_PARAMETERS",
-    "Criterion",
     "MAX_PARAMETERS",
     "MAX_VALUES",
     "MAX_VALUE_LENGTH",
+    "RESOURCE_TYPES",
+    "SEARCH_PARAMETERS",
+    "Criterion",
     "DateCriterion",
     "Field",
     "IdCriterion",
@@ -51,7 +51,7 @@ DEFAULT_COUNT = 20
 MAX_COUNT = 100
 #: Query parameters in one search (``_count``, ``_page`` and ``_format`` included).
 MAX_PARAMETERS = 20
-#: Values in one search, over all its parameters (``a,b`` is two; a repeated parameter adds its own).
+#: Values in one search, over all its parameters (``a,b`` is two; repeats add their own).
 MAX_VALUES = 100
 #: Characters in one parameter's value.
 MAX_VALUE_LENGTH = 8192
