@@ -12,7 +12,10 @@ Route modules depend on these aliases instead of reaching into ``app.state``::
 ``require_scope("read" | "write")`` guards ``/api``; ``require_fhir_read("Task")`` guards the
 FHIR facade with SMART system scopes (``system/*.read``, ``system/Task.read``, ``system/Task.rs``).
 Failures raise :class:`~cm_fhir.api.auth.AuthError`, which the error handlers turn into 401/403
-with ``WWW-Authenticate`` (an OperationOutcome under ``/fhir``).
+with ``WWW-Authenticate`` (an OperationOutcome under ``/fhir``). The caller itself was
+authenticated by :mod:`cm_fhir.api.front_door` from the headers, before any body was read;
+:func:`current_principal` hands that principal to the routes. :func:`record_denial` audits every
+refusal (401 and 403), and :func:`route_template` names routes in the audit trail and the logs.
 """
 
 from __future__ import annotations

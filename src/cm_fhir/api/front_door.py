@@ -37,7 +37,15 @@ log = logging.getLogger(__name__)
 
 #: Paths anyone may call (no token): probes, what the FHIR facade supports, the API's own docs.
 OPEN_PATHS = frozenset(
-    {"/health", "/ready", "/fhir/metadata", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+    {
+        "/health",
+        "/ready",
+        "/fhir/metadata",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+    }
 )
 
 
