@@ -50,6 +50,7 @@ __all__ = [
     "SettingsDep",
     "WritePrincipal",
     "audit",
+    "check_fhir_read",
     "current_principal",
     "get_context",
     "get_engine",
@@ -129,13 +130,19 @@ def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     return _check
 
 
+def check_fhir_read(principal: Principal, resource_type: str) -> None:
+    """403 unless the caller may read ``resource_type``: ``system/*.read``,
+    ``system/<Type>.read`` or SMART v2 (``system/<Type>.rs``)."""
+    if not grants_fhir_read(principal.scopes, resource_type):
+        scope = f"system/{resource_type}.read"
+        raise AuthError(403, f"this needs the '{scope}' or 'system/*.read' scope", scope=scope)
+
+
 def require_fhir_read(resource_type: str) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency for the FHIR facade: ``system/*.read`` or ``system/<Type>.read`` (or v2)."""
+    """A dependency for a FHIR route of one type (:func:`check_fhir_read`)."""
 
     async def _check(principal: PrincipalDep) -> Principal:
-        if not grants_fhir_read(principal.scopes, resource_type):
-            scope = f"system/{resource_type}.read"
-            raise AuthError(403, f"this needs the '{scope}' scope", scope=scope)
+        check_fhir_read(principal, resource_type)
         return principal
 
     _check.__name__ = f"require_fhir_read_{resource_type}"

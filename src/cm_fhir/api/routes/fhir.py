@@ -19,8 +19,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 import cm_fhir
-from cm_fhir.api.auth import AuthError, grants_fhir_read
-from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep
+from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, check_fhir_read
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.errors import SearchParameterError
 from cm_fhir.facade import (
@@ -66,12 +65,6 @@ def _check_type(resource_type: str) -> None:
         raise SearchParameterError("type", f"'{resource_type}' is not supported (served: {served})")
 
 
-def _authorise(principal: Any, resource_type: str) -> None:
-    if not grants_fhir_read(principal.scopes, resource_type):
-        scope = f"system/{resource_type}.read"
-        raise AuthError(403, f"this needs the '{scope}' or 'system/*.read' scope", scope=scope)
-
-
 @router.get("/metadata", summary="CapabilityStatement: exactly what this facade supports")
 async def metadata(request: Request) -> Response:
     statement = capability_statement(
@@ -109,7 +102,7 @@ async def search(
 ) -> Response:
     try:
         _check_type(resource_type)
-        _authorise(principal, resource_type)
+        check_fhir_read(principal, resource_type)
         query = parse_search(resource_type, request.query_params.multi_items())
     except SearchParameterError as exc:
         return _bad_request(request, exc)
@@ -134,7 +127,7 @@ async def read(
 ) -> Response:
     try:
         _check_type(resource_type)
-        _authorise(principal, resource_type)
+        check_fhir_read(principal, resource_type)
         for key, value in request.query_params.multi_items():
             if key != "_format":
                 raise SearchParameterError(key, "a read takes no parameters but _format")
