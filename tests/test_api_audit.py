@@ -4,11 +4,12 @@ id and routes by template; never a patient identifier, a query string or a token
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from api_case_helpers import case_app, case_json, client, example
 from cm_fhir.store.audit import audit_events
@@ -112,3 +113,26 @@ async def test_refused_callers_are_audited_without_their_token(case_app: FastAPI
     assert rows[3]["subject"] == "test:reader-token"
     assert {r["entity_type"] for r in rows} == {"request"}
     _no_phi(rows, wrong, "MRN-1")
+
+
+async def test_a_flood_of_refusals_is_audited_in_few_transactions(case_app: FastAPI) -> None:
+    """Each refusal is recorded, but concurrent ones share a commit: a flood of bad tokens must
+    not turn into one write (and, on SQLite, one write lock) per request."""
+    engine = case_app.state.context.engine
+    commits: list[int] = []
+
+    def _count(_connection: Any) -> None:
+        commits.append(1)
+
+    start = len(await _audit(case_app))
+    event.listen(engine.sync_engine, "commit", _count)
+    try:
+        async with client(case_app, token="flood-token-0123456789abcdef") as http:
+            answers = await asyncio.gather(*(http.get("/api/outbox") for _ in range(200)))
+    finally:
+        event.remove(engine.sync_engine, "commit", _count)
+    assert [a.status_code for a in answers] == [401] * 200
+    rows = (await _audit(case_app))[start:]
+    assert len(rows) == 200
+    assert {(r["action"], r["route"]) for r in rows} == {("authenticate", "/api/outbox")}
+    assert len(commits) <= 20, len(commits)

@@ -37,7 +37,7 @@ from starlette.types import Scope
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
 from cm_fhir.settings import Settings
-from cm_fhir.store.audit import AuditRecord, record_audit
+from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
 
 __all__ = [
     "AppContext",
@@ -77,6 +77,7 @@ class AppContext:
     listener: MllpListener | None = None
     roles: dict[str, str] = field(default_factory=dict)  # role -> "starting"/"running"/"stopped"
     schema_current: bool = False
+    denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
 
 
 def get_context(request: Request) -> AppContext:
@@ -281,8 +282,7 @@ async def record_denial(
         client=_client_of(scope),
     )
     try:
-        async with context.engine.begin() as connection:
-            await record_audit(connection, [record])
+        await context.denials.add(context.engine, record)
     except (SQLAlchemyError, OSError) as exc:
         log.warning("audit of a refused request failed: %s (%s)", type(exc).__name__, reason)
 
