@@ -16,9 +16,8 @@ import os
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -66,7 +65,6 @@ class RawResponse:
     body: bytes
     closed: bool = False
     sent_body_bytes: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, str], bytes]:

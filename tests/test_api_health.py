@@ -7,7 +7,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import httpx
 import pytest
@@ -21,9 +20,9 @@ from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import inbox_messages
 from hl7v2_samples import evn, msh, pid, pv1
 from inbox_fixtures import PG_URL, Database
-from test_api_audit import HL7
 
 MAX_AGE = 60.0
+HL7 = {"Content-Type": "x-application/hl7-v2+er7"}
 
 
 def _settings(api_settings: Settings) -> Settings:
@@ -126,7 +125,7 @@ async def test_503_while_another_writer_holds_the_inbox(
     assert again.status_code == 200
 
 
-def _read_only_engine(database: Database, tmp_path: Path) -> AsyncEngine:
+def _read_only_engine(database: Database) -> AsyncEngine:
     if database.url.startswith("sqlite"):
         path = database.url.split("///", 1)[1]
         return create_async_engine(f"sqlite+aiosqlite:///file:{path}?mode=ro&uri=true")
@@ -135,9 +134,9 @@ def _read_only_engine(database: Database, tmp_path: Path) -> AsyncEngine:
 
 
 async def test_503_on_a_read_only_database(
-    inbox_engine: AsyncEngine, database: Database, api_settings: Settings, tmp_path: Path
+    inbox_engine: AsyncEngine, database: Database, api_settings: Settings
 ) -> None:
-    read_only = _read_only_engine(database, tmp_path)
+    read_only = _read_only_engine(database)
     try:
         app = create_app(_settings(api_settings), engine=read_only)
         async with app.router.lifespan_context(app), _client(app) as http:
