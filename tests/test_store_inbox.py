@@ -236,3 +236,25 @@ def test_sqlite_values_share_a_bound_timestamp_only_when_it_is_the_same() -> Non
     values = SqliteInboxSql._values(SqliteInboxSql.__new__(SqliteInboxSql), moved)
     assert values[:2] == ["2024-03-05 10:00:00.000000", "2024-03-05 10:00:05.000000"]
     assert values[9] == 1
+
+
+async def test_writer_flags_a_reused_control_id_within_and_across_groups(
+    inbox_engine: AsyncEngine,
+) -> None:
+    # The writer's own statements (raw sqlite3 or asyncpg) decide reuse as the Core path does.
+    async with InboxWriter(inbox_engine, writers=1) as writer:
+        first = await writer.store(message("U1", "A"))
+        grouped = await writer.store_many([message("U1", "B"), message("U1", "C")])
+        resent = await writer.store(message("U1", "B"))
+        elsewhere = await writer.store(_other_sender("U1"))
+    assert (first.control_id_reused, first.duplicate) == (False, False)
+    assert [(r.control_id_reused, r.duplicate) for r in grouped] == [(True, False)] * 2
+    assert (resent.duplicate, resent.id, resent.ack_bytes) == (True, grouped[0].id, b"ACK for U1B")
+    assert not elsewhere.control_id_reused
+    async with inbox_engine.connect() as connection:
+        flags = (
+            await connection.execute(
+                select(inbox_messages.c.control_id_reused).order_by(inbox_messages.c.id)
+            )
+        ).scalars()
+        assert list(flags) == [False, True, True, False]
