@@ -19,7 +19,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -143,9 +143,9 @@ class NewMessage:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """The outcome of storing one message: its row, and the ACK to send back."""
+class StoredMessage(NamedTuple):
+    """The outcome of storing one message: its row, and the ACK to send back (a named tuple:
+    one is built per message in the writer's commit)."""
 
     id: int
     duplicate: bool
