@@ -258,3 +258,26 @@ async def test_writer_flags_a_reused_control_id_within_and_across_groups(
             )
         ).scalars()
         assert list(flags) == [False, True, True, False]
+
+
+async def test_lockstep_senders_share_one_commit(inbox_engine: AsyncEngine) -> None:
+    # Four senders that each wait for their ACK before the next message, coming back a few
+    # loop turns apart (as senders over sockets do): one commit serves all four, not two.
+    async def sender(n: int, writer: InboxWriter) -> None:
+        for m in range(40):
+            await writer.store(message(f"L{n}-{m}"))
+            for _ in range(n):
+                await asyncio.sleep(0)
+
+    async with InboxWriter(inbox_engine, writers=1) as writer:
+        await asyncio.gather(*(sender(n, writer) for n in range(4)))
+        assert writer.messages == 160
+        assert writer.messages / writer.batches >= 3.5
+    assert await count_rows(inbox_engine) == 160
+
+
+async def test_a_lone_sender_is_committed_at_once(inbox_engine: AsyncEngine) -> None:
+    async with InboxWriter(inbox_engine, writers=1) as writer:
+        for m in range(20):
+            await writer.store(message(f"S{m}"))
+        assert writer.batches == 20
