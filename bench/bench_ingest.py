@@ -286,6 +286,22 @@ async def measure(
     return rate
 
 
+def commit_floor(folder: str, samples: int = 100) -> float:
+    """Median milliseconds of a 4 KiB append + ``fdatasync`` in ``folder``: no durable commit on
+    this disk is faster, so N lockstep senders get at most N / this many messages per ms."""
+    path = Path(folder) / "fdatasync.probe"
+    timings = []
+    with path.open("wb") as probe:
+        for _ in range(samples):
+            probe.write(b"x" * 4096)
+            probe.flush()
+            started = time.perf_counter()
+            os.fdatasync(probe.fileno())
+            timings.append(time.perf_counter() - started)
+    path.unlink()
+    return statistics.median(timings) * 1000
+
+
 async def pg_schema(action: str, schema: str) -> bool:
     from sqlalchemy import text
 
@@ -316,6 +332,7 @@ async def main(senders: int, messages: int, rounds: int, paced: int) -> None:
     postgres = await pg_schema("CREATE", schema)
     try:
         with tempfile.TemporaryDirectory() as folder:
+            floors = [commit_floor(folder)]
             for round_number in range(rounds):
                 url = f"sqlite+aiosqlite:///{Path(folder) / f'bench{round_number}.sqlite3'}"
                 servers = [(ours[0], ["--serve-cm", url])]
@@ -325,11 +342,18 @@ async def main(senders: int, messages: int, rounds: int, paced: int) -> None:
                     baseline = await measure(echo, ["--serve-echo"], senders, messages, 0)
                     rate = await measure(figures, args, senders, messages, paced)
                     figures.ratios.append(rate / baseline)
+            floors.append(commit_floor(folder))
     finally:
         if postgres:
             await pg_schema("DROP", schema)
     for figures in (echo, *ours):
         print(figures.line())
+    before, after = floors
+    print(
+        f"disk: append + fdatasync {before:.2f} ms before the runs, {after:.2f} ms after (medians)."
+        f" A durable commit takes at least that: {senders} lockstep senders sharing each commit"
+        f" get at most {senders / before * 1000:.0f} / {senders / after * 1000:.0f} msgs/s"
+    )
     print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
