@@ -6,12 +6,14 @@ running (up to ``max_batch``) and store it as one group, so one fsync serves man
 Senders that wait for each ACK before the next message come back a little apart, so a writer
 that committed a group of N waits for up to N again before its next commit, but never longer
 than half its recent commit time (0.2 to 2 ms): with four such senders, one fsync then serves
-four messages instead of two. A writer whose last group was a single message does not wait.
-SQLite: one writer, whose transaction (``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain sqlite3
-connection) runs whole in a dedicated thread, so the event loop never waits on the disk or on a
-lock held by another process. PostgreSQL: two writers by default, each keeping one pooled asyncpg
-connection. If a group fails, each of its waiters gets :class:`~cm_fhir.errors.StoreError` and
-none is acknowledged positively. An in-memory SQLite database falls back to plain SQLAlchemy.
+four messages instead of two. A writer whose last group was a single message does not wait; after
+a short group it expects half as many. One writer by default on either database (a second one
+would split those groups in two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ...
+``COMMIT`` on a plain sqlite3 connection) runs whole in a dedicated thread, so the event loop
+never waits on the disk or on a lock held by another process. PostgreSQL: the writer keeps one
+pooled asyncpg connection. If a group fails, each of its waiters gets
+:class:`~cm_fhir.errors.StoreError` and none is acknowledged positively. An in-memory SQLite
+database falls back to plain SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -72,9 +74,7 @@ class InboxWriter:
 
     def __init__(self, engine: AsyncEngine, *, writers: int | None = None, max_batch: int = 256):
         self._engine = engine
-        if writers is None:
-            writers = 1 if engine.dialect.name == "sqlite" else 2
-        self._writer_count = writers
+        self._writer_count = writers or 1
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._arrived = asyncio.Event()
@@ -88,6 +88,7 @@ class InboxWriter:
         self._closed = False
         self.batches = 0
         self.messages = 0
+        self.lingered = 0  # commits that waited for more of a group
 
     async def __aenter__(self) -> InboxWriter:
         self.start()
@@ -158,10 +159,11 @@ class InboxWriter:
             jobs = [job]
             stopping = self._take_queued(jobs)
             if not stopping and len(jobs) < expected:
+                self.lingered += 1
                 wait = min(_LINGER_CAP, max(_LINGER_FLOOR, commit_seconds / 2))
                 stopping = await self._gather_group(jobs, expected, loop.time() + wait)
-            # Expect as many as this group again; after a short group, one fewer than before.
-            expected = max(len(jobs), expected - 1)
+            # Expect as many as this group again; after a short group, half as many as before.
+            expected = max(len(jobs), expected // 2)
             started = loop.time()
             await self._commit(jobs, held)
             commit_seconds = 0.8 * commit_seconds + 0.2 * (loop.time() - started)
