@@ -19,6 +19,7 @@ settle and the test checks, and prints:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -34,15 +35,16 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.mllp_client import MllpClient, read_ack
 from cm_fhir.store.engine import upgrade_database
+from cm_fhir.store.writer import InboxWriter
 from inbox_fixtures import PG_URL, Database, _pg_admin
 from test_serve_process import CLI, _env
 from worker_fixtures import (
     cases,
     fhir_resources,
     inbox_messages,
-    ingest,
     outbox,
     patient_states,
     rows,
@@ -366,13 +368,19 @@ async def soak_databases(
 
 
 async def reference_run(database: Database, feeds: list[list[Outgoing]]) -> Snapshot:
-    """The same feed without kills: the listener's intake and one worker, in-process."""
+    """The same feed without kills: the listener's intake, the senders' feeds side by side (each
+    in order, ACK by ACK, as over sockets), then one worker, in-process."""
     engine = database.engine()
     try:
         await upgrade_database(engine)
-        messages = [m.text for feed in feeds for m in feed]  # each patient still in order
-        acks = await ingest(engine, messages)
-        assert sum(b"MSA|AA|" in ack for ack in acks) == len(messages)
+        async with InboxWriter(engine) as writer:
+            listener = MllpListener(ListenerConfig(port=0), writer)
+
+            async def send(feed: list[Outgoing]) -> int:
+                acks = [await listener.handle_payload(m.text.encode()) for m in feed]
+                return sum(b"MSA|AA|" in ack for ack in itertools.chain(*acks))
+
+            assert sum(await asyncio.gather(*(send(feed) for feed in feeds))) == MESSAGES
         await settle_worker(engine)
         return await snapshot(engine)
     finally:
