@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export CM_FHIR_TEST_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test lint typecheck imports unit soak bench clean fuzz-api
+.PHONY: setup demo test lint typecheck imports unit soak bench bench-ingest clean fuzz-api
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,7 +43,7 @@ $(FHIR_SERVER)/node_modules/.installed: $(FHIR_SERVER)/package-lock.json
 unit: $(STAMP) $(if $(shell command -v npm 2>/dev/null),fhir-server-deps)
 	$(BIN)/pytest -q -m "not slow"
 
-## Long soak and fuzz runs, on demand.
+## Long soak and fuzz runs, on demand (the kill soak prints its figures per database).
 soak: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
@@ -54,6 +54,10 @@ fuzz-api: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+## Ingest only: 4 lockstep senders, 5 rounds (run it a few times: the figures swing with load).
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/bench_ingest.py --senders 4 --rounds 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist
