@@ -45,6 +45,8 @@ VISIT_EVENTS = ("A01", "A03", "A02", "A08", "A16", "A11", "A13", "A12", "A06", "
 CLASSES = ("I", "E", "O")
 LOCATIONS = ("4WEST", "5NORTH", "ED", "3EAST")
 DISPOSITIONS = ("", "01", "03", "06", "50", "62", "ZZ")
+#: Admissions, updates and discharges are the bulk of a real feed: drawn twice as often.
+_EVENTS = st.sampled_from(("A01", "A03", "A08")) | st.sampled_from(VISIT_EVENTS)
 _DEFAULTS = {"class": "I", "loc": "4WEST", "disp": ""}
 
 
@@ -288,9 +290,7 @@ def feeds(draw: Draw, max_events_per_visit: int = 5) -> Feed:
     scripts = [
         [
             draw(_visit_message(event))
-            for event in draw(
-                st.lists(st.sampled_from(VISIT_EVENTS), min_size=1, max_size=max_events_per_visit)
-            )
+            for event in draw(st.lists(_EVENTS, min_size=1, max_size=max_events_per_visit))
         ]
         for _ in visits
     ]

@@ -69,7 +69,7 @@ from workflow_messages import run as run_events
 Json = dict[str, Any]
 
 FAST = settings(
-    max_examples=25,
+    max_examples=40,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
