@@ -119,10 +119,13 @@ class Feed:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_by_name", {p.name: p for p in self.patients})
 
-    def __repr__(self) -> str:
+    def short(self) -> str:
+        """The short form on one line (``;`` between lines)."""
         lines = ["patients: " + " ".join(p.short() for p in self.patients)]
-        lines += [m.short() for m in self.arrivals]
-        return f"Feed.parse({'; '.join(lines)!r})"
+        return "; ".join(lines + [m.short() for m in self.arrivals])
+
+    def __repr__(self) -> str:
+        return f"Feed.parse({self.short()!r})"
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(repr(self))  # hypothesis prints falsifying examples with this

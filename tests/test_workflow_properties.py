@@ -51,7 +51,7 @@ from cm_fhir.profiles import default_validator, error_issues
 from cm_fhir.worker import replay
 from cm_fhir.worker.states import PatientBook
 from cm_fhir.workflow import Outcome, PatientState, apply_event, patient_keys
-from feed_strategies import Feed, Msg, feeds
+from feed_strategies import FACILITIES, Feed, Msg, feeds
 from worker_fixtures import (
     cases,
     expected_states,
@@ -315,6 +315,17 @@ def order_differences(arrived: dict[Any, Case], in_order: dict[Any, Case]) -> li
 def arrival_order_does_not_matter(feed: Feed) -> None:
     differ = order_differences(cases_by_key(run(feed)), cases_by_key(run(feed.in_order())))
     assert not differ, "\n".join(differ)
+
+
+@FAST
+@given(feed=feeds())
+def test_a_feed_reads_back_from_its_short_form(feed: Feed) -> None:
+    assert Feed.parse(feed.short()) == feed
+    for msg in feed.messages:
+        event = parse_adt(feed.raw(msg), maps())
+        assert isinstance(event, AdtEvent)
+        assert (event.event, event.message_control_id) == (msg.event, msg.control_id)
+        assert event.sending_facility == FACILITIES[msg.facility][0]
 
 
 # Shrunk counterexamples of the properties that fail on the current workflow, in short form (see
