@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, example, given, note, settings
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.domain import Case
@@ -406,6 +406,7 @@ PROPERTIES = [
 @given(feed=feeds())
 @pytest.mark.parametrize("check", PROPERTIES)
 def test_property(check: Property, feed: Feed) -> None:
+    note(f"feed: {feed.short()}")
     check(feed)
 
 
@@ -415,6 +416,7 @@ def test_property(check: Property, feed: Feed) -> None:
 @given(feed=feeds(max_events_per_visit=8))
 @pytest.mark.parametrize("check", PROPERTIES)
 def test_property_soak(check: Property, feed: Feed) -> None:
+    note(f"feed: {feed.short()}")
     check(feed)
 
 
