@@ -2,38 +2,48 @@
 
 :class:`PatientState` is a frozen, JSON-serialisable document the store keeps per patient: the
 patient keys, the cases (the domain truth) and, separately, per-visit workflow memory
-(:class:`VisitMemory`): what the visit looks like now, the transfer stack that A12 pops, and one
-:class:`EventEffect` per triggering event naming exactly the task and referral ids it created, so
-A11 and A13 undo exactly what they cancel. :class:`Outcome` is the result of one step: the new
-state, the changed cases, the trace, and the patient keys the caller must hold locked.
+(:class:`VisitMemory`): the visit's identity (number, assigning authority, the patient it was
+first seen for), what the visit looks like now, its live transfers (:class:`TransferFrame`, which
+A12 matches), one :class:`EventEffect` per triggering event naming exactly the task and referral
+ids it created, so A11 and A13 undo exactly what they cancel, and the visit's applied events in
+event-time order (:class:`LoggedEvent`), from which a late event re-derives the visit.
+:class:`Outcome` is the result of one step: the new state, the changed cases, the trace, and the
+patient keys the caller must hold locked.
 """
 
 from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_serializer
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.common import Instant, LocalId, PatientRef
 from cm_fhir.domain.referral import DischargePlan
+from cm_fhir.hl7v2.events import AdtEvent
 
 __all__ = [
+    "LOG_LIMIT",
     "PROCESSED_MEMORY",
     "EffectKind",
     "EventEffect",
     "Flag",
+    "LoggedEvent",
     "Outcome",
     "PatientState",
     "ProcessedMessage",
     "TraceEntry",
     "TransferFrame",
     "VisitMemory",
+    "visit_key",
 ]
 
 #: How many processed messages a patient state remembers for duplicate detection.
 PROCESSED_MEMORY = 500
+#: How many events a visit's log keeps; a visit with more cannot be re-derived (see ordering).
+LOG_LIMIT = 200
 
 
 class _State(BaseModel):
@@ -66,22 +76,51 @@ class EventEffect(_State):
 
 
 class TransferFrame(_State):
-    """One A02 on the stack: where the patient was and which tasks moved with the transfer."""
+    """One live A02: where the patient was and went, when, and which tasks moved with it."""
 
     message_control_id: str
-    location: str | None = None
+    at: Instant | None = Field(default=None, description="The transfer's event time")
+    location: str | None = Field(default=None, description="The unit before (PV1-3.1)")
+    place_before: str | None = Field(default=None, description="Unit^room^bed before")
+    place: str | None = Field(default=None, description="Unit^room^bed after")
     team: str
     moved_task_ids: tuple[LocalId, ...] = ()
 
 
+class LoggedEvent(_State):
+    """One event applied to a visit, with the time it is ordered by.
+
+    Stored compactly: the event without its default values.
+    """
+
+    at: Instant = Field(description="EVN-6, else EVN-2, else MSH-7, else when it was processed")
+    rank: int = Field(default=0, description="Breaks a tie of times: a cancel after what it undoes")
+    event: AdtEvent
+
+    @field_serializer("event")
+    def _compact(self, event: AdtEvent) -> dict[str, Any]:
+        return event.model_dump(mode="json", exclude_defaults=True)
+
+    @property
+    def order(self) -> tuple[datetime, int, str]:
+        return (self.at, self.rank, self.event.message_control_id)
+
+
 class VisitMemory(_State):
-    """The workflow's view of one visit (PV1-19), kept apart from the case itself."""
+    """The workflow's view of one visit, kept apart from the case itself.
+
+    A visit is its number qualified by its assigning authority (:attr:`key`); ``patient_key`` is
+    the patient it was first seen for. Both go into the ids of its cases.
+    """
 
     visit_number: str
+    visit_authority: str | None = Field(default=None, description="PV1-19.4, else MSH-4")
+    patient_key: str | None = Field(default=None, description="The patient's key at first sight")
     case_id: LocalId | None = Field(default=None, description="The case of this visit, if any")
     admissions: int = Field(default=0, ge=0, description="Cases opened for this visit so far")
     patient_class: str | None = None
     location: str | None = None
+    place: str | None = Field(default=None, description="Unit^room^bed, as the last move named it")
     hospital_service: str | None = None
     team: str | None = None
     admit_time: Instant | None = None
@@ -90,6 +129,17 @@ class VisitMemory(_State):
     discharges: int = Field(default=0, ge=0, description="A03s applied so far (never decreases)")
     transfers: tuple[TransferFrame, ...] = ()
     effects: tuple[EventEffect, ...] = ()
+    log: tuple[LoggedEvent, ...] = Field(
+        default=(), description="The visit's applied events, in event-time order"
+    )
+    log_complete: bool = Field(
+        default=True, description="False once the log lost its oldest events (see LOG_LIMIT)"
+    )
+
+    @property
+    def key(self) -> str:
+        """``authority|number``: the visit's identity within the patient's state."""
+        return visit_key(self.visit_number, self.visit_authority)
 
     @property
     def discharged(self) -> bool:
@@ -123,8 +173,17 @@ class PatientState(_State):
     def case(self, case_id: str) -> Case | None:
         return next((c for c in self.cases if c.id == case_id), None)
 
-    def visit(self, visit_number: str) -> VisitMemory | None:
-        return next((v for v in self.visits if v.visit_number == visit_number), None)
+    def visit(self, visit_number: str, authority: str | None = None) -> VisitMemory | None:
+        """The visit with this number (and authority, when given)."""
+        return next(
+            (
+                v
+                for v in self.visits
+                if v.visit_number == visit_number
+                and (authority is None or v.visit_authority == authority)
+            ),
+            None,
+        )
 
 
 class Flag(StrEnum):
@@ -142,6 +201,8 @@ class Flag(StrEnum):
     TASK_DONE = "task-done"
     NO_RULE = "no-rule"
     NO_PRIOR_STATE = "no-prior-state"
+    STALE_EVENT = "stale-event"
+    REORDER_CONFLICT = "reorder-conflict"
 
 
 class TraceEntry(_State):
@@ -172,6 +233,11 @@ class Outcome(_State):
     @property
     def flags(self) -> set[Flag]:
         return {flag for entry in self.trace for flag in entry.flags}
+
+
+def visit_key(visit_number: str, authority: str | None) -> str:
+    """The key of a visit in a patient's state: ``authority|number`` (``|number`` without one)."""
+    return f"{authority or ''}|{visit_number}"
 
 
 def changed_cases(before: PatientState, after: PatientState) -> tuple[Case, ...]:

@@ -1,0 +1,184 @@
+"""Clinical order: a visit's events take effect by event time, not by arrival. Pure.
+
+Every event applied to a visit is kept in the visit's log (:class:`~.state.LoggedEvent`), ordered
+by event time (EVN-6, else EVN-2, else MSH-7), then cancels after what they cancel, then control
+id. An event in order is applied to the current state and appended. An event older than the
+newest of its visit is *stale*: it is put where it belongs in the log and the visit is
+re-derived, folding the log in that order from the state before the visit's first event. Ids are
+deterministic, so the re-derivation yields the same resources wherever the order did not matter.
+
+What the re-derivation changes is merged into the current cases three ways, against the fold of
+the old log: a field, task, referral or goal that someone else changed since (the API, the
+closing tick) keeps their value; the rest takes the re-derived value. A stale event that cannot be
+re-derived (the log lost its start: the visit is older than this version or longer than
+``LOG_LIMIT``) is recorded and changes nothing. Both are traced with ``stale-event``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from cm_fhir.domain.case import Case
+from cm_fhir.errors import DomainError
+from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.workflow import facts
+from cm_fhir.workflow.actions import Step
+from cm_fhir.workflow.state import (
+    LOG_LIMIT,
+    Flag,
+    LoggedEvent,
+    PatientState,
+    VisitMemory,
+    latest,
+)
+
+__all__ = ["CANCELS", "Handler", "append", "entry", "is_stale", "rederive"]
+
+Handler = Callable[[Step, VisitMemory], VisitMemory]
+
+#: Cancel events: at the same time as the event they cancel, they come after it.
+CANCELS = frozenset({"A11", "A12", "A13", "A25", "A27", "A38"})
+
+#: Case fields that change together (a status and its history).
+_STATUS = ("status", "status_history", "closed")
+#: Case fields holding items with ids, merged item by item.
+_ITEMS = ("tasks", "referrals", "goals", "assessments")
+
+
+def entry(event: AdtEvent, at: datetime) -> LoggedEvent:
+    """The log entry of ``event``, which happened ``at``."""
+    return LoggedEvent(at=at, rank=1 if event.event in CANCELS else 0, event=event)
+
+
+def is_stale(visit: VisitMemory, new: LoggedEvent) -> bool:
+    """True when ``new`` is older than the newest event already applied to the visit."""
+    return bool(visit.log) and new.order < visit.log[-1].order
+
+
+def append(visit: VisitMemory, new: LoggedEvent, *, fresh: bool) -> VisitMemory:
+    """The visit with ``new`` at the end of its log (``fresh``: the event created the visit)."""
+    log = (*visit.log, new)
+    complete = visit.log_complete and (fresh or bool(visit.log))  # older visits had no log
+    if len(log) > LOG_LIMIT:
+        log, complete = log[-LOG_LIMIT:], False
+    return visit.model_copy(update={"log": log, "log_complete": complete})
+
+
+def rederive(
+    step: Step, visit: VisitMemory, new: LoggedEvent, handlers: Mapping[str, Handler]
+) -> None:
+    """Apply a stale event: re-derive its visit with the event in its place (see the module)."""
+    rule = f"event.{new.event.event}"
+    if not visit.log_complete:
+        step.note(rule, "stale-not-applied", visit.case_id, None, Flag.STALE_EVENT)
+        step.put_visit(visit)
+        return
+    log = tuple(sorted((*visit.log, new), key=lambda e: e.order))
+    before = _fold(step, visit, visit.log, handlers)
+    after = _fold(step, visit, log, handlers)
+    step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
+    old_visit, new_visit = before.visits[visit.key], after.visits[visit.key]
+    ids = _case_ids(visit) | _case_ids(old_visit) | _case_ids(new_visit)
+    for case_id in sorted(ids):
+        _merge_case(step, case_id, before.cases.get(case_id), after.cases.get(case_id))
+    step.put_visit(new_visit)
+    step.last_discharge = after.last_discharge
+
+
+def _case_ids(visit: VisitMemory) -> set[str]:
+    ids = {e.case_id for e in visit.effects}
+    return ids | {visit.case_id} if visit.case_id is not None else ids
+
+
+def _fold(
+    step: Step, visit: VisitMemory, log: tuple[LoggedEvent, ...], handlers: Mapping[str, Handler]
+) -> Step:
+    """The patient's state after applying ``log`` in order to the visit, from before its start."""
+    own = _case_ids(visit)
+    others = [v for key, v in step.visits.items() if key != visit.key]
+    start = PatientState(
+        patient_keys=tuple(step.keys),
+        patient=step.patient,
+        cases=tuple(c for c in step.cases.values() if c.id not in own),
+        visits=tuple(others),
+        last_discharge=latest([v.discharge_time for v in others]),
+    )
+    fold = Step(start, step.rules, step.now)
+    memory = VisitMemory(
+        visit_number=visit.visit_number,
+        visit_authority=visit.visit_authority,
+        patient_key=visit.patient_key,
+    )
+    for item in log:
+        fold.begin(item.event, item.at)
+        fold.patient = facts.patient_ref(item.event.patient.identifiers, step.rules)
+        handler = handlers.get(item.event.event)
+        if handler is not None:
+            memory = handler(fold, memory)
+        memory = append(memory, item, fresh=True)
+    fold.put_visit(memory)
+    return fold
+
+
+def _merge_case(step: Step, case_id: str, base: Case | None, theirs: Case | None) -> None:
+    """Bring the re-derived case into the current one, keeping what others changed."""
+    ours = step.cases.get(case_id)
+    if ours is None:
+        if theirs is not None:
+            step.cases[case_id] = theirs
+            step.note("ordering", "case-rederived", case_id)
+        return
+    if theirs is None or base is None:
+        # The new order does not make this case, or the old one did not: it stays as it is.
+        if theirs != base:
+            step.note("ordering", "case-kept", case_id, None, Flag.REORDER_CONFLICT)
+        return
+    try:
+        merged = merge3(base, ours, theirs)
+    except (ValidationError, DomainError):
+        step.note("ordering", "case-kept", case_id, None, Flag.REORDER_CONFLICT)
+        return
+    if merged != ours:
+        step.cases[case_id] = merged
+        step.note("ordering", "case-rederived", case_id)
+
+
+def merge3(base: Case, ours: Case, theirs: Case) -> Case:
+    """``theirs`` (re-derived) where ``ours`` (current) still equals ``base`` (the old fold).
+
+    Per field; tasks, referrals, goals and assessments per item (an item is taken whole); status,
+    status history and closing time together. The result is validated as a case.
+    """
+    if ours == base:
+        return theirs
+    if theirs == base:
+        return ours
+    values: dict[str, Any] = {}
+    for name in type(ours).model_fields:
+        b, o, t = getattr(base, name), getattr(ours, name), getattr(theirs, name)
+        if name in _ITEMS:
+            values[name] = _merge_items(b, o, t)
+        elif name not in _STATUS:
+            values[name] = t if o == b else o
+    status_source = theirs if all(getattr(ours, n) == getattr(base, n) for n in _STATUS) else ours
+    values.update({n: getattr(status_source, n) for n in _STATUS})
+    return Case.model_validate(values)
+
+
+def _merge_items(
+    base: tuple[Any, ...], ours: tuple[Any, ...], theirs: tuple[Any, ...]
+) -> tuple[Any, ...]:
+    old = {i.id: i for i in base}
+    mine = {i.id: i for i in ours}
+    out = []
+    for item in theirs:
+        current = mine.get(item.id)
+        out.append(item if current is None or current == old.get(item.id) else current)
+    kept = {i.id for i in theirs}
+    # Items the new order does not make go, unless someone else added or changed them.
+    out += [i for i in ours if i.id not in kept and old.get(i.id) != i]
+    return tuple(out)
