@@ -60,7 +60,8 @@ def apply_event(
     """
     step = Step(state, rules, now, event)
     lock = facts.patient_keys(event, rules)
-    digest = facts.digest(event)
+    text = facts.compact_json(event)
+    digest = facts.digest(event, text)
     seen = [p for p in state.processed if p.message_control_id == event.message_control_id]
     if any(p.digest == digest for p in seen):
         step.note(f"event.{event.event}", "duplicate-ignored", None, None, Flag.DUPLICATE_MESSAGE)
@@ -82,7 +83,7 @@ def apply_event(
             step.note(f"event.{event.event}", "no-visit", None, None, Flag.NO_VISIT_NUMBER)
         else:
             visit = step.visit(identity)
-            entry = ordering.entry(event, step.at)
+            entry = ordering.Arrival(event, step.at, text)
             if ordering.is_stale(visit, entry):
                 ordering.rederive(step, visit, entry, _HANDLERS)
             else:

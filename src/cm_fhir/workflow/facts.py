@@ -29,6 +29,7 @@ __all__ = [
     "age_at",
     "aware",
     "case_id",
+    "compact_json",
     "coverage",
     "digest",
     "encounter",
@@ -73,7 +74,9 @@ def visit_identity(event: AdtEvent, rules: DischargeRules) -> VisitIdentifier | 
         found = _visit_field(event, field)
         if found is not None and found.value.strip():
             authority = found.assigning_authority or event.sending_facility
-            return VisitIdentifier(value=found.value.strip(), assigning_authority=authority)
+            return VisitIdentifier.model_construct(
+                value=found.value.strip(), assigning_authority=authority
+            )
     return None
 
 
@@ -87,7 +90,9 @@ def _visit_field(event: AdtEvent, field: str) -> VisitIdentifier | None:
         return visit.alternate_visit_id
     if visit.visit_number is None:
         return None
-    return VisitIdentifier(value=visit.visit_number, assigning_authority=visit.visit_authority)
+    return VisitIdentifier.model_construct(
+        value=visit.visit_number, assigning_authority=visit.visit_authority
+    )
 
 
 def item_id(rule: str, tag: str = "") -> str:
@@ -213,6 +218,15 @@ def party(spec: PartySpec) -> PartyRef:
     return PartyRef(kind=spec.kind, identifier=ident, display=spec.display)
 
 
-def digest(event: AdtEvent) -> str:
-    """A digest of the event's content, to tell a resent message from a reused control id."""
-    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()[:32]
+def compact_json(event: AdtEvent) -> str:
+    """The event as JSON without its default values (what a visit's log keeps)."""
+    return event.model_dump_json(exclude_defaults=True)
+
+
+def digest(event: AdtEvent, text: str | None = None) -> str:
+    """A digest of the event's content, to tell a resent message from a reused control id.
+
+    ``text`` is the event's :func:`compact_json` when the caller has it already.
+    """
+    data = text if text is not None else compact_json(event)
+    return hashlib.sha256(data.encode()).hexdigest()[:32]

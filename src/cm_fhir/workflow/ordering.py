@@ -16,8 +16,12 @@ re-derived (the log lost its start: the visit is older than this version or long
 
 from __future__ import annotations
 
+import base64
+import zlib
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from typing import Any
 
 from pydantic import ValidationError
@@ -36,7 +40,7 @@ from cm_fhir.workflow.state import (
     latest,
 )
 
-__all__ = ["CANCELS", "Handler", "append", "entry", "is_stale", "rederive"]
+__all__ = ["CANCELS", "Arrival", "Handler", "append", "is_stale", "logged_events", "rederive"]
 
 Handler = Callable[[Step, VisitMemory], VisitMemory]
 
@@ -49,37 +53,87 @@ _STATUS = ("status", "status_history", "closed")
 _ITEMS = ("tasks", "referrals", "goals", "assessments")
 
 
-def entry(event: AdtEvent, at: datetime) -> LoggedEvent:
-    """The log entry of ``event``, which happened ``at``."""
-    return LoggedEvent(at=at, rank=1 if event.event in CANCELS else 0, event=event)
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """An event about to be logged: when it happened, its tie rank and its compact JSON."""
+
+    event: AdtEvent
+    at: datetime
+    text: str
+
+    @property
+    def order(self) -> tuple[datetime, int, str]:
+        return (self.at, _rank(self.event), self.event.message_control_id)
 
 
-def is_stale(visit: VisitMemory, new: LoggedEvent) -> bool:
+def _rank(event: AdtEvent) -> int:
+    return 1 if event.event in CANCELS else 0
+
+
+def is_stale(visit: VisitMemory, new: Arrival) -> bool:
     """True when ``new`` is older than the newest event already applied to the visit."""
     return bool(visit.log) and new.order < visit.log[-1].order
 
 
-def append(visit: VisitMemory, new: LoggedEvent, *, fresh: bool) -> VisitMemory:
+def append(visit: VisitMemory, new: Arrival, *, fresh: bool) -> VisitMemory:
     """The visit with ``new`` at the end of its log (``fresh``: the event created the visit)."""
-    log = (*visit.log, new)
+    basis = visit.log_basis
+    update: dict[str, object] = {}
+    if basis is None:
+        basis = _deflate(new.text.encode(), b"")
+        update["log_basis"] = basis
+    logged = LoggedEvent.model_construct(  # every value is already valid
+        at=new.at,
+        rank=_rank(new.event),
+        message_control_id=new.event.message_control_id,
+        payload=_deflate(new.text.encode(), _dictionary(basis)),
+    )
+    log = (*visit.log, logged)
     complete = visit.log_complete and (fresh or bool(visit.log))  # older visits had no log
     if len(log) > LOG_LIMIT:
         log, complete = log[-LOG_LIMIT:], False
-    return visit.model_copy(update={"log": log, "log_complete": complete})
+    return visit.model_copy(update={**update, "log": log, "log_complete": complete})
 
 
-def rederive(
-    step: Step, visit: VisitMemory, new: LoggedEvent, handlers: Mapping[str, Handler]
-) -> None:
+def logged_events(visit: VisitMemory) -> list[Arrival]:
+    """The visit's logged events, in order, read back."""
+    if visit.log_basis is None:
+        return []
+    zdict = _dictionary(visit.log_basis)
+    found = []
+    for item in visit.log:
+        text = _inflate(item.payload, zdict)
+        found.append(Arrival(AdtEvent.model_validate_json(text), item.at, text))
+    return found
+
+
+def _deflate(data: bytes, zdict: bytes) -> str:
+    packer = zlib.compressobj(1, zdict=zdict) if zdict else zlib.compressobj(1)
+    return base64.b64encode(packer.compress(data) + packer.flush()).decode("ascii")
+
+
+def _inflate(payload: str, zdict: bytes) -> str:
+    unpacker = zlib.decompressobj(zdict=zdict) if zdict else zlib.decompressobj()
+    return (unpacker.decompress(base64.b64decode(payload)) + unpacker.flush()).decode()
+
+
+@lru_cache(maxsize=1024)
+def _dictionary(basis: str) -> bytes:
+    """The deflate dictionary of a log: its first event's JSON."""
+    return _inflate(basis, b"").encode()
+
+
+def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str, Handler]) -> None:
     """Apply a stale event: re-derive its visit with the event in its place (see the module)."""
     rule = f"event.{new.event.event}"
     if not visit.log_complete:
         step.note(rule, "stale-not-applied", visit.case_id, None, Flag.STALE_EVENT)
         step.put_visit(visit)
         return
-    log = tuple(sorted((*visit.log, new), key=lambda e: e.order))
-    before = _fold(step, visit, visit.log, handlers)
-    after = _fold(step, visit, log, handlers)
+    old = logged_events(visit)
+    events = sorted([*old, new], key=lambda a: a.order)
+    before = _fold(step, visit, old, handlers)
+    after = _fold(step, visit, events, handlers)
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
     old_visit, new_visit = before.visits[visit.key], after.visits[visit.key]
     ids = _case_ids(visit) | _case_ids(old_visit) | _case_ids(new_visit)
@@ -95,9 +149,9 @@ def _case_ids(visit: VisitMemory) -> set[str]:
 
 
 def _fold(
-    step: Step, visit: VisitMemory, log: tuple[LoggedEvent, ...], handlers: Mapping[str, Handler]
+    step: Step, visit: VisitMemory, events: list[Arrival], handlers: Mapping[str, Handler]
 ) -> Step:
-    """The patient's state after applying ``log`` in order to the visit, from before its start."""
+    """The patient's state after applying ``events`` in order to the visit, from its start."""
     own = _case_ids(visit)
     others = [v for key, v in step.visits.items() if key != visit.key]
     start = PatientState(
@@ -113,7 +167,7 @@ def _fold(
         visit_authority=visit.visit_authority,
         patient_key=visit.patient_key,
     )
-    for item in log:
+    for item in events:
         fold.begin(item.event, item.at)
         fold.patient = facts.patient_ref(item.event.patient.identifiers, step.rules)
         handler = handlers.get(item.event.event)

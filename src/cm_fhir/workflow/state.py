@@ -15,14 +15,12 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_serializer
+from pydantic import BaseModel, ConfigDict, Field
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.common import Instant, LocalId, PatientRef
 from cm_fhir.domain.referral import DischargePlan
-from cm_fhir.hl7v2.events import AdtEvent
 
 __all__ = [
     "LOG_LIMIT",
@@ -90,20 +88,19 @@ class TransferFrame(_State):
 class LoggedEvent(_State):
     """One event applied to a visit, with the time it is ordered by.
 
-    Stored compactly: the event without its default values.
+    The event itself is only needed to re-derive the visit, while the state document is written
+    after every batch: ``payload`` is its compact JSON, deflated against the visit's first event
+    (:attr:`VisitMemory.log_basis`) and base64-encoded (:mod:`cm_fhir.workflow.ordering`).
     """
 
     at: Instant = Field(description="EVN-6, else EVN-2, else MSH-7, else when it was processed")
     rank: int = Field(default=0, description="Breaks a tie of times: a cancel after what it undoes")
-    event: AdtEvent
-
-    @field_serializer("event")
-    def _compact(self, event: AdtEvent) -> dict[str, Any]:
-        return event.model_dump(mode="json", exclude_defaults=True)
+    message_control_id: str
+    payload: str
 
     @property
     def order(self) -> tuple[datetime, int, str]:
-        return (self.at, self.rank, self.event.message_control_id)
+        return (self.at, self.rank, self.message_control_id)
 
 
 class VisitMemory(_State):
@@ -131,6 +128,9 @@ class VisitMemory(_State):
     effects: tuple[EventEffect, ...] = ()
     log: tuple[LoggedEvent, ...] = Field(
         default=(), description="The visit's applied events, in event-time order"
+    )
+    log_basis: str | None = Field(
+        default=None, description="The first logged event, deflated: the log's dictionary"
     )
     log_complete: bool = Field(
         default=True, description="False once the log lost its oldest events (see LOG_LIMIT)"
