@@ -227,3 +227,17 @@ def test_ordering_case_example_is_valid_fhir() -> None:
     for case in state.cases:
         map_case_json(case)  # validates with fhir.resources R4B
     assert isinstance(state.cases[0], Case)
+
+
+def test_events_of_the_same_time_keep_their_arrival_order() -> None:
+    # control ids carry no order ("MSG10" sorts before "MSG9"): equal times are taken as they come
+    admit = V.adt("A01", "MSG9", hours(0))
+    bed = V.adt("A02", "MSG10", hours(0), location="5NORTH")
+    state, outcomes = run([admit, bed])
+    assert Flag.STALE_EVENT not in outcomes[1].flags
+    assert owner(state) == team("cm-surgery")
+    # a late event re-derives the visit with the equal-time pair still in arrival order
+    late, outcomes = run([V.adt("A08", "MSG8", hours(-1), location="4WEST")], state)
+    assert Flag.STALE_EVENT in outcomes[0].flags
+    assert late.visits[0].location == "5NORTH"
+    assert owner(late) == team("cm-surgery")

@@ -1,11 +1,12 @@
 """Clinical order: a visit's events take effect by event time, not by arrival. Pure.
 
 Every event applied to a visit is kept in the visit's log (:class:`~.state.LoggedEvent`), ordered
-by event time (EVN-6, else EVN-2, else MSH-7), then cancels after what they cancel, then control
-id. An event in order is applied to the current state and appended. An event older than the
-newest of its visit is *stale*: it is put where it belongs in the log and the visit is
-re-derived, folding the log in that order from the state before the visit's first event. Ids are
-deterministic, so the re-derivation yields the same resources wherever the order did not matter.
+by event time (EVN-6, else EVN-2, else MSH-7), a cancel after what it cancels at the same time,
+and events of equal time in arrival order (control ids carry no order). An event in order is
+applied to the current state and appended. An event older than the newest of its visit is
+*stale*: it is put where it belongs in the log and the visit is re-derived, folding the log in
+that order from the state before the visit's first event. Ids are deterministic, so the
+re-derivation yields the same resources wherever the order did not matter.
 
 What the re-derivation changes is merged into the current cases three ways, against the fold of
 the old log: a field, task, referral or goal that someone else changed since (the API, the
@@ -62,8 +63,8 @@ class Arrival:
     text: str
 
     @property
-    def order(self) -> tuple[datetime, int, str]:
-        return (self.at, _rank(self.event), self.event.message_control_id)
+    def order(self) -> tuple[datetime, int]:
+        return (self.at, _rank(self.event))
 
 
 def _rank(event: AdtEvent) -> int:
@@ -131,7 +132,7 @@ def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str
         step.put_visit(visit)
         return
     old = logged_events(visit)
-    events = sorted([*old, new], key=lambda a: a.order)
+    events = sorted([*old, new], key=lambda a: a.order)  # stable: ties keep arrival order
     before = _fold(step, visit, old, handlers)
     after = _fold(step, visit, events, handlers)
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)

@@ -99,8 +99,9 @@ class LoggedEvent(_State):
     payload: str
 
     @property
-    def order(self) -> tuple[datetime, int, str]:
-        return (self.at, self.rank, self.message_control_id)
+    def order(self) -> tuple[datetime, int]:
+        """What the log is sorted by; equal orders keep their arrival order."""
+        return (self.at, self.rank)
 
 
 class VisitMemory(_State):
