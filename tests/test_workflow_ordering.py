@@ -241,3 +241,31 @@ def test_events_of_the_same_time_keep_their_arrival_order() -> None:
     assert Flag.STALE_EVENT in outcomes[0].flags
     assert late.visits[0].location == "5NORTH"
     assert owner(late) == team("cm-surgery")
+
+
+def test_an_order_that_breaks_a_domain_rule_leaves_the_visit_and_says_so() -> None:
+    from datetime import datetime
+
+    from cm_fhir.errors import DomainError
+    from cm_fhir.workflow import facts, ordering
+    from cm_fhir.workflow.actions import Step
+    from cm_fhir.workflow.engine import _HANDLERS
+    from cm_fhir.workflow.state import VisitMemory
+
+    state, _ = run(_feed()[:2])
+    late = V.adt("A08", "X1", hours(1), location="ED")
+
+    def refuses(step: Step, visit: VisitMemory) -> VisitMemory:
+        raise DomainError("this order is impossible")
+
+    step = Step(state, rules(), datetime.now().astimezone(), late)
+    identity = facts.visit_identity(late, rules())
+    assert identity is not None
+    visit = step.visit(identity)
+    arrival = ordering.Arrival(late, step.at, facts.compact_json(late))
+    assert ordering.is_stale(visit, arrival)
+    ordering.rederive(step, visit, arrival, {**_HANDLERS, "A08": refuses})
+    after = step.state()
+    assert after.cases == state.cases
+    assert after.visits == state.visits
+    assert step.trace[-1].flags == (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)

@@ -133,8 +133,15 @@ def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str
         return
     old = logged_events(visit)
     events = sorted([*old, new], key=lambda a: a.order)  # stable: ties keep arrival order
-    before = _fold(step, visit, old, handlers)
-    after = _fold(step, visit, events, handlers)
+    try:
+        before = _fold(step, visit, old, handlers)
+        after = _fold(step, visit, events, handlers)
+    except (DomainError, ValidationError):
+        # This order breaks a domain rule: keep the visit as it is and say so.
+        flags = (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)
+        step.note(rule, "stale-not-applied", visit.case_id, None, *flags)
+        step.put_visit(visit)
+        return
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
     old_visit, new_visit = before.visits[visit.key], after.visits[visit.key]
     ids = _case_ids(visit) | _case_ids(old_visit) | _case_ids(new_visit)
