@@ -263,9 +263,23 @@ def test_an_order_that_breaks_a_domain_rule_leaves_the_visit_and_says_so() -> No
     assert identity is not None
     visit = step.visit(identity)
     arrival = ordering.Arrival(late, step.at, facts.compact_json(late))
-    assert ordering.is_stale(visit, arrival)
+    assert ordering.is_stale(step, visit, arrival)
     ordering.rederive(step, visit, arrival, {**_HANDLERS, "A08": refuses})
     after = step.state()
     assert after.cases == state.cases
     assert after.visits == state.visits
     assert step.trace[-1].flags == (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)
+
+
+def test_a_late_discharge_of_an_earlier_visit_counts_for_readmission() -> None:
+    first = Visit(birth="19990101", diagnosis="S52.5", payer=None, visit="VR1")
+    second = Visit(birth="19990101", diagnosis="S52.5", payer=None, visit="VR2")
+    admit = first.adt("A01", "R1", hours(0))
+    discharge = first.adt("A03", "R2", hours(10), discharge=hours(10))
+    readmit = second.adt("A01", "R3", hours(10 + 24 * 5))
+    in_order, _ = run([admit, discharge, readmit])
+    (case,) = in_order.cases
+    assert case.encounters[0].value == second.visit  # qualifies only as a readmission
+    late, outcomes = run([admit, readmit, discharge])
+    assert Flag.STALE_EVENT in outcomes[2].flags
+    same_outcome(in_order, late)

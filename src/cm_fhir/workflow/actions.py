@@ -27,6 +27,7 @@ from cm_fhir.workflow.state import (
     ProcessedMessage,
     TraceEntry,
     VisitMemory,
+    latest,
     visit_key,
 )
 
@@ -102,12 +103,15 @@ class Step:
         self.processed = [*self.processed, entry][-PROCESSED_MEMORY:]
 
     def state(self) -> PatientState:
+        """The new state: cases by id and visits by key (the same whatever the arrival order),
+        and the latest discharge of any visit."""
+        visits = [self.visits[key] for key in sorted(self.visits)]
         return PatientState(
             patient_keys=tuple(self.keys),
             patient=self.patient,
-            cases=tuple(self.cases.values()),
-            visits=tuple(self.visits.values()),
-            last_discharge=self.last_discharge,
+            cases=tuple(self.cases[case_id] for case_id in sorted(self.cases)),
+            visits=tuple(visits),
+            last_discharge=latest([v.discharge_time for v in visits]),
             processed=tuple(self.processed),
         )
 

@@ -84,7 +84,7 @@ def apply_event(
         else:
             visit = step.visit(identity)
             entry = ordering.Arrival(event, step.at, text)
-            if ordering.is_stale(visit, entry):
+            if ordering.is_stale(step, visit, entry):
                 ordering.rederive(step, visit, entry, _HANDLERS)
             else:
                 fresh = visit.key not in step.visits

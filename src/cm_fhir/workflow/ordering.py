@@ -71,11 +71,6 @@ def _rank(event: AdtEvent) -> int:
     return 1 if event.event in CANCELS else 0
 
 
-def is_stale(visit: VisitMemory, new: Arrival) -> bool:
-    """True when ``new`` is older than the newest event already applied to the visit."""
-    return bool(visit.log) and new.order < visit.log[-1].order
-
-
 def append(visit: VisitMemory, new: Arrival, *, fresh: bool) -> VisitMemory:
     """The visit with ``new`` at the end of its log (``fresh``: the event created the visit)."""
     basis = visit.log_basis
@@ -125,30 +120,53 @@ def _dictionary(basis: str) -> bytes:
 
 
 def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str, Handler]) -> None:
-    """Apply a stale event: re-derive its visit with the event in its place (see the module)."""
+    """Apply a stale event: re-derive its visit, and the patient's other visits with events after
+    it (a discharge counts for readmission screening), with the event in its place."""
     rule = f"event.{new.event.event}"
+    own_stale = bool(visit.log) and new.order < visit.log[-1].order
     if not visit.log_complete:
-        step.note(rule, "stale-not-applied", visit.case_id, None, Flag.STALE_EVENT)
-        step.put_visit(visit)
+        if own_stale:
+            step.note(rule, "stale-not-applied", visit.case_id, None, Flag.STALE_EVENT)
+            step.put_visit(visit)
+        else:  # late only against other visits: applied as it comes
+            fresh = visit.key not in step.visits
+            step.put_visit(append(handlers[new.event.event](step, visit), new, fresh=fresh))
         return
-    old = logged_events(visit)
-    events = sorted([*old, new], key=lambda a: a.order)  # stable: ties keep arrival order
+    group = {visit.key: visit}
+    group.update({k: v for k, v in step.visits.items() if v.log_complete and _after(v, new)})
+    old = [(k, a) for k, v in group.items() for a in logged_events(v)]
+    events = sorted([*old, (visit.key, new)], key=lambda e: e[1].order)  # stable: ties keep
+    old.sort(key=lambda e: e[1].order)  # arrival order
     try:
-        before = _fold(step, visit, old, handlers)
-        after = _fold(step, visit, events, handlers)
+        before = _fold(step, group, old, handlers)
+        after = _fold(step, group, events, handlers)
     except (DomainError, ValidationError):
-        # This order breaks a domain rule: keep the visit as it is and say so.
+        # This order breaks a domain rule: keep the visits as they are and say so.
         flags = (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)
         step.note(rule, "stale-not-applied", visit.case_id, None, *flags)
         step.put_visit(visit)
         return
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
-    old_visit, new_visit = before.visits[visit.key], after.visits[visit.key]
-    ids = _case_ids(visit) | _case_ids(old_visit) | _case_ids(new_visit)
+    ids: set[str] = set()
+    for key, current in group.items():
+        ids |= _case_ids(current) | _case_ids(before.visits[key]) | _case_ids(after.visits[key])
     for case_id in sorted(ids):
         _merge_case(step, case_id, before.cases.get(case_id), after.cases.get(case_id))
-    step.put_visit(new_visit)
+    for key in group:
+        step.put_visit(after.visits[key])
     step.last_discharge = after.last_discharge
+
+
+def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
+    """Whether ``new`` is older than the newest event of its visit or of another of the
+    patient's visits (whose screening may depend on it)."""
+    if visit.log and new.order < visit.log[-1].order:
+        return True
+    return any(_after(v, new) for k, v in step.visits.items() if k != visit.key)
+
+
+def _after(visit: VisitMemory, new: Arrival) -> bool:
+    return bool(visit.log) and new.order < visit.log[-1].order
 
 
 def _case_ids(visit: VisitMemory) -> set[str]:
@@ -157,11 +175,15 @@ def _case_ids(visit: VisitMemory) -> set[str]:
 
 
 def _fold(
-    step: Step, visit: VisitMemory, events: list[Arrival], handlers: Mapping[str, Handler]
+    step: Step,
+    group: Mapping[str, VisitMemory],
+    events: list[tuple[str, Arrival]],
+    handlers: Mapping[str, Handler],
 ) -> Step:
-    """The patient's state after applying ``events`` in order to the visit, from its start."""
-    own = _case_ids(visit)
-    others = [v for key, v in step.visits.items() if key != visit.key]
+    """The patient's state after applying ``events`` (each to its visit of ``group``) in order,
+    from before those visits began; the patient's other visits and cases stay as they are."""
+    own = set().union(*(_case_ids(v) for v in group.values()))
+    others = [v for key, v in step.visits.items() if key not in group]
     start = PatientState(
         patient_keys=tuple(step.keys),
         patient=step.patient,
@@ -170,19 +192,27 @@ def _fold(
         last_discharge=latest([v.discharge_time for v in others]),
     )
     fold = Step(start, step.rules, step.now)
-    memory = VisitMemory(
-        visit_number=visit.visit_number,
-        visit_authority=visit.visit_authority,
-        patient_key=visit.patient_key,
-    )
-    for item in events:
+    memories = {
+        key: VisitMemory(
+            visit_number=v.visit_number,
+            visit_authority=v.visit_authority,
+            patient_key=v.patient_key,
+        )
+        for key, v in group.items()
+    }
+    for key, item in events:
+        # As between two steps: the latest discharge of any visit (see Step.state).
+        current = [*others, *memories.values()]
+        fold.last_discharge = latest([v.discharge_time for v in current])
         fold.begin(item.event, item.at)
         fold.patient = facts.patient_ref(item.event.patient.identifiers, step.rules)
         handler = handlers.get(item.event.event)
+        memory = memories[key]
         if handler is not None:
             memory = handler(fold, memory)
-        memory = append(memory, item, fresh=True)
-    fold.put_visit(memory)
+        memories[key] = append(memory, item, fresh=True)
+    for memory in memories.values():
+        fold.put_visit(memory)
     return fold
 
 
