@@ -60,7 +60,7 @@ def apply_event(
     """
     step = Step(state, rules, now, event)
     lock = facts.patient_keys(event, rules)
-    text = facts.compact_json(event)
+    text = facts.event_json(event)
     digest = facts.digest(event, text)
     seen = [p for p in state.processed if p.message_control_id == event.message_control_id]
     if any(p.digest == digest for p in seen):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import date, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from cm_fhir.domain.case import Coverage
@@ -29,10 +30,10 @@ __all__ = [
     "age_at",
     "aware",
     "case_id",
-    "compact_json",
     "coverage",
     "digest",
     "encounter",
+    "event_json",
     "event_time",
     "item_id",
     "party",
@@ -71,28 +72,27 @@ def visit_identity(event: AdtEvent, rules: DischargeRules) -> VisitIdentifier | 
     """The visit's number and authority: the first field of ``identity.visit_number_fields``
     that holds a number, its CX.4 authority, else the sending facility (MSH-4); None if none."""
     for field in rules.identity.visit_number_fields:
-        found = _visit_field(event, field)
-        if found is not None and found.value.strip():
-            authority = found.assigning_authority or event.sending_facility
+        number, authority = _visit_field(event, field)
+        if number is not None and number.strip():
             return VisitIdentifier.model_construct(
-                value=found.value.strip(), assigning_authority=authority
+                value=number.strip(), assigning_authority=authority or event.sending_facility
             )
     return None
 
 
-def _visit_field(event: AdtEvent, field: str) -> VisitIdentifier | None:
+def _visit_field(event: AdtEvent, field: str) -> tuple[str | None, str | None]:
+    """The number and authority in one of the visit fields."""
     visit = event.visit
+    found: VisitIdentifier | None = None
     if field == "PID-18":
-        return event.patient.account_number
-    if visit is None:
-        return None
-    if field == "PV1-50":
-        return visit.alternate_visit_id
-    if visit.visit_number is None:
-        return None
-    return VisitIdentifier.model_construct(
-        value=visit.visit_number, assigning_authority=visit.visit_authority
-    )
+        found = event.patient.account_number
+    elif visit is None:
+        return None, None
+    elif field == "PV1-50":
+        found = visit.alternate_visit_id
+    else:
+        return visit.visit_number, visit.visit_authority
+    return (found.value, found.assigning_authority) if found is not None else (None, None)
 
 
 def item_id(rule: str, tag: str = "") -> str:
@@ -136,6 +136,12 @@ def _token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "-", text.strip()) or "-"
 
 
+@lru_cache(maxsize=4096)
+def _qualified(system: str, authority: str) -> str:
+    """``system:<authority>``: a system per authority that has none configured."""
+    return f"{system}:{_token(authority)}"
+
+
 def _primary_first(ids: tuple[PatientIdentifier, ...]) -> list[PatientIdentifier]:
     """The MR-typed identifier first (the MRN), the others in message order."""
     mrns = [i for i in ids if i.type_code == IdentifierKind.MRN.value]
@@ -172,7 +178,7 @@ def encounter(visit: VisitMemory, rules: DischargeRules) -> Identifier:
     authority = visit.visit_authority
     system = rules.identity.visit_system
     if authority:
-        system = rules.identity.visit_systems.get(authority, f"{system}:{_token(authority)}")
+        system = rules.identity.visit_systems.get(authority) or _qualified(system, authority)
     return Identifier(
         system=system, value=visit.visit_number, kind=IdentifierKind.VISIT, assigner=authority
     )
@@ -218,15 +224,15 @@ def party(spec: PartySpec) -> PartyRef:
     return PartyRef(kind=spec.kind, identifier=ident, display=spec.display)
 
 
-def compact_json(event: AdtEvent) -> str:
-    """The event as JSON without its default values (what a visit's log keeps)."""
-    return event.model_dump_json(exclude_defaults=True)
+def event_json(event: AdtEvent) -> str:
+    """The event as JSON (what a visit's log keeps, deflated)."""
+    return event.model_dump_json()
 
 
 def digest(event: AdtEvent, text: str | None = None) -> str:
     """A digest of the event's content, to tell a resent message from a reused control id.
 
-    ``text`` is the event's :func:`compact_json` when the caller has it already.
+    ``text`` is the event's :func:`event_json` when the caller has it already.
     """
-    data = text if text is not None else compact_json(event)
+    data = text if text is not None else event_json(event)
     return hashlib.sha256(data.encode()).hexdigest()[:32]

@@ -56,7 +56,7 @@ _ITEMS = ("tasks", "referrals", "goals", "assessments")
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """An event about to be logged: when it happened, its tie rank and its compact JSON."""
+    """An event about to be logged: when it happened, its tie rank and its JSON."""
 
     event: AdtEvent
     at: datetime

@@ -89,7 +89,7 @@ class LoggedEvent(_State):
     """One event applied to a visit, with the time it is ordered by.
 
     The event itself is only needed to re-derive the visit, while the state document is written
-    after every batch: ``payload`` is its compact JSON, deflated against the visit's first event
+    after every batch: ``payload`` is its JSON, deflated against the visit's first event
     (:attr:`VisitMemory.log_basis`) and base64-encoded (:mod:`cm_fhir.workflow.ordering`).
     """
 
