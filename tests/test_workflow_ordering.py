@@ -178,10 +178,24 @@ def test_a_case_someone_closed_stays_closed_when_a_stale_event_arrives() -> None
     discharge = V.adt("A03", "C2", hours(20), disposition="01", discharge=hours(20))
     state, _ = run([admit, discharge])
     state = close_due_cases(state, rules(), hours(20) + rules().discharge.close_after).state
-    late, _ = run([V.adt("A02", "C3", hours(5), location="5NORTH")], state)
+    # a closed case's visit is settled: its log is dropped, late events are only recorded
+    assert [e.payload for e in state.visits[0].log] == [""]
+    late, outcomes = run([V.adt("A02", "C3", hours(5), location="5NORTH")], state)
+    assert [t.action for t in outcomes[0].trace] == ["stale-not-applied"]
     (case,) = late.cases
     assert case.status == CaseStatus.CLOSED
     assert not any(t.is_open for t in case.tasks)
+
+
+def test_a_visit_without_a_case_drops_its_log_a_while_after_its_discharge() -> None:
+    young = Visit(birth="19990101", diagnosis="S52.5", payer=None, visit="VY1")
+    later = Visit(birth="19990101", diagnosis="S52.5", payer=None, visit="VY2")
+    state, _ = run([young.adt("A01", "Y1", hours(0)), young.adt("A03", "Y2", hours(5))])
+    assert len(state.visits[0].log) == 2  # late events for it may still come
+    after = hours(5) + rules().discharge.close_after
+    state, _ = run([later.adt("A01", "Y3", after)], state)
+    first = next(v for v in state.visits if v.visit_number == young.visit)
+    assert ([e.payload for e in first.log], first.log_complete) == ([""], False)
 
 
 def test_the_log_survives_json_and_stays_compact() -> None:

@@ -104,8 +104,8 @@ class Step:
 
     def state(self) -> PatientState:
         """The new state: cases by id and visits by key (the same whatever the arrival order),
-        and the latest discharge of any visit."""
-        visits = [self.visits[key] for key in sorted(self.visits)]
+        and the latest discharge of any visit. A settled visit's log is dropped."""
+        visits = [self._settled(self.visits[key]) for key in sorted(self.visits)]
         return PatientState(
             patient_keys=tuple(self.keys),
             patient=self.patient,
@@ -114,6 +114,23 @@ class Step:
             last_discharge=latest([v.discharge_time for v in visits]),
             processed=tuple(self.processed),
         )
+
+    def _settled(self, visit: VisitMemory) -> VisitMemory:
+        """The visit without its log once late events can no longer matter: its case is closed,
+        or, without a case, ``discharge.close_after`` has passed since its discharge (by the
+        time of the event applied)."""
+        if not (visit.log and visit.log_complete) or visit.discharge_time is None:
+            return visit
+        case = self.cases.get(visit.case_id) if visit.case_id is not None else None
+        if case is not None:
+            settled = case.status == CaseStatus.CLOSED
+        else:
+            settled = self.at >= visit.discharge_time + self.rules.discharge.close_after
+        if not settled:
+            return visit
+        # The newest entry stays, without its event, to tell late events from new ones.
+        last = visit.log[-1].model_copy(update={"payload": ""})
+        return visit.model_copy(update={"log": (last,), "log_basis": None, "log_complete": False})
 
     def visit(self, identity: VisitIdentifier) -> VisitMemory:
         """The visit's memory; a new one, tied to the current patient, for a visit not seen yet."""
