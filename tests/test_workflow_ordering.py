@@ -50,7 +50,7 @@ def test_a_late_transfer_before_the_discharge_gives_the_discharge_work_its_team(
     discharge = V.adt("A03", "M4", hours(48), disposition="01", discharge=hours(48))
     in_order, _ = run([admit, to_surgery, to_ed, discharge])
     late, _ = run([admit, to_surgery, discharge, to_ed])
-    assert owner(late, "follow-up-d1") == team("cm-emergency")
+    assert owner(late, "med-rec-d1") == team("cm-emergency")
     same_outcome(in_order, late)
 
 

@@ -76,6 +76,8 @@ class Visit:
         prior_mrn: str | None = None,
         occurred: datetime | None = None,
         alternate: str = "",
+        died: datetime | None = None,
+        death_indicator: str = "",
     ) -> str:
         """The message as ER7 text (segments joined by carriage returns).
 
@@ -93,10 +95,11 @@ class Visit:
         fields[45] = hl7_time(discharge) if discharge else ""
         if alternate:
             fields[50] = alternate
-        pid = [""] * 19
+        pid = [""] * 31
         pid[1], pid[3] = "1", f"{self.mrn}^^^{AUTHORITY}^MR"
         pid[5], pid[7], pid[8] = "TESTPATIENT^ALPHA", self.birth, "F"
         pid[18] = self.account
+        pid[29], pid[30] = (hl7_time(died) if died else ""), death_indicator
         evn = f"EVN|{event}|{hl7_time(at)}||||{hl7_time(occurred or at)}"
         segments = [
             f"MSH|^~\\&|ADTSYS|{self.facility}|CMFHIR|CM|{hl7_time(at)}||ADT^{event}|{control_id}"

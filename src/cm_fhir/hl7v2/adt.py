@@ -213,6 +213,8 @@ class _AdtReader:
             birth_date=None if birth is None else parse_date(birth, pid.location(7)),
             sex=self.text(pid, 8),
             account_number=self.account(pid, 18),
+            death_time=self.moment(pid, 29),
+            deceased=_yes_no(self.text(pid, 30)),
         )
 
     def visit(self) -> Visit | None:
@@ -277,6 +279,12 @@ class _AdtReader:
 def _authority(segment: Hl7Segment, parts: list[str]) -> str | None:
     """CX.4 assigning authority: its namespace id, else its universal id."""
     return segment.text_in(parts, 4) or segment.text_in(parts, 4, 2)
+
+
+def _yes_no(value: str | None) -> bool | None:
+    """An HL7 table 0136 indicator: Y is True, N is False, anything else unknown."""
+    flag = (value or "").strip().upper()
+    return True if flag == "Y" else False if flag == "N" else None
 
 
 def _name(segment: Hl7Segment, parts: list[str], offset: int = 0) -> PersonName | None:

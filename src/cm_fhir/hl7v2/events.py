@@ -70,14 +70,16 @@ class Practitioner(_Event):
 
 
 class Patient(_Event):
-    """The patient from PID: identifiers (PID-3 repetitions), name (PID-5), PID-7, PID-8, and
-    the account number (PID-18)."""
+    """The patient from PID: identifiers (PID-3), name (PID-5), PID-7, PID-8, the account number
+    (PID-18), PID-29, PID-30."""
 
     identifiers: tuple[PatientIdentifier, ...] = ()
     name: PersonName | None = None
     birth_date: date | None = None
     sex: str | None = None
     account_number: VisitIdentifier | None = None
+    death_time: datetime | None = None
+    deceased: bool | None = None
 
 
 class Location(_Event):

@@ -28,7 +28,7 @@ from the patient, the visit (number and authority), the rule and the sequence nu
 replaying an inbox gives identical cases.
 """
 
-from cm_fhir.workflow.discharge import close_due_cases
+from cm_fhir.workflow.closing import close_due_cases
 from cm_fhir.workflow.engine import apply_event
 from cm_fhir.workflow.facts import case_id, patient_key, patient_keys, visit_identity, visit_slug
 from cm_fhir.workflow.screening import ScreeningFacts, ScreeningResult, screen

@@ -32,6 +32,7 @@ from cm_fhir.errors import DomainError
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step
+from cm_fhir.workflow.lifecycle import is_death
 from cm_fhir.workflow.state import (
     LOG_LIMIT,
     Flag,
@@ -119,7 +120,14 @@ def _dictionary(basis: str) -> bytes:
     return _inflate(basis, b"").encode()
 
 
-def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str, Handler]) -> None:
+def rederive(
+    step: Step,
+    visit: VisitMemory,
+    new: Arrival,
+    handlers: Mapping[str, Handler],
+    *,
+    after: Callable[[Step], None] = lambda step: None,
+) -> None:
     """Apply a stale event: re-derive its visit, and the patient's other visits with events after
     it (a discharge counts for readmission screening), with the event in its place."""
     rule = f"event.{new.event.event}"
@@ -131,6 +139,7 @@ def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str
         else:  # late only against other visits: applied as it comes
             fresh = visit.key not in step.visits
             step.put_visit(append(handlers[new.event.event](step, visit), new, fresh=fresh))
+        # ``after`` runs in apply_event for this event
         return
     group = {visit.key: visit}
     group.update({k: v for k, v in step.visits.items() if v.log_complete and _after(v, new)})
@@ -138,8 +147,8 @@ def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str
     events = sorted([*old, (visit.key, new)], key=lambda e: e[1].order)  # stable: ties keep
     old.sort(key=lambda e: e[1].order)  # arrival order
     try:
-        before = _fold(step, group, old, handlers)
-        after = _fold(step, group, events, handlers)
+        before = _fold(step, group, old, handlers, after)
+        folded = _fold(step, group, events, handlers, after)
     except (DomainError, ValidationError):
         # This order breaks a domain rule: keep the visits as they are and say so.
         flags = (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)
@@ -149,12 +158,13 @@ def rederive(step: Step, visit: VisitMemory, new: Arrival, handlers: Mapping[str
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
     ids: set[str] = set()
     for key, current in group.items():
-        ids |= _case_ids(current) | _case_ids(before.visits[key]) | _case_ids(after.visits[key])
+        ids |= _case_ids(current) | _case_ids(before.visits[key]) | _case_ids(folded.visits[key])
     for case_id in sorted(ids):
-        _merge_case(step, case_id, before.cases.get(case_id), after.cases.get(case_id))
+        _merge_case(step, case_id, before.cases.get(case_id), folded.cases.get(case_id))
     for key in group:
-        step.put_visit(after.visits[key])
-    step.last_discharge = after.last_discharge
+        step.put_visit(folded.visits[key])
+    step.last_discharge = folded.last_discharge
+    step.deceased = folded.deceased
 
 
 def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
@@ -179,6 +189,7 @@ def _fold(
     group: Mapping[str, VisitMemory],
     events: list[tuple[str, Arrival]],
     handlers: Mapping[str, Handler],
+    after: Callable[[Step], None],
 ) -> Step:
     """The patient's state after applying ``events`` (each to its visit of ``group``) in order,
     from before those visits began; the patient's other visits and cases stay as they are."""
@@ -190,9 +201,11 @@ def _fold(
         cases=tuple(c for c in step.cases.values() if c.id not in own),
         visits=tuple(others),
         last_discharge=latest([v.discharge_time for v in others]),
+        # a death among these events is found again; one reported elsewhere stands
+        deceased=None if any(is_death(a.event) for _, a in events) else step.deceased,
     )
     fold = Step(start, step.rules, step.now)
-    memories = {
+    fresh = {
         key: VisitMemory(
             visit_number=v.visit_number,
             visit_authority=v.visit_authority,
@@ -202,17 +215,17 @@ def _fold(
     }
     for key, item in events:
         # As between two steps: the latest discharge of any visit (see Step.state).
-        current = [*others, *memories.values()]
-        fold.last_discharge = latest([v.discharge_time for v in current])
+        fold.last_discharge = latest([v.discharge_time for v in fold.visits.values()])
         fold.begin(item.event, item.at)
         fold.patient = facts.patient_ref(item.event.patient.identifiers, step.rules)
         handler = handlers.get(item.event.event)
-        memory = memories[key]
+        memory = fold.visits.get(key) or fresh[key]
         if handler is not None:
             memory = handler(fold, memory)
-        memories[key] = append(memory, item, fresh=True)
-    for memory in memories.values():
-        fold.put_visit(memory)
+        fold.put_visit(append(memory, item, fresh=True))
+        after(fold)
+    for key, memory in fresh.items():
+        fold.visits.setdefault(key, memory)
     return fold
 
 
