@@ -103,9 +103,7 @@ class InstanceChecker:
         if not is_resource and not any(k != "id" and _present(v) for k, v in value.items()):
             run.error("invariant", expr, "ele-1: All FHIR elements must have a @value or children")
         if tcode == "Extension" and _present(value.get("extension")) == _has_value_x(value):
-            run.error(
-                "invariant", expr, "ext-1: Must have either extensions or value[x], not both"
-            )
+            run.error("invariant", expr, "ext-1: Must have either extensions or value[x], not both")
         if root and isinstance(value.get("contained"), list):
             _check_contained_referenced(value, expr, run)
         constraints = list(node.constraints)
