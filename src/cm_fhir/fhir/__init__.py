@@ -6,6 +6,7 @@ The public API::
     data = map_case_json(case)              # the same, as canonical JSON bytes
     data = map_case_json(case, validate=False)   # the fast path, no validation
     case = case_from_bundle(bundle)         # the reverse mapping (lossless)
+    parts = split_transaction(bundle, 8)    # for servers that cap transaction size
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from cm_fhir.fhir.bundle import WriteMode, bundle_resources, dumps, transaction_
 from cm_fhir.fhir.context import ReferenceStyle
 from cm_fhir.fhir.mapper import case_to_resources, resources_to_case
 from cm_fhir.fhir.models import validate_bundle, validate_resource
+from cm_fhir.fhir.split import split_transaction
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 
 Json = dict[str, Any]
@@ -61,6 +63,7 @@ __all__ = [
     "map_case",
     "map_case_json",
     "resources_to_case",
+    "split_transaction",
     "transaction_bundle",
     "validate_bundle",
     "validate_resource",
