@@ -13,7 +13,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.domain import Case
 from cm_fhir.fhir import map_case
@@ -22,10 +24,13 @@ from cm_fhir.mapping.rules import Criterion, load_discharge_rules
 from cm_fhir.profiles import ConformanceRegistry, bundled_profiles_dir
 from cm_fhir.profiles.terminology import Terminology
 from scenario_feeds import WORKFLOW_SCENARIOS, workflow_cases
+from worker_fixtures import cases, fhir_resources, ingest, rows, settle_worker
+from workflow_messages import Visit, hours
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.json"))
 BASE = "http://cm-fhir.org/fhir"
+ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
 Json = dict[str, Any]
 
 REVIEWED: dict[tuple[str, str], str] = {
@@ -123,3 +128,23 @@ def test_the_three_misread_codes_are_gone() -> None:
     case = Case.model_validate_json((ROOT / "examples" / "stroke-inpatient-rehab.json").read_text())
     assert case.goals[0].target is not None
     assert case.goals[0].target.measure.system == f"{BASE}/CodeSystem/cm-goal-measure"
+
+
+async def test_an_icd9_code_keeps_its_dot_from_dg1_to_the_served_condition(
+    worker_engine: AsyncEngine,
+) -> None:
+    visit = Visit(mrn="MRN-ICD9", visit="V9428", birth="19990101", diagnosis="428.0")
+    raw = visit.raw("A01", "D1", hours(0)).replace("^Heart failure^I10", "^Heart failure^I9C")
+    await ingest(worker_engine, [raw])
+    await settle_worker(worker_engine)
+    (row,) = await rows(worker_engine, cases)  # young: the ICD-9 heart failure qualified them
+    case = Case.model_validate_json(row.case_json)
+    assert [(c.system, c.code) for c in case.reasons] == [(ICD9CM, "428.0")]
+    assert case.screening is not None
+    assert "diagnosis" in [c.code for c in case.screening.criteria]
+    (episode,) = [
+        orjson.loads(r.resource)
+        for r in await rows(worker_engine, fhir_resources)
+        if r.resource_type == "EpisodeOfCare"
+    ]
+    assert episode["contained"][0]["code"]["coding"][0]["code"] == "428.0"
