@@ -325,6 +325,8 @@ def test_stored_profile_is_enforced_on_resources_that_claim_it(client: httpx.Cli
             id="ext-1-both",
         ),
         pytest.param('"note": [{}]', "Task.note[0]", id="ele-1-empty-object"),
+        pytest.param('"restriction": {"id": "r1"}', "Task.restriction", id="ele-1-only-an-id"),
+        pytest.param('"note": [null]', "Task.note[0]", id="null-in-a-complex-array"),
         pytest.param('"restriction": {"extension": []}', "Task.restriction.extension", id="ele-1"),
         pytest.param('"note": []', "Task.note", id="empty-array"),
         pytest.param('"description": "  "', "Task.description", id="whitespace-string"),
