@@ -5,9 +5,7 @@ Prints, for the example cases in ``examples/``:
 - the ratio of that time to fhir.resources' own ``Bundle.model_validate`` + ``model_dump_json`` of
   the same Bundle, measured side by side in this run (target <= 1.5x);
 - cases/s for the unvalidated fast path (``validate=False``) and its speed-up over the validated
-  path (target >= 20x);
-- the cost of the R4 JSON shape guard in ``dumps`` on the fast path: the same path with a bare
-  ``orjson.dumps`` side by side.
+  path (target >= 20x).
 
 Rounds of the three measurements are interleaved and the median round is reported, so a noisy
 neighbour on a shared machine hurts all three alike.
@@ -21,8 +19,6 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import orjson
 
 from cm_fhir.domain import Case
 from cm_fhir.fhir import map_case, map_case_json
@@ -62,21 +58,15 @@ def main() -> None:
         for case in cases:
             map_case_json(case, registry, validate=False)
 
-    def unguarded() -> None:
-        for case in cases:
-            orjson.dumps(map_case(case, registry, validate=False))
-
     validated()
     baseline()
     fast()  # warm caches
-    unguarded()
-    runs: dict[str, list[float]] = {"validated": [], "baseline": [], "fast": [], "unguarded": []}
+    runs: dict[str, list[float]] = {"validated": [], "baseline": [], "fast": []}
     for _ in range(args.rounds):
         runs["validated"].append(timed(validated, args.repeat))
         runs["baseline"].append(timed(baseline, args.repeat))
         fast_repeat = args.repeat * 10
         runs["fast"].append(timed(fast, fast_repeat) / 10)
-        runs["unguarded"].append(timed(unguarded, fast_repeat) / 10)
     med = {k: statistics.median(v) for k, v in runs.items()}
     resources = sum(len(b["entry"]) for b in bundles)
     print(
@@ -93,10 +83,6 @@ def main() -> None:
     print(
         f"  fast path speed-up over validated  {med['validated'] / med['fast']:>9.1f}x "
         "(target >= 20x)"
-    )
-    print(
-        f"  fast path without the shape guard  {n / med['unguarded']:>9.1f} cases/s "
-        f"(guard costs {med['fast'] / med['unguarded']:.3f}x)"
     )
 
 

@@ -2,7 +2,7 @@
 
 A property test maps arbitrary cases (``strategies.cases``) and walks every resource; small cases
 pin the two shapes that used to come out empty (a discharge plan without specifics, a care team
-without members); and the guard in ``dumps`` refuses a document that breaks the rules.
+without members); and validation (``map_case``) refuses what fhir.resources lets through.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+import cm_fhir.fhir as fhir_api
 from cm_fhir.domain import CareTeam, Case, DischargePlan, PlanStatus
-from cm_fhir.errors import MappingError
-from cm_fhir.fhir import ReferenceStyle, case_to_resources, dumps, map_case
-from cm_fhir.fhir.shape import check_shape, might_be_empty, shape_problems
+from cm_fhir.errors import ValidationError
+from cm_fhir.fhir import ReferenceStyle, case_to_resources, map_case, validate_bundle
+from cm_fhir.fhir.shape import check_shape, shape_problems
 from cm_fhir.mapping.registry import default_registry
 from strategies import cases
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroke-inpatient-rehab.json"
+BASE = "http://cm-fhir.org/fhir/StructureDefinition"
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 Json = dict[str, Any]
 
@@ -39,7 +41,7 @@ def test_no_resource_of_any_case_has_an_empty_element(case: Case) -> None:
     assert shape_problems(bundle) == []
     for resource in case_to_resources(case, registry, ReferenceStyle.RELATIVE):
         assert shape_problems(resource) == []
-    dumps(bundle)  # the guard agrees
+    check_shape(bundle)  # the validated path's check agrees
 
 
 def test_a_discharge_plan_without_specifics_has_no_empty_extension() -> None:
@@ -117,12 +119,32 @@ def test_primitive_arrays_may_hold_null_placeholders() -> None:
     assert shape_problems(patient) == []
 
 
-def test_the_serialiser_refuses_an_empty_element_and_names_only_its_position() -> None:
+def test_check_shape_names_positions_only() -> None:
     document = {"resourceType": "Task", "note": [{"text": "MRN123 said"}], "input": []}
-    with pytest.raises(MappingError) as caught:
-        dumps(document)
-    assert caught.value.path == "Task.input"
-    assert "MRN123" not in str(caught.value)
-    assert might_be_empty(json.dumps(document).encode())
-    assert not might_be_empty(b'{"resourceType":"Task","status":"ready"}')
+    with pytest.raises(ValidationError) as caught:
+        check_shape(document)
+    issues = caught.value.outcome["issue"]
+    assert [i["expression"] for i in issues] == [["Task.input"]]
+    assert "MRN123" not in json.dumps(caught.value.outcome) + str(caught.value)
     check_shape({"resourceType": "Task", "status": "ready"})  # nothing to say
+
+
+def test_validation_refuses_the_empty_extension_fhir_resources_accepts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The original bug: ``{"url": ..., "extension": []}`` passed the R4B models."""
+    real = fhir_api.case_to_resources
+
+    def with_empty_extension(case: Case, registry: Any) -> list[Json]:
+        resources = real(case, registry)
+        resources[0]["extension"].append({"url": f"{BASE}/cm-discharge-plan", "extension": []})
+        return resources
+
+    monkeypatch.setattr(fhir_api, "case_to_resources", with_empty_extension)
+    bundle = map_case(_stroke(), validate=False)
+    validate_bundle(bundle)  # fhir.resources alone lets it through
+    with pytest.raises(ValidationError) as caught:
+        map_case(_stroke())
+    last = len(bundle["entry"][0]["resource"]["extension"]) - 1
+    expressions = [i["expression"][0] for i in caught.value.outcome["issue"]]
+    assert f"Bundle.entry[0].resource.extension[{last}]" in expressions

@@ -21,7 +21,6 @@ from urllib.parse import quote
 import orjson
 
 from cm_fhir.errors import MappingError
-from cm_fhir.fhir.shape import check_shape
 
 Json = dict[str, Any]
 
@@ -68,16 +67,8 @@ def transaction_bundle(
 
 
 def dumps(document: Json) -> bytes:
-    """Canonical JSON: compact, UTF-8, keys in the order the mapper built them.
-
-    The last guard before anything we write leaves the mapper: a document with an empty array,
-    object or string, a stray null, or an extension without a value (R4 JSON rules, ele-1, ext-1)
-    raises :class:`~cm_fhir.errors.MappingError` instead of reaching a server that would refuse
-    the whole transaction. A byte scan keeps the check nearly free when nothing is empty.
-    """
-    data = orjson.dumps(document)
-    check_shape(document, data)
-    return data
+    """Canonical JSON: compact, UTF-8, keys in the order the mapper built them."""
+    return orjson.dumps(document)
 
 
 def bundle_resources(bundle: Json) -> list[Json]:
