@@ -254,3 +254,21 @@ def test_table_0396_names_map_to_their_code_systems(coding_system: str, url: str
     state, _ = run([event])
     (case,) = state.cases
     assert [(c.system, c.code) for c in case.reasons] == [(url, "428.0")]  # the code as sent
+
+
+def test_a_diagnosis_set_for_a_system_no_dg1_name_maps_to_is_refused(tmp_path: Path) -> None:
+    folder = site(
+        tmp_path,
+        "screening:\n  all:\n    - diagnosis: {sets: {http://hl7.org/fhir/sid/icd-11: [BD10]}}\n",
+    )
+    with pytest.raises(MappingSpecError, match="icd-11"):
+        load_discharge_rules(folder)
+    mapped = site(
+        tmp_path,
+        "identity:\n"
+        "  diagnosis_systems: {I11: http://hl7.org/fhir/sid/icd-11}\n"
+        "screening:\n"
+        "  all:\n"
+        "    - diagnosis: {sets: {http://hl7.org/fhir/sid/icd-11: [BD10]}}\n",
+    )
+    assert load_discharge_rules(mapped).identity.diagnosis_systems["I11"].endswith("icd-11")

@@ -312,6 +312,21 @@ class DischargeRules(Rules):
             raise ValueError(f"pending_discharge and discharge reuse task names {sorted(clash)}")
         return self
 
+    @model_validator(mode="after")
+    def _screened_systems_are_mapped(self) -> Self:
+        known = {*self.identity.diagnosis_systems.values(), self.identity.default_diagnosis_system}
+        pending = [self.screening]
+        while pending:
+            criterion = pending.pop()
+            pending += [*(criterion.any or ()), *(criterion.all or ())]
+            unknown = sorted(set(criterion.diagnosis.sets) - known) if criterion.diagnosis else []
+            if unknown:
+                raise ValueError(
+                    f"screening diagnosis sets name {unknown}, which no DG1-3.3 coding system "
+                    "maps to (identity.diagnosis_systems): they could never match"
+                )
+        return self
+
     def team(self, location: str | None) -> str:
         """The team that owns the work on ``location`` (a PV1-3.1 point of care)."""
         if location is not None and location in self.location_teams:
