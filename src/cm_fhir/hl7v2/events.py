@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from cm_fhir.hl7v2.structures import AdtEventCode
+from cm_fhir.mapping.adt_maps import MappedCode
 
 __all__ = [
     "AdtEvent",
@@ -91,18 +92,6 @@ class Location(_Event):
     facility: str | None = None
     building: str | None = None
     floor: str | None = None
-
-
-class MappedCode(_Event):
-    """A source code and its concept-map target; ``mapped`` is False when the map has no entry.
-
-    ``target`` may be set on an unmapped code when the map's unmapped policy names a default.
-    """
-
-    source: str
-    target: str | None = None
-    mapped: bool
-    display: str | None = None
 
 
 class Visit(_Event):

@@ -87,7 +87,7 @@ def screening_facts(
         at=step.at,
         patient_class=patient_class or visit.patient_class,
         birth_date=event.patient.birth_date,
-        diagnoses=tuple(d.code for d in event.diagnoses if d.code),
+        diagnoses=facts.reasons(event, step.rules),
         payers=tuple(i.payer_id for i in event.insurances if i.payer_id),
         location=visit.location,
         hospital_service=visit.hospital_service,
