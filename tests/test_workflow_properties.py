@@ -600,7 +600,7 @@ async def test_worker_result_does_not_depend_on_arrival_order(worker_engine: Asy
 
 @xfail(
     "a patient state remembers only its last 500 processed messages (PROCESSED_MEMORY): an older"
-    " A11 resent or replayed after them is applied again and cancels the visit's new case"
+    " message resent or replayed after them is applied again (an A11 cancels the visit's new case)"
 )
 def test_a_cancel_resent_after_many_later_messages_changes_nothing() -> None:
     visit = Visit()
