@@ -348,6 +348,18 @@ COUNTEREXAMPLES = {
     "pending-discharge-before-admit": (
         "patients: N:N1/1948/I50.9/-; N2 A16 N:N1/V1 @2 edd; N1 A01 N:N1/V1 @1"
     ),
+    # The merged patient's visit discharged (under the surviving MRN) before its admission and
+    # the A40 arrive: the case never had its active period.
+    "merged-visit-discharged-before-the-merge-arrives": (
+        "patients: S:M1/1948/I50.9/PAYER01 S:M2/1948/I50.9/PAYER01; S5 A03 S:M1/V2 @9;"
+        " S2 A01 S:M2/V2 @2; S3 A40 S:M1 @3 prior=S:M2"
+    ),
+    # A readmission that qualifies only through the first visit's discharge, with its pending
+    # discharge arriving first (re-deriving one visit after another's late event).
+    "readmission-screening-across-visits": (
+        "patients: S:M1/1999/S52.5/PAYER01; S4 A03 S:M1/V1 @5; S17 A16 S:M1/V2 @32;"
+        " S9 A03 S:M1/V2 @12; S10 A03 S:M1/V1 @13; S11 A01 S:M1/V2 @15"
+    ),
 }
 
 
@@ -583,7 +595,7 @@ async def test_worker_result_does_not_depend_on_arrival_order(worker_engine: Asy
 
 @xfail(
     "a patient state remembers only its last 500 processed messages (PROCESSED_MEMORY): an older"
-    " A11 resent or replayed after them is applied again and cancels the visit's new case"
+    " message resent or replayed after them is applied again (an A11 cancels the visit's new case)"
 )
 def test_a_cancel_resent_after_many_later_messages_changes_nothing() -> None:
     visit = Visit()
