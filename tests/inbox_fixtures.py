@@ -93,7 +93,10 @@ async def inbox_engine(database: Database) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def listener_config() -> ListenerConfig:
     """Listener settings for tests: ephemeral port; tests may replace fields."""
-    return ListenerConfig(host="127.0.0.1", port=0, idle_timeout=30.0, shutdown_grace=5.0)
+    # Tests open many connections from one loopback address: no per-peer limit by default.
+    return ListenerConfig(
+        host="127.0.0.1", port=0, idle_timeout=30.0, shutdown_grace=5.0, max_connections_per_peer=0
+    )
 
 
 @pytest.fixture

@@ -18,11 +18,9 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import ipaddress
 import logging
 import secrets
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,6 +35,7 @@ from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, make_engine, upgrade_database
 from cm_fhir.store.writer import InboxWriter
@@ -44,7 +43,6 @@ from cm_fhir.store.writer import InboxWriter
 __all__ = ["Service", "ServiceInfo", "WorkerRole", "check_database", "worker_available"]
 
 log = logging.getLogger(__name__)
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 @dataclass(slots=True)
@@ -58,15 +56,6 @@ class ServiceInfo:
     generated_api_key: str | None = None
     database: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bool) -> None:
@@ -137,21 +126,6 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.listen(2048)
     sock.setblocking(False)
     return sock
-
-
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    cert, key = settings.mllp.tls_cert, settings.mllp.tls_key
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise ConfigError("mllp.tls_cert and mllp.tls_key go together")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        name = type(exc).__name__
-        raise ConfigError(f"cannot load the MLLP TLS certificate or key: {name}") from exc
-    return context
 
 
 class Service:
@@ -240,16 +214,7 @@ class Service:
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp
-            config = ListenerConfig(
-                host=mllp.host,
-                port=mllp.port,
-                max_connections=mllp.max_connections,
-                max_message_bytes=mllp.max_message_bytes,
-                idle_timeout=mllp.idle_timeout,
-                ssl_context=_tls_context(settings),
-                shutdown_grace=mllp.shutdown_grace,
-            )
-            listener = MllpListener(config, writer)
+            listener = MllpListener(ListenerConfig.from_settings(mllp), writer)
             context.listener = listener
             await listener.start()
             context.roles["listener"] = "running"
