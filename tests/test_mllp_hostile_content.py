@@ -1,15 +1,18 @@
-"""Hostile content at the door, on SQLite and PostgreSQL: nothing ACKed AA/CA is later
-dead-lettered or failed for its content; what the store or worker cannot hold is refused at
-the door (AR/CR with an ERR naming the position), the same on both databases."""
+"""Hostile content at the door, over a real socket, then through the worker, on SQLite and
+PostgreSQL: nothing ACKed AA/CA is later dead-lettered or failed for its content; what the store
+or worker cannot hold is refused at the door (AR/CR with an ERR naming the position) and kept as
+received, the same on both databases."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.mllp_client import read_ack
+from cm_fhir.listener import ListenerConfig
+from cm_fhir.mllp_client import MllpClient, read_ack
 from hl7v2_samples import evn, msh, pid, pv1
-from worker_fixtures import inbox_messages, ingest, rows, settle_worker, worker_engine
+from inbox_fixtures import listening
+from worker_fixtures import inbox_messages, rows, settle_worker, worker_engine
 
 __all__ = ["worker_engine"]
 
@@ -77,7 +80,11 @@ def err_location(ack: bytes) -> str:
 async def test_nothing_acked_positively_is_later_failed_for_its_content(
     worker_engine: AsyncEngine, name: str, raw: bytes, expected: tuple[str, str, str] | None
 ) -> None:
-    [ack] = await ingest(worker_engine, [raw])
+    async with (
+        listening(worker_engine, ListenerConfig(port=0)) as listener,
+        await MllpClient.connect("127.0.0.1", listener.port) as client,
+    ):
+        ack = await client.send(raw, timeout=10)
     [summary] = read_ack(ack)
     await settle_worker(worker_engine, max_attempts=1)
     [row] = await rows(worker_engine, inbox_messages)
