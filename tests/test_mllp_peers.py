@@ -86,3 +86,12 @@ def test_content_error_names_the_first_problem_position() -> None:
     error = content_error(HEADER, long_id, limits)
     assert error is not None
     assert error.location == "MSH-10"
+
+
+def test_every_listener_counter_is_exported_as_a_metric() -> None:
+    import dataclasses
+
+    from cm_fhir.ingest import LISTENER_COUNTERS, IntakeStats
+
+    fields = {f.name for f in dataclasses.fields(IntakeStats)} - {"discarded_bytes"}
+    assert set(LISTENER_COUNTERS) == fields

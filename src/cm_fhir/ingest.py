@@ -43,7 +43,14 @@ from cm_fhir.store.inbox import NewMessage
 from cm_fhir.store.tables import inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
-__all__ = ["FrameAnswer", "FrameIntake", "IntakeRules", "IntakeStats", "new_control_id"]
+__all__ = [
+    "LISTENER_COUNTERS",
+    "FrameAnswer",
+    "FrameIntake",
+    "IntakeRules",
+    "IntakeStats",
+    "new_control_id",
+]
 
 log = logging.getLogger(__name__)
 _CONTROL_ID_PREFIX = secrets.token_hex(4)
@@ -77,6 +84,26 @@ class IntakeStats:
     discarded_bytes: int = 0
     store_failures: int = 0
 
+
+LISTENER_COUNTERS = {
+    "connections": "MLLP connections accepted",
+    "refused_connections": "MLLP connections refused at accept (any reason)",
+    "refused_not_allowed": "MLLP connections refused: address outside the allowlist",
+    "refused_peer_limit": "MLLP connections refused: per-address or per-identity limit",
+    "refused_cooling_down": "MLLP connections refused: peer cooling down",
+    "cooldowns": "MLLP peer cool-downs started after unreadable frames",
+    "frames": "MLLP frames received",
+    "oversize_frames": "MLLP frames over the size limit",
+    "unreadable_messages": "MLLP messages with an unreadable MSH (answered AE, stored capped)",
+    "refused_senders": "MLLP messages refused: MSH-3/MSH-4 outside the allowlist",
+    "refused_content": "MLLP messages refused: content the store cannot hold (ERR 102)",
+    "incomplete_frames": "MLLP frames cut off by a closed or timed-out connection",
+    "frame_timeouts": "MLLP connections closed: a frame not finished in time",
+    "idle_closes": "MLLP connections closed: no whole frame within the idle timeout",
+    "unacknowledged": "MLLP frames stored after their sender had gone (no ACK sent)",
+    "store_failures": "MLLP frames answered AR/CE: the inbox could not commit",
+}
+"""The :class:`IntakeStats` counters exported as ``cm_fhir_listener_<name>`` metrics."""
 
 _LENGTH = {c.name: getattr(c.type, "length", None) for c in inbox_messages.columns}
 _COLUMN_LIMITS = KeyLimits(

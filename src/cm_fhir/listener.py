@@ -36,12 +36,13 @@ from pathlib import Path
 
 from cm_fhir.errors import ConfigError
 from cm_fhir.hl7v2.framing import Frame, FrameTooLarge, MllpFramer, frame
-from cm_fhir.ingest import FrameIntake, IntakeRules, IntakeStats
+from cm_fhir.ingest import LISTENER_COUNTERS, FrameIntake, IntakeRules, IntakeStats
 from cm_fhir.mllp_peers import GateLimits, Network, PeerGate, is_loopback, parse_networks
 from cm_fhir.settings import MllpSettings
 from cm_fhir.store.writer import InboxWriter
 
 __all__ = [
+    "LISTENER_COUNTERS",
     "ListenerConfig",
     "ListenerStats",
     "MllpListener",
