@@ -137,14 +137,21 @@ async def test_adt_send_raw_sends_each_file_byte_for_byte_as_one_frame(
     batch.write_bytes(BATCH.encode())
     junk = tmp_path / "junk.bin"
     junk.write_bytes(NOT_HL7)
+    pair = tmp_path / "pair.hl7"  # two messages back to back, no batch header: two ACK frames
+    pair.write_bytes(adt("RP-1") + b"\r" + adt("RP-2"))
+    port = str(running_listener.port)
     status, out, _ = await run(
-        "adt", "send", "--raw", str(batch), str(junk), "--port", str(running_listener.port)
+        "adt", "send", "--raw", str(batch), str(junk), str(pair), "--port", port
     )
     assert status == 1  # the junk frame is answered AE
     lines = out.splitlines()
     assert f"{batch} CTRL-0001 AA" in lines
     assert f"{batch} CTRL-0002 AA" in lines
     assert f"{junk} - AE ERR 100" in lines
+    assert [line for line in lines if line.startswith(f"{pair} ")] == [
+        f"{pair} RP-1 AA",
+        f"{pair} RP-2 AA",
+    ]
     stored = await stored_rows(inbox_engine)
-    assert [r["control_id"] for r in stored] == ["CTRL-0001", "CTRL-0002", None]
+    assert [r["control_id"] for r in stored] == ["CTRL-0001", "CTRL-0002", None, "RP-1", "RP-2"]
     assert stored[2]["raw"] == NOT_HL7  # the whole frame, as sent

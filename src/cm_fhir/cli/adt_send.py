@@ -43,6 +43,7 @@ class _Item:
     wait: bool = True  # an ACK comes on success: wait for it
     may_answer: bool = True  # an ACK may come (on error): collect it at the end
     answered: bool = False
+    frames: int = 1  # ACK frames to read: one per message of a raw frame without batch header
 
 
 @dataclass(slots=True)
@@ -68,6 +69,8 @@ def _item(label: str, payload: bytes, messages: list[str], *, batch: bool) -> _I
     first = headers[0]
     if batch or first is None:
         return _Item(label, payload, control_ids)  # a batch is always answered by a batch ACK
+    if len(messages) > 1:  # a raw frame of messages back to back: an ACK frame for each
+        return _Item(label, payload, control_ids, frames=len(messages))
     return _Item(
         label,
         payload,
@@ -150,15 +153,15 @@ class _Sender:
             typer.echo(f"{item.label} {control_id or '-'} sent (MSH-15 {condition})")
             entry.unanswered += 1
             return
-        while True:
-            reply = await client.receive(timeout=self.timeout)
-            summaries = read_ack(reply)
-            late = self._owner(summaries)
-            if late is not None and not set(item.control_ids) & {s.control_id for s in summaries}:
-                self._settle_late(late, reply)
-                continue
+        for _ in range(item.frames):
+            while True:
+                reply = await client.receive(timeout=self.timeout)
+                ids = {s.control_id for s in read_ack(reply)}
+                late = self._owner(read_ack(reply))
+                if late is None or ids & set(item.control_ids):
+                    break
+                self._settle_late(late, reply)  # the answer to an earlier ER message
             self.record(entry, item, reply)
-            return
 
     def _settle_late(self, pair: tuple[_File, _Item], reply: bytes) -> None:
         self.waiting.remove(pair)
