@@ -49,7 +49,7 @@ async def test_a_peer_sending_unreadable_frames_cools_down(
     inbox_engine: AsyncEngine, listener_config: ListenerConfig
 ) -> None:
     config = dataclasses.replace(
-        listener_config, unreadable_limit=3, unreadable_window=60, cooldown=1.0
+        listener_config, unreadable_limit=3, unreadable_window=60, cooldown=3.0
     )
     async with listening(inbox_engine, config) as listener:
         port = listener.port
@@ -61,7 +61,7 @@ async def test_a_peer_sending_unreadable_frames_cools_down(
         await again.close()
         async with await MllpClient.connect("127.0.0.1", port, local_address=EHR) as ehr:
             [ok] = read_ack(await ehr.send(adt("EHR-1")))
-        await asyncio.sleep(1.1)  # the cool-down is over
+        await asyncio.sleep(3.1)  # the cool-down is over
         async with await MllpClient.connect("127.0.0.1", port, local_address=ATTACKER) as back:
             [back_ok] = read_ack(await back.send(adt("BACK-1")))
     assert answers == ["AE", "AE", "AE"]

@@ -114,7 +114,7 @@ async def test_bytes_that_make_no_frame_do_not_keep_a_connection_open(
         )
         started = asyncio.get_running_loop().time()
         closed_after = None
-        for _ in range(60):  # junk outside any frame every 50 ms, for up to 3 s
+        for _ in range(100):  # junk outside any frame every 50 ms, for 5 s or more
             writer.write(b"x")
             try:
                 if await asyncio.wait_for(reader.read(1), 0.05) == b"":
@@ -124,7 +124,7 @@ async def test_bytes_that_make_no_frame_do_not_keep_a_connection_open(
                 pass
         writer.close()
     assert closed_after is not None
-    assert closed_after < 2
+    assert closed_after < 3
     assert listener.stats.idle_closes == 1
 
 
