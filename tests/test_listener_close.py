@@ -13,6 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
+import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.hl7v2.framing import Frame, MllpFramer, frame
@@ -66,7 +67,7 @@ async def test_half_close_after_five_frames_gets_five_acks_in_order(
 
 
 async def test_close_at_once_stores_every_complete_frame_and_counts_the_cut_one(
-    running_listener: MllpListener, inbox_engine: AsyncEngine
+    running_listener: MllpListener, inbox_engine: AsyncEngine, caplog: pytest.LogCaptureFixture
 ) -> None:
     sock = await raw_connection(running_listener.port, "127.0.0.2")
     burst = b"".join(frame(adt(f"CL-{n}")) for n in range(5)) + b"\x0bMSH|^~\\&|cut off"
@@ -79,6 +80,9 @@ async def test_close_at_once_stores_every_complete_frame_and_counts_the_cut_one(
             break
         await asyncio.sleep(0.05)
     assert running_listener.stats.incomplete_frames == 1
+    [logged] = [r.getMessage() for r in caplog.records if "incomplete frame" in r.getMessage()]
+    assert "127.0.0.2" in logged
+    assert "MSH" not in logged  # the size is logged, never the content
     await asyncio.sleep(0.2)
     assert len(await stored_rows(inbox_engine)) == 5  # the cut-off frame is not stored
 
