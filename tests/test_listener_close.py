@@ -106,14 +106,29 @@ async def test_adt_send_waits_only_for_acks_msh15_promises(
     source = tmp_path / "enhanced.hl7"
     source.write_text("\n".join([er_ok, er_bad, ne]))
     started = asyncio.get_running_loop().time()
-    status, out, _ = await run("adt", "send", str(source), "--port", str(running_listener.port))
+    port = str(running_listener.port)
+    status, out, _ = await run("adt", "send", str(source), "--port", port, "--timeout", "45")
     elapsed = asyncio.get_running_loop().time() - started
     assert status == 1
-    assert elapsed < 15  # no 30 s wait for an ACK that MSH-15 says will not come
+    assert elapsed < 40  # no wait of --timeout for an ACK that MSH-15 says will not come
     lines = out.splitlines()
     assert f"{source}#2 ER-2 CR ERR 200" in lines
     assert lines[-1] == f"{source}: 3 frame(s), 0 accepted, 1 not accepted, 2 without ACK (MSH-15)"
     assert [r["control_id"] for r in await stored_rows(inbox_engine)] == ["ER-1", "ER-2", "NE-1"]
+
+
+async def test_adt_send_matches_an_er_reject_arriving_before_the_next_ack(
+    running_listener: MllpListener, tmp_path: Path
+) -> None:
+    er_bad = adt("EB-1", "|||ER|NE").decode().replace("ADT^A01", "ORU^R01")
+    source = tmp_path / "mixed.hl7"
+    source.write_text("\n".join([er_bad, adt("AL-1").decode()]))
+    status, out, _ = await run("adt", "send", str(source), "--port", str(running_listener.port))
+    assert status == 1
+    lines = out.splitlines()
+    assert f"{source}#1 EB-1 CR ERR 200" in lines
+    assert f"{source}#2 AL-1 AA" in lines
+    assert lines[-1] == f"{source}: 2 frame(s), 1 accepted, 1 not accepted, 0 without ACK (MSH-15)"
 
 
 async def test_adt_send_reports_per_file_and_goes_on_after_a_bad_one(

@@ -5,10 +5,10 @@ frame; with ``--raw`` each file is sent byte for byte as one frame (a batch file
 batch ACK). One line is printed per ACK (``<file>#<n> <MSH-10> <MSA-1> [ERR <code>]``), then one
 summary line per file. MSH-15 decides what is awaited: an accept ACK is awaited unless the
 message says none will come on success (``NE``; ``ER``, which answers errors only). ACKs of
-``ER`` messages are collected at the end: the connection is half-closed and read until the
-listener closes it (or for ``--timeout`` over TLS, which has no half-close). A file that cannot
-be read, a lost connection or a missing ACK is reported and the run goes on with the next file;
-the exit status is 1 if anything was not accepted (AA/CA), else 0.
+``ER`` messages come in order with the others, or are collected at the end: the connection is
+half-closed and read until the listener closes it (over TLS, which has no half-close, for at
+most two seconds). A file that cannot be read, a lost connection or a missing ACK is reported and
+the run goes on with the next file; the exit status is 1 if anything was not accepted (AA/CA).
 """
 
 from __future__ import annotations
@@ -162,6 +162,8 @@ class _Sender:
                     break
                 self._settle_late(late, reply)  # the answer to an earlier ER message
             self.record(entry, item, reply)
+        # ACKs come in order: an ER message sent before this one and still unanswered was fine.
+        self.waiting.clear()
 
     def _settle_late(self, pair: tuple[_File, _Item], reply: bytes) -> None:
         self.waiting.remove(pair)
@@ -175,9 +177,11 @@ class _Sender:
             return
         client = self.client
         half_closed = client.finish_sending()
+        # Without a half-close (TLS) the listener will not close: give it a short while.
+        timeout = self.timeout if half_closed else min(self.timeout, 2.0)
         try:
             while self.waiting:
-                reply = await client.receive_or_end(timeout=self.timeout)
+                reply = await client.receive_or_end(timeout=timeout)
                 if reply is None:
                     break
                 pair = self._owner(read_ack(reply))
@@ -185,7 +189,7 @@ class _Sender:
                     self._settle_late(pair, reply)
         except TimeoutError:
             if half_closed:
-                typer.echo(f"no close from the listener within {self.timeout:g}s", err=True)
+                typer.echo(f"no close from the listener within {timeout:g}s", err=True)
 
 
 async def _send_files(files: list[_File], sender: _Sender) -> None:
