@@ -59,8 +59,11 @@ def _identifier_error(message: str, header: MessageHeader, limits: KeyLimits) ->
         start = message.find(f"\r{name}{fs}")
         while start >= 0:
             end = message.find("\r", start + 1)
-            fields = message[start + 1 : end if end >= 0 else len(message)].split(fs)
+            fields = message[start + 1 : end if end >= 0 else len(message)].split(fs, number + 1)
             value = fields[number] if number < len(fields) else ""
+            if len(value) <= min(limits.identifier, limits.authority):
+                start = message.find(f"\r{name}{fs}", start + 1)
+                continue  # the usual short field: no part of it can be over a limit
             for each in value.split(repetition):
                 parts = each.split(encoding[0])
                 if len(parts[0]) > limits.identifier:
