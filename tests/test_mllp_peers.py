@@ -18,7 +18,7 @@ def test_per_address_and_per_identity_limits_and_release() -> None:
     assert gate.admit("10.0.0.2", "CN=ehr", 0).admitted
     assert gate.admit("10.0.0.3", "CN=ehr", 0).admitted
     assert gate.admit("10.0.0.4", "CN=ehr", 0).reason == "identity_limit"
-    gate.release("10.0.0.1", None)
+    gate.release("10.0.0.1", None, 0)
     assert gate.admit("10.0.0.1", None, 0).admitted
     assert gate.open_connections == 4
     assert gate.refused == {"peer_limit": 1, "identity_limit": 1}
@@ -47,6 +47,9 @@ def test_unreadable_frames_within_the_window_start_one_cool_down() -> None:
     assert gate.admit("10.0.0.8", None, 30).admitted
     assert gate.admit("10.0.0.9", None, 52.5).admitted  # 22 + 30 has passed
     assert gate.cooldowns == 1
+    gate.release("10.0.0.9", None, 53)
+    assert not gate.cooling_down("10.0.0.9", 53)
+    assert gate.tracked_peers == 0  # nothing pending: forgotten
 
 
 HEADER = "MSH|^~\\&|ADTSYS^1.2.3^ISO|NORTHSIDE|CM|CM|20240305101500||ADT^A01|C-1|P|2.5.1"

@@ -439,7 +439,8 @@ class MllpListener:
         return False
 
     def _release(self, connection: _MllpConnection) -> None:
-        self.gate.release(connection.address, connection.identity)
+        now = asyncio.get_running_loop().time()
+        self.gate.release(connection.address, connection.identity, now)
         self._connections.discard(connection)
 
     def _unreadable(self, connection: _MllpConnection, count: int) -> None:

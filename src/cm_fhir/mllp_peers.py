@@ -105,6 +105,11 @@ class PeerGate:
     def open_connections(self) -> int:
         return self._open
 
+    @property
+    def tracked_peers(self) -> int:
+        """Addresses with unreadable frames in the window or a cool-down (bounded memory)."""
+        return len(self._peers)
+
     def admit(self, address: str, identity: str | None, now: float) -> Admission:
         """Take a slot for a new connection from ``address`` (and TLS ``identity``), or refuse."""
         limits = self.limits
@@ -132,8 +137,8 @@ class PeerGate:
             self._by_identity[identity] += 1
         return Admission(True)
 
-    def release(self, address: str, identity: str | None) -> None:
-        """Give back the slot :meth:`admit` took."""
+    def release(self, address: str, identity: str | None, now: float) -> None:
+        """Give back the slot :meth:`admit` took (and forget a peer with nothing pending)."""
         self._open -= 1
         self._by_address[address] -= 1
         if self._by_address[address] <= 0:
@@ -143,8 +148,12 @@ class PeerGate:
             if self._by_identity[identity] <= 0:
                 del self._by_identity[identity]
         peer = self._peers.get(address)
-        if peer is not None and not peer.unreadable and peer.cool_until == 0.0:
-            del self._peers[address]
+        if peer is not None and address not in self._by_address:
+            window = peer.unreadable
+            while window and window[0] <= now - self.limits.unreadable_window:
+                window.popleft()
+            if not window and peer.cool_until <= now:
+                del self._peers[address]
 
     def unreadable(self, address: str, now: float) -> bool:
         """Record an unreadable frame from ``address``; True when that starts a cool-down."""
