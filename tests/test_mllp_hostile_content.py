@@ -5,6 +5,8 @@ received, the same on both databases."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -12,7 +14,7 @@ from cm_fhir.listener import ListenerConfig
 from cm_fhir.mllp_client import MllpClient, read_ack
 from hl7v2_samples import evn, msh, pid, pv1
 from inbox_fixtures import listening
-from worker_fixtures import inbox_messages, rows, settle_worker, worker_engine
+from worker_fixtures import inbox_messages, ingest, rows, settle_worker, worker_engine
 
 __all__ = ["worker_engine"]
 
@@ -96,3 +98,18 @@ async def test_nothing_acked_positively_is_later_failed_for_its_content(
         assert (summary.code, summary.error_code, err_location(ack)) == expected
         assert row.state in ("failed", "ignored")
         assert row.ack_bytes == ack
+
+
+@pytest.mark.slow
+async def test_damaged_feed_never_dead_letters_what_was_acked(worker_engine: AsyncEngine) -> None:
+    """1500 randomly damaged messages: whatever was ACKed AA/CA, the worker settles it without a
+    database refusal (no dead letters), on SQLite and PostgreSQL alike."""
+    from test_soak import SEEDS, damaged
+
+    rng = random.Random(20261201)
+    payloads = [damaged(rng, SEEDS[i % len(SEEDS)]) for i in range(1500)]
+    acks = await ingest(worker_engine, payloads)
+    assert len(acks) >= len(payloads) - payloads.count(b"")
+    await settle_worker(worker_engine, max_attempts=1)
+    dead = [r for r in await rows(worker_engine, inbox_messages) if r.state == "dead_lettered"]
+    assert [(r.ack_code, r.reason) for r in dead] == []
