@@ -35,8 +35,8 @@ def test_allowlist_matches_networks_and_ipv4_mapped_addresses() -> None:
     assert gate.admit("::ffff:192.0.2.7", None, 0).admitted
     assert gate.admit("192.0.2.8", None, 0).reason == "not_allowed"
     assert gate.admit("not-an-address", None, 0).reason == "not_allowed"
-    with pytest.raises(ValueError, match=r"10\.1\.0\.0/33"):
-        parse_networks(["10.1.0.0/33"])
+    with pytest.raises(ValueError, match="entry 2 is not"):
+        parse_networks(["10.1.0.0/16", "10.1.0.0/33"])
 
 
 def test_unreadable_frames_within_the_window_start_one_cool_down() -> None:

@@ -42,14 +42,14 @@ def parse_networks(values: tuple[str, ...] | list[str]) -> tuple[Network, ...]:
     """``["10.1.0.0/16", "192.0.2.7"]`` -> networks (a bare address is a single-host network).
 
     Raises:
-        ValueError: naming the entry that is not an address or network.
+        ValueError: naming the position (from 1) of an entry that is not an address or network.
     """
     networks: list[Network] = []
-    for value in values:
+    for position, value in enumerate(values, start=1):
         try:
             networks.append(ipaddress.ip_network(value.strip(), strict=False))
         except ValueError:
-            raise ValueError(f"{value!r} is not an IP address or CIDR network") from None
+            raise ValueError(f"entry {position} is not an IP address or CIDR network") from None
     return tuple(networks)
 
 
