@@ -273,3 +273,59 @@ def test_settings_build_the_listener_config_and_name_a_bad_network_by_position()
     with pytest.raises(ConfigError, match="allowed_networks") as refused:
         load_settings(None, {"mllp": {"allowed_networks": "10.1.0.0/33"}})
     assert "10.1.0.0" not in str(refused.value)  # the key and the position, never the value
+
+
+async def test_cli_mutual_tls_listen_and_adt_send_with_a_client_certificate(
+    tmp_path: Path,
+) -> None:
+    cm_fhir = str(Path(sys.executable).parent / "cm-fhir")
+    ca = CertificateAuthority(tmp_path)
+    cert, key = self_signed(tmp_path)
+    client_cert, client_key = ca.client("ehr")
+    listener = await asyncio.create_subprocess_exec(
+        cm_fhir,
+        "listen",
+        "--port",
+        "0",
+        "--database-url",
+        f"sqlite+aiosqlite:///{tmp_path / 'mtls.sqlite3'}",
+        "--tls-cert",
+        str(cert),
+        "--tls-key",
+        str(key),
+        "--tls-client-ca",
+        str(ca.cert_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert listener.stdout is not None
+    try:
+        async with asyncio.timeout(60):
+            line = (await listener.stdout.readline()).decode()
+        assert line.startswith("cm-fhir listening on "), line
+        port = line.rsplit(":", 1)[1].strip()
+        source = tmp_path / "one.hl7"
+        source.write_text(adt("CLI-MTLS-1"))
+        common = ["adt", "send", str(source), "--host", "localhost", "--port", port]
+        common += ["--ca-file", str(cert), "--timeout", "10"]
+        with_cert = await asyncio.create_subprocess_exec(
+            cm_fhir,
+            *common,
+            "--client-cert",
+            str(client_cert),
+            "--client-key",
+            str(client_key),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await asyncio.wait_for(with_cert.communicate(), 60)
+        without = await asyncio.create_subprocess_exec(
+            cm_fhir, *common, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        _, err = await asyncio.wait_for(without.communicate(), 60)
+    finally:
+        listener.terminate()
+        await listener.wait()
+    assert with_cert.returncode == 0
+    assert f"{source}#1 CLI-MTLS-1 AA" in out.decode().splitlines()
+    assert without.returncode == 1
+    assert b"cannot reach" in err
