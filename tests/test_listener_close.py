@@ -131,6 +131,23 @@ async def test_adt_send_matches_an_er_reject_arriving_before_the_next_ack(
     assert lines[-1] == f"{source}: 2 frame(s), 1 accepted, 1 not accepted, 0 without ACK (MSH-15)"
 
 
+async def test_adt_send_counts_a_silent_su_message_as_not_accepted(
+    running_listener: MllpListener, tmp_path: Path
+) -> None:
+    su_ok = adt("SU-1", "|||SU|NE").decode()
+    su_bad = adt("SU-2", "|||SU|NE").decode().replace("ADT^A01", "ORU^R01")  # CR: not sent
+    al_ok = adt("AL-1", "|||AL|NE").decode()
+    source = tmp_path / "su.hl7"
+    source.write_text("\n".join([su_ok, su_bad, al_ok]))
+    status, out, _ = await run("adt", "send", str(source), "--port", str(running_listener.port))
+    assert status == 1
+    lines = out.splitlines()
+    assert f"{source}#1 SU-1 CA" in lines
+    assert f"{source}#2 SU-2 no ACK (MSH-15 SU: not accepted)" in lines
+    assert f"{source}#3 AL-1 CA" in lines
+    assert lines[-1] == f"{source}: 3 frame(s), 2 accepted, 1 not accepted, 0 without ACK (MSH-15)"
+
+
 async def test_adt_send_reports_per_file_and_goes_on_after_a_bad_one(
     running_listener: MllpListener, inbox_engine: AsyncEngine, tmp_path: Path
 ) -> None:

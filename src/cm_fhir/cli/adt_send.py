@@ -3,12 +3,13 @@
 Each message of a file (single messages, several back to back, or FHS/BHS batches) goes in its own
 frame; with ``--raw`` each file is sent byte for byte as one frame (a batch file is answered by one
 batch ACK). One line is printed per ACK (``<file>#<n> <MSH-10> <MSA-1> [ERR <code>]``), then one
-summary line per file. MSH-15 decides what is awaited: an accept ACK is awaited unless the
-message says none will come on success (``NE``; ``ER``, which answers errors only). ACKs of
-``ER`` messages come in order with the others, or are collected at the end: the connection is
-half-closed and read until the listener closes it (over TLS, which has no half-close, for at
-most two seconds). A file that cannot be read, a lost connection or a missing ACK is reported and
-the run goes on with the next file; the exit status is 1 if anything was not accepted (AA/CA).
+summary line per file. MSH-15 decides what is awaited: an accept ACK is awaited when one always
+comes (original mode, ``AL``); ``NE`` is never answered; ``ER`` (answered on error only) and
+``SU`` (on success only) are not awaited: ACKs come in order, so the next ACK, or the end of the
+connection, tells whether theirs came. At the end the connection is half-closed and read until
+the listener closes it (over TLS, which has no half-close, for at most two seconds). A file that
+cannot be read, a lost connection or a missing ACK is reported and the run goes on with the next
+file; the exit status is 1 if anything was not accepted (AA/CA).
 """
 
 from __future__ import annotations
@@ -40,8 +41,9 @@ class _Item:
     label: str
     payload: bytes
     control_ids: list[str]  # MSH-10 of each message in the frame ("" when unreadable)
-    wait: bool = True  # an ACK comes on success: wait for it
-    may_answer: bool = True  # an ACK may come (on error): collect it at the end
+    wait: bool = True  # an ACK always comes: wait for it
+    may_answer: bool = True  # otherwise an ACK may come (ER: on error; SU: on success)
+    silence_accepts: bool = True  # no ACK means accepted (ER), or not accepted (SU)
     answered: bool = False
     frames: int = 1  # ACK frames to read: one per message of a raw frame without batch header
 
@@ -71,12 +73,15 @@ def _item(label: str, payload: bytes, messages: list[str], *, batch: bool) -> _I
         return _Item(label, payload, control_ids)  # a batch is always answered by a batch ACK
     if len(messages) > 1:  # a raw frame of messages back to back: an ACK frame for each
         return _Item(label, payload, control_ids, frames=len(messages))
+    on_success = acks.ack_wanted(first, acks.response_code(first, "AA"))
+    on_error = acks.ack_wanted(first, acks.response_code(first, "AR"))
     return _Item(
         label,
         payload,
         control_ids,
-        wait=acks.ack_wanted(first, acks.response_code(first, "AA")),
-        may_answer=acks.ack_wanted(first, acks.response_code(first, "AR")),
+        wait=on_success and on_error,
+        may_answer=on_success or on_error,
+        silence_accepts=not on_success,
     )
 
 
@@ -149,7 +154,11 @@ class _Sender:
         if not item.wait:
             if item.may_answer:
                 self.waiting.append((entry, item))
-            condition = "ER: ACK on error only" if item.may_answer else "NE: no ACK requested"
+            condition = "NE: no ACK requested"
+            if item.may_answer:
+                condition = (
+                    "ER: ACK on error only" if item.silence_accepts else "SU: ACK on success"
+                )
             typer.echo(f"{item.label} {control_id or '-'} sent (MSH-15 {condition})")
             entry.unanswered += 1
             return
@@ -162,7 +171,16 @@ class _Sender:
                     break
                 self._settle_late(late, reply)  # the answer to an earlier ER message
             self.record(entry, item, reply)
-        # ACKs come in order: an ER message sent before this one and still unanswered was fine.
+        self.settle_silent()  # ACKs come in order: the earlier ones that were due have come
+
+    def settle_silent(self) -> None:
+        """The messages still waiting got no ACK: fine for ER, not accepted for SU."""
+        for entry, item in self.waiting:
+            if not item.silence_accepts:
+                entry.unanswered -= 1
+                entry.failed += 1
+                control_id = item.control_ids[0] if item.control_ids else ""
+                typer.echo(f"{item.label} {control_id or '-'} no ACK (MSH-15 SU: not accepted)")
         self.waiting.clear()
 
     def _settle_late(self, pair: tuple[_File, _Item], reply: bytes) -> None:
@@ -190,6 +208,7 @@ class _Sender:
         except TimeoutError:
             if half_closed:
                 typer.echo(f"no close from the listener within {timeout:g}s", err=True)
+        self.settle_silent()
 
 
 async def _send_files(files: list[_File], sender: _Sender) -> None:
