@@ -209,11 +209,11 @@ class FrameIntake:
     def _prepare(
         self, message: str, raw: bytes, batch_id: str | None, now: datetime, codec: str, peer: str
     ) -> _Prepared:
-        digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
         try:
             header = read_header(message)
         except Hl7ParseError as exc:
-            return self._unreadable(raw, exc, now, codec, peer, digest)
+            return self._unreadable(raw, exc, now, codec, peer)
+        digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
         if not sender_allowed(header, self.rules.allowed_senders):
             return self._refused_sender(header, now, codec, peer)
         disposition = acks.decide(header)
@@ -260,15 +260,14 @@ class FrameIntake:
         now: datetime,
         codec: str,
         peer: str,
-        digest: str | None = None,
     ) -> _Prepared:
         disposition = acks.unparseable(exc.location, str(exc))
         keep = self.rules.unreadable_keep_bytes
         reason = disposition.reason
+        digest = hashlib.sha256(raw).hexdigest()  # of the bytes as received, whole
         if len(raw) > keep:
             # Garbage must not fill the disk: a prefix, the digest of the whole and its length.
             reason = f"{reason}; first {keep} of {len(raw)} bytes stored"
-            digest = digest or hashlib.sha256(raw).hexdigest()
             raw = raw[:keep]
         text = acks.build_ack(
             None,
@@ -279,7 +278,7 @@ class FrameIntake:
         )
         new = NewMessage(
             raw=raw,
-            content_sha256=digest or hashlib.sha256(raw).hexdigest(),
+            content_sha256=digest,
             state=disposition.state,
             reason=reason,
             ack_code=disposition.ack_code,
