@@ -67,3 +67,19 @@ async def test_a_peer_sending_unreadable_frames_cools_down(
     assert answers == ["AE", "AE", "AE"]
     assert (ok.code, back_ok.code) == ("AA", "AA")
     assert (listener.stats.cooldowns, listener.stats.refused_cooling_down) == (1, 1)
+
+
+async def test_a_broken_msh_is_capped_like_any_garbage(
+    inbox_engine: AsyncEngine, listener_config: ListenerConfig
+) -> None:
+    broken = b"MSHA" + b"\xff" * 10_000  # begins like a message, MSH-1 unreadable
+    async with (
+        listening(inbox_engine, listener_config) as listener,
+        await MllpClient.connect("127.0.0.1", listener.port) as client,
+    ):
+        [answer] = read_ack(await client.send(broken))
+    [row] = await stored_rows(inbox_engine)
+    assert (answer.code, answer.error_code) == ("AE", "100")
+    assert row["raw"] == broken[:4096]
+    assert row["content_sha256"] == hashlib.sha256(broken).hexdigest()
+    assert "first 4096 of 10004 bytes" in str(row["reason"])
