@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export CM_FHIR_TEST_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test lint typecheck imports unit soak bench clean fuzz-api
+.PHONY: setup demo test lint typecheck imports unit soak bench bench-ingest clean fuzz-api
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,22 +43,21 @@ $(FHIR_SERVER)/node_modules/.installed: $(FHIR_SERVER)/package-lock.json
 unit: $(STAMP) $(if $(shell command -v npm 2>/dev/null),fhir-server-deps)
 	$(BIN)/pytest -q -m "not slow"
 
-## Long soak and fuzz runs, on demand.
+## Long soak and fuzz runs, on demand (the kill soak prints its figures per database).
 soak: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
-## Schemathesis against the OpenAPI document of a real `cm-fhir serve` (takes minutes).
-FUZZ_KEY := fuzz-key-0123456789abcdef
+## Schemathesis against the OpenAPI document of a real `cm-fhir serve`, no 5xx (takes minutes).
+## The one definition is the slow test; CM_FHIR_FUZZ_EXAMPLES=n sets examples per operation.
 fuzz-api: $(STAMP)
-	@dir=$$(mktemp -d); \
-	CM_FHIR_API_KEYS=$(FUZZ_KEY) $(BIN)/cm-fhir serve --data-dir $$dir --http-port 18080 \
-	  --mllp-port 0 --log-level WARNING & pid=$$!; sleep 4; \
-	$(BIN)/schemathesis run http://127.0.0.1:18080/openapi.json \
-	  -H "Authorization: Bearer $(FUZZ_KEY)" -c not_a_server_error --max-examples 50; \
-	status=$$?; kill $$pid; wait $$pid; rm -rf $$dir; exit $$status
+	$(BIN)/pytest -q -m slow tests/test_api_fuzz.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+## Ingest only: 4 lockstep senders, 5 rounds (run it a few times: the figures swing with load).
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/bench_ingest.py --senders 4 --rounds 5
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

@@ -1,19 +1,26 @@
 """Benchmark: MLLP ingest with persist-before-ACK, against python-hl7's asyncio echo server.
 
 Each server runs in its own subprocess on 127.0.0.1; this process drives it with N concurrent
-senders over persistent connections (send one message, wait for its ACK, repeat) and reports
-messages per second, p50/p99 ACK latency and the server process's CPU time per message (Linux;
-not counting the PostgreSQL server's own work). Servers measured in the same run:
+senders over persistent lockstep connections (send one message, wait for its ACK, send the next)
+and reports messages per second, p50/p99 ACK latency and the server process's CPU time per
+message (Linux; not counting the PostgreSQL server's own work). Then the same server gets a paced
+load of 200 msg/s spread over the senders, and the p99 ACK latency of that is reported (what an
+interface sees on an ordinary day). Servers measured in the same run:
 
 * baseline ``python-hl7 echo``: ``hl7.mllp.start_hl7_server`` answering each message with
   ``message.create_ack()`` (parses the message, no persistence);
 * ``cm-fhir sqlite``: our listener committing every message to a SQLite file (WAL,
-  synchronous=FULL) before its ACK;
+  synchronous=FULL: every commit is fsynced) before its ACK;
 * ``cm-fhir postgres``: the same on PostgreSQL (``CM_FHIR_TEST_PG_URL``, a throw-away schema);
   skipped when the server is unreachable.
 
-Usage: ``python bench/bench_ingest.py [--senders 16] [--messages 400] [--rounds 3]`` (messages
-per sender; the servers are measured in alternating rounds and the medians printed).
+The load generator is a plain :class:`asyncio.Protocol` per connection (no task or timeout per
+message) so that it is not the bottleneck; every server gets the same one. Rounds alternate the
+servers, with an echo run just before each of ours: the ratio is taken round by round, and the
+median of the rounds is printed with their range.
+
+Usage: ``python bench/bench_ingest.py [--senders 4] [--messages 1000] [--rounds 3]
+[--paced 1000]`` (messages per sender; paced messages in total, 0 skips the paced run).
 """
 
 from __future__ import annotations
@@ -29,10 +36,10 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cm_fhir.mllp_client import MllpClient
-
 PG_URL = os.environ.get("CM_FHIR_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 READY = "bench-server-ready"
+PACED_RATE = 200.0  # messages per second, all senders together
+START_BLOCK, END_BLOCK = b"\x0b", b"\x1c\r"
 
 
 def adt_message(sender: int, number: int) -> bytes:
@@ -105,54 +112,140 @@ async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, int]:
                 return process, int(line.split()[1])
 
 
-async def drive(port: int, senders: int, messages: int) -> tuple[float, list[float], int]:
-    latencies: list[float] = []
-    failures = 0
+class Lockstep(asyncio.Protocol):
+    """One sender: writes a message, waits for its ACK frame, writes the next (when paced, not
+    before the message's slot on a fixed schedule). Records each ACK's latency."""
 
-    async def sender(n: int) -> None:
-        nonlocal failures
-        payloads = [adt_message(n, m) for m in range(messages)]
-        async with await MllpClient.connect("127.0.0.1", port) as client:
-            await client.send(adt_message(n, -1))  # warm-up, not timed
-            await ready.wait()
-            for payload in payloads:
-                started = time.perf_counter()
-                reply = await client.send(payload, timeout=60)
-                latencies.append(time.perf_counter() - started)
-                if b"MSA|AA|" not in reply and b"MSA|CA|" not in reply:
-                    failures += 1
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.latencies: list[float] = []
+        self.failures = 0
+        self._frames: list[bytes] = []
+        self._next = 0
+        self._sent_at = 0.0
+        self._slots: list[float] | None = None
+        self._done: asyncio.Future[None] | None = None
 
-    ready = asyncio.Event()
-    tasks = [asyncio.create_task(sender(n)) for n in range(senders)]
-    await asyncio.sleep(0.5)
-    started = time.perf_counter()
-    ready.set()
-    await asyncio.gather(*tasks)
-    return time.perf_counter() - started, latencies, failures
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def run(self, messages: list[bytes], slots: list[float] | None = None) -> asyncio.Future[None]:
+        """Send ``messages`` one at a time (the i-th not before ``slots[i]``, loop time)."""
+        self._frames = [START_BLOCK + m + END_BLOCK for m in messages]
+        self._next, self._slots = 0, slots
+        self.latencies, self.failures = [], 0
+        self._done = asyncio.get_running_loop().create_future()
+        self._send_next()
+        return self._done
+
+    def _send_next(self) -> None:
+        if self._slots is not None:
+            loop = asyncio.get_running_loop()
+            wait = self._slots[self._next] - loop.time()
+            if wait > 0:
+                loop.call_later(wait, self._write)
+                return
+        self._write()
+
+    def _write(self) -> None:
+        assert self.transport is not None
+        self._sent_at = time.perf_counter()
+        self.transport.write(self._frames[self._next])
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        end = self.buffer.find(END_BLOCK)
+        if end < 0:
+            return
+        self.latencies.append(time.perf_counter() - self._sent_at)
+        reply, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+        if b"MSA|AA|" not in reply and b"MSA|CA|" not in reply:
+            self.failures += 1
+        self._next += 1
+        if self._next < len(self._frames):
+            self._send_next()
+        elif self._done is not None and not self._done.done():
+            self._done.set_result(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._done is not None and not self._done.done():
+            self._done.set_exception(ConnectionError("the server closed the connection"))
+
+
+async def connect(port: int, senders: int) -> list[Lockstep]:
+    """Open the senders' connections; each sends one untimed message first (warm-up)."""
+    loop = asyncio.get_running_loop()
+    protocols = []
+    for _ in range(senders):
+        _, protocol = await loop.create_connection(Lockstep, "127.0.0.1", port)
+        protocols.append(protocol)
+    await asyncio.gather(*(p.run([adt_message(n, -1)]) for n, p in enumerate(protocols)))
+    return protocols
+
+
+async def drive(
+    senders: list[Lockstep], messages: int, *, paced: bool = False, offset: int = 0
+) -> tuple[float, list[float], int]:
+    """Every sender sends ``messages``: (elapsed seconds, ACK latencies, non-AA answers)."""
+    count = len(senders)
+    batches = [[adt_message(n, offset + m) for m in range(messages)] for n in range(count)]
+    loop = asyncio.get_running_loop()
+    started, start_time = time.perf_counter(), loop.time()
+    runs = []
+    for n, (sender, batch) in enumerate(zip(senders, batches, strict=True)):
+        slots = None
+        if paced:  # message i of sender n has the slot (i * count + n) / rate
+            slots = [start_time + (i * count + n) / PACED_RATE for i in range(messages)]
+        runs.append(sender.run(batch, slots))
+    async with asyncio.timeout(600):
+        await asyncio.gather(*runs)
+    elapsed = time.perf_counter() - started
+    latencies = [value for sender in senders for value in sender.latencies]
+    return elapsed, latencies, sum(sender.failures for sender in senders)
 
 
 @dataclass
 class Figures:
-    """Runs of one server: throughput and latency percentiles per round."""
+    """Rounds of one server: throughput, latency percentiles and ratios to the echo server."""
 
     name: str
     rates: list[float] = field(default_factory=list)
     p50: list[float] = field(default_factory=list)
     p99: list[float] = field(default_factory=list)
+    paced_p99: list[float] = field(default_factory=list)
     cpu_us: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
     failures: int = 0
 
     def line(self) -> str:
         if not self.rates:
-            return f"{self.name:<18} skipped"
-        rate = statistics.median(self.rates)
-        spread = f"{min(self.rates):.0f}-{max(self.rates):.0f}"
-        return (
-            f"{self.name:<18} {rate:7.0f} msgs/s (rounds {spread})   "
-            f"p50 {statistics.median(self.p50):6.2f} ms   p99 {statistics.median(self.p99):6.2f} ms"
-            f"   cpu {statistics.median(self.cpu_us) if self.cpu_us else float('nan'):5.0f} us/msg"
-            f"   non-AA {self.failures}"
+            return f"{self.name:<16} skipped"
+        text = (
+            f"{self.name:<16} {_median(self.rates):5.0f} msgs/s ({_span(self.rates, '.0f')})"
+            f"  p50 {_median(self.p50):.2f} ms  p99 {_median(self.p99):.2f} ms"
+            f"  cpu {_median(self.cpu_us):.0f} us/msg  non-AA {self.failures}"
         )
+        if self.ratios:
+            text += f"\n{'':<16} ratio to echo {_median(self.ratios):.2f}x"
+            text += f" ({_span(self.ratios, '.2f')}; target >= 3x)"
+        if self.paced_p99:
+            text += f"  paced {PACED_RATE:.0f} msg/s: p99 {_median(self.paced_p99):.2f} ms"
+            text += f" ({_span(self.paced_p99, '.2f')}; target <= 10 ms)"
+        return text
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def _span(values: list[float], spec: str) -> str:
+    return f"{format(min(values), spec)}-{format(max(values), spec)}"
+
+
+def _percentile(latencies: list[float], percentile: int) -> float:
+    return statistics.quantiles(latencies, n=100)[percentile - 1] * 1000
 
 
 def process_cpu_seconds(pid: int) -> float | None:
@@ -164,22 +257,51 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-async def measure(figures: Figures, args: list[str], senders: int, messages: int) -> None:
+async def measure(
+    figures: Figures, args: list[str], senders: int, messages: int, paced: int
+) -> float:
+    """One round of one server: lockstep throughput, then (if ``paced``) the paced run."""
     process, port = await start_server(*args)
     try:
+        protocols = await connect(port, senders)
         cpu_before = process_cpu_seconds(process.pid)
-        elapsed, latencies, failures = await drive(port, senders, messages)
+        elapsed, latencies, failures = await drive(protocols, messages)
         cpu_after = process_cpu_seconds(process.pid)
+        if paced:
+            each = max(1, paced // senders)
+            _, slow, more = await drive(protocols, each, paced=True, offset=messages)
+            figures.paced_p99.append(_percentile(slow, 99))
+            failures += more
+        for protocol in protocols:
+            assert protocol.transport is not None
+            protocol.transport.close()
     finally:
         process.terminate()
         await process.wait()
     if cpu_before is not None and cpu_after is not None:
         figures.cpu_us.append((cpu_after - cpu_before) / len(latencies) * 1e6)
-    quantiles = statistics.quantiles(latencies, n=100)
-    figures.rates.append(len(latencies) / elapsed)
-    figures.p50.append(quantiles[49] * 1000)
-    figures.p99.append(quantiles[98] * 1000)
+    rate = len(latencies) / elapsed
+    figures.rates.append(rate)
+    figures.p50.append(_percentile(latencies, 50))
+    figures.p99.append(_percentile(latencies, 99))
     figures.failures += failures
+    return rate
+
+
+def commit_floor(folder: str, samples: int = 100) -> float:
+    """Median milliseconds of a 4 KiB append + ``fdatasync`` in ``folder``: no durable commit on
+    this disk is faster, so N lockstep senders get at most N / this many messages per ms."""
+    path = Path(folder) / "fdatasync.probe"
+    timings = []
+    with path.open("wb") as probe:
+        for _ in range(samples):
+            probe.write(b"x" * 4096)
+            probe.flush()
+            started = time.perf_counter()
+            os.fdatasync(probe.fileno())
+            timings.append(time.perf_counter() - started)
+    path.unlink()
+    return statistics.median(timings) * 1000
 
 
 async def pg_schema(action: str, schema: str) -> bool:
@@ -201,39 +323,48 @@ async def pg_schema(action: str, schema: str) -> bool:
         await engine.dispose()
 
 
-async def main(senders: int, messages: int, rounds: int) -> None:
-    print(f"{senders} senders x {messages} messages, persistent connections, loopback, ")
-    print(f"{rounds} rounds alternating the servers; medians reported")
+async def main(senders: int, messages: int, rounds: int, paced: int) -> None:
+    print(
+        f"{senders} lockstep senders x {messages} messages, loopback, {rounds} rounds; paced run"
+        f" {paced} messages at {PACED_RATE:.0f}/s; load average {os.getloadavg()[0]:.1f}"
+    )
     echo = Figures("python-hl7 echo")
     ours = [Figures("cm-fhir sqlite"), Figures("cm-fhir postgres")]
     schema = f"cmfhir_bench_{uuid.uuid4().hex[:10]}"
     postgres = await pg_schema("CREATE", schema)
     try:
         with tempfile.TemporaryDirectory() as folder:
+            floors = [commit_floor(folder)]
             for round_number in range(rounds):
                 url = f"sqlite+aiosqlite:///{Path(folder) / f'bench{round_number}.sqlite3'}"
-                await measure(echo, ["--serve-echo"], senders, messages)
-                await measure(ours[0], ["--serve-cm", url], senders, messages)
+                servers = [(ours[0], ["--serve-cm", url])]
                 if postgres:
-                    args = ["--serve-cm", PG_URL, "--schema", schema]
-                    await measure(ours[1], args, senders, messages)
+                    servers.append((ours[1], ["--serve-cm", PG_URL, "--schema", schema]))
+                for figures, args in servers:
+                    baseline = await measure(echo, ["--serve-echo"], senders, messages, 0)
+                    rate = await measure(figures, args, senders, messages, paced)
+                    figures.ratios.append(rate / baseline)
+            floors.append(commit_floor(folder))
     finally:
         if postgres:
             await pg_schema("DROP", schema)
     for figures in (echo, *ours):
         print(figures.line())
-    baseline = statistics.median(echo.rates)
-    for figures in ours:
-        if figures.rates:
-            ratio = statistics.median(figures.rates) / baseline
-            print(f"ratio {figures.name} / python-hl7 echo: {ratio:.2f}x (target >= 3x)")
+    before, after = floors
+    print(
+        f"disk: append + fdatasync {before:.2f} ms before the runs, {after:.2f} ms after (medians)."
+        f" A durable commit takes at least that: {senders} lockstep senders sharing each commit"
+        f" get at most {senders / before * 1000:.0f} / {senders / after * 1000:.0f} msgs/s"
+    )
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--senders", type=int, default=16)
-    parser.add_argument("--messages", type=int, default=400)
+    parser.add_argument("--senders", type=int, default=4)
+    parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--paced", type=int, default=1000)
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-cm", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
@@ -243,4 +374,4 @@ if __name__ == "__main__":
     elif options.serve_cm:
         asyncio.run(serve_cm(options.serve_cm, options.schema))
     else:
-        asyncio.run(main(options.senders, options.messages, options.rounds))
+        asyncio.run(main(options.senders, options.messages, options.rounds, options.paced))

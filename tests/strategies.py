@@ -28,6 +28,7 @@ from cm_fhir.domain import (
     Case,
     CaseManagementModel,
     CaseStatus,
+    ClosingReason,
     Code,
     Coverage,
     DischargeNeed,
@@ -63,6 +64,7 @@ from cm_fhir.domain import (
     TaskIntent,
     TaskStatus,
 )
+from cm_fhir.domain.case import FINAL_CASE_STATUSES
 
 T = TypeVar("T")
 Draw = Any  # hypothesis' DrawFn; kept loose so the composites stay readable
@@ -85,7 +87,7 @@ IDENTIFIER_SYSTEMS = (
     "https://payer.example.org/sid/member",
 )
 UCUM = (("mg/dL", "mg/dL"), ("%", "%"), ("mm[Hg]", "mm[Hg]"), ("m", "m"), (None, None))
-FINAL = frozenset({CaseStatus.CLOSED, CaseStatus.CANCELLED})
+FINAL = FINAL_CASE_STATUSES
 
 # Letters, digits, punctuation, symbols and the plain space: FHIR strings refuse control
 # characters and other whitespace.
@@ -219,6 +221,7 @@ def assessments(draw: Draw, assessment_id: str) -> Assessment:
 
 @st.composite
 def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) -> Task:
+    due = draw(instants)
     return Task(
         id=task_id,
         kind=draw(st.sampled_from(ActivityKind)),
@@ -229,7 +232,8 @@ def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) ->
         owner=draw(parties()),
         requester=draw(maybe(parties())),
         authored_on=draw(instants),
-        due=draw(instants),
+        not_before=start if (start := draw(maybe(instants))) is not None and start <= due else None,
+        due=due,
         business_status=draw(maybe(text)),
         care_plan=draw(maybe(st.sampled_from(plan_ids))) if plan_ids else None,
         focus_goal=draw(maybe(st.sampled_from(goal_ids))) if goal_ids else None,
@@ -309,6 +313,7 @@ def outcomes(draw: Draw) -> OutcomeEvaluation:
         readmissions=draw(st.integers(0, 3)),
         ed_visits=draw(st.integers(0, 5)),
         summary=draw(maybe(text)),
+        closing_reason=draw(maybe(st.sampled_from(ClosingReason))),
     )
 
 

@@ -6,6 +6,7 @@ once, from a real HTTP server on 127.0.0.1.
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 import time
@@ -18,9 +19,10 @@ import httpx
 import jwt
 import pytest
 import respx
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import Depends, FastAPI
-from jwt.algorithms import RSAAlgorithm
+from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from api_fixtures import API_KEY
 from cm_fhir.api.app import create_app
@@ -259,3 +261,100 @@ async def test_jwks_from_a_real_http_server(tmp_path: Path, signing_key: rsa.RSA
     assert good.status_code == 200
     assert bad.status_code == 401
     assert hits == ["/jwks.json"]  # fetched once, then cached
+
+
+EC_KID = "test-ec-1"
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def mixed_jwks(
+    signing_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> Iterator[respx.MockRouter]:
+    """A JWKS with the RSA key (RS256) and an EC key (ES256)."""
+    keys = jwks_of(signing_key)["keys"]
+    public: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(ec_key.public_key()))
+    public.update(kid=EC_KID, use="sig", alg="ES256")
+    with respx.mock(assert_all_called=False) as router:
+        router.get(JWKS_URL).respond(json={"keys": [*keys, public]})
+        yield router
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims() -> dict[str, Any]:
+    now = int(time.time())
+    return {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc", "iat": now, "exp": now + 300}
+
+
+def _crafted(header: Any, signature: bytes = b"sig") -> str:
+    head = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return f"{_b64(head)}.{_b64(json.dumps(_claims()).encode())}.{_b64(signature)}"
+
+
+def _odd_tokens(rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey) -> dict[str, str]:
+    claims = _claims() | {"scope": "read"}
+    rsa_pem = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return {
+        # the attack: an ES256 token whose kid names the RSA key
+        "es256-names-rsa-key": jwt.encode(claims, ec_key, "ES256", headers={"kid": KID}),
+        "rs256-names-ec-key": jwt.encode(claims, rsa_key, "RS256", headers={"kid": EC_KID}),
+        "hs256-with-public-key": _crafted({"alg": "HS256", "kid": KID, "typ": "JWT"}, rsa_pem),
+        "alg-none": _crafted({"alg": "none", "kid": KID}, b""),
+        "rs512-not-allowed": jwt.encode(claims, rsa_key, "RS512", headers={"kid": KID}),
+        "unknown-alg": _crafted({"alg": "XY999", "kid": KID}),
+        "missing-kid": jwt.encode(claims, rsa_key, "RS256"),
+        "kid-not-a-string": _crafted({"alg": "RS256", "kid": 17}),
+        "alg-missing": _crafted({"kid": KID}),
+        "header-not-json": _crafted(b"\xff\xfe{not json"),
+        "header-a-list": _crafted([1, 2, 3]),
+        "crit-extension": _crafted({"alg": "RS256", "kid": KID, "crit": ["exp"]}),
+        "bad-base64": "%%%." + _b64(b"{}") + ".sig",
+    }
+
+
+ODD_TOKEN_NAMES = [
+    "es256-names-rsa-key",
+    "rs256-names-ec-key",
+    "hs256-with-public-key",
+    "alg-none",
+    "rs512-not-allowed",
+    "unknown-alg",
+    "missing-kid",
+    "kid-not-a-string",
+    "alg-missing",
+    "header-not-json",
+    "header-a-list",
+    "crit-extension",
+    "bad-base64",
+]
+
+
+@pytest.mark.parametrize("name", ODD_TOKEN_NAMES)
+async def test_unexpected_jwt_headers_are_401_never_500(
+    client: httpx.AsyncClient,
+    mixed_jwks: respx.MockRouter,
+    signing_key: rsa.RSAPrivateKey,
+    ec_key: ec.EllipticCurvePrivateKey,
+    name: str,
+) -> None:
+    odd = _odd_tokens(signing_key, ec_key)[name]
+    for path in ("/api/messages", "/fhir/Probe"):
+        response = await client.get(path, headers=bearer(odd))
+        assert response.status_code == 401, (path, response.text)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_es256_token_signed_by_the_ec_key_of_the_jwks_is_accepted(
+    client: httpx.AsyncClient, mixed_jwks: respx.MockRouter, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    good = jwt.encode(_claims() | {"scope": "read"}, ec_key, "ES256", headers={"kid": EC_KID})
+    assert (await client.get("/api/messages", headers=bearer(good))).status_code == 200

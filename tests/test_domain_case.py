@@ -24,6 +24,7 @@ from cm_fhir.domain import (
     Task,
     TaskStatus,
 )
+from cm_fhir.domain.case import FINAL_CASE_STATUSES
 from cm_fhir.errors import DomainError, TransitionError
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=timezone(timedelta(hours=-5)))
@@ -39,7 +40,7 @@ def new_case(status: CaseStatus = S.REFERRED, **extra: Any) -> Case:
         "programme": "home-health",
         "status": status,
         "status_history": [{"status": status, "start": T0}],
-        "closed": T0 if status in (S.CLOSED, S.CANCELLED) else None,
+        "closed": T0 if status in FINAL_CASE_STATUSES else None,
         **extra,
     }
     return Case.model_validate(data)
@@ -76,8 +77,8 @@ def test_every_transition_follows_the_table(current: CaseStatus, target: CaseSta
         assert moved.status is target
         assert moved.status_history[-2].end == at
         assert moved.status_history[-1].start == at
-        assert (moved.closed == at) == (target in (S.CLOSED, S.CANCELLED))
-        assert moved.is_final == (target in (S.CLOSED, S.CANCELLED))
+        assert (moved.closed == at) == (target in FINAL_CASE_STATUSES)
+        assert moved.is_final == (target in FINAL_CASE_STATUSES)
     else:
         with pytest.raises(TransitionError) as caught:
             case.transition(target, at)

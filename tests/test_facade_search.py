@@ -23,7 +23,7 @@ from cm_fhir.facade import (
     parse_date_bound,
     parse_search,
 )
-from cm_fhir.facade.search import split_token
+from cm_fhir.facade.search import MAX_PARAMETERS, MAX_VALUE_LENGTH, MAX_VALUES, split_token
 
 
 def test_token_forms() -> None:
@@ -232,3 +232,37 @@ def test_every_instant_falls_in_its_own_date(instant: datetime, pattern: str) ->
     assert bound.matches(instant)
     assert not bound.matches(bound.high)
     assert not bound.matches(bound.low - timedelta(microseconds=1))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["gt9999-12-31", "le9999-12-31", "10000-01-01", "lt0001-01-01T00:00+14:00", "0000-06"],
+)
+def test_dates_past_the_calendar_are_refused(text: str) -> None:
+    with pytest.raises(SearchParameterError) as refused:
+        parse_date_bound("_lastUpdated", text)
+    assert refused.value.parameter == "_lastUpdated"
+
+
+def test_date_ranges_are_kept_in_utc() -> None:
+    bound = parse_date_bound("_lastUpdated", "ge0001-01-01T00:00-05:00")
+    assert bound.low == datetime(1, 1, 1, 5, 0, tzinfo=UTC)
+    assert parse_date_bound("_lastUpdated", "gt9999-12-30").lower == datetime(
+        9999, 12, 31, tzinfo=UTC
+    )
+
+
+def test_searches_are_bounded_and_the_error_names_the_parameter() -> None:
+    values = ",".join(f"s|v{i}" for i in range(MAX_VALUES))
+    criterion = parse_search("Task", [("identifier", values)]).criteria[0]
+    assert isinstance(criterion, TokenCriterion)
+    assert len(criterion.any_of) == MAX_VALUES
+    with pytest.raises(SearchParameterError) as many:
+        parse_search("Task", [("_id", "a"), ("identifier", values)])
+    assert many.value.parameter == "identifier"
+    with pytest.raises(SearchParameterError) as repeated:
+        parse_search("Task", [("status", "ready")] * MAX_PARAMETERS + [("_count", "5")])
+    assert repeated.value.parameter == "_count"
+    with pytest.raises(SearchParameterError) as long:
+        parse_search("Goal", [("_id", "a" * (MAX_VALUE_LENGTH + 1))])
+    assert long.value.parameter == "_id"

@@ -48,6 +48,7 @@ from cm_fhir.domain import (
     Task,
     TaskStatus,
 )
+from cm_fhir.domain.case import FINAL_CASE_STATUSES
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir import WriteMode, case_from_bundle, map_case
 from cm_fhir.fhir.bundle import bundle_resources
@@ -71,9 +72,7 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
     closed = None
     if status is not CaseStatus.REFERRED:
         history.append(StatusChange(status=status, start=T0 + timedelta(hours=1)))
-        closed = (
-            T0 + timedelta(hours=1) if status in (CaseStatus.CLOSED, CaseStatus.CANCELLED) else None
-        )
+        closed = T0 + timedelta(hours=1) if status in FINAL_CASE_STATUSES else None
     else:
         history = [StatusChange(status=status, start=T0)]
     goals = (

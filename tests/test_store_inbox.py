@@ -236,3 +236,52 @@ def test_sqlite_values_share_a_bound_timestamp_only_when_it_is_the_same() -> Non
     values = SqliteInboxSql._values(SqliteInboxSql.__new__(SqliteInboxSql), moved)
     assert values[:2] == ["2024-03-05 10:00:00.000000", "2024-03-05 10:00:05.000000"]
     assert values[9] == 1
+
+
+async def test_writer_flags_a_reused_control_id_within_and_across_groups(
+    inbox_engine: AsyncEngine,
+) -> None:
+    # The writer's own statements (raw sqlite3 or asyncpg) decide reuse as the Core path does.
+    async with InboxWriter(inbox_engine, writers=1) as writer:
+        first = await writer.store(message("U1", "A"))
+        grouped = await writer.store_many([message("U1", "B"), message("U1", "C")])
+        resent = await writer.store(message("U1", "B"))
+        elsewhere = await writer.store(_other_sender("U1"))
+    assert (first.control_id_reused, first.duplicate) == (False, False)
+    assert [(r.control_id_reused, r.duplicate) for r in grouped] == [(True, False)] * 2
+    assert (resent.duplicate, resent.id, resent.ack_bytes) == (True, grouped[0].id, b"ACK for U1B")
+    assert not elsewhere.control_id_reused
+    async with inbox_engine.connect() as connection:
+        flags = (
+            await connection.execute(
+                select(inbox_messages.c.control_id_reused).order_by(inbox_messages.c.id)
+            )
+        ).scalars()
+        assert list(flags) == [False, True, True, False]
+
+
+async def test_lockstep_senders_share_one_commit(inbox_engine: AsyncEngine) -> None:
+    # Four senders that each wait for their ACK before the next message, coming back a few
+    # loop turns apart (as senders over sockets do): one commit serves all four, not two.
+    async def sender(n: int, writer: InboxWriter) -> None:
+        for m in range(40):
+            await writer.store(message(f"L{n}-{m}"))
+            for _ in range(n):
+                await asyncio.sleep(0)
+
+    async with InboxWriter(inbox_engine, writers=1) as writer:
+        await asyncio.gather(*(sender(n, writer) for n in range(4)))
+        assert writer.messages == 160
+        assert writer.messages / writer.batches >= 3.5
+        assert writer.lingered > 0
+    assert await count_rows(inbox_engine) == 160
+
+
+async def test_a_lone_sender_is_never_held_back(inbox_engine: AsyncEngine) -> None:
+    async with InboxWriter(inbox_engine) as writer:
+        await asyncio.gather(*(writer.store(message(f"B{n}")) for n in range(8)))  # a burst
+        for m in range(20):
+            await writer.store(message(f"S{m}"))
+        # after the burst, at most one short wait per halving of the expected group (8, 4, 2)
+        assert writer.lingered <= 3
+        assert writer.messages == 28

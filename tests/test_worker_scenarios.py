@@ -69,15 +69,15 @@ def _admit_transfer_discharge(found: list[Case]) -> None:
 
 def _cancel_admit(found: list[Case]) -> None:
     first, second = found
-    assert first.status == CaseStatus.CANCELLED
+    assert first.status == CaseStatus.ENTERED_IN_ERROR
     assert set(_statuses(first).values()) == {TaskStatus.ENTERED_IN_ERROR}
     assert second.status == CaseStatus.TRANSITION
 
 
 def _discharge_again(found: list[Case]) -> None:
     (case,) = found
-    assert _statuses(case)["follow-up-d1"] == TaskStatus.CANCELLED
-    assert _statuses(case)["follow-up-d2"] == TaskStatus.REQUESTED
+    assert _statuses(case)["follow-up-p1"] == TaskStatus.CANCELLED
+    assert _statuses(case)["follow-up-p2"] == TaskStatus.REQUESTED
     assert {r.id: r.type for r in case.referrals}["referral-d2"] == ReferralType.HOSPICE
 
 
@@ -91,9 +91,9 @@ def _duplicates(found: list[Case]) -> None:
     (case,) = found
     assert case.status == CaseStatus.TRANSITION
     # one cancelled discharge and one live one: the resends under new control ids added nothing
-    assert sorted(t.id for t in case.tasks if t.id.startswith("follow-up")) == [
-        "follow-up-d1",
-        "follow-up-d2",
+    assert sorted(t.id for t in case.tasks if t.id.startswith("med-rec")) == [
+        "med-rec-d1",
+        "med-rec-d2",
     ]
     assert len(case.referrals) == 2
 
@@ -116,7 +116,8 @@ def _none(found: list[Case]) -> None:
 
 def _unmapped(found: list[Case]) -> None:
     (case,) = found
-    assert case.task("post-acute-d1").kind == rules().discharge.unmapped_disposition.kind
+    assert case.referrals == ()
+    assert not any(t.id.startswith("post-acute") for t in case.tasks)
 
 
 SCENARIOS = {

@@ -31,8 +31,15 @@ def test_bundled_rules_load_with_the_documented_defaults() -> None:
     rules = load_discharge_rules()
     assert rules.admission.initial_assessment.due == timedelta(hours=24)
     assert rules.admission.initial_assessment.kind == ActivityKind.INITIAL_ASSESSMENT
-    assert rules.discharge.tasks["follow-up"].due == timedelta(days=7)
+    follow_up = rules.pending_discharge.tasks["follow-up"]  # booked before the discharge
+    assert follow_up.kind == ActivityKind.FOLLOW_UP_APPOINTMENT
+    assert follow_up.before_discharge == timedelta(0)
+    assert follow_up.at_discharge == "keep"
+    assert rules.discharge.catch_up == ["follow-up"]
     assert rules.discharge.tasks["med-rec"].due == timedelta(days=2)
+    assert rules.discharge.tasks["follow-up-call"].due == timedelta(hours=72)
+    assert rules.death.tasks == {}
+    assert rules.class_change.not_qualified == "close"
     assert DISCHARGE_RULES_FILE in MAPPING_FILES
     assert check_mappings().ok
 
@@ -55,8 +62,8 @@ def test_durations(text: str, expected: timedelta) -> None:
         ),
         ("discharge:\n  close_after: soon\n", "discharge.close_after", "duration"),
         (
-            "discharge:\n  tasks:\n    follow-up:\n      due: 7 days\n",
-            "discharge.tasks.follow-up.due",
+            "discharge:\n  tasks:\n    med-rec:\n      due: 7 days\n",
+            "discharge.tasks.med-rec.due",
             "duration",
         ),
         ("location_teams:\n  6SOUTH: cm-nowhere\n", "location_teams", "6SOUTH"),
@@ -91,16 +98,16 @@ def test_site_override_is_deep_merged_and_drives_the_workflow(tmp_path: Path) ->
         site(
             tmp_path,
             "location_teams:\n  4WEST: cm-surgery\n"
-            "discharge:\n  tasks:\n    follow-up:\n      kind: follow-up-call\n"
+            "discharge:\n  tasks:\n    follow-up-call:\n"
             "      description: Call the patient at home\n      due: 3d\n",
         )
     )
     bundled = DischargeRules.model_validate(read_yaml(_bundled()))
     assert rules.location_teams["3EAST"] == bundled.location_teams["3EAST"]  # merged, not replaced
-    # mappings merge key by key: the bundled med-rec task stays, follow-up is replaced field-wise
+    # mappings merge key by key: the bundled med-rec task stays, the call is replaced field-wise
     assert set(rules.discharge.tasks) == set(bundled.discharge.tasks)
     assert rules.discharge.tasks["med-rec"] == bundled.discharge.tasks["med-rec"]
-    assert rules.discharge.tasks["follow-up"].due == timedelta(days=3)
+    assert rules.discharge.tasks["follow-up-call"].due == timedelta(days=3)
     visit = Visit()
     state = PatientState()
     for event in (
@@ -109,8 +116,9 @@ def test_site_override_is_deep_merged_and_drives_the_workflow(tmp_path: Path) ->
     ):
         state = apply_event(event, state, rules, now=NOW).state
     (case,) = state.cases
-    task = case.task("follow-up-d1")
+    task = case.task("follow-up-call-d1")
     assert task.kind == ActivityKind.FOLLOW_UP_CALL
+    assert task.description == "Call the patient at home"
     assert task.due == hours(10) + timedelta(days=3)
     assert task.owner.display == rules.teams["cm-surgery"].display
     assert case.status == CaseStatus.TRANSITION

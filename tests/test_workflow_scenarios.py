@@ -53,8 +53,9 @@ def test_admit_transfer_discharge() -> None:
     # the admission work moved with the patient to the surgical unit's team
     assert assessment.owner.display == team_display(rules().location_teams["5NORTH"])
     assert "payer-notification" in tasks
-    follow_up, med_rec = tasks["follow-up-d1"], tasks["med-rec-d1"]
-    assert follow_up.due == hours(72) + rules().discharge.tasks["follow-up"].due
+    # no discharge planning came before the A03: the follow-up booking is caught up there
+    follow_up, med_rec = tasks["follow-up-p1"], tasks["med-rec-d1"]
+    assert follow_up.due == hours(72) + rules().pending_discharge.tasks["follow-up"].due
     assert med_rec.due == hours(72) + rules().discharge.tasks["med-rec"].due
     assert follow_up.owner.display == team_display("cm-surgery")
     (referral,) = case.referrals
@@ -82,8 +83,8 @@ def test_admit_cancel_admit_admit_again_transfer_discharge() -> None:
         ]
     )
     first, second = state.cases
-    assert first.status == CaseStatus.CANCELLED
-    # nobody acted on the first admission's work: it was entered in error
+    assert first.status == CaseStatus.ENTERED_IN_ERROR
+    # the first admission never happened: its case and work were entered in error
     assert set(statuses(first).values()) == {TaskStatus.ENTERED_IN_ERROR}
     assert first.discharge_plan is not None
     assert first.discharge_plan.status == PlanStatus.ENTERED_IN_ERROR
@@ -114,9 +115,9 @@ def test_discharge_cancel_discharge_discharge_again() -> None:
         CaseStatus.TRANSITION,
     ]
     tasks = statuses(case)
-    assert tasks["follow-up-d1"] == TaskStatus.CANCELLED
+    assert tasks["follow-up-p1"] == TaskStatus.CANCELLED
     assert tasks["med-rec-d1"] == TaskStatus.CANCELLED
-    assert tasks["follow-up-d2"] == TaskStatus.REQUESTED
+    assert tasks["follow-up-p2"] == TaskStatus.REQUESTED
     assert tasks["initial-assessment"] == TaskStatus.REQUESTED  # the admission's work stays
     refs = {r.id: r for r in case.referrals}
     assert refs["referral-d1"].status == PlanStatus.REVOKED
@@ -213,7 +214,7 @@ def test_two_admits_then_discharge_and_cancel_discharge() -> None:
     case = only_case(state)
     assert case.status == CaseStatus.ACTIVE
     assert sum(t.id == "initial-assessment" for t in case.tasks) == 1
-    assert statuses(case)["follow-up-d1"] == TaskStatus.CANCELLED
+    assert statuses(case)["follow-up-p1"] == TaskStatus.CANCELLED
     assert case.referrals[0].type == ReferralType.REHABILITATION
     assert case.referrals[0].status == PlanStatus.REVOKED
     # the second admit moved the visit (and its open work) to the surgical unit, nothing new
@@ -302,14 +303,19 @@ def test_discharge_without_admit_opens_case_in_transition() -> None:
     case = only_case(state)
     assert [s.status for s in case.status_history] == [CaseStatus.TRANSITION]
     assert "initial-assessment" not in statuses(case)
-    assert {"follow-up-d1", "med-rec-d1"} <= set(statuses(case))
+    assert {"follow-up-p1", "med-rec-d1"} <= set(statuses(case))
     assert case.referrals[0].type == ReferralType.HOME_HEALTH
     resources(case)
     state, _ = run([V.adt("A13", "D2", hours(51))], state)
-    assert only_case(state).status == CaseStatus.ACTIVE
+    # the discharge that opened the case is cancelled: an inpatient case, admitted as usual
+    case = only_case(state)
+    assert case.status == CaseStatus.ACTIVE
+    assert statuses(case)["initial-assessment"] == TaskStatus.REQUESTED
+    assert statuses(case)["payer-notification"] == TaskStatus.REQUESTED
+    assert statuses(case)["med-rec-d1"] == TaskStatus.CANCELLED
 
 
-def test_unmapped_disposition_gets_a_generic_task() -> None:
+def test_unmapped_disposition_creates_no_work_and_is_flagged() -> None:
     state, outcomes = run(
         [
             V.adt("A01", "U1", hours(0)),
@@ -318,12 +324,14 @@ def test_unmapped_disposition_gets_a_generic_task() -> None:
     )
     case = only_case(state)
     assert case.referrals == ()
-    task = case.task("post-acute-d1")
-    assert task.kind == rules().discharge.unmapped_disposition.kind
+    discharge_work = {t.id for t in case.tasks} - {"initial-assessment", "payer-notification"}
+    # only the rules' discharge tasks: nothing for the unknown disposition
+    assert discharge_work == {"follow-up-p1", *(f"{n}-d1" for n in rules().discharge.tasks)}
     flagged = [t for t in outcomes[1].trace if Flag.UNMAPPED_DISPOSITION in t.flags]
-    assert flagged
+    assert len(flagged) == 1
     assert flagged[0].message_control_id == "U2"
-    assert flagged[0].rule == "discharge.unmapped_disposition"
+    assert flagged[0].rule == "adt-concept-maps.discharge_disposition"
+    assert flagged[0].target is None
     resources(case)
 
 
@@ -397,7 +405,7 @@ def test_close_due_cases() -> None:
     early = hours(21)
     assert close_due_cases(state, rules(), early).changed_cases == ()
     case = only_case(state)
-    done = _complete(case, {t.id for t in case.tasks if t.id.endswith("-d1")})
+    done = _complete(case, {t.id for t in case.tasks if t.id.endswith(("-d1", "-p1"))})
     closed = close_due_cases(state.model_copy(update={"cases": (done,)}), rules(), early)
     (case,) = closed.changed_cases
     assert case.status == CaseStatus.CLOSED
@@ -412,14 +420,16 @@ def test_close_due_cases() -> None:
     assert later < NOW  # the runner's clock is past the window too
 
 
-def test_cancel_admit_cancels_work_someone_started() -> None:
+def test_cancel_admit_marks_even_started_work_entered_in_error() -> None:
     state, _ = run([V.adt("A01", "K1", hours(0))])
     case = only_case(state)
     started = case.update_task_status("initial-assessment", TaskStatus.IN_PROGRESS)
     state = state.model_copy(update={"cases": (started,)})
     state, _ = run([V.adt("A11", "K2", hours(1))], state)
-    tasks = statuses(only_case(state))
-    assert tasks["initial-assessment"] == TaskStatus.CANCELLED
+    case = only_case(state)
+    assert case.status == CaseStatus.ENTERED_IN_ERROR
+    tasks = statuses(case)
+    assert tasks["initial-assessment"] == TaskStatus.ENTERED_IN_ERROR
     assert tasks["payer-notification"] == TaskStatus.ENTERED_IN_ERROR
 
 
@@ -436,13 +446,13 @@ def test_cancel_admit_reverts_a_case_that_existed_before() -> None:
     assert case.status == CaseStatus.TRANSITION  # reverted, not cancelled
     tasks = statuses(case)
     assert tasks["payer-notification"] == TaskStatus.ENTERED_IN_ERROR
-    assert tasks["follow-up-d1"] == TaskStatus.REQUESTED
+    assert tasks["follow-up-p1"] == TaskStatus.REQUESTED
 
 
 def test_events_without_rule_or_visit_are_traced() -> None:
     state, outcomes = run(
         [
-            V.adt("A05", "N1", hours(0)),
+            V.adt("A15", "N1", hours(0)),
             Visit(visit="").adt("A01", "N2", hours(1)),
             V.adt("A12", "N3", hours(2)),
             V.adt("A13", "N4", hours(3)),

@@ -66,6 +66,8 @@ class Visit:
         discharge: datetime | None = None,
         expected: str = "",
         prior_mrn: str | None = None,
+        died: datetime | None = None,
+        death_indicator: str = "",
     ) -> str:
         """The message as ER7 text (segments joined by carriage returns)."""
         fields = [""] * 46
@@ -81,7 +83,9 @@ class Visit:
         segments = [
             f"MSH|^~\\&|ADTSYS|NORTHSIDE|CMFHIR|CM|{hl7_time(at)}||ADT^{event}|{control_id}|P|2.5.1",
             f"EVN|{event}|{hl7_time(at)}||||{hl7_time(at)}",
-            f"PID|1||{self.mrn}^^^{AUTHORITY}^MR||TESTPATIENT^ALPHA||{self.birth}|F",
+            f"PID|1||{self.mrn}^^^{AUTHORITY}^MR||TESTPATIENT^ALPHA||{self.birth}|F"
+            + ("|" * 21 + f"{hl7_time(died) if died else ''}|{death_indicator}")
+            * bool(died or death_indicator),
         ]
         if prior_mrn is not None:
             segments.append(f"MRG|{prior_mrn}^^^{AUTHORITY}^MR")

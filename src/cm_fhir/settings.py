@@ -29,6 +29,7 @@ from cm_fhir.mllp_peers import parse_networks
 
 __all__ = [
     "AuthSettings",
+    "HealthSettings",
     "HttpSettings",
     "MllpSettings",
     "Role",
@@ -58,7 +59,12 @@ class HttpSettings(_Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
-    max_body_bytes: int = Field(1_048_576, gt=0, description="Largest request body accepted.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        gt=0,
+        description="Largest request body accepted on any route (HL7v2 over HTTP included); "
+        "larger is 413, read no further.",
+    )
     graceful_timeout: float = Field(10.0, gt=0, description="Seconds to finish open requests.")
     root_path: str = Field("", description="Prefix when served behind a reverse proxy.")
 
@@ -126,6 +132,19 @@ class WorkerSettings(_Section):
     shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish the batch in flight.")
 
 
+class HealthSettings(_Section):
+    """What ``/ready`` checks besides the database, the schema and the roles."""
+
+    max_inbox_age_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="/ready is 503 when the oldest unprocessed inbox message is older; 0 disables.",
+    )
+    write_probe_timeout: float = Field(
+        2.0, gt=0, description="Seconds the inbox write probe may wait for the inbox's lock."
+    )
+
+
 class AuthSettings(_Section):
     """OAuth2 bearer tokens (JWT) checked against a JWKS; static keys are ``api_keys``."""
 
@@ -169,6 +188,7 @@ class Settings(BaseSettings):
     mllp: MllpSettings = MllpSettings()
     worker: WorkerSettings = WorkerSettings()
     auth: AuthSettings = AuthSettings()
+    health: HealthSettings = HealthSettings()
     log_level: str = "INFO"
 
     @field_validator("api_keys", mode="before")

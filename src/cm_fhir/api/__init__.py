@@ -17,6 +17,10 @@ A route module is ``cm_fhir.api.routes.<name>`` defining ``router = APIRouter(..
 named in ``cm_fhir.api.routes.ROUTE_MODULES`` (health, messages, outbox, cases, fhir) are included
 when present, so adding ``routes/cases.py`` or ``routes/fhir.py`` needs no change to the factory.
 
+Before routing, :mod:`cm_fhir.api.front_door` authenticates every request but the open paths
+(``/health``, ``/ready``, ``/fhir/metadata``, the OpenAPI document and its pages) from its headers
+and bounds its body by ``http.max_body_bytes`` (413), so no route reads a body for a stranger.
+
 Errors: raise :class:`fastapi.HTTPException` or an error of :mod:`cm_fhir.errors`
 (``ResourceNotFound`` -> 404, ``ValidationError`` -> 422 with its OperationOutcome, ``StoreError``
 -> 503). Every error is JSON: ``{"error": {"status", "code", "message", "fields"}}`` on ``/api``,

@@ -2,10 +2,11 @@
 
 Nothing happens at import. The lifespan opens what the app needs (the engine, unless one is
 passed in; an inbox writer for ``POST /api/hl7v2``, unless one is shared with the MLLP listener)
-and closes what it opened. A pure ASGI middleware logs one line per request with the method, the
-route *template*, the status and the time taken: never the query string or a body, which may
-hold patient identifiers. Unhandled errors become a JSON 500 here too, so no traceback reaches a
-client.
+and closes what it opened. Two pure ASGI middlewares run before routing: the outer logs one line
+per request with the method, the route *template*, the status and the time taken (never the
+query string or a body, which may hold patient identifiers) and turns an unhandled error into a
+JSON 500, so no traceback reaches a client; the inner, :mod:`cm_fhir.api.front_door`,
+authenticates from the headers and bounds the body before anything reads it.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from typing import Any
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import cm_fhir
 from cm_fhir.api import metrics
 from cm_fhir.api.auth import Authenticator
-from cm_fhir.api.deps import AppContext
-from cm_fhir.api.errors import install_error_handlers
+from cm_fhir.api.deps import AppContext, route_template
+from cm_fhir.api.errors import error_response, install_error_handlers
+from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.settings import Settings
@@ -90,14 +92,13 @@ class _AccessLog:
         except Exception as exc:
             log.error("unhandled %s", type(exc).__name__)
             if not response_started:
-                body = {"error": {"status": 500, "code": "internal_error", "message": "error"}}
-                await JSONResponse(body, 500)(scope, receive, send)
+                response = error_response(Request(scope), 500, "internal error")
+                await response(scope, receive, send)
         finally:
-            route = getattr(scope.get("route"), "path", None) or "(no route)"
             log.info(
                 "%s %s %d %.1fms",
                 scope.get("method", "?"),
-                route,
+                route_template(scope),
                 status,
                 (time.perf_counter() - started) * 1000,
             )
@@ -161,6 +162,7 @@ def create_app(
     for router in routers():
         app.include_router(router)
     app.include_router(metrics.router)
+    app.add_middleware(FrontDoor)  # inner: authenticates and bounds the body before routing
     app.add_middleware(_AccessLog)
     return app
 

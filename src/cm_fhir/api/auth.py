@@ -3,8 +3,11 @@
 :class:`Authenticator` turns the ``Authorization: Bearer <token>`` value into a
 :class:`Principal`. A token equal to one of the configured API keys (compared in constant time
 against every key) is an API-key principal with every scope. Otherwise, when a JWKS URL is
-configured, the token must be a JWT signed by a key of that JWKS (``kid``), unexpired, and carry
-the configured issuer and audience; its scopes come from ``scope`` (space-separated) or ``scp``.
+configured, the token must be a JWT whose header names an allowed asymmetric algorithm and a key
+of that JWKS (``kid``) of the algorithm's key type, signed by it, unexpired, and carrying the
+configured issuer and audience; its scopes come from ``scope`` (space-separated) or ``scp``. Any
+other header (no ``kid``, an algorithm that is not allowed, ``none``, HMAC, a key of another type,
+``crit`` extensions, a header that is not JSON) is a 401, never a 500.
 Scopes: ``read`` and ``write`` on ``/api``; SMART v1/v2 system scopes (``system/*.read``,
 ``system/Task.read``, ``system/Task.rs``) on ``/fhir``. Tokens are never logged; the subject of
 an API key is a short digest of it, so audit records can tell keys apart without storing them.
@@ -157,11 +160,13 @@ class Authenticator:
         assert self._jwks is not None
         settings = self._settings
         try:
-            signing_key = self._jwks.get_signing_key_from_jwt(token)
+            alg, kid = _expected_header(token, settings.algorithms)
+            signing_key = self._jwks.get_signing_key(kid)
+            _check_key_fits(signing_key, alg)
             claims: dict[str, Any] = jwt.decode(
                 token,
                 signing_key.key,
-                algorithms=list(settings.algorithms),
+                algorithms=[alg],
                 audience=settings.audience,
                 issuer=settings.issuer,
                 leeway=settings.leeway,
@@ -180,9 +185,40 @@ class Authenticator:
             raise AuthError(401, "the token is signed by an unknown key") from exc
         except jwt.InvalidTokenError as exc:
             raise AuthError(401, f"the token is not valid ({type(exc).__name__})") from exc
+        except (TypeError, ValueError) as exc:  # a key the crypto library cannot use with alg
+            raise AuthError(401, "the token's key does not fit its algorithm") from exc
         scopes = _scopes_of(claims)
         subject = str(claims.get("client_id") or claims["sub"])
         return Principal(subject, scopes, "jwt")
+
+
+#: The JWK key type each JWS algorithm family signs with.
+_KEY_TYPES = {"RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def _expected_header(token: str, allowed: tuple[str, ...]) -> tuple[str, str]:
+    """The token's ``alg`` and ``kid``, if its header is one we accept; else InvalidTokenError.
+
+    Accepted: a JSON object naming an allowed asymmetric ``alg`` and a string ``kid``, and no
+    ``crit`` extensions (none is understood here).
+    """
+    header = jwt.get_unverified_header(token)
+    if not isinstance(header, dict):
+        raise jwt.InvalidTokenError("the header is not a JSON object")
+    alg, kid = header.get("alg"), header.get("kid")
+    if not isinstance(alg, str) or alg not in allowed or alg[:2] not in _KEY_TYPES:
+        raise jwt.InvalidAlgorithmError("the algorithm is not accepted")
+    if not isinstance(kid, str) or not kid:
+        raise jwt.InvalidTokenError("the header names no key (kid)")
+    if "crit" in header:
+        raise jwt.InvalidTokenError("critical header extensions are not supported")
+    return alg, kid
+
+
+def _check_key_fits(key: jwt.PyJWK, alg: str) -> None:
+    """The JWKS key named by ``kid`` must be of the token algorithm's key type."""
+    if key.key_type != _KEY_TYPES[alg[:2]]:
+        raise jwt.InvalidAlgorithmError("the key named by kid is not of the token's key type")
 
 
 def _scopes_of(claims: dict[str, Any]) -> frozenset[str]:

@@ -12,23 +12,32 @@ Route modules depend on these aliases instead of reaching into ``app.state``::
 ``require_scope("read" | "write")`` guards ``/api``; ``require_fhir_read("Task")`` guards the
 FHIR facade with SMART system scopes (``system/*.read``, ``system/Task.read``, ``system/Task.rs``).
 Failures raise :class:`~cm_fhir.api.auth.AuthError`, which the error handlers turn into 401/403
-with ``WWW-Authenticate`` (an OperationOutcome under ``/fhir``).
+with ``WWW-Authenticate`` (an OperationOutcome under ``/fhir``). The caller itself was
+authenticated by :mod:`cm_fhir.api.front_door` from the headers, before any body was read;
+:func:`current_principal` hands that principal to the routes. :func:`record_denial` audits every
+refusal (401 and 403), and :func:`route_template` names routes in the audit trail and the logs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from starlette.routing import compile_path
+from starlette.types import Scope
 
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
 from cm_fhir.settings import Settings
-from cm_fhir.store.audit import AuditRecord, record_audit
+from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
 
 __all__ = [
     "AppContext",
@@ -41,13 +50,20 @@ __all__ = [
     "SettingsDep",
     "WritePrincipal",
     "audit",
+    "check_fhir_read",
     "current_principal",
     "get_context",
     "get_engine",
     "get_settings",
+    "record_denial",
     "require_fhir_read",
     "require_scope",
+    "route_path",
+    "route_template",
+    "token_subject",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -61,6 +77,7 @@ class AppContext:
     listener: MllpListener | None = None
     roles: dict[str, str] = field(default_factory=dict)  # role -> "starting"/"running"/"stopped"
     schema_current: bool = False
+    denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
 
 
 def get_context(request: Request) -> AppContext:
@@ -86,13 +103,16 @@ _bearer = HTTPBearer(auto_error=False, description="An API key or an OAuth2 JWT 
 
 async def current_principal(
     request: Request,
-    context: ContextDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The authenticated caller (401 without a valid bearer token)."""
-    header = request.headers.get("authorization")
-    principal = await context.authenticator.authenticate(header if credentials else None)
-    request.state.principal = principal
+    """The caller the front door authenticated (:mod:`cm_fhir.api.front_door`), else 401.
+
+    ``_credentials`` only documents the bearer scheme in the OpenAPI document: the token was
+    checked before the request body was read, and the principal kept in the request state.
+    """
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        raise AuthError(401, "a bearer token is required")
     return principal
 
 
@@ -111,13 +131,19 @@ def require_scope(scope: str) -> Callable[[Principal], Awaitable[Principal]]:
     return _check
 
 
+def check_fhir_read(principal: Principal, resource_type: str) -> None:
+    """403 unless the caller may read ``resource_type``: ``system/*.read``,
+    ``system/<Type>.read`` or SMART v2 (``system/<Type>.rs``)."""
+    if not grants_fhir_read(principal.scopes, resource_type):
+        scope = f"system/{resource_type}.read"
+        raise AuthError(403, f"this needs the '{scope}' or 'system/*.read' scope", scope=scope)
+
+
 def require_fhir_read(resource_type: str) -> Callable[[Principal], Awaitable[Principal]]:
-    """A dependency for the FHIR facade: ``system/*.read`` or ``system/<Type>.read`` (or v2)."""
+    """A dependency for a FHIR route of one type (:func:`check_fhir_read`)."""
 
     async def _check(principal: PrincipalDep) -> Principal:
-        if not grants_fhir_read(principal.scopes, resource_type):
-            scope = f"system/{resource_type}.read"
-            raise AuthError(403, f"this needs the '{scope}' scope", scope=scope)
+        check_fhir_read(principal, resource_type)
         return principal
 
     _check.__name__ = f"require_fhir_read_{resource_type}"
@@ -180,11 +206,85 @@ class Auditor:
             await record_audit(own, records)
 
 
+def route_path(scope: Scope) -> str:
+    """The request path below the app's root path (``/fhir/Task``, whatever the proxy prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    return path
+
+
+def _route_table(app: Any) -> list[tuple[re.Pattern[str], str]]:
+    table: list[tuple[re.Pattern[str], str]] | None = getattr(app.state, "route_table", None)
+    if table is None:
+        paths = app.openapi().get("paths", {})
+        table = [(compile_path(template)[0], template) for template in paths]
+        app.state.route_table = table
+    return table
+
+
+def route_template(scope: Scope) -> str:
+    """The route template of a request (``/api/messages/{message_id}``), never the concrete path.
+
+    After routing it is the matched route's; before (in the front door) the path is matched
+    against the templates of the OpenAPI document. ``(no route)`` when none matches.
+    """
+    route = scope.get("route")
+    if route is not None and getattr(route, "path", None):
+        return str(route.path)
+    app = scope.get("app")
+    if app is None or not hasattr(app, "openapi"):
+        return "(no route)"
+    path = route_path(scope)
+    for pattern, template in _route_table(app):
+        if pattern.match(path):
+            return template
+    return "(no route)"
+
+
+def _client_of(scope: Scope) -> str | None:
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
 def audit(request: Request, engine: EngineDep, principal: PrincipalDep) -> Auditor:
     """The request's :class:`Auditor` (needs an authenticated caller)."""
-    route = getattr(request.scope.get("route"), "path", None)
-    client = request.client.host if request.client else None
-    return Auditor(engine, principal, route or "", client)
+    return Auditor(engine, principal, route_template(request.scope), _client_of(request.scope))
+
+
+def token_subject(authorization: str | None) -> str:
+    """How a refused caller is named in the audit trail: a short digest of what it sent, or
+    ``anonymous``. Never the token itself."""
+    if not authorization:
+        return "anonymous"
+    return "token:" + hashlib.sha256(authorization.encode()).hexdigest()[:12]
+
+
+async def record_denial(
+    scope: Scope, subject: str, auth_method: str, status: int, reason: str
+) -> None:
+    """Audit a refused request (401 or 403): who, route template, client, never the token.
+
+    Best effort: a database that cannot take the row is logged, and the refusal still answered.
+    """
+    context: AppContext | None = getattr(getattr(scope.get("app"), "state", None), "context", None)
+    if context is None:
+        return
+    record = AuditRecord(
+        subject=subject,
+        auth_method=auth_method,
+        action="authenticate" if status == 401 else "authorise",
+        entity_type="request",
+        entity_id=None,
+        route=route_template(scope),
+        outcome="denied" if status == 401 else "forbidden",
+        client=_client_of(scope),
+    )
+    try:
+        await context.denials.add(context.engine, record)
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("audit of a refused request failed: %s (%s)", type(exc).__name__, reason)
 
 
 AuditDep = Annotated[Auditor, Depends(audit)]

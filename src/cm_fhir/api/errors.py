@@ -1,10 +1,11 @@
-"""Every error the API returns is JSON; under ``/fhir`` it is an OperationOutcome. No I/O.
+"""Every error the API returns is JSON; under ``/fhir`` it is an OperationOutcome.
 
 ``/api`` and the rest answer ``{"error": {"status", "code", "message", "fields"?}}``; ``/fhir``
 answers an OperationOutcome as ``application/fhir+json``. Validation errors name the field
 (``query.limit``, ``body.ids[2]``) and what is wrong with it, never the value sent (it may be
 PHI). Errors of the :mod:`cm_fhir.errors` tree map to statuses here; anything unexpected is a
-500 whose log line names the exception type only.
+500 whose log line names the exception type only. I/O only for a refused scope (403), which is
+audited like every refusal.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cm_fhir.api.auth import AuthError
+from cm_fhir.api.deps import record_denial, route_path
 from cm_fhir.errors import (
     CmFhirError,
     ConfigError,
@@ -70,10 +72,7 @@ _CODES = {
 
 
 def _is_fhir(request: Request) -> bool:
-    path: str = request.scope.get("path", "")
-    root: str = request.scope.get("root_path", "")
-    if root and path.startswith(root):
-        path = path[len(root) :]
+    path = route_path(request.scope)
     return path == "/fhir" or path.startswith("/fhir/")
 
 
@@ -131,6 +130,11 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 
 async def _auth(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AuthError)
+    principal = getattr(request.state, "principal", None)
+    if principal is not None:
+        await record_denial(
+            request.scope, principal.subject, principal.method, exc.status, exc.reason
+        )
     headers = {"WWW-Authenticate": exc.www_authenticate}
     return error_response(request, exc.status, exc.reason, headers=headers)
 

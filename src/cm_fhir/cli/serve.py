@@ -140,7 +140,7 @@ log_level = "INFO"
 [http]
 host = "127.0.0.1"          # without keys or a JWKS the API only binds to localhost
 port = 8080
-max_body_bytes = 1048576
+max_body_bytes = 1048576    # every request body, HL7v2 over HTTP included; larger is 413
 graceful_timeout = 10.0     # seconds to finish open requests on shutdown
 root_path = ""              # prefix when behind a reverse proxy
 
@@ -181,6 +181,10 @@ algorithms = ["RS256", "ES256", "PS256"]
 leeway = 30.0
 jwks_cache_seconds = 300
 jwks_timeout = 5.0
+
+[health]
+max_inbox_age_seconds = 300.0   # /ready 503 when the oldest unprocessed message is older; 0 = off
+write_probe_timeout = 2.0       # seconds /ready's inbox write probe waits for the inbox's lock
 """
 
 

@@ -12,7 +12,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from cm_fhir.domain.codes import AssessmentKind, AssessmentStatus, RiskLevel
+from cm_fhir.domain.codes import AssessmentKind, AssessmentStatus, ClosingReason, RiskLevel
 from cm_fhir.domain.common import Code, DomainModel, Instant, LocalId, NonEmptyStr, PartyRef
 
 
@@ -57,7 +57,7 @@ class RiskEvaluation(DomainModel):
 
 
 class OutcomeEvaluation(DomainModel):
-    """Were the goals met? Readmissions and ED visits since the case opened."""
+    """Were the goals met? Readmissions and ED visits since the case opened; why it ended."""
 
     evaluated_on: date
     goals_met: int = Field(ge=0)
@@ -65,6 +65,9 @@ class OutcomeEvaluation(DomainModel):
     readmissions: int = Field(default=0, ge=0)
     ed_visits: int = Field(default=0, ge=0)
     summary: str | None = None
+    closing_reason: ClosingReason | None = Field(
+        default=None, description="Why the case ended, when not by its plan (e.g. deceased)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -1,9 +1,10 @@
 """The case: one episode of case management, and the rules its status follows. Pure.
 
 A case is opened when a patient is identified and found eligible; it moves through
-``referred -> screening -> active <-> on-hold -> transition -> closed`` (or ``cancelled``).
-Closed and cancelled cases are final: they take no new work. Every change returns a new
-:class:`Case`.
+``referred -> screening -> active <-> on-hold -> transition -> closed`` (or ``cancelled``); a
+case planned ahead of an admission starts ``planned``. Any open case may become
+``entered-in-error`` (it should never have existed). Closed, cancelled and entered-in-error cases
+are final: they take no new work. Every change returns a new :class:`Case`.
 """
 
 from __future__ import annotations
@@ -31,16 +32,19 @@ from cm_fhir.domain.task import Task
 from cm_fhir.errors import DomainError, TransitionError
 
 C = CaseStatus
+_VOID = C.ENTERED_IN_ERROR
 CASE_TRANSITIONS: dict[CaseStatus, frozenset[CaseStatus]] = {
-    C.REFERRED: frozenset({C.SCREENING, C.ACTIVE, C.CLOSED, C.CANCELLED}),
-    C.SCREENING: frozenset({C.ACTIVE, C.CLOSED, C.CANCELLED}),
-    C.ACTIVE: frozenset({C.ON_HOLD, C.TRANSITION, C.CLOSED, C.CANCELLED}),
-    C.ON_HOLD: frozenset({C.ACTIVE, C.TRANSITION, C.CLOSED, C.CANCELLED}),
-    C.TRANSITION: frozenset({C.ACTIVE, C.CLOSED, C.CANCELLED}),
+    C.PLANNED: frozenset({C.ACTIVE, C.TRANSITION, C.CLOSED, C.CANCELLED, _VOID}),
+    C.REFERRED: frozenset({C.SCREENING, C.ACTIVE, C.CLOSED, C.CANCELLED, _VOID}),
+    C.SCREENING: frozenset({C.ACTIVE, C.CLOSED, C.CANCELLED, _VOID}),
+    C.ACTIVE: frozenset({C.ON_HOLD, C.TRANSITION, C.CLOSED, C.CANCELLED, _VOID}),
+    C.ON_HOLD: frozenset({C.ACTIVE, C.TRANSITION, C.CLOSED, C.CANCELLED, _VOID}),
+    C.TRANSITION: frozenset({C.ACTIVE, C.CLOSED, C.CANCELLED, _VOID}),
     C.CLOSED: frozenset(),
     C.CANCELLED: frozenset(),
+    C.ENTERED_IN_ERROR: frozenset(),
 }
-FINAL_CASE_STATUSES = frozenset({C.CLOSED, C.CANCELLED})
+FINAL_CASE_STATUSES = frozenset({C.CLOSED, C.CANCELLED, C.ENTERED_IN_ERROR})
 
 
 class StatusChange(DomainModel):

@@ -33,6 +33,7 @@ class CaseManagementModel(StrEnum):
 class CaseStatus(StrEnum):
     """Where a case is in the case-management process."""
 
+    PLANNED = "planned"
     REFERRED = "referred"
     SCREENING = "screening"
     ACTIVE = "active"
@@ -40,6 +41,14 @@ class CaseStatus(StrEnum):
     TRANSITION = "transition"
     CLOSED = "closed"
     CANCELLED = "cancelled"
+    ENTERED_IN_ERROR = "entered-in-error"
+
+
+class ClosingReason(StrEnum):
+    """Why a case ended."""
+
+    DECEASED = "deceased"
+    NOT_ELIGIBLE = "not-eligible"
 
 
 class AssessmentKind(StrEnum):

@@ -9,8 +9,9 @@ become ``entered-in-error``. Anything else raises :class:`~cm_fhir.errors.Transi
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cm_fhir.domain.codes import ActivityKind, Priority, TaskIntent, TaskStatus
 from cm_fhir.domain.common import DomainModel, Instant, LocalId, NonEmptyStr, PartyRef
@@ -64,6 +65,9 @@ class Task(DomainModel):
     owner: PartyRef
     requester: PartyRef | None = None
     authored_on: Instant
+    not_before: Instant | None = Field(
+        default=None, description="Work starts no earlier than this (a window with ``due``)"
+    )
     due: Instant
     business_status: str | None = Field(
         default=None, description="Free text, e.g. 'left voicemail'"
@@ -71,6 +75,12 @@ class Task(DomainModel):
     care_plan: LocalId | None = Field(default=None, description="The plan this task carries out")
     focus_goal: LocalId | None = None
     notes: tuple[NonEmptyStr, ...] = ()
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.not_before is not None and self.not_before > self.due:
+            raise ValueError("not_before is after the due date")
+        return self
 
     @property
     def is_open(self) -> bool:

@@ -12,7 +12,9 @@ them for a target that is a single instant (``meta.lastUpdated``):
 ``le``      ``instant < high``
 ==========  ===============================
 
-Values without a timezone are read as UTC. Other prefixes (``ne``, ``sa``, ``eb``, ``ap``) are
+Values without a timezone are read as UTC; the range is kept in UTC, and a range that leaves the
+calendar's years 0001 to 9999 (``gt9999-12-31``, ``0001-01-01T00:00+14:00``) is refused. Other
+prefixes (``ne``, ``sa``, ``eb``, ``ap``) are
 refused with :class:`~cm_fhir.errors.SearchParameterError`.
 """
 
@@ -148,6 +150,10 @@ def parse_date_bound(parameter: str, text: str) -> DateBound:
         )
     try:
         low, high = _range(match)
-    except ValueError as exc:
-        raise SearchParameterError(parameter, "the date is out of range") from exc
+        # In UTC here, so no later comparison or query can overflow the calendar.
+        low, high = low.astimezone(UTC), high.astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
+        raise SearchParameterError(
+            parameter, "the date is out of range (it must fall within the years 0001 to 9999)"
+        ) from exc
     return DateBound(DatePrefix(prefix), low, high)

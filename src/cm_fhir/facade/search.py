@@ -7,6 +7,11 @@ turns the query parameters of ``GET /fhir/<Type>`` into a :class:`SearchQuery`: 
 Anything the table does not name (a parameter, a modifier, a prefix) raises
 :class:`~cm_fhir.errors.SearchParameterError`, which the API answers with a 400 OperationOutcome.
 
+A search is bounded, so every accepted one is a small query on SQLite and PostgreSQL alike: at
+most :data:`MAX_PARAMETERS` query parameters, :data:`MAX_VALUES` values in all (repeated and
+comma-separated values count alike) and :data:`MAX_VALUE_LENGTH` characters per parameter value.
+Past a bound the error names the parameter that crossed it.
+
 Patients are referenced logically, by identifier: ``patient:identifier=system|value`` is the
 standard form; ``patient=system|value`` is read the same way. ``patient=Patient/<id>`` is refused
 with a hint, because cm-fhir holds no Patient resources whose ids could match.
@@ -24,6 +29,9 @@ from cm_fhir.facade.dates import DateBound, parse_date_bound
 from cm_fhir.facade.paging import Cursor, parse_cursor
 
 __all__ = [
+    "MAX_PARAMETERS",
+    "MAX_VALUES",
+    "MAX_VALUE_LENGTH",
     "RESOURCE_TYPES",
     "SEARCH_PARAMETERS",
     "Criterion",
@@ -41,6 +49,12 @@ __all__ = [
 
 DEFAULT_COUNT = 20
 MAX_COUNT = 100
+#: Query parameters in one search (``_count``, ``_page`` and ``_format`` included).
+MAX_PARAMETERS = 20
+#: Values in one search, over all its parameters (``a,b`` is two; repeats add their own).
+MAX_VALUES = 100
+#: Characters in one parameter's value.
+MAX_VALUE_LENGTH = 8192
 
 _HL7_SP = "http://hl7.org/fhir/SearchParameter/"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -294,9 +308,14 @@ def parse_search(
     accepted: list[tuple[str, str]] = []
     count: int | None = None
     cursor: Cursor | None = None
-    for key, raw in items:
+    values = 0
+    for position, (key, raw) in enumerate(items):
         value = raw.strip()
         name, _, modifier = key.partition(":")
+        if position >= MAX_PARAMETERS:
+            raise SearchParameterError(key, f"a search takes at most {MAX_PARAMETERS} parameters")
+        if len(value) > MAX_VALUE_LENGTH:
+            raise SearchParameterError(key, f"the value is over {MAX_VALUE_LENGTH} characters")
         if key in ("_count", "_page", "_format"):
             if key == "_format":
                 if value and value not in _FORMATS:
@@ -320,6 +339,9 @@ def parse_search(
             raise SearchParameterError(key, f"modifier ':{modifier}' is not supported")
         if value == "":
             continue
+        values += len(_values(value))
+        if values > MAX_VALUES:
+            raise SearchParameterError(key, f"a search takes at most {MAX_VALUES} values in all")
         criteria.append(_criterion(param, modifier or None, value))
         accepted.append((key, value))
     return SearchQuery(

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from cm_fhir.domain.assessment import OutcomeEvaluation, Screening
+from cm_fhir.domain.case import FINAL_CASE_STATUSES as FINAL
 from cm_fhir.domain.case import CareTeam, CareTeamMember, Case, Coverage, ReferralSource
-from cm_fhir.domain.codes import CaseManagementModel, CaseStatus, Programme
+from cm_fhir.domain.codes import CaseManagementModel, CaseStatus, ClosingReason, Programme
 from cm_fhir.domain.common import Code
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir import datatypes as dt
@@ -78,6 +79,13 @@ def _outcome(ctx: CaseContext, o: OutcomeEvaluation) -> Json:
             ("readmissions", "valueInteger", o.readmissions),
             ("edVisits", "valueInteger", o.ed_visits),
             ("summary", "valueString", o.summary),
+            (
+                "closingReason",
+                "valueCoding",
+                ctx.registry.coding("closing_reason", o.closing_reason.value)
+                if o.closing_reason is not None
+                else None,
+            ),
         ],
     )
 
@@ -155,11 +163,11 @@ def episode_of_care(ctx: CaseContext, case: Case) -> Json:
     return out
 
 
-def care_team(ctx: CaseContext, team: CareTeam, case_final: bool) -> Json:
+def care_team(ctx: CaseContext, team: CareTeam, case_status: CaseStatus) -> Json:
     out = ctx.head("CareTeam", ctx.id_for("CareTeam", "care_team", team.id), "care_team")
     out["extension"] = [ctx.episode_extension()]
     out["identifier"] = [ctx.identifier("care_team", team.id)]
-    out["status"] = "inactive" if case_final else "active"
+    out["status"] = _void_or(case_status, "inactive" if case_status in FINAL else "active")
     if team.name is not None:
         out["name"] = team.name
     out["subject"] = ctx.patient_ref()
@@ -167,6 +175,11 @@ def care_team(ctx: CaseContext, team: CareTeam, case_final: bool) -> Json:
         {"role": [dt.codeable(m.role)], "member": dt.reference(m.party)} for m in team.members
     ]
     return out
+
+
+def _void_or(case_status: CaseStatus, status: str) -> str:
+    """``entered-in-error`` for every resource of a case entered in error, else ``status``."""
+    return "entered-in-error" if case_status == CaseStatus.ENTERED_IN_ERROR else status
 
 
 def intake_referral(ctx: CaseContext, source: ReferralSource, case: Case) -> Json:
@@ -177,7 +190,7 @@ def intake_referral(ctx: CaseContext, source: ReferralSource, case: Case) -> Jso
     )
     out["extension"] = [ctx.episode_extension()]
     out["identifier"] = [ctx.identifier("referral")]
-    out["status"] = "active" if pending else "completed"
+    out["status"] = _void_or(case.status, "active" if pending else "completed")
     out["intent"] = "order"
     out["category"] = [{"coding": [ctx.registry.coding("referral_type", "case-management")]}]
     out["subject"] = ctx.patient_ref()
@@ -276,6 +289,7 @@ def _parse_extensions(ctx: CaseContext, eoc: Json) -> dict[str, Any]:
             readmissions=sub_value(ext, "readmissions", "valueInteger"),
             ed_visits=sub_value(ext, "edVisits", "valueInteger"),
             summary=sub_value(ext, "summary", "valueString"),
+            closing_reason=_closing_reason(sub_value(ext, "closingReason", "valueCoding")),
         )
     out["coverage"] = tuple(
         Coverage(
@@ -294,6 +308,12 @@ def _parse_extensions(ctx: CaseContext, eoc: Json) -> dict[str, Any]:
         for ext in extensions(eoc, reg.extension("encounter"))
     )
     return out
+
+
+def _closing_reason(coding: Json | None) -> ClosingReason | None:
+    if coding is None:
+        return None
+    return ClosingReason(dt.parse_coding(coding, "outcome.closingReason").code)
 
 
 def parse_care_team(resource: Json, local_id: str) -> CareTeam:

@@ -36,7 +36,7 @@ def case_to_resources(
     if case.referral_source is not None:
         out.append(episode.intake_referral(ctx, case.referral_source, case))
     if case.care_team is not None:
-        out.append(episode.care_team(ctx, case.care_team, case.is_final))
+        out.append(episode.care_team(ctx, case.care_team, case.status))
     out += [plans.goal(ctx, g) for g in case.goals]
     if case.care_plan is not None:
         out.append(plans.care_plan(ctx, case, case.care_plan))

@@ -1,9 +1,9 @@
 """Tasks, assessments, referrals and risk <-> Task, ServiceRequest and RiskAssessment. Pure.
 
 Interventions and assessments are Tasks tied to the case with the core ``workflow-episodeOfCare``
-extension; the due date is ``restriction.period.end``. A referral follows the Gravity SDOH pattern:
-a ServiceRequest plus a fulfilment Task (intent ``order``, code ``fulfill``, focus the request,
-owner the performer) whose status closes the loop.
+extension; the due date is ``restriction.period.end``, a start (``not_before``) its ``start``. A
+referral follows the Gravity SDOH pattern: a ServiceRequest plus a fulfilment Task (intent
+``order``, code ``fulfill``, focus the request, owner the performer) whose status closes the loop.
 """
 
 from __future__ import annotations
@@ -34,8 +34,11 @@ RISK_PROBABILITY = "http://terminology.hl7.org/CodeSystem/risk-probability"
 FULFILMENT = "fulfilment"
 
 
-def _due(when: Any) -> Json:
-    return {"period": {"end": dt.instant(when)}}
+def _due(when: Any, start: Any = None) -> Json:
+    period = {"end": dt.instant(when)}
+    if start is not None:
+        period["start"] = dt.instant(start)
+    return {"period": period}
 
 
 def task(ctx: CaseContext, t: Task) -> Json:
@@ -60,7 +63,7 @@ def task(ctx: CaseContext, t: Task) -> Json:
     out["owner"] = dt.reference(t.owner)
     if t.notes:
         out["note"] = [{"text": n} for n in t.notes]
-    out["restriction"] = _due(t.due)
+    out["restriction"] = _due(t.due, t.not_before)
     return out
 
 
@@ -164,6 +167,11 @@ def _due_of(resource: Json, path: str) -> Any:
     return dt.parse_instant(end, f"{path}.restriction.period.end")
 
 
+def _start_of(resource: Json, path: str) -> Any:
+    start = resource.get("restriction", {}).get("period", {}).get("start")
+    return dt.parse_instant(start, f"{path}.restriction.period.start") if start else None
+
+
 def _party(resource: Json, key: str, path: str) -> Any:
     value = resource.get(key)
     return dt.parse_reference(value, f"{path}.{key}") if value else None
@@ -182,6 +190,7 @@ def parse_task(resource: Json, local_id: str, plan_id: str | None, goal_id: str 
         owner=dt.parse_reference(resource.get("owner", {}), f"{path}.owner"),
         requester=_party(resource, "requester", path),
         authored_on=dt.parse_instant(resource.get("authoredOn"), f"{path}.authoredOn"),
+        not_before=_start_of(resource, path),
         due=_due_of(resource, path),
         business_status=business.get("text") if business else None,
         care_plan=plan_id,

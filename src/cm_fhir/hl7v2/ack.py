@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cm_fhir.hl7v2.header import BatchHeader, MessageHeader
-from cm_fhir.hl7v2.structures import is_supported_version
+from cm_fhir.hl7v2.structures import SUPPORTED_EVENTS, is_supported_version
 
 __all__ = [
     "ENHANCED_CODES",
@@ -35,11 +35,9 @@ __all__ = [
     "unparseable",
 ]
 
-HANDLED_ADT_EVENTS = frozenset(
-    {"A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A16", "A40"}
-    | {"A15", "A25", "A26", "A27", "A38"}
-)
-"""ADT trigger events the case-management workflow acts on; other ADT events are ignored (AA)."""
+HANDLED_ADT_EVENTS = SUPPORTED_EVENTS
+"""ADT trigger events the case-management workflow acts on (the events the ADT parser reads);
+other ADT events are ignored (AA)."""
 
 ENHANCED_CODES = {"AA": "CA", "AE": "CE", "AR": "CR"}
 """Original-mode code -> enhanced-mode accept acknowledgment code."""

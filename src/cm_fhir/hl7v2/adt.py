@@ -203,6 +203,8 @@ class _AdtReader:
             name=None if self._null(pid, 5) else _legal_name(pid, 5),
             birth_date=None if birth is None else parse_date(birth, pid.location(7)),
             sex=self.text(pid, 8),
+            death_time=self.moment(pid, 29),
+            deceased=_yes_no(self.text(pid, 30)),
         )
 
     def visit(self) -> Visit | None:
@@ -259,6 +261,12 @@ class _AdtReader:
                     )
                 )
         return tuple(merges)
+
+
+def _yes_no(value: str | None) -> bool | None:
+    """An HL7 table 0136 indicator: Y is True, N is False, anything else unknown."""
+    flag = (value or "").strip().upper()
+    return True if flag == "Y" else False if flag == "N" else None
 
 
 def _name(segment: Hl7Segment, parts: list[str], offset: int = 0) -> PersonName | None:

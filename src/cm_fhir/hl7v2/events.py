@@ -62,12 +62,14 @@ class Practitioner(_Event):
 
 
 class Patient(_Event):
-    """The patient from PID: identifiers (PID-3 repetitions), name (PID-5), PID-7, PID-8."""
+    """The patient from PID: identifiers (PID-3), name (PID-5), PID-7, PID-8, PID-29, PID-30."""
 
     identifiers: tuple[PatientIdentifier, ...] = ()
     name: PersonName | None = None
     birth_date: date | None = None
     sex: str | None = None
+    death_time: datetime | None = None
+    deceased: bool | None = None
 
 
 class Location(_Event):

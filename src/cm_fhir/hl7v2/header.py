@@ -10,6 +10,7 @@ characters, so they can be echoed into an ACK unchanged. Errors name positions, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from cm_fhir.errors import Hl7ParseError
 
@@ -25,9 +26,12 @@ _SEGMENT_END = "\r"
 _MSH_FIELDS = 19  # fields[0] .. fields[18] (MSH-18), the last one read
 
 
-@dataclass(frozen=True, slots=True)
-class MessageHeader:
-    """The MSH fields the intake needs, as sent (MSH-n numbering in the comments)."""
+class MessageHeader(NamedTuple):
+    """The MSH fields the intake needs, as sent (MSH-n numbering in the comments).
+
+    A named tuple: one is built per inbound message on the ACK path, and a tuple is built several
+    times faster than a frozen dataclass of fifteen fields.
+    """
 
     field_separator: str  # MSH-1
     encoding_characters: str  # MSH-2

@@ -3,8 +3,9 @@ apart from reading the file once in :func:`load_discharge_rules`.
 
 The file says who is screened into a case (criteria combined with ``any``/``all``, nestable), which
 case-management team owns the work on each unit, and which tasks, referrals and due dates each ADT
-event creates. Every value is checked at load: task kinds, referral types, dispositions and
-encounter classes must be known codes, durations must read like ``24h``/``7d``, and a unit may only
+event creates: before admission, at admission, before and at discharge, and at death. Every
+value is checked at load: task kinds, referral types, dispositions and encounter classes must be
+known codes, durations must read like ``24h``/``7d``, and a unit may only
 name a team the file declares. A bad file fails with :class:`~cm_fhir.errors.MappingSpecError`
 naming the file and key path. The workflow in :mod:`cm_fhir.workflow` reads nothing else.
 """
@@ -42,12 +43,17 @@ from cm_fhir.mapping.loader import load_with_overrides
 __all__ = [
     "DISCHARGE_RULES_FILE",
     "AdmissionRules",
+    "AtDischarge",
+    "ClassChangeRules",
     "Criterion",
+    "DeathRules",
     "DischargeRules",
     "DischargeStepRules",
     "IdentityRules",
     "PartySpec",
     "PendingDischargeRules",
+    "PostAcuteRule",
+    "PreAdmissionRules",
     "ReferralRule",
     "TaskRule",
     "TransferRules",
@@ -105,13 +111,34 @@ class PartySpec(Rules):
         return self
 
 
+#: What A03 does with a pre-discharge task still open: cancel it, flag it, or keep it silently.
+AtDischarge = Literal["cancel", "flag", "keep"]
+
+
 class TaskRule(Rules):
-    """One task a rule creates: its kind (a task code), text, due date and priority."""
+    """One task a rule creates: its kind (a task code), text, due date and priority.
+
+    ``due`` (and ``not_before``, the start of a window) count from the event time;
+    ``before_discharge`` (planning work only) brings the due date forward to that long before the
+    start of the expected discharge day, when one is known.
+    ``at_discharge`` (``pending_discharge`` tasks only) says what A03 does if the task is open.
+    """
 
     kind: ActivityKind
     description: Text
     due: Duration
+    not_before: Duration | None = None
+    before_discharge: Duration | None = None
     priority: Priority = Priority.ROUTINE
+    at_discharge: AtDischarge = "flag"
+
+    @model_validator(mode="after")
+    def _window(self) -> Self:
+        if self.not_before is not None and self.not_before > self.due:
+            raise ValueError("not_before is later than due")
+        if self.not_before is not None and self.before_discharge is not None:
+            raise ValueError("a task has not_before or before_discharge, not both")
+        return self
 
 
 class ReferralRule(Rules):
@@ -120,6 +147,7 @@ class ReferralRule(Rules):
     type: ReferralType
     performer: PartySpec
     due: Duration
+    before_discharge: Duration | None = None
     note: Text | None = None
     priority: Priority = Priority.ROUTINE
 
@@ -198,26 +226,65 @@ class IdentityRules(Rules):
     screening_criterion_system: NoSpace
 
 
+class PostAcuteRule(Rules):
+    """A disposition known from the admission itself: when ``when`` holds, plan ``disposition``."""
+
+    when: Criterion
+    disposition: Disposition
+
+
 class AdmissionRules(Rules):
     initial_assessment: TaskRule
     payer_notification: TaskRule | None = None
+    post_acute: list[PostAcuteRule] = Field(
+        default_factory=list, description="First match starts the disposition's referral"
+    )
 
 
 class TransferRules(Rules):
     move_open_tasks: bool = True
 
 
+class PreAdmissionRules(Rules):
+    """A05 pre-admit / A14 pending admit: a planned case, screened as ``screen_as``."""
+
+    screen_as: str = Field(default="IMP", description="Encounter class a pre-admit screens as")
+    tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
+
+    @field_validator("screen_as")
+    @classmethod
+    def _class(cls, value: str) -> str:
+        if value not in ENCOUNTER_CLASSES:
+            raise ValueError(f"not a v3 ActCode encounter class: {value}")
+        return value
+
+
+class ClassChangeRules(Rules):
+    """A07, or an A02/A08 that changes PV1-2, when the case no longer qualifies."""
+
+    not_qualified: Literal["close", "flag"] = "flag"
+
+
 class PendingDischargeRules(Rules):
+    tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
+
+
+class DeathRules(Rules):
+    """A discharge with an ``expired`` disposition, or PID-30 = Y: extra work a site wants."""
+
     tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
 
 
 class DischargeStepRules(Rules):
     tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
+    catch_up: list[RuleName] = Field(
+        default_factory=list,
+        description="pending_discharge tasks A03 creates when no discharge planning created them",
+    )
     referrals: dict[Disposition, ReferralRule] = Field(default_factory=dict)
     referral_requester: PartySpec = Field(
         description="Who requests post-acute referrals; R4 allows an Organization, not a CareTeam"
     )
-    unmapped_disposition: TaskRule
     close_after: Duration
     close_when_follow_up_done: bool = True
 
@@ -241,10 +308,13 @@ class DischargeRules(Rules):
     )
     default_team: TeamName
     screening: Criterion
+    pre_admission: PreAdmissionRules = Field(default_factory=PreAdmissionRules)
     admission: AdmissionRules
     transfer: TransferRules = Field(default_factory=TransferRules)
+    class_change: ClassChangeRules = Field(default_factory=ClassChangeRules)
     pending_discharge: PendingDischargeRules = Field(default_factory=PendingDischargeRules)
     discharge: DischargeStepRules
+    death: DeathRules = Field(default_factory=DeathRules)
 
     @field_validator("timezone")
     @classmethod
@@ -276,6 +346,9 @@ class DischargeRules(Rules):
         clash = pending & set(self.discharge.tasks)
         if clash:
             raise ValueError(f"pending_discharge and discharge reuse task names {sorted(clash)}")
+        unknown = sorted(set(self.discharge.catch_up) - pending)
+        if unknown:
+            raise ValueError(f"discharge.catch_up names no pending_discharge task: {unknown}")
         return self
 
     def team(self, location: str | None) -> str:

@@ -78,6 +78,7 @@ class CodeSystemsSpec(Spec):
     programme: CodeSystemSpec
     case_management_model: CodeSystemSpec
     case_status: CodeSystemSpec
+    closing_reason: CodeSystemSpec
     task_code: CodeSystemSpec
     goal_category: CodeSystemSpec
     referral_type: CodeSystemSpec

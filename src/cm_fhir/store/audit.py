@@ -1,14 +1,20 @@
 """The audit trail: who read or changed which case, who replayed which message. I/O (database).
 
 One row per access: when, the subject and how it authenticated, the action (``read``,
-``create``, ``update``, ``replay``, ``ingest``), the kind of entity and its id, and the route
-template (never the concrete URL or query string: those may hold patient identifiers). Rows are
-only ever inserted; nothing in cm-fhir updates or deletes them. The table is created by the
-``0003_audit`` migration.
+``search``, ``read-raw``, ``create``, ``update``, ``replay``, ``ingest``; ``authenticate`` and
+``authorise`` for refused requests), the kind of entity and its id, and the route template (never
+the concrete URL or query string: those may hold patient identifiers). Rows are only ever
+inserted; nothing in cm-fhir updates or deletes them. The table is created by the ``0003_audit``
+migration.
+
+:class:`AuditGroupWriter` records rows that belong to no transaction of their own (refused
+requests) with group commit: concurrent records share one insert, so a flood of bad tokens costs
+a few transactions, not one (and on SQLite one write lock) per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,11 +31,11 @@ from sqlalchemy import (
     insert,
     select,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from cm_fhir.store.tables import metadata
 
-__all__ = ["AuditRecord", "audit_events", "list_audit", "record_audit"]
+__all__ = ["AuditGroupWriter", "AuditRecord", "audit_events", "list_audit", "record_audit"]
 
 audit_events = Table(
     "audit_event",
@@ -81,6 +87,30 @@ async def record_audit(connection: AsyncConnection, records: Sequence[AuditRecor
     """Insert ``records`` (the caller commits, so an audit row commits with the change it logs)."""
     if records:
         await connection.execute(insert(audit_events), [record.row() for record in records])
+
+
+class AuditGroupWriter:
+    """Commits audit rows in groups: a record waits for the insert in flight, then goes out with
+    every record that arrived meanwhile. ``add`` returns once its row is committed (or raises the
+    database's error). At most ``max_pending`` rows wait; more are counted in ``dropped``."""
+
+    def __init__(self, max_pending: int = 10_000) -> None:
+        self._pending: list[AuditRecord] = []
+        self._lock = asyncio.Lock()
+        self.max_pending = max_pending
+        self.dropped = 0
+
+    async def add(self, engine: AsyncEngine, record: AuditRecord) -> None:
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            return
+        self._pending.append(record)
+        async with self._lock:
+            if not self._pending:  # an insert made while we waited carried our row
+                return
+            batch, self._pending = self._pending, []
+            async with engine.begin() as connection:
+                await record_audit(connection, batch)
 
 
 async def list_audit(

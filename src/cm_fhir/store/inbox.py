@@ -4,9 +4,10 @@
 MSH-3/4 sender, MSH-10 and content hash) is not stored again: its result carries the row id and
 ACK of the original. A reused MSH-10 with other content is stored and flagged
 ``control_id_reused``. The unique dedup index makes this safe across processes: the insert is
-``ON CONFLICT DO NOTHING`` and a conflicting row is read back as a duplicate. The decisions live
-in :class:`_StorePlan`; the statements come from :mod:`cm_fhir.store.inbox_sql` (SQLAlchemy, a
-raw sqlite3 connection for the SQLite writer thread, or asyncpg for PostgreSQL).
+``ON CONFLICT DO NOTHING`` (nothing is read before it), and only the rows that did not insert are
+read back, as duplicates. The decisions live in :class:`_StorePlan`; the statements come from
+:mod:`cm_fhir.store.inbox_sql` (SQLAlchemy, a raw sqlite3 connection for the SQLite writer
+thread, or asyncpg for PostgreSQL).
 
 Rows carry a patient ordering key (first PID-3 id and assigning authority) indexed with state and
 id, so the worker (:mod:`cm_fhir.store.queue`) can claim them per patient in arrival order.
@@ -18,7 +19,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -29,6 +30,7 @@ from cm_fhir.store.inbox_sql import (
     DedupKey,
     ExistingRow,
     InboxSql,
+    Inserted,
     SqliteInboxSql,
 )
 from cm_fhir.store.tables import inbox_messages
@@ -141,9 +143,9 @@ class NewMessage:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """The outcome of storing one message: its row, and the ACK to send back."""
+class StoredMessage(NamedTuple):
+    """The outcome of storing one message: its row, and the ACK to send back (a named tuple:
+    one is built per message in the writer's commit)."""
 
     id: int
     duplicate: bool
@@ -153,49 +155,47 @@ class StoredMessage:
 
 
 class _StorePlan:
-    """The dedup decisions for one group of messages; the SQL is run by a driver function."""
+    """The dedup decisions for one group of messages; the SQL is run by a driver function.
+
+    The group is inserted first (:meth:`rows_to_insert`: one row per distinct dedup key, flagged
+    reused when an earlier message of the group came from the same sender with the same control
+    id); the rows the database did not insert are read back and answered as duplicates.
+    """
 
     def __init__(self, messages: Sequence[NewMessage]) -> None:
         self.messages = messages
-        self.control_ids = {m.control_id for m in messages if m.control_id is not None}
         self._found: dict[DedupKey, StoredMessage] = {}
         self._results: list[StoredMessage | None] = [None] * len(messages)
-        self._pending: dict[DedupKey, tuple[NewMessage, bool, list[int]]] = {}
-        self._inserted: dict[DedupKey, int] = {}
+        self._pending: dict[DedupKey, tuple[NewMessage, list[int]]] = {}
+        self._inserted: dict[DedupKey, tuple[int, bool]] = {}
         self.unkeyed: list[int] = []
 
-    def _remember(self, rows: Iterable[ExistingRow]) -> set[tuple[str, str, str]]:
+    def rows_to_insert(self) -> list[dict[str, Any]]:
+        """The rows of the group's distinct messages with a control id, in order."""
         senders: set[tuple[str, str, str]] = set()
-        for row_id, control_id, application, facility, digest, ack_code, ack_bytes in rows:
-            key = (control_id, application or "", facility or "", digest)
-            senders.add(key[:3])
-            self._found[key] = StoredMessage(row_id, True, False, ack_code, ack_bytes)
-        return senders
-
-    def apply_existing(self, rows: Iterable[ExistingRow]) -> list[dict[str, Any]]:
-        """Take the stored rows sharing a control id; return the rows to insert."""
-        senders_seen = self._remember(rows)
+        rows = []
         for index, message in enumerate(self.messages):
             key = message.dedup_key
             if key is None:
                 self.unkeyed.append(index)
-            elif key in self._found:
-                self._results[index] = self._found[key]
             elif key in self._pending:
-                self._pending[key][2].append(index)  # the same message twice in one group
+                self._pending[key][1].append(index)  # the same message twice in one group
             else:
-                reused = key[:3] in senders_seen
-                senders_seen.add(key[:3])
-                self._pending[key] = (message, reused, [index])
-        return [m.row(control_id_reused=reused) for m, reused, _ in self._pending.values()]
+                self._pending[key] = (message, [index])
+                rows.append(message.row(control_id_reused=key[:3] in senders))
+                senders.add(key[:3])
+        return rows
 
-    def apply_inserted(self, inserted: Iterable[tuple[int, DedupKey]]) -> set[str]:
-        """Take the ids the insert returned; return control ids another writer stored first."""
-        self._inserted = {key: row_id for row_id, key in inserted}
+    def apply_inserted(self, inserted: Iterable[Inserted]) -> set[str]:
+        """Take what the insert returned; return the control ids of the rows already stored."""
+        self._inserted = {key: (row_id, reused) for row_id, key, reused in inserted}
         return {key[0] for key in self._pending if key not in self._inserted}
 
-    def apply_raced(self, rows: Iterable[ExistingRow]) -> None:
-        self._remember(rows)
+    def apply_existing(self, rows: Iterable[ExistingRow]) -> None:
+        """Take the stored rows of the messages that did not insert."""
+        for row_id, control_id, application, facility, digest, ack_code, ack_bytes in rows:
+            key = (control_id, application or "", facility or "", digest)
+            self._found[key] = StoredMessage(row_id, True, False, ack_code, ack_bytes)
 
     def apply_unkeyed(self, index: int, row_id: int) -> None:
         message = self.messages[index]
@@ -204,14 +204,12 @@ class _StorePlan:
         )
 
     def results(self) -> list[StoredMessage]:
-        for key, (message, reused, indexes) in self._pending.items():
-            first = (
-                StoredMessage(
-                    self._inserted[key], False, reused, message.ack_code, message.ack_bytes
-                )
-                if key in self._inserted
-                else self._found[key]
-            )
+        for key, (message, indexes) in self._pending.items():
+            if key in self._inserted:
+                row_id, reused = self._inserted[key]
+                first = StoredMessage(row_id, False, reused, message.ack_code, message.ack_bytes)
+            else:
+                first = self._found[key]
             self._results[indexes[0]] = first
             for index in indexes[1:]:
                 self._results[index] = StoredMessage(
@@ -222,11 +220,11 @@ class _StorePlan:
 
 def _run(sql: InboxSql, messages: Sequence[NewMessage]) -> list[StoredMessage]:
     plan = _StorePlan(messages)
-    to_insert = plan.apply_existing(sql.existing(plan.control_ids))
+    to_insert = plan.rows_to_insert()
     if to_insert:
-        raced = plan.apply_inserted(sql.insert_keyed(to_insert))
-        if raced:
-            plan.apply_raced(sql.existing(raced))
+        stored_before = plan.apply_inserted(sql.insert_keyed(to_insert))
+        if stored_before:
+            plan.apply_existing(sql.existing(stored_before))
     for index in plan.unkeyed:
         row = messages[index].row(control_id_reused=False)
         plan.apply_unkeyed(index, sql.insert_unkeyed(row))
@@ -259,18 +257,19 @@ async def store_messages_asyncpg(
 ) -> list[StoredMessage]:
     """Store ``messages`` on an asyncpg connection (PostgreSQL writer), in autocommit mode.
 
-    All new rows with a control id go in one ``INSERT ... SELECT unnest(...)`` statement, which
-    commits on its own; rows without one (unreadable MSH) are inserted one by one. Everything is
-    committed when this returns. If a later statement fails, earlier rows stay stored and the
-    caller answers AR for the whole group: a resend is then recognised as a duplicate.
+    All rows with a control id go in one ``INSERT ... SELECT unnest(...)`` statement (one round
+    trip when none is a retransmission), which commits on its own; rows without one (unreadable
+    MSH) are inserted one by one. Everything is committed when this returns. If a later statement
+    fails, earlier rows stay stored and the caller answers AR for the whole group: a resend is
+    then recognised as a duplicate.
     """
     sql = AsyncpgInboxSql(connection)
     plan = _StorePlan(messages)
-    to_insert = plan.apply_existing(await sql.existing(plan.control_ids))
+    to_insert = plan.rows_to_insert()
     if to_insert:
-        raced = plan.apply_inserted(await sql.insert_keyed(to_insert))
-        if raced:
-            plan.apply_raced(await sql.existing(raced))
+        stored_before = plan.apply_inserted(await sql.insert_keyed(to_insert))
+        if stored_before:
+            plan.apply_existing(await sql.existing(stored_before))
     for index in plan.unkeyed:
         row = messages[index].row(control_id_reused=False)
         plan.apply_unkeyed(index, await sql.insert_unkeyed(row))

@@ -1,11 +1,15 @@
 """The inbox statements, three ways: SQLAlchemy Core, raw sqlite3, raw asyncpg. I/O.
 
-The dedup logic in :mod:`cm_fhir.store.inbox` needs three statements: read the rows sharing a
-control id, insert new rows ``ON CONFLICT (dedup key) DO NOTHING`` returning their ids, and insert
-a row without a control id. SQLAlchemy serves tests and ad-hoc callers; the group-commit writers
-use the driver connection directly (no per-statement compilation, one round trip per statement):
-sqlite3 in the SQLite writer thread, asyncpg with ``unnest`` arrays on PostgreSQL. Values go
-through SQLAlchemy's own bind processors on SQLite, so every path stores the same bytes.
+The dedup logic in :mod:`cm_fhir.store.inbox` needs three statements: insert new rows
+``ON CONFLICT (dedup key) DO NOTHING`` returning their ids and reuse flags, read back the rows of
+the messages that did not insert (retransmissions, or another writer first), and insert a row
+without a control id. The insert decides ``control_id_reused`` itself: the flag the caller
+computed for its own group, or an already stored row from the same sender (MSH-3/4, empty and
+absent alike) with the same control id. So a group of new messages costs one statement per row on
+SQLite and one round trip on PostgreSQL, with no read before it. SQLAlchemy serves tests and
+ad-hoc callers; the group-commit writers use the driver connection directly (no per-statement
+compilation): sqlite3 in the SQLite writer thread, asyncpg with ``unnest`` arrays on PostgreSQL.
+Values go through SQLAlchemy's own bind processors on SQLite, so every path stores the same bytes.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Boolean, Connection, bindparam, exists, func, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cm_fhir.store.tables import inbox_messages
@@ -25,11 +29,13 @@ __all__ = [
     "DedupKey",
     "ExistingRow",
     "InboxSql",
+    "Inserted",
     "SqliteInboxSql",
 ]
 
 _t = inbox_messages
 DedupKey = tuple[str, str, str, str]
+Inserted = tuple[int, DedupKey, bool]  # id, dedup key, control_id_reused as stored
 ExistingRow = tuple[Any, ...]  # id, control_id, application, facility, sha256, ack_code, ack_bytes
 
 _DEDUP = ("control_id", "sending_application", "sending_facility", "content_sha256")
@@ -39,12 +45,12 @@ _NAMES = ", ".join(column.name for column in _COLUMNS)
 _ON_CONFLICT = f" ON CONFLICT ({', '.join(_DEDUP)}) DO NOTHING"
 
 
-def _key(row: dict[str, Any]) -> DedupKey:
+def _inserted(found: Sequence[Any]) -> Inserted:
+    """(id, key, reused) from a returned ``id, <dedup columns>, control_id_reused`` row."""
     return (
-        row["control_id"],
-        row["sending_application"] or "",
-        row["sending_facility"] or "",
-        row["content_sha256"],
+        int(found[0]),
+        (found[1], found[2] or "", found[3] or "", found[4]),
+        bool(found[5]),
     )
 
 
@@ -53,7 +59,7 @@ class InboxSql(Protocol):
 
     def existing(self, control_ids: set[str]) -> Sequence[ExistingRow]: ...
 
-    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]: ...
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[Inserted]: ...
 
     def insert_unkeyed(self, row: dict[str, Any]) -> int: ...
 
@@ -62,16 +68,22 @@ _EXISTING = select(*(_t.c[name] for name in _EXISTING_COLUMNS)).where(
     _t.c.control_id.in_(bindparam("control_ids", expanding=True))
 )
 _INSERT_UNKEYED = _t.insert().returning(_t.c.id)
+_SAME_SENDER = exists().where(
+    _t.c.control_id == bindparam("same_control_id"),
+    func.coalesce(_t.c.sending_application, "") == bindparam("same_application"),
+    func.coalesce(_t.c.sending_facility, "") == bindparam("same_facility"),
+)
 _INSERTS = {
     name: module.insert(_t)
+    .values(control_id_reused=or_(bindparam("reused_in_group", type_=Boolean), _SAME_SENDER))
     .on_conflict_do_nothing(index_elements=[_t.c[c] for c in _DEDUP])
-    .returning(_t.c.id, *(_t.c[c] for c in _DEDUP))
+    .returning(_t.c.id, *(_t.c[c] for c in _DEDUP), _t.c.control_id_reused)
     for name, module in (("postgresql", postgresql), ("sqlite", sqlite))
 }
 
 
 class AlchemyInboxSql:
-    """SQLAlchemy Core on any supported dialect."""
+    """SQLAlchemy Core on any supported dialect (one insert per row)."""
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
@@ -82,10 +94,24 @@ class AlchemyInboxSql:
         query = self._connection.execute(_EXISTING, {"control_ids": sorted(control_ids)})
         return [tuple(row) for row in query]
 
-    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[Inserted]:
         statement = _INSERTS[self._connection.dialect.name]
-        result = self._connection.execute(statement, rows)
-        return [(row[0], (row[1], row[2] or "", row[3] or "", row[4])) for row in result]
+        inserted = []
+        for row in rows:
+            values = {name: value for name, value in row.items() if name != "control_id_reused"}
+            found = self._connection.execute(
+                statement,
+                {
+                    **values,
+                    "reused_in_group": row["control_id_reused"],
+                    "same_control_id": row["control_id"],
+                    "same_application": row["sending_application"] or "",
+                    "same_facility": row["sending_facility"] or "",
+                },
+            ).first()
+            if found is not None:
+                inserted.append(_inserted(found))
+        return inserted
 
     def insert_unkeyed(self, row: dict[str, Any]) -> int:
         return int(self._connection.execute(_INSERT_UNKEYED, row).scalar_one())
@@ -113,6 +139,19 @@ _BIND_STEPS = [
     for earlier in (_first_of_type(index),)
 ]
 _SQLITE_INSERT = f"INSERT INTO {_t.name} ({_NAMES}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+_SAME_SENDER_SQL = (
+    f"EXISTS (SELECT 1 FROM {_t.name} WHERE control_id = {{0}} AND "
+    f"coalesce(sending_application, '') = {{1}} AND coalesce(sending_facility, '') = {{2}})"
+)
+_REUSED = _COLUMN_NAMES.index("control_id_reused")
+_SQLITE_INSERT_KEYED = (
+    f"INSERT INTO {_t.name} ({_NAMES}) VALUES ("
+    + ", ".join(
+        f"(? OR {_SAME_SENDER_SQL.format('?', '?', '?')})" if n == _REUSED else "?"
+        for n in range(len(_COLUMNS))
+    )
+    + f"){_ON_CONFLICT} RETURNING id, {', '.join(_DEDUP)}, control_id_reused"
+)
 
 
 class SqliteInboxSql:
@@ -139,13 +178,16 @@ class SqliteInboxSql:
         )
         return self._connection.execute(query, sorted(control_ids)).fetchall()
 
-    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
-        statement = _SQLITE_INSERT + _ON_CONFLICT + " RETURNING id"
-        inserted: list[tuple[int, DedupKey]] = []
+    def insert_keyed(self, rows: list[dict[str, Any]]) -> list[Inserted]:
+        execute = self._connection.execute
+        inserted: list[Inserted] = []
         for row in rows:
-            found = self._connection.execute(statement, self._values(row)).fetchone()
+            values = self._values(row)
+            sender = (row["control_id"], row["sending_application"] or "")
+            values[_REUSED + 1 : _REUSED + 1] = (*sender, row["sending_facility"] or "")
+            found = execute(_SQLITE_INSERT_KEYED, values).fetchone()
             if found is not None:
-                inserted.append((int(found[0]), _key(row)))
+                inserted.append(_inserted(found))
         return inserted
 
     def insert_unkeyed(self, row: dict[str, Any]) -> int:
@@ -161,9 +203,16 @@ def _pg_type(column: Any) -> str:
 
 
 _PG_UNNEST = ", ".join(f"${n}::{_pg_type(c)}[]" for n, c in enumerate(_COLUMNS, start=1))
+_PG_SAME_SENDER = _SAME_SENDER_SQL.format(
+    "u.control_id", "coalesce(u.sending_application, '')", "coalesce(u.sending_facility, '')"
+)
+_PG_SELECTED = ", ".join(
+    f"(u.control_id_reused OR {_PG_SAME_SENDER})" if name == "control_id_reused" else f"u.{name}"
+    for name in _COLUMN_NAMES
+)
 _PG_INSERT_KEYED = (
-    f"INSERT INTO {_t.name} ({_NAMES}) SELECT * FROM unnest({_PG_UNNEST})"
-    f"{_ON_CONFLICT} RETURNING id, {', '.join(_DEDUP)}"
+    f"INSERT INTO {_t.name} ({_NAMES}) SELECT {_PG_SELECTED} FROM unnest({_PG_UNNEST}) "
+    f"AS u({_NAMES}){_ON_CONFLICT} RETURNING id, {', '.join(_DEDUP)}, control_id_reused"
 )
 _PG_INSERT_ONE = (
     f"INSERT INTO {_t.name} ({_NAMES}) VALUES "
@@ -186,10 +235,10 @@ class AsyncpgInboxSql:
         rows = await self._connection.fetch(_PG_EXISTING, sorted(control_ids))
         return [tuple(row) for row in rows]
 
-    async def insert_keyed(self, rows: list[dict[str, Any]]) -> list[tuple[int, DedupKey]]:
-        arrays = [[row[c.name] for row in rows] for c in _COLUMNS]
+    async def insert_keyed(self, rows: list[dict[str, Any]]) -> list[Inserted]:
+        arrays = [[row[name] for row in rows] for name in _COLUMN_NAMES]
         found = await self._connection.fetch(_PG_INSERT_KEYED, *arrays)
-        return [(r[0], (r[1], r[2] or "", r[3] or "", r[4])) for r in found]
+        return [_inserted(row) for row in found]
 
     async def insert_unkeyed(self, row: dict[str, Any]) -> int:
         return int(

@@ -3,11 +3,17 @@
 Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to
 be committed. Behind it, writer tasks take whatever has queued up while the previous commit was
 running (up to ``max_batch``) and store it as one group, so one fsync serves many messages.
-SQLite: one writer, whose transaction (``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain sqlite3
-connection) runs whole in a dedicated thread, so the event loop never waits on the disk or on a
-lock held by another process. PostgreSQL: two writers by default, each keeping one pooled asyncpg
-connection. If a group fails, each of its waiters gets :class:`~cm_fhir.errors.StoreError` and
-none is acknowledged positively. An in-memory SQLite database falls back to plain SQLAlchemy.
+Senders that wait for each ACK before the next message come back a little apart, so a writer
+that committed a group of N waits for up to N again before its next commit, but never longer
+than half its recent commit time (0.2 to 2 ms): with four such senders, one fsync then serves
+four messages instead of two. A writer whose last group was a single message does not wait; after
+a short group it expects half as many. One writer by default on either database (a second one
+would split those groups in two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ...
+``COMMIT`` on a plain sqlite3 connection) runs whole in a dedicated thread, so the event loop
+never waits on the disk or on a lock held by another process. PostgreSQL: the writer keeps one
+pooled asyncpg connection. If a group fails, each of its waiters gets
+:class:`~cm_fhir.errors.StoreError` and none is acknowledged positively. An in-memory SQLite
+database falls back to plain SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -59,16 +65,19 @@ class _Job:
     done: asyncio.Future[StoredMessage]
 
 
+_LINGER_FLOOR = 0.0002  # seconds
+_LINGER_CAP = 0.002
+
+
 class InboxWriter:
     """Batches inbox inserts across connections; each caller still waits for its own commit."""
 
     def __init__(self, engine: AsyncEngine, *, writers: int | None = None, max_batch: int = 256):
         self._engine = engine
-        if writers is None:
-            writers = 1 if engine.dialect.name == "sqlite" else 2
-        self._writer_count = writers
+        self._writer_count = writers or 1
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
+        self._arrived = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         # SQLite: one thread owns a synchronous connection and runs each group commit whole.
         self._sqlite: sqlite3.Connection | None = None
@@ -79,6 +88,7 @@ class InboxWriter:
         self._closed = False
         self.batches = 0
         self.messages = 0
+        self.lingered = 0  # commits that waited for more of a group
 
     async def __aenter__(self) -> InboxWriter:
         self.start()
@@ -107,6 +117,7 @@ class InboxWriter:
         jobs = [_Job(message, loop.create_future()) for message in messages]
         for job in jobs:
             self._queue.put_nowait(job)
+        self._arrived.set()
         # A caller that goes away cancels only its own future: the writer still commits the
         # message (a resend is then answered as a duplicate) and skips the cancelled future.
         if len(jobs) == 1:
@@ -120,6 +131,7 @@ class InboxWriter:
         self._closed = True
         for _ in self._tasks:
             self._queue.put_nowait(None)
+        self._arrived.set()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         if self._thread is not None and self._sqlite is not None:
@@ -136,19 +148,51 @@ class InboxWriter:
                     held.raw.close()  # back to the pool
 
     async def _loop(self, held: _HeldConnection) -> None:
+        loop = asyncio.get_running_loop()
+        expected = 1  # how many jobs the next group is likely to hold
+        commit_seconds = 0.0  # recent commit time (moving average)
         stopping = False
         while not stopping:
             job = await self._queue.get()
             if job is None:
                 return
             jobs = [job]
-            while len(jobs) < self._max_batch and not self._queue.empty():
-                extra = self._queue.get_nowait()
-                if extra is None:
-                    stopping = True
-                    break
-                jobs.append(extra)
+            stopping = self._take_queued(jobs)
+            if not stopping and len(jobs) < expected:
+                self.lingered += 1
+                wait = min(_LINGER_CAP, max(_LINGER_FLOOR, commit_seconds / 2))
+                stopping = await self._gather_group(jobs, expected, loop.time() + wait)
+            # Expect as many as this group again; after a short group, half as many as before.
+            expected = max(len(jobs), expected // 2)
+            started = loop.time()
             await self._commit(jobs, held)
+            commit_seconds = 0.8 * commit_seconds + 0.2 * (loop.time() - started)
+
+    def _take_queued(self, jobs: list[_Job]) -> bool:
+        """Move queued jobs into ``jobs`` (up to ``max_batch``); True when told to stop."""
+        while len(jobs) < self._max_batch and not self._queue.empty():
+            extra = self._queue.get_nowait()
+            if extra is None:
+                return True
+            jobs.append(extra)
+        return False
+
+    async def _gather_group(self, jobs: list[_Job], expected: int, deadline: float) -> bool:
+        """Wait for ``expected`` jobs in hand or for ``deadline``; True when told to stop."""
+        loop = asyncio.get_running_loop()
+        while len(jobs) < expected:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._arrived.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._arrived.wait()
+            except TimeoutError:
+                return self._take_queued(jobs)
+            if self._take_queued(jobs):
+                return True
+        return False
 
     def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
         connection = self._sqlite

@@ -26,7 +26,7 @@ from the visit number, the rule and the sequence numbers only, so replaying an i
 identical cases.
 """
 
-from cm_fhir.workflow.discharge import close_due_cases
+from cm_fhir.workflow.closing import close_due_cases
 from cm_fhir.workflow.engine import apply_event
 from cm_fhir.workflow.facts import case_id, patient_key, patient_keys, visit_slug
 from cm_fhir.workflow.screening import ScreeningFacts, ScreeningResult, screen

@@ -32,8 +32,9 @@ from cm_fhir.workflow.state import (
 __all__ = ["Step", "Withdrawal", "revalidated"]
 
 #: How an undo treats what it withdraws: ``cancel`` always cancels; ``void`` marks what nobody
-#: has acted on as entered-in-error (the admission never happened) and cancels the rest.
-Withdrawal = Literal["cancel", "void"]
+#: has acted on as entered-in-error and cancels the rest; ``error`` marks everything
+#: entered-in-error (the case itself never should have existed).
+Withdrawal = Literal["cancel", "void", "error"]
 
 
 def revalidated(case: Case, **update: object) -> Case:
@@ -61,6 +62,7 @@ class Step:
         self.cases = {c.id: c for c in state.cases}
         self.visits = {v.visit_number: v for v in state.visits}
         self.last_discharge = state.last_discharge
+        self.deceased = state.deceased
         self.processed = list(state.processed)
         self.trace: list[TraceEntry] = []
 
@@ -100,6 +102,7 @@ class Step:
             visits=tuple(self.visits.values()),
             last_discharge=self.last_discharge,
             processed=tuple(self.processed),
+            deceased=self.deceased,
         )
 
     def visit(self, number: str) -> VisitMemory:
@@ -141,9 +144,18 @@ class Step:
         return changed
 
     def add_task(
-        self, case: Case, rule_path: str, rule: TaskRule, task_id: str, owner: PartyRef
+        self,
+        case: Case,
+        rule_path: str,
+        rule: TaskRule,
+        task_id: str,
+        owner: PartyRef,
+        due: datetime | None = None,
     ) -> tuple[Case, bool]:
-        """Add a task unless the case already has one with this id (no work is duplicated)."""
+        """Add a task unless the case already has one with this id (no work is duplicated).
+
+        ``due`` overrides the rule's due date (counted from the event time).
+        """
         if any(t.id == task_id for t in case.tasks):
             return case, False
         plan = DISCHARGE_PLAN_ID if case.discharge_plan is not None else None
@@ -154,7 +166,8 @@ class Step:
             priority=rule.priority,
             owner=owner,
             authored_on=self.at,
-            due=self.at + rule.due,
+            not_before=self.at + rule.not_before if rule.not_before is not None else None,
+            due=due or self.at + rule.due,
             care_plan=plan,
         )
         case = case.add_task(task)
@@ -169,6 +182,7 @@ class Step:
         rule: ReferralRule,
         referral_id: str,
         requester: PartyRef,
+        due: datetime | None = None,
     ) -> tuple[Case, bool]:
         if any(r.id == referral_id for r in case.referrals):
             return case, False
@@ -179,7 +193,7 @@ class Step:
             performer=party(rule.performer),
             requester=requester,
             authored_on=self.at,
-            due=self.at + rule.due,
+            due=due or self.at + rule.due,
             reasons=case.reasons,
             note=rule.note,
             care_plan=DISCHARGE_PLAN_ID if case.discharge_plan is not None else None,
@@ -196,27 +210,35 @@ class Step:
         referral_ids: tuple[str, ...],
         how: Withdrawal,
         rule: str,
+        reason: str | None = None,
     ) -> Case:
-        """Cancel (or void) the given tasks and referrals; finished work is left as it is."""
+        """Cancel (or void) the given tasks and referrals; finished work is left as it is
+        (``error`` marks finished work entered-in-error too). ``reason`` becomes the business
+        status of what is withdrawn."""
         tasks = []
         for task in case.tasks:
-            if task.id in task_ids and task.is_open:
+            erase = how == "error" and task.status != TaskStatus.ENTERED_IN_ERROR
+            if task.id in task_ids and (task.is_open or erase):
                 target = _withdrawn_task_status(task.status, how)
                 self.note(rule, f"task-{target.value}", case.id, task.id)
-                task = task.transition(target)
+                task = task.transition(target, business_status=reason)
             elif task.id in task_ids:
                 self.note(rule, "task-kept", case.id, task.id, Flag.TASK_DONE)
             tasks.append(task)
         referrals = []
         for ref in case.referrals:
-            if ref.id in referral_ids and ref.status in _LIVE_REFERRAL:
+            erase = how == "error" and ref.status != PlanStatus.ENTERED_IN_ERROR
+            if ref.id in referral_ids and (ref.status in _LIVE_REFERRAL or erase):
                 untouched = ref.fulfilment_status in UNTOUCHED_TASK_STATUSES
-                void = how == "void" and untouched
+                void = erase or (how == "void" and untouched)
                 status = PlanStatus.ENTERED_IN_ERROR if void else PlanStatus.REVOKED
                 fulfilment = ref.fulfilment_status
-                if fulfilment in OPEN_TASK_STATUSES:
+                if erase or fulfilment in OPEN_TASK_STATUSES:
                     fulfilment = TaskStatus.ENTERED_IN_ERROR if void else TaskStatus.CANCELLED
-                ref = ref.model_copy(update={"status": status, "fulfilment_status": fulfilment})
+                update: dict[str, object] = {"status": status, "fulfilment_status": fulfilment}
+                if reason is not None:
+                    update["fulfilment_business_status"] = reason
+                ref = ref.model_copy(update=update)
                 self.note(rule, f"referral-{status.value}", case.id, ref.id)
             referrals.append(ref)
         changed = revalidated(case, tasks=tuple(tasks), referrals=tuple(referrals))
@@ -247,6 +269,6 @@ _LIVE_REFERRAL = frozenset({PlanStatus.DRAFT, PlanStatus.ACTIVE, PlanStatus.ON_H
 
 
 def _withdrawn_task_status(status: TaskStatus, how: Withdrawal) -> TaskStatus:
-    if how == "void" and status in UNTOUCHED_TASK_STATUSES:
+    if how == "error" or (how == "void" and status in UNTOUCHED_TASK_STATUSES):
         return TaskStatus.ENTERED_IN_ERROR
     return TaskStatus.CANCELLED

@@ -2,11 +2,13 @@
 
 An A01/A04 admit of a qualifying patient opens a case (programme and status from the rules) tied to
 the visit, with an initial assessment task for the unit's case-management team, a draft discharge
-plan, and a payer notification when the message carries IN1. A06, and an A02/A08 that changes the
-patient class, screen the visit again through the same path. A second admit for a visit updates
-its case instead of opening another. A11 voids what the admission created (entered-in-error where
-nobody acted on it, else cancelled) and cancels the case, or only reverts the admission's work when
-the case did not come from an admission of this visit.
+plan, and a payer notification when the message carries IN1; the admit of a planned (pre-admitted)
+case makes it active with the same work. A06, and an A02/A08 that changes the patient class, screen
+the visit again through the same path. A second admit for a visit updates its case instead of
+opening another. A patient known to have died is not screened. A11 marks a case the admission
+opened, and everything in it, entered-in-error; when the case did not come from an admission of
+this visit, it only voids the admission's work (entered-in-error where nobody acted on it, else
+cancelled).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from datetime import date
 
 from cm_fhir.domain.case import Case
-from cm_fhir.domain.codes import CaseStatus, PlanStatus
+from cm_fhir.domain.codes import CaseStatus, GoalLifecycle, PlanStatus
 from cm_fhir.domain.common import PartyRef
 from cm_fhir.domain.referral import DischargePlan
 from cm_fhir.hl7v2.events import AdtEvent
@@ -25,10 +27,12 @@ from cm_fhir.workflow.screening import ScreeningFacts, ScreeningResult, screen
 from cm_fhir.workflow.state import EffectKind, EventEffect, Flag, VisitMemory
 
 __all__ = [
+    "admission_work",
     "admit",
     "cancel_admit",
     "refresh_case",
     "refresh_visit",
+    "screen_visit",
     "screening_facts",
     "team_party",
 ]
@@ -73,12 +77,15 @@ def refresh_visit(step: Step, visit: VisitMemory, *, with_location: bool = True)
     return visit.model_copy(update=update) if update else visit
 
 
-def screening_facts(step: Step, visit: VisitMemory) -> ScreeningFacts:
+def screening_facts(
+    step: Step, visit: VisitMemory, patient_class: str | None = None
+) -> ScreeningFacts:
+    """What screening looks at; ``patient_class`` stands in for the visit's class if given."""
     event = step.event
     assert event is not None
     return ScreeningFacts(
         at=step.at,
-        patient_class=visit.patient_class,
+        patient_class=patient_class or visit.patient_class,
         birth_date=event.patient.birth_date,
         diagnoses=tuple(d.code for d in event.diagnoses if d.code),
         payers=tuple(i.payer_id for i in event.insurances if i.payer_id),
@@ -86,6 +93,20 @@ def screening_facts(step: Step, visit: VisitMemory) -> ScreeningFacts:
         hospital_service=visit.hospital_service,
         last_discharge=step.last_discharge,
     )
+
+
+def screen_visit(
+    step: Step, visit: VisitMemory, patient_class: str | None = None
+) -> ScreeningResult | None:
+    """The screening result of a visit that qualifies; None (traced) if it does not."""
+    if step.deceased is not None:
+        step.note("screening", "patient-deceased", None, None, Flag.PATIENT_DECEASED)
+        return None
+    result = screen(screening_facts(step, visit, patient_class), step.rules)
+    if not result.eligible:
+        step.note("screening", "not-qualified", None, None, Flag.NOT_QUALIFIED)
+        return None
+    return result
 
 
 def refresh_case(step: Step, case: Case, visit: VisitMemory) -> Case:
@@ -146,9 +167,11 @@ def admit(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
     """Screen the visit and open its case, or update the case it already has."""
     event = step.event
     assert event is not None
-    assert step.patient is not None
-    rules = step.rules
     case = step.open_case_of(visit)
+    if case is not None and case.status == CaseStatus.PLANNED:
+        refresh_case(step, case, visit)
+        case = step.move(step.cases[case.id], CaseStatus.ACTIVE, rule)
+        return admission_work(step, visit, case, opened=False)
     if case is not None:
         case = refresh_case(step, case, visit)
         created = _payer_notification(step, case, visit, event)
@@ -162,18 +185,28 @@ def admit(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
             task_ids=created,
         )
         return visit.model_copy(update={"effects": (*visit.effects, effect)})
-    result = screen(screening_facts(step, visit), rules)
-    if not result.eligible:
-        step.note("screening", "not-qualified", None, None, Flag.NOT_QUALIFIED)
+    result = screen_visit(step, visit)
+    if result is None:
         return visit
-    admissions = visit.admissions + 1
-    team = team_party(rules, visit.team)
     case = open_visit_case(
         step, visit, result, CaseStatus.ACTIVE, expected_discharge=visit.expected_discharge
     )
     step.note(rule, "case-opened", case.id)
     step.note("admission", "discharge-plan-drafted", case.id, facts.DISCHARGE_PLAN_ID)
+    visit = visit.model_copy(update={"case_id": case.id, "admissions": visit.admissions + 1})
+    return admission_work(step, visit, case, opened=True)
+
+
+def admission_work(step: Step, visit: VisitMemory, case: Case, *, opened: bool) -> VisitMemory:
+    """The initial assessment and payer notification of an admission, recorded as its effect.
+
+    ``opened`` says the admission opened the case, so an A11 marks the case entered-in-error.
+    """
+    event = step.event
+    assert event is not None
+    rules = step.rules
     task_id = facts.item_id("initial-assessment")
+    team = team_party(rules, visit.team)
     case, _ = step.add_task(
         case, "admission.initial_assessment", rules.admission.initial_assessment, task_id, team
     )
@@ -183,16 +216,10 @@ def admit(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
         message_control_id=event.message_control_id,
         sequence=visit.discharges + 1,
         case_id=case.id,
-        opened_case=True,
+        opened_case=opened,
         task_ids=created,
     )
-    return visit.model_copy(
-        update={
-            "case_id": case.id,
-            "admissions": admissions,
-            "effects": (*visit.effects, effect),
-        }
-    )
+    return visit.model_copy(update={"effects": (*visit.effects, effect)})
 
 
 def _payer_notification(
@@ -220,12 +247,12 @@ def cancel_admit(step: Step, visit: VisitMemory) -> VisitMemory:
         step.note("event.A11", "case-final", case.id, None, Flag.CASE_FINAL)
         return cleared
     if any(e.opened_case for e in effects):
-        # The admission made the case: everything in it goes, and the case is cancelled.
+        # The admission made the case: it never existed, nor did anything in it.
         task_ids = tuple(t.id for t in case.tasks)
         referral_ids = tuple(r.id for r in case.referrals)
-        case = step.withdraw(case, task_ids, referral_ids, "void", "event.A11")
-        case = _void_plan(step, case)
-        step.move(case, CaseStatus.CANCELLED, "event.A11")
+        case = step.withdraw(case, task_ids, referral_ids, "error", "event.A11")
+        case = _void_plans(step, case)
+        step.move(case, CaseStatus.ENTERED_IN_ERROR, "event.A11")
         undone = tuple(e.model_copy(update={"undone": True}) for e in visit.effects)
         return cleared.model_copy(
             update={
@@ -245,12 +272,20 @@ def cancel_admit(step: Step, visit: VisitMemory) -> VisitMemory:
     return cleared.model_copy(update={"effects": undone})
 
 
-def _void_plan(step: Step, case: Case) -> Case:
-    plan = case.discharge_plan
-    if plan is None:
+def _void_plans(step: Step, case: Case) -> Case:
+    """The discharge plan, care plan and goals of a case entered in error, entered-in-error."""
+    update: dict[str, object] = {}
+    error = PlanStatus.ENTERED_IN_ERROR
+    for name, plan in (("discharge_plan", case.discharge_plan), ("care_plan", case.care_plan)):
+        if plan is not None and plan.status != error:
+            update[name] = plan.model_copy(update={"status": error})
+            step.note("event.A11", "plan-entered-in-error", case.id, plan.id)
+    if any(g.lifecycle != GoalLifecycle.ENTERED_IN_ERROR for g in case.goals):
+        update["goals"] = tuple(
+            g.model_copy(update={"lifecycle": GoalLifecycle.ENTERED_IN_ERROR}) for g in case.goals
+        )
+    if not update:
         return case
-    status = PlanStatus.ENTERED_IN_ERROR if plan.status == PlanStatus.DRAFT else PlanStatus.REVOKED
-    changed = revalidated(case, discharge_plan=plan.model_copy(update={"status": status}))
+    changed = revalidated(case, **update)
     step.cases[case.id] = changed
-    step.note("event.A11", f"discharge-plan-{status.value}", case.id, plan.id)
     return changed

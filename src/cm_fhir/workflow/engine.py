@@ -1,10 +1,11 @@
 """``apply_event``: one ADT event applied to one patient's state under the discharge rules. Pure.
 
-Dispatches on the trigger event (A01/A04 admit, A02 transfer, A03 discharge, A06 class change,
-A08 update, A11/A12/A13 cancels, A16 pending discharge, A40 merge), after the duplicate check:
-a message whose control id and content were already applied changes nothing. Events without a
-rule (A05, A07, A15, A25, A26, A27, A38) and events without a visit number are recorded in the
-trace, never silently dropped.
+Dispatches on the trigger event (A01/A04 admit, A02 transfer, A03 discharge, A05/A14 pre-admit,
+A06/A07 class changes, A08 update, A11/A12/A13 cancels, A16 pending discharge, A25 cancel pending
+discharge, A27/A38 cancel pre-admit, A40 merge), after the duplicate check: a message whose
+control id and content were already applied changes nothing. Any event reporting the patient's
+death ends the patient's open cases. Events without a rule (A15, A26) and events without a visit
+number are recorded in the trace, never silently dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from cm_fhir.workflow.admission import (
     refresh_visit,
     team_party,
 )
-from cm_fhir.workflow.discharge import cancel_discharge, discharge, plan_discharge
+from cm_fhir.workflow.discharge import cancel_discharge, plan_discharge
+from cm_fhir.workflow.lifecycle import (
+    cancel_pending_discharge,
+    cancel_pre_admission,
+    discharge_or_death,
+    outpatient,
+    pre_admit,
+    reclassify,
+    record_death,
+)
 from cm_fhir.workflow.state import (
     Flag,
     Outcome,
@@ -79,6 +89,7 @@ def apply_event(
             step.note(f"event.{event.event}", "no-visit", None, None, Flag.NO_VISIT_NUMBER)
         else:
             step.put_visit(handler(step, step.visit(number)))
+    record_death(step)
     _refresh_patient(step, ref)
     step.remember(digest)
     after = step.state()
@@ -117,8 +128,8 @@ def _update(step: Step, visit: VisitMemory) -> VisitMemory:
 def _after_update(step: Step, visit: VisitMemory, class_before: str | None) -> VisitMemory:
     """Screen again when the patient class changed; keep the case's data current."""
     case = step.open_case_of(visit)
-    if case is None and class_before is not None and visit.patient_class != class_before:
-        visit = admit(step, visit, f"screening.{_code(step)}")
+    if class_before is not None and visit.patient_class != class_before:
+        visit = reclassify(step, visit, f"screening.{_code(step)}")
     elif case is not None:
         refresh_case(step, case, visit)
     return plan_discharge(step, visit, pending=False)
@@ -140,7 +151,9 @@ def _pending(step: Step, visit: VisitMemory) -> VisitMemory:
 
 def _discharge(step: Step, visit: VisitMemory) -> VisitMemory:
     # Only A02 and A08 move a known visit; other events' PV1-3 sets the unit of a new visit.
-    return discharge(step, refresh_visit(step, visit, with_location=visit.location is None))
+    return discharge_or_death(
+        step, refresh_visit(step, visit, with_location=visit.location is None)
+    )
 
 
 def _cancel_transfer(step: Step, visit: VisitMemory) -> VisitMemory:
@@ -193,12 +206,18 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "A04": _admission,
     "A02": _transfer,
     "A03": _discharge,
+    "A05": pre_admit,
     "A06": _class_change,
+    "A07": outpatient,
     "A08": _update,
     "A11": cancel_admit,
     "A12": _cancel_transfer,
     "A13": cancel_discharge,
+    "A14": pre_admit,
     "A16": _pending,
+    "A25": cancel_pending_discharge,
+    "A27": cancel_pre_admission,
+    "A38": cancel_pre_admission,
 }
 
 

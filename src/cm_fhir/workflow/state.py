@@ -43,9 +43,11 @@ class _State(BaseModel):
 class EffectKind(StrEnum):
     """Which step of the workflow an event triggered."""
 
+    PRE_ADMISSION = "pre-admission"
     ADMISSION = "admission"
     PENDING_DISCHARGE = "pending-discharge"
     DISCHARGE = "discharge"
+    DEATH = "death"
 
 
 class EventEffect(_State):
@@ -58,6 +60,9 @@ class EventEffect(_State):
     opened_case: bool = False
     task_ids: tuple[LocalId, ...] = ()
     referral_ids: tuple[LocalId, ...] = ()
+    withdrawn_task_ids: tuple[LocalId, ...] = Field(
+        default=(), description="Earlier work this event cancelled (A03: open planning tasks)"
+    )
     plan_before: DischargePlan | None = Field(
         default=None, description="The discharge plan before a discharge changed it"
     )
@@ -119,6 +124,9 @@ class PatientState(_State):
         default=None, description="The latest discharge of any visit, for readmission screening"
     )
     processed: tuple[ProcessedMessage, ...] = ()
+    deceased: Instant | None = Field(
+        default=None, description="When the patient died (PV1-36 expired or PID-30), if known"
+    )
 
     def case(self, case_id: str) -> Case | None:
         return next((c for c in self.cases if c.id == case_id), None)
@@ -142,6 +150,10 @@ class Flag(StrEnum):
     TASK_DONE = "task-done"
     NO_RULE = "no-rule"
     NO_PRIOR_STATE = "no-prior-state"
+    PATIENT_DECEASED = "patient-deceased"
+    NO_LONGER_QUALIFIED = "no-longer-qualified"
+    PRE_DISCHARGE_WORK_OPEN = "pre-discharge-work-open"
+    LATE_REFERRAL = "late-referral"
 
 
 class TraceEntry(_State):

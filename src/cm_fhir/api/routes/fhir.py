@@ -13,17 +13,22 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 import cm_fhir
-from cm_fhir.api.auth import AuthError, grants_fhir_read
-from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep
+from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, check_fhir_read
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.errors import SearchParameterError
-from cm_fhir.facade import RESOURCE_TYPES, capability_statement, parse_search, searchset
+from cm_fhir.facade import (
+    RESOURCE_TYPES,
+    SEARCH_PARAMETERS,
+    capability_statement,
+    parse_search,
+    searchset,
+)
 from cm_fhir.fhir.outcome import Issue, operation_outcome
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.fhir_repo import read_resource, search_resources
@@ -60,12 +65,6 @@ def _check_type(resource_type: str) -> None:
         raise SearchParameterError("type", f"'{resource_type}' is not supported (served: {served})")
 
 
-def _authorise(principal: Any, resource_type: str) -> None:
-    if not grants_fhir_read(principal.scopes, resource_type):
-        scope = f"system/{resource_type}.read"
-        raise AuthError(403, f"this needs the '{scope}' or 'system/*.read' scope", scope=scope)
-
-
 @router.get("/metadata", summary="CapabilityStatement: exactly what this facade supports")
 async def metadata(request: Request) -> Response:
     statement = capability_statement(
@@ -74,17 +73,36 @@ async def metadata(request: Request) -> Response:
     return _fhir(statement)
 
 
-@router.get("/{resource_type}", summary="Search one resource type")
+ResourceType = Annotated[
+    str, Path(description="A served type.", json_schema_extra={"enum": list(RESOURCE_TYPES)})
+]
+
+
+def _search_parameters() -> list[dict[str, Any]]:
+    """The search parameters as OpenAPI query parameters (each type takes its own subset)."""
+    names = sorted({p.name for params in SEARCH_PARAMETERS.values() for p in params})
+    names += ["patient:identifier", "_count", "_page", "_format"]
+    return [
+        {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
+        for name in names
+    ]
+
+
+@router.get(
+    "/{resource_type}",
+    summary="Search one resource type",
+    openapi_extra={"parameters": _search_parameters()},
+)
 async def search(
     request: Request,
-    resource_type: str,
+    resource_type: ResourceType,
     engine: EngineDep,
     audit: AuditDep,
     principal: PrincipalDep,
 ) -> Response:
     try:
         _check_type(resource_type)
-        _authorise(principal, resource_type)
+        check_fhir_read(principal, resource_type)
         query = parse_search(resource_type, request.query_params.multi_items())
     except SearchParameterError as exc:
         return _bad_request(request, exc)
@@ -101,7 +119,7 @@ async def search(
 @router.get("/{resource_type}/{resource_id}", summary="Read one resource")
 async def read(
     request: Request,
-    resource_type: str,
+    resource_type: ResourceType,
     resource_id: str,
     engine: EngineDep,
     audit: AuditDep,
@@ -109,7 +127,7 @@ async def read(
 ) -> Response:
     try:
         _check_type(resource_type)
-        _authorise(principal, resource_type)
+        check_fhir_read(principal, resource_type)
         for key, value in request.query_params.multi_items():
             if key != "_format":
                 raise SearchParameterError(key, "a read takes no parameters but _format")

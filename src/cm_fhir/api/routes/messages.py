@@ -5,20 +5,29 @@ first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the workfl
 FHIR writes the message caused (and, with ``include_raw=true``, the message itself: audited).
 ``POST /api/hl7v2`` takes one message (or a batch) as the body and answers with the ACK, through
 the listener's own persist-before-ACK path. Replays go through the worker's queue functions, which
-put rows back to ``received`` and release rows waiting behind a dead letter.
+put rows back to ``received`` and release rows waiting behind a dead letter. Every row a list or
+search returns is audited (``search``, the row id; a search that finds nothing, once, without an
+id): the filters, which may hold an MRN, are never recorded.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cm_fhir.api.deps import AuditDep, ContextDep, EngineDep, ReadPrincipal, WritePrincipal
+from cm_fhir.api.deps import (
+    AuditDep,
+    Auditor,
+    ContextDep,
+    EngineDep,
+    ReadPrincipal,
+    WritePrincipal,
+)
 from cm_fhir.api.schemas import (
     MessageDetail,
     MessagePage,
@@ -52,6 +61,7 @@ MessageId = Annotated[int, Path(ge=1, le=_MAX_ID, description="Inbox row id.")]
 @router.get("/messages", summary="List inbox messages (newest first)")
 async def list_messages(
     engine: EngineDep,
+    audit: AuditDep,
     _: ReadPrincipal,
     state: Annotated[InboxState | None, Query(description="Row state.")] = None,
     event: Annotated[
@@ -74,46 +84,55 @@ async def list_messages(
     before: Annotated[int | None, Query(ge=1, le=_MAX_ID, description="Cursor.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> MessagePage:
-    query = select(*_SUMMARY_COLUMNS).order_by(_t.c.id.desc()).limit(limit + 1)
+    where: list[Any] = []
     if state is not None:
-        query = query.where(_t.c.state == state.value)
+        where.append(_t.c.state == state.value)
     if event is not None:
-        query = query.where(_t.c.trigger_event == event.upper())
+        where.append(_t.c.trigger_event == event.upper())
     if message_type is not None:
-        query = query.where(_t.c.message_type == message_type.upper())
+        where.append(_t.c.message_type == message_type.upper())
     if patient is not None:
         if "^" in patient:
-            query = query.where(_t.c.patient_key == patient)
+            where.append(_t.c.patient_key == patient)
         else:
-            query = query.where(_t.c.patient_key.startswith(patient + "^", autoescape=True))
+            where.append(_t.c.patient_key.startswith(patient + "^", autoescape=True))
     if received_from is not None:
-        query = query.where(_t.c.received_at >= _utc(received_from))
+        where.append(_t.c.received_at >= _utc(received_from))
     if received_to is not None:
-        query = query.where(_t.c.received_at < _utc(received_to))
+        where.append(_t.c.received_at < _utc(received_to))
     if ack_code is not None:
-        query = query.where(_t.c.ack_code == ack_code)
+        where.append(_t.c.ack_code == ack_code)
     if error is not None:
-        query = query.where(_t.c.reason.contains(error, autoescape=True))
+        where.append(_t.c.reason.contains(error, autoescape=True))
     if has_error is not None:
-        query = query.where(_t.c.reason.is_not(None) if has_error else _t.c.reason.is_(None))
-    if before is not None:
-        query = query.where(_t.c.id < before)
-    async with engine.connect() as connection:
-        rows = (await connection.execute(query)).mappings().all()
-    items = [MessageSummary.model_validate(dict(row)) for row in rows[:limit]]
-    return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+        where.append(_t.c.reason.is_not(None) if has_error else _t.c.reason.is_(None))
+    return await _page(engine, audit, where, before, limit)
 
 
 @router.get("/dead-letters", summary="Dead-lettered messages (newest first)")
 async def list_dead_letters(
     engine: EngineDep,
-    principal: ReadPrincipal,
+    audit: AuditDep,
+    _: ReadPrincipal,
     before: Annotated[int | None, Query(ge=1, le=_MAX_ID)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> MessagePage:
-    return await list_messages(
-        engine, principal, state=InboxState.DEAD_LETTERED, before=before, limit=limit
-    )
+    dead = _t.c.state == InboxState.DEAD_LETTERED.value
+    return await _page(engine, audit, [dead], before, limit)
+
+
+async def _page(
+    engine: EngineDep, audit: Auditor, where: list[Any], before: int | None, limit: int
+) -> MessagePage:
+    """One page of inbox rows, newest first; each row listed is audited (none found: once)."""
+    query = select(*_SUMMARY_COLUMNS).where(*where).order_by(_t.c.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(_t.c.id < before)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).mappings().all()
+    items = [MessageSummary.model_validate(dict(row)) for row in rows[:limit]]
+    await audit.record_many("search", "message", [str(m.id) for m in items] or [None])
+    return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
 
 
 async def _trace_of(connection: AsyncConnection, message_id: int) -> list[TraceItem]:
@@ -186,7 +205,7 @@ def _text(data: bytes | None) -> str | None:
     responses={
         200: {"content": {HL7_MEDIA_TYPE: {}}, "description": "The ACK (AA, AE, AR, CA, ...)"},
         204: {"description": "No ACK requested (MSH-15 NE); the message was stored"},
-        413: {"description": "Body over the configured message size limit"},
+        413: {"description": "Body over the configured size limit (http.max_body_bytes)"},
         503: {"description": "The message could not be stored; resend it"},
     },
     openapi_extra={
@@ -202,15 +221,7 @@ def _text(data: bytes | None) -> str | None:
 async def ingest_hl7v2(
     request: Request, context: ContextDep, audit: AuditDep, _: WritePrincipal
 ) -> Response:
-    limit = context.settings.mllp.max_message_bytes
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise HTTPException(413, f"the body exceeds the limit of {limit} bytes")
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise HTTPException(413, f"the body exceeds the limit of {limit} bytes")
+    body = await request.body()  # bounded by http.max_body_bytes at the front door
     if not body.strip():
         raise HTTPException(400, "the body must hold an HL7v2 message")
     ingest = context.ingest
@@ -218,7 +229,7 @@ async def ingest_hl7v2(
         raise HTTPException(503, "ingest is not available")
     failures = ingest.stats.store_failures
     client = request.client.host if request.client else "?"
-    replies = await ingest.handle_payload(bytes(body), f"http:{client}")
+    replies = await ingest.handle_payload(body, f"http:{client}")
     summaries = [s for reply in replies for s in read_ack(reply)]
     await audit.record_many(
         "ingest", "message", [s.control_id or None for s in summaries] or [None]

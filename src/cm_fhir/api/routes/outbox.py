@@ -2,7 +2,9 @@
 
 ``GET /api/outbox`` counts rows per endpoint and state with the oldest row of each group;
 ``GET /api/outbox/items`` lists rows (newest first, keyset cursor) by state or case, without the
-Bundle bodies. The outbox has one target FHIR endpoint today, reported as ``default``.
+Bundle bodies; every row listed is audited (``search``, ``outbox``, its id). The counts hold no
+patient data and are not audited. The outbox has one target FHIR endpoint today, reported as
+``default``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from sqlalchemy import func, select
 
-from cm_fhir.api.deps import EngineDep, ReadPrincipal
+from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal
 from cm_fhir.api.routes.messages import outbox_columns
 from cm_fhir.api.schemas import OutboxCount, OutboxItem, OutboxPage, OutboxSummary
 from cm_fhir.store.case_tables import outbox
@@ -47,6 +49,7 @@ async def outbox_summary(engine: EngineDep, _: ReadPrincipal) -> OutboxSummary:
 @router.get("/items", summary="Outbox rows (newest first), without the Bundle bodies")
 async def outbox_items(
     engine: EngineDep,
+    audit: AuditDep,
     _: ReadPrincipal,
     state: Annotated[OutboxStateName | None, Query()] = None,
     case_id: Annotated[str | None, Query(max_length=64)] = None,
@@ -67,4 +70,5 @@ async def outbox_items(
     async with engine.connect() as connection:
         rows = (await connection.execute(query)).mappings().all()
     items = [OutboxItem.model_validate(dict(row)) for row in rows[:limit]]
+    await audit.record_many("search", "outbox", [str(i.id) for i in items] or [None])
     return OutboxPage(items=items, next_before=items[-1].id if len(rows) > limit else None)
