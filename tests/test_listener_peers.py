@@ -18,6 +18,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.errors import ConfigError
 from cm_fhir.listener import ListenerConfig, server_tls_context
 from cm_fhir.mllp_client import MllpClient, read_ack
+from cm_fhir.service import Service
+from cm_fhir.settings import Role, load_settings
 from hl7v2_samples import evn, msh, pid, pv1
 from inbox_fixtures import Database, listening, stored_rows
 from tls_certs import CertificateAuthority, self_signed
@@ -259,8 +261,6 @@ async def test_cm_fhir_listen_refuses_a_public_bind(tmp_path: Path) -> None:
 
 def test_settings_build_the_listener_config_and_name_a_bad_network_by_position() -> None:
     # The service and `cm-fhir listen` build the same config from the same settings.
-    from cm_fhir.settings import load_settings
-
     mllp = load_settings(
         None, {"mllp": {"allowed_networks": "10.1.0.0/16, 192.0.2.7", "allowed_senders": "A|B"}}
     ).mllp
@@ -329,3 +329,12 @@ async def test_cli_mutual_tls_listen_and_adt_send_with_a_client_certificate(
     assert f"{source}#1 CLI-MTLS-1 AA" in out.decode().splitlines()
     assert without.returncode == 1
     assert b"cannot reach" in err
+
+
+def test_serve_refuses_an_unprotected_public_mllp_bind_before_starting() -> None:
+    public = load_settings(None, {"mllp": {"host": "0.0.0.0"}})
+    with pytest.raises(ConfigError, match="allow_public_bind"):
+        Service(public, {Role.LISTENER})
+    allowed = load_settings(None, {"mllp": {"host": "0.0.0.0", "allowed_networks": "10.0.0.0/8"}})
+    assert Service(allowed, {Role.LISTENER}).roles == {Role.LISTENER}
+    assert Service(public, {Role.WORKER}).roles == {Role.WORKER}  # no listener, no MLLP bind

@@ -34,7 +34,7 @@ from cm_fhir.api.app import create_app, head_revision
 from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
-from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, make_engine, upgrade_database
@@ -140,6 +140,11 @@ class Service:
         self.roles = roles
         self.migrate = migrate
         self.settings = self._with_credentials(settings)
+        # Like the API's bind check: refuse an unprotected public MLLP bind before anything starts.
+        self._listener_config: ListenerConfig | None = None
+        if Role.LISTENER in roles:
+            self._listener_config = ListenerConfig.from_settings(settings.mllp)
+            check_exposure(self._listener_config)
         self.info = ServiceInfo(
             roles=tuple(r.value for r in (Role.API, Role.LISTENER, Role.WORKER) if r in roles),
             generated_api_key=self._generated,
@@ -214,7 +219,8 @@ class Service:
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp
-            listener = MllpListener(ListenerConfig.from_settings(mllp), writer)
+            assert self._listener_config is not None
+            listener = MllpListener(self._listener_config, writer)
             context.listener = listener
             await listener.start()
             context.roles["listener"] = "running"
