@@ -87,7 +87,9 @@ async def serve_cm(url: str, schema: str | None) -> None:
     engine = make_engine(url, search_path=schema)
     await upgrade_database(engine)
     async with InboxWriter(engine) as writer:
-        listener = MllpListener(ListenerConfig(port=0, max_connections=1024), writer)
+        listener = MllpListener(
+            ListenerConfig(port=0, max_connections=1024, max_connections_per_peer=0), writer
+        )
         await listener.start()
         print(READY, listener.port, flush=True)
         await asyncio.Event().wait()

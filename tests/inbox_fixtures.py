@@ -11,6 +11,7 @@ when that server cannot be reached the PostgreSQL variants are skipped with the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -18,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.store.engine import make_engine, upgrade_database
+from cm_fhir.store.tables import inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
 PG_URL = os.environ.get("CM_FHIR_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
@@ -93,7 +95,10 @@ async def inbox_engine(database: Database) -> AsyncIterator[AsyncEngine]:
 @pytest.fixture
 def listener_config() -> ListenerConfig:
     """Listener settings for tests: ephemeral port; tests may replace fields."""
-    return ListenerConfig(host="127.0.0.1", port=0, idle_timeout=30.0, shutdown_grace=5.0)
+    # Tests open many connections from one loopback address: no per-peer limit by default.
+    return ListenerConfig(
+        host="127.0.0.1", port=0, idle_timeout=30.0, shutdown_grace=5.0, max_connections_per_peer=0
+    )
 
 
 @pytest.fixture
@@ -106,3 +111,35 @@ async def running_listener(
         await listener.start()
         yield listener
         await listener.stop()
+
+
+@contextlib.asynccontextmanager
+async def listening(engine: AsyncEngine, config: ListenerConfig) -> AsyncIterator[MllpListener]:
+    """A started listener with ``config`` over ``engine``, stopped on exit."""
+    async with InboxWriter(engine) as writer:
+        listener = MllpListener(config, writer)
+        await listener.start()
+        try:
+            yield listener
+        finally:
+            await listener.stop()
+
+
+async def stored_rows(engine: AsyncEngine) -> list[dict[str, object]]:
+    """Every inbox row, in id order."""
+    async with engine.connect() as connection:
+        result = await connection.execute(select(inbox_messages).order_by(inbox_messages.c.id))
+        return [dict(row._mapping) for row in result]
+
+
+async def wait_for_rows(
+    engine: AsyncEngine, count: int, timeout: float = 10.0
+) -> list[dict[str, object]]:
+    """The inbox rows once there are ``count`` of them (or whatever is there after ``timeout``)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        found = await stored_rows(engine)
+        if len(found) >= count or loop.time() > deadline:
+            return found
+        await asyncio.sleep(0.05)

@@ -264,7 +264,7 @@ def test_other_message_types_are_unsupported(maps: AdtConceptMaps) -> None:
     assert (result.message_type, result.event) == ("ORU", "R01")
 
 
-@pytest.mark.parametrize("version", ["2.2", "2.9", "3.0"])
+@pytest.mark.parametrize("version", ["2.1", "2.9", "3.0"])
 def test_unsupported_version_raises_at_msh_12(version: str, maps: AdtConceptMaps) -> None:
     with pytest.raises(UnsupportedEventError) as caught:
         parse_adt(adt_message("A01", version), maps)

@@ -8,6 +8,14 @@ the writer reports the commit, so nothing is acknowledged before it is stored. A
 gets the stored ACK of its original back; a storage failure gets AR (CE in enhanced mode) with
 ERR 207, built fresh and never stored. A batch is answered by one batch of ACKs; its messages are
 stored one row each, as UTF-8 text (a single-message frame is stored byte for byte).
+
+At the door (:class:`IntakeRules`): a sender outside the MSH-3/MSH-4 allowlist is answered AR
+(CR) with ERR 207 and nothing of its message is stored; a message the store or worker could not
+hold (:func:`~cm_fhir.hl7v2.admissible.content_error`: NUL, over-long keys, bytes invalid in the
+UTF-8 MSH-18 names) is stored ``failed`` and answered AR (CR) with ERR 102 naming the position; of
+an unreadable message only the first ``unreadable_keep_bytes`` are stored, with the SHA-256 of
+the whole and its length in the row's reason. :meth:`FrameIntake.handle_frame` reports how many
+messages of a frame were unreadable, so the listener can throttle a peer that sends garbage.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from datetime import UTC, datetime
 
 from cm_fhir.errors import Hl7ParseError, StoreError
 from cm_fhir.hl7v2 import ack as acks
+from cm_fhir.hl7v2.admissible import KeyLimits, content_error, sender_allowed
 from cm_fhir.hl7v2.framing import FrameTooLarge
 from cm_fhir.hl7v2.header import (
     BatchHeader,
@@ -31,9 +40,17 @@ from cm_fhir.hl7v2.header import (
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
 from cm_fhir.store.inbox import NewMessage
+from cm_fhir.store.tables import inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
-__all__ = ["FrameIntake", "IntakeStats", "new_control_id"]
+__all__ = [
+    "LISTENER_COUNTERS",
+    "FrameAnswer",
+    "FrameIntake",
+    "IntakeRules",
+    "IntakeStats",
+    "new_control_id",
+]
 
 log = logging.getLogger(__name__)
 _CONTROL_ID_PREFIX = secrets.token_hex(4)
@@ -47,21 +64,77 @@ def new_control_id() -> str:
 
 @dataclass(slots=True)
 class IntakeStats:
-    """Counters for health checks and tests (no message content)."""
+    """Counters for health checks, metrics and tests (no message content)."""
 
     connections: int = 0
-    refused_connections: int = 0
+    refused_connections: int = 0  # every refusal at accept, whatever the reason below
+    refused_not_allowed: int = 0  # address outside the allowlist
+    refused_peer_limit: int = 0  # per-address or per-TLS-identity limit reached
+    refused_cooling_down: int = 0  # peer cooling down after unreadable frames
+    cooldowns: int = 0  # cool-downs started
     frames: int = 0
     oversize_frames: int = 0
+    unreadable_messages: int = 0  # MSH unreadable: answered AE, stored capped
+    refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, not stored
+    refused_content: int = 0  # NUL, over-long key, bad encoding: answered AR with ERR 102
+    incomplete_frames: int = 0  # a frame begun but not ended when the connection closed
+    frame_timeouts: int = 0  # a frame not finished within the frame deadline
+    idle_closes: int = 0  # connections closed for sending no whole frame in time
+    unacknowledged: int = 0  # frames stored after the peer had gone (no ACK could be sent)
     discarded_bytes: int = 0
     store_failures: int = 0
+
+
+LISTENER_COUNTERS = {
+    "connections": "MLLP connections accepted",
+    "refused_connections": "MLLP connections refused at accept (any reason)",
+    "refused_not_allowed": "MLLP connections refused: address outside the allowlist",
+    "refused_peer_limit": "MLLP connections refused: per-address or per-identity limit",
+    "refused_cooling_down": "MLLP connections refused: peer cooling down",
+    "cooldowns": "MLLP peer cool-downs started after unreadable frames",
+    "frames": "MLLP frames received",
+    "oversize_frames": "MLLP frames over the size limit",
+    "unreadable_messages": "MLLP messages with an unreadable MSH (answered AE, stored capped)",
+    "refused_senders": "MLLP messages refused: MSH-3/MSH-4 outside the allowlist",
+    "refused_content": "MLLP messages refused: content the store cannot hold (ERR 102)",
+    "incomplete_frames": "MLLP frames cut off by a closed or timed-out connection",
+    "frame_timeouts": "MLLP connections closed: a frame not finished in time",
+    "idle_closes": "MLLP connections closed: no whole frame within the idle timeout",
+    "unacknowledged": "MLLP frames stored after their sender had gone (no ACK sent)",
+    "store_failures": "MLLP frames answered AR/CE: the inbox could not commit",
+}
+"""The :class:`IntakeStats` counters exported as ``cm_fhir_listener_<name>`` metrics."""
+
+_LENGTH = {c.name: getattr(c.type, "length", None) for c in inbox_messages.columns}
+_COLUMN_LIMITS = KeyLimits(
+    control_id=_LENGTH["control_id"] or 199, sender=_LENGTH["sending_application"] or 255
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRules:
+    """What the door accepts besides readable ADT: senders, stored bytes of garbage, key sizes."""
+
+    allowed_senders: tuple[str, ...] = ()  # "APP|FACILITY", "APP", "*|FACILITY"; empty: all
+    unreadable_keep_bytes: int = 4096
+    key_limits: KeyLimits = _COLUMN_LIMITS
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAnswer:
+    """The ACK payloads of one frame, in order, and how many of its messages were unreadable."""
+
+    replies: list[bytes]
+    unreadable: int = 0
 
 
 @dataclass(slots=True)
 class _Prepared:
     header: MessageHeader | None
-    message: NewMessage
+    message: NewMessage | None  # None: refused at the door, not stored
     codec: str
+    reply: bytes | None = None  # the answer of a message that is not stored
+    unreadable: bool = False
 
 
 def _split(text: str) -> tuple[BatchHeader | None, list[str]]:
@@ -77,12 +150,22 @@ def _split(text: str) -> tuple[BatchHeader | None, list[str]]:
 class FrameIntake:
     """Stores the messages of a frame and builds the answers; shared by MLLP and HTTP ingest."""
 
-    def __init__(self, writer: InboxWriter, stats: IntakeStats | None = None) -> None:
+    def __init__(
+        self,
+        writer: InboxWriter,
+        stats: IntakeStats | None = None,
+        rules: IntakeRules | None = None,
+    ) -> None:
         self._writer = writer
         self.stats = stats or IntakeStats()
+        self.rules = rules or IntakeRules()
 
     async def handle_payload(self, payload: bytes, peer: str = "") -> list[bytes]:
         """Store the message(s) of one frame; return the ACK payloads to send, in order."""
+        return (await self.handle_frame(payload, peer)).replies
+
+    async def handle_frame(self, payload: bytes, peer: str = "") -> FrameAnswer:
+        """Store the message(s) of one frame; return the ACKs and the count of unreadable ones."""
         now = datetime.now(UTC)
         try:
             text, codec = payload.decode("utf-8"), "utf-8"
@@ -100,28 +183,48 @@ class FrameIntake:
                 self._prepare(m, payload if single else m.encode(), batch_id, now, codec, peer)
                 for m in messages
             ]
-        try:
-            stored = await self._writer.store_many([p.message for p in prepared])
-        except StoreError:
-            self.stats.store_failures += 1
-            replies = [self._storage_failure_reply(p, now) for p in prepared]
-        else:
-            replies = [result.ack_bytes for result in stored]
+        to_store = [p.message for p in prepared if p.message is not None]
+        replies: list[bytes | None] = [p.reply for p in prepared]
+        if to_store:
+            try:
+                stored = iter(await self._writer.store_many(to_store))
+            except StoreError:
+                self.stats.store_failures += 1
+                replies = [
+                    p.reply if p.message is None else self._storage_failure_reply(p, now)
+                    for p in prepared
+                ]
+            else:
+                replies = [
+                    p.reply if p.message is None else next(stored).ack_bytes for p in prepared
+                ]
+        unreadable = sum(p.unreadable for p in prepared)
+        self.stats.unreadable_messages += unreadable
         if batch is not None:
             inner = [r.decode(codec, "replace") for r in replies if r is not None]
             body = acks.build_batch_ack(batch, inner, control_id=new_control_id(), timestamp=now)
-            return [body.encode(codec, "replace")]
-        return [r for r in replies if r is not None]
+            return FrameAnswer([body.encode(codec, "replace")], unreadable)
+        return FrameAnswer([r for r in replies if r is not None], unreadable)
 
     def _prepare(
         self, message: str, raw: bytes, batch_id: str | None, now: datetime, codec: str, peer: str
     ) -> _Prepared:
-        digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
         try:
             header = read_header(message)
         except Hl7ParseError as exc:
-            return self._unreadable(raw, exc, now, codec, peer, digest)
+            return self._unreadable(raw, exc, now, codec, peer)
+        digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
+        if not sender_allowed(header, self.rules.allowed_senders):
+            return self._refused_sender(header, now, codec, peer)
         disposition = acks.decide(header)
+        if disposition.ack_code == "AA" and disposition.reply:
+            error = content_error(
+                message, header, self.rules.key_limits, valid_utf8=codec == "utf-8"
+            )
+            if error is not None:
+                self.stats.refused_content += 1
+                reason = f"{error.location}: {error.text}"
+                disposition = acks.Disposition("failed", "AR", error, reason)
         code = acks.response_code(header, disposition.ack_code)
         ack_bytes = None
         if disposition.reply and acks.ack_wanted(header, code):
@@ -157,9 +260,15 @@ class FrameIntake:
         now: datetime,
         codec: str,
         peer: str,
-        digest: str | None = None,
     ) -> _Prepared:
         disposition = acks.unparseable(exc.location, str(exc))
+        keep = self.rules.unreadable_keep_bytes
+        reason = disposition.reason
+        digest = hashlib.sha256(raw).hexdigest()  # of the bytes as received, whole
+        if len(raw) > keep:
+            # Garbage must not fill the disk: a prefix, the digest of the whole and its length.
+            reason = f"{reason}; first {keep} of {len(raw)} bytes stored"
+            raw = raw[:keep]
         text = acks.build_ack(
             None,
             disposition.ack_code,
@@ -169,15 +278,33 @@ class FrameIntake:
         )
         new = NewMessage(
             raw=raw,
-            content_sha256=digest or hashlib.sha256(raw).hexdigest(),
+            content_sha256=digest,
             state=disposition.state,
-            reason=disposition.reason,
+            reason=reason,
             ack_code=disposition.ack_code,
             ack_bytes=text.encode(codec, "replace"),
             peer=peer,
             received_at=now,
         )
-        return _Prepared(None, new, codec)
+        return _Prepared(None, new, codec, unreadable=True)
+
+    def _refused_sender(
+        self, header: MessageHeader, now: datetime, codec: str, peer: str
+    ) -> _Prepared:
+        """AR (CR) with ERR 207 for a sender outside the allowlist; nothing is stored."""
+        self.stats.refused_senders += 1
+        log.warning("refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist", peer)
+        code = acks.response_code(header, "AR")
+        reply = None
+        if acks.ack_wanted(header, code):
+            error = acks.AckError(
+                "207", "MSH-3/MSH-4 name a sender this interface does not accept", "MSH-3"
+            )
+            text = acks.build_ack(
+                header, code, control_id=new_control_id(), timestamp=now, error=error
+            )
+            reply = text.encode(codec, "replace")
+        return _Prepared(header, None, codec, reply)
 
     def _storage_failure_reply(self, prepared: _Prepared, now: datetime) -> bytes | None:
         header = prepared.header

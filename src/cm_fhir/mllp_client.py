@@ -3,6 +3,8 @@
 Used by ``cm-fhir adt send``, the tests and the benchmark. Each :meth:`MllpClient.send` frames one
 message, writes it and reads frames until one ACK arrives (or the timeout expires); frames are
 decoded by the same sans-IO :class:`~cm_fhir.hl7v2.framing.MllpFramer` the listener uses.
+:meth:`MllpClient.finish_sending` half-closes the connection (plain TCP), so a listener answers
+what it has and closes; :meth:`MllpClient.receive` then returns the remaining ACKs, then None.
 :func:`read_ack` pulls MSA-1/MSA-2 and the first ERR code out of an ACK without a full parse.
 """
 
@@ -82,11 +84,16 @@ class MllpClient:
         *,
         ssl_context: ssl.SSLContext | None = None,
         timeout: float = 10.0,
+        local_address: str | None = None,
     ) -> MllpClient:
-        """Open a connection (TLS when ``ssl_context`` is given)."""
+        """Open a connection (TLS when ``ssl_context`` is given; from ``local_address`` if set)."""
         async with asyncio.timeout(timeout):
             reader, writer = await asyncio.open_connection(
-                host, port, ssl=ssl_context, server_hostname=host if ssl_context else None
+                host,
+                port,
+                ssl=ssl_context,
+                server_hostname=host if ssl_context else None,
+                local_addr=(local_address, 0) if local_address else None,
             )
         return cls(reader, writer)
 
@@ -113,16 +120,35 @@ class MllpClient:
         await self._writer.drain()
 
     async def receive(self, *, timeout: float = 30.0) -> bytes:
-        """Return the payload of the next frame the peer sends."""
+        """Return the payload of the next frame the peer sends.
+
+        Raises:
+            TimeoutError: no frame within ``timeout`` seconds.
+            ConnectionError: the peer closed the connection first.
+        """
+        payload = await self.receive_or_end(timeout=timeout)
+        if payload is None:
+            raise ConnectionError("the listener closed the connection")
+        return payload
+
+    async def receive_or_end(self, *, timeout: float = 30.0) -> bytes | None:
+        """The payload of the next frame, or None once the peer has closed and none is left."""
         async with asyncio.timeout(timeout):
             while not self._frames:
                 data = await self._reader.read(65536)
                 if not data:
-                    raise ConnectionError("the listener closed the connection")
+                    return None
                 for event in self._framer.feed(data):
                     if isinstance(event, Frame):
                         self._frames.append(event.payload)
         return self._frames.popleft()
+
+    def finish_sending(self) -> bool:
+        """Half-close (no more frames from us); False where the transport cannot (TLS)."""
+        if not self._writer.can_write_eof():
+            return False
+        self._writer.write_eof()
+        return True
 
     async def close(self) -> None:
         """Close the connection."""

@@ -19,11 +19,9 @@ import asyncio
 import contextlib
 import importlib
 import importlib.util
-import ipaddress
 import logging
 import secrets
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -37,7 +35,8 @@ from cm_fhir.api.app import create_app, head_revision
 from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
-from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
+from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, make_engine, upgrade_database
 from cm_fhir.store.writer import InboxWriter
@@ -45,7 +44,6 @@ from cm_fhir.store.writer import InboxWriter
 __all__ = ["Service", "ServiceInfo", "WorkerRole", "check_database", "worker_available"]
 
 log = logging.getLogger(__name__)
-_LOOPBACK_NAMES = {"localhost", "localhost.localdomain", "ip6-localhost"}
 
 
 @dataclass(slots=True)
@@ -59,15 +57,6 @@ class ServiceInfo:
     generated_api_key: str | None = None
     database: str = ""
     notes: list[str] = field(default_factory=list)
-
-
-def is_loopback(host: str) -> bool:
-    if host in _LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bool) -> None:
@@ -142,21 +131,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _tls_context(settings: Settings) -> ssl.SSLContext | None:
-    cert, key = settings.mllp.tls_cert, settings.mllp.tls_key
-    if cert is None and key is None:
-        return None
-    if cert is None or key is None:
-        raise ConfigError("mllp.tls_cert and mllp.tls_key go together")
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        name = type(exc).__name__
-        raise ConfigError(f"cannot load the MLLP TLS certificate or key: {name}") from exc
-    return context
-
-
 class Service:
     """The roles of one ``cm-fhir serve`` process; :meth:`run` until ``stop`` is set."""
 
@@ -169,6 +143,11 @@ class Service:
         self.roles = roles
         self.migrate = migrate
         self.settings = self._with_credentials(settings)
+        # Like the API's bind check: refuse an unprotected public MLLP bind before anything starts.
+        self._listener_config: ListenerConfig | None = None
+        if Role.LISTENER in roles:
+            self._listener_config = ListenerConfig.from_settings(settings.mllp)
+            check_exposure(self._listener_config)
         self.info = ServiceInfo(
             roles=tuple(r.value for r in (Role.API, Role.LISTENER, Role.WORKER) if r in roles),
             generated_api_key=self._generated,
@@ -243,16 +222,8 @@ class Service:
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp
-            config = ListenerConfig(
-                host=mllp.host,
-                port=mllp.port,
-                max_connections=mllp.max_connections,
-                max_message_bytes=mllp.max_message_bytes,
-                idle_timeout=mllp.idle_timeout,
-                ssl_context=_tls_context(settings),
-                shutdown_grace=mllp.shutdown_grace,
-            )
-            listener = MllpListener(config, writer)
+            assert self._listener_config is not None
+            listener = MllpListener(self._listener_config, writer)
             context.listener = listener
             await listener.start()
             context.roles["listener"] = "running"

@@ -25,6 +25,7 @@ from pydantic_settings import (
 )
 
 from cm_fhir.errors import ConfigError
+from cm_fhir.mllp_peers import parse_networks
 
 __all__ = [
     "AuthSettings",
@@ -69,16 +70,53 @@ class HttpSettings(_Section):
 
 
 class MllpSettings(_Section):
-    """The MLLP listener."""
+    """The MLLP listener (0 disables a limit or a timeout)."""
 
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=0, le=65535, description="0 picks a free port.")
     max_connections: int = Field(64, gt=0)
+    max_connections_per_peer: int = Field(
+        8, ge=0, description="Per client address, and per TLS client certificate subject."
+    )
     max_message_bytes: int = Field(1_048_576, gt=0)
-    idle_timeout: float = Field(600.0, ge=0, description="Seconds; 0 disables.")
+    idle_timeout: float = Field(600.0, ge=0, description="Seconds without a whole frame.")
+    frame_timeout: float = Field(60.0, ge=0, description="Seconds for a begun frame to end.")
     shutdown_grace: float = Field(10.0, gt=0, description="Seconds to finish in-flight frames.")
     tls_cert: Path | None = Field(None, description="PEM certificate chain: MLLP over TLS.")
     tls_key: Path | None = Field(None, description="PEM private key for tls_cert.")
+    tls_client_ca: Path | None = Field(
+        None, description="PEM CA: require client certificates it signed (mutual TLS)."
+    )
+    allowed_networks: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="Client addresses/CIDR networks allowed (comma-separated); empty: all."
+    )
+    allowed_senders: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="MSH-3|MSH-4 senders allowed ('APP|FAC', 'APP', '*|FAC'); empty: all."
+    )
+    allow_public_bind: bool = Field(
+        False, description="Listen beyond loopback without TLS or allowed_networks."
+    )
+    unreadable_keep_bytes: int = Field(
+        4096, ge=0, description="Bytes of an unreadable message stored (with its SHA-256)."
+    )
+    unreadable_limit: int = Field(
+        10, ge=0, description="Unreadable frames from one address per window: then a cool-down."
+    )
+    unreadable_window: float = Field(60.0, gt=0, description="Seconds.")
+    cooldown: float = Field(300.0, ge=0, description="Seconds a peer's connections are refused.")
+
+    @field_validator("allowed_networks", "allowed_senders", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)  # raises ValueError naming the bad entry
+        return value
 
 
 class WorkerSettings(_Section):

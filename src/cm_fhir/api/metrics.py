@@ -30,7 +30,7 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
-from cm_fhir.listener import ListenerStats
+from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
 from cm_fhir.store.case_tables import outbox, trace
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
@@ -187,15 +187,11 @@ class _SnapshotCollector(Collector):
         )
         if snap.listener is not None:
             stats = snap.listener
-            for name, value, text in (
-                ("connections", stats.connections, "MLLP connections accepted"),
-                ("refused_connections", stats.refused_connections, "MLLP connections refused"),
-                ("frames", stats.frames, "MLLP frames received"),
-                ("oversize_frames", stats.oversize_frames, "MLLP frames over the size limit"),
-                ("store_failures", stats.store_failures, "Frames answered AR: store failed"),
-            ):
+            for name, text in LISTENER_COUNTERS.items():
                 yield CounterMetricFamily(
-                    f"cm_fhir_listener_{name}", f"{text} by this process.", value=value
+                    f"cm_fhir_listener_{name}",
+                    f"{text} by this process.",
+                    value=getattr(stats, name),
                 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 # Command modules register on import. Keep this list sorted.
 from cm_fhir.cli import (  # noqa: F401
     adt_inspect,
+    adt_send,
     cases,
     demo,
     intake,

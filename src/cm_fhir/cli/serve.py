@@ -145,14 +145,24 @@ graceful_timeout = 10.0     # seconds to finish open requests on shutdown
 root_path = ""              # prefix when behind a reverse proxy
 
 [mllp]
-host = "127.0.0.1"
+host = "127.0.0.1"          # beyond loopback: needs TLS or allowed_networks (or allow_public_bind)
 port = 2575
 max_connections = 64
+max_connections_per_peer = 8  # per client address and per TLS client certificate; 0 = no limit
 max_message_bytes = 1048576
-idle_timeout = 600.0        # seconds; 0 disables
+idle_timeout = 600.0        # seconds without a whole frame; 0 disables
+frame_timeout = 60.0        # seconds for a begun frame to end; 0 disables
 shutdown_grace = 10.0
 # tls_cert = "/etc/cm-fhir/mllp.crt"
 # tls_key = "/etc/cm-fhir/mllp.key"
+# tls_client_ca = "/etc/cm-fhir/ehr-ca.crt"   # mutual TLS: client certificates it signed
+allowed_networks = []       # e.g. ["10.20.0.0/16", "192.0.2.7"]; empty: any address
+allowed_senders = []        # MSH-3|MSH-4, e.g. ["EPICADT|NORTHSIDE", "LAB"]; empty: any sender
+allow_public_bind = false
+unreadable_keep_bytes = 4096  # of an unreadable message (SHA-256 and length kept too)
+unreadable_limit = 10       # unreadable frames from one address per window, then a cool-down
+unreadable_window = 60.0
+cooldown = 300.0            # seconds that address's connections are closed at accept
 
 [worker]
 concurrency = 2             # worker loops on PostgreSQL; SQLite runs one

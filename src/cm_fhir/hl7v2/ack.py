@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cm_fhir.hl7v2.header import BatchHeader, MessageHeader
-from cm_fhir.hl7v2.structures import SUPPORTED_EVENTS
+from cm_fhir.hl7v2.structures import SUPPORTED_EVENTS, is_supported_version
 
 __all__ = [
     "ENHANCED_CODES",
@@ -91,7 +91,7 @@ def decide(header: MessageHeader) -> Disposition:
         return _content_error("101", "MSH-10", "MSH-10 is empty")
     if not header.version_id:
         return _content_error("101", "MSH-12", "MSH-12 is empty")
-    if not header.version_id.startswith("2."):
+    if not is_supported_version(header.version_id):
         error = AckError("203", "MSH-12 names a version this interface does not accept", "MSH-12")
         return Disposition("ignored", "AR", error, "unsupported version")
     if header.message_type == "ACK":

@@ -6,7 +6,7 @@ segments by name (MSH, EVN, PID, PV1, PV2, DG1, IN1, MRG), so it does not depend
 structure's groups; Z-segments and any other segments are kept in the split and ignored. Messages
 of another type, or ADT events we do not process, give an
 :class:`~cm_fhir.hl7v2.events.UnsupportedMessage` the caller can mark as ignored. Broken messages
-raise :class:`~cm_fhir.errors.Hl7ParseError`; versions outside 2.3-2.8 raise
+raise :class:`~cm_fhir.errors.Hl7ParseError`; versions outside 2.2-2.8 raise
 :class:`~cm_fhir.errors.UnsupportedEventError`. Error messages name positions (``PV1-44``), never
 values. Concept maps are passed in; nothing is loaded here.
 """
@@ -36,6 +36,7 @@ from cm_fhir.hl7v2.normalise import normalise_message
 from cm_fhir.hl7v2.parse import Hl7Message, Hl7Segment, parse_date, parse_dtm, parse_er7
 from cm_fhir.hl7v2.structures import (
     SUPPORTED_EVENTS,
+    SUPPORTED_VERSION_RANGE,
     AdtEventCode,
     is_supported_version,
     structure_for,
@@ -54,7 +55,7 @@ def parse_adt(
 
     Raises:
         Hl7ParseError: the input is not HL7v2, or a needed field is missing or malformed.
-        UnsupportedEventError: MSH-12 names a version outside 2.3-2.8.
+        UnsupportedEventError: MSH-12 names a version outside 2.2-2.8.
         MappingError: a code is unknown to a concept map whose unmapped policy is ``error``.
     """
     return parse_adt_message(parse_er7(normalise_message(raw)), maps, default_tz=default_tz)
@@ -167,7 +168,8 @@ class _AdtReader:
             raise Hl7ParseError("MSH-12 version is missing", location="MSH-12")
         if not is_supported_version(version):
             raise UnsupportedEventError(
-                "MSH-12 names an HL7 version outside 2.3-2.8", location="MSH-12"
+                f"MSH-12 names an HL7 version outside {SUPPORTED_VERSION_RANGE}",
+                location="MSH-12",
             )
         evn = self.message.first("EVN")
         event = msh.text(9, 2) or (evn.text(1) if evn is not None else None)

@@ -2,7 +2,7 @@
 
 Senders before v2.3.1 (and many after) leave MSH-9.3, the message structure, empty. We then pick the
 structure from our own event -> structure table, which follows HL7 table 0354 as published for v2.5,
-with the differences of older versions: v2.3 and v2.3.1 carry A05, A14, A28 and A31 in ADT_A01 (the
+with the differences of older versions: v2.2 to v2.3.1 carry A05, A14, A28 and A31 in ADT_A01 (the
 ADT_A05 structure arrived in v2.4), and v2.4 carries A12 in ADT_A09 (ADT_A12 returned in v2.5).
 Structures that first appeared in v2.4 (ADT_A15, ADT_A21) are used under their v2.5 names for older
 versions too; our extraction reads segments by name, so the structure is informational.
@@ -15,6 +15,7 @@ from typing import Final, Literal, get_args
 __all__ = [
     "SUPPORTED_EVENTS",
     "SUPPORTED_VERSIONS",
+    "SUPPORTED_VERSION_RANGE",
     "AdtEventCode",
     "event_description",
     "is_supported_version",
@@ -48,6 +49,7 @@ AdtEventCode = Literal[
 SUPPORTED_EVENTS: Final[frozenset[str]] = frozenset(get_args(AdtEventCode))
 
 SUPPORTED_VERSIONS: Final[tuple[str, ...]] = (
+    "2.2",
     "2.3",
     "2.3.1",
     "2.4",
@@ -60,7 +62,7 @@ SUPPORTED_VERSIONS: Final[tuple[str, ...]] = (
     "2.8.1",
     "2.8.2",
 )
-"""MSH-12 values we accept (HL7 v2.3 to v2.8 and their point releases)."""
+"""The published HL7 versions we accept (v2.2 to v2.8 and their point releases)."""
 
 _EVENT_DESCRIPTIONS: Final[dict[str, str]] = {
     "A01": "admit/visit notification",
@@ -149,10 +151,14 @@ def version_key(version: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+SUPPORTED_VERSION_RANGE: Final[str] = "2.2-2.8"
+"""The MSH-12 versions :func:`is_supported_version` accepts, for messages and error texts."""
+
+
 def is_supported_version(version: str) -> bool:
-    """True for MSH-12 values from 2.3 up to 2.8.x."""
+    """True for MSH-12 values from 2.2 up to 2.8.x: the one test the door and the parser share."""
     key = version_key(version)
-    return (2, 3) <= key[:2] <= (2, 8) and len(key) >= 2
+    return (2, 2) <= key[:2] <= (2, 8) and len(key) >= 2
 
 
 def structure_for(event: str, version: str) -> str | None:

@@ -1,0 +1,123 @@
+"""What the door refuses although MSH reads fine: content the store or the worker cannot hold.
+Pure: no I/O.
+
+The inbox and the case tables hold MSH-10, the sender (MSH-3/4) and patient keys in columns of
+bounded length, and PostgreSQL refuses a NUL character in any text it stores; SQLite takes both
+silently. So that a positive ACK means the same on both databases, :func:`content_error` refuses,
+before anything is acknowledged: a NUL byte anywhere in the message, a key longer than its column
+(:class:`KeyLimits`, filled in from the tables by the caller), and bytes that are not valid in the
+UTF-8 MSH-18 declares. A patient key is ``system|value`` (the system from the mapping, the
+assigning authority appended when unmapped), so every patient identifier (each PID-3 and MRG-1
+repetition) is held to ``identifier`` characters and its assigning authority to ``authority``.
+:func:`sender_allowed` applies the optional MSH-3/MSH-4 allowlist. Errors name positions
+(``PID-3``), never values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cm_fhir.hl7v2.ack import AckError
+from cm_fhir.hl7v2.header import MessageHeader
+
+__all__ = ["KeyLimits", "content_error", "nul_location", "sender_allowed"]
+
+_UTF8_NAMES = frozenset({"UNICODE UTF-8", "UTF-8", "UTF8"})
+
+
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """Longest MSH-10, MSH-3/MSH-4 value, patient identifier and assigning authority accepted."""
+
+    control_id: int = 199
+    sender: int = 255
+    identifier: int = 100
+    authority: int = 64
+
+
+def nul_location(message: str, field_separator: str) -> str:
+    """The position (``PID-3``) of the first NUL character of ``message`` (which holds one)."""
+    index = message.find("\x00")
+    start = message.rfind("\r", 0, index) + 1
+    segment = message[start:index]
+    name = segment[:3] if len(segment) >= 3 else "MSH"
+    number = segment.count(field_separator)
+    if name == "MSH":
+        number += 1  # MSH-1 is the field separator itself
+    return f"{name}-{number}" if number else name
+
+
+def _too_long(location: str, limit: int) -> AckError:
+    return AckError("102", f"{location} is longer than {limit} characters", location)
+
+
+def _identifier_error(message: str, header: MessageHeader, limits: KeyLimits) -> AckError | None:
+    """A PID-3 or MRG-1 repetition whose id (CX.1) or authority (CX.4) is over its limit."""
+    fs, encoding = header.field_separator, header.encoding_characters
+    repetition = encoding[1] if len(encoding) > 1 else "~"
+    for name, number in (("PID", 3), ("MRG", 1)):
+        start = message.find(f"\r{name}{fs}")
+        while start >= 0:
+            end = message.find("\r", start + 1)
+            fields = message[start + 1 : end if end >= 0 else len(message)].split(fs, number + 1)
+            value = fields[number] if number < len(fields) else ""
+            if len(value) <= min(limits.identifier, limits.authority):
+                start = message.find(f"\r{name}{fs}", start + 1)
+                continue  # the usual short field: no part of it can be over a limit
+            for each in value.split(repetition):
+                parts = each.split(encoding[0])
+                if len(parts[0]) > limits.identifier:
+                    return _too_long(f"{name}-{number}.1", limits.identifier)
+                if len(parts) > 3 and len(parts[3]) > limits.authority:
+                    return _too_long(f"{name}-{number}.4", limits.authority)
+            start = message.find(f"\r{name}{fs}", start + 1)
+    return None
+
+
+def content_error(
+    message: str,
+    header: MessageHeader,
+    limits: KeyLimits,
+    *,
+    valid_utf8: bool = True,
+) -> AckError | None:
+    """Why the store or the worker could not hold this message, or None when they can.
+
+    ``valid_utf8`` says whether the received bytes decoded as UTF-8.
+    """
+    if "\x00" in message:
+        location = nul_location(message, header.field_separator)
+        return AckError("102", f"{location} holds a NUL character", location)
+    if not valid_utf8 and header.character_set.upper() in _UTF8_NAMES:
+        return AckError("102", "message is not valid in the character set of MSH-18", "MSH-18")
+    if len(header.control_id) > limits.control_id:
+        return _too_long("MSH-10", limits.control_id)
+    if len(header.sending_application) > limits.sender:
+        return _too_long("MSH-3", limits.sender)
+    if len(header.sending_facility) > limits.sender:
+        return _too_long("MSH-4", limits.sender)
+    return _identifier_error(message, header, limits)
+
+
+def _matches(pattern: str, value: str, component_separator: str) -> bool:
+    if pattern == "*":
+        return True
+    return value == pattern or value.split(component_separator, 1)[0].strip() == pattern
+
+
+def sender_allowed(header: MessageHeader, allowed: tuple[str, ...]) -> bool:
+    """Whether MSH-3/MSH-4 match an allowlist entry (an empty list allows every sender).
+
+    An entry is ``APP|FACILITY``, ``APP`` (any facility) or uses ``*`` for either part; each part
+    matches the field as sent or its first component (HD.1).
+    """
+    if not allowed:
+        return True
+    cs = header.component_separator
+    for entry in allowed:
+        application, _, facility = entry.partition("|")
+        if _matches(application.strip() or "*", header.sending_application, cs) and _matches(
+            facility.strip() or "*", header.sending_facility, cs
+        ):
+            return True
+    return False

@@ -1,0 +1,117 @@
+"""How the MLLP listener is configured: :class:`ListenerConfig`, built from the ``mllp`` settings,
+the server TLS context (optionally mutual TLS) and the exposure check. No sockets are opened here;
+TLS files are read when a context is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+from cm_fhir.errors import ConfigError
+from cm_fhir.mllp_peers import Network, is_loopback, parse_networks
+from cm_fhir.settings import MllpSettings
+
+__all__ = ["ListenerConfig", "check_exposure", "server_tls_context", "tls_identity"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """Where and how the listener accepts connections (0 disables a limit or a timeout)."""
+
+    host: str = "127.0.0.1"
+    port: int = 2575
+    max_connections: int = 64
+    max_connections_per_peer: int = 8  # per address, and per TLS client identity
+    max_message_bytes: int = 1_048_576
+    idle_timeout: float = 600.0  # seconds without a whole frame
+    frame_timeout: float = 60.0  # seconds from a start block to its end block
+    ssl_context: ssl.SSLContext | None = None
+    shutdown_grace: float = 10.0
+    allowed_networks: tuple[Network, ...] = ()  # empty: every address
+    allowed_senders: tuple[str, ...] = ()  # MSH-3|MSH-4 entries; empty: every sender
+    unreadable_keep_bytes: int = 4096
+    unreadable_limit: int = 10  # unreadable frames per window before a cool-down
+    unreadable_window: float = 60.0
+    cooldown: float = 300.0
+    allow_public_bind: bool = False
+
+    @classmethod
+    def from_settings(cls, mllp: MllpSettings) -> ListenerConfig:
+        """The listener configuration of the ``mllp`` settings (TLS files are loaded here)."""
+        try:
+            networks = parse_networks(mllp.allowed_networks)
+        except ValueError as exc:
+            raise ConfigError(f"mllp.allowed_networks: {exc}") from None
+        return cls(
+            host=mllp.host,
+            port=mllp.port,
+            max_connections=mllp.max_connections,
+            max_connections_per_peer=mllp.max_connections_per_peer,
+            max_message_bytes=mllp.max_message_bytes,
+            idle_timeout=mllp.idle_timeout,
+            frame_timeout=mllp.frame_timeout,
+            ssl_context=server_tls_context(mllp.tls_cert, mllp.tls_key, mllp.tls_client_ca),
+            shutdown_grace=mllp.shutdown_grace,
+            allowed_networks=networks,
+            allowed_senders=mllp.allowed_senders,
+            unreadable_keep_bytes=mllp.unreadable_keep_bytes,
+            unreadable_limit=mllp.unreadable_limit,
+            unreadable_window=mllp.unreadable_window,
+            cooldown=mllp.cooldown,
+            allow_public_bind=mllp.allow_public_bind,
+        )
+
+
+def server_tls_context(
+    cert: Path | None, key: Path | None, client_ca: Path | None = None
+) -> ssl.SSLContext | None:
+    """The listener's TLS context (None without a certificate); ``client_ca`` requires client
+    certificates signed by that CA (mutual TLS).
+
+    Raises:
+        ConfigError: only one of cert and key, a CA without them, or files that do not load.
+    """
+    if cert is None and key is None:
+        if client_ca is not None:
+            raise ConfigError("mllp.tls_client_ca needs mllp.tls_cert and mllp.tls_key")
+        return None
+    if cert is None or key is None:
+        raise ConfigError("mllp.tls_cert and mllp.tls_key go together")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+        if client_ca is not None:
+            context.load_verify_locations(cafile=str(client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+    except (OSError, ssl.SSLError) as exc:
+        name = type(exc).__name__
+        raise ConfigError(f"cannot load the MLLP TLS certificate, key or CA: {name}") from exc
+    return context
+
+
+def check_exposure(config: ListenerConfig) -> None:
+    """Refuse to listen beyond loopback with neither TLS nor an address allowlist.
+
+    Raises:
+        ConfigError: unless ``allow_public_bind`` says this is intended.
+    """
+    if is_loopback(config.host) or config.allow_public_bind:
+        return
+    if config.ssl_context is None and not config.allowed_networks:
+        raise ConfigError(
+            f"MLLP on {config.host} would accept plain TCP from any address: configure TLS "
+            "(mllp.tls_cert/tls_key), an address allowlist (mllp.allowed_networks), or set "
+            "mllp.allow_public_bind"
+        )
+
+
+def tls_identity(transport: asyncio.BaseTransport) -> str | None:
+    """The subject of the client certificate (mutual TLS), or None."""
+    certificate = transport.get_extra_info("peercert")
+    if not certificate:
+        return None
+    subject = certificate.get("subject", ())
+    return ",".join(f"{name}={value}" for rdn in subject for name, value in rdn) or None
