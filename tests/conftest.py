@@ -3,7 +3,7 @@
 from api_fixtures import api_app, api_client, api_settings
 from fhir_server_fixture import capped_fhir_server, fhir_server
 from inbox_fixtures import database, inbox_engine, listener_config, pg_schema, running_listener
-from worker_fixtures import worker_engine
+from worker_fixtures import worker_engine, worker_http
 
 __all__ = [
     "api_app",
@@ -17,4 +17,5 @@ __all__ = [
     "pg_schema",
     "running_listener",
     "worker_engine",
+    "worker_http",
 ]

@@ -169,7 +169,12 @@ async def test_worker_case_changed_through_the_api_survives_the_next_message(
     entries = [e["resource"] for e in provenance["entry"]]
     assert provenance["total"] == 3  # A01, the API change, A03
     sources = [[x["what"]["identifier"]["value"] for x in p.get("entity", [])] for p in entries]
-    assert sources == [["CTRL-1"], [], ["CTRL-2"]]
+    # the inbox message: sender|control id|received at
+    assert [[s.split("|")[:3] for s in p] for p in sources] == [
+        [["ADTSYS", "NORTHSIDE", "CTRL-1"]],
+        [],
+        [["ADTSYS", "NORTHSIDE", "CTRL-2"]],
+    ]
     assert "api: goal.put" in entries[1]["activity"]["text"]
     async with client(case_app) as http:
         for resource in entries:

@@ -71,9 +71,10 @@ async def test_three_worker_processes_keep_order_and_process_each_row_once(
     per_patient = [patient_messages(n) for n in range(PATIENTS)]
     arrival = [m for i in range(PER_PATIENT) for msgs in per_patient for m in msgs[i : i + 1]]
     script = Path(sys.executable).with_name("cm-fhir")
+    # the 2024 discharges are due at once: no closing pass after the first (before any message)
     command = [
         str(script), "worker", "--database-url", PG_URL, "--schema", pg_schema,
-        "--batch-size", "7", "--migrate",
+        "--batch-size", "7", "--migrate", "--close-check-seconds", "3600",
     ]  # fmt: skip
     workers = [
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

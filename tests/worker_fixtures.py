@@ -3,7 +3,8 @@
 ``worker_engine`` is a migrated, empty store (every table emptied on the session's PostgreSQL
 schema). ``ingest`` stores raw messages through the listener's own intake path
 (:meth:`~cm_fhir.listener.MllpListener.handle_payload`, no socket); ``store_rows`` reads tables
-back; ``settle_worker`` runs a worker until nothing is claimable.
+back; ``settle_worker`` runs a worker until nothing is claimable; ``worker_http`` is a client of
+the HTTP API over the worker's database.
 """
 
 from __future__ import annotations
@@ -11,13 +12,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Table, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api_fixtures import API_KEY
+from cm_fhir.api.app import create_app
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.settings import Settings
 from cm_fhir.store.case_tables import cases, fhir_resources, outbox, patient_states, trace
 from cm_fhir.store.engine import upgrade_database
 from cm_fhir.store.tables import inbox_messages
@@ -40,6 +45,21 @@ async def worker_engine(database: Database) -> AsyncIterator[AsyncEngine]:
             await connection.execute(text(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY"))
     yield engine
     await engine.dispose()
+
+
+@pytest.fixture
+async def worker_http(
+    worker_engine: AsyncEngine, api_settings: Settings
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The API over the worker's database."""
+    app = create_app(api_settings, engine=worker_engine)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app)
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://cm-fhir.test", headers=headers
+        ) as client:
+            yield client
 
 
 async def ingest(engine: AsyncEngine, messages: Sequence[str | bytes]) -> list[bytes]:
@@ -99,4 +119,5 @@ __all__ = [
     "settle_worker",
     "trace",
     "worker_engine",
+    "worker_http",
 ]

@@ -5,7 +5,8 @@ refusing any other database that is not at the shipped revision, with the comman
 then starts the roles asked for: the API under a programmatic uvicorn server on a socket bound
 here (so port 0 works and the port is known before serving), the MLLP listener, and the inbox
 workers (:class:`cm_fhir.worker.Worker`, found at run time behind :class:`WorkerRole`; a build
-without it runs no worker and says so). API and listener share one group-commit inbox writer.
+without it runs no worker and says so), which also close the cases that are due. API and
+listener share one group-commit inbox writer.
 Stopping is graceful and ordered: readiness goes false; the listener and the API stop accepting
 and finish what is in flight (ACKs included); the workers commit the batch in flight; queued inbox
 writes commit; the engine closes. With no credentials configured, a random API key is generated
@@ -111,6 +112,8 @@ def make_workers(engine: AsyncEngine, settings: Settings) -> list[WorkerRole]:
         max_attempts=settings.worker.max_attempts,
         retry_delay=settings.worker.retry_delay,
         poll_interval=settings.worker.poll_interval,
+        close_check_seconds=settings.worker.close_check_seconds,
+        apply_processing_ids=frozenset(settings.worker.apply_processing_ids),
     )
     count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
     workers: list[WorkerRole] = [module.Worker(engine, config) for _ in range(count)]

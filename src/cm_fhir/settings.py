@@ -92,6 +92,30 @@ class WorkerSettings(_Section):
     retry_delay: float = Field(5.0, ge=0, description="Seconds between attempts of a row.")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between polls when idle.")
     shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish the batch in flight.")
+    close_check_seconds: float = Field(
+        60.0, gt=0, le=3600, description="Seconds between checks for cases due to close."
+    )
+    apply_processing_ids: Annotated[tuple[str, ...], NoDecode] = Field(
+        ("P",),
+        description="MSH-11 processing ids applied to cases (P, T, D; comma-separated in the "
+        "environment); messages with others are stored, acknowledged and ignored.",
+    )
+
+    @field_validator("apply_processing_ids", mode="before")
+    @classmethod
+    def _split_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("apply_processing_ids")
+    @classmethod
+    def _known_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        ids = tuple(dict.fromkeys(v.upper() for v in value))
+        unknown = [v for v in ids if v not in ("P", "T", "D")]
+        if unknown:
+            raise ValueError("processing ids are P (production), T (training), D (debugging)")
+        return ids
 
 
 class HealthSettings(_Section):

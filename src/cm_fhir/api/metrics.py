@@ -3,7 +3,8 @@
 Counts come from the tables, not from process memory, so every process (and a restart) reports
 the same figures: messages by type, event, ACK code and state; processing latency (received to
 settled) as a histogram; queue depths and the age of the oldest queued message; dead letters and
-the rows waiting behind them; outbox rows by state and the age of the oldest pending one. The
+the rows waiting behind them; trace entries per workflow flag (``unmapped-disposition``,
+``no-visit-number``, ...); outbox rows by state and the age of the oldest pending one. The
 listener's connection counters of this process are added when it runs here. Labels hold codes
 only (event, state, ACK code), never patient data. Needs the ``read`` scope like the rest of /api.
 """
@@ -30,16 +31,22 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
 from cm_fhir.listener import ListenerStats
-from cm_fhir.store.case_tables import outbox
+from cm_fhir.store.case_tables import outbox, trace
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
+from cm_fhir.workflow import Flag
 
 __all__ = ["LATENCY_BUCKETS", "router"]
 
 router = APIRouter(tags=["metrics"])
 _t = inbox_messages
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_SETTLED = (InboxState.PROCESSED.value, InboxState.FAILED.value, InboxState.DEAD_LETTERED.value)
+_SETTLED = (
+    InboxState.PROCESSED.value,
+    InboxState.FAILED.value,
+    InboxState.DEAD_LETTERED.value,
+    InboxState.NEEDS_ATTENTION.value,
+)
 
 
 @dataclass(slots=True)
@@ -53,6 +60,7 @@ class _Snapshot:
     latency_sum: float = 0.0
     outbox_states: dict[str, int] = field(default_factory=dict)
     oldest_pending_age: float = 0.0
+    flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
 
 
@@ -106,6 +114,10 @@ async def _snapshot(connection: AsyncConnection) -> _Snapshot:
     }
     pending = select(func.min(outbox.c.created_at)).where(outbox.c.state == "pending")
     snap.oldest_pending_age = _age((await connection.execute(pending)).scalar(), now)
+    flagged = select(trace.c.flags, func.count()).where(trace.c.flags.is_not(None))
+    for flags, count in (await connection.execute(flagged.group_by(trace.c.flags))).all():
+        for flag in str(flags).split(","):
+            snap.flags[flag] = snap.flags.get(flag, 0) + int(count)
     return snap
 
 
@@ -160,6 +172,14 @@ class _SnapshotCollector(Collector):
         for state in ("pending", "sent", "failed"):
             outbox_depth.add_metric(["default", state], snap.outbox_states.get(state, 0))
         yield outbox_depth
+        flags = CounterMetricFamily(
+            "cm_fhir_workflow_flags",
+            "Workflow trace entries carrying each flag (e.g. unmapped-disposition).",
+            labels=["flag"],
+        )
+        for flag in sorted({f.value for f in Flag} | set(snap.flags)):
+            flags.add_metric([flag], snap.flags.get(flag, 0))
+        yield flags
         yield GaugeMetricFamily(
             "cm_fhir_outbox_oldest_pending_age_seconds",
             "Age of the oldest pending FHIR write (0 when none).",

@@ -161,6 +161,8 @@ max_attempts = 5            # then the message is dead-lettered
 retry_delay = 5.0
 poll_interval = 0.5
 shutdown_grace = 30.0
+close_check_seconds = 60.0  # how often cases due to close are looked for
+apply_processing_ids = ["P"]  # MSH-11 applied to cases; T (training), D (debugging) only stored
 
 [auth]
 # OAuth2 bearer tokens (JWT), checked against the authorisation server's JWKS.

@@ -3,7 +3,8 @@
 ``cm-fhir worker`` processes inbox rows into cases, outbox, trace and FHIR resources until Ctrl-C
 or SIGTERM (the transaction in flight commits first); ``--once`` stops when nothing is claimable.
 ``--concurrency N`` runs N worker processes on PostgreSQL (rows of one patient are never processed
-concurrently or out of order); SQLite has a single writer and always runs one. ``cm-fhir replay``
+concurrently or out of order); SQLite has a single writer and always runs one. Without ``--once``
+it also closes due cases every ``--close-check-seconds``. ``cm-fhir replay``
 puts rows back to ``received``: ``--all``, given ids, or ``--dead-letter ID`` (which also releases
 the rows waiting behind it). Output is counts and ids, never message content.
 """
@@ -40,6 +41,7 @@ _SCHEMA = typer.Option(
 def _summary(result: BatchResult) -> str:
     return (
         f"processed {result.processed}, ignored {result.ignored}, failed {result.failed}, "
+        f"needs attention {result.needs_attention}, "
         f"retried {result.retried}, dead-lettered {result.dead_lettered}; "
         f"outbox {result.outbox}, trace {result.trace}, "
         f"resources written {result.resources_written}, removed {result.resources_removed}"
@@ -87,6 +89,12 @@ def worker(
     batch_size: int = typer.Option(200, min=1, help="Inbox rows per transaction."),
     max_attempts: int = typer.Option(5, min=1, help="Attempts before a row is dead-lettered."),
     retry_delay: float = typer.Option(5.0, min=0, help="Seconds between attempts of a row."),
+    close_check_seconds: float = typer.Option(
+        60.0, min=0.01, help="Seconds between checks for cases due to close."
+    ),
+    processing_id: list[str] = typer.Option(
+        ["P"], help="MSH-11 processing id to apply (repeat for several); others are ignored."
+    ),
     migrate: bool | None = typer.Option(
         None, help="Upgrade the database on start (default: only for SQLite)."
     ),
@@ -97,7 +105,13 @@ def worker(
     if sqlite and concurrency > 1:
         typer.echo("SQLite has a single writer: running one worker process", err=True)
         concurrency = 1
-    config = WorkerConfig(batch_size=batch_size, max_attempts=max_attempts, retry_delay=retry_delay)
+    config = WorkerConfig(
+        batch_size=batch_size,
+        max_attempts=max_attempts,
+        retry_delay=retry_delay,
+        close_check_seconds=close_check_seconds,
+        apply_processing_ids=frozenset(p.upper() for p in processing_id),
+    )
     children: list[SpawnProcess] = []
     result = BatchResult()
     try:

@@ -4,8 +4,12 @@ A *change* is the trace rows one inbound message (or one API request) wrote for 
 Provenance names as ``target`` the case's EpisodeOfCare and every resource the rows name (a task,
 a goal, a plan, a referral's ServiceRequest and fulfilment Task), ``recorded`` is when the change
 was committed, the ``agent`` is cm-fhir (who changed a case through the API is in the audit
-trail), and the ``entity`` is the HL7v2 message, by its control id (MSH-10). The id is
-``trace-<n>``, ``n`` the first trace row of the change, so it never changes.
+trail), and the ``entity`` is the HL7v2 inbox message: ``what.identifier`` has the system
+``<base>/sid/hl7v2-message`` and the value ``<MSH-3>|<MSH-4>|<MSH-10>|<received at>`` (see
+:func:`cm_fhir.store.queue.message_key`; a control id alone is reused by real senders), and
+``what.display`` names the inbox row id. Trace rows written before that key existed give the bare
+control id (system ``<base>/sid/hl7v2-message-control-id``). The id is ``trace-<n>``, ``n`` the
+first trace row of the change, so it never changes.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class ChangeStep:
     target: str | None
     event: str | None
     message_control_id: str | None
+    message_key: str | None = None
+    inbox_message_id: int | None = None
 
 
 def provenance_number(resource_id: str) -> int | None:
@@ -105,17 +111,27 @@ def provenance(
         },
         "agent": agents,
     }
-    messages = dict.fromkeys((s.message_control_id, s.event) for s in steps if s.message_control_id)
-    if messages:
-        system = f"{registry.canonical_base}/sid/hl7v2-message-control-id"
-        out["entity"] = [
-            {
-                "role": "source",
-                "what": {
-                    "identifier": {"system": system, "value": control_id},
-                    "display": f"HL7v2 {event or 'ADT'} message",
-                },
-            }
-            for control_id, event in messages
-        ]
+    entities = [
+        _message_entity(registry, s) for s in steps if s.message_key or s.message_control_id
+    ]
+    if entities:
+        out["entity"] = list({e["what"]["identifier"]["value"]: e for e in entities}.values())
     return out
+
+
+def _message_entity(registry: MappingRegistry, step: ChangeStep) -> Json:
+    """The inbound message a change came from, as a Provenance ``entity`` (role ``source``)."""
+    kind = f"HL7v2 {step.event or 'ADT'} message"
+    if step.message_key:
+        system = f"{registry.canonical_base}/sid/hl7v2-message"
+        value = step.message_key
+        inbox = f", inbox #{step.inbox_message_id}" if step.inbox_message_id is not None else ""
+        display = f"{kind}{inbox}"
+    else:
+        system = f"{registry.canonical_base}/sid/hl7v2-message-control-id"
+        value = step.message_control_id or ""
+        display = kind
+    return {
+        "role": "source",
+        "what": {"identifier": {"system": system, "value": value}, "display": display},
+    }

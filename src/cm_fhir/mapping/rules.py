@@ -59,6 +59,7 @@ __all__ = [
     "ReferralRule",
     "TaskRule",
     "TransferRules",
+    "VisitField",
     "load_discharge_rules",
     "parse_duration",
 ]
@@ -244,13 +245,27 @@ class Criterion(Rules):
         return next(n for n in type(self).model_fields if getattr(self, n) is not None)
 
 
+#: The CX fields that can carry a visit's number: visit number, alternate visit id, account number.
+VisitField = Literal["PV1-19", "PV1-50", "PID-18"]
+_DEFAULT_VISIT_FIELDS: Final[tuple[VisitField, ...]] = ("PV1-19", "PID-18")
+
+
 class IdentityRules(Rules):
-    """Identifier and code systems for what comes from HL7v2 without one."""
+    """Identifier and code systems for what comes from HL7v2 without one, and which fields name
+    a visit (the first of ``visit_number_fields`` that holds a value)."""
 
     patient_systems: dict[str, NoSpace] = Field(
         default_factory=dict, description="PID-3.4 assigning authority -> identifier system"
     )
     default_patient_system: NoSpace
+    visit_number_fields: list[VisitField] = Field(
+        default_factory=lambda: list(_DEFAULT_VISIT_FIELDS),
+        min_length=1,
+        description="Where the visit number is read, in order; its CX.4 (else MSH-4) qualifies it",
+    )
+    visit_systems: dict[str, NoSpace] = Field(
+        default_factory=dict, description="Visit number assigning authority -> identifier system"
+    )
     visit_system: NoSpace
     payer_system: NoSpace
     diagnosis_systems: dict[str, NoSpace] = Field(

@@ -1,13 +1,15 @@
 """Tables the worker writes: patient states, cases, outbox, trace, FHIR resources. No I/O.
 
 Declared on the inbox's :data:`~cm_fhir.store.tables.metadata` so one comparison test covers every
-table against the hand-written migrations (``0002_cases_outbox``). ``patient_states`` holds the
-workflow's :class:`~cm_fhir.workflow.PatientState` document per patient key (a merged-away key is
-a row with ``alias_of`` set and no document); ``cases`` is the queryable projection of each case;
-``outbox`` the transaction Bundles still to send; ``trace`` the workflow's
-:class:`~cm_fhir.workflow.TraceEntry` rows linked to their inbox row; ``fhir_resources`` the current
-resources of every case, as the read-only FHIR facade serves them. Rows point at inbox rows by id
-without a foreign key, so the inbox can be pruned or truncated on its own.
+table against the hand-written migrations (``0002_cases_outbox``, ``0004_worker_fidelity``).
+``patient_states`` holds the workflow's :class:`~cm_fhir.workflow.PatientState` document per
+patient key (a merged-away key is a row with ``alias_of`` set and no document) and when the worker
+next checks its cases for closing (``close_check_at``); ``cases`` is the queryable projection of
+each case; ``outbox`` the transaction Bundles still to send; ``trace`` the workflow's
+:class:`~cm_fhir.workflow.TraceEntry` rows linked to their inbox row by id and by ``message_key``
+(sender, control id and receipt time, which outlive a pruned inbox); ``fhir_resources`` the
+current resources of every case, as the read-only FHIR facade serves them. Rows point at inbox
+rows by id without a foreign key, so the inbox can be pruned or truncated on its own.
 """
 
 from __future__ import annotations
@@ -58,7 +60,9 @@ patient_states = Table(
     Column("document", Text, nullable=True),
     Column("version", Integer, nullable=False, server_default="0"),
     Column("updated_at", DateTime(timezone=True), nullable=True),
+    Column("close_check_at", DateTime(timezone=True), nullable=True),
 )
+Index("ix_patient_states_close_check_at", patient_states.c.close_check_at)
 
 cases = Table(
     "cases",
@@ -114,10 +118,12 @@ trace = Table(
     Column("case_id", String(64), nullable=True),
     Column("target", String(200), nullable=True),
     Column("flags", String(300), nullable=True),
+    Column("message_key", String(800), nullable=True),
 )
 Index("ix_trace_inbox_message_id", trace.c.inbox_message_id)
 Index("ix_trace_patient_key", trace.c.patient_key, trace.c.id)
 Index("ix_trace_case_id", trace.c.case_id, trace.c.id)
+Index("ix_trace_flags", trace.c.flags)
 
 fhir_resources = Table(
     "fhir_resources",

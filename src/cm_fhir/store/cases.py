@@ -11,9 +11,9 @@ with one statement each (executemany). Every function runs in the caller's trans
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -126,14 +126,34 @@ def write_states(
     documents: dict[str, str],
     aliases: dict[str, str],
     now: datetime,
+    close_checks: Mapping[str, datetime | None] | None = None,
 ) -> None:
-    """File each document under its key and each alias key as pointing at its patient."""
+    """File each document under its key and each alias key as pointing at its patient.
+
+    ``close_checks`` gives each document's next closing check (``close_check_at``); a caller
+    that does not compute it (the case API) leaves it None and the document is checked at once.
+    """
+    checks = close_checks if close_checks is not None else dict.fromkeys(documents, now)
     rows = [
-        {"patient_key": k, "alias_of": None, "document": d, "version": 1, "updated_at": now}
+        {
+            "patient_key": k,
+            "alias_of": None,
+            "document": d,
+            "version": 1,
+            "updated_at": now,
+            "close_check_at": checks.get(k),
+        }
         for k, d in documents.items()
     ]
     rows += [
-        {"patient_key": k, "alias_of": a, "document": None, "version": 1, "updated_at": now}
+        {
+            "patient_key": k,
+            "alias_of": a,
+            "document": None,
+            "version": 1,
+            "updated_at": now,
+            "close_check_at": None,
+        }
         for k, a in aliases.items()
         if k not in documents
     ]
@@ -147,13 +167,19 @@ def write_states(
             "document": insert.excluded.document,
             "version": _s.c.version + 1,
             "updated_at": insert.excluded.updated_at,
+            "close_check_at": insert.excluded.close_check_at,
         },
     )
     connection.execute(statement, rows)
 
 
+def _utc(value: datetime) -> datetime:
+    """In UTC: SQLite stores a datetime's wall time without its offset."""
+    return value.astimezone(UTC) if value.tzinfo is not None else value
+
+
 def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime) -> None:
-    """Insert or update the ``cases`` rows (the version counts the updates)."""
+    """Insert or update the ``cases`` rows (the version counts the updates; times in UTC)."""
     if not rows:
         return
     values = [
@@ -164,8 +190,8 @@ def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime)
             "programme": r.programme,
             "team": r.team,
             "owner": r.owner,
-            "opened_at": r.opened_at,
-            "closed_at": r.closed_at,
+            "opened_at": _utc(r.opened_at),
+            "closed_at": _utc(r.closed_at) if r.closed_at is not None else None,
             "updated_at": now,
             "version": 1,
             "last_bundle_sha256": r.last_bundle_sha256,

@@ -1,9 +1,10 @@
 """Provenance for the FHIR facade, built from the ``trace`` table. I/O (database).
 
-A change is the trace rows of one inbox message for one case (or one trace row written by the
-case API, which has no inbox message). Grouping is done in SQL (``GROUP BY coalesce(inbox id,
--row id), case_id``), so searches page with the same keyset cursor as stored types, ordered by
-the change's first trace row. The Provenance JSON itself comes from
+A change is the trace rows of one inbox message for one case, or, without an inbox message (a
+change through the case API, a closing by the worker), the trace rows one commit wrote for one
+case (same ``created_at``). Grouping is done in SQL (``GROUP BY case_id, inbox id, created_at
+when there is no inbox id``), so searches page with the same keyset cursor as stored types,
+ordered by the change's first trace row. The Provenance JSON itself comes from
 :func:`cm_fhir.facade.provenance.provenance`, with the current case resolving target types.
 Search criteria: ``_id``, ``patient`` (the case's primary patient identifier), ``_lastUpdated``
 (when the change was committed) and ``target``. Synchronous Connection; call through run_sync.
@@ -37,7 +38,8 @@ __all__ = ["read_provenance", "search_provenance"]
 
 Json = dict[str, Any]
 _t = trace
-_group = func.coalesce(_t.c.inbox_message_id, -_t.c.id)
+# Rows of one inbox message group by its id; rows without one by the commit that wrote them.
+_commit = case((_t.c.inbox_message_id.is_(None), _t.c.created_at), else_=None)
 _first = func.min(_t.c.id)
 _recorded = func.max(_t.c.created_at)
 
@@ -97,10 +99,11 @@ def _groups(where: list[Any], having: list[Any]) -> Any:
             _first.label("first_id"),
             _recorded.label("recorded"),
             _t.c.case_id,
-            _group.label("grp"),
+            _t.c.inbox_message_id.label("inbox"),
+            _commit.label("commit_at"),
         )
         .where(*where)
-        .group_by(_group, _t.c.case_id)
+        .group_by(_t.c.case_id, _t.c.inbox_message_id, _commit)
     )
     return query.having(and_(*having)) if having else query
 
@@ -118,10 +121,19 @@ def _build(connection: Connection, registry: MappingRegistry, groups: list[Any])
     out = []
     for g in groups:
         rows = connection.execute(
-            select(_t).where(_t.c.case_id == g.case_id, _group == g.grp).order_by(_t.c.id)
+            select(_t).where(_t.c.case_id == g.case_id, *_same_change(g)).order_by(_t.c.id)
         ).all()
         steps = [
-            ChangeStep(r.rule, r.action, r.target, r.event, r.message_control_id) for r in rows
+            ChangeStep(
+                r.rule,
+                r.action,
+                r.target,
+                r.event,
+                r.message_control_id,
+                r.message_key,
+                r.inbox_message_id,
+            )
+            for r in rows
         ]
         out.append(
             provenance(
@@ -129,6 +141,12 @@ def _build(connection: Connection, registry: MappingRegistry, groups: list[Any])
             )
         )
     return out
+
+
+def _same_change(group: Any) -> list[ColumnElement[bool]]:
+    if group.inbox is not None:
+        return [_t.c.inbox_message_id == group.inbox]
+    return [_t.c.inbox_message_id.is_(None), _t.c.created_at == group.commit_at]
 
 
 def read_provenance(connection: Connection, registry: MappingRegistry, rid: str) -> Json | None:

@@ -9,6 +9,7 @@ the patient's later rows. SQLite has one writer (``BEGIN IMMEDIATE``) and runs t
 A dead-lettered row blocks its patient's later rows until :func:`replay_dead_letter` puts it back;
 those rows say so in their ``reason`` (``waits behind dead letter #id``, never message content).
 :func:`replay` puts rows back to ``received`` so the worker processes them again.
+:func:`message_key` names an inbox message in the trace and in Provenance.
 
 Functions taking a :class:`~sqlalchemy.Connection` run inside the caller's transaction (the async
 worker calls them through ``run_sync``); the ``async`` ones open their own.
@@ -45,6 +46,7 @@ __all__ = [
     "InboxOutcome",
     "claim_batch",
     "mark_waiting",
+    "message_key",
     "replay",
     "replay_dead_letter",
     "settle",
@@ -66,6 +68,29 @@ class ClaimedMessage:
     raw: bytes
     received_at: datetime
     attempts: int
+    sending_application: str | None = None
+    sending_facility: str | None = None
+    control_id: str | None = None
+
+    @property
+    def message_key(self) -> str:
+        """The message's identity; see :func:`message_key`."""
+        return message_key(
+            self.sending_application, self.sending_facility, self.control_id, self.received_at
+        )
+
+
+def message_key(
+    application: str | None, facility: str | None, control_id: str | None, received_at: datetime
+) -> str:
+    """Names one inbox message, stably: sender, control id as sent, and the receipt time (UTC).
+
+    Senders reuse MSH-10, so the control id alone does not tell messages apart; with the sender
+    and the moment the inbox committed it, it does. The receipt time is ISO 8601 with
+    microseconds and ``Z``, e.g. ``ADTSYS|NORTHSIDE|MSG0001|2026-12-01T15:32:50.123456Z``.
+    """
+    at = _aware(received_at).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return f"{application or ''}|{facility or ''}|{control_id or ''}|{at}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +134,16 @@ _HEADS = (
     )
     .order_by(_t.c.id)
 )
-_COLUMNS = (_t.c.id, _t.c.patient_key, _t.c.raw, _t.c.received_at, _t.c.attempts)
+_COLUMNS = (
+    _t.c.id,
+    _t.c.patient_key,
+    _t.c.raw,
+    _t.c.received_at,
+    _t.c.attempts,
+    _t.c.sending_application,
+    _t.c.sending_facility,
+    _t.c.control_id,
+)
 
 
 def claim_batch(
@@ -144,6 +178,9 @@ def claim_batch(
             raw=row.raw,
             received_at=_aware(row.received_at),
             attempts=row.attempts,
+            sending_application=row.sending_application,
+            sending_facility=row.sending_facility,
+            control_id=row.control_id,
         )
         for row in connection.execute(query)
     ]

@@ -38,13 +38,15 @@ metadata = MetaData(
 
 
 class InboxState(StrEnum):
-    """Life cycle of an inbox row: received -> processed / ignored / failed / dead_lettered."""
+    """Life cycle of an inbox row: received -> processed / ignored / failed / dead_lettered /
+    needs_attention (the workflow could not apply the event; see ``cm_fhir.worker.attention``)."""
 
     RECEIVED = "received"
     PROCESSED = "processed"
     IGNORED = "ignored"
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
+    NEEDS_ATTENTION = "needs_attention"
 
 
 INBOX_STATES = tuple(state.value for state in InboxState)
@@ -74,7 +76,8 @@ inbox_messages = Table(
     Column("ack_bytes", LargeBinary, nullable=True),
     Column("raw", LargeBinary, nullable=False),
     CheckConstraint(
-        "state IN ('received', 'processed', 'ignored', 'failed', 'dead_lettered')",
+        "state IN ('received', 'processed', 'ignored', 'failed', 'dead_lettered', "
+        "'needs_attention')",
         name="state",
     ),
 )

@@ -1,8 +1,10 @@
 """The workflow trace: which message and which rule caused each change. I/O.
 
 One row per :class:`~cm_fhir.workflow.TraceEntry`, linked to the inbox row that caused it
-(``inbox_message_id``) and filed under the patient's key, in the order the workflow produced them.
-Rows hold control ids, rule key paths, actions and local ids, never patient data. Functions run
+(``inbox_message_id``, and ``message_key``: sender, control id and receipt time, see
+:func:`cm_fhir.store.queue.message_key`) and filed under the patient's key, in the order the
+workflow produced them. Rows hold control ids, rule key paths, actions and local ids, never
+patient data. Functions run
 in the caller's transaction.
 """
 
@@ -27,6 +29,7 @@ class TraceRecord:
     inbox_message_id: int | None
     patient_key: str | None
     entry: TraceEntry
+    message_key: str | None = None
 
 
 def record_trace(connection: Connection, records: Sequence[TraceRecord], now: datetime) -> None:
@@ -47,6 +50,7 @@ def record_trace(connection: Connection, records: Sequence[TraceRecord], now: da
                 "case_id": r.entry.case_id,
                 "target": r.entry.target[:200] if r.entry.target else None,
                 "flags": ",".join(f.value for f in r.entry.flags) or None,
+                "message_key": r.message_key,
             }
             for r in records
         ],

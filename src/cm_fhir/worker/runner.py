@@ -6,7 +6,9 @@ message). When a batch's transaction fails in the database, the rows are rolled 
 claims take one row at a time, so one bad row is found and counted instead of failing its
 neighbours; lock conflicts and lost connections (``OperationalError``) are retried without counting
 an attempt. :meth:`Worker.run` polls until its stop event is set and always finishes the batch in
-flight before returning; :meth:`Worker.run_once` stops when nothing is claimable.
+flight before returning; :meth:`Worker.run_once` stops when nothing is claimable. ``run`` also
+closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at start and then every
+``close_check_seconds``, in its own transactions between batches.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -25,23 +28,28 @@ from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.store.queue import mark_waiting
+from cm_fhir.worker.closing import CaseCloser, ClosingResult
+from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
-from cm_fhir.workflow import apply_event
+from cm_fhir.workflow import PatientState, apply_event
 
 __all__ = ["Worker", "WorkerConfig"]
 
 log = logging.getLogger(__name__)
+_MAX_CLOSING_PASSES = 50  # per close_due call: a bound, even if a state were due again at once
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
 
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    """How the worker claims and retries."""
+    """How the worker claims, retries, closes due cases and which processing ids it applies."""
 
     batch_size: int = 200
     max_attempts: int = 5
     retry_delay: float = 5.0  # seconds between attempts of a failing row
     poll_interval: float = 0.5  # seconds to wait when the inbox has nothing to claim
+    close_check_seconds: float = 60.0  # seconds between closing passes in ``run``
+    apply_processing_ids: frozenset[str] = DEFAULT_PROCESSING_IDS
 
 
 def _transient(exc: SQLAlchemyError) -> bool:
@@ -68,14 +76,21 @@ class Worker:
     ) -> None:
         self.engine = engine
         self.config = config or WorkerConfig()
+        rules = rules or load_discharge_rules()
+        registry = registry or default_registry()
+        decoded: dict[str, tuple[str, PatientState]] = {}  # shared by both: same documents
         self.processor = BatchProcessor(
-            rules or load_discharge_rules(),
+            rules,
             maps or load_adt_concept_maps(),
-            registry or default_registry(),
+            registry,
             max_attempts=self.config.max_attempts,
             apply=apply,
+            apply_processing_ids=self.config.apply_processing_ids,
+            cache=decoded,
         )
+        self.closer = CaseCloser(rules, registry, decoded)
         self.totals = BatchResult()
+        self.closings = ClosingResult()
         self._one_at_a_time = 0
 
     async def run_batch(self) -> BatchResult:
@@ -123,10 +138,37 @@ class Worker:
             if result.claimed == 0:
                 return total
 
+    async def close_due(self, now: datetime | None = None) -> ClosingResult:
+        """Close the cases due at ``now`` (default: the clock), a batch of patients per
+        transaction, until none is due; the summed counts. Database errors are logged and
+        left for the next pass."""
+        total = ClosingResult()
+        for _ in range(_MAX_CLOSING_PASSES):
+            at = now or datetime.now(UTC)
+            try:
+                async with self.engine.begin() as connection:
+                    result = await connection.run_sync(
+                        self.closer.close_due, at, self.config.batch_size
+                    )
+            except SQLAlchemyError as exc:
+                log.warning("closing pass rolled back (%s); next pass retries", type(exc).__name__)
+                return total
+            for name in result.__slots__:
+                setattr(total, name, getattr(total, name) + getattr(result, name))
+                setattr(self.closings, name, getattr(self.closings, name) + getattr(result, name))
+            if result.checked < self.config.batch_size:
+                break
+        return total
+
     async def run(self, stop: asyncio.Event) -> BatchResult:
-        """Process until ``stop`` is set; the batch in flight always commits first."""
+        """Process until ``stop`` is set; the batch in flight always commits first. Due cases
+        are closed at start and every ``close_check_seconds``."""
         total = BatchResult()
+        next_close = time.monotonic()
         while not stop.is_set():
+            if time.monotonic() >= next_close:
+                await self.close_due()
+                next_close = time.monotonic() + self.config.close_check_seconds
             result = await self.run_batch()
             total.add(result)
             if result.claimed == 0:

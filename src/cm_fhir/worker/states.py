@@ -87,6 +87,13 @@ class PatientBook:
             self._dirty_aliases.add(other)
         return primary
 
+    def replace(self, key: str, state: PatientState) -> str:
+        """Keep ``state`` under the key it is filed under; no alias changes (closing a case)."""
+        primary = self.resolve(key)
+        self._docs[primary] = state
+        self._dirty_docs.add(primary)
+        return primary
+
     def dirty(self) -> tuple[dict[str, str], dict[str, str]]:
         """Documents (as JSON) and aliases the batch changed."""
         documents = {k: self._docs[k].model_dump_json() for k in sorted(self._dirty_docs)}
