@@ -328,8 +328,9 @@ def test_a_feed_reads_back_from_its_short_form(feed: Feed) -> None:
         assert event.sending_facility == FACILITIES[msg.facility][0]
 
 
-# Shrunk counterexamples of the properties that fail on the current workflow, in short form (see
-# feed_strategies); every property runs them first, so a fix turns the strict xfail into a pass.
+# Shrunk counterexamples these properties found, in short form (see feed_strategies); every
+# property runs them first, so a fix turns a strict xfail into a pass, and fixed ones stay as
+# regressions.
 COUNTEREXAMPLES = {
     # Two facilities' V1 (case ids once came from PV1-19.1 alone: one case dp-V1 for both).
     "visit-number-reused-by-another-facility": (
@@ -341,10 +342,10 @@ COUNTEREXAMPLES = {
         "patients: N:N1/1948/I50.9/PAYER01 N:N2/1948/I50.9/PAYER01; N1 A01 N:N2/V2 @1;"
         " N2 A11 N:N2/V2 @2; N3 A01 N:N2/V2 @3; N5 A06 N:N1/V2 @5; N4 A40 N:N1 @4 prior=N:N2"
     ),
-    # A discharge arriving before its admission: the case opens in transition, and the late A01
-    # does not give it its active period.
+    # A discharge arriving before its admission (the case once opened in transition and the late
+    # A01 did not give it its active period).
     "discharge-before-admit": "patients: N:N1/1948/I50.9/-; N2 A03 N:N1/V1 @2; N1 A01 N:N1/V1 @1",
-    # A pending discharge arriving before the admission: its tasks are dated at the admission.
+    # A pending discharge arriving before the admission (its tasks were once dated at the A01).
     "pending-discharge-before-admit": (
         "patients: N:N1/1948/I50.9/-; N2 A16 N:N1/V1 @2 edd; N1 A01 N:N1/V1 @1"
     ),
@@ -354,8 +355,8 @@ COUNTEREXAMPLES = {
         "patients: S:M1/1948/I50.9/PAYER01 S:M2/1948/I50.9/PAYER01; S5 A03 S:M1/V2 @9;"
         " S2 A01 S:M2/V2 @2; S3 A40 S:M1 @3 prior=S:M2"
     ),
-    # A readmission that qualifies only through the first visit's discharge, with its pending
-    # discharge arriving first (re-deriving one visit after another's late event).
+    # A readmission that qualifies only through the first visit's discharge: when V2's A16 and
+    # then its A01 arrive late, the re-derived dp-V2 lacks the A01's payer-notification task.
     "readmission-screening-across-visits": (
         "patients: S:M1/1999/S52.5/PAYER01; S4 A03 S:M1/V1 @5; S17 A16 S:M1/V2 @32;"
         " S9 A03 S:M1/V2 @12; S10 A03 S:M1/V1 @13; S11 A01 S:M1/V2 @15"
@@ -379,9 +380,11 @@ LATE_MERGE_BUG = (
     " moves the prior patient's live case beside it: two live cases for one visit"
 )
 ORDER_BUG = (
-    "a visit's events are re-derived in event-time order, but an A40 merge is not: a merge"
-    " arriving after later events of the merged visit (late-merge-two-live-cases) leaves"
-    " another case than the same feed in order"
+    "an A40 is not re-derived in event-time order: a merge arriving after later events of the"
+    " merged visit leaves other cases than the same feed in order (late-merge-two-live-cases,"
+    " merged-visit-discharged-before-the-merge-arrives); and a visit re-derived after late events"
+    " drops its A01's payer-notification task when it qualified as a readmission across visits"
+    " (readmission-screening-across-visits)"
 )
 
 Property = Callable[[Feed], None]
@@ -393,10 +396,7 @@ PROPERTIES = [
         marks=xfail(LATE_MERGE_BUG),
     ),
     pytest.param(every_resource_passes_profiles, id="every-resource-passes-profiles"),
-    pytest.param(
-        no_resource_has_empty_parts,
-        id="no-resource-has-empty-parts",
-    ),
+    pytest.param(no_resource_has_empty_parts, id="no-resource-has-empty-parts"),
     pytest.param(redelivery_changes_nothing, id="redelivery-changes-nothing"),
     pytest.param(
         arrival_order_does_not_matter, id="arrival-order-does-not-matter", marks=xfail(ORDER_BUG)
