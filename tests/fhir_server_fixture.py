@@ -6,7 +6,8 @@ It does I/O: it starts `tests/fhir_server/server.mjs` under Node.js as a subproc
 keeps everything in memory and is shared by the whole session, so tests isolate themselves with
 fresh identifiers. When Node.js or the server's npm packages (`make fhir-server-deps`) are missing,
 every test that uses the fixture is skipped with the reason; a server that is installed but fails
-to start fails the test.
+to start fails the test. ``capped_fhir_server`` is a second server that refuses transactions of
+more than :data:`TRANSACTION_CAP` entries.
 """
 
 from __future__ import annotations
@@ -56,9 +57,12 @@ def _stop(process: subprocess.Popen[str]) -> None:
         process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
 
-@pytest.fixture(scope="session")
-def fhir_server() -> Iterator[str]:
-    """Base URL of a fresh in-memory FHIR R4 server, shared by the test session."""
+#: The transaction size ``capped_fhir_server`` accepts, like servers that cap their transactions.
+TRANSACTION_CAP = 8
+
+
+def _serve(*args: str) -> Iterator[str]:
+    """Run the server with ``args`` after the port; yield its base URL; stop it afterwards."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("Node.js is not installed; the test FHIR server needs node >= 20.19")
@@ -67,7 +71,7 @@ def fhir_server() -> Iterator[str]:
     with tempfile.TemporaryFile(mode="w+") as stderr:
         started = time.monotonic()
         process = subprocess.Popen(
-            [node, str(SERVER_DIR / "server.mjs"), "0"],
+            [node, str(SERVER_DIR / "server.mjs"), "0", *args],
             cwd=SERVER_DIR,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -87,3 +91,16 @@ def fhir_server() -> Iterator[str]:
                 _stop(process)
             if process.stdout is not None:
                 process.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def fhir_server() -> Iterator[str]:
+    """Base URL of a fresh in-memory FHIR R4 server, shared by the test session."""
+    yield from _serve()
+
+
+@pytest.fixture(scope="session")
+def capped_fhir_server() -> Iterator[str]:
+    """Like ``fhir_server``, but refusing transactions of more than :data:`TRANSACTION_CAP`
+    entries, as servers that cap their transaction size do."""
+    yield from _serve(str(TRANSACTION_CAP))

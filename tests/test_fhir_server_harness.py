@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from fhir_server_fixture import SERVER_DIR
+from fhir_server_fixture import SERVER_DIR, TRANSACTION_CAP
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 IDENTIFIER_SYSTEM = "urn:cm-fhir:test:harness"
@@ -305,3 +305,91 @@ def test_stored_profile_is_enforced_on_resources_that_claim_it(client: httpx.Cli
     assert without_description.status_code == 400, without_description.text
     assert "Task.description" in error_paths(without_description.json())
     assert with_description.status_code == 201, with_description.text
+
+
+@pytest.mark.parametrize(
+    ("body", "bad_path"),
+    [
+        pytest.param(
+            '"extension": [{"url": "http://example.org/x", "extension": []}]',
+            "Task.extension[0]",
+            id="ext-1-empty-sub-extensions",
+        ),
+        pytest.param(
+            '"extension": [{"url": "http://example.org/x"}]', "Task.extension[0]", id="ext-1-bare"
+        ),
+        pytest.param(
+            '"extension": [{"url": "http://example.org/x", "valueString": "a",'
+            ' "extension": [{"url": "y", "valueString": "b"}]}]',
+            "Task.extension[0]",
+            id="ext-1-both",
+        ),
+        pytest.param('"note": [{}]', "Task.note[0]", id="ele-1-empty-object"),
+        pytest.param('"restriction": {"id": "r1"}', "Task.restriction", id="ele-1-only-an-id"),
+        pytest.param('"note": [null]', "Task.note[0]", id="null-in-a-complex-array"),
+        pytest.param('"restriction": {"extension": []}', "Task.restriction.extension", id="ele-1"),
+        pytest.param('"note": []', "Task.note", id="empty-array"),
+        pytest.param('"description": "  "', "Task.description", id="whitespace-string"),
+        pytest.param('"description": null', "Task.description", id="null"),
+        pytest.param('"_description": {}', "Task._description", id="empty-primitive-extension"),
+    ],
+)
+def test_r4_json_rules_and_element_invariants_are_enforced(
+    client: httpx.Client, body: str, bad_path: str
+) -> None:
+    identifier = fresh_identifier()
+    text = (
+        '{"resourceType": "Task", "status": "ready", "intent": "plan", '
+        f'"identifier": [{json.dumps(identifier)}], {body}}}'
+    )
+
+    response = client.post("Task", content=text)
+
+    assert response.status_code == 400, response.text
+    assert bad_path in error_paths(response.json())
+    assert search(client, "Task", identifier) == []
+
+
+def test_nulls_hold_places_in_primitive_arrays_only(client: httpx.Client) -> None:
+    extension = {"extension": [{"url": "http://example.org/x", "valueCode": "y"}]}
+    name = {"family": "Test", "given": ["A", None], "_given": [None, extension]}
+    patient = {"resourceType": "Patient", "identifier": [fresh_identifier()], "name": [name]}
+    without_companion = copy.deepcopy(patient)
+    del without_companion["name"][0]["_given"]
+
+    assert client.post("Patient", json=patient).status_code == 201
+    refused = client.post("Patient", json=without_companion)
+    assert refused.status_code == 400, refused.text
+    assert "Patient.name[0].given[1]" in error_paths(refused.json())
+
+
+def _tasks_bundle(count: int) -> tuple[Resource, list[dict[str, str]]]:
+    identifiers = [fresh_identifier() for _ in range(count)]
+    entries = [
+        {
+            "resource": {
+                "resourceType": "Task",
+                "identifier": [ident],
+                "status": "ready",
+                "intent": "plan",
+            },
+            "request": {"method": "POST", "url": "Task"},
+        }
+        for ident in identifiers
+    ]
+    return {"resourceType": "Bundle", "type": "transaction", "entry": entries}, identifiers
+
+
+def test_capped_server_refuses_a_longer_transaction_whole(capped_fhir_server: str) -> None:
+    with httpx.Client(base_url=capped_fhir_server, headers=FHIR_JSON, timeout=10.0) as capped:
+        too_long, lost = _tasks_bundle(TRANSACTION_CAP + 1)
+        fits, kept = _tasks_bundle(TRANSACTION_CAP)
+
+        refused = capped.post("", json=too_long)
+        accepted = capped.post("", json=fits)
+
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["issue"][0]["code"] == "too-costly"
+        assert all(search(capped, "Task", ident) == [] for ident in lost)
+        assert accepted.status_code == 200, accepted.text
+        assert all(len(search(capped, "Task", ident)) == 1 for ident in kept)

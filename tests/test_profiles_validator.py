@@ -434,3 +434,61 @@ def test_not_a_resource(validator: ProfileValidator) -> None:
 
 def test_skipped_constraints_are_listed(validator: ProfileValidator) -> None:
     assert {"ele-1", "ext-1", "dom-3", "ctm-1"} <= set(validator.skipped_constraints)
+
+
+def _errors_at(validator: ProfileValidator, resource: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (i["expression"][0], i["details"]["text"].split(":")[0])
+        for i in error_issues(validator.validate(resource))
+    ]
+
+
+def test_ext_1_an_empty_sub_extension_array_is_no_sub_extension(
+    validator: ProfileValidator,
+) -> None:
+    t = task()
+    t["extension"].append({"url": f"{SD}/cm-discharge-plan", "extension": []})
+    found = _errors_at(validator, t)
+    assert ("Task.extension[1]", "ext-1") in found
+    assert ("Task.extension[1].extension", "an empty array is not valid R4 JSON") in found
+
+
+def test_ext_1_value_and_sub_extensions_together(validator: ProfileValidator) -> None:
+    t = task()
+    t["extension"].append(
+        {
+            "url": "http://example.org/x",
+            "valueString": "a",
+            "extension": [{"url": "y", "valueString": "b"}],
+        }
+    )
+    assert ("Task.extension[1]", "ext-1") in _errors_at(validator, t)
+
+
+@pytest.mark.parametrize(
+    ("change", "where"),
+    [
+        (
+            {"restriction": {"period": {"end": "2024-03-08"}, "recipient": [{}]}},
+            "Task.restriction.recipient[0]",
+        ),
+        ({"businessStatus": {"coding": []}}, "Task.businessStatus"),
+        ({"_description": {}}, "Task.description"),
+        ({"note": [{"extension": []}]}, "Task.note[0]"),
+    ],
+)
+def test_ele_1_on_every_element(
+    validator: ProfileValidator, change: dict[str, Any], where: str
+) -> None:
+    t = task()
+    t.update(change)
+    assert (where, "ele-1") in _errors_at(validator, t)
+
+
+def test_empty_arrays_are_refused_wherever_they_are(validator: ProfileValidator) -> None:
+    t = task()
+    t["note"] = []
+    t["owner"] = {"display": "Case manager", "extension": []}
+    found = _errors_at(validator, t)
+    assert ("Task.note", "an empty array is not valid R4 JSON") in found
+    assert ("Task.owner.extension", "an empty array is not valid R4 JSON") in found

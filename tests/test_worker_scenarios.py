@@ -49,6 +49,9 @@ V = Visit()
 ALPHA = Visit(mrn="MRN-A1", visit="VA1")
 BETA = Visit(mrn="MRN-B2", visit="VB2")
 YOUNG = Visit(birth="19990101", diagnosis="S52.5", payer=None)
+NORTH = Visit(mrn="MRN-N1", visit="V500", facility="NORTHSIDE")
+SOUTH = Visit(mrn="MRN-S1", visit="V500", facility="SOUTHSIDE")
+ACCOUNT = Visit(mrn="MRN-AC1", visit="", account="ACC-31^^^BILLING")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,34 @@ def _unmapped(found: list[Case]) -> None:
     (case,) = found
     assert case.referrals == ()
     assert not any(t.id.startswith("post-acute") for t in case.tasks)
+
+
+def _two_facilities(found: list[Case]) -> None:
+    north, south = sorted(found, key=lambda c: c.patient.primary.value)
+    assert (north.patient.primary.value, south.patient.primary.value) == (NORTH.mrn, SOUTH.mrn)
+    assert north.id != south.id
+    assert north.status == CaseStatus.TRANSITION  # the southern admit did not overwrite it
+    assert south.status == CaseStatus.ACTIVE
+    assert north.encounters[0].value == south.encounters[0].value == NORTH.visit
+    assert north.encounters[0].system != south.encounters[0].system
+
+
+def _account_number(found: list[Case]) -> None:
+    (case,) = found
+    assert [(e.value, e.assigner) for e in case.encounters] == [("ACC-31", "BILLING")]
+
+
+def _late_transfer(found: list[Case]) -> None:
+    (case,) = found
+    # the transfer to surgery is the newest: the late one to ED moves nothing
+    assert case.task("initial-assessment").owner.display == rules().teams["cm-surgery"].display
+
+
+def _bed_move_cancelled(found: list[Case]) -> None:
+    (case,) = found
+    # back to the bed before the move, on the surgical unit, not to the first unit
+    assert case.task("initial-assessment").owner.display == rules().teams["cm-surgery"].display
+    assert case.task("med-rec-d1").owner.display == rules().teams["cm-surgery"].display
 
 
 SCENARIOS = {
@@ -204,6 +235,44 @@ SCENARIOS = {
             YOUNG.raw("A03", "Y2", hours(20), disposition="01", discharge=hours(20)),
         ],
         _none,
+    ),
+    "two-facilities-one-visit-number": Scenario(
+        [
+            NORTH.raw("A01", "N1", hours(0)),
+            NORTH.raw("A03", "N2", hours(20), disposition="01", discharge=hours(20)),
+            SOUTH.raw("A01", "S1", hours(21)),
+        ],
+        _two_facilities,
+    ),
+    "account-number-names-the-visit": Scenario(
+        [ACCOUNT.raw("A01", "AC1", hours(0))],
+        _account_number,
+    ),
+    "late-transfer": Scenario(
+        [
+            V.raw("A01", "L1", hours(0)),
+            V.raw("A02", "L2", hours(5), location="5NORTH", prior_location="4WEST"),
+            V.raw("A02", "L3", hours(3), location="ED", prior_location="4WEST"),
+        ],
+        _late_transfer,
+    ),
+    "cancel-bed-move": Scenario(
+        [
+            V.raw("A01", "B1", hours(0)),
+            V.raw("A02", "B2", hours(2), location="5NORTH", room="501"),
+            V.raw("A02", "B3", hours(4), location="5NORTH", room="502", bed="B"),
+            V.raw(
+                "A12",
+                "B4",
+                hours(5),
+                occurred=hours(4),
+                location="5NORTH",
+                room="501",
+                prior_location="5NORTH^502^B",
+            ),
+            V.raw("A03", "B5", hours(30), disposition="01", discharge=hours(30)),
+        ],
+        _bed_move_cancelled,
     ),
     "unmapped-disposition": Scenario(
         [

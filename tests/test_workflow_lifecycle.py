@@ -274,7 +274,8 @@ def test_class_change_screens_with_the_case_diagnoses_when_the_event_has_none(
 ) -> None:
     site = site_rules(
         tmp_path,
-        "screening:\n  all:\n    - patient_class: [IMP, AMB]\n    - diagnosis: {prefixes: [I50]}\n",
+        "screening:\n  all:\n    - patient_class: [IMP, AMB]\n"
+        "    - diagnosis: {sets: {http://hl7.org/fhir/sid/icd-10: [I50]}}\n",
     )
     bare = Visit(diagnosis=None, payer=None)  # the A07 carries no DG1 and no IN1
     state, outcomes = run_with(

@@ -331,7 +331,7 @@ def test_a_feed_reads_back_from_its_short_form(feed: Feed) -> None:
 # Shrunk counterexamples of the properties that fail on the current workflow, in short form (see
 # feed_strategies); every property runs them first, so a fix turns the strict xfail into a pass.
 COUNTEREXAMPLES = {
-    # Case ids come from PV1-19.1 alone: both facilities' V1 give their patients case dp-V1.
+    # Two facilities' V1 (case ids once came from PV1-19.1 alone: one case dp-V1 for both).
     "visit-number-reused-by-another-facility": (
         "patients: N:N1/1948/-/- S:S1/1948/-/-; N1 A01 N:N1/V1 @1; S1 A01 S:S1/V1 @2"
     ),
@@ -348,6 +348,18 @@ COUNTEREXAMPLES = {
     "pending-discharge-before-admit": (
         "patients: N:N1/1948/I50.9/-; N2 A16 N:N1/V1 @2 edd; N1 A01 N:N1/V1 @1"
     ),
+    # The merged patient's visit discharged (under the surviving MRN) before its admission and
+    # the A40 arrive: the case never had its active period.
+    "merged-visit-discharged-before-the-merge-arrives": (
+        "patients: S:M1/1948/I50.9/PAYER01 S:M2/1948/I50.9/PAYER01; S5 A03 S:M1/V2 @9;"
+        " S2 A01 S:M2/V2 @2; S3 A40 S:M1 @3 prior=S:M2"
+    ),
+    # A readmission that qualifies only through the first visit's discharge, with its pending
+    # discharge arriving first (re-deriving one visit after another's late event).
+    "readmission-screening-across-visits": (
+        "patients: S:M1/1999/S52.5/PAYER01; S4 A03 S:M1/V1 @5; S17 A16 S:M1/V2 @32;"
+        " S9 A03 S:M1/V2 @12; S10 A03 S:M1/V1 @13; S11 A01 S:M1/V2 @15"
+    ),
 }
 
 
@@ -362,10 +374,6 @@ def xfail(reason: str) -> pytest.MarkDecorator:
 
 
 #: Why each failing property fails on the current workflow (the bug, for the workflow owners).
-CASE_ID_BUG = (
-    "case id (and so resource ids and the cases row) derives from PV1-19.1 alone, without the"
-    " patient or PV1-19.4/MSH-4: two facilities' visit V1 both become case dp-V1"
-)
 LATE_MERGE_BUG = (
     "an A40 arriving after the survivor already opened a case for the prior patient's visit"
     " moves the prior patient's live case beside it: two live cases for one visit"
@@ -376,13 +384,14 @@ EMPTY_EXTENSION_BUG = (
     " our profile validator does not flag it"
 )
 ORDER_BUG = (
-    "events are applied in arrival order, not by event time: an A03 or A16 arriving before its"
-    " A01 gives another status history and other task dates than the same feed in order"
+    "a visit's events are re-derived in event-time order, but an A40 merge is not: a merge"
+    " arriving after later events of the merged visit (late-merge-two-live-cases) leaves"
+    " another case than the same feed in order"
 )
 
 Property = Callable[[Feed], None]
 PROPERTIES = [
-    pytest.param(no_case_mixes_patients, id="no-case-mixes-patients", marks=xfail(CASE_ID_BUG)),
+    pytest.param(no_case_mixes_patients, id="no-case-mixes-patients"),
     pytest.param(
         one_live_case_per_patient_visit,
         id="one-live-case-per-patient-visit",
@@ -501,7 +510,6 @@ async def through_the_worker(engine: AsyncEngine, feed: Feed) -> Committed:
     return found
 
 
-@xfail(CASE_ID_BUG)
 async def test_worker_commits_no_case_that_mixes_patients(worker_engine: AsyncEngine) -> None:
     found = await through_the_worker(worker_engine, WORKER_FEED)
     by_key = {(k, c.id): c for k, s in found.states.items() for c in s.cases}
@@ -578,7 +586,6 @@ async def test_worker_redelivery_changes_nothing(worker_engine: AsyncEngine) -> 
     assert (await committed(worker_engine)).snapshot() == before
 
 
-@xfail(ORDER_BUG)
 async def test_worker_result_does_not_depend_on_arrival_order(worker_engine: AsyncEngine) -> None:
     found = await through_the_worker(worker_engine, WORKER_FEED)
     arrived = {(k, c.id): c for k, s in found.states.items() for c in s.cases}
@@ -588,7 +595,7 @@ async def test_worker_result_does_not_depend_on_arrival_order(worker_engine: Asy
 
 @xfail(
     "a patient state remembers only its last 500 processed messages (PROCESSED_MEMORY): an older"
-    " A11 resent or replayed after them is applied again and cancels the visit's new case"
+    " message resent or replayed after them is applied again (an A11 cancels the visit's new case)"
 )
 def test_a_cancel_resent_after_many_later_messages_changes_nothing() -> None:
     visit = Visit()

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cm_fhir.domain import ActivityKind, CaseStatus
+from cm_fhir.domain import ActivityKind, CaseStatus, Code
 from cm_fhir.errors import MappingSpecError
+from cm_fhir.hl7v2.adt import parse_adt
+from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.catalog import MAPPING_FILES, check_mappings
 from cm_fhir.mapping.loader import bundled_mappings_dir, read_yaml
 from cm_fhir.mapping.rules import (
@@ -19,7 +21,7 @@ from cm_fhir.mapping.rules import (
     parse_duration,
 )
 from cm_fhir.workflow import PatientState, ScreeningFacts, apply_event, screen
-from workflow_messages import NOW, Visit, hours
+from workflow_messages import NOW, Visit, hours, maps, run
 
 
 def site(folder: Path, text: str) -> Path:
@@ -135,6 +137,13 @@ def _rules(screening: str) -> DischargeRules:
 
 
 AT = datetime(2024, 3, 5, tzinfo=UTC)
+ICD10 = "http://hl7.org/fhir/sid/icd-10"
+ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD9CM = "http://hl7.org/fhir/sid/icd-9-cm"
+
+
+def CM(code: str, system: str = ICD10CM) -> Code:
+    return Code(system=system, code=code)
 
 
 @pytest.mark.parametrize(
@@ -144,7 +153,9 @@ AT = datetime(2024, 3, 5, tzinfo=UTC)
         (ScreeningFacts(at=AT, patient_class="IMP", birth_date=date(1990, 1, 1)), False, []),
         (ScreeningFacts(at=AT, patient_class="EMER", birth_date=date(1930, 1, 1)), False, []),
         (
-            ScreeningFacts(at=AT, patient_class="IMP", diagnoses=("n18.4",), payers=("MEDICARE",)),
+            ScreeningFacts(
+                at=AT, patient_class="IMP", diagnoses=(CM("n18.4"),), payers=("MEDICARE",)
+            ),
             True,
             ["diagnosis", "payer"],
         ),
@@ -173,15 +184,99 @@ def test_nested_screening_criteria() -> None:
         "      - location: [ICU]\n"
         "      - age: {max: 17}\n"
         "  - hospital_service: [ONC]\n"
-        "  - diagnosis: {codes: [Z99.11]}\n"
+        "  - diagnosis: {sets: {http://hl7.org/fhir/sid/icd-10-cm: [Z99.11]}}\n"
     )
     child_in_icu = ScreeningFacts(at=AT, location="ICU", birth_date=date(2015, 5, 1))
     adult_in_icu = ScreeningFacts(at=AT, location="ICU", birth_date=date(1980, 5, 1))
     oncology = ScreeningFacts(at=AT, hospital_service="ONC", location="ICU")
-    ventilator = ScreeningFacts(at=AT, diagnoses=("Z99.11",))
-    near_miss = ScreeningFacts(at=AT, diagnoses=("Z99.1",))
+    ventilator = ScreeningFacts(at=AT, diagnoses=(CM("Z99.11"),))
+    near_miss = ScreeningFacts(at=AT, diagnoses=(CM("Z99.1"),))
     assert screen(child_in_icu, rules).matched == ("location", "age")
     assert not screen(adult_in_icu, rules).eligible
     assert screen(oncology, rules).matched == ("hospital-service",)
     assert screen(ventilator, rules).eligible
     assert not screen(near_miss, rules).eligible
+
+
+@pytest.mark.parametrize(
+    ("diagnosis", "eligible"),
+    [
+        (CM("I50.9"), True),  # ICD-10-CM heart failure
+        (CM("I50.9", ICD10), True),  # the same code in WHO ICD-10 has its own set
+        (CM("428.0", ICD9CM), True),  # ICD-9-CM heart failure, as sent
+        (CM("4280", ICD9CM), True),  # ... and without its dot
+        (CM("434.91", ICD9CM), True),  # stroke with infarction
+        (CM("434.90", ICD9CM), False),  # without infarction
+        (CM("I50.9", ICD9CM), False),  # an ICD-10 code under the ICD-9 system is not a match
+        (CM("428.0", ICD10CM), False),  # nor an ICD-9 code under ICD-10-CM
+        (CM("I50.9", "http://snomed.info/sct"), False),  # a system without a set never matches
+    ],
+)
+def test_diagnosis_sets_match_per_code_system(diagnosis: Code, eligible: bool) -> None:
+    young = ScreeningFacts(
+        at=AT, patient_class="IMP", birth_date=date(1990, 1, 1), diagnoses=(diagnosis,)
+    )
+    result = screen(young, load_discharge_rules())
+    assert result.eligible is eligible
+    assert ("diagnosis" in result.matched) is eligible
+
+
+def test_non_icd_systems_match_exact_codes_only() -> None:
+    rules = _rules("diagnosis: {sets: {http://snomed.info/sct: ['84114007']}}\n")
+    sct = "http://snomed.info/sct"
+    assert screen(ScreeningFacts(at=AT, diagnoses=(CM("84114007", sct),)), rules).eligible
+    assert not screen(ScreeningFacts(at=AT, diagnoses=(CM("8411400", sct),)), rules).eligible
+
+
+@pytest.mark.parametrize(
+    "screening",
+    [
+        "diagnosis: {prefixes: [I50]}\n",  # the old shape: sets per system now
+        "diagnosis: {sets: {}}\n",
+        "diagnosis: {sets: {http://hl7.org/fhir/sid/icd-10-cm: []}}\n",
+        "diagnosis: {sets: {I10: [I50]}}\n",  # a table 0396 name, not a code system URL
+    ],
+)
+def test_bad_diagnosis_criteria_are_refused(screening: str) -> None:
+    with pytest.raises(ValueError, match="diagnosis"):
+        _rules(screening)
+
+
+@pytest.mark.parametrize(
+    ("coding_system", "url"),
+    [
+        ("I10", ICD10),
+        ("i10", ICD10),
+        ("I10C", ICD10CM),
+        ("ICD10CM", ICD10CM),
+        ("I9", ICD9CM),
+        ("I9C", ICD9CM),
+        ("XYZ", "http://cm-fhir.org/fhir/CodeSystem/cm-hl7v2-diagnosis"),
+    ],
+)
+def test_table_0396_names_map_to_their_code_systems(coding_system: str, url: str) -> None:
+    raw = Visit(diagnosis="428.0").raw("A01", "M1", hours(0))
+    raw = raw.replace("^Heart failure^I10", f"^Heart failure^{coding_system}")
+    event = parse_adt(raw, maps())
+    assert isinstance(event, AdtEvent)
+    state, _ = run([event])
+    (case,) = state.cases
+    assert [(c.system, c.code) for c in case.reasons] == [(url, "428.0")]  # the code as sent
+
+
+def test_a_diagnosis_set_for_a_system_no_dg1_name_maps_to_is_refused(tmp_path: Path) -> None:
+    folder = site(
+        tmp_path,
+        "screening:\n  all:\n    - diagnosis: {sets: {http://hl7.org/fhir/sid/icd-11: [BD10]}}\n",
+    )
+    with pytest.raises(MappingSpecError, match="icd-11"):
+        load_discharge_rules(folder)
+    mapped = site(
+        tmp_path,
+        "identity:\n"
+        "  diagnosis_systems: {I11: http://hl7.org/fhir/sid/icd-11}\n"
+        "screening:\n"
+        "  all:\n"
+        "    - diagnosis: {sets: {http://hl7.org/fhir/sid/icd-11: [BD10]}}\n",
+    )
+    assert load_discharge_rules(mapped).identity.diagnosis_systems["I11"].endswith("icd-11")

@@ -39,7 +39,7 @@ def test_admit_transfer_discharge() -> None:
         ]
     )
     case = only_case(state)
-    assert case.id == case_id(rules(), V.visit, 1)
+    assert case.id == case_id(rules(), state.visits[0], 1)
     assert [s.status for s in case.status_history] == [CaseStatus.ACTIVE, CaseStatus.TRANSITION]
     assert case.status_history[1].start == hours(72)
     assert [e.value for e in case.encounters] == [V.visit]
@@ -88,7 +88,7 @@ def test_admit_cancel_admit_admit_again_transfer_discharge() -> None:
     assert set(statuses(first).values()) == {TaskStatus.ENTERED_IN_ERROR}
     assert first.discharge_plan is not None
     assert first.discharge_plan.status == PlanStatus.ENTERED_IN_ERROR
-    assert second.id == case_id(rules(), V.visit, 2) != first.id
+    assert second.id == case_id(rules(), state.visits[0], 2) != first.id
     assert second.status == CaseStatus.TRANSITION
     assert second.referrals[0].type == ReferralType.HOME_HEALTH
     assert statuses(second)["initial-assessment"] == TaskStatus.REQUESTED

@@ -40,10 +40,16 @@ def hl7_time(when: datetime) -> str:
 
 @dataclass(frozen=True)
 class Visit:
-    """One synthetic patient and visit; ``adt`` fills in the rest per event."""
+    """One synthetic patient and visit; ``adt`` fills in the rest per event.
+
+    ``facility`` is MSH-4, ``authority`` PV1-19.4 and ``account`` PID-18 (empty: not sent).
+    """
 
     mrn: str = "MRN0001"
     visit: str = "V100200"
+    facility: str = "NORTHSIDE"
+    authority: str = ""
+    account: str = ""
     birth: str = "19480304"  # 75-76 years old in 2024: qualifies by age
     diagnosis: str | None = "I50.9"
     payer: str | None = "PAYER01"
@@ -61,31 +67,45 @@ class Visit:
         *,
         patient_class: str = "I",
         location: str = "4WEST",
+        room: str = "401",
+        bed: str = "A",
         prior_location: str = "",
         disposition: str = "",
         discharge: datetime | None = None,
         expected: str = "",
         prior_mrn: str | None = None,
+        occurred: datetime | None = None,
+        alternate: str = "",
         died: datetime | None = None,
         death_indicator: str = "",
     ) -> str:
-        """The message as ER7 text (segments joined by carriage returns)."""
-        fields = [""] * 46
+        """The message as ER7 text (segments joined by carriage returns).
+
+        EVN-2 and MSH-7 are ``at``; EVN-6 is ``occurred`` (default ``at``); ``alternate`` is PV1-50.
+        """
+        fields = [""] * (51 if alternate else 46)
         fields[1] = "1"
         fields[2] = patient_class
-        fields[3] = f"{location}^401^A^NORTHSIDE"
+        fields[3] = f"{location}^{room}^{bed}^NORTHSIDE"
         fields[6] = prior_location
         fields[10] = "MED"
-        fields[19] = self.visit
+        fields[19] = f"{self.visit}^^^{self.authority}" if self.authority else self.visit
         fields[36] = disposition
         fields[44] = hl7_time(START)
         fields[45] = hl7_time(discharge) if discharge else ""
+        if alternate:
+            fields[50] = alternate
+        pid = [""] * 31
+        pid[1], pid[3] = "1", f"{self.mrn}^^^{AUTHORITY}^MR"
+        pid[5], pid[7], pid[8] = "TESTPATIENT^ALPHA", self.birth, "F"
+        pid[18] = self.account
+        pid[29], pid[30] = (hl7_time(died) if died else ""), death_indicator
+        evn = f"EVN|{event}|{hl7_time(at)}||||{hl7_time(occurred or at)}"
         segments = [
-            f"MSH|^~\\&|ADTSYS|NORTHSIDE|CMFHIR|CM|{hl7_time(at)}||ADT^{event}|{control_id}|P|2.5.1",
-            f"EVN|{event}|{hl7_time(at)}||||{hl7_time(at)}",
-            f"PID|1||{self.mrn}^^^{AUTHORITY}^MR||TESTPATIENT^ALPHA||{self.birth}|F"
-            + ("|" * 21 + f"{hl7_time(died) if died else ''}|{death_indicator}")
-            * bool(died or death_indicator),
+            f"MSH|^~\\&|ADTSYS|{self.facility}|CMFHIR|CM|{hl7_time(at)}||ADT^{event}|{control_id}"
+            "|P|2.5.1",
+            evn,
+            "|".join(["PID", *pid[1:]]).rstrip("|"),
         ]
         if prior_mrn is not None:
             segments.append(f"MRG|{prior_mrn}^^^{AUTHORITY}^MR")

@@ -28,12 +28,64 @@ export class ValidatingRepository extends MemoryRepository {
     this.transactionDepth = 0;
     this.pendingReferenceChecks = [];
     this.storingUpdate = false;
+    // identifier "system|value" -> ids, per resource type; only grows (candidates are re-checked)
+    this.identifierIndex = new Map();
+  }
+
+  /**
+   * Searches by one exact identifier (what conditional writes and our tests ask) look at the
+   * resources holding that identifier only, instead of evaluating the search on every stored
+   * resource of the type. The index may hold stale ids (older versions, rolled-back writes): the
+   * router's own matcher still decides on each candidate, so results are exactly the same.
+   */
+  search(request) {
+    const filter = request.filters?.length === 1 ? request.filters[0] : undefined;
+    const exact =
+      filter?.code === 'identifier' &&
+      filter.operator === 'eq' &&
+      typeof filter.value === 'string' &&
+      filter.value.includes('|') &&
+      !filter.value.includes(',');
+    if (!exact) {
+      return super.search(request);
+    }
+    const ids = this.identifierIndex.get(request.resourceType)?.get(filter.value) ?? new Set();
+    const byId = this.resources.get(request.resourceType) ?? new Map();
+    const candidates = new Map([...ids].filter((id) => byId.has(id)).map((id) => [id, byId.get(id)]));
+    const all = this.resources;
+    this.resources = new Map([[request.resourceType, candidates]]);
+    try {
+      return super.search(request); // reads this.resources before its first await
+    } finally {
+      this.resources = all;
+    }
+  }
+
+  indexIdentifiers(resource) {
+    let byKey = this.identifierIndex.get(resource.resourceType);
+    if (!byKey) {
+      byKey = new Map();
+      this.identifierIndex.set(resource.resourceType, byKey);
+    }
+    for (const identifier of resource.identifier ?? []) {
+      const key = `${identifier.system ?? ''}|${identifier.value ?? ''}`;
+      if (!byKey.has(key)) {
+        byKey.set(key, new Set());
+      }
+      byKey.get(key).add(resource.id);
+    }
+  }
+
+  async store(resource) {
+    const stored = await super.createResource(resource);
+    this.indexIdentifiers(stored);
+    return stored;
   }
 
   createResource(resource, options) {
     if (this.storingUpdate) {
       // MemoryRepository.updateResource stores through createResource; already validated.
-      return super.createResource(resource);
+      return this.store(resource);
     }
     return this.createValidated(resource, options);
   }
@@ -46,7 +98,7 @@ export class ValidatingRepository extends MemoryRepository {
     );
     await this.validate(toStore);
     await this.checkReferences(toStore);
-    return super.createResource(toStore);
+    return this.store(toStore);
   }
 
   async updateResource(given, options) {
@@ -165,11 +217,22 @@ export class ValidatingRepository extends MemoryRepository {
     return issues;
   }
 
+  /**
+   * The store as it is now, for a rollback. Stored resources are never changed in place (every
+   * write stores a new object, reads hand out copies), so copying the maps, and the history
+   * arrays the store appends to, is enough: far cheaper than a deep copy of every resource.
+   */
+  snapshot() {
+    const copyMaps = (byType, copyValue) =>
+      new Map([...byType].map(([type, byId]) => [type, new Map([...byId].map(([id, v]) => [id, copyValue(v)]))]));
+    return [copyMaps(this.resources, (r) => r), copyMaps(this.history, (versions) => [...versions])];
+  }
+
   async withTransaction(callback) {
     if (this.transactionDepth > 0) {
       return callback(undefined);
     }
-    const saved = [structuredClone(this.resources), structuredClone(this.history)];
+    const saved = this.snapshot();
     this.transactionDepth++;
     this.pendingReferenceChecks = [];
     try {

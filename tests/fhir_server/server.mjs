@@ -4,7 +4,10 @@
 // with the checks a real server makes on every write is in repository.mjs. README.md beside this
 // file says what is and is not checked.
 //
-// Usage: node server.mjs [port]   (port 0 or none: an ephemeral port; FHIR_SERVER_PORT also works)
+// Usage: node server.mjs [port] [max-transaction-entries]
+//   port 0 or none: an ephemeral port (FHIR_SERVER_PORT also works); max-transaction-entries caps
+//   every transaction Bundle like servers that limit their size (FHIR_SERVER_MAX_TRANSACTION_ENTRIES
+//   also works; none or 0: no cap beyond the router's own).
 // Prints "listening <port>" on stdout when ready. FHIR base: http://127.0.0.1:<port>/fhir
 
 import http from 'node:http';
@@ -101,7 +104,20 @@ function resourceHeaders(resource, status) {
   return headers;
 }
 
-async function handle(router, repo, req, res) {
+/** A transaction longer than the cap is refused whole, as a size-capped server does. */
+function transactionTooLarge(body, maxEntries) {
+  if (!maxEntries || body?.resourceType !== 'Bundle' || body.type !== 'transaction') {
+    return undefined;
+  }
+  const count = body.entry?.length ?? 0;
+  if (count <= maxEntries) {
+    return undefined;
+  }
+  const text = `Transaction has ${count} entries; this server accepts at most ${maxEntries}`;
+  return outcome(400, 'too-costly', text);
+}
+
+async function handle(router, repo, req, res, maxEntries) {
   const url = new URL(req.url ?? '/', 'http://127.0.0.1');
   if (url.pathname !== FHIR_BASE && !url.pathname.startsWith(`${FHIR_BASE}/`)) {
     return send(res, ...outcome(404, 'not-found', `FHIR base is ${FHIR_BASE}`));
@@ -129,6 +145,10 @@ async function handle(router, repo, req, res) {
       body = JSON.parse(text);
     } catch {
       return send(res, ...outcome(400, 'structure', 'Request body is not valid JSON'));
+    }
+    const tooLarge = path === '' ? transactionTooLarge(body, maxEntries) : undefined;
+    if (tooLarge) {
+      return send(res, ...tooLarge);
     }
   }
   const [result, resource] = await router.handleRequest(
@@ -165,8 +185,9 @@ function main() {
   const repo = new ValidatingRepository();
   const router = new FhirRouter();
   answerUpdateAsCreateWith201(router);
+  const maxEntries = Number(process.argv[3] ?? process.env.FHIR_SERVER_MAX_TRANSACTION_ENTRIES ?? 0);
   const server = http.createServer((req, res) => {
-    handle(router, repo, req, res).catch((err) => {
+    handle(router, repo, req, res, maxEntries).catch((err) => {
       process.stderr.write(`internal error: ${err?.stack ?? err}\n`);
       if (!res.headersSent) {
         send(res, ...outcome(500, 'exception', 'Internal server error'));

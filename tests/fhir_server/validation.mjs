@@ -154,7 +154,10 @@ export function requiredBindingIssues(resource, expand) {
 }
 
 
-/** Empty strings, empty arrays and empty objects are not valid FHIR JSON; nor is a bad id. */
+/**
+ * Empty strings, empty arrays and empty objects are not valid FHIR JSON; nor is an element holding
+ * only an id (ele-1), nor a bad resource id. (Nulls are refused by validateResource.)
+ */
 export function jsonShapeIssues(resource) {
   const issues = [];
   const walk = (value, path) => {
@@ -166,8 +169,13 @@ export function jsonShapeIssues(resource) {
       }
       value.forEach((item, i) => walk(item, `${path}[${i}]`));
     } else if (value !== null && typeof value === 'object') {
-      if (Object.keys(value).length === 0) {
+      const keys = Object.keys(value);
+      if (keys.length === 0) {
         issues.push(error('structure', 'Empty object is not valid FHIR JSON', path));
+      } else if (!value.resourceType && keys.every((key) => key === 'id')) {
+        // ele-1: hasValue() or (children().count() > id.count()); an id alone is not content
+        const text = 'Constraint ele-1 not met: All FHIR elements must have a @value or children';
+        issues.push(error('invariant', text, path));
       }
       if (value.resourceType && value.id !== undefined && !ID_PATTERN.test(String(value.id))) {
         issues.push(error('structure', 'Invalid resource id', `${path}.id`));

@@ -6,6 +6,7 @@ The public API::
     data = map_case_json(case)              # the same, as canonical JSON bytes
     data = map_case_json(case, validate=False)   # the fast path, no validation
     case = case_from_bundle(bundle)         # the reverse mapping (lossless)
+    parts = split_transaction(bundle, 8)    # for servers that cap transaction size
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from cm_fhir.fhir.bundle import WriteMode, bundle_resources, dumps, transaction_
 from cm_fhir.fhir.context import ReferenceStyle
 from cm_fhir.fhir.mapper import case_to_resources, resources_to_case
 from cm_fhir.fhir.models import validate_bundle, validate_resource
+from cm_fhir.fhir.shape import check_shape
+from cm_fhir.fhir.split import split_transaction
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 
 Json = dict[str, Any]
@@ -29,10 +32,15 @@ def map_case(
     validate: bool = True,
     mode: WriteMode = WriteMode.CONDITIONAL_UPDATE,
 ) -> Json:
-    """The transaction Bundle for ``case``; structurally validated unless ``validate=False``."""
+    """The transaction Bundle for ``case``; structurally validated unless ``validate=False``.
+
+    Validation is the fhir.resources R4B models plus the R4 JSON rules they let through (no empty
+    arrays, objects or strings, no stray nulls, ele-1, ext-1); either raises ValidationError.
+    """
     bundle = transaction_bundle(case_to_resources(case, registry or default_registry()), mode)
     if validate:
         validate_bundle(bundle)
+        check_shape(bundle)
     return bundle
 
 
@@ -61,6 +69,7 @@ __all__ = [
     "map_case",
     "map_case_json",
     "resources_to_case",
+    "split_transaction",
     "transaction_bundle",
     "validate_bundle",
     "validate_resource",

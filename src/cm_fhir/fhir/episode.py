@@ -171,9 +171,10 @@ def care_team(ctx: CaseContext, team: CareTeam, case_status: CaseStatus) -> Json
     if team.name is not None:
         out["name"] = team.name
     out["subject"] = ctx.patient_ref()
-    out["participant"] = [
-        {"role": [dt.codeable(m.role)], "member": dt.reference(m.party)} for m in team.members
-    ]
+    if team.members:  # no empty arrays in R4 JSON: a team without members has no participant
+        out["participant"] = [
+            {"role": [dt.codeable(m.role)], "member": dt.reference(m.party)} for m in team.members
+        ]
     return out
 
 

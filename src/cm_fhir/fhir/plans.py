@@ -150,7 +150,9 @@ def discharge_care_plan(ctx: CaseContext, case: Case, plan: DischargePlan) -> Js
         *[("barrier", "valueString", b) for b in plan.barriers],
         *[("followUp", "valueString", f) for f in plan.follow_up],
     ]
-    out["extension"].append(complex_extension(reg.extension("discharge_plan"), parts))
+    specifics = complex_extension(reg.extension("discharge_plan"), parts)
+    if specifics["extension"]:  # ext-1: a plan with no specifics yet has no extension at all
+        out["extension"].append(specifics)
     out["status"] = plan.status.value
     out["intent"] = "plan"
     out["category"] = category

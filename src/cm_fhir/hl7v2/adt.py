@@ -30,6 +30,7 @@ from cm_fhir.hl7v2.events import (
     Practitioner,
     UnsupportedMessage,
     Visit,
+    VisitIdentifier,
 )
 from cm_fhir.hl7v2.normalise import normalise_message
 from cm_fhir.hl7v2.parse import Hl7Message, Hl7Segment, parse_date, parse_dtm, parse_er7
@@ -108,6 +109,16 @@ class _AdtReader:
                     )
                 )
         return tuple(found)
+
+    def account(self, segment: Hl7Segment, n: int) -> VisitIdentifier | None:
+        """A CX visit or account number: CX.1, and CX.4 (namespace, else universal id)."""
+        if self._null(segment, n):
+            return None
+        parts = segment.components(n)
+        value = segment.text_in(parts, 1)
+        if value is None:
+            return None
+        return VisitIdentifier(value=value, assigning_authority=_authority(segment, parts))
 
     def practitioners(self, segment: Hl7Segment, n: int) -> tuple[Practitioner, ...]:
         if self._null(segment, n):
@@ -201,6 +212,7 @@ class _AdtReader:
             name=None if self._null(pid, 5) else _legal_name(pid, 5),
             birth_date=None if birth is None else parse_date(birth, pid.location(7)),
             sex=self.text(pid, 8),
+            account_number=self.account(pid, 18),
             death_time=self.moment(pid, 29),
             deceased=_yes_no(self.text(pid, 30)),
         )
@@ -210,8 +222,11 @@ class _AdtReader:
         if pv1 is None:
             return None
         pv2 = self.message.first("PV2")
+        number = self.account(pv1, 19)
         return Visit(
-            visit_number=self.text(pv1, 19),
+            visit_number=number.value if number is not None else None,
+            visit_authority=number.assigning_authority if number is not None else None,
+            alternate_visit_id=self.account(pv1, 50),
             patient_class=self.mapped(pv1, 2, self.maps.patient_class),
             location=self.location(pv1, 3),
             prior_location=self.location(pv1, 6),
@@ -259,6 +274,11 @@ class _AdtReader:
                     )
                 )
         return tuple(merges)
+
+
+def _authority(segment: Hl7Segment, parts: list[str]) -> str | None:
+    """CX.4 assigning authority: its namespace id, else its universal id."""
+    return segment.text_in(parts, 4) or segment.text_in(parts, 4, 2)
 
 
 def _yes_no(value: str | None) -> bool | None:

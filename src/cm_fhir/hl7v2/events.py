@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from cm_fhir.hl7v2.structures import AdtEventCode
+from cm_fhir.mapping.adt_maps import MappedCode
 
 __all__ = [
     "AdtEvent",
@@ -30,6 +31,7 @@ __all__ = [
     "Practitioner",
     "UnsupportedMessage",
     "Visit",
+    "VisitIdentifier",
 ]
 
 
@@ -43,6 +45,13 @@ class PatientIdentifier(_Event):
     value: str
     assigning_authority: str | None = None
     type_code: str | None = None
+
+
+class VisitIdentifier(_Event):
+    """A CX visit or account number (PID-18, PV1-50): CX.1 id and CX.4 assigning authority."""
+
+    value: str
+    assigning_authority: str | None = None
 
 
 class PersonName(_Event):
@@ -62,12 +71,14 @@ class Practitioner(_Event):
 
 
 class Patient(_Event):
-    """The patient from PID: identifiers (PID-3), name (PID-5), PID-7, PID-8, PID-29, PID-30."""
+    """The patient from PID: identifiers (PID-3), name (PID-5), PID-7, PID-8, the account number
+    (PID-18), PID-29, PID-30."""
 
     identifiers: tuple[PatientIdentifier, ...] = ()
     name: PersonName | None = None
     birth_date: date | None = None
     sex: str | None = None
+    account_number: VisitIdentifier | None = None
     death_time: datetime | None = None
     deceased: bool | None = None
 
@@ -83,22 +94,13 @@ class Location(_Event):
     floor: str | None = None
 
 
-class MappedCode(_Event):
-    """A source code and its concept-map target; ``mapped`` is False when the map has no entry.
-
-    ``target`` may be set on an unmapped code when the map's unmapped policy names a default.
-    """
-
-    source: str
-    target: str | None = None
-    mapped: bool
-    display: str | None = None
-
-
 class Visit(_Event):
-    """The visit from PV1/PV2."""
+    """The visit from PV1/PV2: PV1-19 visit number (CX.1) and its assigning authority (CX.4),
+    PV1-50 alternate visit id, and the rest of what the workflow reads."""
 
     visit_number: str | None = None
+    visit_authority: str | None = None
+    alternate_visit_id: VisitIdentifier | None = None
     patient_class: MappedCode | None = None
     location: Location | None = None
     prior_location: Location | None = None

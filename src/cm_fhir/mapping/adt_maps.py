@@ -18,7 +18,6 @@ from typing import Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cm_fhir.errors import MappingError
-from cm_fhir.hl7v2.events import MappedCode
 from cm_fhir.mapping.loader import load_with_overrides
 
 __all__ = [
@@ -27,6 +26,7 @@ __all__ = [
     "ENCOUNTER_CLASSES",
     "AdtConceptMaps",
     "CodeMap",
+    "MappedCode",
     "load_adt_concept_maps",
 ]
 
@@ -53,6 +53,22 @@ DISCHARGE_DISPOSITIONS: Final[frozenset[str]] = frozenset(
 """Our discharge disposition codes, the targets of the table 0112 map."""
 
 UnmappedPolicy = Literal["report", "default", "error"]
+
+
+class MappedCode(BaseModel):
+    """A source code and its concept-map target; ``mapped`` is False when the map has no entry.
+
+    ``target`` may be set on an unmapped code when the map's unmapped policy names a default.
+    Defined here, with the maps that make it, so that mapping never imports ``hl7v2``;
+    :mod:`cm_fhir.hl7v2.events` re-exports it.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    source: str
+    target: str | None = None
+    mapped: bool
+    display: str | None = None
 
 
 class CodeMap(BaseModel):

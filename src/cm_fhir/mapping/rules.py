@@ -42,11 +42,13 @@ from cm_fhir.mapping.loader import load_with_overrides
 
 __all__ = [
     "DISCHARGE_RULES_FILE",
+    "PREFIX_SYSTEMS",
     "AdmissionRules",
     "AtDischarge",
     "ClassChangeRules",
     "Criterion",
     "DeathRules",
+    "DiagnosisCriterion",
     "DischargeRules",
     "DischargeStepRules",
     "IdentityRules",
@@ -57,6 +59,7 @@ __all__ = [
     "ReferralRule",
     "TaskRule",
     "TransferRules",
+    "VisitField",
     "load_discharge_rules",
     "parse_duration",
 ]
@@ -165,15 +168,47 @@ class AgeRange(Rules):
         return self
 
 
-class DiagnosisCriterion(Rules):
-    codes: list[NoSpace] = Field(default_factory=list)
-    prefixes: list[NoSpace] = Field(default_factory=list)
+#: Code systems whose codes are hierarchical by prefix: a set entry matches the code and every
+#: code below it, with dots ignored (``428`` matches ``428.0`` and ``4280``). Other systems match
+#: exactly.
+PREFIX_SYSTEMS: Final[frozenset[str]] = frozenset(
+    {
+        "http://hl7.org/fhir/sid/icd-10",
+        "http://hl7.org/fhir/sid/icd-10-cm",
+        "http://hl7.org/fhir/sid/icd-9-cm",
+    }
+)
 
-    @model_validator(mode="after")
-    def _something(self) -> Self:
-        if not self.codes and not self.prefixes:
-            raise ValueError("a diagnosis criterion needs codes or prefixes")
-        return self
+
+class DiagnosisCriterion(Rules):
+    """Diagnosis code sets by code system URL (the systems ``identity.diagnosis_systems`` names).
+
+    A DG1 code matches when its system has a set here and the code is in it: by prefix for the
+    ICD systems (:data:`PREFIX_SYSTEMS`), exactly for any other.
+    """
+
+    sets: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+.-]*:\S+$")], list[NoSpace]]
+
+    @field_validator("sets")
+    @classmethod
+    def _something(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        if not value or not all(value.values()):
+            raise ValueError("a diagnosis criterion needs at least one code system with codes")
+        return value
+
+    def matches(self, system: str, code: str) -> bool:
+        """Whether the code ``code`` of ``system`` is in this criterion's sets."""
+        wanted = self.sets.get(system)
+        if not wanted:
+            return False
+        if system in PREFIX_SYSTEMS:
+            given = _icd_form(code)
+            return any(given.startswith(_icd_form(prefix)) for prefix in wanted)
+        return code in wanted
+
+
+def _icd_form(code: str) -> str:
+    return code.replace(".", "").replace(" ", "").upper()
 
 
 class Criterion(Rules):
@@ -210,13 +245,27 @@ class Criterion(Rules):
         return next(n for n in type(self).model_fields if getattr(self, n) is not None)
 
 
+#: The CX fields that can carry a visit's number: visit number, alternate visit id, account number.
+VisitField = Literal["PV1-19", "PV1-50", "PID-18"]
+_DEFAULT_VISIT_FIELDS: Final[tuple[VisitField, ...]] = ("PV1-19", "PID-18")
+
+
 class IdentityRules(Rules):
-    """Identifier and code systems for what comes from HL7v2 without one."""
+    """Identifier and code systems for what comes from HL7v2 without one, and which fields name
+    a visit (the first of ``visit_number_fields`` that holds a value)."""
 
     patient_systems: dict[str, NoSpace] = Field(
         default_factory=dict, description="PID-3.4 assigning authority -> identifier system"
     )
     default_patient_system: NoSpace
+    visit_number_fields: list[VisitField] = Field(
+        default_factory=lambda: list(_DEFAULT_VISIT_FIELDS),
+        min_length=1,
+        description="Where the visit number is read, in order; its CX.4 (else MSH-4) qualifies it",
+    )
+    visit_systems: dict[str, NoSpace] = Field(
+        default_factory=dict, description="Visit number assigning authority -> identifier system"
+    )
     visit_system: NoSpace
     payer_system: NoSpace
     diagnosis_systems: dict[str, NoSpace] = Field(
@@ -349,6 +398,21 @@ class DischargeRules(Rules):
         unknown = sorted(set(self.discharge.catch_up) - pending)
         if unknown:
             raise ValueError(f"discharge.catch_up names no pending_discharge task: {unknown}")
+        return self
+
+    @model_validator(mode="after")
+    def _screened_systems_are_mapped(self) -> Self:
+        known = {*self.identity.diagnosis_systems.values(), self.identity.default_diagnosis_system}
+        pending = [self.screening]
+        while pending:
+            criterion = pending.pop()
+            pending += [*(criterion.any or ()), *(criterion.all or ())]
+            unknown = sorted(set(criterion.diagnosis.sets) - known) if criterion.diagnosis else []
+            if unknown:
+                raise ValueError(
+                    f"screening diagnosis sets name {unknown}, which no DG1-3.3 coding system "
+                    "maps to (identity.diagnosis_systems): they could never match"
+                )
         return self
 
     def team(self, location: str | None) -> str:

@@ -85,6 +85,9 @@ class CodeSystemsSpec(Spec):
     care_plan_category: CodeSystemSpec
     discharge_need: CodeSystemSpec
     discharge_disposition: CodeSystemSpec
+    screening_criterion: CodeSystemSpec
+    goal_measure: CodeSystemSpec
+    care_team_role: CodeSystemSpec
 
 
 EpisodeOfCareStatus = Literal[

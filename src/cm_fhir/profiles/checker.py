@@ -99,12 +99,11 @@ class InstanceChecker:
             run.error("structure", f"{expr}.{key}", _unknown_text(key, owner))
         for child in owner.children.values():
             self.check_child(value, child, owner, expr, run)
-        if not any(k != "id" for k in value):
-            run.error("invariant", expr, "ele-1: the element has no value and no children")
-        if tcode == "Extension" and ("extension" in value) == _has_value_x(value):
-            run.error(
-                "invariant", expr, "ext-1: an extension needs either extensions or a value[x]"
-            )
+        is_resource = root and "resourceType" in value
+        if not is_resource and not any(k != "id" and _present(v) for k, v in value.items()):
+            run.error("invariant", expr, "ele-1: All FHIR elements must have a @value or children")
+        if tcode == "Extension" and _present(value.get("extension")) == _has_value_x(value):
+            run.error("invariant", expr, "ext-1: Must have either extensions or value[x], not both")
         if root and isinstance(value.get("contained"), list):
             _check_contained_referenced(value, expr, run)
         constraints = list(node.constraints)
@@ -317,8 +316,13 @@ def _collect_local_refs(value: Any, found: set[str]) -> None:
         found.add(value)
 
 
+def _present(value: Any) -> bool:
+    """Whether a JSON value counts as a child in FHIRPath: ``null`` and ``[]`` are nothing."""
+    return value is not None and value != []
+
+
 def _has_value_x(value: dict[str, Any]) -> bool:
-    return any(k.startswith("value") for k in value)
+    return any(k.startswith("value") and _present(v) for k, v in value.items())
 
 
 def _as_list(value: Any, expr: str, run: Run) -> list[Any]:
@@ -327,6 +331,8 @@ def _as_list(value: Any, expr: str, run: Run) -> list[Any]:
     if not isinstance(value, list):
         run.error("structure", expr, "must be a JSON array")
         return [value]
+    if not value:
+        run.error("structure", expr, "an empty array is not valid R4 JSON: leave the element out")
     return value
 
 

@@ -14,26 +14,29 @@ The seam between this package and the worker that runs it::
     outcome = close_due_cases(state, rules, now)        # a periodic tick, same commit rules
 
 The worker claims inbox rows per patient in arrival order and calls :func:`apply_event` once per
-event. :class:`PatientState` is a frozen, JSON-serialisable document (``model_dump_json`` /
+event; the workflow itself puts a visit's events in event-time order (:mod:`.ordering`).
+:class:`PatientState` is a frozen, JSON-serialisable document (``model_dump_json`` /
 ``model_validate_json``): the patient keys, the cases (:class:`~cm_fhir.domain.Case`, the domain
-truth) and, kept apart from them, per-visit workflow memory (class, unit, team, admit and
-discharge times, the transfer stack for A12, and which task and referral ids each triggering event
-created) so cancels undo exactly what they cancel. :class:`Outcome` carries the new state, the
-cases that changed, the trace (:class:`TraceEntry`: message control id, the rule's key path in the
-rules file, the action, the case and item, and flags such as ``unmapped-disposition``) and the keys
-to lock. Re-applying a message with the same control id and content changes nothing; ids derive
-from the visit number, the rule and the sequence numbers only, so replaying an inbox gives
-identical cases.
+truth) and, kept apart from them, per-visit workflow memory (the visit's number and authority,
+class, unit, team, admit and discharge times, the live transfers A12 matches, which task and
+referral ids each triggering event created, so cancels undo exactly what they cancel, and the
+visit's applied events). :class:`Outcome` carries the new state, the cases that changed, the trace
+(:class:`TraceEntry`: message control id, the rule's key path in the rules file, the action, the
+case and item, and flags such as ``unmapped-disposition`` or ``stale-event``) and the keys to
+lock. Re-applying a message with the same control id and content changes nothing; ids derive
+from the patient, the visit (number and authority), the rule and the sequence numbers only, so
+replaying an inbox gives identical cases.
 """
 
 from cm_fhir.workflow.closing import close_due_cases
 from cm_fhir.workflow.engine import apply_event
-from cm_fhir.workflow.facts import case_id, patient_key, patient_keys, visit_slug
+from cm_fhir.workflow.facts import case_id, patient_key, patient_keys, visit_identity, visit_slug
 from cm_fhir.workflow.screening import ScreeningFacts, ScreeningResult, screen
 from cm_fhir.workflow.state import (
     EffectKind,
     EventEffect,
     Flag,
+    LoggedEvent,
     Outcome,
     PatientState,
     TraceEntry,
@@ -45,6 +48,7 @@ __all__ = [
     "EffectKind",
     "EventEffect",
     "Flag",
+    "LoggedEvent",
     "Outcome",
     "PatientState",
     "ScreeningFacts",
@@ -58,5 +62,6 @@ __all__ = [
     "patient_key",
     "patient_keys",
     "screen",
+    "visit_identity",
     "visit_slug",
 ]

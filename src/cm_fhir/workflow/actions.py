@@ -17,7 +17,7 @@ from cm_fhir.domain.codes import CaseStatus, PlanStatus, TaskStatus
 from cm_fhir.domain.common import PartyRef, PatientRef
 from cm_fhir.domain.referral import Referral
 from cm_fhir.domain.task import OPEN_TASK_STATUSES, UNTOUCHED_TASK_STATUSES, Task
-from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.hl7v2.events import AdtEvent, VisitIdentifier
 from cm_fhir.mapping.rules import DischargeRules, ReferralRule, TaskRule
 from cm_fhir.workflow.facts import DISCHARGE_PLAN_ID, event_time, party
 from cm_fhir.workflow.state import (
@@ -27,6 +27,8 @@ from cm_fhir.workflow.state import (
     ProcessedMessage,
     TraceEntry,
     VisitMemory,
+    latest,
+    visit_key,
 )
 
 __all__ = ["Step", "Withdrawal", "revalidated"]
@@ -53,18 +55,26 @@ class Step:
         event: AdtEvent | None = None,
     ) -> None:
         self.rules = rules
-        self.event = event
         self.now = now
-        self.at = event_time(event, rules, now) if event is not None else now
-        self.control_id = event.message_control_id if event is not None else None
+        self.event: AdtEvent | None = None
+        self.at = now
+        self.control_id: str | None = None
+        if event is not None:
+            self.begin(event, event_time(event, rules, now))
         self.keys = list(state.patient_keys)
         self.patient = state.patient
         self.cases = {c.id: c for c in state.cases}
-        self.visits = {v.visit_number: v for v in state.visits}
+        self.visits = {v.key: v for v in state.visits}
         self.last_discharge = state.last_discharge
         self.deceased = state.deceased
         self.processed = list(state.processed)
         self.trace: list[TraceEntry] = []
+
+    def begin(self, event: AdtEvent, at: datetime) -> None:
+        """Work on ``event``, which happened ``at``, next (re-deriving a visit replays its log)."""
+        self.event = event
+        self.at = at
+        self.control_id = event.message_control_id
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -95,21 +105,49 @@ class Step:
         self.processed = [*self.processed, entry][-PROCESSED_MEMORY:]
 
     def state(self) -> PatientState:
+        """The new state: cases by id and visits by key (the same whatever the arrival order),
+        and the latest discharge of any visit. A settled visit's log is dropped."""
+        visits = [self._settled(self.visits[key]) for key in sorted(self.visits)]
         return PatientState(
             patient_keys=tuple(self.keys),
             patient=self.patient,
-            cases=tuple(self.cases.values()),
-            visits=tuple(self.visits.values()),
-            last_discharge=self.last_discharge,
+            cases=tuple(self.cases[case_id] for case_id in sorted(self.cases)),
+            visits=tuple(visits),
+            last_discharge=latest([v.discharge_time for v in visits]),
             processed=tuple(self.processed),
             deceased=self.deceased,
         )
 
-    def visit(self, number: str) -> VisitMemory:
-        return self.visits.get(number) or VisitMemory(visit_number=number)
+    def _settled(self, visit: VisitMemory) -> VisitMemory:
+        """The visit without its log once late events can no longer matter: its case is closed,
+        or, without a case, ``discharge.close_after`` has passed since its discharge (by the
+        time of the event applied)."""
+        if not (visit.log and visit.log_complete) or visit.discharge_time is None:
+            return visit
+        case = self.cases.get(visit.case_id) if visit.case_id is not None else None
+        if case is not None:
+            settled = case.status == CaseStatus.CLOSED
+        else:
+            settled = self.at >= visit.discharge_time + self.rules.discharge.close_after
+        if not settled:
+            return visit
+        # The newest entry stays, without its event, to tell late events from new ones.
+        last = visit.log[-1].model_copy(update={"payload": ""})
+        return visit.model_copy(update={"log": (last,), "log_basis": None, "log_complete": False})
+
+    def visit(self, identity: VisitIdentifier) -> VisitMemory:
+        """The visit's memory; a new one, tied to the current patient, for a visit not seen yet."""
+        found = self.visits.get(visit_key(identity.value, identity.assigning_authority))
+        if found is not None:
+            return found
+        return VisitMemory(
+            visit_number=identity.value,
+            visit_authority=identity.assigning_authority,
+            patient_key=self.keys[0] if self.keys else None,
+        )
 
     def put_visit(self, visit: VisitMemory) -> None:
-        self.visits[visit.visit_number] = visit
+        self.visits[visit.key] = visit
 
     def open_case_of(self, visit: VisitMemory) -> Case | None:
         case = self.cases.get(visit.case_id) if visit.case_id is not None else None

@@ -87,7 +87,7 @@ def screening_facts(
         at=step.at,
         patient_class=patient_class or visit.patient_class,
         birth_date=event.patient.birth_date,
-        diagnoses=tuple(d.code for d in event.diagnoses if d.code),
+        diagnoses=facts.reasons(event, step.rules),
         payers=tuple(i.payer_id for i in event.insurances if i.payer_id),
         location=visit.location,
         hospital_service=visit.hospital_service,
@@ -117,7 +117,7 @@ def refresh_case(step: Step, case: Case, visit: VisitMemory) -> Case:
     update: dict[str, object] = {}
     if step.patient is not None and case.patient != step.patient:
         update["patient"] = step.patient
-    enc = facts.encounter(visit.visit_number, step.rules)
+    enc = facts.encounter(visit, step.rules)
     if enc not in case.encounters:
         update["encounters"] = (*case.encounters, enc)
     reasons = facts.reasons(event, step.rules)
@@ -147,11 +147,11 @@ def open_visit_case(
     assert event is not None
     assert step.patient is not None
     return step.open_case(
-        facts.case_id(rules, visit.visit_number, visit.admissions + 1),
+        facts.case_id(rules, visit, visit.admissions + 1),
         step.patient,
         status,
         screening=result.screening(rules, step.at),
-        encounters=(facts.encounter(visit.visit_number, rules),),
+        encounters=(facts.encounter(visit, rules),),
         reasons=facts.reasons(event, rules),
         coverage=facts.coverage(event, rules),
         discharge_plan=DischargePlan(

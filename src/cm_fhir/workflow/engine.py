@@ -3,9 +3,12 @@
 Dispatches on the trigger event (A01/A04 admit, A02 transfer, A03 discharge, A05/A14 pre-admit,
 A06/A07 class changes, A08 update, A11/A12/A13 cancels, A16 pending discharge, A25 cancel pending
 discharge, A27/A38 cancel pre-admit, A40 merge), after the duplicate check: a message whose
-control id and content were already applied changes nothing. Any event reporting the patient's
-death ends the patient's open cases. Events without a rule (A15, A26) and events without a visit
-number are recorded in the trace, never silently dropped.
+control id and content were already applied changes nothing. The event goes to its visit
+(:func:`~cm_fhir.workflow.facts.visit_identity`) in event-time order: an event older than the
+newest of its visit re-derives the visit (:mod:`cm_fhir.workflow.ordering`). A12 undoes the
+transfer it names (by time, then PV1-6 and PV1-3), not simply the last one. Any event reporting
+the patient's death ends the patient's open cases. Events without a rule (A15, A26) and events
+without a visit number are recorded in the trace, never silently dropped.
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ from datetime import datetime
 from typing import Final
 
 from cm_fhir.domain.common import PatientRef
-from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.hl7v2.events import AdtEvent, Location
 from cm_fhir.mapping.rules import DischargeRules
-from cm_fhir.workflow import facts
+from cm_fhir.workflow import facts, ordering
 from cm_fhir.workflow.actions import Step, revalidated
 from cm_fhir.workflow.admission import (
     admit,
@@ -67,7 +70,8 @@ def apply_event(
     """
     step = Step(state, rules, now, event)
     lock = facts.patient_keys(event, rules)
-    digest = facts.digest(event)
+    text = facts.event_json(event)
+    digest = facts.digest(event, text)
     seen = [p for p in state.processed if p.message_control_id == event.message_control_id]
     if any(p.digest == digest for p in seen):
         step.note(f"event.{event.event}", "duplicate-ignored", None, None, Flag.DUPLICATE_MESSAGE)
@@ -82,13 +86,19 @@ def apply_event(
         retired = _merge(step, event, ref, merged)
     else:
         handler = _HANDLERS.get(event.event)
-        number = event.visit.visit_number if event.visit is not None else None
+        identity = facts.visit_identity(event, rules)
         if handler is None:
             step.note(f"event.{event.event}", "no-rule", None, None, Flag.NO_RULE)
-        elif number is None:
+        elif identity is None or event.visit is None:
             step.note(f"event.{event.event}", "no-visit", None, None, Flag.NO_VISIT_NUMBER)
         else:
-            step.put_visit(handler(step, step.visit(number)))
+            visit = step.visit(identity)
+            entry = ordering.Arrival(event, step.at, text)
+            if ordering.is_stale(step, visit, entry):
+                ordering.rederive(step, visit, entry, _HANDLERS, after=record_death)
+            else:
+                fresh = visit.key not in step.visits
+                step.put_visit(ordering.append(handler(step, visit), entry, fresh=fresh))
     record_death(step)
     _refresh_patient(step, ref)
     step.remember(digest)
@@ -157,28 +167,75 @@ def _discharge(step: Step, visit: VisitMemory) -> VisitMemory:
 
 
 def _cancel_transfer(step: Step, visit: VisitMemory) -> VisitMemory:
-    if not visit.transfers:
+    """A12: undo the transfer the message names; the patient goes back only if it was the last."""
+    frame = _cancelled_transfer(step, visit)
+    if frame is None:
         step.note("event.A12", "nothing-to-undo", visit.case_id, None, Flag.NOTHING_TO_UNDO)
         return visit
-    frame = visit.transfers[-1]
+    remaining = tuple(f for f in visit.transfers if f is not frame)
+    if frame is not visit.transfers[-1]:
+        # A later move stands: the patient stays where it took them.
+        step.note("event.A12", "transfer-cancelled", visit.case_id)
+        return visit.model_copy(update={"transfers": remaining})
     case = step.open_case_of(visit)
     if case is not None and frame.moved_task_ids:
         new, old = team_party(step.rules, visit.team), team_party(step.rules, frame.team)
         step.reassign(case, new, old, "event.A12", only=frame.moved_task_ids)
     step.note("event.A12", "location-reverted", visit.case_id)
-    return visit.model_copy(
-        update={"location": frame.location, "team": frame.team, "transfers": visit.transfers[:-1]}
-    )
+    update = {"location": frame.location, "place": frame.place_before, "team": frame.team}
+    return visit.model_copy(update={**update, "transfers": remaining})
 
 
-def _relocate(step: Step, visit: VisitMemory, *, record: bool) -> VisitMemory:
-    """Move the visit to the event's PV1-3 unit and the open tasks to that unit's team."""
+def _cancelled_transfer(step: Step, visit: VisitMemory) -> TransferFrame | None:
+    """The live transfer an A12 names: the one at its EVN-6 time, else the one to its PV1-6
+    (the cancelled location) from its PV1-3 (where the patient goes back), else the latest."""
     event = step.event
     assert event is not None
     assert event.visit is not None
+    if not visit.transfers:
+        return None
+    when = facts.aware(event.occurred_time, step.rules) if event.occurred_time else None
+    cancelled, back = event.visit.prior_location, event.visit.location
+
+    def score(frame: TransferFrame) -> int:
+        return (
+            4 * (when is not None and frame.at == when)
+            + 2 * _names(cancelled, frame.place)
+            + _names(back, frame.place_before)
+        )
+
+    return max(reversed(visit.transfers), key=score)
+
+
+def _place(location: Location | None) -> str | None:
+    """``unit^room^bed`` of a PV1-3/PV1-6 location (None without a unit)."""
+    if location is None or location.point_of_care is None:
+        return None
+    return f"{location.point_of_care}^{location.room or ''}^{location.bed or ''}"
+
+
+def _names(location: Location | None, place: str | None) -> bool:
+    """Whether a location from a message names ``place`` (the parts it gives must match)."""
+    given = _place(location)
+    if given is None or place is None:
+        return False
+    return all(g in ("", p) for g, p in zip(given.split("^"), place.split("^"), strict=True))
+
+
+def _relocate(step: Step, visit: VisitMemory, *, record: bool) -> VisitMemory:
+    """Move the visit to the event's PV1-3 location and the open tasks to that unit's team.
+
+    A move within a unit (a new room or bed) is recorded too, so an A12 can undo exactly it.
+    """
+    event = step.event
+    assert event is not None
+    assert event.visit is not None
+    place = _place(event.visit.location)
     new = event.visit.location.point_of_care if event.visit.location is not None else None
-    if new is None or new == visit.location:
+    if new is None or place is None or (new == visit.location and place == visit.place):
         return visit
+    if new == visit.location and visit.place is None:
+        return visit.model_copy(update={"place": place})  # first detail of the current unit
     rules = step.rules
     old_team = visit.team or rules.team(visit.location)
     new_team = rules.team(new)
@@ -188,11 +245,14 @@ def _relocate(step: Step, visit: VisitMemory, *, record: bool) -> VisitMemory:
         old, target = team_party(rules, old_team), team_party(rules, new_team)
         _, moved = step.reassign(case, old, target, "transfer.move_open_tasks")
     step.note(f"event.{event.event}", "location-changed", visit.case_id)
-    update: dict[str, object] = {"location": new, "team": new_team}
+    update: dict[str, object] = {"location": new, "place": place, "team": new_team}
     if record:
         frame = TransferFrame(
             message_control_id=event.message_control_id,
+            at=step.at,
             location=visit.location,
+            place_before=visit.place,
+            place=place,
             team=old_team,
             moved_task_ids=moved,
         )
@@ -249,7 +309,7 @@ def _merge(
             step.cases[case.id] = revalidated(case, patient=survivor)
             step.note("event.A40", "case-moved", case.id)
         for visit in source.visits:
-            step.visits.setdefault(visit.visit_number, visit)
+            step.visits.setdefault(visit.key, visit)
         step.last_discharge = latest([step.last_discharge, source.last_discharge])
         step.keys = list(dict.fromkeys([*step.keys, *source.patient_keys]))
         step.processed = _union(step.processed, source.processed)

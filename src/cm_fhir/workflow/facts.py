@@ -1,10 +1,13 @@
 """What the workflow reads from an ADT event, in domain terms, and the deterministic ids. Pure.
 
-Patient identifiers, the visit identifier, coverage, diagnoses and the event time come out of an
+Patient identifiers, the visit identity, coverage, diagnoses and the event time come out of an
 :class:`~cm_fhir.hl7v2.events.AdtEvent` as domain values, with identifier and code systems from the
-rules file. Ids are derived only from the visit number, the rule and the sequence numbers, never
-from the time of processing, so replaying an inbox gives identical cases: a visit number that is
-not already id-safe is hashed (``x-`` and 16 hex digits of its SHA-256).
+rules file. A visit is its number (the first of the rules' ``identity.visit_number_fields`` that
+holds one: PV1-19, PV1-50 or PID-18) qualified by its assigning authority (that field's CX.4, else
+MSH-4). Ids are derived only from the patient's key, the visit's authority and number, the rule
+and the sequence numbers, never from the time of processing, so replaying an inbox gives identical
+cases: a case id is ``<prefix>-<visit number>-<12 hex digits of the SHA-256 of patient and
+visit>`` (``<prefix>-x-<hash>`` when the number is not short and alphanumeric).
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import date, datetime
+from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 from cm_fhir.domain.case import Coverage
 from cm_fhir.domain.codes import IdentifierKind, PartyKind
 from cm_fhir.domain.common import Code, Identifier, PartyRef, PatientRef
-from cm_fhir.hl7v2.events import AdtEvent, PatientIdentifier
+from cm_fhir.hl7v2.events import AdtEvent, PatientIdentifier, VisitIdentifier
 from cm_fhir.mapping.rules import DischargeRules, PartySpec
+from cm_fhir.workflow.state import VisitMemory
 
 __all__ = [
     "DISCHARGE_PLAN_ID",
@@ -28,6 +33,7 @@ __all__ = [
     "coverage",
     "digest",
     "encounter",
+    "event_json",
     "event_time",
     "item_id",
     "party",
@@ -35,6 +41,7 @@ __all__ = [
     "patient_keys",
     "patient_ref",
     "reasons",
+    "visit_identity",
     "visit_slug",
 ]
 
@@ -46,16 +53,46 @@ _KINDS = {kind.value: kind for kind in IdentifierKind}
 
 
 def visit_slug(visit_number: str) -> str:
-    """The visit number in id form: as is when short and alphanumeric, else hashed."""
-    if _SAFE_VISIT.match(visit_number):
-        return visit_number
-    return "x-" + hashlib.sha256(visit_number.encode()).hexdigest()[:16]
+    """The readable part of a case id: the visit number when short and alphanumeric, else ``x``."""
+    return visit_number if _SAFE_VISIT.match(visit_number) else "x"
 
 
-def case_id(rules: DischargeRules, visit_number: str, admission: int) -> str:
-    """``dp-V100200`` for a visit's first case, ``dp-V100200-2`` after an A11 and a new admit."""
-    base = f"{rules.case_id_prefix}-{visit_slug(visit_number)}"
+def case_id(rules: DischargeRules, visit: VisitMemory, admission: int) -> str:
+    """``dp-V100200-<hash>`` for a visit's first case, ``dp-V100200-<hash>-2`` after an A11 and a
+    new admit. The hash covers the patient's key (identifier system with its authority, and
+    value) and the visit's authority and number, so equal visit numbers of two facilities or
+    two patients never share a case id (or anything derived from it)."""
+    identity = "\n".join((visit.patient_key or "", visit.visit_authority or "", visit.visit_number))
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    base = f"{rules.case_id_prefix}-{visit_slug(visit.visit_number)}-{digest}"
     return base if admission == 1 else f"{base}-{admission}"
+
+
+def visit_identity(event: AdtEvent, rules: DischargeRules) -> VisitIdentifier | None:
+    """The visit's number and authority: the first field of ``identity.visit_number_fields``
+    that holds a number, its CX.4 authority, else the sending facility (MSH-4); None if none."""
+    for field in rules.identity.visit_number_fields:
+        number, authority = _visit_field(event, field)
+        if number is not None and number.strip():
+            return VisitIdentifier.model_construct(
+                value=number.strip(), assigning_authority=authority or event.sending_facility
+            )
+    return None
+
+
+def _visit_field(event: AdtEvent, field: str) -> tuple[str | None, str | None]:
+    """The number and authority in one of the visit fields."""
+    visit = event.visit
+    found: VisitIdentifier | None = None
+    if field == "PID-18":
+        found = event.patient.account_number
+    elif visit is None:
+        return None, None
+    elif field == "PV1-50":
+        found = visit.alternate_visit_id
+    else:
+        return visit.visit_number, visit.visit_authority
+    return (found.value, found.assigning_authority) if found is not None else (None, None)
 
 
 def item_id(rule: str, tag: str = "") -> str:
@@ -99,6 +136,12 @@ def _token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]", "-", text.strip()) or "-"
 
 
+@lru_cache(maxsize=4096)
+def _qualified(system: str, authority: str) -> str:
+    """``system:<authority>``: a system per authority that has none configured."""
+    return f"{system}:{_token(authority)}"
+
+
 def _primary_first(ids: tuple[PatientIdentifier, ...]) -> list[PatientIdentifier]:
     """The MR-typed identifier first (the MRN), the others in message order."""
     mrns = [i for i in ids if i.type_code == IdentifierKind.MRN.value]
@@ -129,9 +172,15 @@ def patient_keys(event: AdtEvent, rules: DischargeRules) -> tuple[str, ...]:
     return tuple(dict.fromkeys(keys))
 
 
-def encounter(visit_number: str, rules: DischargeRules) -> Identifier:
+def encounter(visit: VisitMemory, rules: DischargeRules) -> Identifier:
+    """The visit's encounter identifier: the authority's system (``identity.visit_systems``, else
+    ``visit_system:<authority>``), the visit number, and the authority as assigner."""
+    authority = visit.visit_authority
+    system = rules.identity.visit_system
+    if authority:
+        system = rules.identity.visit_systems.get(authority) or _qualified(system, authority)
     return Identifier(
-        system=rules.identity.visit_system, value=visit_number, kind=IdentifierKind.VISIT
+        system=system, value=visit.visit_number, kind=IdentifierKind.VISIT, assigner=authority
     )
 
 
@@ -175,6 +224,15 @@ def party(spec: PartySpec) -> PartyRef:
     return PartyRef(kind=spec.kind, identifier=ident, display=spec.display)
 
 
-def digest(event: AdtEvent) -> str:
-    """A digest of the event's content, to tell a resent message from a reused control id."""
-    return hashlib.sha256(event.model_dump_json().encode()).hexdigest()[:32]
+def event_json(event: AdtEvent) -> str:
+    """The event as JSON (what a visit's log keeps, deflated)."""
+    return event.model_dump_json()
+
+
+def digest(event: AdtEvent, text: str | None = None) -> str:
+    """A digest of the event's content, to tell a resent message from a reused control id.
+
+    ``text`` is the event's :func:`event_json` when the caller has it already.
+    """
+    data = text if text is not None else event_json(event)
+    return hashlib.sha256(data.encode()).hexdigest()[:32]

@@ -150,7 +150,7 @@ def reclassify(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
     # A class change often carries no DG1 or IN1: the case's own diagnoses and payers count.
     found = replace(
         found,
-        diagnoses=found.diagnoses or tuple(c.code for c in case.reasons),
+        diagnoses=found.diagnoses or case.reasons,
         payers=found.payers
         or tuple(c.payer.identifier.value for c in case.coverage if c.payer.identifier),
     )

@@ -2,10 +2,11 @@
 
 The criteria of ``screening`` in ``discharge-rules.yaml`` are evaluated against a
 :class:`ScreeningFacts` value built from the event and the patient's state: patient class (the
-mapped encounter class), age from PID-7 at the event time, DG1 codes or prefixes, a readmission
-within N days of the patient's last discharge, payer (IN1-3), location (PV1-3.1) and hospital
-service (PV1-10). The result names the leaf criteria that matched, which become the case's
-:class:`~cm_fhir.domain.Screening`.
+mapped encounter class), age from PID-7 at the event time, DG1 codes in the code sets of their
+code system (ICD codes by prefix, dots ignored, so ICD-10, ICD-10-CM and ICD-9-CM each match their
+own set), a readmission within N days of the patient's last discharge, payer (IN1-3), location
+(PV1-3.1) and hospital service (PV1-10). The result names the leaf criteria that matched, which
+become the case's :class:`~cm_fhir.domain.Screening`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class ScreeningFacts:
     at: datetime
     patient_class: str | None = None
     birth_date: date | None = None
-    diagnoses: tuple[str, ...] = ()
+    diagnoses: tuple[Code, ...] = ()
     payers: tuple[str, ...] = ()
     location: str | None = None
     hospital_service: str | None = None
@@ -82,10 +83,7 @@ def _leaf(c: Criterion, f: ScreeningFacts) -> bool:
         age = age_at(f.birth_date, f.at)
         return (c.age.min is None or age >= c.age.min) and (c.age.max is None or age <= c.age.max)
     if c.diagnosis is not None:
-        codes = {d.upper() for d in f.diagnoses}
-        exact = {x.upper() for x in c.diagnosis.codes}
-        prefixes = tuple(p.upper() for p in c.diagnosis.prefixes)
-        return bool(codes & exact) or any(d.startswith(prefixes) for d in codes if prefixes)
+        return any(c.diagnosis.matches(d.system, d.code) for d in f.diagnoses)
     if c.readmission_within is not None:
         last = f.last_discharge
         return last is not None and last <= f.at <= last + c.readmission_within

@@ -2,10 +2,13 @@
 
 :class:`PatientState` is a frozen, JSON-serialisable document the store keeps per patient: the
 patient keys, the cases (the domain truth) and, separately, per-visit workflow memory
-(:class:`VisitMemory`): what the visit looks like now, the transfer stack that A12 pops, and one
-:class:`EventEffect` per triggering event naming exactly the task and referral ids it created, so
-A11 and A13 undo exactly what they cancel. :class:`Outcome` is the result of one step: the new
-state, the changed cases, the trace, and the patient keys the caller must hold locked.
+(:class:`VisitMemory`): the visit's identity (number, assigning authority, the patient it was
+first seen for), what the visit looks like now, its live transfers (:class:`TransferFrame`, which
+A12 matches), one :class:`EventEffect` per triggering event naming exactly the task and referral
+ids it created, so A11 and A13 undo exactly what they cancel, and the visit's applied events in
+event-time order (:class:`LoggedEvent`), from which a late event re-derives the visit.
+:class:`Outcome` is the result of one step: the new state, the changed cases, the trace, and the
+patient keys the caller must hold locked.
 """
 
 from __future__ import annotations
@@ -20,20 +23,25 @@ from cm_fhir.domain.common import Instant, LocalId, PatientRef
 from cm_fhir.domain.referral import DischargePlan
 
 __all__ = [
+    "LOG_LIMIT",
     "PROCESSED_MEMORY",
     "EffectKind",
     "EventEffect",
     "Flag",
+    "LoggedEvent",
     "Outcome",
     "PatientState",
     "ProcessedMessage",
     "TraceEntry",
     "TransferFrame",
     "VisitMemory",
+    "visit_key",
 ]
 
 #: How many processed messages a patient state remembers for duplicate detection.
 PROCESSED_MEMORY = 500
+#: How many events a visit's log keeps; a visit with more cannot be re-derived (see ordering).
+LOG_LIMIT = 200
 
 
 class _State(BaseModel):
@@ -71,22 +79,51 @@ class EventEffect(_State):
 
 
 class TransferFrame(_State):
-    """One A02 on the stack: where the patient was and which tasks moved with the transfer."""
+    """One live A02: where the patient was and went, when, and which tasks moved with it."""
 
     message_control_id: str
-    location: str | None = None
+    at: Instant | None = Field(default=None, description="The transfer's event time")
+    location: str | None = Field(default=None, description="The unit before (PV1-3.1)")
+    place_before: str | None = Field(default=None, description="Unit^room^bed before")
+    place: str | None = Field(default=None, description="Unit^room^bed after")
     team: str
     moved_task_ids: tuple[LocalId, ...] = ()
 
 
+class LoggedEvent(_State):
+    """One event applied to a visit, with the time it is ordered by.
+
+    The event itself is only needed to re-derive the visit, while the state document is written
+    after every batch: ``payload`` is its JSON, deflated against the visit's first event
+    (:attr:`VisitMemory.log_basis`) and base64-encoded (:mod:`cm_fhir.workflow.ordering`).
+    """
+
+    at: Instant = Field(description="EVN-6, else EVN-2, else MSH-7, else when it was processed")
+    rank: int = Field(default=0, description="Breaks a tie of times: a cancel after what it undoes")
+    message_control_id: str
+    payload: str
+
+    @property
+    def order(self) -> tuple[datetime, int]:
+        """What the log is sorted by; equal orders keep their arrival order."""
+        return (self.at, self.rank)
+
+
 class VisitMemory(_State):
-    """The workflow's view of one visit (PV1-19), kept apart from the case itself."""
+    """The workflow's view of one visit, kept apart from the case itself.
+
+    A visit is its number qualified by its assigning authority (:attr:`key`); ``patient_key`` is
+    the patient it was first seen for. Both go into the ids of its cases.
+    """
 
     visit_number: str
+    visit_authority: str | None = Field(default=None, description="PV1-19.4, else MSH-4")
+    patient_key: str | None = Field(default=None, description="The patient's key at first sight")
     case_id: LocalId | None = Field(default=None, description="The case of this visit, if any")
     admissions: int = Field(default=0, ge=0, description="Cases opened for this visit so far")
     patient_class: str | None = None
     location: str | None = None
+    place: str | None = Field(default=None, description="Unit^room^bed, as the last move named it")
     hospital_service: str | None = None
     team: str | None = None
     admit_time: Instant | None = None
@@ -95,6 +132,20 @@ class VisitMemory(_State):
     discharges: int = Field(default=0, ge=0, description="A03s applied so far (never decreases)")
     transfers: tuple[TransferFrame, ...] = ()
     effects: tuple[EventEffect, ...] = ()
+    log: tuple[LoggedEvent, ...] = Field(
+        default=(), description="The visit's applied events, in event-time order"
+    )
+    log_basis: str | None = Field(
+        default=None, description="The first logged event, deflated: the log's dictionary"
+    )
+    log_complete: bool = Field(
+        default=True, description="False once the log lost its oldest events (see LOG_LIMIT)"
+    )
+
+    @property
+    def key(self) -> str:
+        """``authority|number``: the visit's identity within the patient's state."""
+        return visit_key(self.visit_number, self.visit_authority)
 
     @property
     def discharged(self) -> bool:
@@ -131,8 +182,17 @@ class PatientState(_State):
     def case(self, case_id: str) -> Case | None:
         return next((c for c in self.cases if c.id == case_id), None)
 
-    def visit(self, visit_number: str) -> VisitMemory | None:
-        return next((v for v in self.visits if v.visit_number == visit_number), None)
+    def visit(self, visit_number: str, authority: str | None = None) -> VisitMemory | None:
+        """The visit with this number (and authority, when given)."""
+        return next(
+            (
+                v
+                for v in self.visits
+                if v.visit_number == visit_number
+                and (authority is None or v.visit_authority == authority)
+            ),
+            None,
+        )
 
 
 class Flag(StrEnum):
@@ -150,6 +210,8 @@ class Flag(StrEnum):
     TASK_DONE = "task-done"
     NO_RULE = "no-rule"
     NO_PRIOR_STATE = "no-prior-state"
+    STALE_EVENT = "stale-event"
+    REORDER_CONFLICT = "reorder-conflict"
     PATIENT_DECEASED = "patient-deceased"
     NO_LONGER_QUALIFIED = "no-longer-qualified"
     PRE_DISCHARGE_WORK_OPEN = "pre-discharge-work-open"
@@ -184,6 +246,11 @@ class Outcome(_State):
     @property
     def flags(self) -> set[Flag]:
         return {flag for entry in self.trace for flag in entry.flags}
+
+
+def visit_key(visit_number: str, authority: str | None) -> str:
+    """The key of a visit in a patient's state: ``authority|number`` (``|number`` without one)."""
+    return f"{authority or ''}|{visit_number}"
 
 
 def changed_cases(before: PatientState, after: PatientState) -> tuple[Case, ...]:
