@@ -28,6 +28,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,7 @@ from worker_fixtures import (
     settle_worker,
     trace,
 )
-from workflow_messages import Visit, hours
+from workflow_messages import Visit
 
 pytestmark = pytest.mark.slow
 
@@ -74,10 +75,15 @@ class Outgoing:
     text: str
 
 
-def patient_story(n: int, rng: random.Random) -> list[Outgoing]:
+def patient_story(n: int, rng: random.Random, start: datetime) -> list[Outgoing]:
     """One synthetic patient's ADT traffic, in order: an admission, then (mostly) transfers,
     updates, a pending discharge and a discharge; some admissions are cancelled (A11), some
-    discharges cancelled (A13) and sent again."""
+    discharges cancelled (A13) and sent again. Times count from ``start``, a few days ago, so the
+    service's case-closing schedule (wall clock) finds nothing due in either run."""
+
+    def hours(n: float) -> datetime:
+        return start + timedelta(hours=n)
+
     visit = Visit(
         mrn=f"MRN-KS{n:05d}",
         visit=f"VKS{n:05d}",
@@ -101,7 +107,7 @@ def patient_story(n: int, rng: random.Random) -> list[Outgoing]:
         if rng.random() < 0.5:
             story.append(("A08", at, {"location": unit}))
             at += 1
-        expected = f"202403{rng.randint(7, 20):02d}"
+        expected = (start + timedelta(days=rng.randint(2, 15))).strftime("%Y%m%d")
         story.append(("A16", at + 8, {"location": unit, "expected": expected}))
         if kind < 0.85:
             end = at + rng.uniform(20, 60)
@@ -122,9 +128,10 @@ def sender_feeds(rng: random.Random) -> list[list[Outgoing]]:
     """``MESSAGES`` messages for many patients, split over the senders: each patient belongs to
     one sender, whose feed interleaves its patients at random but keeps each patient's order."""
     stories: list[list[list[Outgoing]]] = [[] for _ in range(SENDERS)]
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
     total, n = 0, 0
     while total < MESSAGES:
-        story = patient_story(n, rng)[: MESSAGES - total]
+        story = patient_story(n, rng, start)[: MESSAGES - total]
         stories[n % SENDERS].append(story)
         total, n = total + len(story), n + 1
     feeds = []
