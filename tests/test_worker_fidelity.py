@@ -133,8 +133,7 @@ async def test_a_message_without_visit_identity_changes_nothing(
     nothing = Visit(mrn=V.mrn, visit="")
     await ingest(worker_engine, [nothing.raw("A03", "W2", hours(5), discharge=hours(5))])
     result = await settle_worker(worker_engine)
-    assert result.processed == 1
-    assert result.outbox == 0
+    assert result.outbox == 0  # settled (processed, or held for attention), no write
     assert [r.case_json for r in await rows(worker_engine, cases)] == before
     inbox = {r.control_id: r.id for r in await rows(worker_engine, inbox_messages)}
     flagged = [t for t in await rows(worker_engine, trace) if t.inbox_message_id == inbox["W2"]]

@@ -378,11 +378,6 @@ LATE_MERGE_BUG = (
     "an A40 arriving after the survivor already opened a case for the prior patient's visit"
     " moves the prior patient's live case beside it: two live cases for one visit"
 )
-EMPTY_EXTENSION_BUG = (
-    "a draft discharge plan without expected date, disposition or needs maps to a CarePlan"
-    " cm-discharge-plan extension with an empty extension array (fhir.context.complex_extension);"
-    " our profile validator does not flag it"
-)
 ORDER_BUG = (
     "a visit's events are re-derived in event-time order, but an A40 merge is not: a merge"
     " arriving after later events of the merged visit (late-merge-two-live-cases) leaves"
@@ -398,11 +393,7 @@ PROPERTIES = [
         marks=xfail(LATE_MERGE_BUG),
     ),
     pytest.param(every_resource_passes_profiles, id="every-resource-passes-profiles"),
-    pytest.param(
-        no_resource_has_empty_parts,
-        id="no-resource-has-empty-parts",
-        marks=xfail(EMPTY_EXTENSION_BUG),
-    ),
+    pytest.param(no_resource_has_empty_parts, id="no-resource-has-empty-parts"),
     pytest.param(redelivery_changes_nothing, id="redelivery-changes-nothing"),
     pytest.param(
         arrival_order_does_not_matter, id="arrival-order-does-not-matter", marks=xfail(ORDER_BUG)
@@ -567,7 +558,6 @@ async def test_worker_commits_only_resources_our_profiles_accept(
     assert not problems, "\n".join(dict.fromkeys(problems))
 
 
-@xfail(EMPTY_EXTENSION_BUG)
 async def test_worker_commits_no_empty_parts(worker_engine: AsyncEngine) -> None:
     found = await through_the_worker(worker_engine, WORKER_FEED)
     problems = [f"{where}: {p}" for where, r in committed_resources(found) for p in empty_parts(r)]
