@@ -272,7 +272,7 @@ async def test_lockstep_senders_share_one_commit(inbox_engine: AsyncEngine) -> N
     async with InboxWriter(inbox_engine, writers=1) as writer:
         await asyncio.gather(*(sender(n, writer) for n in range(4)))
         assert writer.messages == 160
-        assert writer.messages / writer.batches >= 3.5
+        assert writer.messages / writer.batches >= 3.0  # two per commit would be 2.0
         assert writer.lingered > 0
     assert await count_rows(inbox_engine) == 160
 
