@@ -354,6 +354,8 @@ async def soak_databases(
 ) -> AsyncIterator[tuple[str, Database, Database, list[str], dict[str, str]]]:
     """(kind, soak database, reference database, serve arguments, serve environment)."""
     env = _env()
+    # Every sender connects from 127.0.0.1: leave room above the per-address limit.
+    env["CM_FHIR_MLLP__MAX_CONNECTIONS_PER_PEER"] = str(2 * SENDERS)
     if request.param == "sqlite":
         soak = Database(f"sqlite+aiosqlite:///{tmp_path / 'data' / 'cm-fhir.sqlite3'}")
         reference = Database(f"sqlite+aiosqlite:///{tmp_path / 'reference.sqlite3'}")
