@@ -19,10 +19,13 @@ the admission work, as if the admit had come first.
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import CaseStatus, Disposition, PlanStatus
+from cm_fhir.domain.referral import Referral
+from cm_fhir.domain.task import Task
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step, revalidated
 from cm_fhir.workflow.admission import (
@@ -148,6 +151,26 @@ def plan_discharge(step: Step, visit: VisitMemory, *, pending: bool) -> VisitMem
     return visit.model_copy(update={"effects": (*visit.effects, effect)})
 
 
+_Dated = TypeVar("_Dated", Task, Referral)
+
+
+def _moved_due(
+    step: Step,
+    visit: VisitMemory,
+    case: Case,
+    item: _Dated,
+    due: timedelta,
+    before: timedelta,
+    rule: str,
+) -> _Dated:
+    """``item`` (a task or referral) with its due date moved to follow the expected discharge."""
+    moved = due_before_discharge(step, visit, due, before, since=item.authored_on)
+    if moved == item.due:
+        return item
+    step.note(rule, "due-moved", case.id, item.id)
+    return item.model_copy(update={"due": moved})
+
+
 def _follow_expected_date(step: Step, visit: VisitMemory, case: Case) -> Case:
     """The expected date moved: open planning work due before it moves with it."""
     effects = planning_effects(visit, visit.discharges + 1)
@@ -157,12 +180,15 @@ def _follow_expected_date(step: Step, visit: VisitMemory, case: Case) -> Case:
     for task in case.tasks:
         rule = rules.pending_discharge.tasks.get(rule_name(task.id))
         if task.id in planned and task.is_open and rule and rule.before_discharge is not None:
-            due = due_before_discharge(
-                step, visit, rule.due, rule.before_discharge, since=task.authored_on
+            task = _moved_due(
+                step,
+                visit,
+                case,
+                task,
+                rule.due,
+                rule.before_discharge,
+                "pending_discharge.before_discharge",
             )
-            if due != task.due:
-                task = task.model_copy(update={"due": due})
-                step.note("pending_discharge.before_discharge", "due-moved", case.id, task.id)
         tasks.append(task)
     disposition = case.discharge_plan.disposition if case.discharge_plan else None
     ref_rule = rules.discharge.referrals.get(disposition) if disposition else None
@@ -170,12 +196,15 @@ def _follow_expected_date(step: Step, visit: VisitMemory, case: Case) -> Case:
     referrals = []
     for ref in case.referrals:
         if ref.id in live and ref_rule is not None and ref_rule.before_discharge is not None:
-            due = due_before_discharge(
-                step, visit, ref_rule.due, ref_rule.before_discharge, since=ref.authored_on
+            ref = _moved_due(
+                step,
+                visit,
+                case,
+                ref,
+                ref_rule.due,
+                ref_rule.before_discharge,
+                "discharge.referrals",
             )
-            if due != ref.due:
-                ref = ref.model_copy(update={"due": due})
-                step.note("discharge.referrals", "due-moved", case.id, ref.id)
         referrals.append(ref)
     changed = revalidated(case, tasks=tuple(tasks), referrals=tuple(referrals))
     step.cases[case.id] = changed
