@@ -1,4 +1,5 @@
-"""How the MLLP listener is configured: :class:`ListenerConfig`, built from the ``mllp`` settings,
+"""How the MLLP listener is configured: :class:`ListenerConfig`, built from the ``mllp`` settings
+(a thin adapter: its defaults are :class:`~cm_fhir.settings.MllpSettings`),
 the server TLS context (optionally mutual TLS) and the exposure check. No sockets are opened here;
 TLS files are read when a context is built.
 """
@@ -16,27 +17,29 @@ from cm_fhir.settings import MllpSettings
 
 __all__ = ["ListenerConfig", "check_exposure", "server_tls_context", "tls_identity"]
 
+_DEFAULTS = MllpSettings()  # the defaults live in the settings model only
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """Where and how the listener accepts connections (0 disables a limit or a timeout)."""
 
-    host: str = "127.0.0.1"
-    port: int = 2575
-    max_connections: int = 64
-    max_connections_per_peer: int = 8  # per address, and per TLS client identity
-    max_message_bytes: int = 1_048_576
-    idle_timeout: float = 600.0  # seconds without a whole frame
-    frame_timeout: float = 60.0  # seconds from a start block to its end block
+    host: str = _DEFAULTS.host
+    port: int = _DEFAULTS.port
+    max_connections: int = _DEFAULTS.max_connections
+    max_connections_per_peer: int = _DEFAULTS.max_connections_per_peer  # per address and TLS id
+    max_message_bytes: int = _DEFAULTS.max_message_bytes
+    idle_timeout: float = _DEFAULTS.idle_timeout  # seconds without a whole frame
+    frame_timeout: float = _DEFAULTS.frame_timeout  # seconds from a start block to its end block
     ssl_context: ssl.SSLContext | None = None
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = _DEFAULTS.shutdown_grace
     allowed_networks: tuple[Network, ...] = ()  # empty: every address
-    allowed_senders: tuple[str, ...] = ()  # MSH-3|MSH-4 entries; empty: every sender
-    unreadable_keep_bytes: int = 4096
-    unreadable_limit: int = 10  # unreadable frames per window before a cool-down
-    unreadable_window: float = 60.0
-    cooldown: float = 300.0
-    allow_public_bind: bool = False
+    allowed_senders: tuple[str, ...] = _DEFAULTS.allowed_senders  # MSH-3|MSH-4; empty: every one
+    unreadable_keep_bytes: int = _DEFAULTS.unreadable_keep_bytes
+    unreadable_limit: int = _DEFAULTS.unreadable_limit  # unreadable frames per window, then a pause
+    unreadable_window: float = _DEFAULTS.unreadable_window
+    cooldown: float = _DEFAULTS.cooldown
+    allow_public_bind: bool = _DEFAULTS.allow_public_bind
 
     @classmethod
     def from_settings(cls, mllp: MllpSettings) -> ListenerConfig:

@@ -34,7 +34,7 @@ from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import current_revision, make_engine
+from cm_fhir.store.engine import current_revision, engine_for
 from cm_fhir.store.writer import InboxWriter
 
 __all__ = ["create_app", "head_revision", "schema_is_current"]
@@ -122,9 +122,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             own_engine = engine is None
-            active = engine or make_engine(
-                settings.effective_database_url, search_path=settings.database_search_path
-            )
+            active = engine or engine_for(settings)
             if own_engine:
                 stack.push_async_callback(active.dispose)
             writer = inbox_writer
