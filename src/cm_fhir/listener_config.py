@@ -83,15 +83,22 @@ def server_tls_context(
         return None
     if cert is None or key is None:
         raise ConfigError("mllp.tls_cert and mllp.tls_key go together")
+    for setting, path in (("tls_cert", cert), ("tls_key", key), ("tls_client_ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"mllp.{setting}: {path}: no such file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)
         if client_ca is not None:
             context.load_verify_locations(cafile=str(client_ca))
             context.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as exc:
-        name = type(exc).__name__
-        raise ConfigError(f"cannot load the MLLP TLS certificate, key or CA: {name}") from exc
+    except OSError as exc:  # ssl.SSLError is an OSError
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = getattr(exc, "reason", None) or exc.strerror or "unusable"
+        raise ConfigError(
+            f"cannot load the MLLP TLS certificate, key or CA{where} "
+            f"(mllp.tls_cert, mllp.tls_key, mllp.tls_client_ca): {reason}"
+        ) from exc
     return context
 
 

@@ -39,6 +39,7 @@ from cm_fhir.errors import ConfigError
 from cm_fhir.mllp_peers import parse_networks
 
 __all__ = [
+    "DATABASE_DRIVERS",
     "LOG_LEVELS",
     "AuthSettings",
     "HealthSettings",
@@ -53,6 +54,17 @@ __all__ = [
 
 SQLITE_FILE_NAME = "cm-fhir.sqlite3"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: URL schemes cm-fhir accepts -> the async driver it uses for them.
+DATABASE_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
 #: Setting names of earlier releases, and the name that replaced each.
 RENAMED = {"database_search_path": "database_schema"}
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -243,6 +255,18 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     health: HealthSettings = HealthSettings()
 
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, separator, _ = value.partition("://")
+        if not separator:
+            raise ValueError("not a database URL (sqlite:///file.db or postgresql://user@host/db)")
+        if scheme.lower() not in DATABASE_DRIVERS:
+            raise ValueError(f"{scheme}:// is not supported; use sqlite:// or postgresql://")
+        return value
+
     @field_validator("database_schema")
     @classmethod
     def _schema_name(cls, value: str | None) -> str | None:
@@ -265,7 +289,7 @@ class Settings(BaseSettings):
         try:
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown IANA time zone {value!r} (e.g. Europe/Berlin)") from exc
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Berlin)") from exc
         return value
 
     @field_validator("log_level", mode="before")

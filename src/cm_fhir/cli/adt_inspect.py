@@ -79,7 +79,7 @@ def inspect_files(
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            inspected.append(InspectedFile(path, unreadable=exc.strerror or type(exc).__name__))
+            inspected.append(InspectedFile(path, unreadable=exc.strerror or "unreadable"))
             continue
         try:
             texts = split_batch(raw)

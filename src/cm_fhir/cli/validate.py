@@ -15,6 +15,7 @@ from typing import Any
 import typer
 
 from cm_fhir.cli._app import app
+from cm_fhir.cli.errors import read_json
 from cm_fhir.errors import ProfileError
 from cm_fhir.profiles import (
     ConformanceRegistry,
@@ -32,11 +33,7 @@ _SHOWN = {"error", "fatal", "warning"}
 
 
 def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        typer.echo(f"{path}: cannot be read as JSON: {type(exc).__name__}", err=True)
-        raise typer.Exit(2) from exc
+    return read_json(path)
 
 
 def _validator(profiles_dir: Path | None) -> ProfileValidator:

@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cm_fhir.errors import ConfigError, StoreError
-from cm_fhir.settings import Settings
+from cm_fhir.settings import DATABASE_DRIVERS, Settings
 
 __all__ = [
     "async_url",
@@ -36,16 +36,6 @@ __all__ = [
     "revision_history",
     "upgrade_database",
 ]
-
-# Plain or sync driver names -> the async driver cm-fhir uses for that database.
-_ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+pysqlite": "sqlite+aiosqlite",
-    "postgres": "postgresql+asyncpg",
-    "postgresql": "postgresql+asyncpg",
-    "postgresql+psycopg2": "postgresql+asyncpg",
-}
-_SUPPORTED = ("sqlite+aiosqlite", "postgresql+asyncpg", "postgresql+psycopg")
 
 
 def async_url(url: str) -> URL:
@@ -63,8 +53,8 @@ def async_url(url: str) -> URL:
             "database_url is not a database URL (e.g. sqlite:///cm-fhir.sqlite3 or "
             "postgresql://user@host/db)"
         ) from exc
-    name = _ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
-    if name not in _SUPPORTED:
+    name = DATABASE_DRIVERS.get(parsed.drivername.lower())
+    if name is None:
         raise ConfigError(
             f"database_url: {parsed.drivername}:// is not supported; use sqlite:// or postgresql://"
         )
@@ -118,7 +108,7 @@ def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
         for pragma in _SQLITE_PRAGMAS:
             connection.execute(pragma)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the SQLite inbox: {type(exc).__name__}") from exc
+        raise StoreError(f"cannot open the SQLite inbox {path}: {exc}") from exc
     return connection
 
 
