@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import os
 import re
 from dataclasses import fields
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel

@@ -92,11 +92,13 @@ async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bo
         current = await current_revision(engine)
     except (SQLAlchemyError, OSError) as exc:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        label = engine.url.render_as_string(hide_password=True)
         raise ConfigError(
-            f"cannot open the database: {reason[0] if reason else 'refused'}"
+            f"cannot open the database {label}: {reason[0] if reason else 'refused'}"
         ) from exc
     except StoreError as exc:
-        raise ConfigError(str(exc)) from exc
+        label = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(f"{label}: {exc}") from exc
     head = head_revision()
     if current != head:
         state = "has no cm-fhir schema" if current is None else f"is at revision {current}"

@@ -16,17 +16,18 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.cli._app import db_app
-from cm_fhir.cli.errors import EXIT_PROBLEMS
+from cm_fhir.cli.errors import EXIT_PROBLEMS, fail
 from cm_fhir.cli.options import (
     ConfigOption,
     DatabaseSchemaOption,
     DatabaseUrlOption,
     DataDirOption,
+    cannot_open,
     database_label,
     existing_database,
     settings_from,
 )
-from cm_fhir.errors import ConfigError
+from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
 from cm_fhir.store.engine import (
     async_url,
@@ -61,7 +62,10 @@ def upgrade(
         finally:
             await engine.dispose()
 
-    applied = asyncio.run(_run())
+    try:
+        applied = asyncio.run(_run())
+    except StoreError as exc:
+        fail(f"{label}: {exc}")
     head = revision_history()[-1][0]
     if applied:
         typer.echo(f"{label}: applied {', '.join(applied)}; now at {head}")
@@ -107,11 +111,7 @@ async def _applied(settings: Settings) -> str | None:
     try:
         return await current_revision(engine)
     except (SQLAlchemyError, OSError) as exc:
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise ConfigError(
-            f"cannot open the database {database_label(settings)}: "
-            f"{reason[0] if reason else 'refused'}"
-        ) from exc
+        raise cannot_open(settings, exc) from exc
     finally:
         await engine.dispose()
 

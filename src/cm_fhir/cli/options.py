@@ -31,6 +31,7 @@ __all__ = [
     "LogLevelOption",
     "MappingsOption",
     "TimezoneOption",
+    "cannot_open",
     "configure_logging",
     "database_label",
     "existing_database",
@@ -145,6 +146,14 @@ def database_label(settings: Settings) -> str:
     return f"{label} (schema {settings.database_schema})" if settings.database_schema else label
 
 
+def cannot_open(settings: Settings, exc: BaseException) -> ConfigError:
+    """The one-line error for a database that cannot be reached (the driver's words)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return ConfigError(
+        f"cannot open the database {database_label(settings)}: {reason[0] if reason else 'refused'}"
+    )
+
+
 async def existing_database(settings: Settings) -> AsyncEngine:
     """An engine on the configured database, which must exist and be migrated.
 
@@ -164,10 +173,7 @@ async def existing_database(settings: Settings) -> AsyncEngine:
         revision = await current_revision(engine)
     except (SQLAlchemyError, OSError) as exc:
         await engine.dispose()
-        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        raise ConfigError(
-            f"cannot open the database {label}: {reason[0] if reason else 'refused'}"
-        ) from exc
+        raise cannot_open(settings, exc) from exc
     if revision is None:
         await engine.dispose()
         raise ConfigError(f"the database {label} has no cm-fhir schema: run `cm-fhir db upgrade`")
