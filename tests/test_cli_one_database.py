@@ -53,7 +53,7 @@ async def _start_serve(folder: Path) -> tuple[asyncio.subprocess.Process, dict[s
         "--mllp-port",
         "0",
         "--log-level",
-        "WARNING",
+        "INFO",
         cwd=folder,
         env=_env(),
         stdout=asyncio.subprocess.PIPE,
@@ -137,6 +137,9 @@ async def test_serve_replay_upgrade_and_dry_run_share_one_database(
         async with asyncio.timeout(30):
             _, stderr = await process.communicate()
     assert process.returncode == 0, stderr.decode()[-2000:]
+    # serve migrated the fresh database at INFO without Alembic's per-revision lines
+    assert "alembic" not in stderr.decode()
+    assert "cm_fhir" in stderr.decode()  # while INFO lines of cm-fhir itself are there
     assert sorted(p.relative_to(folder) for p in folder.rglob("*.sqlite3")) == [
         Path("cm-fhir-data/cm-fhir.sqlite3")
     ]

@@ -230,3 +230,30 @@ def test_listener_and_worker_defaults_are_the_settings_defaults() -> None:
         load_settings(overrides={"worker": {"batch_size": 9, "apply_processing_ids": "p,t"}}).worker
     )
     assert (changed.batch_size, changed.apply_processing_ids) == (9, frozenset({"P", "T"}))
+
+
+async def test_the_api_serves_with_the_mappings_dir_setting(tmp_path: Path) -> None:
+    import httpx
+
+    from cm_fhir.api.app import create_app
+    from cm_fhir.store.engine import engine_for, upgrade_database
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "fhir-identity.yaml").write_text("canonical_base: https://site.example.org/fhir\n")
+    config = _toml(tmp_path, f'mappings_dir = "{site}"\ndata_dir = "{tmp_path / "data"}"\n')
+    settings = load_settings(config)
+    settings.data_dir.mkdir()
+    engine = engine_for(settings)
+    await upgrade_database(engine)
+    api = create_app(settings, engine=engine)
+    try:
+        async with api.router.lifespan_context(api):
+            transport = httpx.ASGITransport(api)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                statement = (await client.get("/fhir/metadata")).json()
+    finally:
+        await engine.dispose()
+    profiles = [r["profile"] for r in statement["rest"][0]["resource"] if "profile" in r]
+    assert profiles
+    assert all(p.startswith("https://site.example.org/fhir/") for p in profiles), profiles

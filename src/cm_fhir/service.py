@@ -33,13 +33,13 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.api.app import create_app, head_revision
+from cm_fhir.api.app import create_app, head_revision, site_registry
 from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
-from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
+from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.settings import Role, Settings
@@ -123,8 +123,7 @@ def site_mappings(settings: Settings) -> SiteMappings:
     rules = load_discharge_rules(folder)
     if settings.timezone is not None:
         rules = rules.model_copy(update={"timezone": settings.timezone})
-    registry = load_registry(folder) if folder is not None else default_registry()
-    return SiteMappings(rules, load_adt_concept_maps(folder), registry)
+    return SiteMappings(rules, load_adt_concept_maps(folder), site_registry(settings))
 
 
 def worker_available() -> bool:
@@ -228,6 +227,7 @@ class Service:
             authenticator=Authenticator(
                 [k.get_secret_value() for k in settings.api_keys], settings.auth
             ),
+            registry=site_registry(settings),
         )
         try:
             await check_database(engine, settings, migrate=self.migrate)
