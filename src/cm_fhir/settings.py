@@ -86,7 +86,9 @@ class _Section(BaseModel):
 class HttpSettings(_Section):
     """The HTTP API (FastAPI under uvicorn)."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1", description="Address to bind; beyond loopback needs API keys or a JWKS."
+    )
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
     max_body_bytes: int = Field(
         1_048_576,
@@ -101,13 +103,19 @@ class HttpSettings(_Section):
 class MllpSettings(_Section):
     """The MLLP listener (0 disables a limit or a timeout)."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind; beyond loopback needs TLS, allowed_networks or "
+        "allow_public_bind.",
+    )
     port: int = Field(2575, ge=0, le=65535, description="0 picks a free port.")
-    max_connections: int = Field(64, gt=0)
+    max_connections: int = Field(64, gt=0, description="Connections at once.")
     max_connections_per_peer: int = Field(
         8, ge=0, description="Per client address, and per TLS client certificate subject."
     )
-    max_message_bytes: int = Field(1_048_576, gt=0)
+    max_message_bytes: int = Field(
+        1_048_576, gt=0, description="Largest frame; larger is refused with an AR."
+    )
     idle_timeout: float = Field(600.0, ge=0, description="Seconds without a whole frame.")
     frame_timeout: float = Field(60.0, ge=0, description="Seconds for a begun frame to end.")
     shutdown_grace: float = Field(10.0, gt=0, description="Seconds to finish in-flight frames.")
@@ -204,10 +212,12 @@ class AuthSettings(_Section):
     jwks_url: str | None = Field(None, description="JWKS of the authorisation server.")
     issuer: str | None = Field(None, description="Required `iss` claim.")
     audience: str | None = Field(None, description="Required `aud` claim.")
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
+    algorithms: tuple[str, ...] = Field(
+        ("RS256", "ES256", "PS256"), description="Signature algorithms accepted (asymmetric)."
+    )
     leeway: float = Field(30.0, ge=0, description="Clock skew allowed on exp/nbf, seconds.")
-    jwks_cache_seconds: int = Field(300, gt=0)
-    jwks_timeout: float = Field(5.0, gt=0)
+    jwks_cache_seconds: int = Field(300, gt=0, description="Seconds the JWKS is cached.")
+    jwks_timeout: float = Field(5.0, gt=0, description="Seconds to fetch the JWKS.")
 
     @property
     def jwt_enabled(self) -> bool:
