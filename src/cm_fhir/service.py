@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import secrets
 import socket
 from collections.abc import Callable
@@ -162,6 +163,11 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def _reason(exc: OSError) -> str:
+    """An operating-system error in words ("Address already in use")."""
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or "refused")
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -171,8 +177,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise ConfigError(
-            f"cannot serve the API on {host}:{port} (http.host/http.port): "
-            f"{exc.strerror or 'refused'}"
+            f"cannot serve the API on {host}:{port} (http.host/http.port): {_reason(exc)}"
         ) from exc
     sock.listen(2048)
     sock.setblocking(False)
@@ -277,7 +282,7 @@ class Service:
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen for MLLP on {mllp.host}:{mllp.port} (mllp.host/mllp.port): "
-                    f"{exc.strerror or 'refused'}"
+                    f"{_reason(exc)}"
                 ) from exc
             context.roles["listener"] = "running"
             self.info.mllp_address = (mllp.host, listener.port)

@@ -1,7 +1,7 @@
 """How the CLI reports errors: one readable line per problem on stderr, a status, no traceback.
 
 Exit statuses: 0 success, 1 the input was read but has problems (a failed check: validation
-errors, a message that did not parse, a replay that found nothing to do), 2 the input is
+errors, a message that did not parse, a dead letter that is not one), 2 the input is
 unusable (bad usage, a missing file, bad JSON, a bad setting, a port in use, a database that
 cannot be opened). :func:`explain` turns any exception that reaches the command line into such a
 line: the messages of cm-fhir's own errors, the file and reason of an ``OSError``; never a class
