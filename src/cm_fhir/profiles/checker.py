@@ -17,7 +17,7 @@ from typing import Any
 
 from cm_fhir.profiles.constraints import SKIPPED, ConstraintEngine
 from cm_fhir.profiles.model import CompiledProfile, ElementNode
-from cm_fhir.profiles.primitives import check_primitive, is_primitive
+from cm_fhir.profiles.primitives import PRIMITIVE_TYPES, check_primitive, is_primitive
 from cm_fhir.profiles.rules import Catalog, Run, check_binding, check_coding, check_reference
 from cm_fhir.profiles.slicing import assign_slices, matches_pattern
 
@@ -35,6 +35,7 @@ class InstanceChecker:
         self._json_keys: dict[int, tuple[tuple[str, str, str], ...]] = {}
         self._type_trees: dict[tuple[int, str], CompiledProfile | None] = {}
         self._extra: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._resource_types: dict[str, bool] = {}
 
     # -- resources --------------------------------------------------------------------------
     def check_resource(
@@ -118,9 +119,14 @@ class InstanceChecker:
         # Present elements, and absent ones that are required or must-support, in profile order.
         for index in sorted(to_check):
             self.check_child(value, to_check[index], owner, expr, run)
-        is_resource = root and "resourceType" in value
-        if not is_resource and not any(k != "id" and _present(v) for k, v in value.items()):
-            run.error("invariant", expr, "ele-1: All FHIR elements must have a @value or children")
+        if not (root and "resourceType" in value):
+            for k, v in value.items():
+                if k != "id" and v is not None and v != []:
+                    break
+            else:
+                run.error(
+                    "invariant", expr, "ele-1: All FHIR elements must have a @value or children"
+                )
         if tcode == "Extension" and _present(value.get("extension")) == _has_value_x(value):
             run.error("invariant", expr, "ext-1: Must have either extensions or value[x], not both")
         if root and isinstance(value.get("contained"), list):
@@ -174,6 +180,19 @@ class InstanceChecker:
             json_keys = self._json_keys[id(child)] = tuple(
                 (k, t, f"_{k}") for k, t in child.json_keys
             )
+        if len(json_keys) == 1 and not child.is_array and child.slicing is None:
+            # The common case, without the general bookkeeping: one single-valued element.
+            key, tcode, companion = json_keys[0]
+            raw, ext = value.get(key), value.get(companion)
+            if (key in value or companion in value) and not (
+                isinstance(raw, list) or isinstance(ext, list)
+            ):
+                if child.max == 0:
+                    where = f"{expr}.{child.display_name}"
+                    text = "is not allowed by the profile (max 0)"
+                    run.error("structure", where, f"{child.display_name} {text}")
+                self.check_item(raw, ext, tcode, child, owner, f"{expr}.{key}", run)
+                return
         present = [(k, t) for k, t, companion in json_keys if k in value or companion in value]
         if len(present) > 1:
             run.error(
@@ -240,10 +259,15 @@ class InstanceChecker:
         expr: str,
         run: Run,
     ) -> None:
-        if is_primitive(tcode):
+        if tcode in PRIMITIVE_TYPES:
             self._check_primitive(raw, ext, tcode, node, expr, run)
             return
-        if tcode == "Resource" or self.catalog.is_resource_type(tcode):
+        is_resource = self._resource_types.get(tcode)
+        if is_resource is None:
+            is_resource = self._resource_types[tcode] = (
+                tcode == "Resource" or self.catalog.is_resource_type(tcode)
+            )
+        if is_resource:
             if isinstance(raw, dict):
                 self.check_resource(raw, expr, run)
             else:
