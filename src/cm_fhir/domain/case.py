@@ -62,6 +62,8 @@ class StatusChange(DomainModel):
 
 
 class CareTeamMember(DomainModel):
+    """One member of the case's care team: who (``party``) in which ``role``."""
+
     role: Code
     party: PartyRef
 
@@ -196,22 +198,27 @@ class Case(DomainModel):
             raise DomainError(f"case '{self.id}' is {self.status.value}: it takes no new {what}")
 
     def add_task(self, task: Task) -> Case:
+        """A copy with ``task`` added; raises DomainError when the case is closed."""
         self._require_open("tasks")
         return self._changed(tasks=(*self.tasks, task))
 
     def add_goal(self, goal: Goal) -> Case:
+        """A copy with ``goal`` added; raises DomainError when the case is closed."""
         self._require_open("goals")
         return self._changed(goals=(*self.goals, goal))
 
     def add_referral(self, referral: Referral) -> Case:
+        """A copy with ``referral`` added; raises DomainError when the case is closed."""
         self._require_open("referrals")
         return self._changed(referrals=(*self.referrals, referral))
 
     def add_assessment(self, assessment: Assessment) -> Case:
+        """A copy with ``assessment`` added; raises DomainError when the case is closed."""
         self._require_open("assessments")
         return self._changed(assessments=(*self.assessments, assessment))
 
     def task(self, task_id: str) -> Task:
+        """The task with this id; raises DomainError when the case has none."""
         for task in self.tasks:
             if task.id == task_id:
                 return task

@@ -95,7 +95,9 @@ class Task(DomainModel):
         return self.model_copy(update=update)
 
     def reassign(self, owner: PartyRef) -> Task:
+        """A copy owned by ``owner`` (status unchanged)."""
         return self.model_copy(update={"owner": owner})
 
     def is_overdue(self, now: datetime) -> bool:
+        """Whether the task is still open after its due time."""
         return self.is_open and self.due < now

@@ -64,6 +64,7 @@ class ConformanceRegistry:
         return registry
 
     def add(self, resource: dict[str, Any], *, source: str) -> None:
+        """Index a StructureDefinition, ValueSet or CodeSystem (others are ignored)."""
         kind = resource.get("resourceType")
         if kind not in _KINDS:
             return
@@ -79,6 +80,7 @@ class ConformanceRegistry:
         self.sources[url] = source
 
     def structure_definition(self, url: str) -> dict[str, Any] | None:
+        """The StructureDefinition with this canonical URL (version suffix ignored), if loaded."""
         return self.structure_definitions.get(canonical(url))
 
     def base_definition(self, type_name: str) -> dict[str, Any] | None:

@@ -64,6 +64,7 @@ class ProfileValidator:
         return self._compiled[key]
 
     def is_resource_type(self, name: str) -> bool:
+        """Whether ``name`` is an R4 resource type (or a resource a loaded profile defines)."""
         return name in self._resource_types
 
     # -- public API -------------------------------------------------------------------------
