@@ -143,7 +143,7 @@ def test_validate_names_the_file_and_position_of_bad_json(
     bad = tmp_path / "bad.json"
     bad.write_text('{"resourceType": "Patient",\n  oops}')
     line = _one_error(runner.invoke(app, ["validate", str(bad)]), 2)
-    assert f"{bad}:2:3: invalid JSON" in line
+    assert f"{bad}:2:3: not valid JSON" in line
 
 
 def test_an_unexpected_failure_is_one_line_without_a_traceback(

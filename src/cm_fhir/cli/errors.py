@@ -61,7 +61,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        fail(f"{path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}")
+        fail(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}")
 
 
 def report_validation(path: Path, exc: pydantic.ValidationError) -> NoReturn:
