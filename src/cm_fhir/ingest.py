@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from cm_fhir.errors import Hl7ParseError, StoreError
 from cm_fhir.hl7v2 import ack as acks
-from cm_fhir.hl7v2.admissible import KeyLimits, content_error, sender_allowed
+from cm_fhir.hl7v2.admissible import KeyLimits, content_error, processing_error, sender_allowed
 from cm_fhir.hl7v2.framing import FrameTooLarge
 from cm_fhir.hl7v2.header import (
     BatchHeader,
@@ -40,7 +40,7 @@ from cm_fhir.hl7v2.header import (
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
 from cm_fhir.store.inbox import NewMessage
-from cm_fhir.store.tables import inbox_messages
+from cm_fhir.store.tables import InboxState, inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
 __all__ = [
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+_RECEIVED = InboxState.RECEIVED.value
+_REFUSED = InboxState.REFUSED.value
 _CONTROL_ID_PREFIX = secrets.token_hex(4)
 _control_ids = itertools.count(1)
 
@@ -77,6 +79,7 @@ class IntakeStats:
     unreadable_messages: int = 0  # MSH unreadable: answered AE, stored capped
     refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, not stored
     refused_content: int = 0  # NUL, over-long key, bad encoding: answered AR with ERR 102
+    refused_unreadable_adt: int = 0  # an ADT event the worker could not read: answered AE
     incomplete_frames: int = 0  # a frame begun but not ended when the connection closed
     frame_timeouts: int = 0  # a frame not finished within the frame deadline
     idle_closes: int = 0  # connections closed for sending no whole frame in time
@@ -97,6 +100,7 @@ LISTENER_COUNTERS = {
     "unreadable_messages": "MLLP messages with an unreadable MSH (answered AE, stored capped)",
     "refused_senders": "MLLP messages refused: MSH-3/MSH-4 outside the allowlist",
     "refused_content": "MLLP messages refused: content the store cannot hold (ERR 102)",
+    "refused_unreadable_adt": "MLLP messages refused: an ADT event the worker cannot read (AE)",
     "incomplete_frames": "MLLP frames cut off by a closed or timed-out connection",
     "frame_timeouts": "MLLP connections closed: a frame not finished in time",
     "idle_closes": "MLLP connections closed: no whole frame within the idle timeout",
@@ -218,13 +222,7 @@ class FrameIntake:
             return self._refused_sender(header, now, codec, peer)
         disposition = acks.decide(header)
         if disposition.ack_code == "AA" and disposition.reply:
-            error = content_error(
-                message, header, self.rules.key_limits, valid_utf8=codec == "utf-8"
-            )
-            if error is not None:
-                self.stats.refused_content += 1
-                reason = f"{error.location}: {error.text}"
-                disposition = acks.Disposition("failed", "AR", error, reason)
+            disposition = self._admit(message, header, disposition, codec)
         code = acks.response_code(header, disposition.ack_code)
         ack_bytes = None
         if disposition.reply and acks.ack_wanted(header, code):
@@ -252,6 +250,24 @@ class FrameIntake:
             received_at=now,
         )
         return _Prepared(header, new, codec)
+
+    def _admit(
+        self, message: str, header: MessageHeader, disposition: acks.Disposition, codec: str
+    ) -> acks.Disposition:
+        """The disposition of a message its header admits: refused if the store or the worker
+        could not take it (AR for what the store cannot hold, AE for what the worker cannot read).
+        """
+        error = content_error(message, header, self.rules.key_limits, valid_utf8=codec == "utf-8")
+        code = "AR"
+        if error is not None:
+            self.stats.refused_content += 1
+        elif disposition.state == _RECEIVED and (error := processing_error(message)):
+            self.stats.refused_unreadable_adt += 1
+            code = "AE"
+        if error is None:
+            return disposition
+        where = f"{error.location}: " if error.location else ""
+        return acks.Disposition(_REFUSED, code, error, f"{where}{error.text}")
 
     def _unreadable(
         self,
