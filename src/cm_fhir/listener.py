@@ -39,7 +39,7 @@ from cm_fhir.listener_config import (
     server_tls_context,
     tls_identity,
 )
-from cm_fhir.mllp_peers import GateLimits, PeerGate
+from cm_fhir.mllp_peers import PeerGate
 from cm_fhir.store.writer import InboxWriter
 
 __all__ = [
@@ -280,16 +280,7 @@ class MllpListener:
         )
         self.intake = FrameIntake(writer, rules=rules)
         self.stats = self.intake.stats
-        self.gate = PeerGate(
-            GateLimits(
-                max_connections=config.max_connections,
-                max_connections_per_peer=config.max_connections_per_peer,
-                allowed_networks=config.allowed_networks,
-                unreadable_limit=config.unreadable_limit,
-                unreadable_window=config.unreadable_window,
-                cooldown=config.cooldown,
-            )
-        )
+        self.gate = PeerGate(config)
         self._server: asyncio.Server | None = None
         self._connections: set[_MllpConnection] = set()
         self.stopping = False

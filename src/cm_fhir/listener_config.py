@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from cm_fhir.errors import ConfigError
@@ -17,26 +17,33 @@ from cm_fhir.settings import MllpSettings
 __all__ = ["ListenerConfig", "check_exposure", "server_tls_context", "tls_identity"]
 
 
+_DEFAULT = {name: field.default for name, field in MllpSettings.model_fields.items()}
+_FROM_FILES = ("ssl_context", "allowed_networks")  # built from settings, not copied
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    """Where and how the listener accepts connections (0 disables a limit or a timeout)."""
+    """Where and how the listener accepts connections (0 disables a limit or a timeout).
 
-    host: str = "127.0.0.1"
-    port: int = 2575
-    max_connections: int = 64
-    max_connections_per_peer: int = 8  # per address, and per TLS client identity
-    max_message_bytes: int = 1_048_576
-    idle_timeout: float = 600.0  # seconds without a whole frame
-    frame_timeout: float = 60.0  # seconds from a start block to its end block
+    The defaults are those of :class:`~cm_fhir.settings.MllpSettings`, where each is documented.
+    """
+
+    host: str = _DEFAULT["host"]
+    port: int = _DEFAULT["port"]
+    max_connections: int = _DEFAULT["max_connections"]
+    max_connections_per_peer: int = _DEFAULT["max_connections_per_peer"]  # address, TLS identity
+    max_message_bytes: int = _DEFAULT["max_message_bytes"]
+    idle_timeout: float = _DEFAULT["idle_timeout"]  # seconds without a whole frame
+    frame_timeout: float = _DEFAULT["frame_timeout"]  # seconds from a start block to its end
     ssl_context: ssl.SSLContext | None = None
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = _DEFAULT["shutdown_grace"]
     allowed_networks: tuple[Network, ...] = ()  # empty: every address
-    allowed_senders: tuple[str, ...] = ()  # MSH-3|MSH-4 entries; empty: every sender
-    unreadable_keep_bytes: int = 4096
-    unreadable_limit: int = 10  # unreadable frames per window before a cool-down
-    unreadable_window: float = 60.0
-    cooldown: float = 300.0
-    allow_public_bind: bool = False
+    allowed_senders: tuple[str, ...] = _DEFAULT["allowed_senders"]  # MSH-3|MSH-4; empty: all
+    unreadable_keep_bytes: int = _DEFAULT["unreadable_keep_bytes"]
+    unreadable_limit: int = _DEFAULT["unreadable_limit"]  # unreadable frames per window
+    unreadable_window: float = _DEFAULT["unreadable_window"]
+    cooldown: float = _DEFAULT["cooldown"]
+    allow_public_bind: bool = _DEFAULT["allow_public_bind"]
 
     @classmethod
     def from_settings(cls, mllp: MllpSettings) -> ListenerConfig:
@@ -45,23 +52,15 @@ class ListenerConfig:
             networks = parse_networks(mllp.allowed_networks)
         except ValueError as exc:
             raise ConfigError(f"mllp.allowed_networks: {exc}") from None
+        copied = {
+            item.name: getattr(mllp, item.name)
+            for item in fields(cls)
+            if item.name not in _FROM_FILES
+        }
         return cls(
-            host=mllp.host,
-            port=mllp.port,
-            max_connections=mllp.max_connections,
-            max_connections_per_peer=mllp.max_connections_per_peer,
-            max_message_bytes=mllp.max_message_bytes,
-            idle_timeout=mllp.idle_timeout,
-            frame_timeout=mllp.frame_timeout,
+            **copied,
             ssl_context=server_tls_context(mllp.tls_cert, mllp.tls_key, mllp.tls_client_ca),
-            shutdown_grace=mllp.shutdown_grace,
             allowed_networks=networks,
-            allowed_senders=mllp.allowed_senders,
-            unreadable_keep_bytes=mllp.unreadable_keep_bytes,
-            unreadable_limit=mllp.unreadable_limit,
-            unreadable_window=mllp.unreadable_window,
-            cooldown=mllp.cooldown,
-            allow_public_bind=mllp.allow_public_bind,
         )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 __all__ = [
     "Admission",
@@ -63,16 +64,22 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-@dataclass(frozen=True, slots=True)
-class GateLimits:
-    """The admission settings (0 disables a limit)."""
+class GateLimits(Protocol):
+    """The admission settings the gate reads (0 disables a limit); the listener's configuration
+    (:class:`cm_fhir.listener_config.ListenerConfig`) is one, so they are defined once."""
 
-    max_connections: int = 64
-    max_connections_per_peer: int = 8
-    allowed_networks: tuple[Network, ...] = ()
-    unreadable_limit: int = 10
-    unreadable_window: float = 60.0
-    cooldown: float = 300.0
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_peer(self) -> int: ...
+    @property
+    def allowed_networks(self) -> tuple[Network, ...]: ...
+    @property
+    def unreadable_limit(self) -> int: ...
+    @property
+    def unreadable_window(self) -> float: ...
+    @property
+    def cooldown(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
