@@ -8,7 +8,7 @@ import pytest
 from cm_fhir.hl7v2.admissible import KeyLimits, content_error, sender_allowed
 from cm_fhir.hl7v2.header import read_header
 from cm_fhir.listener_config import ListenerConfig
-from cm_fhir.mllp_peers import PeerGate, parse_networks
+from cm_fhir.mllp_peers import PeerGate, RefusalLog, parse_networks
 
 
 def test_per_address_and_per_identity_limits_and_release() -> None:
@@ -99,3 +99,14 @@ def test_every_listener_counter_is_exported_as_a_metric() -> None:
 
     fields = {f.name for f in dataclasses.fields(IntakeStats)} - {"discarded_bytes"}
     assert set(LISTENER_COUNTERS) == fields
+
+
+def test_refusal_log_records_once_per_key_and_window_within_a_global_bound() -> None:
+    log = RefusalLog(window=60, limit=3)
+    assert log.should_record("10.0.0.1", "not_allowed", now=0)
+    assert not log.should_record("10.0.0.1", "not_allowed", now=30)
+    assert log.should_record("10.0.0.1", "peer_limit", now=31)
+    assert log.should_record("10.0.0.2", "not_allowed", now=32)
+    assert not log.should_record("10.0.0.3", "not_allowed", now=33)  # 3 in this window
+    assert log.skipped == 2
+    assert log.should_record("10.0.0.1", "not_allowed", now=61)  # a new window

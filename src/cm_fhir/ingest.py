@@ -10,11 +10,14 @@ ERR 207, built fresh and never stored. A batch is answered by one batch of ACKs;
 stored one row each, as UTF-8 text (a single-message frame is stored byte for byte).
 
 At the door (:class:`IntakeRules`): a sender outside the MSH-3/MSH-4 allowlist is answered AR
-(CR) with ERR 207 and nothing of its message is stored; a message the store or worker could not
-hold (:func:`~cm_fhir.hl7v2.admissible.content_error`: NUL, over-long keys, bytes invalid in the
-UTF-8 MSH-18 names) is stored ``failed`` and answered AR (CR) with ERR 102 naming the position; of
-an unreadable message only the first ``unreadable_keep_bytes`` are stored, with the SHA-256 of
-the whole and its length in the row's reason. :meth:`FrameIntake.handle_frame` reports how many
+(CR) with ERR 207 and its message body is never stored (a body-less ``refused`` row records the
+refusal, a bounded number per minute); a message the store could not hold
+(:func:`~cm_fhir.hl7v2.admissible.content_error`: NUL, over-long keys, bytes invalid in the UTF-8
+MSH-18 names) is answered AR (CR) with ERR 102 naming the position, and an ADT event the worker
+could not read (:func:`~cm_fhir.hl7v2.admissible.processing_error`) AE (CE) with ERR 100/101/102;
+both are stored ``refused``: kept, never processed. Of an unreadable message only the first
+``unreadable_keep_bytes`` are stored, with the SHA-256 of the whole and its length in the row's
+reason. :meth:`FrameIntake.record_refused_connection` writes down a connection refused at accept. :meth:`FrameIntake.handle_frame` reports how many
 messages of a frame were unreadable, so the listener can throttle a peer that sends garbage.
 """
 
@@ -24,6 +27,7 @@ import hashlib
 import itertools
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -39,6 +43,7 @@ from cm_fhir.hl7v2.header import (
     read_patient_key,
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
+from cm_fhir.mllp_peers import RefusalLog
 from cm_fhir.store.inbox import NewMessage
 from cm_fhir.store.tables import InboxState, inbox_messages
 from cm_fhir.store.writer import InboxWriter
@@ -55,6 +60,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 _RECEIVED = InboxState.RECEIVED.value
 _REFUSED = InboxState.REFUSED.value
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SENDER_REFUSED = acks.AckError(
+    "207", "MSH-3/MSH-4 name a sender this interface does not accept", "MSH-3"
+)
+_SENDER_REASON = "MSH-3/MSH-4 outside mllp.allowed_senders; the message body is not kept"
 _CONTROL_ID_PREFIX = secrets.token_hex(4)
 _control_ids = itertools.count(1)
 
@@ -163,6 +173,7 @@ class FrameIntake:
         self._writer = writer
         self.stats = stats or IntakeStats()
         self.rules = rules or IntakeRules()
+        self.refusals = RefusalLog()
 
     async def handle_payload(self, payload: bytes, peer: str = "") -> list[bytes]:
         """Store the message(s) of one frame; return the ACK payloads to send, in order."""
@@ -219,7 +230,7 @@ class FrameIntake:
             return self._unreadable(raw, exc, now, codec, peer)
         digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
         if not sender_allowed(header, self.rules.allowed_senders):
-            return self._refused_sender(header, now, codec, peer)
+            return self._refused_sender(header, digest, now, codec, peer)
         disposition = acks.decide(header)
         if disposition.ack_code == "AA" and disposition.reply:
             disposition = self._admit(message, header, disposition, codec)
@@ -305,22 +316,59 @@ class FrameIntake:
         return _Prepared(None, new, codec, unreadable=True)
 
     def _refused_sender(
-        self, header: MessageHeader, now: datetime, codec: str, peer: str
+        self, header: MessageHeader, digest: str, now: datetime, codec: str, peer: str
     ) -> _Prepared:
-        """AR (CR) with ERR 207 for a sender outside the allowlist; nothing is stored."""
+        """AR (CR) with ERR 207 for a sender outside the allowlist. The body is never stored; a
+        ``refused`` row with the header (sender, control id, type, peer) is, within the bounds of
+        :class:`~cm_fhir.mllp_peers.RefusalLog`, so the operator sees who was turned away."""
         self.stats.refused_senders += 1
         log.warning("refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist", peer)
         code = acks.response_code(header, "AR")
         reply = None
         if acks.ack_wanted(header, code):
-            error = acks.AckError(
-                "207", "MSH-3/MSH-4 name a sender this interface does not accept", "MSH-3"
-            )
             text = acks.build_ack(
-                header, code, control_id=new_control_id(), timestamp=now, error=error
+                header, code, control_id=new_control_id(), timestamp=now, error=_SENDER_REFUSED
             )
             reply = text.encode(codec, "replace")
-        return _Prepared(header, None, codec, reply)
+        sender = f"{header.sending_application}|{header.sending_facility}"
+        if not self.refusals.should_record(sender, "sender", time.monotonic()):
+            return _Prepared(header, None, codec, reply)
+        new = NewMessage(
+            raw=b"",
+            content_sha256=digest,
+            state=_REFUSED,
+            reason=_SENDER_REASON,
+            ack_code=code,
+            ack_bytes=reply,
+            sending_application=header.sending_application,
+            sending_facility=header.sending_facility,
+            control_id=header.control_id,
+            message_type=header.message_type or None,
+            trigger_event=header.trigger_event or None,
+            version_id=header.version_id or None,
+            peer=peer,
+            received_at=now,
+        )
+        return _Prepared(header, new, codec)
+
+    async def record_refused_connection(self, address: str, reason: str) -> None:
+        """Write down a connection refused at accept (no message, no body), within the bounds of
+        :class:`~cm_fhir.mllp_peers.RefusalLog`; a storage failure is logged, not raised."""
+        if not self.refusals.should_record(address, reason, time.monotonic()):
+            return
+        row = NewMessage(
+            raw=b"",
+            content_sha256=_EMPTY_SHA256,
+            state=_REFUSED,
+            reason=f"connection refused at accept: {reason}",
+            ack_code=None,
+            ack_bytes=None,
+            peer=address,
+        )
+        try:
+            await self._writer.store(row)
+        except StoreError:
+            log.warning("could not record the refused connection from %s", address)
 
     def _storage_failure_reply(self, prepared: _Prepared, now: datetime) -> bytes | None:
         header = prepared.header

@@ -16,7 +16,8 @@ begun but not ended at close is counted (``incomplete_frames``) and logged, with
 Who may connect is decided at accept by :class:`~cm_fhir.mllp_peers.PeerGate`: the global and
 per-peer connection limits (per address, and per TLS client identity), the address allowlist,
 and the cool-down of a peer that sent too many unreadable frames; a refused connection is closed
-at once. A frame must end within ``frame_timeout`` seconds of its start block, and a connection
+at once and written down as a body-less ``refused`` inbox row (bounded: see
+:class:`~cm_fhir.mllp_peers.RefusalLog`). A frame must end within ``frame_timeout`` seconds of its start block, and a connection
 that completes no frame for ``idle_timeout`` seconds is closed (bytes that make no whole frame
 do not keep it open). :meth:`MllpListener.start` refuses a bind beyond loopback without TLS or an
 address allowlist unless ``allow_public_bind`` is set. :meth:`MllpListener.stop` closes the
@@ -283,6 +284,7 @@ class MllpListener:
         self.gate = PeerGate(config)
         self._server: asyncio.Server | None = None
         self._connections: set[_MllpConnection] = set()
+        self._records: set[asyncio.Task[None]] = set()  # refused connections being written down
         self.stopping = False
 
     @property
@@ -328,6 +330,11 @@ class MllpListener:
         if counter := _REFUSAL_COUNTERS.get(reason):
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         log.warning("refusing connection from %s: %s", connection.address, reason)
+        if not self.stopping:
+            record = self.intake.record_refused_connection(connection.address, reason)
+            task = asyncio.get_running_loop().create_task(record)
+            self._records.add(task)
+            task.add_done_callback(self._records.discard)
         return False
 
     def _release(self, connection: _MllpConnection) -> None:
@@ -364,6 +371,8 @@ class MllpListener:
                 task.cancel()
             for connection in list(self._connections):
                 connection.close()
+        if self._records:
+            await asyncio.wait(list(self._records), timeout=self.config.shutdown_grace)
 
 
 async def run_listener(
