@@ -190,7 +190,7 @@ async def test_sender_allowlist_refuses_other_msh3_msh4_and_keeps_no_body(
     ]
     for row in rows[1:]:  # the header says who was turned away; the body (PHI) is not kept
         assert (row["raw"], row["patient_key"]) == (b"", None)
-        assert row["reason"].startswith("MSH-3/MSH-4 outside mllp.allowed_senders")
+        assert str(row["reason"]).startswith("MSH-3/MSH-4 outside mllp.allowed_senders")
     assert (rows[1]["sending_application"], rows[1]["ack_code"]) == ("LABSYS", "AR")
     assert listener.stats.refused_senders == 7
 

@@ -17,7 +17,8 @@ MSH-18 names) is answered AR (CR) with ERR 102 naming the position, and an ADT e
 could not read (:func:`~cm_fhir.hl7v2.admissible.processing_error`) AE (CE) with ERR 100/101/102;
 both are stored ``refused``: kept, never processed. Of an unreadable message only the first
 ``unreadable_keep_bytes`` are stored, with the SHA-256 of the whole and its length in the row's
-reason. :meth:`FrameIntake.record_refused_connection` writes down a connection refused at accept. :meth:`FrameIntake.handle_frame` reports how many
+reason. :meth:`FrameIntake.record_refused_connection` writes down a connection refused at accept.
+:meth:`FrameIntake.handle_frame` reports how many
 messages of a frame were unreadable, so the listener can throttle a peer that sends garbage.
 """
 
