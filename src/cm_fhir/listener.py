@@ -18,11 +18,11 @@ per-peer connection limits (per address, and per TLS client identity), the addre
 and the cool-down of a peer that sent too many unreadable frames; a refused connection is closed
 at once and written down as a body-less ``refused`` inbox row (bounded: see
 :class:`~cm_fhir.mllp_peers.RefusalLog`). A frame must end within ``frame_timeout`` seconds of its
-start block, and a connection that completes no frame for ``idle_timeout`` seconds is closed (bytes that make no whole frame
-do not keep it open). :meth:`MllpListener.start` refuses a bind beyond loopback without TLS or an
-address allowlist unless ``allow_public_bind`` is set. :meth:`MllpListener.stop` closes the
-listening socket, lets connections finish the frames they are committing and write those ACKs,
-then closes every connection.
+start block, and a connection that completes no frame for ``idle_timeout`` seconds is closed
+(bytes that make no whole frame do not keep it open). :meth:`MllpListener.start` refuses a bind
+beyond loopback without TLS or an address allowlist unless ``allow_public_bind`` is set.
+:meth:`MllpListener.stop` closes the listening socket, lets connections finish the frames they are
+committing and write those ACKs, then closes every connection.
 """
 
 from __future__ import annotations
