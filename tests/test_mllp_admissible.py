@@ -10,20 +10,25 @@ and what was ACKed AA is processed to a state other than ``failed``.
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.errors import Hl7ParseError, UnsupportedEventError
+from cm_fhir.errors import ConfigError, Hl7ParseError, UnsupportedEventError
 from cm_fhir.hl7v2.ack import decide
-from cm_fhir.hl7v2.admissible import processing_error
+from cm_fhir.hl7v2.admissible import KeyLimits, key_room_error, processing_error
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.hl7v2.header import read_header
 from cm_fhir.hl7v2.normalise import decode, split_batch
+from cm_fhir.ingest import check_key_room
 from cm_fhir.listener import ListenerConfig
+from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.mllp_client import MllpClient, read_ack
+from cm_fhir.store.engine import make_engine
+from cm_fhir.worker import Worker
 from cm_fhir.workflow import patient_keys
 from hl7v2_samples import ADT_A01_V251, ADT_A40_V251, evn, msh, pid, pv1, pv2
 from inbox_fixtures import listening
@@ -184,3 +189,54 @@ async def test_damaged_feed_nothing_acked_aa_ends_failed(worker_engine: AsyncEng
             assert row.state == "refused", (row.id, row.ack_code, row.state)
     assert len(by_code.get("AA", [])) > 300
     assert len(by_code.get("AE", [])) > 300
+
+
+def _with_systems(default: str, mapped: dict[str, str] | None = None) -> DischargeRules:
+    identity = rules().identity.model_copy(
+        update={"default_patient_system": default, "patient_systems": mapped or {}}
+    )
+    return rules().model_copy(update={"identity": identity})
+
+
+LIMITS = KeyLimits()
+
+
+@pytest.mark.parametrize(
+    ("default", "mapped", "setting"),
+    [
+        ("urn:" + "d" * 85, {}, None),  # 89 characters: the longest that fits
+        ("urn:" + "d" * 86, {}, "identity.default_patient_system is 90 characters; at most 89"),
+        ("urn:d", {"NSH": "urn:" + "m" * 150}, None),
+        ("urn:d", {"NSH": "urn:" + "m" * 151}, "identity.patient_systems[NSH] is 155 characters"),
+    ],
+)
+def test_identifier_systems_must_leave_room_in_the_patient_key(
+    default: str, mapped: dict[str, str], setting: str | None
+) -> None:
+    configured = _with_systems(default, mapped)
+    error = key_room_error(configured.identity, LIMITS)
+    if setting is not None:
+        assert error is not None
+        assert error.startswith(setting)
+        with pytest.raises(ConfigError, match=r"^discharge-rules\.yaml: identity\."):
+            check_key_room(configured.identity)
+        return
+    assert error is None
+    # the longest identifier and authority the door admits make a key that fits
+    for authority in ("A" * LIMITS.authority, "NSH"):
+        ident = "9" * LIMITS.identifier
+        message = adt(evn("A01"), f"PID|1||{ident}^^^{authority}^MR||DOE^JO", pv1())
+        assert processing_error(message) is None
+        event = parse_adt(message, maps())
+        assert isinstance(event, AdtEvent)
+        [key] = patient_keys(event, configured)
+        assert len(key) <= LIMITS.patient_key
+
+
+async def test_a_worker_refuses_to_start_with_a_system_too_long(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite3'}")
+    try:
+        with pytest.raises(ConfigError, match=r"identity\.default_patient_system"):
+            Worker(engine, rules=_with_systems("urn:" + "d" * 200))
+    finally:
+        await engine.dispose()

@@ -32,9 +32,15 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cm_fhir.errors import Hl7ParseError, StoreError
+from cm_fhir.errors import ConfigError, Hl7ParseError, StoreError
 from cm_fhir.hl7v2 import ack as acks
-from cm_fhir.hl7v2.admissible import KeyLimits, content_error, processing_error, sender_allowed
+from cm_fhir.hl7v2.admissible import (
+    KeyLimits,
+    content_error,
+    key_room_error,
+    processing_error,
+    sender_allowed,
+)
 from cm_fhir.hl7v2.framing import FrameTooLarge
 from cm_fhir.hl7v2.header import (
     BatchHeader,
@@ -44,7 +50,9 @@ from cm_fhir.hl7v2.header import (
     read_patient_key,
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
+from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, IdentityRules
 from cm_fhir.mllp_peers import RefusalLog
+from cm_fhir.store.case_tables import patient_states
 from cm_fhir.store.inbox import NewMessage
 from cm_fhir.store.tables import InboxState, inbox_messages
 from cm_fhir.store.writer import InboxWriter
@@ -55,6 +63,7 @@ __all__ = [
     "FrameIntake",
     "IntakeRules",
     "IntakeStats",
+    "check_key_room",
     "new_control_id",
 ]
 
@@ -122,8 +131,21 @@ LISTENER_COUNTERS = {
 
 _LENGTH = {c.name: getattr(c.type, "length", None) for c in inbox_messages.columns}
 _COLUMN_LIMITS = KeyLimits(
-    control_id=_LENGTH["control_id"] or 199, sender=_LENGTH["sending_application"] or 255
+    control_id=_LENGTH["control_id"] or 199,
+    sender=_LENGTH["sending_application"] or 255,
+    patient_key=getattr(patient_states.c.patient_key.type, "length", None) or 255,
 )
+
+
+def check_key_room(identity: IdentityRules) -> None:
+    """Refuse, at startup, patient identifier systems too long for the patient key.
+
+    Raises:
+        ConfigError: one line naming the setting (``identity.default_patient_system`` or an
+            entry of ``identity.patient_systems`` in ``discharge-rules.yaml``).
+    """
+    if error := key_room_error(identity, _COLUMN_LIMITS):
+        raise ConfigError(f"{DISCHARGE_RULES_FILE}: {error}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,10 +32,12 @@ from cm_fhir.hl7v2.header import MessageHeader
 from cm_fhir.hl7v2.normalise import normalise_message
 from cm_fhir.hl7v2.parse import Hl7Message, Hl7Segment, parse_dtm, parse_er7
 from cm_fhir.hl7v2.structures import SUPPORTED_EVENTS, is_supported_version
+from cm_fhir.mapping.rules import IdentityRules
 
 __all__ = [
     "KeyLimits",
     "content_error",
+    "key_room_error",
     "nul_location",
     "processing_error",
     "sender_allowed",
@@ -52,6 +54,7 @@ class KeyLimits:
     sender: int = 255
     identifier: int = 100
     authority: int = 64
+    patient_key: int = 255  # ``system|value``, the key the case store files a patient under
 
 
 def nul_location(message: str, field_separator: str) -> str:
@@ -116,6 +119,32 @@ def content_error(
     if len(header.sending_facility) > limits.sender:
         return _too_long("MSH-4", limits.sender)
     return _identifier_error(message, header, limits)
+
+
+def key_room_error(identity: IdentityRules, limits: KeyLimits) -> str | None:
+    """Why the configured patient identifier systems may not fit the patient key, or None.
+
+    The key is ``<system>|<identifier>``; an authority without a configured system gets
+    ``<default system>:<authority>``. The door admits identifiers up to ``limits.identifier`` and
+    authorities up to ``limits.authority`` characters, so each system must leave room for them.
+    """
+    room = limits.patient_key - 1 - limits.identifier  # the "|" and the identifier
+    default = identity.default_patient_system
+    if len(default) > room - 1 - limits.authority:
+        return (
+            f"identity.default_patient_system is {len(default)} characters; at most "
+            f"{room - 1 - limits.authority} fit the {limits.patient_key}-character patient key "
+            f"(<system>:<authority up to {limits.authority}>|<identifier up to "
+            f"{limits.identifier}>)"
+        )
+    for authority, system in sorted(identity.patient_systems.items()):
+        if len(system) > room:
+            return (
+                f"identity.patient_systems[{authority[:20]}] is {len(system)} characters; at most "
+                f"{room} fit the {limits.patient_key}-character patient key (<system>|<identifier "
+                f"up to {limits.identifier}>)"
+            )
+    return None
 
 
 def _matches(pattern: str, value: str, component_separator: str) -> bool:
