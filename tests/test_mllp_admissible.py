@@ -18,11 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import ConfigError, Hl7ParseError, UnsupportedEventError
 from cm_fhir.hl7v2.ack import decide
-from cm_fhir.hl7v2.admissible import KeyLimits, key_room_error, processing_error
+from cm_fhir.hl7v2.admissible import KeyLimits, _normal, key_room_error, processing_error
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.hl7v2.header import read_header
-from cm_fhir.hl7v2.normalise import decode, split_batch
+from cm_fhir.hl7v2.normalise import decode, normalise_message, split_batch
 from cm_fhir.ingest import check_key_room
 from cm_fhir.listener import ListenerConfig
 from cm_fhir.mapping.rules import DischargeRules
@@ -240,3 +240,15 @@ async def test_a_worker_refuses_to_start_with_a_system_too_long(tmp_path: Path) 
             Worker(engine, rules=_with_systems("urn:" + "d" * 200))
     finally:
         await engine.dispose()
+
+
+def test_the_fast_path_reads_what_normalising_would() -> None:
+    """A message already in normal form skips normalising: it must then be exactly the same."""
+    rng = random.Random(5)
+    checked = 0
+    for i in range(3000):
+        text = decode(damaged(rng, SEEDS[i % len(SEEDS)]))
+        if _normal(text):
+            checked += 1
+            assert normalise_message(text) == text, text.encode()[:200]
+    assert checked > 300

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from cm_fhir.errors import Hl7ParseError
 from cm_fhir.hl7v2.ack import AckError
 from cm_fhir.hl7v2.header import MessageHeader
-from cm_fhir.hl7v2.normalise import normalise_message
+from cm_fhir.hl7v2.normalise import BATCH_ENVELOPE_SEGMENTS, normalise_message
 from cm_fhir.hl7v2.parse import Hl7Message, Hl7Segment, parse_dtm, parse_er7
 from cm_fhir.hl7v2.structures import SUPPORTED_EVENTS, is_supported_version
 from cm_fhir.mapping.rules import IdentityRules
@@ -173,6 +173,7 @@ def sender_allowed(header: MessageHeader, allowed: tuple[str, ...]) -> bool:
 
 # The date/times parse_adt reads, by segment: (field, read only when the message has a PV1).
 _MOMENTS = {"MSH": (7,), "EVN": (2, 6), "PID": (7, 29), "PV1": (44, 45)}
+_SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")  # as normalise reads it
 _POSITION = re.compile(r"[A-Z][A-Z0-9]{2}(-[0-9]+(\.[0-9]+)?)?")
 
 
@@ -182,6 +183,9 @@ def _required(location: str, text: str) -> AckError:
 
 def _moment_error(segment: Hl7Segment, number: int) -> AckError | None:
     """ERR 102 when SEG-n holds a value that is not an HL7 date/time (nulls and blanks pass)."""
+    raw = segment.field(number)
+    if not raw:
+        return None  # the usual absent field
     if segment.is_null(number):
         return None
     value = segment.text(number)
@@ -249,6 +253,27 @@ def _read_error(message: Hl7Message) -> AckError | None:
     return None
 
 
+def _normal(message: str) -> bool:
+    """Whether ``message`` is already what :func:`normalise_message` would make of it: one MSH
+    first, CR between non-blank segments without surrounding whitespace or MLLP characters, no
+    BOM, no doubled escape in MSH-2, no batch envelope. The usual message is; checking is cheaper
+    than normalising.
+    """
+    if not message.startswith("MSH") or message[3:10] == "|^~\\\\&|" or "\n" in message:
+        return False
+    if "\x0b" in message or "\x1c" in message or "\rMSH" in message:
+        return False
+    for line in message.split("\r"):
+        if not line or line != line.strip() or _SEGMENT_ID.fullmatch(line[:3]) is None:
+            return False
+        if line[:3] in BATCH_ENVELOPE_SEGMENTS:
+            return False  # normalising drops these
+    if len(message) < 8 or message[3].isalnum() or message[3].isspace():
+        return False
+    encoding = message[4:].split(message[3], 1)[0]
+    return 2 <= len(encoding) <= 5 and not any(c.isalnum() or c.isspace() for c in encoding)
+
+
 def processing_error(message: str) -> AckError | None:
     """Why the worker could not read this message as an ADT event, or None when it can.
 
@@ -257,7 +282,7 @@ def processing_error(message: str) -> AckError | None:
     versions) are not its concern: they pass.
     """
     try:
-        parsed = parse_er7(normalise_message(message))
+        parsed = parse_er7(message if _normal(message) else normalise_message(message))
     except Hl7ParseError as exc:
         location = exc.location if exc.location and _POSITION.fullmatch(exc.location) else None
         return AckError(exc.code, str(exc), location)
