@@ -14,15 +14,24 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import ConfigError, Hl7ParseError, UnsupportedEventError
 from cm_fhir.hl7v2.ack import decide
-from cm_fhir.hl7v2.admissible import KeyLimits, _normal, key_room_error, processing_error
+from cm_fhir.hl7v2.admissible import (
+    _PLAIN_MOMENT,
+    KeyLimits,
+    _normal,
+    key_room_error,
+    processing_error,
+)
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.hl7v2.header import read_header
 from cm_fhir.hl7v2.normalise import decode, normalise_message, split_batch
+from cm_fhir.hl7v2.parse import parse_dtm
 from cm_fhir.ingest import check_key_room
 from cm_fhir.listener import ListenerConfig
 from cm_fhir.mapping.rules import DischargeRules
@@ -252,3 +261,8 @@ def test_the_fast_path_reads_what_normalising_would() -> None:
             checked += 1
             assert normalise_message(text) == text, text.encode()[:200]
     assert checked > 300
+
+
+@given(st.from_regex(_PLAIN_MOMENT, fullmatch=True))
+def test_a_plain_date_time_is_one_the_parser_reads(value: str) -> None:
+    parse_dtm(value, "PV1-44")  # raises if the door's shortcut admitted what the parser refuses

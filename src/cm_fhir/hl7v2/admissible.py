@@ -173,6 +173,14 @@ def sender_allowed(header: MessageHeader, allowed: tuple[str, ...]) -> bool:
 
 # The date/times parse_adt reads, by segment: (field, read only when the message has a PV1).
 _MOMENTS = {"MSH": (7,), "EVN": (2, 6), "PID": (7, 29), "PV1": (44, 45)}
+# A date/time every reader accepts: ASCII digits in range (days up to 28, so any month has it),
+# nothing else. Anything not matching is read the worker's way (parse_dtm).
+_PLAIN_MOMENT = re.compile(
+    r"[1-9][0-9]{3}(?:0[1-9]|1[0-2])(?:0[1-9]|1[0-9]|2[0-8])"
+    r"(?:(?:[01][0-9]|2[0-3])(?:[0-5][0-9](?:[0-5][0-9](?:\.[0-9]{1,4})?)?)?)?"
+    r"(?:(?:\+(?:1[0-4]|0[0-9])|-(?:1[0-2]|0[0-9]))[0-5][0-9])?"
+)
+_PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # no separator, escape, blank or null
 _SEGMENT_ID = re.compile(r"[A-Z][A-Z0-9]{2}")  # as normalise reads it
 _POSITION = re.compile(r"[A-Z][A-Z0-9]{2}(-[0-9]+(\.[0-9]+)?)?")
 
@@ -184,8 +192,8 @@ def _required(location: str, text: str) -> AckError:
 def _moment_error(segment: Hl7Segment, number: int) -> AckError | None:
     """ERR 102 when SEG-n holds a value that is not an HL7 date/time (nulls and blanks pass)."""
     raw = segment.field(number)
-    if not raw:
-        return None  # the usual absent field
+    if not raw or _PLAIN_MOMENT.fullmatch(raw):
+        return None  # the usual cases: absent, or plain digits that are surely a date/time
     if segment.is_null(number):
         return None
     value = segment.text(number)
@@ -201,6 +209,9 @@ def _moment_error(segment: Hl7Segment, number: int) -> AckError | None:
 
 def _has_identifier(segment: Hl7Segment, number: int) -> bool:
     """Whether some repetition of a CX field has a CX.1 (as ``identifiers`` reads it)."""
+    first = segment.field(number).split(segment.encoding.component, 1)[0]
+    if _PLAIN_ID.fullmatch(first):
+        return True  # the usual case: the first repetition starts with a plain id
     if segment.is_null(number):
         return False
     return any(
