@@ -220,7 +220,9 @@ def _has_identifier(segment: Hl7Segment, number: int) -> bool:
     )
 
 
-def _header_error(message: Hl7Message) -> tuple[AckError | None, bool]:
+def _header_error(
+    message: Hl7Message, first: dict[str, Hl7Segment]
+) -> tuple[AckError | None, bool]:
     """An error in the MSH fields the parse needs; and whether the message is one it reads."""
     msh = message.msh
     message_type = msh.text(9, 1)
@@ -233,34 +235,37 @@ def _header_error(message: Hl7Message) -> tuple[AckError | None, bool]:
         return _required("MSH-12", "MSH-12 version is missing"), False
     if not is_supported_version(version):
         return None, False  # the worker ignores it; the header door answers AR 203
-    evn = message.first("EVN")
+    evn = first.get("EVN")
     event = msh.text(9, 2) or (evn.text(1) if evn is not None else None)
     return None, message_type == "ADT" and event in SUPPORTED_EVENTS
 
 
 def _read_error(message: Hl7Message) -> AckError | None:
-    error, adt = _header_error(message)
+    first: dict[str, Hl7Segment] = {}
+    for segment in reversed(message.segments):
+        first[segment.id] = segment  # the first of each ID wins (as Hl7Message.first reads)
+    error, adt = _header_error(message, first)
     if error is not None or not adt:
         return error
-    pid = message.first("PID")
+    pid = first.get("PID")
     if pid is None:
         return AckError("100", "message has no PID segment", "PID")
     if not _has_identifier(pid, 3):
         return _required("PID-3", "PID-3 holds no patient identifier")
-    pv1 = message.first("PV1")
     for name, numbers in _MOMENTS.items():
-        segment = message.first(name)
-        if segment is None:
+        holder = first.get(name)
+        if holder is None:
             continue
         for number in numbers:
-            if found := _moment_error(segment, number):
+            if found := _moment_error(holder, number):
                 return found
-    pv2 = message.first("PV2") if pv1 is not None else None  # PV2 is read with a visit only
+    pv2 = first.get("PV2") if "PV1" in first else None  # PV2 is read with a visit only
     if pv2 is not None and (found := _moment_error(pv2, 9)):
         return found
-    for segment in message.segments:
-        if segment.id == "MRG" and not _has_identifier(segment, 1):
-            return _required("MRG-1", "MRG-1 holds no prior identifier")
+    if "MRG" in first:
+        for segment in message.segments:
+            if segment.id == "MRG" and not _has_identifier(segment, 1):
+                return _required("MRG-1", "MRG-1 holds no prior identifier")
     return None
 
 
