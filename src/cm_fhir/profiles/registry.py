@@ -56,6 +56,11 @@ class ConformanceRegistry:
                 raise ProfileError(f"{path.name}: not a FHIR resource")
             for resource in _unbundle(document):
                 registry.add(resource, source=str(path.relative_to(folder)))
+        if not registry.structure_definitions:
+            raise ProfileError(
+                f"profile folder {folder} holds no StructureDefinition "
+                "(expected JSON files with the R4 base definitions and the profiles to check)"
+            )
         return registry
 
     def add(self, resource: dict[str, Any], *, source: str) -> None:
