@@ -185,14 +185,23 @@ async def test_sender_allowlist_refuses_other_msh3_msh4_and_keeps_no_body(
     rows = await stored_rows(inbox_engine)
     assert [(r["control_id"], r["state"]) for r in rows] == [
         ("SND-1", "received"),
-        ("SND-2", "refused"),
-        ("SND-3", "refused"),
+        (None, "refused"),  # no control id: not a duplicate of anything sent later
+        (None, "refused"),
     ]
-    for row in rows[1:]:  # the header says who was turned away; the body (PHI) is not kept
+    for row, control_id in zip(rows[1:], ("SND-2", "SND-3"), strict=True):
+        # the header says who was turned away; the body (PHI) is not kept
         assert (row["raw"], row["patient_key"]) == (b"", None)
         assert str(row["reason"]).startswith("MSH-3/MSH-4 outside mllp.allowed_senders")
+        assert str(row["reason"]).endswith(f"(MSH-10 {control_id})")
     assert (rows[1]["sending_application"], rows[1]["ack_code"]) == ("LABSYS", "AR")
     assert listener.stats.refused_senders == 7
+    # once the sender is allowed, the very message it was refused is accepted
+    async with (
+        listening(inbox_engine, listener_config) as listener,
+        await connect(listener.port, EHR) as client,
+    ):
+        [accepted] = read_ack(await client.send(other))
+    assert (accepted.code, accepted.control_id) == ("AA", "SND-2")
 
 
 async def try_to_send(port: int, context: ssl.SSLContext) -> None:

@@ -18,8 +18,8 @@ could not read (:func:`~cm_fhir.hl7v2.admissible.processing_error`) AE (CE) with
 both are stored ``refused``: kept, never processed. Of an unreadable message only the first
 ``unreadable_keep_bytes`` are stored, with the SHA-256 of the whole and its length in the row's
 reason. :meth:`FrameIntake.record_refused_connection` writes down a connection refused at accept.
-:meth:`FrameIntake.handle_frame` reports how many
-messages of a frame were unreadable, so the listener can throttle a peer that sends garbage.
+:meth:`FrameIntake.handle_frame` reports how many messages of a frame were unreadable, so the
+listener can throttle a peer that sends garbage.
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ class IntakeStats:
     frames: int = 0
     oversize_frames: int = 0
     unreadable_messages: int = 0  # MSH unreadable: answered AE, stored capped
-    refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, not stored
+    refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, body not stored
     refused_content: int = 0  # NUL, over-long key, bad encoding: answered AR with ERR 102
     refused_unreadable_adt: int = 0  # an ADT event the worker could not read: answered AE
     incomplete_frames: int = 0  # a frame begun but not ended when the connection closed
@@ -342,8 +342,10 @@ class FrameIntake:
         self, header: MessageHeader, digest: str, now: datetime, codec: str, peer: str
     ) -> _Prepared:
         """AR (CR) with ERR 207 for a sender outside the allowlist. The body is never stored; a
-        ``refused`` row with the header (sender, control id, type, peer) is, within the bounds of
-        :class:`~cm_fhir.mllp_peers.RefusalLog`, so the operator sees who was turned away."""
+        ``refused`` row with the header (sender, type, peer; MSH-10 in the reason) is, within the
+        bounds of :class:`~cm_fhir.mllp_peers.RefusalLog`, so the operator sees who was turned
+        away. The row has no control id: it takes no part in duplicate detection, so the same
+        message is accepted once the sender is allowed."""
         self.stats.refused_senders += 1
         log.warning("refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist", peer)
         code = acks.response_code(header, "AR")
@@ -360,12 +362,11 @@ class FrameIntake:
             raw=b"",
             content_sha256=digest,
             state=_REFUSED,
-            reason=_SENDER_REASON,
+            reason=f"{_SENDER_REASON} (MSH-10 {header.control_id[:40]})",
             ack_code=code,
             ack_bytes=reply,
             sending_application=header.sending_application,
             sending_facility=header.sending_facility,
-            control_id=header.control_id,
             message_type=header.message_type or None,
             trigger_event=header.trigger_event or None,
             version_id=header.version_id or None,
