@@ -390,17 +390,11 @@ ORDER_BUG = (
 Property = Callable[[Feed], None]
 PROPERTIES = [
     pytest.param(no_case_mixes_patients, id="no-case-mixes-patients"),
-    pytest.param(
-        one_live_case_per_patient_visit,
-        id="one-live-case-per-patient-visit",
-        marks=xfail(LATE_MERGE_BUG),
-    ),
+    pytest.param(one_live_case_per_patient_visit, id="one-live-case-per-patient-visit"),
     pytest.param(every_resource_passes_profiles, id="every-resource-passes-profiles"),
     pytest.param(no_resource_has_empty_parts, id="no-resource-has-empty-parts"),
     pytest.param(redelivery_changes_nothing, id="redelivery-changes-nothing"),
-    pytest.param(
-        arrival_order_does_not_matter, id="arrival-order-does-not-matter", marks=xfail(ORDER_BUG)
-    ),
+    pytest.param(arrival_order_does_not_matter, id="arrival-order-does-not-matter"),
 ]
 
 
@@ -586,10 +580,6 @@ async def test_worker_result_does_not_depend_on_arrival_order(worker_engine: Asy
     assert not differ, "\n".join(differ)
 
 
-@xfail(
-    "a patient state remembers only its last 500 processed messages (PROCESSED_MEMORY): an older"
-    " message resent or replayed after them is applied again (an A11 cancels the visit's new case)"
-)
 def test_a_cancel_resent_after_many_later_messages_changes_nothing() -> None:
     visit = Visit()
     history = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -31,6 +32,7 @@ __all__ = [
     "aware",
     "case_id",
     "coverage",
+    "current_patient",
     "digest",
     "encounter",
     "event_json",
@@ -170,6 +172,17 @@ def patient_keys(event: AdtEvent, rules: DischargeRules) -> tuple[str, ...]:
         if merge.prior_identifiers:
             keys.append(patient_key(patient_ref(merge.prior_identifiers, rules)))
     return tuple(dict.fromkeys(keys))
+
+
+def current_patient(
+    event: AdtEvent, keys: Sequence[str], current: PatientRef | None, rules: DischargeRules
+) -> PatientRef:
+    """The patient an event is applied for: the one its PID-3 names, or the surviving patient
+    (``current``) when PID-3 names a patient merged into it (one of ``keys[1:]``)."""
+    ref = patient_ref(event.patient.identifiers, rules)
+    if current is not None and len(keys) > 1 and patient_key(ref) in keys[1:]:
+        return current
+    return ref
 
 
 def encounter(visit: VisitMemory, rules: DischargeRules) -> Identifier:

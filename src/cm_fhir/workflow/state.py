@@ -24,7 +24,6 @@ from cm_fhir.domain.referral import DischargePlan
 
 __all__ = [
     "LOG_LIMIT",
-    "PROCESSED_MEMORY",
     "EffectKind",
     "EventEffect",
     "Flag",
@@ -38,8 +37,6 @@ __all__ = [
     "visit_key",
 ]
 
-#: How many processed messages a patient state remembers for duplicate detection.
-PROCESSED_MEMORY = 500
 #: How many events a visit's log keeps; a visit with more cannot be re-derived (see ordering).
 LOG_LIMIT = 200
 
@@ -101,6 +98,7 @@ class LoggedEvent(_State):
     at: Instant = Field(description="EVN-6, else EVN-2, else MSH-7, else when it was processed")
     rank: int = Field(default=0, description="Breaks a tie of times: a cancel after what it undoes")
     message_control_id: str
+    digest: str = Field(default="", description="The message's content digest (duplicates)")
     payload: str
 
     @property
@@ -156,7 +154,8 @@ class VisitMemory(_State):
 
 
 class ProcessedMessage(_State):
-    """A message already applied: its control id and a digest of its content."""
+    """A message applied by an earlier version, which remembered the last 500 per patient; kept
+    only so that states stored then still recognise those messages (see ``PatientState``)."""
 
     message_control_id: str
     digest: str
@@ -174,7 +173,10 @@ class PatientState(_State):
     last_discharge: Instant | None = Field(
         default=None, description="The latest discharge of any visit, for readmission screening"
     )
-    processed: tuple[ProcessedMessage, ...] = ()
+    processed: tuple[ProcessedMessage, ...] = Field(
+        default=(),
+        description="Legacy: messages applied before visit logs held digests; never added to",
+    )
     deceased: Instant | None = Field(
         default=None, description="When the patient died (PV1-36 expired or PID-30), if known"
     )
