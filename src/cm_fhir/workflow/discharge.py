@@ -226,10 +226,12 @@ def _early_referral(
         if chosen is None:
             return ()
     elif not code.mapped or code.target is None:
-        flag = Flag.UNMAPPED_DISPOSITION
-        step.note(
-            "adt-concept-maps.discharge_disposition", "unmapped-disposition", case.id, None, flag
-        )
+        # PV1-36 of an admit, transfer or update is often left over or local: only a pending
+        # discharge's (and the discharge's own) is worth a person's look.
+        if event is not None and event.event == "A16":
+            flag = Flag.UNMAPPED_DISPOSITION
+            where = "adt-concept-maps.discharge_disposition"
+            step.note(where, "unmapped-disposition", case.id, None, flag)
         return ()
     else:
         chosen = Disposition(code.target)

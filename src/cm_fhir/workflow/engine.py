@@ -29,8 +29,9 @@ from cm_fhir.workflow.admission import (
     refresh_visit,
     team_party,
 )
-from cm_fhir.workflow.discharge import cancel_discharge, plan_discharge
+from cm_fhir.workflow.discharge import plan_discharge
 from cm_fhir.workflow.lifecycle import (
+    cancel_discharge_or_death,
     cancel_pending_discharge,
     cancel_pre_admission,
     discharge_or_death,
@@ -274,7 +275,7 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "A08": _update,
     "A11": cancel_admit,
     "A12": _cancel_transfer,
-    "A13": cancel_discharge,
+    "A13": cancel_discharge_or_death,
     "A14": pre_admit,
     "A16": _pending,
     "A25": cancel_pending_discharge,

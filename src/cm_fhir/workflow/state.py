@@ -72,6 +72,12 @@ class EventEffect(_State):
         default=None, description="The discharge plan before a discharge changed it"
     )
     last_discharge_before: Instant | None = None
+    case_before: Case | None = Field(
+        default=None, description="DEATH: the case as it was before the death ended it (A13)"
+    )
+    deceased_before: Instant | None = Field(
+        default=None, description="DEATH: when the patient was known to have died before"
+    )
     undone: bool = False
 
 
