@@ -47,6 +47,7 @@ class InspectedMessage:
     index: int
     result: AdtEvent | UnsupportedMessage | None = None
     error: InboundMessageError | MappingError | None = None
+    text: str = ""  # the message as read (the dry run processes it as the worker would)
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,10 @@ def inspect_files(
         for index, text in enumerate(texts, start=1):
             try:
                 messages.append(
-                    InspectedMessage(index, parse_adt(text, maps, default_tz=default_tz))
+                    InspectedMessage(index, parse_adt(text, maps, default_tz=default_tz), text=text)
                 )
             except (InboundMessageError, MappingError) as exc:
-                messages.append(InspectedMessage(index, error=exc))
+                messages.append(InspectedMessage(index, error=exc, text=text))
         inspected.append(InspectedFile(path, messages))
     return inspected
 
@@ -198,15 +199,18 @@ def _print_text(files: list[InspectedFile]) -> None:
                 typer.echo("\n".join(_event_lines(message.result)))
 
 
-def _print_dry_run(files: list[InspectedFile], database_url: str) -> None:
+def _print_dry_run(files: list[InspectedFile], database_url: str, maps: AdtConceptMaps) -> None:
+    from cm_fhir.settings import load_settings
     from cm_fhir.worker.dry_run import dry_run_sync, render  # the store only when asked
 
-    events = [m.result for f in files for m in f.messages if isinstance(m.result, AdtEvent)]
+    texts = [m.text.encode() for f in files for m in f.messages if m.text]
     try:
-        typer.echo("\n".join(render(dry_run_sync(events, database_url))))
+        applied = load_settings().worker.apply_processing_ids  # as the worker applies MSH-11
+        effects = dry_run_sync(texts, database_url, maps=maps, apply_processing_ids=applied)
     except CmFhirError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    typer.echo("\n".join(render(effects)))
     for item in files:
         for message in item.messages:
             if message.error is not None:
@@ -246,7 +250,7 @@ def inspect(
         raise typer.Exit(2) from exc
     inspected = inspect_files(files, maps, default_tz)
     if dry_run:
-        _print_dry_run(inspected, database_url)
+        _print_dry_run(inspected, database_url, maps)
     elif as_json:
         typer.echo(json.dumps(_to_json(inspected), indent=2))
     else:
