@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from cm_fhir.cli import app
 from cm_fhir.worker.dry_run import dry_run, render
 from inbox_fixtures import Database
-from worker_fixtures import cases, ingest, inbox_messages, rows, settle_worker
+from worker_fixtures import cases, inbox_messages, ingest, rows, settle_worker
 from workflow_messages import Visit, hours
 
 V = Visit()

@@ -226,9 +226,7 @@ def test_cancelled_admit_of_a_pre_admitted_case_plans_it_again(tmp_path: Path) -
         "      description: Review the planned admission\n      due: 3d\n",
     )
     planned, _ = run_with(site, [V.adt("A05", "C1", hours(-48), patient_class="P")])
-    state, outcomes = run_with(
-        site, [V.adt("A01", "C2", hours(0)), V.adt("A11", "C3", hours(1))], planned
-    )
+    state, _ = run_with(site, [V.adt("A01", "C2", hours(0)), V.adt("A11", "C3", hours(1))], planned)
     case = only_case(state)
     assert case.status == CaseStatus.PLANNED
     assert case.status_history == only_case(planned).status_history
