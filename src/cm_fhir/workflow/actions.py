@@ -87,7 +87,7 @@ class Step:
         *flags: Flag,
     ) -> None:
         self.trace.append(
-            TraceEntry(
+            TraceEntry.model_construct(  # plain strings and flags: valid by construction
                 message_control_id=self.control_id,
                 event=self.event.event if self.event is not None else None,
                 rule=rule,
@@ -102,7 +102,8 @@ class Step:
         """The new state: cases by id and visits by key (the same whatever the arrival order),
         and the latest discharge of any visit. A settled visit's log is dropped."""
         visits = [self._settled(self.visits[key]) for key in sorted(self.visits)]
-        return PatientState(
+        # Every part is a validated model already: no need to validate them again.
+        return PatientState.model_construct(
             patient_keys=tuple(self.keys),
             patient=self.patient,
             cases=tuple(self.cases[case_id] for case_id in sorted(self.cases)),

@@ -70,7 +70,8 @@ def apply_event(
     their cases and visits move to the surviving patient and their keys are retired.
     """
     step = Step(state, rules, now, event)
-    lock = facts.patient_keys(event, rules)
+    named = facts.patient_ref(event.patient.identifiers, rules)
+    lock = facts.patient_keys(event, rules, named)
     text = facts.event_json(event)
     digest = facts.digest(event, text)
     rule = f"event.{event.event}"
@@ -85,7 +86,7 @@ def apply_event(
         return Outcome(state=state, trace=tuple(step.trace), lock_keys=lock)
     if reused or legacy:
         step.note(rule, "applied-again", None, None, Flag.CONTROL_ID_REUSED)
-    ref = facts.current_patient(event, state.patient_keys, state.patient, rules)
+    ref = facts.current_patient(named, state.patient_keys, state.patient)
     step.patient = ref
     step.keys = list(dict.fromkeys([facts.patient_key(ref), *step.keys]))
     retired: tuple[str, ...] = ()

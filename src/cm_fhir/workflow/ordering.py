@@ -267,7 +267,8 @@ def fold(
         # As between two steps: the latest discharge of any visit (see Step.state).
         folding.last_discharge = latest([v.discharge_time for v in folding.visits.values()])
         folding.begin(item.event, item.at)
-        folding.patient = facts.current_patient(item.event, step.keys, step.patient, step.rules)
+        named = facts.patient_ref(item.event.patient.identifiers, step.rules)
+        folding.patient = facts.current_patient(named, step.keys, step.patient)
         handler = handlers.get(item.event.event)
         memory = folding.visits.get(key) or fresh[key]
         if handler is not None:

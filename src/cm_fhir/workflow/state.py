@@ -264,7 +264,7 @@ def visit_key(visit_number: str, authority: str | None) -> str:
 def changed_cases(before: PatientState, after: PatientState) -> tuple[Case, ...]:
     """The cases of ``after`` that are new or differ from ``before``."""
     old = {c.id: c for c in before.cases}
-    return tuple(c for c in after.cases if old.get(c.id) != c)
+    return tuple(c for c in after.cases if (found := old.get(c.id)) is not c and found != c)
 
 
 def latest(values: list[datetime | None]) -> datetime | None:
