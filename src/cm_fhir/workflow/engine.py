@@ -29,7 +29,6 @@ from cm_fhir.workflow.admission import (
     refresh_visit,
     team_party,
 )
-from cm_fhir.workflow.discharge import plan_discharge
 from cm_fhir.workflow.lifecycle import (
     cancel_discharge_or_death,
     cancel_pending_discharge,
@@ -41,6 +40,7 @@ from cm_fhir.workflow.lifecycle import (
     record_death,
 )
 from cm_fhir.workflow.merging import merge_patients
+from cm_fhir.workflow.planning import plan_discharge
 from cm_fhir.workflow.state import (
     Flag,
     Outcome,

@@ -37,13 +37,8 @@ from cm_fhir.workflow.admission import (
     screening_facts,
     team_party,
 )
-from cm_fhir.workflow.discharge import (
-    cancel_discharge,
-    discharge,
-    live_referrals,
-    plan_discharge,
-    planning_effects,
-)
+from cm_fhir.workflow.discharge import cancel_discharge, discharge
+from cm_fhir.workflow.planning import live_referrals, plan_discharge, planning_effects
 from cm_fhir.workflow.screening import screen
 from cm_fhir.workflow.state import (
     EffectKind,
