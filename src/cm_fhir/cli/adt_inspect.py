@@ -2,9 +2,10 @@
 
 Reads each file (a message, a batch or several messages back to back), parses every message with
 :func:`cm_fhir.hl7v2.adt.parse_adt` and prints one block per message, or JSON with ``--json``.
-Parse errors are reported with their segment and field position. ``--dry-run`` runs the parsed
-events through the workflow against the stored state and shows the case and FHIR resource
-changes they would make, without committing (:mod:`cm_fhir.worker.dry_run`). Exit status: 0 if
+Parse errors are reported with their segment and field position. ``--dry-run`` runs the messages
+through the worker's own stages (MSH-11 per ``worker.apply_processing_ids``, the workflow, the
+needs-attention policy) against the stored state and shows how each would settle and the case and
+FHIR resource changes, without committing (:mod:`cm_fhir.worker.dry_run`). Exit status: 0 if
 every message parsed, 1 if any message failed, 2 if a file (or the concept-map spec) could not be
 read.
 
