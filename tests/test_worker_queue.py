@@ -79,7 +79,7 @@ async def test_poison_message_is_dead_lettered_and_blocks_only_its_patient(
         if r.document
     ]
     sick = next(s for s in states if s.patient_keys[0].endswith(SICK.mrn))
-    assert [p.message_control_id for p in sick.processed] == ["P1", "P2", "P3"]
+    assert [e.message_control_id for v in sick.visits for e in v.log] == ["P1", "P2", "P3"]
 
 
 async def test_failed_attempt_is_retried_and_then_succeeds(worker_engine: AsyncEngine) -> None:
