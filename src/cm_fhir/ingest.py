@@ -39,7 +39,7 @@ from cm_fhir.hl7v2.header import (
     read_patient_key,
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
-from cm_fhir.store.inbox import NewMessage
+from cm_fhir.store.inbox import NewMessage, StoredMessage
 from cm_fhir.store.tables import inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
@@ -137,6 +137,24 @@ class _Prepared:
     unreadable: bool = False
 
 
+def _log_received(messages: list[NewMessage], saved: list[StoredMessage], peer: str) -> None:
+    """One line per stored message: ids and codes only, never content."""
+    for message, row in zip(messages, saved, strict=True):
+        log.info(
+            "message received",
+            extra={
+                "inbox_id": row.id,
+                "sender": f"{message.sending_application or ''}|{message.sending_facility or ''}",
+                "control_id": message.control_id,
+                "event": f"{message.message_type or ''}^{message.trigger_event or ''}",
+                "ack_code": row.ack_code,
+                "state": message.state,
+                "duplicate": row.duplicate,
+                "peer": peer,
+            },
+        )
+
+
 def _split(text: str) -> tuple[BatchHeader | None, list[str]]:
     """The batch header (if any) and the messages of a frame.
 
@@ -187,7 +205,9 @@ class FrameIntake:
         replies: list[bytes | None] = [p.reply for p in prepared]
         if to_store:
             try:
-                stored = iter(await self._writer.store_many(to_store))
+                saved = await self._writer.store_many(to_store)
+                _log_received(to_store, saved, peer)
+                stored = iter(saved)
             except StoreError:
                 self.stats.store_failures += 1
                 replies = [
@@ -293,7 +313,11 @@ class FrameIntake:
     ) -> _Prepared:
         """AR (CR) with ERR 207 for a sender outside the allowlist; nothing is stored."""
         self.stats.refused_senders += 1
-        log.warning("refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist", peer)
+        log.warning(
+            "refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist",
+            peer,
+            extra={"control_id": header.control_id, "peer": peer},
+        )
         code = acks.response_code(header, "AR")
         reply = None
         if acks.ack_wanted(header, code):

@@ -37,6 +37,7 @@ from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mllp_peers import is_loopback
+from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, make_engine, upgrade_database
 from cm_fhir.store.writer import InboxWriter
@@ -216,6 +217,8 @@ class Service:
                     asyncio.create_task(w.run(worker_stop), name=f"worker-{n}")
                     for n, w in enumerate(workers)
                 ]
+                purger = RetentionJob(engine, settings.retention)
+                worker_tasks.append(asyncio.create_task(purger.run(worker_stop), name="retention"))
                 self.info.workers = len(workers)
             else:
                 self.info.notes.append("worker: not in this build; messages stay queued")

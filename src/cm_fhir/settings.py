@@ -25,13 +25,17 @@ from pydantic_settings import (
 )
 
 from cm_fhir.errors import ConfigError
+from cm_fhir.logs import LEVELS, LogFormat
 from cm_fhir.mllp_peers import parse_networks
+from cm_fhir.retention_policy import RetentionSettings
 
 __all__ = [
     "AuthSettings",
     "HealthSettings",
     "HttpSettings",
+    "LogSettings",
     "MllpSettings",
+    "RetentionSettings",
     "Role",
     "Settings",
     "WorkerSettings",
@@ -185,6 +189,20 @@ class AuthSettings(_Section):
         return self.jwks_url is not None
 
 
+class LogSettings(_Section):
+    """Log lines of ``serve``, ``listen`` and ``worker`` (stderr)."""
+
+    level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    format: LogFormat = Field(LogFormat.TEXT, description="text, or json: one object per line.")
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LEVELS:
+            raise ValueError(f"log level must be one of {', '.join(LEVELS)}")
+        return value.upper()
+
+
 class Settings(BaseSettings):
     """Everything ``cm-fhir serve`` needs; build it with :func:`load_settings`."""
 
@@ -213,7 +231,8 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     auth: AuthSettings = AuthSettings()
     health: HealthSettings = HealthSettings()
-    log_level: str = "INFO"
+    log: LogSettings = LogSettings()
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("api_keys", mode="before")
     @classmethod

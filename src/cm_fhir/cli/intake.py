@@ -9,7 +9,6 @@ applies the shipped migrations. ``cm-fhir adt send`` lives in :mod:`cm_fhir.cli.
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import typer
@@ -18,6 +17,7 @@ from cm_fhir.cli._app import app, db_app
 from cm_fhir.cli.errors import fail
 from cm_fhir.errors import CmFhirError
 from cm_fhir.listener import ListenerConfig, run_listener
+from cm_fhir.logs import LogFormat, configure_logging
 from cm_fhir.settings import load_settings
 from cm_fhir.store.engine import DEFAULT_DATABASE_URL, make_engine, upgrade_database
 
@@ -61,12 +61,14 @@ def listen(
     migrate: bool | None = typer.Option(
         None, help="Upgrade the database on start (default: only for SQLite)."
     ),
+    log_format: LogFormat | None = typer.Option(
+        None, help="text, or json: one object per line [text]."
+    ),
 ) -> None:
     """Accept ADT messages over MLLP, store each, then acknowledge it.
 
     Unset options come from the environment (CM_FHIR_MLLP__...), then the defaults in brackets.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     given = {
         "host": host,
         "port": port,
@@ -83,8 +85,11 @@ def listen(
         "allow_public_bind": allow_public_bind or None,
     }
     mllp = {name: value for name, value in given.items() if value is not None}
+    log = {"format": log_format} if log_format is not None else {}
     try:
-        config = ListenerConfig.from_settings(load_settings(None, {"mllp": mllp}).mllp)
+        settings = load_settings(None, {"mllp": mllp, "log": log})
+        configure_logging(settings.log.level, settings.log.format)
+        config = ListenerConfig.from_settings(settings.mllp)
     except CmFhirError as exc:
         fail(str(exc))
     try:

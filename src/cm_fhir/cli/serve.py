@@ -10,7 +10,6 @@ TOML file with every setting and its default.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ import typer
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import fail
 from cm_fhir.errors import CmFhirError
+from cm_fhir.logs import LogFormat, configure_logging
 from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role, load_settings
 
@@ -91,6 +91,9 @@ def serve(
         bool, typer.Option(help="Upgrade a non-embedded database on start instead of refusing.")
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
+    log_format: Annotated[
+        LogFormat | None, typer.Option(help="text, or json: one object per line [text].")
+    ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
     overrides: dict[str, Any] = {}
@@ -98,8 +101,9 @@ def serve(
         overrides["database_url"] = database_url
     if data_dir is not None:
         overrides["data_dir"] = data_dir
-    if log_level is not None:
-        overrides["log_level"] = log_level
+    log = {k: v for k, v in (("level", log_level), ("format", log_format)) if v is not None}
+    if log:
+        overrides["log"] = log
     http = {k: v for k, v in (("host", http_host), ("port", http_port)) if v is not None}
     mllp = {k: v for k, v in (("host", mllp_host), ("port", mllp_port)) if v is not None}
     if http:
@@ -108,10 +112,7 @@ def serve(
         overrides["mllp"] = mllp
     try:
         settings = load_settings(config, overrides)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        )
+        configure_logging(settings.log.level, settings.log.format)
         service = Service(settings, set(role or [Role.ALL]), migrate=migrate)
         asyncio.run(run_service(service))
     except CmFhirError as exc:
@@ -132,7 +133,6 @@ data_dir = "cm-fhir-data"
 # PostgreSQL instead (run `cm-fhir db upgrade --database-url ...` before the first start):
 # database_url = "postgresql+asyncpg://cm_fhir@db.example.org:5432/cm_fhir"
 # database_search_path = "cm_fhir"
-log_level = "INFO"
 
 # Static API keys (16+ characters). Prefer the environment: CM_FHIR_API_KEYS=key1,key2
 # api_keys = ["change-me-to-a-long-random-key"]
@@ -183,6 +183,19 @@ algorithms = ["RS256", "ES256", "PS256"]
 leeway = 30.0
 jwks_cache_seconds = 300
 jwks_timeout = 5.0
+
+[log]
+level = "INFO"
+format = "text"             # json: one JSON object per line (time, level, logger, message, fields)
+
+[retention]
+# Ages: a whole number and s, m, h, d or w; "off" keeps for ever. The worker role purges.
+raw_messages = "30d"        # raw HL7v2 of processed/ignored messages (the row itself stays)
+trace = "365d"              # workflow trace of settled messages
+audit = "off"               # the audit trail is often a legal record
+sent_outbox = "30d"         # sent FHIR writes (the newest per case is kept)
+interval = "1h"
+batch_size = 1000           # rows per transaction
 
 [health]
 max_inbox_age_seconds = 300.0   # /ready 503 when the oldest unprocessed message is older; 0 = off

@@ -23,6 +23,9 @@ import typer
 
 from cm_fhir.cli._app import app
 from cm_fhir.errors import CmFhirError
+from cm_fhir.logs import LogFormat, configure_logging
+from cm_fhir.retention import RetentionJob
+from cm_fhir.settings import load_settings
 from cm_fhir.store.engine import DEFAULT_DATABASE_URL, make_engine, upgrade_database
 from cm_fhir.worker import BatchResult, Worker, WorkerConfig, replay, replay_dead_letter
 
@@ -68,7 +71,12 @@ async def _run(url: str, schema: str | None, config: WorkerConfig, once: bool) -
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
-        return await worker.run(stop)
+        purger = asyncio.create_task(RetentionJob(engine, load_settings().retention).run(stop))
+        try:
+            return await worker.run(stop)
+        finally:
+            stop.set()
+            await purger
     finally:
         await engine.dispose()
 
@@ -98,9 +106,20 @@ def worker(
     migrate: bool | None = typer.Option(
         None, help="Upgrade the database on start (default: only for SQLite)."
     ),
+    log_format: LogFormat | None = typer.Option(
+        None, help="text, or json: one object per line [text]."
+    ),
 ) -> None:
-    """Process the inbox: cases, outbox, trace and FHIR resources, per patient in order."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Process the inbox: cases, outbox, trace and FHIR resources, per patient in order.
+
+    Without ``--once`` it also purges PHI past the ``retention`` ages (CM_FHIR_RETENTION__...).
+    """
+    try:
+        logs = load_settings(None, {"log": {"format": log_format} if log_format else {}}).log
+    except CmFhirError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    configure_logging(logs.level, logs.format)
     sqlite = database_url.startswith("sqlite")
     if sqlite and concurrency > 1:
         typer.echo("SQLite has a single writer: running one worker process", err=True)
