@@ -31,6 +31,7 @@ __all__ = [
     "LogFormat",
     "TextFormatter",
     "configure_logging",
+    "console_json",
     "fields_of",
     "request_id",
 ]
@@ -107,6 +108,13 @@ class TextFormatter(logging.Formatter):
         if error:
             text += f" exc_type={error['exc_type']}\n{error['stack']}"
         return text
+
+
+def console_json(message: str, logger: str) -> str:
+    """A console line (stdout) as the JSON object a log line would be, for ``--log-format json``."""
+    now = datetime.now(UTC).isoformat(timespec="milliseconds")
+    line = {"time": now, "level": "INFO", "logger": logger, "message": message}
+    return json.dumps(line, ensure_ascii=False)
 
 
 def configure_logging(level: str = "INFO", fmt: LogFormat | str = LogFormat.TEXT) -> None:

@@ -112,7 +112,13 @@ class _AccessLog:
                 route,
                 status,
                 elapsed,
-                extra={"method": method, "route": route, "status": status, "ms": round(elapsed, 1)},
+                extra={
+                    "request_id": rid,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed, 1),
+                },
             )
             request_id.reset(token)
 

@@ -10,6 +10,7 @@ TOML file with every setting and its default.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +20,7 @@ import typer
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import fail
 from cm_fhir.errors import CmFhirError
-from cm_fhir.logs import LogFormat, configure_logging
+from cm_fhir.logs import LogFormat, configure_logging, console_json
 from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role, load_settings
 
@@ -29,27 +30,28 @@ config_app = typer.Typer(help="Service configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
 
-def print_ready(info: ServiceInfo) -> None:
-    """The start-up lines (the tests and the demo read them)."""
-    typer.echo(f"cm-fhir serving roles: {', '.join(info.roles)} (database {info.database})")
+def print_ready(info: ServiceInfo, fmt: LogFormat = LogFormat.TEXT) -> None:
+    """The start-up lines on stdout (the tests and the demo read them); JSON objects in json."""
+    lines = [f"cm-fhir serving roles: {', '.join(info.roles)} (database {info.database})"]
     if info.http_url:
-        typer.echo(f"cm-fhir api on {info.http_url} (OpenAPI: {info.http_url}/docs)")
+        lines.append(f"cm-fhir api on {info.http_url} (OpenAPI: {info.http_url}/docs)")
     if info.mllp_address:
         host, port = info.mllp_address
-        typer.echo(f"cm-fhir listening on {host}:{port}")
+        lines.append(f"cm-fhir listening on {host}:{port}")
     if "worker" in info.roles and info.workers:
-        typer.echo(f"cm-fhir worker: {info.workers} loop(s)")
-    for note in info.notes:
-        typer.echo(f"cm-fhir {note}")
+        lines.append(f"cm-fhir worker: {info.workers} loop(s)")
+    lines += [f"cm-fhir {note}" for note in info.notes]
     if info.generated_api_key:
-        typer.echo(
+        lines.append(
             "cm-fhir API key for this run (none configured; localhost only): "
             f"{info.generated_api_key}"
         )
-    typer.echo("cm-fhir ready (Ctrl-C or SIGTERM to stop)", nl=True)
+    lines.append("cm-fhir ready (Ctrl-C or SIGTERM to stop)")
+    for line in lines:
+        typer.echo(line if fmt is LogFormat.TEXT else console_json(line, "cm_fhir.serve"))
 
 
-async def run_service(service: Service) -> None:
+async def run_service(service: Service, fmt: LogFormat = LogFormat.TEXT) -> None:
     """Run ``service`` until SIGINT/SIGTERM; a second signal cancels the graceful stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -63,7 +65,7 @@ async def run_service(service: Service) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, _on_signal)
     try:
-        await service.run(stop, print_ready)
+        await service.run(stop, functools.partial(print_ready, fmt=fmt))
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
@@ -114,7 +116,7 @@ def serve(
         settings = load_settings(config, overrides)
         configure_logging(settings.log.level, settings.log.format)
         service = Service(settings, set(role or [Role.ALL]), migrate=migrate)
-        asyncio.run(run_service(service))
+        asyncio.run(run_service(service, settings.log.format))
     except CmFhirError as exc:
         fail(str(exc))
     except OSError as exc:
