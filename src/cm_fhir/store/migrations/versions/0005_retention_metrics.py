@@ -5,7 +5,9 @@
 retention. ``metric_delta`` and ``metric_total`` hold the counters of ``/metrics`` (see
 :mod:`cm_fhir.store.counters`): triggers on ``inbox_message``, ``trace`` and ``outbox`` append
 deltas (per row on SQLite, per statement with transition tables on PostgreSQL), and the upgrade
-seeds the totals from the rows already stored. The SQL is written out here, frozen with the
+seeds the totals from the rows already stored. A row is one latency observation each time it
+changes from ``received`` to a settled state, or when it is stored settled (an unreadable message,
+0 seconds). The SQL is written out here, frozen with the
 revision: the latency bucket bounds are those of ``cm_fhir.store.counters.LATENCY_BOUNDS``.
 
 Revision ID: 0005_retention_metrics
@@ -55,7 +57,9 @@ _CHANGED = (
 
 _SQLITE_TRIGGERS = (
     f"""CREATE TRIGGER tr_inbox_metrics_insert AFTER INSERT ON inbox_message BEGIN
-        {_DELTA} VALUES ('inbox', {_key("NEW")}, 1, 0); END""",
+        {_DELTA} VALUES ('inbox', {_key("NEW")}, 1, 0);
+        {_DELTA} SELECT 'latency', {_bucket("s")}, 1, s FROM (SELECT {_sqlite_seconds("NEW")} AS s)
+        WHERE NEW.state IN {_SETTLED}; END""",
     f"""CREATE TRIGGER tr_inbox_metrics_delete AFTER DELETE ON inbox_message BEGIN
         {_DELTA} VALUES ('inbox', {_key("OLD")}, -1, 0); END""",
     f"""CREATE TRIGGER tr_inbox_metrics_update
@@ -98,7 +102,13 @@ def _pg_function(name: str, body: str) -> str:
 _PG_FUNCTIONS = {
     "cm_fhir_inbox_inserted": f"""{_DELTA}
         SELECT 'inbox', k, count(*), 0 FROM (SELECT {_key("n")} AS k FROM new_rows n) s
-        GROUP BY k;""",
+        GROUP BY k;
+        {_DELTA}
+        SELECT 'latency', b, count(*), sum(s) FROM (
+            SELECT {_bucket("x.s")} AS b, x.s FROM (
+                SELECT {_pg_seconds("n")} AS s FROM new_rows n WHERE n.state IN {_SETTLED}
+            ) x
+        ) y GROUP BY b;""",
     "cm_fhir_inbox_deleted": f"""{_DELTA}
         SELECT 'inbox', k, -count(*), 0 FROM (SELECT {_key("o")} AS k FROM old_rows o) s
         GROUP BY k;""",
