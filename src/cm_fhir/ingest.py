@@ -139,14 +139,18 @@ class _Prepared:
 
 def _log_received(messages: list[NewMessage], saved: list[StoredMessage], peer: str) -> None:
     """One line per stored message: ids and codes only, never content."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     for message, row in zip(messages, saved, strict=True):
+        sender = f"{message.sending_application or ''}|{message.sending_facility or ''}"
+        event = f"{message.message_type or ''}^{message.trigger_event or ''}"
         log.info(
             "message received",
             extra={
                 "inbox_id": row.id,
-                "sender": f"{message.sending_application or ''}|{message.sending_facility or ''}",
+                "sender": None if sender == "|" else sender,
                 "control_id": message.control_id,
-                "event": f"{message.message_type or ''}^{message.trigger_event or ''}",
+                "event": None if event == "^" else event,
                 "ack_code": row.ack_code,
                 "state": message.state,
                 "duplicate": row.duplicate,

@@ -10,8 +10,10 @@ so a rolled-back batch leaves no line claiming otherwise.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
+from cm_fhir.store.queue import ClaimedMessage
 from cm_fhir.worker.changes import Changes
 
 __all__ = ["log_outcomes", "outcome_lines"]
@@ -19,8 +21,11 @@ __all__ = ["log_outcomes", "outcome_lines"]
 log = logging.getLogger("cm_fhir.worker.outcome")
 
 
-def outcome_lines(changes: Changes, control_ids: dict[int, str | None]) -> list[dict[str, Any]]:
-    """The fields of one line per settled inbox row of ``changes``."""
+def outcome_lines(changes: Changes, rows: Sequence[ClaimedMessage]) -> list[dict[str, Any]]:
+    """The fields of one line per settled inbox row of ``changes`` (none when INFO is off)."""
+    if not log.isEnabledFor(logging.INFO):
+        return []
+    control_ids = {row.id: row.control_id for row in rows}
     rules: dict[int, list[str]] = {}
     cases: dict[int, list[str]] = {}
     for record in changes.trace:
@@ -45,7 +50,8 @@ def outcome_lines(changes: Changes, control_ids: dict[int, str | None]) -> list[
 
 
 def log_outcomes(lines: list[dict[str, Any]]) -> None:
-    """Log each line: INFO, WARNING for a row that failed, dead-lettered or needs attention."""
+    """Log each line: INFO; WARNING for a row that failed, was dead-lettered or needs attention
+    (a row put back for another attempt is ``received``, with the failed attempt's reason)."""
     for fields in lines:
         level = logging.INFO if fields["state"] in ("processed", "ignored") else logging.WARNING
         log.log(level, "message %s", fields["state"], extra=fields)

@@ -197,7 +197,7 @@ class BatchProcessor:
             elif not self._apply(item, book, hashes, changes) and item.row.patient_key:
                 blocked.add(item.row.patient_key)
         written, removed = write_changes(connection, book, hashes, changes, self.rules, now)
-        self.last_outcomes = outcome_lines(changes, {r.id: r.control_id for r in rows})
+        self.last_outcomes = outcome_lines(changes, rows)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
         result.ignored += states.count(InboxState.IGNORED)
