@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -199,6 +200,19 @@ async def test_off_keeps_a_kind_and_a_replay_leaves_purged_rows_alone(store: Asy
         select(inbox_messages.c.state).where(inbox_messages.c.raw_purged_at.is_not(None)),
     )
     assert sorted(r.state for r in purged) == ["ignored", "processed"]
+
+
+async def test_the_api_says_when_a_raw_message_was_purged(
+    store: AsyncEngine, worker_http: httpx.AsyncClient
+) -> None:
+    ids = await _seed(store)
+    await purge(store, POLICY, NOW)
+    purged = (await worker_http.get(f"/api/messages/{ids['processed']}?include_raw=true")).json()
+    assert purged["raw"] is None
+    assert purged["raw_purged_at"] is not None
+    kept = (await worker_http.get(f"/api/messages/{ids['failed']}?include_raw=true")).json()
+    assert "MRN-SECRET" in kept["raw"]
+    assert kept["raw_purged_at"] is None
 
 
 async def test_concurrent_purgers_share_the_work(store: AsyncEngine, database: Database) -> None:
