@@ -43,6 +43,7 @@ from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mllp_peers import is_loopback
+from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
 from cm_fhir.store.writer import InboxWriter
@@ -268,6 +269,8 @@ class Service:
                     asyncio.create_task(w.run(worker_stop), name=f"worker-{n}")
                     for n, w in enumerate(workers)
                 ]
+                purger = RetentionJob(engine, settings.retention)
+                worker_tasks.append(asyncio.create_task(purger.run(worker_stop), name="retention"))
                 self.info.workers = len(workers)
             else:
                 self.info.notes.append("worker: not in this build; messages stay queued")

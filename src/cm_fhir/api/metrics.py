@@ -1,12 +1,14 @@
-"""``GET /metrics``: Prometheus text, computed from the database at scrape time. I/O.
+"""``GET /metrics``: Prometheus text from counters the database keeps at write time. I/O.
 
-Counts come from the tables, not from process memory, so every process (and a restart) reports
-the same figures: messages by type, event, ACK code and state; processing latency (received to
-settled) as a histogram; queue depths and the age of the oldest queued message; dead letters and
-the rows waiting behind them; trace entries per workflow flag (``unmapped-disposition``,
-``no-visit-number``, ...); outbox rows by state and the age of the oldest pending one. The
-listener's connection counters of this process are added when it runs here. Labels hold codes
-only (event, state, ACK code), never patient data. Needs the ``read`` scope like the rest of /api.
+Counts come from the database, not from process memory, so every process (and a restart) reports
+the same figures. Message counts by type, event, ACK code and state, the processing-latency
+histogram (received to settled, one observation per settlement), trace entries per workflow flag
+and outbox rows per state are kept by triggers as rows are written (:mod:`cm_fhir.store.counters`),
+so a scrape reads a few dozen counter rows whatever the size of the inbox. The queue gauges (age of
+the oldest queued message, rows waiting behind a dead letter, age of the oldest pending outbox
+entry) read only queued rows through the indexes on state. The listener's connection counters of
+this process are added when it runs here. Labels hold codes only (event, state, ACK code), never
+patient data. Needs the ``read`` scope like the rest of /api.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -26,27 +27,22 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
-from cm_fhir.store.case_tables import outbox, trace
+from cm_fhir.store.case_tables import OutboxState, outbox
+from cm_fhir.store.counters import LATENCY_BOUNDS, fold_if_large, read_counters
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
 from cm_fhir.workflow import Flag
 
-__all__ = ["LATENCY_BUCKETS", "router"]
+__all__ = ["LATENCY_BUCKETS", "router", "snapshot"]
 
 router = APIRouter(tags=["metrics"])
 _t = inbox_messages
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_SETTLED = (
-    InboxState.PROCESSED.value,
-    InboxState.FAILED.value,
-    InboxState.DEAD_LETTERED.value,
-    InboxState.NEEDS_ATTENTION.value,
-)
+LATENCY_BUCKETS = LATENCY_BOUNDS
 
 
 @dataclass(slots=True)
@@ -64,12 +60,6 @@ class _Snapshot:
     listener: ListenerStats | None = None
 
 
-def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> Any:
-    if connection.dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * literal(86400.0)
-    return func.extract("epoch", end - start)
-
-
 def _age(oldest: datetime | None, now: datetime) -> float:
     if oldest is None:
         return 0.0
@@ -78,46 +68,33 @@ def _age(oldest: datetime | None, now: datetime) -> float:
     return max(0.0, (now - oldest).total_seconds())
 
 
-async def _snapshot(connection: AsyncConnection) -> _Snapshot:
+async def snapshot(connection: AsyncConnection) -> _Snapshot:
+    """Every figure of a scrape: the counters, plus the queue gauges from indexed queries."""
     now = datetime.now(UTC)
+    counters = await read_counters(connection)
     snap = _Snapshot()
-    grouped = select(
-        func.coalesce(_t.c.message_type, ""),
-        func.coalesce(_t.c.trigger_event, ""),
-        func.coalesce(_t.c.ack_code, ""),
-        _t.c.state,
-        func.count(),
-    ).group_by(_t.c.message_type, _t.c.trigger_event, _t.c.ack_code, _t.c.state)
-    for kind, event, ack, state, count in (await connection.execute(grouped)).all():
-        snap.messages.append((kind, event, ack, state, int(count)))
-        snap.states[state] = snap.states.get(state, 0) + int(count)
+    snap.messages = [(*key, count) for key, count in sorted(counters.inbox.items())]
+    snap.states = counters.states()
+    running = 0
+    for bound in LATENCY_BOUNDS:
+        running += counters.latency.get(str(bound), 0)
+        snap.latency_buckets.append(running)
+    snap.latency_count = running + counters.latency.get("+Inf", 0)
+    snap.latency_sum = counters.latency_sum
+    snap.outbox_states = counters.outbox
+    snap.flags = dict(counters.flags)
     received = _t.c.state == InboxState.RECEIVED.value
-    oldest = (await connection.execute(select(func.min(_t.c.received_at)).where(received))).scalar()
+    # ``id + 0``: min() over the queued rows found by the state indexes, not a walk of the
+    # primary key past every processed row. received_at follows id.
+    first = select(func.min(_t.c.id + 0)).where(received).scalar_subquery()
+    oldest = (await connection.execute(select(_t.c.received_at).where(_t.c.id == first))).scalar()
     snap.oldest_received_age = _age(oldest, now)
-    snap.waiting = int(
-        (
-            await connection.execute(
-                select(func.count()).where(received, _t.c.reason.startswith(WAITING_PREFIX))
-            )
-        ).scalar_one()
-    )
-    seconds = _seconds_between(connection, _t.c.received_at, _t.c.updated_at)
-    columns = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in LATENCY_BUCKETS]
-    latency = select(*columns, func.count(), func.sum(seconds)).where(_t.c.state.in_(_SETTLED))
-    row = (await connection.execute(latency)).one()
-    snap.latency_buckets = [int(value or 0) for value in row[: len(LATENCY_BUCKETS)]]
-    snap.latency_count = int(row[-2] or 0)
-    snap.latency_sum = float(row[-1] or 0.0)
-    by_state = select(outbox.c.state, func.count()).group_by(outbox.c.state)
-    snap.outbox_states = {
-        str(state): int(count) for state, count in (await connection.execute(by_state)).all()
-    }
-    pending = select(func.min(outbox.c.created_at)).where(outbox.c.state == "pending")
-    snap.oldest_pending_age = _age((await connection.execute(pending)).scalar(), now)
-    flagged = select(trace.c.flags, func.count()).where(trace.c.flags.is_not(None))
-    for flags, count in (await connection.execute(flagged.group_by(trace.c.flags))).all():
-        for flag in str(flags).split(","):
-            snap.flags[flag] = snap.flags.get(flag, 0) + int(count)
+    waiting = select(func.count()).where(received, _t.c.reason.startswith(WAITING_PREFIX))
+    snap.waiting = int((await connection.execute(waiting)).scalar_one())
+    pending = outbox.c.state == OutboxState.PENDING.value
+    first_pending = select(func.min(outbox.c.id + 0)).where(pending).scalar_subquery()
+    created = select(outbox.c.created_at).where(outbox.c.id == first_pending)
+    snap.oldest_pending_age = _age((await connection.execute(created)).scalar(), now)
     return snap
 
 
@@ -197,13 +174,14 @@ class _SnapshotCollector(Collector):
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics (from the database at scrape time)",
+    summary="Prometheus metrics (counters kept by the database at write time)",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
+    await fold_if_large(context.engine)
     async with context.engine.connect() as connection:
-        snap = await _snapshot(connection)
+        snap = await snapshot(connection)
     snap.listener = context.listener.stats if context.listener is not None else None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snap))

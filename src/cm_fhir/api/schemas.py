@@ -58,6 +58,9 @@ class MessageSummary(_Out):
     batch_control_id: str | None = None
     peer: str | None = None
     ack_code: str | None = None
+    raw_purged_at: UtcDatetime | None = Field(
+        None, description="When retention blanked the raw message (it can no longer be replayed)."
+    )
 
 
 class MessagePage(BaseModel):

@@ -124,6 +124,7 @@ Index("ix_trace_inbox_message_id", trace.c.inbox_message_id)
 Index("ix_trace_patient_key", trace.c.patient_key, trace.c.id)
 Index("ix_trace_case_id", trace.c.case_id, trace.c.id)
 Index("ix_trace_flags", trace.c.flags)
+Index("ix_trace_created_at", trace.c.created_at)
 
 fhir_resources = Table(
     "fhir_resources",

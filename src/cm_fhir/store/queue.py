@@ -258,8 +258,10 @@ async def replay(engine: AsyncEngine, ids: Sequence[int] | None = None) -> int:
     and content) and the outbox skips bundles identical to the last one of their case, so a
     replay adds trace rows but no resources, tasks or writes.
     """
-    statement = update(_t).values(
-        state=_RECEIVED, reason=None, attempts=0, updated_at=datetime.now(UTC)
+    statement = (  # a row whose raw bytes retention blanked cannot be processed again
+        update(_t)
+        .where(_t.c.raw_purged_at.is_(None))
+        .values(state=_RECEIVED, reason=None, attempts=0, updated_at=datetime.now(UTC))
     )
     if ids is not None:
         statement = statement.where(_t.c.id.in_(list(ids)))

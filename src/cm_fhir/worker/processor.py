@@ -23,6 +23,7 @@ from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -42,6 +43,7 @@ from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settl
 from cm_fhir.store.tables import InboxState
 from cm_fhir.store.trace import TraceRecord
 from cm_fhir.worker.changes import Changes, build, write_changes
+from cm_fhir.worker.journal import outcome_lines
 from cm_fhir.worker.policy import (
     DEFAULT_PROCESSING_IDS,
     NOT_APPLIED_RULE,
@@ -183,6 +185,7 @@ class BatchProcessor:
         self.workflow = apply
         self.apply_processing_ids = frozenset(p.upper() for p in apply_processing_ids)
         self.last_claimed: list[ClaimedMessage] = []
+        self.last_outcomes: list[dict[str, Any]] = []  # logged once the batch commits
         self._decoded = cache if cache is not None else {}
         self._toast_lz4: bool | None = None  # not known until the first PostgreSQL batch
 
@@ -196,7 +199,7 @@ class BatchProcessor:
     def _process(
         self, connection: Connection, limit: int, retry_before: datetime | None
     ) -> BatchResult:
-        self.last_claimed = []
+        self.last_claimed, self.last_outcomes = [], []
         if connection.dialect.name == "postgresql" and self._toast_lz4 is not False:
             self._toast_lz4 = _prefer_lz4(connection, probe=self._toast_lz4 is None)
         rows = claim_batch(connection, limit, retry_before)
@@ -212,6 +215,7 @@ class BatchProcessor:
         changes = Changes()
         self.apply(parsed, book, hashes, changes)
         written, removed = write_changes(connection, book, hashes, changes, self.rules, now)
+        self.last_outcomes = outcome_lines(changes, rows)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
         result.ignored += states.count(InboxState.IGNORED)

@@ -31,6 +31,7 @@ from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.settings import WorkerSettings
 from cm_fhir.store.queue import mark_waiting
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
+from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
 from cm_fhir.workflow import PatientState, apply_event
 
@@ -120,6 +121,7 @@ class Worker:
                 result = await connection.run_sync(self.processor.process, limit, retry_before)
         except SQLAlchemyError as exc:
             return await self._after_failure(exc)
+        log_outcomes(self.processor.last_outcomes)
         self.totals.add(result)
         return result
 

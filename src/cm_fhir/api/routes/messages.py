@@ -176,7 +176,7 @@ async def read_message(
             {
                 **{c.name: row[c.name] for c in _SUMMARY_COLUMNS},
                 "ack": _text(row["ack_bytes"]),
-                "raw": _text(row["raw"]) if include_raw else None,
+                "raw": _text(row["raw"]) if include_raw and not row["raw_purged_at"] else None,
                 "trace": await _trace_of(connection, message_id),
                 "outbox": await _outbox_of(connection, message_id),
             }
