@@ -183,6 +183,7 @@ class FhirClient:
     async def search(self, resource_type: str, params: Mapping[str, str]) -> AsyncIterator[Json]:
         """The matching resources across every page (``Bundle.link`` ``next``)."""
         response = await self.request("GET", resource_type, params=params)
+        visited: set[str] = set()
         while True:
             bundle = _json(response, f"GET {resource_type}")
             for entry in bundle.get("entry") or []:
@@ -201,6 +202,9 @@ class FhirClient:
                 return
             if not self._same_origin(following):
                 raise RemoteInvalid(None, f"GET {resource_type}: next page on another origin")
+            if following in visited:
+                raise RemoteInvalid(None, f"GET {resource_type}: the pages loop")
+            visited.add(following)
             response = await self.request("GET", resource_type, url=following)
 
     def _same_origin(self, url: str) -> bool:
