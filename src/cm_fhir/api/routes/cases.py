@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api import case_changes as changes
-from cm_fhir.api.deps import AuditDep, Auditor, EngineDep, ReadPrincipal, WritePrincipal
+from cm_fhir.api.deps import (
+    AuditDep,
+    Auditor,
+    EngineDep,
+    ReadPrincipal,
+    WritePrincipal,
+    get_registry,
+)
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import (
     CarePlan,
@@ -37,7 +44,6 @@ from cm_fhir.domain import (
 )
 from cm_fhir.errors import RecordConflict, RecordNotFound
 from cm_fhir.fhir import WriteMode, map_case
-from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.case_repo import (
     CaseFilter,
     StoredCase,
@@ -110,7 +116,7 @@ async def post_case(
 ) -> Response:
     now = datetime.now(UTC)
     async with engine.begin() as connection:
-        stored = await connection.run_sync(create_case, case, default_registry(), now)
+        stored = await connection.run_sync(create_case, case, get_registry(request), now)
         await audit.record("create", "case", case.id, connection=connection)
     return _case_response(stored, 201)
 
@@ -204,7 +210,7 @@ async def get_case_fhir(
     if stored is None:
         return error_response(request, 404, f"case '{case_id}' does not exist")
     await audit.record("read", "case", case_id)
-    bundle = map_case(stored.case, default_registry(), validate=False, mode=mode)
+    bundle = map_case(stored.case, get_registry(request), validate=False, mode=mode)
     headers = {"ETag": _etag(stored.version)}
     return JSONResponse(bundle, headers=headers, media_type=FHIR_JSON)
 
@@ -229,7 +235,7 @@ class CaseChange:
                     change_case,
                     self.case_id,
                     change,
-                    default_registry(),
+                    get_registry(self.request),
                     expected_version=_version(self.if_match),
                     now=datetime.now(UTC),
                     action=action,
