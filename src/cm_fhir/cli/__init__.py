@@ -16,6 +16,7 @@ from cm_fhir.cli import (  # noqa: F401
     db,
     demo,
     intake,
+    keys,
     retention,
     serve,
     validate,
