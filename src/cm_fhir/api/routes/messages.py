@@ -1,7 +1,7 @@
 """The inbox over HTTP: list, inspect, ingest, dead letters and replay. I/O (database).
 
-``GET /api/messages`` filters by state, event, patient, date, ACK code and error text, newest
-first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the workflow trace and the
+``GET /api/messages`` filters by state, event, control id, sender, patient, date, ACK code and
+error text, newest first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the workflow trace and the
 FHIR writes the message caused (and, with ``include_raw=true``, the message itself: audited).
 ``POST /api/hl7v2`` takes one message (or a batch) as the body and answers with the ACK, through
 the listener's own persist-before-ACK path. Replays go through the worker's queue functions, which
@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import (
@@ -68,6 +68,13 @@ async def list_messages(
         str | None, Query(max_length=16, description="Trigger event, e.g. A01.")
     ] = None,
     message_type: Annotated[str | None, Query(max_length=16, description="e.g. ADT.")] = None,
+    control_id: Annotated[
+        str | None, Query(max_length=199, description="MSH-10, the message control id.")
+    ] = None,
+    sender: Annotated[
+        str | None,
+        Query(max_length=255, description="MSH-3 sending application (or MSH-4 facility)."),
+    ] = None,
     patient: Annotated[
         str | None,
         Query(max_length=255, description="Patient key `id^authority`, or the id alone."),
@@ -91,6 +98,10 @@ async def list_messages(
         where.append(_t.c.trigger_event == event.upper())
     if message_type is not None:
         where.append(_t.c.message_type == message_type.upper())
+    if control_id is not None:
+        where.append(_t.c.control_id == control_id)
+    if sender is not None:
+        where.append(or_(_t.c.sending_application == sender, _t.c.sending_facility == sender))
     if patient is not None:
         if "^" in patient:
             where.append(_t.c.patient_key == patient)
