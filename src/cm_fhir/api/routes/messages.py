@@ -1,8 +1,9 @@
 """The inbox over HTTP: list, inspect, ingest, dead letters and replay. I/O (database).
 
 ``GET /api/messages`` filters by state, event, control id, sender, patient, date, ACK code and
-error text, newest first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the workflow trace and the
-FHIR writes the message caused (and, with ``include_raw=true``, the message itself: audited).
+error text, newest first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the
+workflow trace and the FHIR writes the message caused (and, with ``include_raw=true``, the
+message itself: audited).
 ``POST /api/hl7v2`` takes one message (or a batch) as the body and answers with the ACK, through
 the listener's own persist-before-ACK path. Replays go through the worker's queue functions, which
 put rows back to ``received`` and release rows waiting behind a dead letter. Every row a list or
