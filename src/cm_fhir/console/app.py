@@ -66,7 +66,8 @@ class ConsoleGate:
         api_app = scope["app"]
         state = scope.setdefault("state", {})
         state[API_APP_KEY] = api_app
-        state[CONTEXT_KEY] = getattr(api_app.state, "context", None)
+        state[CONTEXT_KEY] = context = getattr(api_app.state, "context", None)
+        self.console.state.context = context  # the API's helpers (audit of refusals) read it
         state[STORE_KEY] = self.sessions
 
         async def secured(message: Message) -> None:

@@ -71,7 +71,9 @@ async def search(console: ConsoleDep) -> Response:
     try:
         fields = await console.form()
     except FormError as exc:
-        return await _search(console, {}, str(exc))
+        refused = await _search(console, {}, str(exc))
+        refused.status_code = 400
+        return refused
     return await _search(console, fields, None)
 
 
@@ -114,9 +116,8 @@ async def message(console: ConsoleDep, message_id: int) -> Response:
 async def message_raw(console: ConsoleDep, message_id: int) -> Response:
     try:
         await console.form()
-    except FormError as exc:
-        response = await _detail(console, message_id, raw=False)
-        response.status_code = 400
-        del exc
-        return response
+    except FormError:
+        refused = await _detail(console, message_id, raw=False)
+        refused.status_code = 400
+        return refused
     return await _detail(console, message_id, raw=True)
