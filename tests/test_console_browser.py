@@ -11,6 +11,7 @@ or Playwright is missing; Playwright's own browser download is never used.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import sqlite3
@@ -90,8 +91,6 @@ async def _settled(http: httpx.AsyncClient, count: int) -> list[dict[str, object
 
 
 async def _sleep() -> None:
-    import asyncio
-
     await asyncio.sleep(0.2)
 
 
@@ -119,7 +118,8 @@ async def _labelled_controls(page: object) -> list[str]:
           if (!(el.labels && el.labels.length) && !el.getAttribute('aria-label')) bad.push(el.name);
         }
         for (const el of document.querySelectorAll('button, a')) {
-          if (!(el.textContent || '').trim() && !el.getAttribute('aria-label')) bad.push(el.outerHTML);
+          const named = (el.textContent || '').trim() || el.getAttribute('aria-label');
+          if (!named) bad.push(el.outerHTML);
         }
         if (!document.documentElement.lang) bad.push('html@lang');
         if (document.querySelectorAll('main').length !== 1) bad.push('main');
