@@ -318,3 +318,40 @@ async def test_api_is_unchanged_by_the_console(case_app: FastAPI) -> None:
     ) as http:
         assert (await http.get("/api/messages")).status_code == 401
         assert (await http.get("/consoles")).status_code == 401
+
+
+async def test_hostile_values_are_escaped_and_bad_paths_echo_nothing(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
+    await _feed(worker_engine)
+    script = "<script>alert(1)</script>"
+    async with worker_engine.begin() as connection:
+        await connection.execute(
+            update(inbox_messages).values(
+                state=InboxState.DEAD_LETTERED.value, reason=script, sending_application=script
+            )
+        )
+    async with signed_out(case_app) as http:
+        assert (await http.get("/console/messages/abc")).status_code == 303
+    async with signed_in(case_app, API_KEY) as http:
+        for page in (
+            "/console",
+            "/console/messages",
+            "/console/dead-letters",
+            "/console/messages/1",
+        ):
+            text = (await http.get(page)).text
+            assert script not in text, page
+        assert "&lt;script&gt;" in (await http.get("/console/dead-letters")).text
+        bad = await http.get("/console/messages/%3Cb%3Ex")
+        assert bad.status_code == 404
+        assert "<b>x" not in bad.text
+        assert "no such page" in bad.text
+        assert (await http.get("/console/no-such-panel")).status_code == 404
+        big = await http.post(
+            "/console/messages",
+            content=b"csrf=x&pad=" + b"a" * 70_000,
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert big.status_code == 400
+        assert "too large" in big.text

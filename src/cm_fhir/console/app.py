@@ -12,6 +12,8 @@ referrer, ``nosniff``, and ``no-store`` for pages.
 from __future__ import annotations
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cm_fhir.api.deps import route_path
@@ -20,6 +22,7 @@ from cm_fhir.console.deps import (
     CONTEXT_KEY,
     STORE_KEY,
     SignInRequired,
+    not_found,
     redirect_to_sign_in,
 )
 from cm_fhir.console.panels import panel_routers
@@ -45,6 +48,8 @@ def console_app() -> FastAPI:
     """The console's pages: one router per panel, no OpenAPI document of its own."""
     app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
     app.add_exception_handler(SignInRequired, redirect_to_sign_in)
+    app.add_exception_handler(RequestValidationError, not_found)
+    app.add_exception_handler(StarletteHTTPException, not_found)
     for router in panel_routers():
         app.include_router(router)
     return app

@@ -42,6 +42,7 @@ __all__ = [
     "api_message",
     "base_path",
     "environment",
+    "not_found",
     "redirect_to_sign_in",
     "render",
 ]
@@ -105,6 +106,12 @@ def render(
 
 async def redirect_to_sign_in(request: Request, exc: Exception) -> Response:
     return RedirectResponse(base_path(request) + "/sign-in", status_code=303)
+
+
+async def not_found(request: Request, exc: Exception) -> Response:
+    """A page the console does not have (or a malformed id in its path): a plain 404 page that
+    echoes nothing of the request."""
+    return render(request, "not_found.html", {"title": "Not found", "signed_in": False}, 404)
 
 
 def api_message(response: httpx.Response) -> str:
