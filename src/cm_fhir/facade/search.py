@@ -4,8 +4,16 @@
 and the CapabilityStatement are all driven by it, so they cannot disagree. :func:`parse_search`
 turns the query parameters of ``GET /fhir/<Type>`` into a :class:`SearchQuery`: typed criteria
 (repeated parameters are ANDed, comma-separated values ORed) plus ``_count`` and the page cursor.
-Anything the table does not name (a parameter, a modifier, a prefix) raises
-:class:`~cm_fhir.errors.SearchParameterError`, which the API answers with a 400 OperationOutcome.
+Result parameters: ``_count``, ``_page`` (the cursor), ``_format``, ``_summary=count`` (the
+total only), ``_summary=false``, ``_total`` (``none``, ``estimate``, ``accurate``: the total is
+always exact here) and ``_elements`` (the listed top-level elements, marked ``SUBSETTED``).
+
+Parameters the table does not name (a parameter, a modifier, a result parameter value) are
+ignored, as FHIR's default ``lenient`` handling says, and left out of the ``self`` link so the
+client sees what was applied (:attr:`SearchQuery.ignored` names them). With ``strict=True``
+(``Prefer: handling=strict``) they raise :class:`~cm_fhir.errors.SearchParameterError`, which the
+API answers with a 400 OperationOutcome. A malformed value of a supported parameter is an error
+in both modes.
 
 A search is bounded, so every accepted one is a small query on SQLite and PostgreSQL alike: at
 most :data:`MAX_PARAMETERS` query parameters, :data:`MAX_VALUES` values in all (repeated and
@@ -59,6 +67,8 @@ MAX_VALUE_LENGTH = 8192
 _HL7_SP = "http://hl7.org/fhir/SearchParameter/"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+_TOTALS = frozenset({"none", "estimate", "accurate"})
+_ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
 class Field(StrEnum):
@@ -199,7 +209,10 @@ class SearchQuery:
     criteria: tuple[Criterion, ...]
     count: int
     cursor: Cursor | None
-    params: tuple[tuple[str, str], ...]  # the accepted criteria parameters, in a stable order
+    params: tuple[tuple[str, str], ...]  # the applied parameters (links), in a stable order
+    summary_count: bool = False
+    elements: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
 
 
 def _split_unescaped(text: str, separator: str, limit: int = -1) -> list[str]:
@@ -287,17 +300,59 @@ def _count(text: str, max_count: int) -> int:
     return min(int(text), max_count)
 
 
+@dataclass(slots=True)
+class _Result:
+    """The result parameters of one search, as they are read."""
+
+    count: int | None = None
+    cursor: Cursor | None = None
+    summary_count: bool = False
+    elements: tuple[str, ...] = ()
+
+
+def _result_parameter(key: str, value: str, result: _Result, max_count: int) -> bool:
+    """Apply one result parameter; False if its value is one this facade does not support."""
+    if key == "_format":
+        if value and value not in _FORMATS:
+            raise SearchParameterError(key, "only JSON is served")
+    elif key == "_count":
+        if result.count is not None:
+            raise SearchParameterError(key, "given more than once")
+        result.count = _count(value, max_count)
+    elif key == "_page":
+        if result.cursor is not None:
+            raise SearchParameterError(key, "given more than once")
+        result.cursor = parse_cursor(value)
+    elif key == "_summary":
+        if value not in ("count", "false"):
+            return False
+        result.summary_count = value == "count"
+    elif key == "_total":
+        return value in _TOTALS
+    elif key == "_elements":
+        names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        if not all(_ELEMENT.match(n) for n in names):
+            raise SearchParameterError(key, "expected element names, e.g. _elements=status,for")
+        result.elements = names
+    return True
+
+
+_RESULT_PARAMETERS = frozenset({"_count", "_page", "_format", "_summary", "_total", "_elements"})
+
+
 def parse_search(
     resource_type: str,
     items: Iterable[tuple[str, str]],
     *,
     default_count: int = DEFAULT_COUNT,
     max_count: int = MAX_COUNT,
+    strict: bool = False,
 ) -> SearchQuery:
     """Parse the query parameters of a search on ``resource_type`` (SearchParameterError if bad).
 
     ``items`` are the decoded ``(name, value)`` pairs in request order. ``_count`` above
     ``max_count`` is lowered to it, as FHIR allows; an empty value is ignored, as FHIR requires.
+    Unsupported parameters are ignored, or refused when ``strict``.
     """
     table = SEARCH_PARAMETERS.get(resource_type)
     if table is None:
@@ -306,9 +361,15 @@ def parse_search(
     by_name = {p.name: p for p in table}
     criteria: list[Criterion] = []
     accepted: list[tuple[str, str]] = []
-    count: int | None = None
-    cursor: Cursor | None = None
+    ignored: list[str] = []
+    result = _Result()
     values = 0
+
+    def unsupported(key: str, reason: str) -> None:
+        if strict:
+            raise SearchParameterError(key, reason)
+        ignored.append(key)
+
     for position, (key, raw) in enumerate(items):
         value = raw.strip()
         name, _, modifier = key.partition(":")
@@ -316,27 +377,20 @@ def parse_search(
             raise SearchParameterError(key, f"a search takes at most {MAX_PARAMETERS} parameters")
         if len(value) > MAX_VALUE_LENGTH:
             raise SearchParameterError(key, f"the value is over {MAX_VALUE_LENGTH} characters")
-        if key in ("_count", "_page", "_format"):
-            if key == "_format":
-                if value and value not in _FORMATS:
-                    raise SearchParameterError(key, "only JSON is served")
-            elif key == "_count":
-                if count is not None:
-                    raise SearchParameterError(key, "given more than once")
-                count = _count(value, max_count)
-            else:
-                if cursor is not None:
-                    raise SearchParameterError(key, "given more than once")
-                cursor = parse_cursor(value)
+        if key in _RESULT_PARAMETERS:
+            if not _result_parameter(key, value, result, max_count):
+                unsupported(key, f"the value '{value[:40]}' is not supported")
+            elif key in ("_summary", "_total", "_elements") and value:
+                accepted.append((key, value))
             continue
         param = by_name.get(name)
         if param is None:
-            known = ", ".join(sorted([*by_name, "_count"]))
-            raise SearchParameterError(
-                name, f"not supported on {resource_type} (supported: {known})"
-            )
+            known = ", ".join(sorted([*by_name, *_RESULT_PARAMETERS]))
+            unsupported(name, f"not supported on {resource_type} (supported: {known})")
+            continue
         if modifier and modifier not in param.modifiers:
-            raise SearchParameterError(key, f"modifier ':{modifier}' is not supported")
+            unsupported(key, f"modifier ':{modifier}' is not supported")
+            continue
         if value == "":
             continue
         values += len(_values(value))
@@ -347,7 +401,10 @@ def parse_search(
     return SearchQuery(
         resource_type=resource_type,
         criteria=tuple(criteria),
-        count=default_count if count is None else count,
-        cursor=cursor,
+        count=default_count if result.count is None else result.count,
+        cursor=result.cursor,
         params=tuple(sorted(accepted)),
+        summary_count=result.summary_count,
+        elements=result.elements,
+        ignored=tuple(ignored),
     )
