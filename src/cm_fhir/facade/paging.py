@@ -69,6 +69,7 @@ class Page:
     has_previous: bool
     has_next: bool
     total: int
+    included: Sequence[Json] = ()
 
 
 def _url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
@@ -134,5 +135,13 @@ def searchset(base: str, query: SearchQuery, page: Page) -> Json:
                 "search": {"mode": "match"},
             }
             for r in page.resources
+        ]
+        bundle["entry"] += [
+            {
+                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "include"},
+            }
+            for r in page.included
         ]
     return bundle

@@ -6,7 +6,9 @@ turns the query parameters of ``GET /fhir/<Type>`` into a :class:`SearchQuery`: 
 (repeated parameters are ANDed, comma-separated values ORed) plus ``_count`` and the page cursor.
 Result parameters: ``_count``, ``_page`` (the cursor), ``_format``, ``_summary=count`` (the
 total only), ``_summary=false``, ``_total`` (``none``, ``estimate``, ``accurate``: the total is
-always exact here) and ``_elements`` (the listed top-level elements, marked ``SUBSETTED``).
+always exact here), ``_elements`` (the listed top-level elements, marked ``SUBSETTED``),
+``_sort`` (one key: ``_lastUpdated``, and ``due`` on Task; ``-`` for descending) and
+``_include`` (``Task:focus``, ``Task:based-on``).
 
 Parameters the table does not name (a parameter, a modifier, a result parameter value) are
 ignored, as FHIR's default ``lenient`` handling says, and left out of the ``self`` link so the
@@ -65,6 +67,7 @@ MAX_VALUES = 100
 MAX_VALUE_LENGTH = 8192
 
 _HL7_SP = "http://hl7.org/fhir/SearchParameter/"
+_CM_SP = "http://cm-fhir.org/fhir/SearchParameter/"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
 _TOTALS = frozenset({"none", "estimate", "accurate"})
@@ -80,6 +83,8 @@ class Field(StrEnum):
     STATUS = "status"
     LAST_UPDATED = "last_updated"
     TARGET = "target"
+    OWNER = "owner"
+    DUE = "due"
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +151,24 @@ SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
             "clinical-identifier", "clinical-patient", ("lifecycle-status", "Goal-lifecycle-status")
         )
     ),
-    "Task": tuple(_common("Task-identifier", "Task-patient", ("status", "Task-status"))),
+    "Task": (
+        *_common("Task-identifier", "Task-patient", ("status", "Task-status")),
+        SearchParam(
+            "owner",
+            "reference",
+            Field.OWNER,
+            _HL7_SP + "Task-owner",
+            "Who does the task: Type/id, or owner:identifier=system|value",
+            frozenset({"identifier"}),
+        ),
+        SearchParam(
+            "due",
+            "date",
+            Field.DUE,
+            _CM_SP + "Task-due",
+            "When the task is due (restriction.period.end); prefixes eq, gt, ge, lt, le",
+        ),
+    ),
     "CareTeam": tuple(
         _common("clinical-identifier", "clinical-patient", ("status", "CareTeam-status"))
     ),
@@ -213,6 +235,8 @@ class SearchQuery:
     summary_count: bool = False
     elements: tuple[str, ...] = ()
     ignored: tuple[str, ...] = ()
+    sort: tuple[Field, bool] | None = None  # (field, descending); None: by id
+    include: tuple[str, ...] = ()  # reference elements whose targets to add: focus, basedOn
 
 
 def _split_unescaped(text: str, separator: str, limit: int = -1) -> list[str]:
@@ -285,8 +309,12 @@ def _criterion(param: SearchParam, modifier: str | None, text: str) -> Criterion
         if not all(_ID_PATTERN.match(i) for i in ids):
             raise SearchParameterError(name, "not a valid resource id")
         return IdCriterion(ids)
-    if param.field is Field.LAST_UPDATED:
+    if param.field in (Field.LAST_UPDATED, Field.DUE):
         return DateCriterion(param.field, parse_date_bound(name, text))
+    if param.field is Field.OWNER:
+        if modifier == "identifier":
+            return TokenCriterion(param.field, _tokens(name, text, need_code=True))
+        return ReferenceCriterion(param.field, tuple(_reference(name, v) for v in _values(text)))
     if param.field is Field.PATIENT:
         return _patient(name, modifier, text)
     if param.field is Field.TARGET:
@@ -304,10 +332,32 @@ def _count(text: str, max_count: int) -> int:
 class _Result:
     """The result parameters of one search, as they are read."""
 
+    resource_type: str
     count: int | None = None
     cursor: Cursor | None = None
     summary_count: bool = False
     elements: tuple[str, ...] = ()
+    sort: tuple[Field, bool] | None = None
+    include: tuple[str, ...] = ()
+
+
+#: ``_sort`` keys per type (besides ``_lastUpdated``, which every type takes).
+SORTS: dict[str, dict[str, Field]] = {"Task": {"due": Field.DUE}}
+#: ``_include`` values per type and the element each follows.
+INCLUDES: dict[str, dict[str, str]] = {"Task": {"Task:focus": "focus", "Task:based-on": "basedOn"}}
+
+
+def _sort(value: str, result: _Result) -> bool:
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    if len(keys) != 1:
+        return False
+    descending = keys[0].startswith("-")
+    name = keys[0].removeprefix("-")
+    fields = {"_lastUpdated": Field.LAST_UPDATED, **SORTS.get(result.resource_type, {})}
+    if name not in fields:
+        return False
+    result.sort = (fields[name], descending)
+    return True
 
 
 def _result_parameter(key: str, value: str, result: _Result, max_count: int) -> bool:
@@ -329,6 +379,13 @@ def _result_parameter(key: str, value: str, result: _Result, max_count: int) -> 
         result.summary_count = value == "count"
     elif key == "_total":
         return value in _TOTALS
+    elif key == "_sort":
+        return _sort(value, result)
+    elif key == "_include":
+        element = INCLUDES.get(result.resource_type, {}).get(value)
+        if element is None:
+            return False
+        result.include = (*result.include, element)
     elif key == "_elements":
         names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
         if not all(_ELEMENT.match(n) for n in names):
@@ -337,7 +394,10 @@ def _result_parameter(key: str, value: str, result: _Result, max_count: int) -> 
     return True
 
 
-_RESULT_PARAMETERS = frozenset({"_count", "_page", "_format", "_summary", "_total", "_elements"})
+_RESULT_PARAMETERS = frozenset(
+    {"_count", "_page", "_format", "_summary", "_total", "_elements", "_sort", "_include"}
+)
+_LINKED = frozenset({"_summary", "_total", "_elements", "_sort", "_include"})
 
 
 def parse_search(
@@ -362,7 +422,7 @@ def parse_search(
     criteria: list[Criterion] = []
     accepted: list[tuple[str, str]] = []
     ignored: list[str] = []
-    result = _Result()
+    result = _Result(resource_type)
     values = 0
 
     def unsupported(key: str, reason: str) -> None:
@@ -380,7 +440,7 @@ def parse_search(
         if key in _RESULT_PARAMETERS:
             if not _result_parameter(key, value, result, max_count):
                 unsupported(key, f"the value '{value[:40]}' is not supported")
-            elif key in ("_summary", "_total", "_elements") and value:
+            elif key in _LINKED and value:
                 accepted.append((key, value))
             continue
         param = by_name.get(name)
@@ -407,4 +467,6 @@ def parse_search(
         summary_count=result.summary_count,
         elements=result.elements,
         ignored=tuple(ignored),
+        sort=result.sort,
+        include=result.include,
     )
