@@ -128,3 +128,13 @@ async def test_include_focus_and_based_on(case_app: FastAPI) -> None:
             assert "_include=Task%3A" in self_link
         plain = (await http.get("/fhir/Task", params={"_id": tasks[0]["id"]})).json()
     assert all(e["search"]["mode"] == "match" for e in plain["entry"])
+
+
+async def test_capability_statement_names_what_task_search_supports(case_app: FastAPI) -> None:
+    async with client(case_app, None) as http:
+        statement = (await http.get("/fhir/metadata")).json()
+    task = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Task")
+    assert {"owner", "due"} <= {p["name"] for p in task["searchParam"]}
+    assert task["searchInclude"] == ["Task:focus", "Task:based-on"]
+    goal = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Goal")
+    assert "searchInclude" not in goal
