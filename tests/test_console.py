@@ -355,3 +355,22 @@ async def test_hostile_values_are_escaped_and_bad_paths_echo_nothing(
         )
         assert big.status_code == 400
         assert "too large" in big.text
+
+
+async def test_every_list_pages_by_its_next_link(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
+    visits = [Visit(mrn=f"MRN-PAGE-{n}", visit=f"V-PAGE-{n}") for n in range(3)]
+    await ingest(
+        worker_engine, [v.raw("A01", f"CTRL-PAGE-{n}", hours(0)) for n, v in enumerate(visits)]
+    )
+    await settle_worker(worker_engine)
+    async with client(case_app) as api:
+        for path in ("/api/outbox/items", "/api/messages", "/api/cases", "/api/tasks"):
+            seen: list[str] = []
+            url: str | None = f"{path}?limit=1"
+            while url is not None:
+                page = (await api.get(url)).json()
+                seen += [str(item["id"]) + str(item.get("case_id", "")) for item in page["items"]]
+                url = page["next"]
+            assert len(seen) == len(set(seen)) >= 3, path

@@ -61,6 +61,7 @@ MessageId = Annotated[int, Path(ge=1, le=_MAX_ID, description="Inbox row id.")]
 
 @router.get("/messages", summary="List inbox messages (newest first)")
 async def list_messages(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
@@ -118,11 +119,12 @@ async def list_messages(
         where.append(_t.c.reason.contains(error, autoescape=True))
     if has_error is not None:
         where.append(_t.c.reason.is_not(None) if has_error else _t.c.reason.is_(None))
-    return await _page(engine, audit, where, before, limit)
+    return await _page(request, engine, audit, where, before, limit)
 
 
 @router.get("/dead-letters", summary="Dead-lettered messages (newest first)")
 async def list_dead_letters(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
@@ -130,11 +132,16 @@ async def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> MessagePage:
     dead = _t.c.state == InboxState.DEAD_LETTERED.value
-    return await _page(engine, audit, [dead], before, limit)
+    return await _page(request, engine, audit, [dead], before, limit)
 
 
 async def _page(
-    engine: EngineDep, audit: Auditor, where: list[Any], before: int | None, limit: int
+    request: Request,
+    engine: EngineDep,
+    audit: Auditor,
+    where: list[Any],
+    before: int | None,
+    limit: int,
 ) -> MessagePage:
     """One page of inbox rows, newest first; each row listed is audited (none found: once)."""
     query = select(*_SUMMARY_COLUMNS).where(*where).order_by(_t.c.id.desc()).limit(limit + 1)
@@ -144,7 +151,9 @@ async def _page(
         rows = (await connection.execute(query)).mappings().all()
     items = [MessageSummary.model_validate(dict(row)) for row in rows[:limit]]
     await audit.record_many("search", "message", [str(m.id) for m in items] or [None])
-    return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+    cursor = items[-1].id if len(rows) > limit else None
+    following = str(request.url.include_query_params(before=cursor)) if cursor else None
+    return MessagePage(items=items, next=following, next_before=cursor)
 
 
 async def _trace_of(connection: AsyncConnection, message_id: int) -> list[TraceItem]:
