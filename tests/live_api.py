@@ -5,7 +5,7 @@
 port. ``raw_exchange`` writes request bytes on a plain socket and reads one response, so a test
 can send headers that promise a body it never sends, and see whether the server answers anyway
 and whether it closes the connection. ``start_serve`` starts ``cm-fhir serve`` and reads its
-start-up lines (API URL, generated API key).
+start-up lines (API URL, generated API key, MLLP port).
 """
 
 from __future__ import annotations
@@ -124,11 +124,12 @@ def chunk(data: bytes) -> bytes:
 
 @dataclass
 class ServeProcess:
-    """A running ``cm-fhir serve``: its process, API URL and the key it generated."""
+    """A running ``cm-fhir serve``: its process, API URL, the key it generated, its MLLP port."""
 
     process: asyncio.subprocess.Process
     url: str
     key: str
+    mllp_port: int = 0
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -160,6 +161,7 @@ async def start_serve(
     )
     assert process.stdout is not None
     url = key = ""
+    mllp_port = 0
     async with asyncio.timeout(60):
         while True:
             line = (await process.stdout.readline()).decode()
@@ -168,8 +170,10 @@ async def start_serve(
                 url = line.split()[3]
             elif line.startswith("cm-fhir API key"):
                 key = line.split()[-1]
+            elif line.startswith("cm-fhir listening on "):
+                mllp_port = int(line.rsplit(":", 1)[1])
             elif line.startswith("cm-fhir ready"):
-                return ServeProcess(process, url, key)
+                return ServeProcess(process, url, key, mllp_port)
 
 
 def rss_bytes(pid: int) -> int:

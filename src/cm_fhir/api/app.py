@@ -37,6 +37,7 @@ from cm_fhir.api.docs import install_docs
 from cm_fhir.api.errors import error_response, install_error_handlers
 from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
+from cm_fhir.console import ConsoleGate
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.logs import request_id
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
@@ -203,6 +204,7 @@ def create_app(
         app.include_router(router)
     app.include_router(metrics.router)
     app.add_middleware(FrontDoor)  # inner: authenticates and bounds the body before routing
+    app.add_middleware(ConsoleGate)  # /console: its own pages, signed in with a session cookie
     app.add_middleware(_AccessLog)
     return app
 

@@ -64,9 +64,10 @@ class MessageSummary(_Out):
 
 
 class MessagePage(BaseModel):
-    """A page of inbox rows, newest first; pass ``next_before`` as ``before`` for the next."""
+    """A page of inbox rows, newest first; ``next`` is the next page's URL (as on every list)."""
 
     items: list[MessageSummary]
+    next: str | None = Field(None, description="The next (older) page, or null")
     next_before: int | None = Field(None, description="Cursor for the next (older) page.")
 
 
@@ -143,7 +144,10 @@ class OutboxSummary(BaseModel):
 
 
 class OutboxPage(BaseModel):
+    """A page of outbox rows, newest first; ``next`` is the next page's URL (as on every list)."""
+
     items: list[OutboxItem]
+    next: str | None = Field(None, description="The next (older) page, or null")
     next_before: int | None = None
 
 

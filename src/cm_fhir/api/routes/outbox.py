@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import func, select
 
 from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal
@@ -48,6 +48,7 @@ async def outbox_summary(engine: EngineDep, _: ReadPrincipal) -> OutboxSummary:
 
 @router.get("/items", summary="Outbox rows (newest first), without the Bundle bodies")
 async def outbox_items(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
@@ -71,4 +72,6 @@ async def outbox_items(
         rows = (await connection.execute(query)).mappings().all()
     items = [OutboxItem.model_validate(dict(row)) for row in rows[:limit]]
     await audit.record_many("search", "outbox", [str(i.id) for i in items] or [None])
-    return OutboxPage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+    cursor = items[-1].id if len(rows) > limit else None
+    following = str(request.url.include_query_params(before=cursor)) if cursor else None
+    return OutboxPage(items=items, next=following, next_before=cursor)
