@@ -67,7 +67,8 @@ export class ValidatingRepository extends MemoryRepository {
       byKey = new Map();
       this.identifierIndex.set(resource.resourceType, byKey);
     }
-    for (const identifier of resource.identifier ?? []) {
+    // Bundle (like a few other types) has one identifier, not a list.
+    for (const identifier of [resource.identifier ?? []].flat()) {
       const key = `${identifier.system ?? ''}|${identifier.value ?? ''}`;
       if (!byKey.has(key)) {
         byKey.set(key, new Set());

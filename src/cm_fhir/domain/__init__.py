@@ -2,8 +2,8 @@
 
 A :class:`Case` (an episode of case management) holds its patient, programme and models, status
 with history, screening, assessments, risk, SMART goals, the care plan, tasks, referrals, the
-discharge plan and the outcome evaluation. Forbidden changes raise
-:class:`cm_fhir.errors.DomainError`.
+discharge plan, the outcome evaluation and the utilization reviews asked of the payer. Forbidden
+changes raise :class:`cm_fhir.errors.DomainError`.
 """
 
 from cm_fhir.domain.assessment import Assessment, OutcomeEvaluation, RiskEvaluation, Screening
@@ -23,6 +23,7 @@ from cm_fhir.domain.codes import (
     CaseManagementModel,
     CaseStatus,
     ClosingReason,
+    CriteriaSet,
     DischargeNeed,
     Disposition,
     GoalAchievement,
@@ -30,12 +31,17 @@ from cm_fhir.domain.codes import (
     GoalLifecycle,
     GoalPriority,
     IdentifierKind,
+    LevelOfCare,
     PartyKind,
     PlanStatus,
     Priority,
     Programme,
     ReferralType,
+    ReviewDecision,
+    ReviewType,
+    ReviewUrgency,
     RiskLevel,
+    ServiceUnit,
     TaskIntent,
     TaskStatus,
 )
@@ -50,10 +56,12 @@ from cm_fhir.domain.common import (
 )
 from cm_fhir.domain.plan import CarePlan, Goal, GoalTarget
 from cm_fhir.domain.referral import DischargeNeedItem, DischargePlan, Referral
+from cm_fhir.domain.review import DECISION_WINDOWS, UtilizationReview
 from cm_fhir.domain.task import TASK_TRANSITIONS, Task
 
 __all__ = [
     "CASE_TRANSITIONS",
+    "DECISION_WINDOWS",
     "TASK_TRANSITIONS",
     "ActivityKind",
     "Assessment",
@@ -68,6 +76,7 @@ __all__ = [
     "ClosingReason",
     "Code",
     "Coverage",
+    "CriteriaSet",
     "DischargeNeed",
     "DischargeNeedItem",
     "DischargePlan",
@@ -80,6 +89,7 @@ __all__ = [
     "GoalTarget",
     "Identifier",
     "IdentifierKind",
+    "LevelOfCare",
     "OutcomeEvaluation",
     "PartyKind",
     "PartyRef",
@@ -93,11 +103,16 @@ __all__ = [
     "Referral",
     "ReferralSource",
     "ReferralType",
+    "ReviewDecision",
+    "ReviewType",
+    "ReviewUrgency",
     "RiskEvaluation",
     "RiskLevel",
     "Screening",
+    "ServiceUnit",
     "StatusChange",
     "Task",
     "TaskIntent",
     "TaskStatus",
+    "UtilizationReview",
 ]

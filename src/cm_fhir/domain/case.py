@@ -28,6 +28,7 @@ from cm_fhir.domain.common import (
 )
 from cm_fhir.domain.plan import CarePlan, Goal
 from cm_fhir.domain.referral import DischargePlan, Referral
+from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.domain.task import Task
 from cm_fhir.errors import DomainError, TransitionError
 
@@ -107,7 +108,7 @@ class ReferralSource(DomainModel):
     """Free-text detail of the referral."""
 
 
-_T = TypeVar("_T", Task, Goal, Referral, Assessment)
+_T = TypeVar("_T", Task, Goal, Referral, Assessment, UtilizationReview)
 
 
 def _unique(items: Iterable[_T], what: str) -> None:
@@ -164,6 +165,8 @@ class Case(DomainModel):
     """The discharge plan: expected date, disposition, needs and barriers."""
     outcome: OutcomeEvaluation | None = None
     """The outcome evaluation, once made."""
+    utilization_reviews: tuple[UtilizationReview, ...] = ()
+    """Utilization reviews asked of the payer for this stay, with their decisions, oldest first."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -181,6 +184,7 @@ class Case(DomainModel):
         _unique(self.goals, "goal")
         _unique(self.referrals, "referral")
         _unique(self.assessments, "assessment")
+        _unique(self.utilization_reviews, "utilization review")
         if self.care_plan and self.discharge_plan and self.care_plan.id == self.discharge_plan.id:
             raise ValueError("the care plan and the discharge plan need different ids")
         plans = {p.id for p in (self.care_plan, self.discharge_plan) if p is not None}
@@ -250,6 +254,27 @@ class Case(DomainModel):
         """A copy with ``assessment`` added; raises DomainError when the case is closed."""
         self._require_open("assessments")
         return self._changed(assessments=(*self.assessments, assessment))
+
+    def add_utilization_review(self, review: UtilizationReview) -> Case:
+        """A copy with ``review`` added; raises DomainError when the case is closed."""
+        self._require_open("utilization reviews")
+        return self._changed(utilization_reviews=(*self.utilization_reviews, review))
+
+    def utilization_review(self, review_id: str) -> UtilizationReview:
+        """The utilization review with this id; raises DomainError when the case has none."""
+        for review in self.utilization_reviews:
+            if review.id == review_id:
+                return review
+        raise DomainError(f"case '{self.id}' has no utilization review '{review_id}'")
+
+    def with_utilization_review(self, review: UtilizationReview) -> Case:
+        """A copy with the review of the same id replaced by ``review`` (e.g. once decided).
+
+        A decision may arrive after the case closed (retrospective review), so a final case
+        still takes it; only a review the case does not have is refused."""
+        self.utilization_review(review.id)
+        reviews = tuple(review if r.id == review.id else r for r in self.utilization_reviews)
+        return self._changed(utilization_reviews=reviews)
 
     def task(self, task_id: str) -> Task:
         """The task with this id; raises DomainError when the case has none."""

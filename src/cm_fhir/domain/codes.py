@@ -260,3 +260,55 @@ class PartyKind(StrEnum):
     ORGANIZATION = "Organization"
     CARE_TEAM = "CareTeam"
     PRACTITIONER_ROLE = "PractitionerRole"
+
+
+class ReviewType(StrEnum):
+    """When a utilization review looks at the stay."""
+
+    ADMISSION = "admission"
+    """Admission (prospective) review: before or at admission, is this level of care justified?"""
+    CONCURRENT = "concurrent"
+    """Concurrent review: during the stay, are more days at this level justified?"""
+    RETROSPECTIVE = "retrospective"
+    """Retrospective review: after discharge, was the stay justified?"""
+
+
+class ReviewUrgency(StrEnum):
+    """How fast the payer must decide (CMS-0057-F: 72 hours expedited, 7 days standard)."""
+
+    EXPEDITED = "expedited"
+    STANDARD = "standard"
+
+
+class LevelOfCare(StrEnum):
+    """The level of care requested or authorized."""
+
+    INPATIENT = "inpatient"
+    OBSERVATION = "observation"
+    SKILLED_NURSING = "snf"
+    INPATIENT_REHABILITATION = "irf"
+    HOME_HEALTH = "home-health"
+
+
+class ServiceUnit(StrEnum):
+    """What a requested or authorized quantity counts."""
+
+    DAY = "day"
+    VISIT = "visit"
+
+
+class CriteriaSet(StrEnum):
+    """A medical-necessity criteria set, by name only (its content is licensed)."""
+
+    INTERQUAL = "interqual"
+    MCG = "mcg"
+    LOCAL = "local"
+
+
+class ReviewDecision(StrEnum):
+    """The payer's decision on a utilization review."""
+
+    PENDED = "pended"
+    APPROVED = "approved"
+    PARTIALLY_APPROVED = "partially-approved"
+    DENIED = "denied"

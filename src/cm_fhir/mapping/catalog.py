@@ -16,6 +16,7 @@ import pydantic
 from cm_fhir.errors import MappingSpecError
 from cm_fhir.mapping.adt_maps import AdtConceptMaps
 from cm_fhir.mapping.loader import load_with_overrides
+from cm_fhir.mapping.payer_exchange import PAYER_EXCHANGE_FILE, PayerExchange
 from cm_fhir.mapping.registry import (
     CODE_SYSTEMS_FILE,
     IDENTITY_FILE,
@@ -32,6 +33,7 @@ MAPPING_FILES: dict[str, type[pydantic.BaseModel]] = {
     STATUS_MAPS_FILE: StatusMapsSpec,
     "adt-concept-maps.yaml": AdtConceptMaps,
     DISCHARGE_RULES_FILE: DischargeRules,
+    PAYER_EXCHANGE_FILE: PayerExchange,
 }
 
 

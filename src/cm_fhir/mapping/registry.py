@@ -96,7 +96,8 @@ class MappingRegistry:
         return self.code_systems[system_key].coding(code)
 
 
-def _absolute(base: str, value: str) -> str:
+def absolute_uri(base: str, value: str) -> str:
+    """``value`` as an absolute URI: as it is when absolute, else relative to ``base``."""
     if "://" in value or value.startswith("urn:"):
         return value
     return f"{base}/{value.lstrip('/')}"
@@ -113,12 +114,14 @@ def build_registry(
     base = identity.canonical_base
 
     def resolve(section: Any) -> dict[str, str]:
-        return {key: _absolute(base, value) for key, value in dict(section).items()}
+        return {key: absolute_uri(base, value) for key, value in dict(section).items()}
 
     systems: dict[str, CodeSystem] = {}
     for key in CodeSystemsSpec.model_fields:
         spec: CodeSystemSpec = getattr(code_systems, key)
-        systems[key] = CodeSystem(key, _absolute(base, spec.url), spec.title, dict(spec.concepts))
+        systems[key] = CodeSystem(
+            key, absolute_uri(base, spec.url), spec.title, dict(spec.concepts)
+        )
     cs_file = src.get(CODE_SYSTEMS_FILE, CODE_SYSTEMS_FILE)
     for key, enums in _COVERAGE.items():
         needed = {member.value for enum in enums for member in enum}
