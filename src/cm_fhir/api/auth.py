@@ -32,6 +32,7 @@ __all__ = [
     "AuthError",
     "Authenticator",
     "Principal",
+    "grants_fhir",
     "grants_fhir_read",
 ]
 
@@ -71,8 +72,10 @@ class AuthError(Exception):
         return value
 
 
-def grants_fhir_read(scopes: frozenset[str], resource_type: str) -> bool:
-    """Whether SMART system scopes allow reading ``resource_type`` (v1 ``.read``/``.*``, v2)."""
+def grants_fhir(scopes: frozenset[str], resource_type: str, action: Literal["r", "c", "u"]) -> bool:
+    """Whether SMART system scopes allow ``action`` on ``resource_type``: v1 ``.read`` (for
+    ``r``), ``.write`` (for ``c`` and ``u``) or ``.*``; v2 permission letters (``cruds``)."""
+    v1 = "read" if action == "r" else "write"
     for scope in scopes:
         context, _, rest = scope.partition("/")
         if context != "system" or "." not in rest:
@@ -81,11 +84,16 @@ def grants_fhir_read(scopes: frozenset[str], resource_type: str) -> bool:
         if target not in ("*", resource_type):
             continue
         permission = permission.split("?", 1)[0]
-        if permission in ("read", "*") or (
-            permission and set(permission) <= set("cruds") and "r" in permission
+        if permission in (v1, "*") or (
+            permission and set(permission) <= set("cruds") and action in permission
         ):
             return True
     return False
+
+
+def grants_fhir_read(scopes: frozenset[str], resource_type: str) -> bool:
+    """Whether SMART system scopes allow reading ``resource_type`` (v1 ``.read``/``.*``, v2)."""
+    return grants_fhir(scopes, resource_type, "r")
 
 
 class _HttpxJwkClient(jwt.PyJWKClient):

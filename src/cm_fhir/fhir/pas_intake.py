@@ -200,6 +200,16 @@ def _quantity(item: Json, path: str) -> tuple[int | None, ServiceUnit]:
     return value, unit
 
 
+def claim_identifier(bundle: Any) -> Identifier | None:
+    """The business identifier of the request's Claim, or None when there is no usable one."""
+    try:
+        _, claim = _claim(_entries(bundle))
+        found = _identifiers(claim, None, "Claim")
+    except MappingError:
+        return None
+    return found[0] if found else None
+
+
 def parse_pas_request(bundle: Any, spec: PayerExchange, review_id: str) -> PasRequest:
     """The pended review a PAS request Bundle asks for; MappingError naming what is unusable."""
     entries = _entries(bundle)

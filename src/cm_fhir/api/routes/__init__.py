@@ -21,6 +21,7 @@ ROUTE_MODULES = (
     "outbox",
     "cases",
     "tasks",
+    "utilization",
     "fhir",
 )
 

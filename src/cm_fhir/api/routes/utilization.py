@@ -1,0 +1,249 @@
+"""The payer side of utilization review. I/O (database, through the case repository).
+
+``POST /fhir/Claim/$submit`` (Da Vinci PAS), the reviewer's queue ``GET /api/utilization-reviews``
+and ``POST /api/utilization-reviews/{id}/decision``.
+
+``$submit`` reads a PAS request Bundle (:mod:`cm_fhir.fhir.pas_intake`), records the review on the
+member's payer case (opening one if needed) through the one case write path, decides it at once
+when a rule in ``mappings/payer-exchange.yaml`` matches, and answers a Bundle whose first entry is
+the ClaimResponse. The same request sent again gets the same answer and adds nothing. A Bundle
+without a usable Claim is answered 400 with an OperationOutcome naming the element. Scopes: SMART
+``system/Claim.c`` (or ``.write``/``.*``) for ``$submit``; ``read`` for the queue and ``write``
+to decide. Every exchange is audited.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection
+
+from cm_fhir.api.auth import AuthError, Principal, grants_fhir
+from cm_fhir.api.deps import (
+    AuditDep,
+    EngineDep,
+    PrincipalDep,
+    ReadPrincipal,
+    WritePrincipal,
+    get_registry,
+)
+from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.domain import Case, LevelOfCare, Period, Programme, ReviewDecision, UtilizationReview
+from cm_fhir.errors import MappingError, RecordNotFound
+from cm_fhir.fhir.pas_intake import PasRequest, claim_identifier, parse_pas_request
+from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
+from cm_fhir.mapping.payer_exchange import default_payer_exchange
+from cm_fhir.mapping.registry import MappingRegistry
+from cm_fhir.store.case_repo import CaseFilter, StoredCase, change_case, create_case, list_cases
+from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_case_id, review_id_for
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["utilization review"])
+_PAYER = Programme.PAYER_CASE_MANAGEMENT.value
+_PAGE = 200
+
+
+async def require_claim_create(principal: PrincipalDep) -> Principal:
+    """403 unless the caller may create Claims (``system/Claim.c``, ``.write``, ``.*``)."""
+    if not grants_fhir(principal.scopes, "Claim", "c"):
+        raise AuthError(403, "this needs the 'system/Claim.c' scope", scope="system/Claim.c")
+    return principal
+
+
+def _payer_cases(connection: Connection, patient: tuple[str, str] | None) -> list[StoredCase]:
+    found: list[StoredCase] = []
+    after: str | None = None
+    filters = CaseFilter(patient=patient, programme=_PAYER)
+    while True:
+        page, more = list_cases(connection, filters, limit=_PAGE, after=after)
+        found += page
+        if not more or not page:
+            return found
+        after = page[-1].case.id
+
+
+def _record(
+    connection: Connection, read: PasRequest, registry: MappingRegistry, now: datetime
+) -> tuple[Case, UtilizationReview]:
+    """Store the request's review on the member's payer case; the review as stored."""
+    spec = default_payer_exchange()
+    review = read.review
+    primary = read.patient.primary
+    cases = _payer_cases(connection, (primary.system, primary.value))
+    for stored in cases:
+        if any(r.id == review.id for r in stored.case.utilization_reviews):
+            return stored.case, stored.case.utilization_review(review.id)  # a resend
+    decided = auto_decide(review, read.diagnoses, spec.auto_decisions, now)
+    open_case = next((s.case for s in cases if not s.case.is_final), None)
+    if open_case is None:
+        assert review.request_identifier is not None
+        case = open_payer_case(
+            payer_case_id(review.request_identifier), read.patient, review, read.member_id
+        )
+        create_case(connection, case.add_utilization_review(decided), registry, now)
+        return case, decided
+    change_case(
+        connection,
+        open_case.id,
+        lambda c: c.add_utilization_review(decided),
+        registry,
+        expected_version=None,
+        now=now,
+        action="utilization-review.submit",
+        target=decided.id,
+    )
+    return open_case, decided
+
+
+@router.post(
+    "/fhir/Claim/$submit",
+    summary="Submit a Da Vinci PAS prior-authorization request (payer side)",
+    response_class=Response,
+)
+async def submit_claim(
+    request: Request,
+    engine: EngineDep,
+    audit: AuditDep,
+    _: Annotated[Principal, Depends(require_claim_create)],
+) -> Response:
+    spec = default_payer_exchange()
+    try:
+        body = json.loads(await request.body())
+    except (ValueError, UnicodeDecodeError):
+        return error_response(request, 400, "the body is not JSON", fields=[("Bundle", "not JSON")])
+    review_id = "pending"
+    try:
+        identifier = claim_identifier(body)
+        if identifier is not None:
+            review_id = review_id_for(identifier)
+        read = parse_pas_request(body, spec, review_id)
+    except MappingError as exc:
+        await audit.record("submit", "Claim", None, outcome="failure")
+        where = exc.path or "Bundle"
+        return error_response(request, 400, str(exc), fields=[(where, str(exc))])
+    now = datetime.now(UTC)
+    async with engine.begin() as connection:
+        case, review = await connection.run_sync(_record, read, get_registry(request), now)
+        await audit.record("submit", "utilization-review", review.id, connection=connection)
+    base = get_registry(request).canonical_base
+    answer = pas_response_bundle(claim_response(review, case.patient, spec, base, now), spec, now)
+    return Response(json.dumps(answer), 200, media_type=FHIR_JSON)
+
+
+class QueueItem(BaseModel):
+    case_id: str
+    deadline: datetime
+    overdue: bool
+    review: UtilizationReview
+
+
+class Queue(BaseModel):
+    items: list[QueueItem]
+
+
+@router.get(
+    "/api/utilization-reviews",
+    summary="Utilization reviews on payer cases (the reviewer's queue), soonest deadline first",
+    response_model=Queue,
+)
+async def get_reviews(
+    engine: EngineDep,
+    audit: AuditDep,
+    _: ReadPrincipal,
+    status: Annotated[ReviewDecision | None, Query(description="pended, approved...")] = None,
+) -> Queue:
+    now = datetime.now(UTC)
+    async with engine.connect() as connection:
+        cases = await connection.run_sync(_payer_cases, None)
+    items = [
+        QueueItem(case_id=s.case.id, deadline=r.deadline, overdue=r.is_overdue(now), review=r)
+        for s in cases
+        for r in s.case.utilization_reviews
+        if status is None or r.decision == status
+    ]
+    items.sort(key=lambda i: (i.deadline, i.review.id))
+    await audit.record_many("search", "utilization-review", [i.review.id for i in items] or [None])
+    return Queue(items=items)
+
+
+class DecisionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    decision: ReviewDecision
+    authorized_quantity: int | None = Field(None, ge=0, le=366)
+    authorized_level_of_care: LevelOfCare | None = None
+    authorized_period: Period | None = None
+    authorization_number: str | None = Field(None, min_length=1, max_length=100)
+    next_review: date | None = None
+    reason: str | None = Field(None, min_length=1, max_length=2000)
+
+
+def _decide(
+    connection: Connection,
+    review_id: str,
+    body: DecisionRequest,
+    registry: MappingRegistry,
+    now: datetime,
+) -> UtilizationReview:
+    holder = next(
+        (
+            s.case
+            for s in _payer_cases(connection, None)
+            if any(r.id == review_id for r in s.case.utilization_reviews)
+        ),
+        None,
+    )
+    if holder is None:
+        raise RecordNotFound(f"no utilization review '{review_id}' on a payer case")
+    granting = body.decision in (ReviewDecision.APPROVED, ReviewDecision.PARTIALLY_APPROVED)
+    number = body.authorization_number or (review_id if granting else None)
+
+    def change(case: Case) -> Case:
+        review = case.utilization_review(review_id).decide(
+            body.decision,
+            now,
+            authorized_quantity=body.authorized_quantity,
+            authorized_level_of_care=body.authorized_level_of_care,
+            authorized_period=body.authorized_period,
+            authorization_number=number,
+            next_review=body.next_review,
+            reason=body.reason,
+        )
+        return case.with_utilization_review(review)
+
+    stored = change_case(
+        connection,
+        holder.id,
+        change,
+        registry,
+        expected_version=None,
+        now=now,
+        action="utilization-review.decide",
+        target=review_id,
+    )
+    return stored.case.utilization_review(review_id)
+
+
+@router.post(
+    "/api/utilization-reviews/{review_id}/decision",
+    summary="Decide a pended utilization review (payer side)",
+    response_model=UtilizationReview,
+)
+async def post_decision(
+    request: Request,
+    review_id: str,
+    body: DecisionRequest,
+    engine: EngineDep,
+    audit: AuditDep,
+    _: WritePrincipal,
+) -> UtilizationReview:
+    now = datetime.now(UTC)
+    async with engine.begin() as connection:
+        review = await connection.run_sync(_decide, review_id, body, get_registry(request), now)
+        await audit.record("decide", "utilization-review", review_id, connection=connection)
+    return review
