@@ -24,7 +24,7 @@ from cm_fhir.domain import (
     ReviewUrgency,
     ServiceUnit,
 )
-from cm_fhir.errors import MappingError, MappingSpecError
+from cm_fhir.errors import MappingError, MappingSpecError, ValidationError
 from cm_fhir.fhir.models import validate_bundle, validate_resource
 from cm_fhir.fhir.pas_intake import parse_pas_request
 from cm_fhir.fhir.pas_request import pas_request_bundle
@@ -352,6 +352,43 @@ def test_a_bundle_without_a_usable_claim_names_the_problem(
     assert caught.value.path == path
     if words:
         assert words in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("breaks", "path"),
+    [
+        (lambda c: c["item"][0]["quantity"].update(value=True), "Claim.item[0].quantity.value"),
+        (lambda c: c["item"][0]["quantity"].update(value=1e300), "Claim.item[0].quantity.value"),
+        (lambda c: c["item"][0]["quantity"].update(value=367), "Claim.item[0].quantity.value"),
+    ],
+)
+def test_a_requested_quantity_is_a_whole_number_of_days_or_visits(breaks: Any, path: str) -> None:
+    bundle = foreign_bundle()
+    breaks(bundle["entry"][1]["resource"])
+    with pytest.raises(MappingError) as caught:
+        parse_pas_request(bundle, SPEC, review_id="r-9")
+    assert caught.value.path == path
+    assert "validation error" not in str(caught.value)  # our words, not the library's
+
+
+@pytest.mark.parametrize(
+    ("element", "value", "where"),
+    [
+        ("priority", "stat", "Claim.priority"),
+        ("subType", [1], "Claim.subType"),
+        ("diagnosis", [{"sequence": 1, "diagnosisCodeableConcept": "x"}], "Claim.diagnosis"),
+        ("insurance", [{"sequence": 1, "focal": True, "coverage": "x"}], "Claim.insurance"),
+    ],
+)
+def test_a_claim_that_is_not_valid_r4_is_refused_with_its_operation_outcome(
+    element: str, value: Any, where: str
+) -> None:
+    bundle = foreign_bundle()
+    bundle["entry"][1]["resource"][element] = value
+    with pytest.raises(ValidationError) as caught:
+        parse_pas_request(bundle, SPEC, review_id="r-9")
+    expressions = [e for i in caught.value.outcome["issue"] for e in i.get("expression", [])]
+    assert any(e.startswith(where) for e in expressions), expressions
 
 
 def decided(decision: ReviewDecision, **grant: Any) -> Any:

@@ -40,6 +40,7 @@ from cm_fhir.api.routes import routers
 from cm_fhir.console import ConsoleGate
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.logs import request_id
+from cm_fhir.mapping.payer_exchange import default_payer_exchange, load_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.engine import current_revision, engine_for
@@ -174,6 +175,11 @@ def create_app(
                     [key.get_secret_value() for key in settings.api_keys], settings.auth
                 ),
                 registry=site_registry(settings),
+                payer_exchange=(
+                    load_payer_exchange(settings.mappings_dir)
+                    if settings.mappings_dir is not None
+                    else default_payer_exchange()
+                ),
             )
             ctx.engine = active
             ctx.ingest = MllpListener(

@@ -36,6 +36,7 @@ from starlette.types import Scope
 
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
+from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
@@ -55,6 +56,7 @@ __all__ = [
     "current_principal",
     "get_context",
     "get_engine",
+    "get_payer_exchange",
     "get_registry",
     "get_settings",
     "record_denial",
@@ -81,6 +83,7 @@ class AppContext:
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
     registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
+    payer_exchange: PayerExchange = field(default_factory=default_payer_exchange)  # the same site
 
 
 def get_context(request: Request) -> AppContext:
@@ -99,6 +102,11 @@ def get_settings(request: Request) -> Settings:
 def get_registry(request: Request) -> MappingRegistry:
     """The mapping registry of the site (``mappings_dir``), loaded once at start."""
     return get_context(request).registry
+
+
+def get_payer_exchange(request: Request) -> PayerExchange:
+    """The site's ``payer-exchange.yaml`` (``mappings_dir`` over the bundled), loaded at start."""
+    return get_context(request).payer_exchange
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]

@@ -6,7 +6,9 @@ insurer and provider are resolved by ``fullUrl``, by ``Type/id`` or from the ref
 identifier. Only what a review needs is read; entries it does not use (ServiceRequest,
 DeviceRequest, MedicationRequest, QuestionnaireResponse, Observation, Condition, PractitionerRole,
 Location...) are the caller's to keep. A Bundle without a usable Claim raises
-:class:`~cm_fhir.errors.MappingError` whose path names the element at fault.
+:class:`~cm_fhir.errors.MappingError` whose path names the element at fault; a Claim that is not
+valid R4 (checked with the R4B models) raises :class:`~cm_fhir.errors.ValidationError` with its
+OperationOutcome.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date
 from typing import Any, TypeVar
+
+import pydantic
 
 from cm_fhir.domain.codes import (
     CriteriaSet,
@@ -27,11 +31,13 @@ from cm_fhir.domain.common import Code, Identifier, PartyRef, PatientRef
 from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir.datatypes import parse_day, parse_identifier, parse_instant
+from cm_fhir.fhir.models import validate_resource
 from cm_fhir.fhir.pas_request import UCUM_UNITS
 from cm_fhir.mapping.payer_exchange import PayerExchange
 
 Json = dict[str, Any]
 _E = TypeVar("_E", LevelOfCare, ReviewType, CriteriaSet)
+_MAX_QUANTITY = 366
 _VISIT_CODES = {UCUM_UNITS[ServiceUnit.VISIT][0], "visit", "visits"}
 
 
@@ -185,19 +191,14 @@ def _quantity(item: Json, path: str) -> tuple[int | None, ServiceUnit]:
     quantity = item.get("quantity")
     if not isinstance(quantity, dict) or quantity.get("value") is None:
         return None, ServiceUnit.DAY
-    try:
-        value = int(quantity["value"])
-    except (TypeError, ValueError) as exc:
-        raise MappingError(
-            "the requested quantity is not a number", path=f"{path}.quantity.value"
-        ) from exc
-    if value < 1 or value != quantity["value"]:
-        raise MappingError(
-            "the requested quantity must be a whole number of at least 1",
-            path=f"{path}.quantity.value",
-        )
+    value = quantity["value"]
+    where = f"{path}.quantity.value"
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
+        raise MappingError("the requested quantity must be a whole number", path=where)
+    if not 1 <= value <= _MAX_QUANTITY:
+        raise MappingError(f"the requested quantity must be 1 to {_MAX_QUANTITY}", path=where)
     unit = ServiceUnit.VISIT if quantity.get("code") in _VISIT_CODES else ServiceUnit.DAY
-    return value, unit
+    return int(value), unit
 
 
 def claim_identifier(bundle: Any) -> Identifier | None:
@@ -258,6 +259,7 @@ def parse_pas_request(bundle: Any, spec: PayerExchange, review_id: str) -> PasRe
         for sys, code in _codes(d.get("diagnosisCodeableConcept"))
         if sys != "None"
     )
+    validate_resource(claim)  # what we did not read must still be R4 (ValidationError if not)
     try:
         review = UtilizationReview(
             id=review_id,
@@ -277,8 +279,10 @@ def parse_pas_request(bundle: Any, spec: PayerExchange, review_id: str) -> PasRe
             criteria_set=info.criteria,
             criteria_subset=info.criteria_subset,
         )
-    except ValueError as exc:
-        raise MappingError(f"the Claim cannot be read as a review: {exc}", path="Claim") from exc
+    except ValueError as exc:  # pydantic's ValidationError: name the first field, not the input
+        first = exc.errors()[0] if isinstance(exc, pydantic.ValidationError) else None
+        field = ".".join(str(p) for p in first["loc"]) if first else "?"
+        raise MappingError(f"the Claim cannot be read as a review ({field})", path="Claim") from exc
     return PasRequest(
         review, PatientRef(identifiers=tuple(patient_ids)), member_id, diagnoses, index
     )

@@ -30,14 +30,15 @@ from cm_fhir.api.deps import (
     PrincipalDep,
     ReadPrincipal,
     WritePrincipal,
+    get_payer_exchange,
     get_registry,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import Case, LevelOfCare, Period, Programme, ReviewDecision, UtilizationReview
-from cm_fhir.errors import MappingError, RecordNotFound
+from cm_fhir.errors import MappingError, RecordNotFound, ValidationError
 from cm_fhir.fhir.pas_intake import PasRequest, claim_identifier, parse_pas_request
 from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
-from cm_fhir.mapping.payer_exchange import default_payer_exchange
+from cm_fhir.mapping.payer_exchange import AutoDecision
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import CaseFilter, StoredCase, change_case, create_case, list_cases
 from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_case_id, review_id_for
@@ -69,17 +70,20 @@ def _payer_cases(connection: Connection, patient: tuple[str, str] | None) -> lis
 
 
 def _record(
-    connection: Connection, read: PasRequest, registry: MappingRegistry, now: datetime
+    connection: Connection,
+    read: PasRequest,
+    registry: MappingRegistry,
+    rules: tuple[AutoDecision, ...],
+    now: datetime,
 ) -> tuple[Case, UtilizationReview]:
     """Store the request's review on the member's payer case; the review as stored."""
-    spec = default_payer_exchange()
     review = read.review
     primary = read.patient.primary
     cases = _payer_cases(connection, (primary.system, primary.value))
     for stored in cases:
         if any(r.id == review.id for r in stored.case.utilization_reviews):
             return stored.case, stored.case.utilization_review(review.id)  # a resend
-    decided = auto_decide(review, read.diagnoses, spec.auto_decisions, now)
+    decided = auto_decide(review, read.diagnoses, rules, now)
     open_case = next((s.case for s in cases if not s.case.is_final), None)
     if open_case is None:
         assert review.request_identifier is not None
@@ -112,7 +116,7 @@ async def submit_claim(
     audit: AuditDep,
     _: Annotated[Principal, Depends(require_claim_create)],
 ) -> Response:
-    spec = default_payer_exchange()
+    spec = get_payer_exchange(request)
     try:
         body = json.loads(await request.body())
     except (ValueError, UnicodeDecodeError):
@@ -127,9 +131,14 @@ async def submit_claim(
         await audit.record("submit", "Claim", None, outcome="failure")
         where = exc.path or "Bundle"
         return error_response(request, 400, str(exc), fields=[(where, str(exc))])
+    except ValidationError as exc:
+        await audit.record("submit", "Claim", None, outcome="failure")
+        return error_response(request, 400, str(exc), outcome=exc.outcome)
     now = datetime.now(UTC)
     async with engine.begin() as connection:
-        case, review = await connection.run_sync(_record, read, get_registry(request), now)
+        case, review = await connection.run_sync(
+            _record, read, get_registry(request), spec.auto_decisions, now
+        )
         await audit.record("submit", "utilization-review", review.id, connection=connection)
     base = get_registry(request).canonical_base
     answer = pas_response_bundle(claim_response(review, case.patient, spec, base, now), spec, now)
