@@ -108,6 +108,16 @@ def _outcome(exc: BaseException) -> bytes | None:
     return orjson.dumps(outcome) if isinstance(outcome, dict) else None
 
 
+def _patient_identifier(write: CaseWrite, bundle: Json | None = None) -> Json | None:
+    """The patient's identifier the case's resources name (on its first entry)."""
+    data = bundle if bundle is not None else orjson.loads(write.bundle)
+    entries: list[Json] = data.get("entry") or []
+    if not entries:
+        return None
+    found = (entries[0]["resource"].get("patient") or {}).get("identifier")
+    return found if isinstance(found, dict) else None
+
+
 def _literal(value: Any, ids: dict[str, str]) -> None:
     """Rewrite ``urn:uuid`` references named in ``ids`` to ``Type/id``, in place."""
     if isinstance(value, dict):
@@ -139,10 +149,15 @@ class EndpointDelivery:
         self.config = config
         self.worker_id = worker_id
         self.stats = DeliveryStats()
-        self.patients = PatientResolver(engine, endpoint.name, client)
+        self.patients = PatientResolver(endpoint.name, client)
 
     async def run_once(self) -> int:
-        """Claim and deliver one batch of patients; the number of case writes settled."""
+        """Claim and deliver one batch of patients; the number of case writes settled.
+
+        One transaction claims, one read fetches what the endpoint holds of the batch's resources
+        and patients, the HTTP writes run (patients concurrently, each in order), and one
+        transaction settles the whole batch.
+        """
         now = datetime.now(UTC)
         lease = timedelta(seconds=self.config.lease_seconds)
         async with self.engine.begin() as connection:
@@ -158,14 +173,42 @@ class EndpointDelivery:
             )
         if not work:
             return 0
-        done = await asyncio.gather(*(self._patient(w) for w in work))
-        return sum(done)
+        try:
+            held = await self._held(work)
+        except SQLAlchemyError as exc:
+            log.warning("could not read the sync state (%s)", type(exc).__name__)
+            held = {}
+        settled = await asyncio.gather(*(self._patient(w, held) for w in work))
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(self._settle, settled)
+        except SQLAlchemyError as exc:  # the leases run out and the rows are sent again
+            log.warning("could not settle outbox rows (%s)", type(exc).__name__)
+            return 0
+        for one in settled:
+            self._count(one)
+        return sum(len(s.sent) + len(s.failed) + len(s.retry) for s in settled)
 
-    async def _patient(self, work: PatientWork) -> int:
+    async def _held(self, work: list[PatientWork]) -> dict[SyncKey, SyncRecord]:
+        """What the endpoint holds of every resource and patient of the batch (one read)."""
+        keys = []
+        for patient in work:
+            for write in patient.writes:
+                for text in write.identifiers:
+                    rtype, _, ident = text.partition("|")
+                    keys.append(SyncKey(self.endpoint.name, rtype, ident))
+                identifier = _patient_identifier(write)
+                if identifier is not None:
+                    keys.append(self.patients.key(identifier))
+        async with self.engine.connect() as connection:
+            found: dict[SyncKey, SyncRecord] = await connection.run_sync(read_sync, keys)
+        return found
+
+    async def _patient(self, work: PatientWork, held: dict[SyncKey, SyncRecord]) -> _Settled:
         settled = _Settled()
         for n, write in enumerate(work.writes):
             try:
-                settled.sync += await self._write(write)
+                settled.sync += await self._write(write, held)
             except Exception as exc:
                 if self._retryable(exc):
                     settled.retry = list(work.writes[n:])
@@ -180,14 +223,7 @@ class EndpointDelivery:
                 )
                 continue
             settled.sent.append(write)
-        try:
-            async with self.engine.begin() as connection:
-                await connection.run_sync(self._settle, settled)
-        except SQLAlchemyError as exc:  # the lease runs out and the rows are sent again
-            log.warning("could not settle outbox rows (%s)", type(exc).__name__)
-            return 0
-        self._count(settled)
-        return len(settled.sent) + len(settled.failed) + len(settled.retry)
+        return settled
 
     def _retryable(self, exc: Exception) -> bool:
         if isinstance(exc, RemoteFhirError):
@@ -204,17 +240,17 @@ class EndpointDelivery:
             delay = max(delay, float(asked))
         return float(min(delay, self.config.retry_max))
 
-    def _settle(self, connection: Connection, settled: _Settled) -> None:
+    def _settle(self, connection: Connection, batch: Sequence[_Settled]) -> None:
         now = datetime.now(UTC)
-        for write in settled.sent:
-            settle_sent(connection, write, now)
-        for write, error, outcome in settled.failed:
-            settle_failed(connection, write, error, outcome, now)
-        if settled.retry and settled.retry_error is not None:
-            error, outcome, delay = settled.retry_error
-            next_at = now + timedelta(seconds=delay)
-            settle_retry(connection, settled.retry, error, outcome, now, next_at)
-        record_sync(connection, settled.sync, now)
+        settle_sent(connection, [w for s in batch for w in s.sent], now)
+        for settled in batch:
+            for write, error, outcome in settled.failed:
+                settle_failed(connection, write, error, outcome, now)
+            if settled.retry and settled.retry_error is not None:
+                error, outcome, delay = settled.retry_error
+                next_at = now + timedelta(seconds=delay)
+                settle_retry(connection, settled.retry, error, outcome, now, next_at)
+        record_sync(connection, [r for s in batch for r in s.sync], now)
 
     def _count(self, settled: _Settled) -> None:
         now = datetime.now(UTC)
@@ -233,16 +269,17 @@ class EndpointDelivery:
 
     # -- one case ---------------------------------------------------------------------------
 
-    async def _write(self, write: CaseWrite) -> list[SyncRecord]:
+    async def _write(self, write: CaseWrite, held: dict[SyncKey, SyncRecord]) -> list[SyncRecord]:
         bundle: Json = orjson.loads(write.bundle)
-        entries: list[Json] = bundle.get("entry") or []
-        patient_identifier = None
-        if entries:
-            patient_identifier = (entries[0]["resource"].get("patient") or {}).get("identifier")
+        patient_identifier = _patient_identifier(write, bundle)
         patient_id = None
-        if self.endpoint.patient_references == "resolve" and isinstance(patient_identifier, dict):
-            patient_id = await self.patients.resolve(patient_identifier)
-        known = await self._known(write.identifiers)
+        records: list[SyncRecord] = []
+        if self.endpoint.patient_references == "resolve" and patient_identifier is not None:
+            stored = held.get(self.patients.key(patient_identifier))
+            patient_id, looked_up = await self.patients.resolve(patient_identifier, stored)
+            if looked_up is not None:
+                records.append(looked_up)
+        known = self._known(write.identifiers, held)
         prepared = prepare_bundle(
             bundle,
             resource_types=self.endpoint.resource_types,
@@ -257,20 +294,18 @@ class EndpointDelivery:
                 raise
             self.stats.conflicts += 1
             results = await self._reapply(prepared)
-        return self._records(prepared, results)
+        return records + self._records(prepared, results)
 
-    async def _known(self, identifiers: Sequence[str]) -> dict[str, KnownResource]:
-        keys = []
+    def _known(
+        self, identifiers: Sequence[str], held: dict[SyncKey, SyncRecord]
+    ) -> dict[str, KnownResource]:
+        known = {}
         for text in identifiers:
             rtype, _, ident = text.partition("|")
-            keys.append(SyncKey(self.endpoint.name, rtype, ident))
-        async with self.engine.connect() as connection:
-            found = await connection.run_sync(read_sync, keys)
-        return {
-            f"{k.resource_type}|{k.identifier}": KnownResource(r.server_id, r.version_id)
-            for k, r in found.items()
-            if r.server_id is not None
-        }
+            record = held.get(SyncKey(self.endpoint.name, rtype, ident))
+            if record is not None and record.server_id is not None:
+                known[text] = KnownResource(record.server_id, record.version_id)
+        return known
 
     async def _reapply(self, prepared: PreparedBundle) -> list[EntryResult]:
         """After a 412: the entries without ``ifMatch`` as a Bundle, then each matched resource
