@@ -1,12 +1,16 @@
 """Delivery of the outbox to one FHIR endpoint: claim, write, settle. I/O.
 
 :meth:`EndpointDelivery.run_once` leases the pending rows of up to ``batch_patients`` patients
-(:func:`~cm_fhir.store.outbox.claim_patients`) and writes each patient's cases in order, patients
-concurrently. One case write is the case's newest Bundle, adapted to the endpoint
-(:func:`~cm_fhir.sync.prepare.prepare_bundle`: resource types, the resolved Patient, ``ifMatch``
-for resources the endpoint already holds) and sent by
-:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`. Then, per patient, one transaction settles
-the rows and records what the server holds (``sync_state``: server id, version, hash sent):
+(:func:`~cm_fhir.store.outbox.claim_patients`), reads what the endpoint holds of them at once,
+looks their Patients up (:mod:`cm_fhir.sync.patients`), and writes in rounds: one case per
+patient per round, so each patient's cases go in order. One case write is the case's newest
+Bundle, adapted to the endpoint (:func:`~cm_fhir.sync.prepare.prepare_bundle`: resource types,
+the resolved Patient, ``ifMatch`` for resources the endpoint already holds). Up to
+``cases_per_transaction`` cases of different patients go in one transaction through
+:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`; a refused one is sent again in halves
+(the smaller size is kept: some servers refuse conditional transactions beyond a few entries)
+down to single cases, so one bad case fails only itself. Then one transaction settles the
+batch's rows and records what the server holds (``sync_state``: server id, version, hash sent):
 
 - written: ``sent`` (older rows of the case ``superseded``);
 - 412 (someone changed a resource in the EHR since our last write): the rest of the Bundle is
@@ -21,7 +25,6 @@ the rows and records what the server holds (``sync_state``: server id, version, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import random
@@ -38,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.errors import (
     RemoteAuthError,
     RemoteFhirError,
+    RemoteInvalid,
     RemotePreconditionFailed,
     RemoteRateLimited,
     RemoteUnavailable,
@@ -150,6 +154,9 @@ class EndpointDelivery:
         self.worker_id = worker_id
         self.stats = DeliveryStats()
         self.patients = PatientResolver(endpoint.name, client)
+        #: Cases per transaction; halved when the server refuses a combined transaction (some
+        #: refuse conditional transactions beyond a few entries), kept for later batches.
+        self.group_size = config.cases_per_transaction
 
     async def run_once(self) -> int:
         """Claim and deliver one batch of patients; the number of case writes settled.
@@ -178,16 +185,96 @@ class EndpointDelivery:
         except SQLAlchemyError as exc:
             log.warning("could not read the sync state (%s)", type(exc).__name__)
             held = {}
-        settled = await asyncio.gather(*(self._patient(w, held) for w in work))
+        settled = {w.patient_key: _Settled() for w in work}
+        patient_ids: dict[str, str | None] = {}
+        found: list[SyncRecord] = []
+        if self.endpoint.patient_references == "resolve":
+            identifiers = [
+                i for w in work for c in w.writes if (i := _patient_identifier(c)) is not None
+            ]
+            try:
+                patient_ids, found = await self.patients.resolve_many(identifiers, held)
+            except Exception as exc:  # no literal references this time
+                log.warning("patient look-up failed (%s)", _error_text(exc))
+        queues = {w.patient_key: list(w.writes) for w in work}
+        while True:
+            # one write per patient per round: a patient's writes go in order
+            round_ = [(key, queue.pop(0)) for key, queue in queues.items() if queue]
+            if not round_:
+                break
+            while round_:
+                group, round_ = round_[: self.group_size], round_[self.group_size :]
+                await self._send_group(group, held, patient_ids, settled, queues)
+        batch = list(settled.values())
+        batch[0].sync += found
         try:
             async with self.engine.begin() as connection:
-                await connection.run_sync(self._settle, settled)
+                await connection.run_sync(self._settle, batch)
         except SQLAlchemyError as exc:  # the leases run out and the rows are sent again
             log.warning("could not settle outbox rows (%s)", type(exc).__name__)
             return 0
-        for one in settled:
+        for one in batch:
             self._count(one)
-        return sum(len(s.sent) + len(s.failed) + len(s.retry) for s in settled)
+        return sum(len(s.sent) + len(s.failed) + len(s.retry) for s in batch)
+
+    async def _send_group(
+        self,
+        group: list[tuple[str, CaseWrite]],
+        held: dict[SyncKey, SyncRecord],
+        patient_ids: dict[str, str | None],
+        settled: dict[str, _Settled],
+        queues: dict[str, list[CaseWrite]],
+    ) -> None:
+        """Several patients' cases in one transaction; on a refusal or a conflict, each alone
+        (so one bad case fails only itself)."""
+        prepared = [(key, write, self._prepare(write, held, patient_ids)) for key, write in group]
+        if len(prepared) > 1:
+            entries = [e for _, _, p in prepared for e in p.bundle["entry"]]
+            combined = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+            try:
+                results = await self.client.write_bundle(combined)
+            except Exception as exc:
+                if self._retryable(exc) and not isinstance(exc, RemotePreconditionFailed):
+                    for key, write, _ in prepared:
+                        self._retry_later(settled[key], queues[key], write, exc)
+                    return
+                if isinstance(exc, RemoteInvalid):  # too big for this server, or a bad case
+                    half = max(1, len(group) // 2)
+                    self.group_size = min(self.group_size, half)
+                    for part in (group[:half], group[half:]):
+                        await self._send_group(part, held, patient_ids, settled, queues)
+                    return
+            else:
+                by_url = {r.full_url: r for r in results}
+                for key, write, p in prepared:
+                    mine = [by_url[u] for u in p.identifiers if u in by_url]
+                    settled[key].sync += self._records(p, mine)
+                    settled[key].sent.append(write)
+                return
+        for key, write, p in prepared:
+            try:
+                settled[key].sync += await self._send(p)
+            except Exception as exc:
+                if self._retryable(exc):
+                    self._retry_later(settled[key], queues[key], write, exc)
+                    continue
+                settled[key].failed.append((write, _error_text(exc), _outcome(exc)))
+                log.warning(
+                    "outbox row %d refused by endpoint %s (%s)",
+                    write.id,
+                    self.endpoint.name,
+                    _error_text(exc),
+                )
+                continue
+            settled[key].sent.append(write)
+
+    def _retry_later(
+        self, settled: _Settled, queue: list[CaseWrite], write: CaseWrite, exc: Exception
+    ) -> None:
+        """The patient's write and every later one wait (their order holds)."""
+        settled.retry = [write, *queue]
+        settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
+        queue.clear()
 
     async def _held(self, work: list[PatientWork]) -> dict[SyncKey, SyncRecord]:
         """What the endpoint holds of every resource and patient of the batch (one read)."""
@@ -203,27 +290,6 @@ class EndpointDelivery:
         async with self.engine.connect() as connection:
             found: dict[SyncKey, SyncRecord] = await connection.run_sync(read_sync, keys)
         return found
-
-    async def _patient(self, work: PatientWork, held: dict[SyncKey, SyncRecord]) -> _Settled:
-        settled = _Settled()
-        for n, write in enumerate(work.writes):
-            try:
-                settled.sync += await self._write(write, held)
-            except Exception as exc:
-                if self._retryable(exc):
-                    settled.retry = list(work.writes[n:])
-                    settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
-                    break
-                settled.failed.append((write, _error_text(exc), _outcome(exc)))
-                log.warning(
-                    "outbox row %d refused by endpoint %s (%s)",
-                    write.id,
-                    self.endpoint.name,
-                    _error_text(exc),
-                )
-                continue
-            settled.sent.append(write)
-        return settled
 
     def _retryable(self, exc: Exception) -> bool:
         if isinstance(exc, RemoteFhirError):
@@ -269,24 +335,27 @@ class EndpointDelivery:
 
     # -- one case ---------------------------------------------------------------------------
 
-    async def _write(self, write: CaseWrite, held: dict[SyncKey, SyncRecord]) -> list[SyncRecord]:
+    def _prepare(
+        self,
+        write: CaseWrite,
+        held: dict[SyncKey, SyncRecord],
+        patient_ids: dict[str, str | None],
+    ) -> PreparedBundle:
         bundle: Json = orjson.loads(write.bundle)
         patient_identifier = _patient_identifier(write, bundle)
         patient_id = None
-        records: list[SyncRecord] = []
-        if self.endpoint.patient_references == "resolve" and patient_identifier is not None:
-            stored = held.get(self.patients.key(patient_identifier))
-            patient_id, looked_up = await self.patients.resolve(patient_identifier, stored)
-            if looked_up is not None:
-                records.append(looked_up)
-        known = self._known(write.identifiers, held)
-        prepared = prepare_bundle(
+        if patient_identifier is not None:
+            patient_id = patient_ids.get(self.patients.key(patient_identifier).identifier)
+        return prepare_bundle(
             bundle,
             resource_types=self.endpoint.resource_types,
             patient_identifier=patient_identifier,
             patient_id=patient_id,
-            known=known,
+            known=self._known(write.identifiers, held),
         )
+
+    async def _send(self, prepared: PreparedBundle) -> list[SyncRecord]:
+        """One case's Bundle; on a 412, re-read and re-apply the elements we own."""
         try:
             results = await self.client.write_bundle(prepared.bundle)
         except RemotePreconditionFailed:
@@ -294,7 +363,7 @@ class EndpointDelivery:
                 raise
             self.stats.conflicts += 1
             results = await self._reapply(prepared)
-        return records + self._records(prepared, results)
+        return self._records(prepared, results)
 
     def _known(
         self, identifiers: Sequence[str], held: dict[SyncKey, SyncRecord]

@@ -2,11 +2,12 @@
 
 Our resources name the patient by identifier (a logical reference). An endpoint set to
 ``patient_references = "resolve"`` searches ``Patient?identifier=system|value`` once per patient
-and caches the answer (resource type ``Patient`` in ``sync_state``): one match gives a literal
-reference ``Patient/<id>`` with the identifier kept; none, or more than one, keeps the logical
-reference. A miss is looked up again after :data:`MISS_TTL`, so a patient the EHR registers
-later is linked then. The resolver does no database I/O itself: the delivery reads the stored
-answers for a whole batch and stores the new ones when it settles the batch.
+(twenty patients per search, ``identifier=a,b,...``) and caches the answer (resource type
+``Patient`` in ``sync_state``): one match gives a literal reference ``Patient/<id>`` with the
+identifier kept; none, or more than one, keeps the logical reference. A miss is looked up again
+after :data:`MISS_TTL`, so a patient the EHR registers later is linked then. The resolver does no
+database I/O itself: the delivery reads the stored answers of a batch at once and stores the new
+ones when it settles the batch.
 """
 
 from __future__ import annotations
@@ -47,22 +48,44 @@ class PatientResolver:
             return True, found[0]
         return False, None
 
-    async def resolve(
-        self, identifier: Json, stored: SyncRecord | None
-    ) -> tuple[str | None, SyncRecord | None]:
-        """The EHR's id of the patient (or None) and, when it was looked up now, the record to
-        store."""
+    async def resolve_many(
+        self, identifiers: list[Json], held: dict[SyncKey, SyncRecord]
+    ) -> tuple[dict[str, str | None], list[SyncRecord]]:
+        """The EHR's ids of these patients by ``system|value`` (None: not found, or more than
+        one), and the records to store for those looked up now: one search per 20 patients
+        (``identifier=a,b,...``, an OR), none for answers remembered or stored."""
         now = datetime.now(UTC)
-        known, server_id = self.cached(identifier, now)
-        if known:
-            return server_id, None
-        key = self.key(identifier)
-        if stored is not None and stored.updated_at is not None:
-            at = _aware(stored.updated_at)
-            if stored.server_id is not None or now - at < MISS_TTL:
-                self._known[key.identifier] = (stored.server_id, at)
-                return stored.server_id, None
-        found = [r async for r in self.client.search("Patient", {"identifier": key.identifier})]
-        server_id = str(found[0]["id"]) if len(found) == 1 and found[0].get("id") else None
-        self._known[key.identifier] = (server_id, now)
-        return server_id, SyncRecord(key, server_id)
+        out: dict[str, str | None] = {}
+        wanted: list[SyncKey] = []
+        for identifier in identifiers:
+            key = self.key(identifier)
+            if key.identifier in out or key in wanted:
+                continue
+            known, server_id = self.cached(identifier, now)
+            stored = held.get(key)
+            if not known and stored is not None and stored.updated_at is not None:
+                at = _aware(stored.updated_at)
+                if stored.server_id is not None or now - at < MISS_TTL:
+                    known, server_id = True, stored.server_id
+                    self._known[key.identifier] = (server_id, at)
+            if known:
+                out[key.identifier] = server_id
+            else:
+                wanted.append(key)
+        records = []
+        for start in range(0, len(wanted), 20):
+            chunk = wanted[start : start + 20]
+            matches: dict[str, list[str]] = {k.identifier: [] for k in chunk}
+            query = {"identifier": ",".join(k.identifier for k in chunk), "_count": "100"}
+            async for patient in self.client.search("Patient", query):
+                for ident in patient.get("identifier") or []:
+                    text = f"{ident.get('system', '')}|{ident.get('value', '')}"
+                    if text in matches and patient.get("id"):
+                        matches[text].append(str(patient["id"]))
+            for key in chunk:
+                ids = sorted(set(matches[key.identifier]))
+                server_id = ids[0] if len(ids) == 1 else None
+                out[key.identifier] = server_id
+                self._known[key.identifier] = (server_id, now)
+                records.append(SyncRecord(key, server_id))
+        return out, records
