@@ -28,6 +28,7 @@ from cm_fhir.errors import (
     RemoteTooCostly,
     RemoteUnavailable,
 )
+from cm_fhir.fhir_client.responses import json_body
 
 __all__ = [
     "STATUS_TABLE",
@@ -54,11 +55,29 @@ STATUS_TABLE: tuple[tuple[frozenset[int], str | None, type[RemoteFhirError]], ..
 )
 
 
-def issue_codes(outcome: Json | None) -> list[str]:
-    """The ``issue.code`` values of an OperationOutcome, in order."""
+#: How servers that do not use ``too-costly`` say a transaction is too big (lower case). Medplum
+#: answers 400 ``invalid`` "Transaction requires strict isolation but has too many entries" for
+#: a transaction of more than 8 entries with conditional writes, and "Transaction contains more
+#: update operations than allowed" beyond 50 updates. Read as ``too-costly``.
+SIZE_REFUSALS = ("too many entries", "more update operations than allowed")
+
+
+def _issues(outcome: Json | None) -> list[Json]:
     if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
         return []
-    return [str(i.get("code")) for i in outcome.get("issue") or [] if isinstance(i, dict)]
+    return [i for i in outcome.get("issue") or [] if isinstance(i, dict)]
+
+
+def issue_codes(outcome: Json | None) -> list[str]:
+    """The ``issue.code`` values of an OperationOutcome, in order; ``too-costly`` also for an
+    issue whose text is one of the :data:`SIZE_REFUSALS`."""
+    codes = []
+    for issue in _issues(outcome):
+        codes.append(str(issue.get("code")))
+        text = f"{(issue.get('details') or {}).get('text', '')} {issue.get('diagnostics', '')}"
+        if any(phrase in text.lower() for phrase in SIZE_REFUSALS):
+            codes.append("too-costly")
+    return codes
 
 
 def _describe(method: str, url: str) -> str:
@@ -108,7 +127,7 @@ def error_for(
     url: str,
     headers: Mapping[str, str] | None = None,
 ) -> RemoteFhirError:
-    """The exception for an error answer (``status`` >= 400)."""
+    """The exception for an error answer (``status`` >= 400, or an unexpected 3xx)."""
     codes = issue_codes(outcome)
     cls: type[RemoteFhirError] = RemoteFhirError
     for statuses, code, candidate in STATUS_TABLE:
@@ -125,16 +144,12 @@ def error_for(
 
 
 def raise_for_response(response: httpx.Response) -> None:
-    """Raise the mapped error if ``response`` is an error answer."""
-    if response.status_code < 400:
+    """Raise the mapped error if ``response`` is an error answer. A redirect (other than 304) is
+    one too: the client follows none (a FHIR API does not move; a login page is not an answer)."""
+    if response.status_code < 300 or response.status_code == 304:
         return
-    outcome: Json | None = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        outcome = body
+    body = json_body(response)
+    outcome = body if body is not None and body.get("resourceType") == "OperationOutcome" else None
     raise error_for(
         response.status_code,
         outcome,
