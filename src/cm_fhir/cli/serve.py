@@ -198,8 +198,9 @@ jwks_timeout = 5.0
 # ehr_url = "https://ehr.example.org/fhir"
 
 [ehr]                       # the sync role: outbox delivery to FHIR endpoints
-batch_patients = 20         # patients claimed per endpoint per pass (their writes in order)
-poll_interval = 0.5
+batch_patients = 50         # patients claimed per endpoint per pass (their writes in order)
+cases_per_transaction = 10  # cases of different patients per transaction (halved if refused)
+poll_interval = 0.2
 lease_seconds = 120.0       # claimed rows stay reserved this long for one sync worker
 retry_base = 2.0            # back-off after a retryable failure doubles from here ...
 retry_max = 300.0           # ... up to this many seconds
