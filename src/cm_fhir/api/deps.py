@@ -39,6 +39,7 @@ from cm_fhir.listener import MllpListener
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
+from cm_fhir.sync.runner import SyncWorker
 
 __all__ = [
     "AppContext",
@@ -80,6 +81,7 @@ class AppContext:
     roles: dict[str, str] = field(default_factory=dict)  # role -> "starting"/"running"/"stopped"
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
+    sync: SyncWorker | None = None  # the sync role, when this process runs it
     registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
 
 
