@@ -9,11 +9,13 @@ endpoint, what the server holds of each resource we write (server id, version, t
 we last sent), keyed by resource type and business identifier.
 
 Revision ID: 0007_outbox_delivery
-Revises: 0005_inbox_refused
+Revises: 0006_retention_metrics
 Create Date: 2026-12-01
 """
 
 from __future__ import annotations
+
+from importlib import import_module
 
 import sqlalchemy as sa
 from alembic import op
@@ -25,6 +27,17 @@ depends_on: str | None = None
 
 _STATES_BEFORE = "'pending', 'sent', 'failed'"
 _STATES_AFTER = f"{_STATES_BEFORE}, 'superseded'"
+
+
+def _restore_sqlite_outbox_triggers() -> None:
+    """SQLite rebuilds ``outbox`` for the check constraint, which drops its metric triggers
+    (``0006_retention_metrics``): create them again, from that revision's own statements."""
+    if op.get_bind().dialect.name != "sqlite":
+        return  # PostgreSQL alters the table in place; its triggers stay
+    metrics = import_module("cm_fhir.store.migrations.versions.0006_retention_metrics")
+    for statement in metrics._SQLITE_TRIGGERS:
+        if " ON outbox" in statement:
+            op.execute(statement)
 
 
 def upgrade() -> None:
@@ -40,6 +53,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_outcome", sa.Text(), nullable=True))
         batch.drop_constraint("ck_outbox_state", type_="check")
         batch.create_check_constraint("ck_outbox_state", f"state IN ({_STATES_AFTER})")
+    _restore_sqlite_outbox_triggers()
     op.create_index("ix_outbox_endpoint_patient", "outbox", ["endpoint", "patient_key", "state"])
     op.create_index("ix_outbox_endpoint_state", "outbox", ["endpoint", "state", "id"])
     op.create_table(
@@ -73,3 +87,4 @@ def downgrade() -> None:
             "endpoint",
         ):
             batch.drop_column(column)
+    _restore_sqlite_outbox_triggers()
