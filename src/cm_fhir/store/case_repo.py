@@ -46,6 +46,7 @@ from cm_fhir.workflow.facts import patient_key
 __all__ = [
     "CaseFilter",
     "StoredCase",
+    "TraceSource",
     "change_case",
     "create_case",
     "list_cases",
@@ -53,6 +54,17 @@ __all__ = [
 ]
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSource:
+    """What the trace row of a change names as its cause: the API (default), or an EHR's
+    resource version (``rule`` ``ehr.status_back``, ``message_key`` from
+    :func:`cm_fhir.facade.provenance.fhir_source_key`)."""
+
+    rule: str = "api"
+    event: str | None = None
+    message_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +207,7 @@ def _write(
     now: datetime,
     action: str,
     target: str | None,
+    source: TraceSource | None = None,
 ) -> None:
     data, digest, case_identifier, identifiers = _bundle(case, registry)
     row = CaseRow(
@@ -219,8 +232,12 @@ def _write(
             case.id, place.patient_key, None, case_identifier, identifiers, digest, data
         )
         enqueue(connection, [entry], now)
-    trace = TraceEntry(rule="api", action=action, case_id=case.id, target=target)
-    record_trace(connection, [TraceRecord(None, place.patient_key, trace)], now)
+    source = source or TraceSource()
+    trace = TraceEntry(
+        rule=source.rule, event=source.event, action=action, case_id=case.id, target=target
+    )
+    record = TraceRecord(None, place.patient_key, trace, source.message_key)
+    record_trace(connection, [record], now)
     if place.documents:
         documents = {
             key: state.model_copy(
@@ -263,6 +280,7 @@ def change_case(
     now: datetime,
     action: str,
     target: str | None = None,
+    source: TraceSource | None = None,
 ) -> StoredCase:
     """Apply ``change`` (pure domain logic) to the current case and store the result.
 
@@ -293,7 +311,9 @@ def change_case(
     for state in documents.values():
         team = next((v.team for v in state.visits if v.case_id == case_id), team)
     place = _Placement(row.patient_key, team, row.owner, row.last_bundle_sha256, documents)
-    _write(connection, changed, registry, place, now=now, action=action, target=target)
+    _write(
+        connection, changed, registry, place, now=now, action=action, target=target, source=source
+    )
     return _must_read(connection, case_id)
 
 
