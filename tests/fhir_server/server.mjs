@@ -9,10 +9,13 @@
 //   every transaction Bundle like servers that limit their size (FHIR_SERVER_MAX_TRANSACTION_ENTRIES
 //   also works; none or 0: no cap beyond the router's own).
 // Prints "listening <port>" on stdout when ready. FHIR base: http://127.0.0.1:<port>/fhir
+// Fault mode (faults.mjs): POST /$test-faults makes it fail, slow down, drop connections or hide
+// transactions; GET /$test-requests counts what it received.
 
 import http from 'node:http';
 import { created, getStatus, isOk, normalizeOperationOutcome } from '@medplum/core';
 import { FhirRouter } from '@medplum/fhir-router';
+import { Faults, requestKind } from './faults.mjs';
 import { ValidatingRepository } from './repository.mjs';
 
 const FHIR_BASE = '/fhir';
@@ -45,7 +48,7 @@ function answerUpdateAsCreateWith201(router) {
 // ---------------------------------------------------------------------------------------------
 // HTTP
 
-function capabilityStatement() {
+function capabilityStatement(faults) {
   return {
     resourceType: 'CapabilityStatement',
     status: 'active',
@@ -54,7 +57,7 @@ function capabilityStatement() {
     software: { name: 'cm-fhir test FHIR server (in-memory)' },
     fhirVersion: '4.0.1',
     format: ['application/fhir+json', 'json'],
-    rest: [{ mode: 'server', interaction: [{ code: 'transaction' }, { code: 'batch' }] }],
+    rest: [{ mode: 'server', interaction: faults.interactions() }],
   };
 }
 
@@ -117,14 +120,51 @@ function transactionTooLarge(body, maxEntries) {
   return outcome(400, 'too-costly', text);
 }
 
-async function handle(router, repo, req, res, maxEntries) {
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** The fault-mode control endpoints (faults.mjs); true when `req` was one of them. */
+async function control(faults, req, res, pathname) {
+  if (pathname === '/$test-faults') {
+    if (req.method === 'POST') {
+      let options;
+      try {
+        options = JSON.parse((await readBody(req)) || '{}');
+      } catch {
+        send(res, ...outcome(400, 'structure', 'Faults must be a JSON object'));
+        return true;
+      }
+      const problem = faults.set(options ?? {});
+      send(res, ...(problem ? outcome(400, 'invalid', problem) : [200, faults.options]));
+      return true;
+    }
+    if (req.method === 'DELETE') {
+      faults.set({});
+    }
+    send(res, 200, faults.options);
+    return true;
+  }
+  if (pathname === '/$test-requests') {
+    if (req.method === 'DELETE') {
+      faults.resetCounts();
+    }
+    send(res, 200, faults.counts);
+    return true;
+  }
+  return false;
+}
+
+async function handle(router, repo, faults, req, res, maxEntries) {
   const url = new URL(req.url ?? '/', 'http://127.0.0.1');
+  if (await control(faults, req, res, url.pathname)) {
+    return;
+  }
   if (url.pathname !== FHIR_BASE && !url.pathname.startsWith(`${FHIR_BASE}/`)) {
     return send(res, ...outcome(404, 'not-found', `FHIR base is ${FHIR_BASE}`));
   }
   const path = url.pathname.slice(FHIR_BASE.length).replace(/^\/+/, '');
   if (req.method === 'GET' && path === 'metadata') {
-    return send(res, 200, capabilityStatement());
+    faults.count('GET', 'metadata');
+    return send(res, 200, capabilityStatement(faults));
   }
   let body;
   if (['POST', 'PUT', 'PATCH'].includes(req.method ?? '')) {
@@ -146,7 +186,26 @@ async function handle(router, repo, req, res, maxEntries) {
     } catch {
       return send(res, ...outcome(400, 'structure', 'Request body is not valid JSON'));
     }
-    const tooLarge = path === '' ? transactionTooLarge(body, maxEntries) : undefined;
+  }
+  faults.count(req.method ?? 'GET', requestKind(path, body));
+  const decision = faults.decide();
+  if (decision.delayMs > 0) {
+    await sleep(decision.delayMs);
+  }
+  if (decision.fail?.drop) {
+    return req.socket.destroy();
+  }
+  if (decision.fail) {
+    const { status, headers } = decision.fail;
+    const code = status === 429 ? 'throttled' : 'transient';
+    return send(res, ...outcome(status, code, `Injected fault ${status}`), headers);
+  }
+  if (path === '') {
+    const refused = faults.refusesBundle(body);
+    if (refused) {
+      return send(res, ...outcome(400, 'not-supported', refused));
+    }
+    const tooLarge = transactionTooLarge(body, maxEntries);
     if (tooLarge) {
       return send(res, ...tooLarge);
     }
@@ -166,6 +225,9 @@ async function handle(router, repo, req, res, maxEntries) {
     repo,
   );
   const status = getStatus(result);
+  if (decision.dropAfter) {
+    return req.socket.destroy();
+  }
   if (status >= 400 || !resource) {
     return send(res, status, normalizeOperationOutcome(result));
   }
@@ -183,11 +245,12 @@ async function handle(router, repo, req, res, maxEntries) {
 function main() {
   const started = process.hrtime.bigint();
   const repo = new ValidatingRepository();
+  const faults = new Faults();
   const router = new FhirRouter();
   answerUpdateAsCreateWith201(router);
   const maxEntries = Number(process.argv[3] ?? process.env.FHIR_SERVER_MAX_TRANSACTION_ENTRIES ?? 0);
   const server = http.createServer((req, res) => {
-    handle(router, repo, req, res, maxEntries).catch((err) => {
+    handle(router, repo, faults, req, res, maxEntries).catch((err) => {
       process.stderr.write(`internal error: ${err?.stack ?? err}\n`);
       if (!res.headersSent) {
         send(res, ...outcome(500, 'exception', 'Internal server error'));

@@ -25,7 +25,7 @@ from typing import Any
 from sqlalchemy import Connection, Select, select
 
 from cm_fhir.domain import Case
-from cm_fhir.errors import DomainError, FhirConflictError, ResourceNotFound
+from cm_fhir.errors import DomainError, RecordNotFound, RecordVersionMismatch
 from cm_fhir.fhir import ReferenceStyle, case_to_resources, dumps, map_case
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_tables import cases
@@ -284,21 +284,21 @@ def change_case(
 ) -> StoredCase:
     """Apply ``change`` (pure domain logic) to the current case and store the result.
 
-    ResourceNotFound (404) for an unknown case; FhirConflictError(412) when ``expected_version``
+    RecordNotFound for an unknown case; RecordVersionMismatch when ``expected_version``
     (the If-Match ETag) is not the stored version. The read, the change and the writes happen
     under the locks, so two concurrent changes never lose one another. A change that changes
     nothing writes nothing.
     """
     head = read_case(connection, case_id)
     if head is None:
-        raise ResourceNotFound(404, f"case '{case_id}' does not exist")
+        raise RecordNotFound(f"case '{case_id}' does not exist")
     states = lock_states(connection, [patient_key(head.case.patient)])
     row = _lock_case_row(connection, case_id)
     if row is None:
-        raise ResourceNotFound(404, f"case '{case_id}' does not exist")
+        raise RecordNotFound(f"case '{case_id}' does not exist")
     if expected_version is not None and int(row.version) != expected_version:
-        raise FhirConflictError(
-            412, f"case '{case_id}' is at version {row.version}, not {expected_version}"
+        raise RecordVersionMismatch(
+            f"case '{case_id}' is at version {row.version}, not {expected_version}"
         )
     current = Case.model_validate_json(row.case_json)
     changed = change(current)
@@ -320,5 +320,5 @@ def change_case(
 def _must_read(connection: Connection, case_id: str) -> StoredCase:
     stored = read_case(connection, case_id)
     if stored is None:
-        raise ResourceNotFound(404, f"case '{case_id}' does not exist")
+        raise RecordNotFound(f"case '{case_id}' does not exist")
     return stored

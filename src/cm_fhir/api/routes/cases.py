@@ -35,7 +35,7 @@ from cm_fhir.domain import (
     Task,
     TaskStatus,
 )
-from cm_fhir.errors import FhirConflictError, ResourceNotFound
+from cm_fhir.errors import RecordConflict, RecordNotFound
 from cm_fhir.fhir import WriteMode, map_case
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.case_repo import (
@@ -100,9 +100,8 @@ def _case_response(stored: StoredCase, status: int = 200) -> Response:
     return Response(stored.case.model_dump_json(), status, headers, media_type="application/json")
 
 
-def _server_error(request: Request, exc: FhirConflictError | ResourceNotFound) -> Response:
-    message = str(exc).removeprefix(f"HTTP {exc.status}: ")
-    return error_response(request, exc.status, message)
+def _record_error(request: Request, exc: RecordConflict | RecordNotFound) -> Response:
+    return error_response(request, exc.status, str(exc))
 
 
 @router.post("", status_code=201, summary="Open a case (the body is a case document)")
@@ -237,8 +236,8 @@ class CaseChange:
                     target=target,
                 )
                 await self.audit.record("update", "case", self.case_id, connection=connection)
-        except (FhirConflictError, ResourceNotFound) as exc:
-            return _server_error(self.request, exc)
+        except (RecordConflict, RecordNotFound) as exc:
+            return _record_error(self.request, exc)
         return _case_response(stored)
 
     def refuse(self, message: str) -> Response:

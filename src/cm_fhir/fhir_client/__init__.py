@@ -1,0 +1,35 @@
+"""The FHIR client: how cm-fhir talks to EHR and payer FHIR R4 endpoints. I/O edge.
+
+It may import :mod:`cm_fhir.fhir` and :mod:`cm_fhir.errors`, never the store or the API.
+
+- :class:`FhirClient` (``client``): read, vread, search with paging, create and conditional create,
+  update with If-Match, conditional update, delete, transaction, batch, and
+  :meth:`FhirClient.write_bundle`, which adapts to the server (``bundles``, ``capabilities``).
+- Errors: HTTP statuses and OperationOutcomes become :mod:`cm_fhir.errors` ``Remote*`` classes in
+  one table (``status``); only transport errors, 429 and 5xx are retryable.
+- :class:`RetryPolicy` (``retry``): tenacity; idempotent or conditional requests only; backoff
+  with jitter; Retry-After / RateLimit; a cap per attempt and a total budget.
+- :class:`CircuitBreaker` (``breaker``): per endpoint; closed, open, half-open.
+- Auth as ``httpx.Auth`` (``auth``, ``smart``): SMART Backend Services, client secret, bearer.
+- :func:`reapply` (``precondition``): re-read, re-apply the fields we own, update on a 412.
+"""
+
+from __future__ import annotations
+
+from cm_fhir.fhir_client.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
+from cm_fhir.fhir_client.capabilities import ServerCapabilities
+from cm_fhir.fhir_client.client import FhirClient, WriteMode
+from cm_fhir.fhir_client.responses import EntryResult, FhirResponse
+from cm_fhir.fhir_client.retry import RetryPolicy
+
+__all__ = [
+    "BreakerSnapshot",
+    "BreakerState",
+    "CircuitBreaker",
+    "EntryResult",
+    "FhirClient",
+    "FhirResponse",
+    "RetryPolicy",
+    "ServerCapabilities",
+    "WriteMode",
+]
