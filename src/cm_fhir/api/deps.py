@@ -78,6 +78,8 @@ class AppContext:
     roles: dict[str, str] = field(default_factory=dict)  # role -> "starting"/"running"/"stopped"
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
+    # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
+    notifications: dict[str, Any] = field(default_factory=dict)
 
 
 def get_context(request: Request) -> AppContext:

@@ -6,7 +6,8 @@ R4 Task state diagram: ``draft`` becomes ``requested`` or ``ready``; a request i
 ``failed``, ``cancelled``, ``rejected`` and ``entered-in-error`` are terminal; any status may
 become ``entered-in-error``, and staying in a status is no transition. One table serves every
 caller: the cases API and the workflow raise on a forbidden move (:func:`check_task_transition`),
-status back from an EHR asks first and ignores it (:func:`judge_transition`).
+status back from an EHR asks first and ignores it (:func:`judge_transition`), allowing a move
+through statuses in between, since a poll sees only a Task's latest version.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from cm_fhir.errors import TransitionError
 
 __all__ = [
     "OPEN_TASK_STATUSES",
+    "TASK_REACHABLE",
     "TASK_TRANSITIONS",
     "TERMINAL_TASK_STATUSES",
     "UNTOUCHED_TASK_STATUSES",
@@ -43,6 +45,26 @@ TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
     S.REJECTED: frozenset(),
     S.ENTERED_IN_ERROR: frozenset(),
 }
+
+
+def _closure(
+    step: dict[TaskStatus, frozenset[TaskStatus]],
+) -> dict[TaskStatus, frozenset[TaskStatus]]:
+    out = {}
+    for start in step:
+        seen: set[TaskStatus] = set()
+        todo = list(step[start])
+        while todo:
+            status = todo.pop()
+            if status not in seen:
+                seen.add(status)
+                todo.extend(step[status])
+        out[start] = frozenset(seen)
+    return out
+
+
+#: Every status reachable from each status by one or more allowed transitions.
+TASK_REACHABLE = _closure(TASK_TRANSITIONS)
 #: Statuses in which a task is still open work.
 OPEN_TASK_STATUSES = frozenset(
     {S.DRAFT, S.REQUESTED, S.RECEIVED, S.ACCEPTED, S.READY, S.IN_PROGRESS, S.ON_HOLD}
@@ -61,13 +83,19 @@ class Verdict(StrEnum):
     ILLEGAL = "illegal"
 
 
-def judge_transition(current: TaskStatus, target: TaskStatus) -> Verdict:
-    """Whether ``current -> target`` is no move, an allowed move or a forbidden one."""
+def judge_transition(current: TaskStatus, target: TaskStatus, *, through: bool = False) -> Verdict:
+    """Whether ``current -> target`` is no move, an allowed move or a forbidden one.
+
+    ``through``: also allow a move through statuses in between (``requested`` to ``completed``
+    by way of ``in-progress``), for a status read from elsewhere whose intermediate versions
+    may never have been seen (a poll reads only the latest version).
+    """
     if target == current:
         return Verdict.SAME
     if current == S.ENTERED_IN_ERROR:
         return Verdict.ILLEGAL
-    if target == S.ENTERED_IN_ERROR or target in TASK_TRANSITIONS[current]:
+    allowed = TASK_REACHABLE[current] if through else TASK_TRANSITIONS[current]
+    if target == S.ENTERED_IN_ERROR or target in allowed:
         return Verdict.LEGAL
     return Verdict.ILLEGAL
 

@@ -23,7 +23,7 @@ read from the endpoint, handshakes and heartbeats only record the subscription, 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -32,8 +32,9 @@ from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.domain.case import Case
-from cm_fhir.errors import MappingError, ResourceNotFound
+from cm_fhir.errors import MappingError, RecordNotFound, RemoteNotFound
 from cm_fhir.facade.provenance import fhir_source_key
+from cm_fhir.fhir_client import FhirClient
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.audit import AuditRecord, record_audit
 from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_case
@@ -47,19 +48,11 @@ from cm_fhir.sync.task_states import (
     read_remote_task,
 )
 
-__all__ = ["EchoCheck", "PassResult", "StatusBack", "StatusBackEndpoint", "TaskReader"]
+__all__ = ["EchoCheck", "PassResult", "StatusBack", "StatusBackEndpoint"]
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 RULE = "ehr.status_back"
-
-
-class TaskReader(Protocol):
-    """What status back needs of a FHIR client (:class:`cm_fhir.fhir_client.FhirClient`)."""
-
-    def search(self, resource_type: str, params: Mapping[str, str]) -> AsyncIterator[Json]: ...
-
-    async def read(self, resource_type: str, id: str) -> Any: ...  # .resource: the Task
 
 
 class EchoCheck(Protocol):
@@ -111,7 +104,7 @@ class StatusBack:
         engine: AsyncEngine,
         registry: MappingRegistry,
         endpoint: StatusBackEndpoint,
-        client: TaskReader,
+        client: FhirClient,
         *,
         echo: EchoCheck = never_echo,
     ) -> None:
@@ -214,7 +207,7 @@ class StatusBack:
                 target=remote.local_id,
                 source=TraceSource(RULE, "Task", fhir_source_key(self.endpoint.name, url)),
             )
-        except ResourceNotFound:
+        except RecordNotFound:
             return None
         return applied[-1] if applied else first
 
@@ -269,7 +262,7 @@ class StatusBack:
                         continue
                     try:
                         resource = (await self.client.read("Task", rid)).resource
-                    except ResourceNotFound:
+                    except RemoteNotFound:
                         continue  # gone since (deleted): nothing to apply
                 if isinstance(resource, dict) and resource.get("resourceType") == "Task":
                     result.merge(await self.apply([resource], "status-back:notification"))

@@ -7,7 +7,8 @@ task system). Our Tasks carry the identifier ``<base>/sid/task|<case>.<task>`` (
 from the identifier, never from the server's id.
 
 :func:`apply_remote_task` applies what the EHR says of one task to the case, following the Task
-state machine (:mod:`cm_fhir.domain.task_states`): a status the machine forbids leaves the case
+state machine (:mod:`cm_fhir.domain.task_states`): a status the machine cannot reach from ours,
+even through statuses in between (a poll sees only the latest version), leaves the case
 unchanged (:attr:`Applied.outcome` ``illegal``); otherwise the status, the status reason, the
 business status, the owner and the completion time follow the EHR. A referral's fulfilment Task
 moves the referral's fulfilment status and business status (the performer stays the referral's).
@@ -171,7 +172,7 @@ def apply_remote_task(case: Case, remote: RemoteTask) -> Applied:
     if task is None:
         return Applied(case, Outcome.UNKNOWN)
     moved = (task.status, remote.status)
-    verdict = judge_transition(task.status, remote.status)
+    verdict = judge_transition(task.status, remote.status, through=True)
     if verdict is Verdict.ILLEGAL:
         return Applied(case, Outcome.ILLEGAL, moved=moved)
     update: dict[str, object] = {}
@@ -199,7 +200,7 @@ def _apply_fulfilment(case: Case, remote: RemoteTask) -> Applied:
     if referral is None:
         return Applied(case, Outcome.UNKNOWN)
     moved = (referral.fulfilment_status, remote.status)
-    verdict = judge_transition(referral.fulfilment_status, remote.status)
+    verdict = judge_transition(referral.fulfilment_status, remote.status, through=True)
     if verdict is Verdict.ILLEGAL:
         return Applied(case, Outcome.ILLEGAL, moved=moved)
     update: dict[str, object] = {}

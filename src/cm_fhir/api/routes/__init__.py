@@ -21,6 +21,7 @@ ROUTE_MODULES = (
     "outbox",
     "cases",
     "fhir",
+    "ehr_notifications",
 )
 
 

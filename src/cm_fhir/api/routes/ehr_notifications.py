@@ -1,0 +1,82 @@
+"""``POST /fhir/subscription-notification/{endpoint}``: an EHR's R4 Subscription notifications
+(Subscriptions R5 Backport IG) bringing Task status back. I/O.
+
+The EHR authenticates with the bearer secret configured for its endpoint (not an API key: the
+front door leaves this path to the route), compared in constant time; an unknown endpoint, or
+one without a secret, is 404, a wrong or missing secret 401 (audited), a body that is not a
+notification Bundle 400, all as OperationOutcome. Handshakes and heartbeats are acknowledged;
+events are applied (:meth:`cm_fhir.sync.status_back.StatusBack.notify`), reading ``id-only``
+focuses from the endpoint and polling when ``eventsSinceSubscriptionStart`` shows a gap. The
+answer is 200 with an OperationOutcome that counts what the Tasks did (no patient data).
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from cm_fhir.api.deps import get_context, record_denial
+from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.errors import RemoteFhirError, ValidationError
+from cm_fhir.fhir.outcome import Issue, operation_outcome
+from cm_fhir.sync.notifications import read_notification
+from cm_fhir.sync.status_back import StatusBack
+
+__all__ = ["NOTIFICATION_PREFIX", "NotificationReceiver", "router"]
+
+#: Paths the front door leaves to this route's own authentication.
+NOTIFICATION_PREFIX = "/fhir/subscription-notification/"
+router = APIRouter(tags=["ehr"])
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReceiver:
+    """Status back of one endpoint and the bearer secret its notifications carry."""
+
+    status_back: StatusBack
+    secret: str
+
+
+def _authorised(request: Request, secret: str) -> bool:
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), secret.encode())
+
+
+@router.post(
+    NOTIFICATION_PREFIX + "{endpoint}",
+    summary="Receive an R4 Subscription notification (R5 Backport) from an EHR endpoint",
+    response_class=Response,
+)
+async def subscription_notification(request: Request, endpoint: str) -> Response:
+    receivers: dict[str, NotificationReceiver] = get_context(request).notifications
+    receiver = receivers.get(endpoint)
+    if receiver is None:
+        return error_response(request, 404, "no endpoint of that name receives notifications")
+    if not _authorised(request, receiver.secret):
+        subject = f"ehr:{endpoint}"[:255]
+        await record_denial(request.scope, subject, "ehr", 401, "wrong notification secret")
+        headers = {"WWW-Authenticate": 'Bearer realm="cm-fhir"'}
+        return error_response(
+            request, 401, "the endpoint's bearer secret is required", headers=headers
+        )
+    try:
+        body: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return error_response(request, 400, "the body is not JSON")
+    try:
+        notification = read_notification(body)
+    except ValidationError as exc:
+        return error_response(request, 400, str(exc), outcome=exc.outcome)
+    try:
+        result = await receiver.status_back.notify(notification)
+    except RemoteFhirError as exc:  # an id-only Task or the gap poll could not be read: retry
+        return error_response(request, 503, f"the endpoint could not be read ({exc.status})")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no Tasks"
+    text = f"{notification.type}: {counts}" + ("; missed events: polled" if result.gap else "")
+    outcome = operation_outcome([Issue("information", "informational", text)])
+    return JSONResponse(outcome, 200, media_type=FHIR_JSON)

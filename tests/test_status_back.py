@@ -1,0 +1,313 @@
+"""Task status back from a real FHIR server into the store, on SQLite and PostgreSQL.
+
+A case is stored (the cases write path) and its Bundle written to the test FHIR server, as the
+sync worker would. Then the Task is changed on the server, as a case manager in the EHR would, and
+status back brings it home: by polling, by id-only and full-resource notifications through the
+real HTTP route, and by the poll a gap in ``eventsSinceSubscriptionStart`` sets off. An illegal
+transition and our own write echoed back change nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.api.app import create_app
+from cm_fhir.api.routes.ehr_notifications import NotificationReceiver
+from cm_fhir.domain import Case, TaskStatus
+from cm_fhir.fhir import map_case
+from cm_fhir.fhir_client import FhirClient
+from cm_fhir.mapping.registry import default_registry
+from cm_fhir.settings import Settings
+from cm_fhir.store.audit import audit_events
+from cm_fhir.store.case_repo import create_case, read_case
+from cm_fhir.store.case_tables import trace
+from cm_fhir.store.ehr_status import read_cursors
+from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
+from cm_fhir.sync.task_states import RemoteTask
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stroke-inpatient-rehab.json"
+SECRET = "notification-secret-" + uuid.uuid4().hex
+Json = dict[str, Any]
+
+
+def fresh_case() -> Case:
+    """The stroke example with a fresh id, cut to a few resources (the test server refuses large
+    conditional transactions): the case, its plans, goals and three tasks."""
+    doc = json.loads(EXAMPLE.read_text())
+    doc["id"] = f"SB-{uuid.uuid4().hex[:12]}"
+    case = Case.model_validate(doc)
+    small = {
+        "referral_source": None,
+        "care_team": None,
+        "assessments": (),
+        "referrals": (),
+        "risk": None,
+    }
+    return Case.model_validate({**dict(case), **small})
+
+
+@pytest.fixture
+async def fhir(fhir_server: str) -> AsyncIterator[FhirClient]:
+    async with FhirClient(fhir_server) as client:
+        yield client
+
+
+@pytest.fixture
+async def stored(worker_engine: AsyncEngine, fhir: FhirClient) -> Case:
+    """A case in our store whose Bundle the server holds."""
+    case = fresh_case()
+    async with worker_engine.begin() as connection:
+        await connection.run_sync(create_case, case, default_registry(), datetime.now(UTC))
+    written = await fhir.write_bundle(map_case(case))
+    assert [r.status for r in written] == [201] * len(written)
+    return case
+
+
+def status_back(engine: AsyncEngine, fhir: FhirClient, name: str, **kw: Any) -> StatusBack:
+    endpoint = StatusBackEndpoint(name, fhir.base_url, overlap=0.5)
+    return StatusBack(engine, default_registry(), endpoint, fhir, **kw)
+
+
+async def server_task(fhir: FhirClient, case: Case, local: str) -> Json:
+    value = f"{case.id}.{local}"
+    found = [r async for r in fhir.search("Task", {"identifier": f"{TASK_SYSTEM}|{value}"})]
+    assert len(found) == 1
+    return found[0]
+
+
+async def ehr_changes(fhir: FhirClient, task: Json, **fields: Any) -> Json:
+    """The EHR updates the Task (a case manager at work)."""
+    changed = {**task, **fields}
+    response = await fhir.update(changed)
+    assert response.resource is not None
+    return response.resource
+
+
+async def current(engine: AsyncEngine, case: Case) -> Case:
+    async with engine.connect() as connection:
+        found = await connection.run_sync(read_case, case.id)
+    assert found is not None
+    return found.case
+
+
+TASK_SYSTEM = default_registry().system("task")
+
+
+async def test_a_task_completed_on_the_server_updates_the_case_by_poll(
+    worker_engine: AsyncEngine, fhir: FhirClient, stored: Case
+) -> None:
+    name = f"ehr-{uuid.uuid4().hex[:8]}"
+    back = status_back(worker_engine, fhir, name)
+    first = await back.poll()  # everything of ours so far: nothing differs from the case
+    assert first.counts.get("applied", 0) == 0
+    task = await server_task(fhir, stored, "t-auth")
+    nurse = await fhir.create({"resourceType": "Practitioner", "active": True})
+    assert nurse.resource is not None
+    owner = {"reference": f"Practitioner/{nurse.resource['id']}", "display": "Nurse Seven"}
+    await ehr_changes(
+        fhir,
+        task,
+        status="completed",
+        owner=owner,
+        statusReason={"text": "authorised by phone"},
+        executionPeriod={"end": "2026-03-20T15:30:00+00:00"},
+    )
+
+    result = await back.poll()
+
+    assert result.counts.get("applied") == 1, result.counts
+    after = (await current(worker_engine, stored)).task("t-auth")
+    assert after.status is TaskStatus.COMPLETED
+    assert after.status_reason == "authorised by phone"
+    assert after.completed_at == datetime(2026, 3, 20, 15, 30, tzinfo=UTC)
+    assert after.owner.display == "Nurse Seven"
+    assert after.owner.identifier is not None
+    assert after.owner.identifier.value == nurse.resource["id"]
+    assert after.owner.identifier.system == f"{fhir.base_url}/Practitioner"
+    async with worker_engine.connect() as connection:
+        rows = (await connection.execute(select(trace).where(trace.c.case_id == stored.id))).all()
+        audits = (
+            await connection.execute(
+                select(audit_events).where(audit_events.c.entity_id == stored.id)
+            )
+        ).all()
+        cursors = {c.endpoint: c for c in await connection.run_sync(read_cursors)}
+    ehr_rows = [r for r in rows if r.rule == "ehr.status_back"]
+    assert len(ehr_rows) == 1
+    assert ehr_rows[0].target == "t-auth"
+    assert ehr_rows[0].message_key.startswith(f"fhir|{name}|{fhir.base_url}/Task/")
+    assert [a.subject for a in audits if a.auth_method == "ehr"] == [f"ehr:{name}"]
+    assert cursors[name].watermark is not None
+    assert cursors[name].counts is not None and cursors[name].counts["applied"] == 1
+    again = await back.poll()  # the watermark moved on: the same version applies no more
+    assert again.counts.get("applied", 0) == 0
+
+
+async def test_an_illegal_transition_is_ignored_and_counted(
+    worker_engine: AsyncEngine, fhir: FhirClient, stored: Case
+) -> None:
+    back = status_back(worker_engine, fhir, f"ehr-{uuid.uuid4().hex[:8]}")
+    task = await server_task(fhir, stored, "t-rehab-options")  # completed with us
+    await ehr_changes(fhir, task, status="in-progress")
+
+    result = await back.apply([await server_task(fhir, stored, "t-rehab-options")])
+
+    assert result.counts == {"illegal": 1}
+    assert (await current(worker_engine, stored)).task("t-rehab-options").status is (
+        TaskStatus.COMPLETED
+    )
+
+
+async def test_our_own_write_echoed_back_changes_nothing(
+    worker_engine: AsyncEngine, fhir: FhirClient, stored: Case
+) -> None:
+    task = await server_task(fhir, stored, "t-bp-call")
+    ours = {task["meta"]["versionId"]}  # the version the sync worker recorded for its write
+
+    def echo(_connection: Any, _endpoint: str, remote: RemoteTask) -> bool:
+        return remote.version_id in ours
+
+    back = status_back(worker_engine, fhir, f"ehr-{uuid.uuid4().hex[:8]}", echo=echo)
+    # The API moved the task on meanwhile; the server still holds what we sent before.
+    stale = {**task, "owner": {"reference": "Practitioner/someone-else"}}
+    result = await back.apply([stale])
+    assert result.counts == {"echo": 1}
+    assert (await current(worker_engine, stored)).task("t-bp-call").owner == stored.task(
+        "t-bp-call"
+    ).owner
+
+
+@pytest.fixture
+async def app(
+    worker_engine: AsyncEngine, api_settings: Settings, fhir: FhirClient
+) -> AsyncIterator[tuple[FastAPI, StatusBack]]:
+    application = create_app(api_settings, engine=worker_engine)
+    back = status_back(worker_engine, fhir, f"ehr-{uuid.uuid4().hex[:8]}")
+    async with application.router.lifespan_context(application):
+        application.state.context.notifications = {"ehr": NotificationReceiver(back, SECRET)}
+        yield application, back
+
+
+def notification(number: int, since: int, focus: str | None, resource: Json | None = None) -> Json:
+    parameters: list[Json] = [
+        {"name": "subscription", "valueReference": {"reference": "Subscription/tasks"}},
+        {"name": "status", "valueCode": "active"},
+        {"name": "type", "valueCode": "event-notification"},
+        {"name": "events-since-subscription-start", "valueString": str(since)},
+    ]
+    event: list[Json] = [{"name": "event-number", "valueString": str(number)}]
+    if focus is not None:
+        event.append({"name": "focus", "valueReference": {"reference": focus}})
+    parameters.append({"name": "notification-event", "part": event})
+    entries: list[Json] = [
+        {
+            "fullUrl": "urn:uuid:" + str(uuid.uuid4()),
+            "resource": {"resourceType": "Parameters", "parameter": parameters},
+        }
+    ]
+    if resource is not None:
+        entries.append({"fullUrl": focus, "resource": resource})
+    return {"resourceType": "Bundle", "type": "history", "entry": entries}
+
+
+async def post(app: FastAPI, body: Any, secret: str | None = SECRET) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://cm-fhir.test") as client:
+        return await client.post("/fhir/subscription-notification/ehr", json=body, headers=headers)
+
+
+async def test_id_only_and_full_resource_notifications_update_the_case(
+    worker_engine: AsyncEngine,
+    fhir: FhirClient,
+    stored: Case,
+    app: tuple[FastAPI, StatusBack],
+) -> None:
+    application, _back = app
+    handshake = notification(1, 0, None)
+    handshake["entry"][0]["resource"]["parameter"][2]["valueCode"] = "handshake"
+    handshake["entry"][0]["resource"]["parameter"].pop()
+    assert (await post(application, handshake)).status_code == 200
+
+    task = await server_task(fhir, stored, "t-bp-call")
+    moved = await ehr_changes(fhir, task, status="in-progress")
+    answer = await post(application, notification(1, 1, f"{fhir.base_url}/Task/{moved['id']}"))
+    assert answer.status_code == 200, answer.text
+    assert "applied 1" in answer.json()["issue"][0]["details"]["text"]
+    assert (await current(worker_engine, stored)).task("t-bp-call").status is (
+        TaskStatus.IN_PROGRESS
+    )
+
+    done = await ehr_changes(fhir, moved, status="completed")
+    full = notification(2, 2, f"{fhir.base_url}/Task/{done['id']}", done)
+    answer = await post(application, full)
+    assert answer.status_code == 200, answer.text
+    assert (await current(worker_engine, stored)).task("t-bp-call").status is (TaskStatus.COMPLETED)
+
+
+async def test_a_gap_in_events_makes_a_poll_fill_it(
+    worker_engine: AsyncEngine,
+    fhir: FhirClient,
+    stored: Case,
+    app: tuple[FastAPI, StatusBack],
+) -> None:
+    application, back = app
+    await back.poll()  # the watermark is now
+    first = await server_task(fhir, stored, "t-bp-call")
+    await ehr_changes(fhir, first, status="cancelled", statusReason={"text": "duplicate"})
+    # Event 1 (the cancellation) never arrives; event 2 is a Task that is not ours.
+    other = {"resourceType": "Task", "id": "x", "status": "requested", "intent": "order"}
+    answer = await post(application, notification(2, 2, "Task/x", other))
+    assert answer.status_code == 200, answer.text
+    assert "missed events" in answer.json()["issue"][0]["details"]["text"]
+    after = (await current(worker_engine, stored)).task("t-bp-call")
+    assert after.status is TaskStatus.CANCELLED
+    assert after.status_reason == "duplicate"
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        ({"resourceType": "Patient"}, "Bundle"),
+        ({"resourceType": "Bundle", "type": "transaction", "entry": []}, "Bundle.type"),
+        ({"resourceType": "Bundle", "type": "history", "entry": []}, "Bundle.entry"),
+        (
+            {"resourceType": "Bundle", "type": "history", "entry": [{"resource": {}}]},
+            "Bundle.entry[0].resource",
+        ),
+    ],
+)
+async def test_bad_bodies_are_400_operation_outcomes(
+    app: tuple[FastAPI, StatusBack], body: Json, where: str
+) -> None:
+    answer = await post(app[0], body)
+    assert answer.status_code == 400
+    outcome = answer.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert outcome["issue"][0]["expression"] == [where]
+
+
+async def test_a_wrong_secret_is_401_and_an_unknown_endpoint_404(
+    app: tuple[FastAPI, StatusBack],
+) -> None:
+    assert (await post(app[0], notification(1, 1, None), secret="wrong")).status_code == 401
+    assert (await post(app[0], notification(1, 1, None), secret=None)).status_code == 401
+    transport = httpx.ASGITransport(app[0])
+    async with httpx.AsyncClient(transport=transport, base_url="http://cm-fhir.test") as client:
+        answer = await client.post(
+            "/fhir/subscription-notification/nobody",
+            json=notification(1, 1, None),
+            headers={"Authorization": f"Bearer {SECRET}"},
+        )
+    assert answer.status_code == 404
