@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,21 @@ from cm_fhir.store.case_tables import trace
 from cm_fhir.store.ehr_status import read_cursors
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
 from cm_fhir.sync.task_states import RemoteTask
+from cm_fhir.worker import Worker, WorkerConfig
+from worker_fixtures import cases, ingest, rows, settle_worker
+from workflow_messages import Visit
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "stroke-inpatient-rehab.json"
 SECRET = "notification-secret-" + uuid.uuid4().hex
 Json = dict[str, Any]
+
+
+def discharged(visit: Visit, at: datetime, disposition: str) -> list[str]:
+    """An admission three days before ``at`` and its discharge at ``at``."""
+    return [
+        visit.raw("A01", f"{visit.visit}-1", at - timedelta(days=3)),
+        visit.raw("A03", f"{visit.visit}-2", at, disposition=disposition, discharge=at),
+    ]
 
 
 def fresh_case() -> Case:
@@ -149,7 +160,7 @@ async def test_a_task_completed_on_the_server_updates_the_case_by_poll(
     assert ehr_rows[0].message_key.startswith(f"fhir|{name}|{fhir.base_url}/Task/")
     assert [a.subject for a in audits if a.auth_method == "ehr"] == [f"ehr:{name}"]
     assert cursors[name].watermark is not None
-    assert cursors[name].counts is not None and cursors[name].counts["applied"] == 1
+    assert cursors[name].counts["applied"] == 1
     again = await back.poll()  # the watermark moved on: the same version applies no more
     assert again.counts.get("applied", 0) == 0
 
@@ -311,3 +322,49 @@ async def test_a_wrong_secret_is_401_and_an_unknown_endpoint_404(
             headers={"Authorization": f"Bearer {SECRET}"},
         )
     assert answer.status_code == 404
+
+
+async def test_follow_up_completed_on_the_ehr_lets_the_case_close(
+    worker_engine: AsyncEngine, fhir: FhirClient
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    visit = Visit(mrn=f"MRN-{uuid.uuid4().hex[:8]}", visit=f"V{uuid.uuid4().hex[:8]}")
+    await ingest(worker_engine, discharged(visit, at=now - timedelta(hours=2), disposition="01"))
+    await settle_worker(worker_engine)
+    (case_id,) = [r.case_id for r in await rows(worker_engine, cases)]
+    case = await current_by_id(worker_engine, case_id)
+    assert case.status.value == "transition"
+    for part in split_for_server(map_case(case)):
+        await fhir.write_bundle(part)
+    worker = Worker(worker_engine, WorkerConfig())
+    assert (await worker.close_due()).closed == 0
+    back = status_back(worker_engine, fhir, f"ehr-{uuid.uuid4().hex[:8]}")
+    await back.poll()
+    for task in case.tasks:
+        if task.is_open:  # the case manager finishes the work in the EHR
+            await ehr_changes(fhir, await server_task(fhir, case, task.id), status="completed")
+
+    result = await back.poll()
+
+    assert result.counts.get("applied") == sum(t.is_open for t in case.tasks)
+    closing = await worker.close_due()
+    assert (closing.checked, closing.closed) == (1, 1)
+    assert (await current_by_id(worker_engine, case_id)).status.value == "closed"
+    closed_by = [r.rule for r in await rows(worker_engine, trace) if r.action == "case-closed"]
+    assert closed_by == ["discharge.close_when_follow_up_done"]
+
+
+async def current_by_id(engine: AsyncEngine, case_id: str) -> Case:
+    async with engine.connect() as connection:
+        found = await connection.run_sync(read_case, case_id)
+    assert found is not None
+    return found.case
+
+
+def split_for_server(bundle: Json, size: int = 8) -> list[Json]:
+    """The Bundle as transactions the test server takes: the EpisodeOfCare with each group of
+    other entries (our conditional writes make repeating it harmless)."""
+    head, rest = bundle["entry"][0], bundle["entry"][1:]
+    return [
+        {**bundle, "entry": [head, *rest[i : i + size - 1]]} for i in range(0, len(rest), size - 1)
+    ]

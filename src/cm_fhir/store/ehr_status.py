@@ -13,7 +13,7 @@ two sync processes never move one watermark backwards. Functions run in the call
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -58,7 +58,7 @@ class EndpointCursor:
     subscription: str | None = None
     events_seen: int | None = None
     polled_at: datetime | None = None
-    counts: Mapping[str, int] | None = None
+    counts: Mapping[str, int] = field(default_factory=dict)
 
 
 def _aware(value: datetime | None) -> datetime | None:
