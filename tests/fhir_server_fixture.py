@@ -136,6 +136,18 @@ class FhirFaults:
     def reset_requests(self) -> None:
         httpx.delete(f"{self._root}/$test-requests").raise_for_status()
 
+    def require_auth(self, client_id: str, **registration: Any) -> None:
+        """Register a SMART client (``jwks=...`` and/or ``client_secret=...``,
+        ``token_lifetime=...``): FHIR requests then need a token from ``/auth/token``."""
+        body = {"client_id": client_id, **registration}
+        httpx.post(f"{self._root}/$test-auth", json=body).raise_for_status()
+
+    def revoke_tokens(self) -> None:
+        httpx.post(f"{self._root}/$test-auth/revoke").raise_for_status()
+
+    def disable_auth(self) -> None:
+        httpx.delete(f"{self._root}/$test-auth").raise_for_status()
+
 
 @pytest.fixture(scope="session")
 def _faulty_server_url() -> Iterator[str]:
@@ -144,12 +156,15 @@ def _faulty_server_url() -> Iterator[str]:
 
 @pytest.fixture
 def faulty_fhir_server(_faulty_server_url: str) -> Iterator[FhirFaults]:
-    """A test FHIR server of its own for fault tests (shared by the session, so other tests never
-    see a fault): no faults and zero counts at the start of each test, faults cleared after it."""
+    """A test FHIR server of its own for fault and auth tests (shared by the session, so other
+    tests never meet a fault): no faults, no auth and zero counts at the start of each test, faults
+    and auth cleared after it."""
     faults = FhirFaults(_faulty_server_url)
     faults.clear()
+    faults.disable_auth()
     faults.reset_requests()
     try:
         yield faults
     finally:
         faults.clear()
+        faults.disable_auth()

@@ -26,6 +26,7 @@ from pydantic_settings import (
 
 from cm_fhir.errors import ConfigError
 from cm_fhir.mllp_peers import parse_networks
+from cm_fhir.sync.config import EhrSettings, EndpointSettings, configured_endpoints
 
 __all__ = [
     "AuthSettings",
@@ -47,6 +48,7 @@ class Role(StrEnum):
     API = "api"
     LISTENER = "listener"
     WORKER = "worker"
+    SYNC = "sync"
     ALL = "all"
 
 
@@ -213,6 +215,10 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     auth: AuthSettings = AuthSettings()
     health: HealthSettings = HealthSettings()
+    ehr_url: str | None = Field(
+        None, pattern=r"^https?://", description="FHIR base URL of the EHR (endpoint 'default')."
+    )
+    ehr: EhrSettings = EhrSettings()
     log_level: str = "INFO"
 
     @field_validator("api_keys", mode="before")
@@ -240,6 +246,11 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+
+    @property
+    def endpoints(self) -> tuple[EndpointSettings, ...]:
+        """The FHIR endpoints the outbox is delivered to (``ehr_url`` is ``default``)."""
+        return configured_endpoints(self.ehr_url, self.ehr)
 
     @property
     def credentials_configured(self) -> bool:

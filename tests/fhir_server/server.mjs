@@ -10,13 +10,16 @@
 //   also works; none or 0: no cap beyond the router's own).
 // Prints "listening <port>" on stdout when ready. FHIR base: http://127.0.0.1:<port>/fhir
 // Fault mode (faults.mjs): POST /$test-faults makes it fail, slow down, drop connections or hide
-// transactions; GET /$test-requests counts what it received.
+// transactions; GET /$test-requests counts what it received. SMART mode (smart.mjs): POST
+// /$test-auth registers a client; then a token endpoint checks its signed assertions and every
+// FHIR request needs a bearer token.
 
 import http from 'node:http';
 import { created, getStatus, isOk, normalizeOperationOutcome } from '@medplum/core';
 import { FhirRouter } from '@medplum/fhir-router';
 import { Faults, requestKind } from './faults.mjs';
 import { ValidatingRepository } from './repository.mjs';
+import { SmartAuth } from './smart.mjs';
 
 const FHIR_BASE = '/fhir';
 const MAX_BODY_BYTES = 50 * 1024 * 1024;
@@ -122,6 +125,54 @@ function transactionTooLarge(body, maxEntries) {
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
+async function readJson(req) {
+  try {
+    const value = JSON.parse((await readBody(req)) || '{}');
+    return value !== null && typeof value === 'object' ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The SMART test endpoints (smart.mjs); true when `req` was one of them. */
+async function authControl(auth, faults, req, res, pathname) {
+  if (pathname === '/$test-auth' && req.method === 'POST') {
+    const problem = auth.register((await readJson(req)) ?? {});
+    send(res, ...(problem ? outcome(400, 'invalid', problem) : [200, { enabled: true }]));
+    return true;
+  }
+  if (pathname === '/$test-auth' && req.method === 'DELETE') {
+    auth.disable();
+    send(res, 200, { enabled: false });
+    return true;
+  }
+  if (pathname === '/$test-auth/revoke' && req.method === 'POST') {
+    auth.revoke();
+    send(res, 200, { enabled: auth.enabled });
+    return true;
+  }
+  if (pathname === '/auth/token' && req.method === 'POST') {
+    faults.count('POST', 'token');
+    const form = new URLSearchParams(await readBody(req));
+    const tokenUrl = `http://${req.headers.host}/auth/token`;
+    const [status, body] = auth.token(form, req.headers.authorization, tokenUrl);
+    res.writeHead(status, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
+    res.end(JSON.stringify(body));
+    return true;
+  }
+  if (pathname === `${FHIR_BASE}/.well-known/smart-configuration` && req.method === 'GET') {
+    faults.count('GET', 'smart-configuration');
+    if (!auth.enabled) {
+      send(res, ...outcome(404, 'not-found', 'SMART auth is off'));
+    } else {
+      res.writeHead(200, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(auth.configuration(`http://${req.headers.host}`)));
+    }
+    return true;
+  }
+  return false;
+}
+
 /** The fault-mode control endpoints (faults.mjs); true when `req` was one of them. */
 async function control(faults, req, res, pathname) {
   if (pathname === '/$test-faults') {
@@ -153,9 +204,12 @@ async function control(faults, req, res, pathname) {
   return false;
 }
 
-async function handle(router, repo, faults, req, res, maxEntries) {
+async function handle(router, repo, faults, auth, req, res, maxEntries) {
   const url = new URL(req.url ?? '/', 'http://127.0.0.1');
   if (await control(faults, req, res, url.pathname)) {
+    return;
+  }
+  if (await authControl(auth, faults, req, res, url.pathname)) {
     return;
   }
   if (url.pathname !== FHIR_BASE && !url.pathname.startsWith(`${FHIR_BASE}/`)) {
@@ -165,6 +219,12 @@ async function handle(router, repo, faults, req, res, maxEntries) {
   if (req.method === 'GET' && path === 'metadata') {
     faults.count('GET', 'metadata');
     return send(res, 200, capabilityStatement(faults));
+  }
+  if (auth.enabled && !auth.authorised(req.headers.authorization)) {
+    faults.count(req.method ?? 'GET', 'unauthorised');
+    return send(res, ...outcome(401, 'login', 'A valid bearer token is required'), {
+      'WWW-Authenticate': 'Bearer',
+    });
   }
   let body;
   if (['POST', 'PUT', 'PATCH'].includes(req.method ?? '')) {
@@ -246,11 +306,12 @@ function main() {
   const started = process.hrtime.bigint();
   const repo = new ValidatingRepository();
   const faults = new Faults();
+  const auth = new SmartAuth();
   const router = new FhirRouter();
   answerUpdateAsCreateWith201(router);
   const maxEntries = Number(process.argv[3] ?? process.env.FHIR_SERVER_MAX_TRANSACTION_ENTRIES ?? 0);
   const server = http.createServer((req, res) => {
-    handle(router, repo, faults, req, res, maxEntries).catch((err) => {
+    handle(router, repo, faults, auth, req, res, maxEntries).catch((err) => {
       process.stderr.write(`internal error: ${err?.stack ?? err}\n`);
       if (!res.headersSent) {
         send(res, ...outcome(500, 'exception', 'Internal server error'));

@@ -13,6 +13,7 @@ from cm_fhir.cli import (  # noqa: F401
     cases,
     demo,
     intake,
+    keys,
     serve,
     validate,
     worker,

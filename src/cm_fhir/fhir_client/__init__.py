@@ -11,25 +11,37 @@ It may import :mod:`cm_fhir.fhir` and :mod:`cm_fhir.errors`, never the store or 
   with jitter; Retry-After / RateLimit; a cap per attempt and a total budget.
 - :class:`CircuitBreaker` (``breaker``): per endpoint; closed, open, half-open.
 - Auth as ``httpx.Auth`` (``auth``, ``smart``): SMART Backend Services, client secret, bearer.
-- :func:`reapply` (``precondition``): re-read, re-apply the fields we own, update on a 412.
+- :func:`update_owned` / :func:`reapply` (``precondition``): on a 412, re-read, re-apply the
+  fields we own, update with the new ETag.
+- ``keys``: key pairs and the JWKS to register (``cm-fhir keys generate``).
 """
 
 from __future__ import annotations
 
+from cm_fhir.fhir_client.auth import BearerAuth, ClientSecretAuth, TokenAuth
 from cm_fhir.fhir_client.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from cm_fhir.fhir_client.capabilities import ServerCapabilities
 from cm_fhir.fhir_client.client import FhirClient, WriteMode
+from cm_fhir.fhir_client.precondition import merge_owned, reapply, update_owned
 from cm_fhir.fhir_client.responses import EntryResult, FhirResponse
 from cm_fhir.fhir_client.retry import RetryPolicy
+from cm_fhir.fhir_client.smart import SmartBackendAuth
 
 __all__ = [
+    "BearerAuth",
     "BreakerSnapshot",
     "BreakerState",
     "CircuitBreaker",
+    "ClientSecretAuth",
     "EntryResult",
     "FhirClient",
     "FhirResponse",
     "RetryPolicy",
     "ServerCapabilities",
+    "SmartBackendAuth",
+    "TokenAuth",
     "WriteMode",
+    "merge_owned",
+    "reapply",
+    "update_owned",
 ]

@@ -36,6 +36,17 @@ def _etag(if_match: str) -> str:
     return if_match if if_match.startswith(("W/", '"')) else f'W/"{if_match}"'
 
 
+def _json(response: httpx.Response, what: str) -> Json:
+    """The response's JSON object; RemoteInvalid when it is not one."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise RemoteInvalid(response.status_code, f"{what}: the answer is not a JSON object")
+    return body
+
+
 class FhirClient:
     """An async client for one FHIR R4 endpoint. Use it as ``async with FhirClient(url) as c``."""
 
@@ -109,19 +120,21 @@ class FhirClient:
                     response = await self._http.request(
                         method, target, json=body, headers=sent_headers, params=params
                     )
+                raise_for_response(response)
             except (httpx.TransportError, TimeoutError) as exc:
                 self.breaker.record_failure()
                 raise error_for_transport(exc, method=method, url=target) from exc
-            except BaseException:
-                self.breaker.release()
-                raise
-            try:
-                raise_for_response(response)
             except RemoteUnavailable:
                 self.breaker.record_failure()
                 raise
             except RemoteFhirError:
                 self.breaker.record_success()
+                raise
+            except httpx.HTTPError as exc:
+                self.breaker.release()
+                raise RemoteFhirError(None, f"{method}: {type(exc).__name__}") from exc
+            except BaseException:
+                self.breaker.release()
                 raise
             self.breaker.record_success()
             return response
@@ -137,7 +150,8 @@ class FhirClient:
                 response = await self._send("GET", "metadata")
                 try:
                     self._capabilities = parse_capability_statement(
-                        response.json(), max_transaction_entries=self.max_transaction_entries
+                        _json(response, "GET metadata"),
+                        max_transaction_entries=self.max_transaction_entries,
                     )
                 except ValueError as exc:
                     raise RemoteInvalid(
@@ -165,10 +179,8 @@ class FhirClient:
     async def search(self, resource_type: str, params: Mapping[str, str]) -> AsyncIterator[Json]:
         """The matching resources across every page (``Bundle.link`` ``next``)."""
         response = await self._send("GET", resource_type, params=params)
-        pages = 0
         while True:
-            pages += 1
-            bundle = response.json()
+            bundle = _json(response, f"GET {resource_type}")
             for entry in bundle.get("entry") or []:
                 mode = (entry.get("search") or {}).get("mode", "match")
                 if mode == "match" and isinstance(entry.get("resource"), dict):
@@ -225,8 +237,8 @@ class FhirClient:
     async def _post_bundle(self, bundle: Json, kind: str) -> Json:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != kind:
             raise ValueError(f"not a {kind} Bundle")
-        answer = (await self._send("POST", "", body=bundle)).json()
-        if not isinstance(answer, dict) or answer.get("resourceType") != "Bundle":
+        answer = _json(await self._send("POST", "", body=bundle), f"POST {kind}")
+        if answer.get("resourceType") != "Bundle":
             raise RemoteInvalid(None, f"POST {kind}: the answer is not a Bundle")
         return answer
 

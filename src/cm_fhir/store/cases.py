@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Table, and_, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -30,7 +29,6 @@ __all__ = [
     "load_states",
     "lock_states",
     "resource_row",
-    "resource_rows",
     "sync_resources",
     "upsert_cases",
     "write_states",
@@ -207,16 +205,6 @@ def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime)
     connection.execute(
         insert.on_conflict_do_update(index_elements=[cases.c.case_id], set_=update), values
     )
-
-
-def resource_rows(
-    case_id: str, resources: Sequence[Json], patient_identifier: str | None
-) -> list[ResourceRow]:
-    """The ``fhir_resources`` rows of one case's resources (``Type/id`` references)."""
-    return [
-        resource_row(case_id, resource, orjson.dumps(resource), patient_identifier)
-        for resource in resources
-    ]
 
 
 def resource_row(

@@ -10,8 +10,8 @@ result. A row whose processing raises is retried (``attempts``) and dead-lettere
 ``failed`` with their position, messages we do not process are ``ignored``, and so are training
 and debugging messages (MSH-11, see :mod:`cm_fhir.worker.policy`); an event the workflow could not
 apply to a visit ends ``needs_attention``. Reasons name error types and positions, never message
-content. The writes go through :func:`cm_fhir.worker.changes.write_changes`, the path the closing
-scheduler uses too.
+content. The writes go through :func:`cm_fhir.worker.changes.write_changes` to the one write path
+of cases (:mod:`cm_fhir.store.case_writes`), the path the closing scheduler and the API use too.
 The cyclic garbage collector waits while a batch runs (:func:`collection_paused`), and PostgreSQL
 is asked to compress the batch's large values with lz4 where it can.
 """
@@ -19,7 +19,7 @@ is asked to compress the batch's large values with lz4 where it can.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,12 +35,18 @@ from cm_fhir.hl7v2.parse import parse_er7
 from cm_fhir.mapping.adt_maps import AdtConceptMaps
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules
+from cm_fhir.store.case_writes import (
+    DEFAULT_ROUTES,
+    CaseChanges,
+    OutboxRoute,
+    build_case,
+)
 from cm_fhir.store.cases import lock_states
 from cm_fhir.store.outbox import last_bundle_hashes
 from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settle
 from cm_fhir.store.tables import InboxState
 from cm_fhir.store.trace import TraceRecord
-from cm_fhir.worker.changes import Changes, build, write_changes
+from cm_fhir.worker.changes import file_outcome, write_changes
 from cm_fhir.worker.policy import (
     DEFAULT_PROCESSING_IDS,
     NOT_APPLIED_RULE,
@@ -148,8 +154,10 @@ class BatchProcessor:
         apply: ApplyEvent = apply_event,
         apply_processing_ids: Collection[str] = DEFAULT_PROCESSING_IDS,
         cache: dict[str, tuple[str, PatientState]] | None = None,
+        routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
     ) -> None:
         self.rules = rules
+        self.routes = tuple(routes)
         self.maps = maps
         self.registry = registry
         self.max_attempts = max_attempts
@@ -183,7 +191,7 @@ class BatchProcessor:
         book = PatientBook(lock_states(connection, keys), self._decoded)
         book.decode_all()
         hashes = last_bundle_hashes(connection, book.case_ids())
-        changes = Changes()
+        changes = CaseChanges()
         blocked: set[str] = set()
         for item in parsed:
             if item.settled is not None:
@@ -193,7 +201,7 @@ class BatchProcessor:
                 continue  # stays received behind the failed row of its patient
             elif not self._apply(item, book, hashes, changes) and item.row.patient_key:
                 blocked.add(item.row.patient_key)
-        written, removed = write_changes(connection, book, hashes, changes, self.rules, now)
+        committed = write_changes(connection, book, changes, self.rules, now, self.routes)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
         result.ignored += states.count(InboxState.IGNORED)
@@ -201,10 +209,10 @@ class BatchProcessor:
         result.needs_attention += states.count(InboxState.NEEDS_ATTENTION)
         result.retried += states.count(InboxState.RECEIVED)
         result.dead_lettered += states.count(InboxState.DEAD_LETTERED)
-        result.outbox += len(changes.outbox)
+        result.outbox += committed.outbox_rows
         result.trace += len(changes.trace)
-        result.resources_written += written
-        result.resources_removed += removed
+        result.resources_written += committed.resources_written
+        result.resources_removed += committed.resources_removed
         return result
 
     def record_failure(self, connection: Connection, row: ClaimedMessage, exc: Exception) -> None:
@@ -264,7 +272,7 @@ class BatchProcessor:
         item: _Parsed,
         book: PatientBook,
         hashes: dict[str, str | None],
-        changes: Changes,
+        changes: CaseChanges,
     ) -> bool:
         event, row = item.event, item.row
         assert event is not None
@@ -273,7 +281,7 @@ class BatchProcessor:
             state = book.state(keys[0])
             merged = book.merged(keys[0], keys[1:])
             outcome = self.apply(event, state, self.rules, now=row.received_at, merged=merged)
-            built = [build(case, self.registry) for case in outcome.changed_cases]
+            built = [build_case(case, self.registry) for case in outcome.changed_cases]
         except Exception as exc:
             failure = self._failure(row, exc)
             changes.outcomes.append(failure)
@@ -281,7 +289,9 @@ class BatchProcessor:
         attention = attention_reason(outcome.flags)
         after = outcome.state if attention is None else forget_message(state, outcome.state)
         primary = book.file(keys[0], after, outcome.retired_keys)
-        changes.file(outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key)
+        file_outcome(
+            changes, outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key
+        )
         if attention is None:
             changes.outcomes.append(InboxOutcome(row.id, InboxState.PROCESSED))
         else:

@@ -27,6 +27,7 @@ from cm_fhir.errors import StoreError
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
 from cm_fhir.store.queue import mark_waiting
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
@@ -50,6 +51,7 @@ class WorkerConfig:
     poll_interval: float = 0.5  # seconds to wait when the inbox has nothing to claim
     close_check_seconds: float = 60.0  # seconds between closing passes in ``run``
     apply_processing_ids: frozenset[str] = DEFAULT_PROCESSING_IDS
+    routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES  # the endpoints outbox Bundles go to
 
 
 def _transient(exc: SQLAlchemyError) -> bool:
@@ -87,8 +89,9 @@ class Worker:
             apply=apply,
             apply_processing_ids=self.config.apply_processing_ids,
             cache=decoded,
+            routes=self.config.routes,
         )
-        self.closer = CaseCloser(rules, registry, decoded)
+        self.closer = CaseCloser(rules, registry, decoded, routes=self.config.routes)
         self.totals = BatchResult()
         self.closings = ClosingResult()
         self._one_at_a_time = 0

@@ -3,7 +3,7 @@
 ``ehr_status_back`` has one row per endpoint name (see :mod:`cm_fhir.store.ehr_status`).
 
 Revision ID: 0006_status_back
-Revises: 0004_worker_fidelity
+Revises: 0005_outbox_delivery
 Create Date: 2026-12-01
 """
 
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006_status_back"
-down_revision: str | None = "0004_worker_fidelity"
+down_revision: str | None = "0005_outbox_delivery"
 branch_labels: str | None = None
 depends_on: str | None = None
 
