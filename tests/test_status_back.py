@@ -33,8 +33,8 @@ from cm_fhir.store.audit import audit_events
 from cm_fhir.store.case_repo import create_case, read_case
 from cm_fhir.store.case_tables import trace
 from cm_fhir.store.ehr_status import read_cursors
+from cm_fhir.store.sync_state import SyncKey, SyncRecord, record_sync
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
-from cm_fhir.sync.task_states import RemoteTask
 from cm_fhir.worker import Worker, WorkerConfig
 from worker_fixtures import cases, ingest, rows, settle_worker
 from workflow_messages import Visit
@@ -183,20 +183,25 @@ async def test_an_illegal_transition_is_ignored_and_counted(
 async def test_our_own_write_echoed_back_changes_nothing(
     worker_engine: AsyncEngine, fhir: FhirClient, stored: Case
 ) -> None:
+    name = f"ehr-{uuid.uuid4().hex[:8]}"
     task = await server_task(fhir, stored, "t-bp-call")
-    ours = {task["meta"]["versionId"]}  # the version the sync worker recorded for its write
-
-    def echo(_connection: Any, _endpoint: str, remote: RemoteTask) -> bool:
-        return remote.version_id in ours
-
-    back = status_back(worker_engine, fhir, f"ehr-{uuid.uuid4().hex[:8]}", echo=echo)
-    # The API moved the task on meanwhile; the server still holds what we sent before.
-    stale = {**task, "owner": {"reference": "Practitioner/someone-else"}}
-    result = await back.apply([stale])
-    assert result.counts == {"echo": 1}
+    # The API reassigned the task meanwhile; the server still holds what the sync worker last
+    # wrote, whose version it recorded (as an ETag) in the sync state.
+    key = SyncKey(name, "Task", f"{TASK_SYSTEM}|{stored.id}.t-bp-call")
+    version = f'W/"{task["meta"]["versionId"]}"'
+    async with worker_engine.begin() as connection:
+        record = SyncRecord(key, task["id"], version)
+        await connection.run_sync(record_sync, [record], datetime.now(UTC))
+    back = status_back(worker_engine, fhir, name)
+    ours_then = {**task, "owner": {"reference": "Practitioner/someone-else"}}
+    assert (await back.apply([ours_then])).counts == {"echo": 1}
     assert (await current(worker_engine, stored)).task("t-bp-call").owner == stored.task(
         "t-bp-call"
     ).owner
+
+    # A later version (the EHR's own change) is no echo.
+    moved = await ehr_changes(fhir, task, status="in-progress")
+    assert (await back.apply([moved])).counts == {"applied": 1}
 
 
 @pytest.fixture

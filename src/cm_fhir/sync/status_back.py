@@ -22,6 +22,8 @@ read from the endpoint, handshakes and heartbeats only record the subscription, 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -39,6 +41,8 @@ from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.audit import AuditRecord, record_audit
 from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_case
 from cm_fhir.store.ehr_status import EndpointCursor, add_counts, lock_cursor, save_cursor
+from cm_fhir.store.sync_state import SyncKey, read_sync
+from cm_fhir.sync.config import EndpointSettings
 from cm_fhir.sync.notifications import Notification, type_and_id
 from cm_fhir.sync.task_states import (
     Applied,
@@ -48,7 +52,14 @@ from cm_fhir.sync.task_states import (
     read_remote_task,
 )
 
-__all__ = ["EchoCheck", "PassResult", "StatusBack", "StatusBackEndpoint"]
+__all__ = [
+    "EchoCheck",
+    "PassResult",
+    "StatusBack",
+    "StatusBackEndpoint",
+    "our_own_write",
+    "poll_until_stopped",
+]
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
@@ -61,9 +72,21 @@ class EchoCheck(Protocol):
     def __call__(self, connection: Connection, endpoint: str, remote: RemoteTask) -> bool: ...
 
 
-def never_echo(connection: Connection, endpoint: str, remote: RemoteTask) -> bool:
-    """No sync state to compare with: nothing counts as our own write."""
-    return False
+def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> bool:
+    """True when the sync worker recorded ``remote``'s version as the one its write made."""
+    key = SyncKey(endpoint, "Task", remote.identifier)
+    record = read_sync(connection, [key]).get(key)
+    return (
+        record is not None
+        and record.version_id is not None
+        and remote.version_id is not None
+        and _version(record.version_id) == _version(remote.version_id)
+    )
+
+
+def _version(text: str) -> str:
+    """A version id as given, or out of its ETag (``W/"3"``)."""
+    return text.strip().removeprefix("W/").strip('"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +95,13 @@ class StatusBackEndpoint:
 
     name: str
     base_url: str
-    poll_interval: float = 60.0  # seconds between polls
+    poll_interval: float = 60.0  # seconds between polls; 0: no polling
     overlap: float = 2.0  # seconds the poll reaches back behind the watermark
     page_size: int = 100
+
+    @classmethod
+    def of(cls, endpoint: EndpointSettings) -> StatusBackEndpoint:
+        return cls(endpoint.name, endpoint.base_url, endpoint.task_poll_interval)
 
 
 @dataclass(slots=True)
@@ -106,7 +133,7 @@ class StatusBack:
         endpoint: StatusBackEndpoint,
         client: FhirClient,
         *,
-        echo: EchoCheck = never_echo,
+        echo: EchoCheck = our_own_write,
     ) -> None:
         self.engine = engine
         self.registry = registry
@@ -282,6 +309,28 @@ class StatusBack:
                 "endpoint %s: subscription notifications were missed; polling", self.endpoint.name
             )
         return gap
+
+
+async def poll_until_stopped(backs: Sequence[StatusBack], stop: asyncio.Event) -> None:
+    """The ``sync`` role's status-back loops: each endpoint with a poll interval polls until
+    ``stop`` is set. A failed poll (the endpoint or the database away) is logged by its kind
+    only and tried again after the interval; the watermark moves only after a whole pass."""
+
+    async def loop(back: StatusBack) -> None:
+        interval = back.endpoint.poll_interval
+        while not stop.is_set():
+            try:
+                await back.poll()
+            except Exception as exc:  # keep polling: the next pass starts from the watermark
+                log.warning(
+                    "status back poll of endpoint %s failed (%s)",
+                    back.endpoint.name,
+                    type(exc).__name__,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval)
+
+    await asyncio.gather(*(loop(b) for b in backs if b.endpoint.poll_interval > 0))
 
 
 def _events_seen(cursor: EndpointCursor, notification: Notification) -> tuple[bool, EndpointCursor]:
