@@ -180,14 +180,14 @@ def apply_remote_task(case: Case, remote: RemoteTask) -> Applied:
     if verdict is Verdict.LEGAL:
         update["status"] = remote.status
         update["completed_at"] = remote.ended_at
-        actions.append(f"task.status:{remote.status.value}")
+        actions.append(f"status:{remote.status.value}")
     if remote.owner is not None and remote.owner != task.owner:
         update["owner"] = remote.owner
-        actions.append("task.owner")
-    for name in ("status_reason", "business_status"):
+        actions.append("owner")
+    for name, action in (("status_reason", "reason"), ("business_status", "business")):
         if getattr(remote, name) != getattr(task, name):
             update[name] = getattr(remote, name)
-            actions.append(f"task.{name}")
+            actions.append(action)
     if not update:
         return Applied(case, Outcome.UNCHANGED, moved=moved)
     changed = task.model_copy(update=update)
@@ -207,10 +207,10 @@ def _apply_fulfilment(case: Case, remote: RemoteTask) -> Applied:
     actions = []
     if verdict is Verdict.LEGAL:
         update["fulfilment_status"] = remote.status
-        actions.append(f"referral.fulfilment:{remote.status.value}")
+        actions.append(f"fulfilment:{remote.status.value}")
     if remote.business_status != referral.fulfilment_business_status:
         update["fulfilment_business_status"] = remote.business_status
-        actions.append("referral.business_status")
+        actions.append("business")
     if not update:
         return Applied(case, Outcome.UNCHANGED, moved=moved)
     changed = referral.model_copy(update=update)
