@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api_fixtures import API_KEY
 from cm_fhir.api.app import create_app
 from cm_fhir.api.routes.ehr_notifications import NotificationReceiver
 from cm_fhir.domain import Case, TaskStatus
@@ -237,6 +238,13 @@ def notification(number: int, since: int, focus: str | None, resource: Json | No
     return {"resourceType": "Bundle", "type": "history", "entry": entries}
 
 
+def api(app: FastAPI) -> httpx.AsyncClient:
+    """A client of the cases API and FHIR facade with the test API key."""
+    transport = httpx.ASGITransport(app)
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    return httpx.AsyncClient(transport=transport, base_url="http://cm-fhir.test", headers=headers)
+
+
 async def post(app: FastAPI, body: Any, secret: str | None = SECRET) -> httpx.Response:
     headers = {"Authorization": f"Bearer {secret}"} if secret else {}
     transport = httpx.ASGITransport(app)
@@ -290,6 +298,21 @@ async def test_a_gap_in_events_makes_a_poll_fill_it(
     after = (await current(worker_engine, stored)).task("t-bp-call")
     assert after.status is TaskStatus.CANCELLED
     assert after.status_reason == "duplicate"
+    async with api(application) as client:
+        metrics = (await client.get("/metrics")).text
+        patient = stored.patient.primary
+        found = await client.get(
+            "/fhir/Provenance", params={"patient": f"{patient.system}|{patient.value}"}
+        )
+    assert (
+        f'cm_fhir_status_back_tasks_total{{endpoint="{back.endpoint.name}",outcome="applied"}} 1.0'
+        in metrics
+    )
+    provenances = [e["resource"] for e in found.json()["entry"]]
+    (ehr,) = [p for p in provenances if len(p["agent"]) == 2]
+    assert ehr["agent"][1]["who"]["display"] == f"EHR endpoint '{back.endpoint.name}'"
+    assert ehr["entity"][0]["what"]["reference"].startswith(f"{fhir.base_url}/Task/")
+    assert ehr["activity"]["text"] == "ehr.status_back: status:cancelled;reason"
 
 
 @pytest.mark.parametrize(

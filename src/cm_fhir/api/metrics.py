@@ -4,7 +4,8 @@ Counts come from the tables, not from process memory, so every process (and a re
 the same figures: messages by type, event, ACK code and state; processing latency (received to
 settled) as a histogram; queue depths and the age of the oldest queued message; dead letters and
 the rows waiting behind them; trace entries per workflow flag (``unmapped-disposition``,
-``no-visit-number``, ...); outbox rows by state and the age of the oldest pending one. The
+``no-visit-number``, ...); outbox rows by state and the age of the oldest pending one; Tasks read
+back from each EHR endpoint by outcome (:mod:`cm_fhir.api.status_back_metrics`). The
 listener's connection counters of this process are added when it runs here. Labels hold codes
 only (event, state, ACK code), never patient data. Needs the ``read`` scope like the rest of /api.
 """
@@ -30,8 +31,10 @@ from sqlalchemy import case, func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
+from cm_fhir.api.status_back_metrics import status_back_metrics
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
 from cm_fhir.store.case_tables import outbox, trace
+from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
 from cm_fhir.workflow import Flag
@@ -62,6 +65,7 @@ class _Snapshot:
     oldest_pending_age: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
+    status_back: list[EndpointCursor] = field(default_factory=list)
 
 
 def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> Any:
@@ -118,6 +122,7 @@ async def _snapshot(connection: AsyncConnection) -> _Snapshot:
     for flags, count in (await connection.execute(flagged.group_by(trace.c.flags))).all():
         for flag in str(flags).split(","):
             snap.flags[flag] = snap.flags.get(flag, 0) + int(count)
+    snap.status_back = await connection.run_sync(read_cursors)
     return snap
 
 
@@ -185,6 +190,7 @@ class _SnapshotCollector(Collector):
             "Age of the oldest pending FHIR write (0 when none).",
             value=snap.oldest_pending_age,
         )
+        yield from status_back_metrics(snap.status_back, datetime.now(UTC))
         if snap.listener is not None:
             stats = snap.listener
             for name, text in LISTENER_COUNTERS.items():
