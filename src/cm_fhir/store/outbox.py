@@ -77,6 +77,7 @@ class CaseWrite:
     bundle: bytes
     attempts: int
     older: tuple[int, ...]  # pending rows of the case this Bundle supersedes
+    created_at: datetime | None = None  # of the oldest row it stands for (delivery lag)
 
     @property
     def row_ids(self) -> tuple[int, ...]:
@@ -181,6 +182,7 @@ def claim_patients(
             o.bundle_sha256,
             o.bundle,
             o.attempts,
+            o.created_at,
         )
         .where(o.endpoint == endpoint, o.state == _PENDING, o.patient_key.in_(keys))
         .order_by(o.id)
@@ -203,6 +205,7 @@ def claim_patients(
 def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
     newest: dict[str, Any] = {}
     older: dict[str, list[int]] = {}
+    first: dict[str, datetime] = {}
     order: list[str] = []
     for row in chain:
         case_id = str(row.case_id)
@@ -211,6 +214,7 @@ def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
         else:
             order.append(case_id)
             older[case_id] = []
+            first[case_id] = row.created_at
         newest[case_id] = row
     writes = []
     for case_id in order:
@@ -225,6 +229,7 @@ def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
                 bundle=r.bundle,
                 attempts=int(r.attempts),
                 older=tuple(older[case_id]),
+                created_at=first[case_id],
             )
         )
     return PatientWork(endpoint, key, tuple(writes))

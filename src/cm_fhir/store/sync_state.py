@@ -40,6 +40,7 @@ class SyncRecord:
     server_id: str | None
     version_id: str | None = None
     last_sent_sha256: str | None = None
+    updated_at: datetime | None = None  # as read; writing sets it to now
 
 
 def read_sync(connection: Connection, keys: Iterable[SyncKey]) -> dict[SyncKey, SyncRecord]:
@@ -65,10 +66,13 @@ def read_sync(connection: Connection, keys: Iterable[SyncKey]) -> dict[SyncKey, 
             _t.c.server_id,
             _t.c.version_id,
             _t.c.last_sent_sha256,
+            _t.c.updated_at,
         ).where(condition)
         for row in connection.execute(query):
             key = SyncKey(row.endpoint, row.resource_type, row.identifier)
-            found[key] = SyncRecord(key, row.server_id, row.version_id, row.last_sent_sha256)
+            found[key] = SyncRecord(
+                key, row.server_id, row.version_id, row.last_sent_sha256, row.updated_at
+            )
     return found
 
 

@@ -35,7 +35,9 @@ class EndpointAuth(_Section):
         None, description="smart-backend: PEM private key (`cm-fhir keys generate` writes one)."
     )
     kid: str | None = Field(None, description="smart-backend: the key id registered with the EHR.")
-    alg: Literal["RS384", "ES384"] = "RS384"
+    alg: Literal["RS384", "ES384"] | None = Field(
+        None, description="smart-backend: RS384 or ES384; unset: as the key file holds."
+    )
     scopes: tuple[str, ...] = ("system/Task.cu", "system/Patient.rs")
     token_url: str | None = Field(
         None, description="Token endpoint; unset: discovered from .well-known/smart-configuration."
@@ -103,6 +105,12 @@ class EhrSettings(_Section):
     retry_base: float = Field(2.0, gt=0, description="First back-off after a failed attempt, s.")
     retry_max: float = Field(300.0, gt=0, description="Longest back-off, seconds.")
     shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish writes in flight.")
+    breaker_failures: int = Field(
+        5, gt=0, description="Failures in a row that open an endpoint's circuit breaker."
+    )
+    breaker_cool_down: float = Field(
+        30.0, ge=0, description="Seconds an open breaker waits before one trial call."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> EhrSettings:
