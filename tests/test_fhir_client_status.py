@@ -71,6 +71,26 @@ async def test_status_and_outcome_map_to_one_class(
     assert "the server's words" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Transaction requires strict isolation but has too many entries",
+        "Transaction contains more update operations than allowed",
+    ],
+)
+@respx.mock
+async def test_medplums_size_refusals_read_as_too_costly(text: str) -> None:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "details": {"text": text}}],
+    }
+    respx.post(BASE).mock(return_value=httpx.Response(400, json=body))
+    bundle = {"resourceType": "Bundle", "type": "transaction", "entry": []}
+    async with FhirClient(BASE, retry=ONCE) as client:
+        with pytest.raises(RemoteTooCostly):
+            await client.transaction(bundle)
+
+
 @respx.mock
 async def test_a_remote_404_is_never_a_local_one() -> None:
     respx.get(f"{BASE}/Task/t1").mock(return_value=httpx.Response(404))

@@ -110,6 +110,22 @@ function resourceHeaders(resource, status) {
   return headers;
 }
 
+/**
+ * Paging links: `self`, and `next` (`_offset` moved on by `_count`) when the page is full. The
+ * router pages with `_count` and `_offset` but gives no links.
+ */
+function addPageLinks(bundle, req, url) {
+  const base = `http://${req.headers.host}${url.pathname}`;
+  const links = [{ relation: 'self', url: `${base}${url.search}` }];
+  const count = Number(url.searchParams.get('_count'));
+  if (count > 0 && (bundle.entry?.length ?? 0) >= count) {
+    const next = new URLSearchParams(url.searchParams);
+    next.set('_offset', String(Number(url.searchParams.get('_offset') ?? 0) + count));
+    links.push({ relation: 'next', url: `${base}?${next}` });
+  }
+  bundle.link = links;
+}
+
 /** A transaction longer than the cap is refused whole, as a size-capped server does. */
 function transactionTooLarge(body, maxEntries) {
   if (!maxEntries || body?.resourceType !== 'Bundle' || body.type !== 'transaction') {
@@ -290,6 +306,9 @@ async function handle(router, repo, faults, auth, req, res, maxEntries) {
   }
   if (status >= 400 || !resource) {
     return send(res, status, normalizeOperationOutcome(result));
+  }
+  if (req.method === 'GET' && resource.resourceType === 'Bundle' && resource.type === 'searchset') {
+    addPageLinks(resource, req, url);
   }
   const prefer = String(req.headers.prefer ?? '');
   const headers = resourceHeaders(resource, status);

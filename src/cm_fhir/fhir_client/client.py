@@ -62,6 +62,8 @@ class FhirClient:
         mode: WriteMode = "auto",
         max_transaction_entries: int | None = None,
     ) -> None:
+        if max_transaction_entries is not None and max_transaction_entries < 1:
+            raise ValueError("max_transaction_entries must be at least 1")
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy(attempt_timeout=timeout)
         self.breaker = breaker or CircuitBreaker(self.base_url)

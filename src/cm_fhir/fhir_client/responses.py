@@ -7,6 +7,8 @@ from typing import Any
 
 import httpx
 
+from cm_fhir.errors import RemoteInvalid
+
 __all__ = ["EntryResult", "FhirResponse", "entry_results", "version_of_etag"]
 
 Json = dict[str, Any]
@@ -80,15 +82,21 @@ def _status_code(text: str) -> int:
 
 
 def entry_results(sent: Json, answer: Json) -> list[EntryResult]:
-    """Pair the entries of a sent Bundle with those of the server's response Bundle, in order."""
+    """Pair the entries of a sent Bundle with those of the server's response Bundle, in order;
+    RemoteInvalid when the server answered another number of entries."""
     sent_entries: list[Json] = sent.get("entry") or []
     answered: list[Json] = answer.get("entry") or []
+    if len(answered) != len(sent_entries) or not all(isinstance(a, dict) for a in answered):
+        kind = sent.get("type", "bundle")
+        raise RemoteInvalid(
+            None, f"POST {kind}: {len(answered)} entries answered for {len(sent_entries)} sent"
+        )
     results = []
     for n, entry in enumerate(sent_entries):
-        response: Json = answered[n].get("response") or {} if n < len(answered) else {}
+        response: Json = answered[n].get("response") or {}
         outcome = response.get("outcome")
         etag = response.get("etag")
-        resource = answered[n].get("resource") if n < len(answered) else None
+        resource = answered[n].get("resource")
         if not etag and isinstance(resource, dict):
             version = (resource.get("meta") or {}).get("versionId")
             etag = f'W/"{version}"' if version else None

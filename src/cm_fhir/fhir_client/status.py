@@ -54,11 +54,29 @@ STATUS_TABLE: tuple[tuple[frozenset[int], str | None, type[RemoteFhirError]], ..
 )
 
 
-def issue_codes(outcome: Json | None) -> list[str]:
-    """The ``issue.code`` values of an OperationOutcome, in order."""
+#: How servers that do not use ``too-costly`` say a transaction is too big (lower case). Medplum
+#: answers 400 ``invalid`` "Transaction requires strict isolation but has too many entries" for
+#: a transaction of more than 8 entries with conditional writes, and "Transaction contains more
+#: update operations than allowed" beyond 50 updates. Read as ``too-costly``.
+SIZE_REFUSALS = ("too many entries", "more update operations than allowed")
+
+
+def _issues(outcome: Json | None) -> list[Json]:
     if not isinstance(outcome, dict) or outcome.get("resourceType") != "OperationOutcome":
         return []
-    return [str(i.get("code")) for i in outcome.get("issue") or [] if isinstance(i, dict)]
+    return [i for i in outcome.get("issue") or [] if isinstance(i, dict)]
+
+
+def issue_codes(outcome: Json | None) -> list[str]:
+    """The ``issue.code`` values of an OperationOutcome, in order; ``too-costly`` also for an
+    issue whose text is one of the :data:`SIZE_REFUSALS`."""
+    codes = []
+    for issue in _issues(outcome):
+        codes.append(str(issue.get("code")))
+        text = f"{(issue.get('details') or {}).get('text', '')} {issue.get('diagnostics', '')}"
+        if any(phrase in text.lower() for phrase in SIZE_REFUSALS):
+            codes.append("too-costly")
+    return codes
 
 
 def _describe(method: str, url: str) -> str:
