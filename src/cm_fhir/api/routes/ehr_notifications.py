@@ -13,21 +13,26 @@ answer is 200 with an OperationOutcome that counts what the Tasks did (no patien
 from __future__ import annotations
 
 import hmac
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api.deps import get_context, record_denial
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.errors import RemoteFhirError, ValidationError
 from cm_fhir.fhir.outcome import Issue, operation_outcome
+from cm_fhir.mapping.registry import default_registry
+from cm_fhir.settings import Settings
+from cm_fhir.sync.endpoints import RequestCount, open_client
 from cm_fhir.sync.notifications import read_notification
-from cm_fhir.sync.status_back import StatusBack
+from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
 
-__all__ = ["NOTIFICATION_PREFIX", "NotificationReceiver", "router"]
+__all__ = ["NOTIFICATION_PREFIX", "NotificationReceiver", "open_receivers", "router"]
 
 #: Paths the front door leaves to this route's own authentication.
 NOTIFICATION_PREFIX = "/fhir/subscription-notification/"
@@ -40,6 +45,24 @@ class NotificationReceiver:
 
     status_back: StatusBack
     secret: str
+
+
+async def open_receivers(
+    settings: Settings, engine: AsyncEngine, stack: AsyncExitStack
+) -> dict[str, NotificationReceiver]:
+    """A receiver per endpoint with a ``notification_secret``; their clients close with
+    ``stack``."""
+    out = {}
+    for endpoint in settings.endpoints:
+        if endpoint.notification_secret is None:
+            continue
+        client = open_client(endpoint, RequestCount(), settings.ehr)
+        stack.push_async_callback(client.aclose)
+        back = StatusBack(engine, default_registry(), StatusBackEndpoint.of(endpoint), client)
+        out[endpoint.name] = NotificationReceiver(
+            back, endpoint.notification_secret.get_secret_value()
+        )
+    return out
 
 
 def _authorised(request: Request, secret: str) -> bool:
