@@ -23,7 +23,7 @@ from cm_fhir.store.case_repo import create_case, read_case
 from cm_fhir.store.ehr_status import read_cursors
 from cm_fhir.store.engine import make_engine, upgrade_database
 from cm_fhir.sync.notifications import read_notification
-from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
+from cm_fhir.sync.status_back import MAX_READS, StatusBack, StatusBackEndpoint
 
 BASE = "https://ehr.test/fhir"
 SYSTEM = default_registry().system("task")
@@ -167,3 +167,30 @@ async def test_an_endpoint_that_fails_the_read_raises_for_a_retry(back: StatusBa
         router.get(f"{BASE}/Task/t1").mock(side_effect=httpx.ConnectError("refused"))
         with pytest.raises(RemoteUnavailable):
             await back.notify(read_notification(id_only(1, 1, "Task/t1")))
+
+
+async def test_a_focus_that_is_no_fhir_id_is_never_read(back: StatusBack) -> None:
+    with respx.mock() as router:  # any request would fail: nothing is mocked
+        result = await back.notify(read_notification(id_only(1, 1, "Task/..%2F..%2Fmetadata")))
+        assert router.calls.call_count == 0
+    assert result.counts == {}
+
+
+async def test_many_id_only_events_make_one_poll_instead(back: StatusBack) -> None:
+    body = id_only(1, MAX_READS + 1, "Task/t0")
+    status = body["entry"][0]["resource"]["parameter"]
+    event = status.pop()
+    for n in range(1, MAX_READS + 2):
+        status.append(
+            {
+                "name": "notification-event",
+                "part": [
+                    {"name": "event-number", "valueString": str(n)},
+                    event["part"][1],
+                ],
+            }
+        )
+    with respx.mock() as router:
+        search = router.get(f"{BASE}/Task").respond(json=page())
+        result = await back.notify(read_notification(body))
+    assert (search.call_count, result.polled) == (1, True)

@@ -3,9 +3,12 @@
 :class:`StatusBack` serves one FHIR endpoint. :meth:`~StatusBack.apply` takes Tasks the EHR
 returned and, for each one of ours (:func:`~cm_fhir.sync.task_states.read_remote_task`), in one
 transaction: skips it when it is our own write echoed back (its ``meta.versionId`` is the version
-the sync worker recorded for it in ``sync_state``), applies it to the case through the case write
-path (:func:`~cm_fhir.store.case_repo.change_case`) following the Task state machine, writes the
-audit row (subject ``ehr:<endpoint>``) and counts the outcome (:mod:`cm_fhir.store.ehr_status`).
+the sync worker recorded for it in ``sync_state``, or one applied before), applies it to the case
+through the case write path (:func:`~cm_fhir.store.case_repo.change_case`) following the Task
+state machine, writes the
+audit row (subject ``ehr:<endpoint>``), records the applied version in ``sync_state`` (so the sync
+worker's next write of the Task is made ``If-Match`` it) and counts the outcome
+(:mod:`cm_fhir.store.ehr_status`).
 The trace row names the Task version at the endpoint, so the Provenance of the change names the
 EHR endpoint as its author and source. A move the state machine forbids is logged (ids and
 statuses, never patient data) and ignored. A case whose follow-up work is now done is checked
@@ -16,7 +19,8 @@ page by page (the watermark less an overlap, since servers stamp ``lastUpdated``
 begins, not when it commits; re-reading a Task changes nothing) and moves the endpoint's
 watermark forward once the pass is through. :meth:`~StatusBack.notify` handles an R4 Subscription
 notification (Backport IG): ``full-resource`` events are applied as sent, ``id-only`` events are
-read from the endpoint, handshakes and heartbeats only record the subscription, and a gap in
+read from the endpoint (a Task id that is not a FHIR id is skipped; more than :data:`MAX_READS` of
+them make one poll instead), handshakes and heartbeats only record the subscription, and a gap in
 ``eventsSinceSubscriptionStart`` (events the endpoint counted but never delivered) makes it poll.
 """
 
@@ -25,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -41,7 +46,7 @@ from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.audit import AuditRecord, record_audit
 from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_case
 from cm_fhir.store.ehr_status import EndpointCursor, add_counts, lock_cursor, save_cursor
-from cm_fhir.store.sync_state import SyncKey, read_sync
+from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync
 from cm_fhir.sync.config import EndpointSettings
 from cm_fhir.sync.notifications import Notification, type_and_id
 from cm_fhir.sync.task_states import (
@@ -64,6 +69,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 RULE = "ehr.status_back"
+#: id-only events read one by one per notification; more make one poll instead.
+MAX_READS = 50
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 class EchoCheck(Protocol):
@@ -73,7 +81,8 @@ class EchoCheck(Protocol):
 
 
 def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> bool:
-    """True when the sync worker recorded ``remote``'s version as the one its write made."""
+    """True when the sync state holds ``remote``'s version: the one the sync worker's write
+    made, or one status back has applied already."""
     key = SyncKey(endpoint, "Task", remote.identifier)
     record = read_sync(connection, [key]).get(key)
     return (
@@ -203,6 +212,12 @@ class StatusBack:
                 after.value,
             )
 
+    def _held(self, remote: RemoteTask) -> SyncRecord:
+        """What the endpoint now holds of the Task: the version just applied, so the sync
+        worker's next write of it is made ``If-Match`` that version (not refused with 412)."""
+        key = SyncKey(self.endpoint.name, "Task", remote.identifier)
+        return SyncRecord(key, remote.server_id, remote.version_id)
+
     def _commit(self, connection: Connection, remote: RemoteTask) -> Applied | None:
         """Apply ``remote`` to its case through the case write path (None: no such case).
 
@@ -233,6 +248,7 @@ class StatusBack:
                 action=";".join(first.actions)[:64],
                 target=remote.local_id,
                 source=TraceSource(RULE, "Task", fhir_source_key(self.endpoint.name, url)),
+                sync=[self._held(remote)],
             )
         except RecordNotFound:
             return None
@@ -280,12 +296,15 @@ class StatusBack:
         """Handle one notification; poll when events were missed (see the module docstring)."""
         gap = await self._record_events(notification)
         result = PassResult(gap=gap)
-        if notification.carries_events:
+        reads = sum(e.resource is None for e in notification.events)
+        if reads > MAX_READS:  # cheaper and bounded: one poll instead of many reads
+            gap = result.gap = True
+        elif notification.carries_events:
             for event in notification.events:
                 resource = event.resource
                 if resource is None and event.focus is not None:
                     kind, _, rid = type_and_id(event.focus).partition("/")
-                    if kind != "Task" or not rid:
+                    if kind != "Task" or not FHIR_ID.fullmatch(rid):
                         continue
                     try:
                         resource = (await self.client.read("Task", rid)).resource

@@ -2,9 +2,11 @@
 (Subscriptions R5 Backport IG) bringing Task status back. I/O.
 
 The EHR authenticates with the bearer secret configured for its endpoint (not an API key: the
-front door leaves this path to the route), compared in constant time; an unknown endpoint, or
-one without a secret, is 404, a wrong or missing secret 401 (audited), a body that is not a
-notification Bundle 400, all as OperationOutcome. Handshakes and heartbeats are acknowledged;
+front door leaves this path to the route), compared in constant time; a wrong or missing secret
+is 401 (audited), and so is an endpoint that is unknown or has no secret (endpoint names cannot
+be probed); a body that is not a notification Bundle is 400, all as OperationOutcome. An endpoint
+that cannot be read meanwhile (an ``id-only`` Task, the gap poll) answers 503, so the EHR sends
+the notification again. Handshakes and heartbeats are acknowledged;
 events are applied (:meth:`cm_fhir.sync.status_back.StatusBack.notify`), reading ``id-only``
 focuses from the endpoint and polling when ``eventsSinceSubscriptionStart`` shows a gap. The
 answer is 200 with an OperationOutcome that counts what the Tasks did (no patient data).
@@ -78,9 +80,7 @@ def _authorised(request: Request, secret: str) -> bool:
 async def subscription_notification(request: Request, endpoint: str) -> Response:
     receivers: dict[str, NotificationReceiver] = get_context(request).notifications
     receiver = receivers.get(endpoint)
-    if receiver is None:
-        return error_response(request, 404, "no endpoint of that name receives notifications")
-    if not _authorised(request, receiver.secret):
+    if receiver is None or not _authorised(request, receiver.secret):
         subject = f"ehr:{endpoint}"[:255]
         await record_denial(request.scope, subject, "ehr", 401, "wrong notification secret")
         headers = {"WWW-Authenticate": 'Bearer realm="cm-fhir"'}
