@@ -8,8 +8,11 @@ trail), and the ``entity`` is the HL7v2 inbox message: ``what.identifier`` has t
 ``<base>/sid/hl7v2-message`` and the value ``<MSH-3>|<MSH-4>|<MSH-10>|<received at>`` (see
 :func:`cm_fhir.store.queue.message_key`; a control id alone is reused by real senders), and
 ``what.display`` names the inbox row id. Trace rows written before that key existed give the bare
-control id (system ``<base>/sid/hl7v2-message-control-id``). The id is ``trace-<n>``, ``n`` the
-first trace row of the change, so it never changes.
+control id (system ``<base>/sid/hl7v2-message-control-id``). A change read back from an EHR
+(status back: trace ``message_key`` from :func:`fhir_source_key`) has the EHR endpoint as a
+second agent (``author``) and the Task version at the endpoint as its ``source`` entity
+(``what.reference``). The id is ``trace-<n>``, ``n`` the first trace row of the change, so it
+never changes.
 """
 
 from __future__ import annotations
