@@ -9,6 +9,7 @@ transition and our own write echoed back change nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -35,6 +36,8 @@ from cm_fhir.store.case_repo import create_case, read_case
 from cm_fhir.store.case_tables import trace
 from cm_fhir.store.ehr_status import read_cursors
 from cm_fhir.store.sync_state import SyncKey, SyncRecord, record_sync
+from cm_fhir.sync.config import EhrSettings, EndpointSettings
+from cm_fhir.sync.runner import SyncWorker
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
 from cm_fhir.worker import Worker, WorkerConfig
 from worker_fixtures import cases, ingest, rows, settle_worker
@@ -396,3 +399,26 @@ def split_for_server(bundle: Json, size: int = 8) -> list[Json]:
     return [
         {**bundle, "entry": [head, *rest[i : i + size - 1]]} for i in range(0, len(rest), size - 1)
     ]
+
+
+async def test_the_sync_role_polls_each_endpoint_until_stopped(
+    worker_engine: AsyncEngine, fhir: FhirClient, stored: Case
+) -> None:
+    name = f"ehr-{uuid.uuid4().hex[:8]}"
+    endpoint = EndpointSettings(name=name, base_url=fhir.base_url, task_poll_interval=0.2)
+    task = await server_task(fhir, stored, "t-bp-call")
+    await ehr_changes(fhir, task, status="on-hold", statusReason={"text": "patient away"})
+    worker = SyncWorker(worker_engine, [endpoint], EhrSettings())
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+    try:
+        for _ in range(100):
+            if (await current(worker_engine, stored)).task(
+                "t-bp-call"
+            ).status is TaskStatus.ON_HOLD:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(running, 30)
+    assert (await current(worker_engine, stored)).task("t-bp-call").status is TaskStatus.ON_HOLD
