@@ -22,6 +22,7 @@ from sync_fixtures import (
     expected_identifiers,
     on_server,
     outbox_states,
+    search_url,
     sync_worker,
 )
 from worker_fixtures import ingest, rows, settle_worker
@@ -169,3 +170,43 @@ async def test_a_refused_write_is_failed_with_its_outcome_and_blocks_no_one(
     (item,) = listed.json()["items"]
     assert item["last_outcome"]["resourceType"] == "OperationOutcome"
     assert item["last_error"].startswith("HTTP 4")
+
+
+async def test_a_412_rereads_reapplies_our_fields_and_keeps_the_ehrs(
+    worker_engine: AsyncEngine, fhir_server: str
+) -> None:
+    visit = Visit(mrn="MRN-SY5", visit="VSY5")
+    await ingest(worker_engine, [visit.raw("A01", "SY5-1", hours(0))])
+    await settle_worker(worker_engine)
+    async with sync_worker(worker_engine, fhir_server) as sync:
+        await sync.drain()
+        tasks = [i for i in await expected_identifiers(worker_engine) if i.startswith("Task|")]
+        assert tasks
+        # A nurse starts the first Task in the EHR: a new version we have not seen.
+        async with httpx.AsyncClient() as ehr:
+            found = (await ehr.get(search_url(fhir_server, tasks[0]))).json()
+            task = found["entry"][0]["resource"]
+            task["status"] = "in-progress"
+            task["note"] = [{"text": "started on the ward"}]
+            edited = await ehr.put(f"{fhir_server}/Task/{task['id']}", json=task)
+            assert edited.status_code == 200, edited.text
+        # The patient moves: our next Bundle writes the Task again, with If-Match of our version.
+        await ingest(
+            worker_engine,
+            [visit.raw("A02", "SY5-2", hours(5), location="5EAST", prior_location="4WEST")],
+        )
+        await settle_worker(worker_engine)
+        await sync.drain()
+        assert sync.status()[0].stats.conflicts >= 1
+    assert (await outbox_states(worker_engine)).get("pending", 0) == 0
+    found_now = await on_server(fhir_server, tasks)
+    ours = await _served(worker_engine)
+    first = found_now[tasks[0]]
+    assert len(first) == 1
+    assert first[0]["status"] == "in-progress"  # the EHR's
+    assert first[0]["note"] == [{"text": "started on the ward"}]
+    mine = {k: v for k, v in ours[tasks[0]].items() if k not in ("status", "note", "owner")}
+    theirs = {k: v for k, v in first[0].items() if k not in ("status", "note", "owner")}
+    assert _content(theirs) == _content(mine)  # ours, re-applied onto their version
+    for other in tasks[1:]:
+        assert len(found_now[other]) == 1

@@ -38,6 +38,7 @@ from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_re
 from cm_fhir.listener import MllpListener
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
+from cm_fhir.sync.runner import SyncWorker
 
 __all__ = [
     "AppContext",
@@ -78,6 +79,7 @@ class AppContext:
     roles: dict[str, str] = field(default_factory=dict)  # role -> "starting"/"running"/"stopped"
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
+    sync: SyncWorker | None = None  # the sync role, when this process runs it
     # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
     notifications: dict[str, Any] = field(default_factory=dict)
 

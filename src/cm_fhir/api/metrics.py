@@ -4,10 +4,12 @@ Counts come from the tables, not from process memory, so every process (and a re
 the same figures: messages by type, event, ACK code and state; processing latency (received to
 settled) as a histogram; queue depths and the age of the oldest queued message; dead letters and
 the rows waiting behind them; trace entries per workflow flag (``unmapped-disposition``,
-``no-visit-number``, ...); outbox rows by state and the age of the oldest pending one; Tasks read
-back from each EHR endpoint by outcome (:mod:`cm_fhir.api.status_back_metrics`). The
-listener's connection counters of this process are added when it runs here. Labels hold codes
-only (event, state, ACK code), never patient data. Needs the ``read`` scope like the rest of /api.
+``no-visit-number``, ...); outbox rows by endpoint and state and the age of the oldest pending
+one; Tasks read back from each EHR endpoint by outcome (:mod:`cm_fhir.api.status_back_metrics`).
+The listener's connection counters of this process are added when it runs here, and so are
+the sync role's (each endpoint's circuit breaker state, writes by result, requests, lag). Labels
+hold codes only (event, state, ACK code, endpoint name), never patient data. Needs the ``read``
+scope like the rest of /api.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cm_fhir.store.case_tables import outbox, trace
 from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
+from cm_fhir.sync.runner import EndpointStatus
 from cm_fhir.workflow import Flag
 
 __all__ = ["LATENCY_BUCKETS", "router"]
@@ -61,10 +64,11 @@ class _Snapshot:
     latency_buckets: list[int] = field(default_factory=list)
     latency_count: int = 0
     latency_sum: float = 0.0
-    outbox_states: dict[str, int] = field(default_factory=dict)
+    outbox_states: dict[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, state)
     oldest_pending_age: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
+    sync: list[EndpointStatus] = field(default_factory=list)
     status_back: list[EndpointCursor] = field(default_factory=list)
 
 
@@ -112,9 +116,12 @@ async def _snapshot(connection: AsyncConnection) -> _Snapshot:
     snap.latency_buckets = [int(value or 0) for value in row[: len(LATENCY_BUCKETS)]]
     snap.latency_count = int(row[-2] or 0)
     snap.latency_sum = float(row[-1] or 0.0)
-    by_state = select(outbox.c.state, func.count()).group_by(outbox.c.state)
+    by_state = select(outbox.c.endpoint, outbox.c.state, func.count()).group_by(
+        outbox.c.endpoint, outbox.c.state
+    )
     snap.outbox_states = {
-        str(state): int(count) for state, count in (await connection.execute(by_state)).all()
+        (str(endpoint), str(state)): int(count)
+        for endpoint, state, count in (await connection.execute(by_state)).all()
     }
     pending = select(func.min(outbox.c.created_at)).where(outbox.c.state == "pending")
     snap.oldest_pending_age = _age((await connection.execute(pending)).scalar(), now)
@@ -124,6 +131,39 @@ async def _snapshot(connection: AsyncConnection) -> _Snapshot:
             snap.flags[flag] = snap.flags.get(flag, 0) + int(count)
     snap.status_back = await connection.run_sync(read_cursors)
     return snap
+
+
+def _sync_metrics(statuses: list[EndpointStatus]) -> Iterator[Metric]:
+    """The sync role of this process: breaker state, writes by result, requests, lag."""
+    if not statuses:
+        return
+    breaker = GaugeMetricFamily(
+        "cm_fhir_sync_circuit_breaker",
+        "1 for the state each endpoint's circuit breaker is in (closed, open, half-open).",
+        labels=["endpoint", "state"],
+    )
+    writes = CounterMetricFamily(
+        "cm_fhir_sync_writes",
+        "Case writes settled by this process, by endpoint and result.",
+        labels=["endpoint", "result"],
+    )
+    requests = CounterMetricFamily(
+        "cm_fhir_sync_requests", "HTTP requests made to each endpoint.", labels=["endpoint"]
+    )
+    lag = GaugeMetricFamily(
+        "cm_fhir_sync_lag_seconds",
+        "Enqueue to written on the server, for the last write to each endpoint.",
+        labels=["endpoint"],
+    )
+    for status in statuses:
+        for state in ("closed", "open", "half-open"):
+            breaker.add_metric([status.name, state], 1.0 if status.breaker == state else 0.0)
+        stats = status.stats
+        for result in ("sent", "failed", "retried", "superseded", "conflicts"):
+            writes.add_metric([status.name, result], getattr(stats, result))
+        requests.add_metric([status.name], status.requests)
+        lag.add_metric([status.name], stats.last_lag_seconds)
+    yield from (breaker, writes, requests, lag)
 
 
 class _SnapshotCollector(Collector):
@@ -174,9 +214,13 @@ class _SnapshotCollector(Collector):
             "Outbox rows per endpoint and state.",
             labels=["endpoint", "state"],
         )
-        for state in ("pending", "sent", "failed"):
-            outbox_depth.add_metric(["default", state], snap.outbox_states.get(state, 0))
+        endpoints = {e for e, _ in snap.outbox_states} | {s.name for s in snap.sync} or {"default"}
+        for endpoint in sorted(endpoints):
+            for state in ("pending", "sent", "failed", "superseded"):
+                count = snap.outbox_states.get((endpoint, state), 0)
+                outbox_depth.add_metric([endpoint, state], count)
         yield outbox_depth
+        yield from _sync_metrics(snap.sync)
         flags = CounterMetricFamily(
             "cm_fhir_workflow_flags",
             "Workflow trace entries carrying each flag (e.g. unmapped-disposition).",
@@ -211,6 +255,7 @@ async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
     async with context.engine.connect() as connection:
         snap = await _snapshot(connection)
     snap.listener = context.listener.stats if context.listener is not None else None
+    snap.sync = context.sync.status() if context.sync is not None else []
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snap))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -39,6 +39,8 @@ def print_ready(info: ServiceInfo) -> None:
         typer.echo(f"cm-fhir listening on {host}:{port}")
     if "worker" in info.roles and info.workers:
         typer.echo(f"cm-fhir worker: {info.workers} loop(s)")
+    if info.endpoints:
+        typer.echo(f"cm-fhir sync to FHIR endpoint(s): {', '.join(info.endpoints)}")
     for note in info.notes:
         typer.echo(f"cm-fhir {note}")
     if info.generated_api_key:
@@ -73,7 +75,9 @@ async def run_service(service: Service) -> None:
 def serve(
     role: Annotated[
         list[Role] | None,
-        typer.Option("--role", help="Role(s) to run: api, listener, worker or all (default)."),
+        typer.Option(
+            "--role", help="Role(s) to run: api, listener, worker, sync or all (default)."
+        ),
     ] = None,
     http_host: Annotated[str | None, typer.Option(help="API address [127.0.0.1].")] = None,
     http_port: Annotated[int | None, typer.Option(help="API port, 0 = free [8080].")] = None,
@@ -91,6 +95,10 @@ def serve(
         bool, typer.Option(help="Upgrade a non-embedded database on start instead of refusing.")
     ] = False,
     log_level: Annotated[str | None, typer.Option(help="DEBUG, INFO, WARNING...")] = None,
+    ehr_url: Annotated[
+        str | None,
+        typer.Option(help="FHIR base URL of the EHR to deliver the outbox to (no auth)."),
+    ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
     overrides: dict[str, Any] = {}
@@ -100,6 +108,8 @@ def serve(
         overrides["data_dir"] = data_dir
     if log_level is not None:
         overrides["log_level"] = log_level
+    if ehr_url is not None:
+        overrides["ehr_url"] = ehr_url
     http = {k: v for k, v in (("host", http_host), ("port", http_port)) if v is not None}
     mllp = {k: v for k, v in (("host", mllp_host), ("port", mllp_port)) if v is not None}
     if http:
@@ -183,6 +193,34 @@ algorithms = ["RS256", "ES256", "PS256"]
 leeway = 30.0
 jwks_cache_seconds = 300
 jwks_timeout = 5.0
+
+# The EHR's FHIR API: one URL without auth (or CM_FHIR_EHR_URL, or `serve --ehr-url`) ...
+# ehr_url = "https://ehr.example.org/fhir"
+
+[ehr]                       # the sync role: outbox delivery to FHIR endpoints
+batch_patients = 20         # patients claimed per endpoint per pass (their writes in order)
+poll_interval = 0.5
+lease_seconds = 120.0       # claimed rows stay reserved this long for one sync worker
+retry_base = 2.0            # back-off after a retryable failure doubles from here ...
+retry_max = 300.0           # ... up to this many seconds
+shutdown_grace = 30.0
+breaker_failures = 5        # failures in a row that open an endpoint's circuit breaker
+breaker_cool_down = 30.0
+
+# ... or endpoints with auth (see the README, "Connecting an EHR's FHIR API"):
+# [[ehr.endpoints]]
+# name = "ehr"
+# base_url = "https://ehr.example.org/fhir/r4"
+# resource_types = []       # empty: every resource type
+# programmes = []           # empty: every programme
+# mode = "auto"             # auto (from the CapabilityStatement), transaction, batch, individual
+# rate_limit = 10.0         # requests per second; 0 = no limit
+# patient_references = "resolve"   # or "identifier": never look the EHR's Patient up
+# [ehr.endpoints.auth]
+# kind = "smart-backend"    # none, bearer, client-secret, smart-backend
+# client_id = "cm-fhir"
+# key_file = "/etc/cm-fhir/ehr-key.pem"   # `cm-fhir keys generate` writes it
+# scopes = ["system/Task.cu", "system/Patient.rs"]
 
 [health]
 max_inbox_age_seconds = 300.0   # /ready 503 when the oldest unprocessed message is older; 0 = off

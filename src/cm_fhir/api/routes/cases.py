@@ -22,7 +22,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api import case_changes as changes
-from cm_fhir.api.deps import AuditDep, Auditor, EngineDep, ReadPrincipal, WritePrincipal
+from cm_fhir.api.deps import (
+    AuditDep,
+    Auditor,
+    EngineDep,
+    ReadPrincipal,
+    WritePrincipal,
+    get_settings,
+)
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import (
     CarePlan,
@@ -46,6 +53,7 @@ from cm_fhir.store.case_repo import (
     list_cases,
     read_case,
 )
+from cm_fhir.sync.routing import outbox_routes
 
 __all__ = ["router"]
 
@@ -110,7 +118,11 @@ async def post_case(
 ) -> Response:
     now = datetime.now(UTC)
     async with engine.begin() as connection:
-        stored = await connection.run_sync(create_case, case, default_registry(), now)
+        stored = await connection.run_sync(
+            lambda c: create_case(
+                c, case, default_registry(), now, routes=outbox_routes(get_settings(request))
+            )
+        )
         await audit.record("create", "case", case.id, connection=connection)
     return _case_response(stored, 201)
 
@@ -234,6 +246,7 @@ class CaseChange:
                     now=datetime.now(UTC),
                     action=action,
                     target=target,
+                    routes=outbox_routes(get_settings(self.request)),
                 )
                 await self.audit.record("update", "case", self.case_id, connection=connection)
         except (RecordConflict, RecordNotFound) as exc:
