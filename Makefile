@@ -5,12 +5,13 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export CM_FHIR_TEST_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test lint typecheck imports unit soak bench bench-ingest clean fuzz-api
+.PHONY: setup demo test lint typecheck imports unit soak bench bench-ingest clean fuzz-api lock
 
-$(STAMP): pyproject.toml
+## Installs with constraints.txt, the versions the suite last passed with (`make lock` renews it).
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -58,6 +59,16 @@ bench: $(STAMP)
 ## Ingest only: 4 lockstep senders, 5 rounds (run it a few times: the figures swing with load).
 bench-ingest: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py --senders 4 --rounds 5
+
+## Resolve pyproject's ranges afresh in a scratch venv and record the result in constraints.txt.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	{ echo "# Versions the test suite passed with; make and CI install with them (pip -c). Regenerate: make lock"; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^cm-fhir'; } > constraints.txt
+	rm -rf .lock-venv
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build dist

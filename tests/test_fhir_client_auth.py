@@ -4,6 +4,7 @@ checks the signature is in tests/test_fhir_client_server.py."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import stat
@@ -202,6 +203,32 @@ async def test_discovery_without_a_token_endpoint_is_an_auth_error() -> None:
     async with FhirClient(BASE, auth=auth, retry=ONCE) as client:
         with pytest.raises(RemoteAuthError, match="token_endpoint"):
             await client.read("Task", "t1")
+
+
+@respx.mock
+async def test_concurrent_requests_share_one_token_fetch() -> None:
+    discovery()
+    token = respx.post(TOKEN_URL).mock(side_effect=token_answers("only", "extra"))
+    read = respx.get(f"{BASE}/Task/t1").mock(return_value=httpx.Response(200, json=TASK))
+    auth = SmartBackendAuth(BASE, "c", generate_private_key("ES384"), scopes="system/Task.rs")
+    async with FhirClient(BASE, auth=auth, retry=ONCE) as client:
+        await asyncio.gather(*(client.read("Task", "t1") for _ in range(20)))
+    assert token.call_count == 1
+    assert read.call_count == 20
+
+
+@respx.mock
+async def test_an_https_endpoint_never_sends_credentials_over_http() -> None:
+    secure = "https://ehr.test/fhir"
+    respx.get(f"{secure}/.well-known/smart-configuration").mock(
+        return_value=httpx.Response(200, json={"token_endpoint": "http://ehr.test/token"})
+    )
+    token = respx.post("http://ehr.test/token")
+    auth = ClientSecretAuth(secure, "c", "secret", scopes="system/Task.rs")
+    async with FhirClient(secure, auth=auth, retry=ONCE) as client:
+        with pytest.raises(RemoteAuthError, match="not https"):
+            await client.read("Task", "t1")
+    assert not token.called
 
 
 @respx.mock

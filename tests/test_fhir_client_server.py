@@ -8,6 +8,7 @@ pointing at a stored resource.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -339,3 +340,28 @@ async def test_search_follows_every_page(fhir_server: str) -> None:
             await client.create(task, if_none_exist=identifier_query(task))
         found = [r async for r in client.search("Task", {"code": f"{system}|page", "_count": "2"})]
     assert sorted(r["identifier"][0]["value"] for r in found) == ["0", "1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("no_transaction", [False, True], ids=["transaction", "batch"])
+async def test_concurrent_writes_under_mixed_faults_land_exactly_once(
+    faulty_fhir_server: FhirFaults, no_transaction: bool
+) -> None:
+    faulty_fhir_server.set(
+        fail_ratio_503=0.2,
+        fail_ratio_429=0.1,
+        retry_after=0,
+        drop_ratio=0.05,
+        drop_after_processing=True,
+        no_transaction=no_transaction,
+        seed=7,
+    )
+    bundles = [fresh_bundle(mode=WriteMode.CONDITIONAL_UPDATE) for _ in range(3)]
+    retry = RetryPolicy(max_attempts=10, initial_backoff=0.02, max_backoff=0.2)
+    async with FhirClient(faulty_fhir_server.base_url, retry=retry) as client:
+        written = await asyncio.gather(*(client.write_bundle(b) for b in bundles))
+        faults = faulty_fhir_server.requests()["faults"]
+        faulty_fhir_server.clear()
+        for bundle, results in zip(bundles, written, strict=True):
+            assert all(r.ok for r in results)
+            await assert_landed(client, bundle)
+    assert faults.get("503", 0) + faults.get("429", 0) > 0

@@ -114,6 +114,17 @@ async def test_messages_name_the_type_not_the_identifier() -> None:
 
 
 @respx.mock
+async def test_a_redirect_is_not_an_answer() -> None:
+    login = httpx.Response(302, headers={"Location": "https://sso.example/login"})
+    respx.get(f"{BASE}/Task/t1").mock(return_value=login)
+    async with FhirClient(BASE, retry=RetryPolicy(max_attempts=3)) as client:
+        with pytest.raises(RemoteFhirError) as caught:
+            await client.read("Task", "t1")
+    assert caught.value.status == 302
+    assert not caught.value.retryable
+
+
+@respx.mock
 async def test_transport_errors_are_retryable_unavailable() -> None:
     respx.get(f"{BASE}/Task/t1").mock(side_effect=httpx.ConnectError("refused"))
     async with FhirClient(BASE, retry=ONCE) as client:

@@ -177,6 +177,8 @@ class RemoteFhirError(CmFhirError):
     """
 
     retryable = False
+    #: Seconds the server (or our circuit breaker) asked to wait before trying again, if said.
+    retry_after: float | None = None
 
     def __init__(
         self, status: int | None, message: str, outcome: dict[str, Any] | None = None

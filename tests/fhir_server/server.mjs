@@ -1,5 +1,6 @@
 // In-memory FHIR R4 server for the cm-fhir test suite. It does network I/O: one HTTP listener on
-// 127.0.0.1 only. FHIR REST semantics (CRUD, search, history, batch/transaction, conditional
+// 127.0.0.1 only (FHIR_SERVER_HOST overrides it for the compose "ehr" profile). FHIR REST
+// semantics (CRUD, search, history, batch/transaction, conditional
 // create/update/delete, urn:uuid reference rewriting) come from @medplum/fhir-router; the store
 // with the checks a real server makes on every write is in repository.mjs. README.md beside this
 // file says what is and is not checked.
@@ -340,7 +341,7 @@ function main() {
     });
   });
   const port = Number(process.argv[2] ?? process.env.FHIR_SERVER_PORT ?? 0);
-  server.listen(port, '127.0.0.1', () => {
+  server.listen(port, process.env.FHIR_SERVER_HOST ?? '127.0.0.1', () => {
     const ms = Number(process.hrtime.bigint() - started) / 1e6;
     process.stderr.write(`definitions loaded and server up in ${ms.toFixed(0)} ms\n`);
     process.stdout.write(`listening ${server.address().port}\n`);

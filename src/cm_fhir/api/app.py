@@ -29,6 +29,7 @@ import cm_fhir
 from cm_fhir.api import metrics
 from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext, route_template
+from cm_fhir.api.docs import install_docs
 from cm_fhir.api.errors import error_response, install_error_handlers
 from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
@@ -159,7 +160,10 @@ def create_app(
         lifespan=lifespan,
         root_path=settings.http.root_path,
         responses=_COMMON_RESPONSES,
+        docs_url=None,
+        redoc_url=None,
     )
+    install_docs(app)
     install_error_handlers(app)
     for router in routers():
         app.include_router(router)

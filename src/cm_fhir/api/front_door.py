@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cm_fhir.api.auth import AuthError
 from cm_fhir.api.deps import AppContext, record_denial, route_path, token_subject
+from cm_fhir.api.docs import ASSET_PATHS
 from cm_fhir.api.errors import error_response
 
 __all__ = ["OPEN_PATHS", "BodyTooLarge", "FrontDoor"]
@@ -45,6 +46,7 @@ OPEN_PATHS = frozenset(
         "/docs",
         "/docs/oauth2-redirect",
         "/redoc",
+        *ASSET_PATHS,
     }
 )
 

@@ -114,6 +114,9 @@ class TokenAuth(httpx.Auth):
         endpoint = _json_object(response, "SMART discovery").get("token_endpoint")
         if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
             raise RemoteAuthError(response.status_code, "SMART discovery: no token_endpoint")
+        if self.fhir_base_url.startswith("https://") and not endpoint.startswith("https://"):
+            # credentials never leave over plain HTTP for an HTTPS endpoint
+            raise RemoteAuthError(response.status_code, "SMART discovery: token_endpoint not https")
         return endpoint
 
     async def _fetch(self) -> str:

@@ -126,7 +126,7 @@ def error_for(
     url: str,
     headers: Mapping[str, str] | None = None,
 ) -> RemoteFhirError:
-    """The exception for an error answer (``status`` >= 400)."""
+    """The exception for an error answer (``status`` >= 400, or an unexpected 3xx)."""
     codes = issue_codes(outcome)
     cls: type[RemoteFhirError] = RemoteFhirError
     for statuses, code, candidate in STATUS_TABLE:
@@ -143,8 +143,9 @@ def error_for(
 
 
 def raise_for_response(response: httpx.Response) -> None:
-    """Raise the mapped error if ``response`` is an error answer."""
-    if response.status_code < 400:
+    """Raise the mapped error if ``response`` is an error answer. A redirect (other than 304) is
+    one too: the client follows none (a FHIR API does not move; a login page is not an answer)."""
+    if response.status_code < 300 or response.status_code == 304:
         return
     outcome: Json | None = None
     try:
