@@ -33,7 +33,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -42,6 +42,7 @@ from cm_fhir.domain.case import Case
 from cm_fhir.errors import MappingError, RecordNotFound, RemoteNotFound
 from cm_fhir.facade.provenance import fhir_source_key
 from cm_fhir.fhir_client import FhirClient
+from cm_fhir.fhir_client.responses import version_of_etag
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.audit import AuditRecord, record_audit
 from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_case
@@ -58,7 +59,6 @@ from cm_fhir.sync.task_states import (
 )
 
 __all__ = [
-    "EchoCheck",
     "PassResult",
     "StatusBack",
     "StatusBackEndpoint",
@@ -74,12 +74,6 @@ MAX_READS = 50
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
-class EchoCheck(Protocol):
-    """Whether a remote Task version is one we wrote ourselves (runs in the transaction)."""
-
-    def __call__(self, connection: Connection, endpoint: str, remote: RemoteTask) -> bool: ...
-
-
 def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> bool:
     """True when the sync state holds ``remote``'s version: the one the sync worker's write
     made, or one status back has applied already."""
@@ -89,13 +83,8 @@ def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> 
         record is not None
         and record.version_id is not None
         and remote.version_id is not None
-        and _version(record.version_id) == _version(remote.version_id)
+        and version_of_etag(record.version_id) == version_of_etag(remote.version_id)
     )
-
-
-def _version(text: str) -> str:
-    """A version id as given, or out of its ETag (``W/"3"``)."""
-    return text.strip().removeprefix("W/").strip('"')
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,14 +130,11 @@ class StatusBack:
         registry: MappingRegistry,
         endpoint: StatusBackEndpoint,
         client: FhirClient,
-        *,
-        echo: EchoCheck = our_own_write,
     ) -> None:
         self.engine = engine
         self.registry = registry
         self.endpoint = endpoint
         self.client = client
-        self.echo = echo
         self.task_system = registry.system("task")
 
     # -- applying Tasks ---------------------------------------------------------------------------
@@ -182,7 +168,7 @@ class StatusBack:
     async def _apply_one(self, remote: RemoteTask, route: str, result: PassResult) -> None:
         name = self.endpoint.name
         async with self.engine.begin() as connection:
-            if await connection.run_sync(self.echo, name, remote):
+            if await connection.run_sync(our_own_write, name, remote):
                 done: Applied | None = None
                 outcome = "echo"
             else:
