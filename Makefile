@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 export CM_FHIR_TEST_PG_URL ?= postgresql+asyncpg://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test lint typecheck imports unit soak bench bench-ingest clean fuzz-api lock
+.PHONY: setup demo test docs lint typecheck imports unit soak bench bench-ingest clean fuzz-api lock
 
 ## Installs with constraints.txt, the versions the suite last passed with (`make lock` renews it).
 $(STAMP): pyproject.toml constraints.txt
@@ -20,8 +20,8 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/cm-fhir demo --once
 
-## Everything CI checks: lint, format, types, the import contract, then the test suite.
-test: lint typecheck imports unit
+## Everything CI checks: lint, format, types, the import contract, the docs build, then the tests.
+test: lint typecheck imports docs unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
@@ -32,6 +32,10 @@ typecheck: $(STAMP)
 
 imports: $(STAMP)
 	$(BIN)/lint-imports
+
+## The user guide and API reference (mkdocs + mkdocstrings) into site/; warnings fail the build.
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
 
 ## The in-memory FHIR R4 server the tests start; needs npm (tests skip it without node).
 FHIR_SERVER := tests/fhir_server

@@ -10,6 +10,7 @@ must come from a CodeSystem shipped in ``profiles/``, each with one canonical UR
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +124,11 @@ def test_every_screening_criterion_the_workflow_reports_is_defined(
 
 def test_the_three_misread_codes_are_gone() -> None:
     text = " ".join(p.read_text(encoding="utf-8") for p in EXAMPLES)
-    for code in ("89243-0", "160903007", "768730001"):
+    for code in ("89243-0", "160903007"):
         assert code not in text
+    # 768730001 is "Home health aide": used again for what it means, never for a case manager.
+    aides = re.findall(r'"code": "768730001", "display": "([^"]+)"', text)
+    assert aides == ["Home health aide"]
     case = Case.model_validate_json((ROOT / "examples" / "stroke-inpatient-rehab.json").read_text())
     assert case.goals[0].target is not None
     assert case.goals[0].target.measure.system == f"{BASE}/CodeSystem/cm-goal-measure"

@@ -1,8 +1,9 @@
 """Profile commands: ``validate`` and ``profiles snapshot``. I/O edge: reads and writes files.
 
 ``cm-fhir validate FILE...`` checks JSON resources or Bundles against their ``meta.profile``
-profiles (or the R4 base) and prints the issues; exit status 0 without errors, 1 with errors, 2
-when a file cannot be read. ``cm-fhir profiles snapshot`` regenerates the snapshots of the
+profiles (or the R4 base) and prints the errors (``-v`` adds warnings, ``-vv`` information) and
+one summary line per file; exit status 0 without errors, 1 with errors, 2 when a file cannot be
+read. ``cm-fhir profiles snapshot`` regenerates the snapshots of the
 project's StructureDefinitions from their differentials (``--check`` only reports stale ones).
 """
 
@@ -28,15 +29,29 @@ from cm_fhir.profiles import (
 profiles_app = typer.Typer(help="Profiles: regenerate snapshots.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
 
-_SHOWN = {"error", "fatal", "warning"}
-
 
 def _read(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        typer.echo(f"{path}: cannot be read as JSON: {type(exc).__name__}", err=True)
+    except json.JSONDecodeError as exc:
+        typer.echo(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", err=True)
         raise typer.Exit(2) from exc
+    except UnicodeDecodeError as exc:
+        typer.echo(f"{path}: not UTF-8 text (byte {exc.start})", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:
+        typer.echo(f"{path}: cannot be read: {exc.strerror or 'I/O error'}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _summary(path: Path, errors: int, warnings: int, hidden: int) -> str:
+    if not errors and not warnings:
+        return f"{path}: OK"
+    parts = [f"{errors} error{'s' if errors != 1 else ''}"] if errors else []
+    if warnings:
+        parts.append(f"{warnings} warning{'s' if warnings != 1 else ''}")
+    note = f" ({hidden} not shown; -v shows warnings)" if hidden else ""
+    return f"{path}: {', '.join(parts)}{note}"
 
 
 def _validator(profiles_dir: Path | None) -> ProfileValidator:
@@ -54,10 +69,17 @@ def validate_command(
     profiles_dir: Path | None = typer.Option(
         None, "--profiles-dir", help="Profile folder (default: the bundled profiles)."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show information issues."),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="-v: also warnings; -vv: also information."
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only the summary line per file."),
     as_json: bool = typer.Option(False, "--json", help="Print the OperationOutcome(s) as JSON."),
 ) -> None:
-    """Validate FHIR resources against their profiles."""
+    """Validate FHIR resources against their profiles.
+
+    Prints each error, then one summary line per file; exit status 0 when no file has errors,
+    1 when one has, 2 when a file or the profiles cannot be read.
+    """
     documents = [(path, _read(path)) for path in files]
     validator = _validator(profiles_dir)
     failed = False
@@ -72,13 +94,21 @@ def validate_command(
         if as_json:
             typer.echo(json.dumps({"file": str(path), "outcome": outcome}, indent=2))
             continue
+        hidden = 0
         for issue in outcome["issue"]:
-            if issue["severity"] in _SHOWN or verbose:
-                where = ", ".join(issue.get("expression", ["-"]))
-                text = issue["details"]["text"]
-                typer.echo(f"{path}: {issue['severity']} {where}: {text}")
+            severity = issue["severity"]
+            shown = not quiet and (
+                severity in {"error", "fatal"}
+                or (verbose >= 1 and severity == "warning")
+                or verbose >= 2
+            )
+            if not shown:
+                hidden += severity == "warning"
+                continue
+            where = ", ".join(issue.get("expression", ["-"]))
+            typer.echo(f"{path}: {severity} {where}: {issue['details']['text']}")
         warnings = sum(1 for i in outcome["issue"] if i["severity"] == "warning")
-        typer.echo(f"{path}: {len(errors)} error(s), {warnings} warning(s)")
+        typer.echo(_summary(path, len(errors), warnings, hidden if not quiet else 0))
     raise typer.Exit(1 if failed else 0)
 
 

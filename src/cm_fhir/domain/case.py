@@ -51,8 +51,11 @@ class StatusChange(DomainModel):
     """One period the case spent in one status."""
 
     status: CaseStatus
+    """The status the case was in."""
     start: Instant
+    """When the case entered it."""
     end: Instant | None = None
+    """When it left it; None for the current status."""
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
@@ -62,24 +65,34 @@ class StatusChange(DomainModel):
 
 
 class CareTeamMember(DomainModel):
+    """One member of the case's care team: who (``party``) in which ``role``."""
+
     role: Code
+    """The member's role on the team (a cm-fhir care-team role code)."""
     party: PartyRef
+    """Who the member is."""
 
 
 class CareTeam(DomainModel):
     """The coordinated group of providers around the patient."""
 
     id: LocalId
+    """Case-local id of the team."""
     name: str | None = None
+    """The team's name, e.g. ``4 West discharge planning``."""
     members: tuple[CareTeamMember, ...] = ()
+    """The people and organisations on the team, with their roles."""
 
 
 class Coverage(DomainModel):
     """The patient's insurance for this case."""
 
     payer: PartyRef
+    """The insurer or programme that pays."""
     member_id: str = Field(min_length=1)
+    """The patient's member id at the payer."""
     plan: str | None = None
+    """The plan or product name, if known."""
 
 
 class ReferralSource(DomainModel):
@@ -87,8 +100,11 @@ class ReferralSource(DomainModel):
 
     party: PartyRef | None = Field(default=None, description="None when a data flag found them")
     received: Instant
+    """When the referral to case management was received."""
     reasons: tuple[Code, ...] = ()
+    """Why the patient was referred (coded)."""
     note: str | None = None
+    """Free-text detail of the referral."""
 
 
 _T = TypeVar("_T", Task, Goal, Referral, Assessment)
@@ -107,27 +123,47 @@ class Case(DomainModel):
 
     id: LocalId = Field(description="The case number")
     patient: PatientRef
+    """The patient, by business identifiers."""
     programme: Programme
+    """The case-management programme (discharge planning, utilization review, HIV adherence...)."""
     models: tuple[CaseManagementModel, ...] = ()
+    """Case-management models in use: brokerage, clinical, strengths-based, intensive."""
     status: CaseStatus
+    """Current status; always the last entry of ``status_history``."""
     status_history: tuple[StatusChange, ...] = Field(min_length=1)
+    """Every status the case has been in, in order, the last one open."""
     closed: Instant | None = None
+    """When the case reached a final status (closed, cancelled, entered-in-error)."""
     case_manager: PartyRef | None = None
+    """The accountable case manager."""
     care_team: CareTeam | None = None
+    """The coordinated group of providers around the patient."""
     managing_organization: PartyRef | None = None
+    """The organisation responsible for the case."""
     referral_source: ReferralSource | None = None
+    """Who referred the patient to case management, when and why."""
     reasons: tuple[Code, ...] = Field(default=(), description="Conditions, in rank order")
     encounters: tuple[Identifier, ...] = Field(default=(), description="Visit numbers")
     coverage: tuple[Coverage, ...] = ()
+    """The patient's insurance coverage relevant to this case."""
     screening: Screening | None = None
+    """The screening and eligibility decision that opened (or declined) the case."""
     assessments: tuple[Assessment, ...] = ()
+    """Assessments requested or done (initial, psychosocial, functional...)."""
     risk: RiskEvaluation | None = None
+    """The latest risk evaluation (e.g. readmission risk)."""
     goals: tuple[Goal, ...] = ()
+    """The patient's SMART goals."""
     care_plan: CarePlan | None = None
+    """The care plan that carries out the goals."""
     tasks: tuple[Task, ...] = ()
+    """Work to be done by the team: assessments, calls, reconciliations, follow-ups."""
     referrals: tuple[Referral, ...] = ()
+    """Referrals to services and providers (post-acute care, community services)."""
     discharge_plan: DischargePlan | None = None
+    """The discharge plan: expected date, disposition, needs and barriers."""
     outcome: OutcomeEvaluation | None = None
+    """The outcome evaluation, once made."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -196,22 +232,27 @@ class Case(DomainModel):
             raise DomainError(f"case '{self.id}' is {self.status.value}: it takes no new {what}")
 
     def add_task(self, task: Task) -> Case:
+        """A copy with ``task`` added; raises DomainError when the case is closed."""
         self._require_open("tasks")
         return self._changed(tasks=(*self.tasks, task))
 
     def add_goal(self, goal: Goal) -> Case:
+        """A copy with ``goal`` added; raises DomainError when the case is closed."""
         self._require_open("goals")
         return self._changed(goals=(*self.goals, goal))
 
     def add_referral(self, referral: Referral) -> Case:
+        """A copy with ``referral`` added; raises DomainError when the case is closed."""
         self._require_open("referrals")
         return self._changed(referrals=(*self.referrals, referral))
 
     def add_assessment(self, assessment: Assessment) -> Case:
+        """A copy with ``assessment`` added; raises DomainError when the case is closed."""
         self._require_open("assessments")
         return self._changed(assessments=(*self.assessments, assessment))
 
     def task(self, task_id: str) -> Task:
+        """The task with this id; raises DomainError when the case has none."""
         for task in self.tasks:
             if task.id == task_id:
                 return task

@@ -36,8 +36,11 @@ class GoalTarget(DomainModel):
     """What "achieved" means: a measure and a value or range."""
 
     measure: Code
+    """What is measured (a LOINC or cm-fhir goal-measure code)."""
     value: Quantity | None = None
+    """The target amount, when one number is the target."""
     range: Range | None = None
+    """The target range, when the target is a band."""
     text: str | None = Field(default=None, description="A coded or textual target, e.g. 'yes'")
 
     @model_validator(mode="after")
@@ -52,19 +55,30 @@ class Goal(DomainModel):
     """A SMART goal set with the patient and family."""
 
     id: LocalId
+    """Case-local id."""
     description: NonEmptyStr
+    """The goal in words the patient and team use."""
     category: GoalCategory
+    """The kind of goal (clinical, functional, social, behavioural...)."""
     target: GoalTarget | None = None
+    """The measurable target, when there is one."""
     qualitative_reason: str | None = Field(
         default=None, description="Why the goal has no measurable target (SMART exception)"
     )
     start: date | None = None
+    """When work on the goal starts."""
     due: date
+    """When the goal should be reached."""
     lifecycle: GoalLifecycle = GoalLifecycle.ACTIVE
+    """Where the goal stands (proposed, active, completed, cancelled...)."""
     achievement: GoalAchievement | None = None
+    """How far it is achieved (in progress, improving, achieved...)."""
     priority: GoalPriority = GoalPriority.MEDIUM
+    """How much the goal matters relative to the others."""
     expressed_by: PartyRef | None = None
+    """Who set the goal (the patient, a clinician)."""
     addresses: tuple[Code, ...] = ()
+    """Conditions or needs the goal addresses (coded)."""
 
     @model_validator(mode="after")
     def _smart(self) -> Self:
@@ -85,9 +99,15 @@ class CarePlan(DomainModel):
     """Health objectives, services, schedule and resources for the case."""
 
     id: LocalId
+    """Case-local id."""
     title: NonEmptyStr
+    """The plan's title."""
     description: str | None = None
+    """What the plan does, in words."""
     status: PlanStatus = PlanStatus.DRAFT
+    """The plan's status (draft, active, completed...)."""
     period: Period | None = None
+    """The time the plan covers."""
     author: PartyRef | None = None
+    """Who wrote the plan."""
     goals: tuple[LocalId, ...] = Field(default=(), description="Ids of the goals this plan serves")

@@ -33,18 +33,28 @@ class Task(DomainModel):
     """A piece of case-management work: an assessment, a follow-up call, a medication review..."""
 
     id: LocalId
+    """Case-local id."""
     kind: ActivityKind
+    """What the work is (initial assessment, follow-up call, medication reconciliation...)."""
     description: NonEmptyStr
+    """The task in words for the person doing it."""
     status: TaskStatus = TaskStatus.REQUESTED
+    """Where the task stands in the FHIR Task state machine."""
     intent: TaskIntent = TaskIntent.ORDER
+    """Whether it is ordered, planned or proposed."""
     priority: Priority = Priority.ROUTINE
+    """Routine, urgent, asap or stat."""
     owner: PartyRef
+    """Who does it (a person or a team)."""
     requester: PartyRef | None = None
+    """Who asked for it."""
     authored_on: Instant
+    """When the task was created."""
     not_before: Instant | None = Field(
         default=None, description="Work starts no earlier than this (a window with ``due``)"
     )
     due: Instant
+    """When it must be done by."""
     business_status: str | None = Field(
         default=None, description="Free text, e.g. 'left voicemail'"
     )
@@ -56,7 +66,9 @@ class Task(DomainModel):
     )
     care_plan: LocalId | None = Field(default=None, description="The plan this task carries out")
     focus_goal: LocalId | None = None
+    """Id of the goal this task works towards."""
     notes: tuple[NonEmptyStr, ...] = ()
+    """Notes added while working the task, oldest first."""
 
     @model_validator(mode="after")
     def _window(self) -> Self:
@@ -77,7 +89,9 @@ class Task(DomainModel):
         return self.model_copy(update=update)
 
     def reassign(self, owner: PartyRef) -> Task:
+        """A copy owned by ``owner`` (status unchanged)."""
         return self.model_copy(update={"owner": owner})
 
     def is_overdue(self, now: datetime) -> bool:
+        """Whether the task is still open after its due time."""
         return self.is_open and self.due < now

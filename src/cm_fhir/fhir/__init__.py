@@ -7,6 +7,9 @@ The public API::
     data = map_case_json(case, validate=False)   # the fast path, no validation
     case = case_from_bundle(bundle)         # the reverse mapping (lossless)
     parts = split_transaction(bundle, 8)    # for servers that cap transaction size
+    model = map_case_model(case)            # typed: a fhir.resources R4B Bundle model
+
+Every function takes an optional ``registry`` (the mappings); None means the bundled ones.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from cm_fhir.domain.case import Case
 from cm_fhir.fhir.bundle import WriteMode, bundle_resources, dumps, transaction_bundle
 from cm_fhir.fhir.context import ReferenceStyle
 from cm_fhir.fhir.mapper import case_to_resources, resources_to_case
-from cm_fhir.fhir.models import validate_bundle, validate_resource
+from cm_fhir.fhir.models import bundle_model, resource_model, validate_bundle, validate_resource
 from cm_fhir.fhir.shape import check_shape
 from cm_fhir.fhir.split import split_transaction
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
@@ -55,6 +58,19 @@ def map_case_json(
     return dumps(map_case(case, registry, validate=validate, mode=mode))
 
 
+def map_case_model(
+    case: Case,
+    registry: MappingRegistry | None = None,
+    *,
+    mode: WriteMode = WriteMode.CONDITIONAL_UPDATE,
+) -> Any:
+    """``map_case`` as a fhir.resources R4B ``Bundle`` model, for callers who want typed objects:
+    ``map_case_model(case).entry[0].resource`` is an ``EpisodeOfCare`` model."""
+    bundle = map_case(case, registry, validate=False, mode=mode)
+    check_shape(bundle)
+    return bundle_model(bundle)
+
+
 def case_from_bundle(bundle: Json, registry: MappingRegistry | None = None) -> Case:
     """Read a case back from a Bundle (or a list of resources) the mapper made."""
     return resources_to_case(bundle_resources(bundle), registry or default_registry())
@@ -68,6 +84,8 @@ __all__ = [
     "dumps",
     "map_case",
     "map_case_json",
+    "map_case_model",
+    "resource_model",
     "resources_to_case",
     "split_transaction",
     "transaction_bundle",

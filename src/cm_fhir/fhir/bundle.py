@@ -26,6 +26,10 @@ Json = dict[str, Any]
 
 
 class WriteMode(StrEnum):
+    """How a transaction Bundle writes each resource: conditional update by business
+    identifier (the default: a retry never duplicates), conditional create, or plain update by id.
+    """
+
     CONDITIONAL_UPDATE = "conditional-update"
     CONDITIONAL_CREATE = "conditional-create"
     UPDATE = "update"

@@ -21,17 +21,22 @@ from cm_fhir.fhir import episode, plans, work
 from cm_fhir.fhir.context import CaseContext, ReferenceStyle, reference_id
 from cm_fhir.fhir.ids import split_local_value
 from cm_fhir.fhir.work import FULFILMENT
-from cm_fhir.mapping.registry import MappingRegistry
+from cm_fhir.mapping.registry import MappingRegistry, default_registry
 
 Json = dict[str, Any]
 _T = TypeVar("_T")
 
 
 def case_to_resources(
-    case: Case, registry: MappingRegistry, style: ReferenceStyle = ReferenceStyle.URN_UUID
+    case: Case,
+    registry: MappingRegistry | None = None,
+    style: ReferenceStyle = ReferenceStyle.URN_UUID,
 ) -> list[Json]:
-    """Every FHIR resource of one case, as plain dicts, in a deterministic order."""
-    ctx = CaseContext(registry, case.id, case.patient, style)
+    """Every FHIR resource of one case, as plain dicts, in a deterministic order.
+
+    ``registry``: the mappings to use; None (the default) means the bundled ones.
+    """
+    ctx = CaseContext(registry or default_registry(), case.id, case.patient, style)
     out = [episode.episode_of_care(ctx, case)]
     if case.referral_source is not None:
         out.append(episode.intake_referral(ctx, case.referral_source, case))
@@ -93,10 +98,13 @@ class _Index:
         return split_local_value(values[0], self.case_id, "reference")[0] if values else None
 
 
-def resources_to_case(resources: list[Json], registry: MappingRegistry) -> Case:
-    """Read a case back from its resources (e.g. the entries of a transaction Bundle)."""
+def resources_to_case(resources: list[Json], registry: MappingRegistry | None = None) -> Case:
+    """Read a case back from its resources (e.g. the entries of a transaction Bundle).
+
+    ``registry``: the mappings they were made with; None (the default) means the bundled ones.
+    """
     try:
-        return _to_case(resources, registry)
+        return _to_case(resources, registry or default_registry())
     except MappingError:
         raise
     except _STRUCTURAL as exc:

@@ -62,6 +62,22 @@ def validate_bundle(bundle: Json) -> None:
         _raise("Bundle", exc)
 
 
+def bundle_model(bundle: Json) -> Any:
+    """The Bundle as a fhir.resources R4B ``Bundle`` model (typed objects, each entry's resource
+    its own model class); raises ValidationError when it is not valid R4."""
+    try:
+        return Bundle.model_validate(bundle)
+    except pydantic.ValidationError as exc:
+        _raise("Bundle", exc)
+        raise  # unreachable: _raise always raises
+
+
+def resource_model(resource: Json) -> Any:
+    """One resource as its fhir.resources R4B model (``Task``, ``EpisodeOfCare``...)."""
+    validate_resource(resource)
+    return get_fhir_model_class(str(resource["resourceType"])).model_validate(resource)
+
+
 def bundle_model_roundtrip(bundle: Json) -> str:
     """fhir.resources' own validate + serialise of a Bundle (the benchmark's baseline)."""
     return str(Bundle.model_validate(bundle).model_dump_json(exclude_none=True))

@@ -283,6 +283,9 @@ class PostAcuteRule(Rules):
 
 
 class AdmissionRules(Rules):
+    """A01 (and an A13 that turns a discharge back into a stay): the initial assessment, the
+    payer notification, and post-acute referrals started at admission."""
+
     initial_assessment: TaskRule
     payer_notification: TaskRule | None = None
     post_acute: list[PostAcuteRule] = Field(
@@ -291,6 +294,8 @@ class AdmissionRules(Rules):
 
 
 class TransferRules(Rules):
+    """A02: whether open tasks follow the patient to the new unit's team."""
+
     move_open_tasks: bool = True
 
 
@@ -315,6 +320,8 @@ class ClassChangeRules(Rules):
 
 
 class PendingDischargeRules(Rules):
+    """A16 pending discharge: the discharge-planning tasks it creates, by rule name."""
+
     tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
 
 
@@ -325,6 +332,9 @@ class DeathRules(Rules):
 
 
 class DischargeStepRules(Rules):
+    """A03 discharge: the tasks, the catch-up of missed planning tasks, and the referral per
+    disposition."""
+
     tasks: dict[RuleName, TaskRule] = Field(default_factory=dict)
     catch_up: list[RuleName] = Field(
         default_factory=list,

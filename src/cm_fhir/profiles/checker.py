@@ -12,11 +12,12 @@ names the element and what the profile expects.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from cm_fhir.profiles.constraints import SKIPPED, ConstraintEngine
 from cm_fhir.profiles.model import CompiledProfile, ElementNode
-from cm_fhir.profiles.primitives import check_primitive, is_primitive
+from cm_fhir.profiles.primitives import PRIMITIVE_TYPES, check_primitive, is_primitive
 from cm_fhir.profiles.rules import Catalog, Run, check_binding, check_coding, check_reference
 from cm_fhir.profiles.slicing import assign_slices, matches_pattern
 
@@ -29,6 +30,12 @@ class InstanceChecker:
     def __init__(self, catalog: Catalog, engine: ConstraintEngine) -> None:
         self.catalog = catalog
         self.engine = engine
+        # Caches by id() of compiled nodes, which live as long as the catalog that holds them.
+        self._layouts: dict[int, _Layout] = {}
+        self._json_keys: dict[int, tuple[tuple[str, str, str], ...]] = {}
+        self._type_trees: dict[tuple[int, str], CompiledProfile | None] = {}
+        self._extra: dict[tuple[int, int], tuple[Any, ...]] = {}
+        self._resource_types: dict[str, bool] = {}
 
     # -- resources --------------------------------------------------------------------------
     def check_resource(
@@ -91,30 +98,64 @@ class InstanceChecker:
             if type_tree is None:
                 return
             owner = type_tree.root
+        keys = owner.keys
+        layout = self._layouts.get(id(owner))
+        if layout is None:
+            layout = self._layouts[id(owner)] = _Layout(owner)
+        to_check = dict(layout.always)
         for key in value:
-            if key in owner.keys or (root and key == "resourceType"):
+            known = keys.get(key)
+            if known is not None:
+                to_check[layout.order[id(known[0])]] = known[0]
                 continue
-            if key.startswith("_") and is_primitive(owner.keys.get(key[1:], (owner, ""))[1]):
+            if root and key == "resourceType":
                 continue
+            if key.startswith("_"):
+                known = keys.get(key[1:])
+                if known is not None and is_primitive(known[1]):
+                    to_check[layout.order[id(known[0])]] = known[0]
+                    continue
             run.error("structure", f"{expr}.{key}", _unknown_text(key, owner))
-        for child in owner.children.values():
-            self.check_child(value, child, owner, expr, run)
-        is_resource = root and "resourceType" in value
-        if not is_resource and not any(k != "id" and _present(v) for k, v in value.items()):
-            run.error("invariant", expr, "ele-1: All FHIR elements must have a @value or children")
+        # Present elements, and absent ones that are required or must-support, in profile order.
+        for index in sorted(to_check):
+            self.check_child(value, to_check[index], owner, expr, run)
+        if not (root and "resourceType" in value):
+            for k, v in value.items():
+                if k != "id" and v is not None and v != []:
+                    break
+            else:
+                run.error(
+                    "invariant", expr, "ele-1: All FHIR elements must have a @value or children"
+                )
         if tcode == "Extension" and _present(value.get("extension")) == _has_value_x(value):
             run.error("invariant", expr, "ext-1: Must have either extensions or value[x], not both")
         if root and isinstance(value.get("contained"), list):
             _check_contained_referenced(value, expr, run)
-        constraints = list(node.constraints)
-        fhirpath_type = rtype if (rtype := value.get("resourceType")) and root else None
-        self._constraints(constraints, value, fhirpath_type or node.fhirpath_type, expr, run)
+        if node.constraints:
+            fhirpath_type = rtype if (rtype := value.get("resourceType")) and root else None
+            self._constraints(
+                node.constraints, value, fhirpath_type or node.fhirpath_type, expr, run
+            )
         if type_tree is not None and type_tree.root is not node:
-            seen = {c.key for c in constraints}
-            extra = [c for c in type_tree.root.constraints if c.key not in seen]
-            self._constraints(extra, value, type_tree.root.fhirpath_type, expr, run)
+            extra = self._extra.get((id(node), id(type_tree.root)))
+            if extra is None:
+                seen = {c.key for c in node.constraints}
+                extra = tuple(c for c in type_tree.root.constraints if c.key not in seen)
+                self._extra[(id(node), id(type_tree.root))] = extra
+            if extra:
+                self._constraints(extra, value, type_tree.root.fhirpath_type, expr, run)
 
     def _type_tree(
+        self, node: ElementNode, tcode: str, value: dict[str, Any]
+    ) -> CompiledProfile | None:
+        if tcode == "Extension":
+            return self._find_type_tree(node, tcode, value)
+        key = (id(node), tcode)
+        if key not in self._type_trees:
+            self._type_trees[key] = self._find_type_tree(node, tcode, value)
+        return self._type_trees[key]
+
+    def _find_type_tree(
         self, node: ElementNode, tcode: str, value: dict[str, Any]
     ) -> CompiledProfile | None:
         for t in node.types:
@@ -134,7 +175,25 @@ class InstanceChecker:
         self, value: dict[str, Any], child: ElementNode, owner: ElementNode, expr: str, run: Run
     ) -> None:
         items: list[tuple[Any, Any, str, str]] = []
-        present = [(k, t) for k, t in child.json_keys if k in value or f"_{k}" in value]
+        json_keys = self._json_keys.get(id(child))
+        if json_keys is None:
+            json_keys = self._json_keys[id(child)] = tuple(
+                (k, t, f"_{k}") for k, t in child.json_keys
+            )
+        if len(json_keys) == 1 and not child.is_array and child.slicing is None:
+            # The common case, without the general bookkeeping: one single-valued element.
+            key, tcode, companion = json_keys[0]
+            raw, ext = value.get(key), value.get(companion)
+            if (key in value or companion in value) and not (
+                isinstance(raw, list) or isinstance(ext, list)
+            ):
+                if child.max == 0:
+                    where = f"{expr}.{child.display_name}"
+                    text = "is not allowed by the profile (max 0)"
+                    run.error("structure", where, f"{child.display_name} {text}")
+                self.check_item(raw, ext, tcode, child, owner, f"{expr}.{key}", run)
+                return
+        present = [(k, t) for k, t, companion in json_keys if k in value or companion in value]
         if len(present) > 1:
             run.error(
                 "structure",
@@ -200,10 +259,15 @@ class InstanceChecker:
         expr: str,
         run: Run,
     ) -> None:
-        if is_primitive(tcode):
+        if tcode in PRIMITIVE_TYPES:
             self._check_primitive(raw, ext, tcode, node, expr, run)
             return
-        if tcode == "Resource" or self.catalog.is_resource_type(tcode):
+        is_resource = self._resource_types.get(tcode)
+        if is_resource is None:
+            is_resource = self._resource_types[tcode] = (
+                tcode == "Resource" or self.catalog.is_resource_type(tcode)
+            )
+        if is_resource:
             if isinstance(raw, dict):
                 self.check_resource(raw, expr, run)
             else:
@@ -274,7 +338,7 @@ class InstanceChecker:
             )
 
     def _constraints(
-        self, constraints: list[Any], value: Any, fhirpath_type: str, expr: str, run: Run
+        self, constraints: Sequence[Any], value: Any, fhirpath_type: str, expr: str, run: Run
     ) -> None:
         for c in constraints:
             if c.severity != "error" or c.key in SKIPPED:
@@ -286,6 +350,23 @@ class InstanceChecker:
                 )
             elif not result:
                 run.error("invariant", expr, f"{c.key}: {c.human}")
+
+
+class _Layout:
+    """Per element: each child's position, and the children checked even when absent (required,
+    must-support, or sliced: a slice may be required when its element is not)."""
+
+    __slots__ = ("_owner", "always", "order")
+
+    def __init__(self, owner: ElementNode) -> None:
+        self._owner = owner  # keeps the node alive while its id() is a cache key
+        children = list(owner.children.values())
+        self.order = {id(child): index for index, child in enumerate(children)}
+        self.always = {
+            index: child
+            for index, child in enumerate(children)
+            if child.min > 0 or child.must_support or child.slices
+        }
 
 
 def _check_contained_referenced(resource: dict[str, Any], expr: str, run: Run) -> None:

@@ -1,12 +1,13 @@
-"""FHIRPath invariants (ElementDefinition.constraint) evaluated with fhirpathpy. Pure.
+"""FHIRPath invariants (ElementDefinition.constraint): native where we can, else fhirpathpy. Pure.
 
-Expressions are compiled once and cached. fhirpathpy lacks two functions the R4 core invariants
-use; they are supplied here: ``hasValue()`` (a single primitive with a value) and ``htmlChecks()``
-(the narrative is one well-formed XHTML ``<div>`` without scripts, event handlers, forms or
-document type declarations, and with some text or an image). Some invariants are not evaluated at
-all, listed with the reason in :data:`SKIPPED`: they are checked natively by the validator
-(ele-1 and ext-1, which would otherwise run on every element; dom-3, whose ``as()`` on a
-collection fhirpathpy rejects) or need ``resolve()`` of references to
+The invariants met most often run as Python (:mod:`cm_fhir.profiles.invariants`); the rest go
+through fhirpathpy, whose expressions are compiled once and cached. fhirpathpy lacks two
+functions the R4 core invariants use; they are supplied here: ``hasValue()`` (a single primitive
+with a value) and ``htmlChecks()`` (the narrative is one well-formed XHTML ``<div>`` without
+scripts, event handlers, forms or document type declarations, and with some text or an image).
+Some invariants are not evaluated at all, listed with the reason in :data:`SKIPPED`: they are
+checked natively by the validator (ele-1 and ext-1, which would otherwise run on every element;
+dom-3, whose ``as()`` on a collection fhirpathpy rejects) or need ``resolve()`` of references to
 resources outside the one being validated.
 """
 
@@ -19,6 +20,8 @@ from typing import Any
 import fhirpathpy
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models
+
+from cm_fhir.profiles.invariants import native_invariant
 
 SKIPPED: dict[str, str] = {
     "ele-1": "checked natively: every element has a value or children",
@@ -73,7 +76,8 @@ Evaluator = Callable[..., list[Any]]
 class ConstraintEngine:
     """Compiles and evaluates invariants; remembers the ones that cannot be evaluated."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, native: bool = True) -> None:
+        self.native = native
         self._compiled: dict[str, Evaluator | None] = {}
         self.failures: dict[str, str] = {}
 
@@ -88,7 +92,26 @@ class ConstraintEngine:
         """True when satisfied, False when violated, None when it cannot be evaluated.
 
         An empty result counts as satisfied, as for the FHIR validator's search-like invariants.
+        Invariants with a native version (:mod:`cm_fhir.profiles.invariants`) run natively on
+        JSON objects; what the native version leaves open goes to fhirpathpy.
         """
+        if self.native and isinstance(value, dict):
+            native = native_invariant(key, expression)
+            if native is not None:
+                verdict = native(value, resource)
+                if verdict is not None:
+                    return verdict
+        return self.evaluate_fhirpath(key, expression, value, fhirpath_type, resource)
+
+    def evaluate_fhirpath(
+        self,
+        key: str,
+        expression: str,
+        value: Any,
+        fhirpath_type: str,
+        resource: dict[str, Any],
+    ) -> bool | None:
+        """:meth:`evaluate` with fhirpathpy only."""
         evaluator = self._compile(key, expression)
         if evaluator is None:
             return None

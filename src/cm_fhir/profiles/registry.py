@@ -56,9 +56,15 @@ class ConformanceRegistry:
                 raise ProfileError(f"{path.name}: not a FHIR resource")
             for resource in _unbundle(document):
                 registry.add(resource, source=str(path.relative_to(folder)))
+        if not registry.structure_definitions:
+            raise ProfileError(
+                f"profile folder {folder} holds no StructureDefinition "
+                "(expected JSON files with the R4 base definitions and the profiles to check)"
+            )
         return registry
 
     def add(self, resource: dict[str, Any], *, source: str) -> None:
+        """Index a StructureDefinition, ValueSet or CodeSystem (others are ignored)."""
         kind = resource.get("resourceType")
         if kind not in _KINDS:
             return
@@ -74,6 +80,7 @@ class ConformanceRegistry:
         self.sources[url] = source
 
     def structure_definition(self, url: str) -> dict[str, Any] | None:
+        """The StructureDefinition with this canonical URL (version suffix ignored), if loaded."""
         return self.structure_definitions.get(canonical(url))
 
     def base_definition(self, type_name: str) -> dict[str, Any] | None:

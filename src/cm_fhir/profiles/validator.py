@@ -31,11 +31,13 @@ _RESOURCE_TYPES_CS = "http://hl7.org/fhir/resource-types"
 class ProfileValidator:
     """Checks resources against StructureDefinitions; see the module docstring."""
 
-    def __init__(self, registry: ConformanceRegistry) -> None:
+    def __init__(self, registry: ConformanceRegistry, *, native_invariants: bool = True) -> None:
+        """``native_invariants=False`` evaluates every invariant with fhirpathpy (the reference
+        path the native versions are tested against; slower)."""
         self.registry = registry
         self.terminology = Terminology(registry)
         self._compiled: dict[str, CompiledProfile | None] = {}
-        self._engine = ConstraintEngine()
+        self._engine = ConstraintEngine(native=native_invariants)
         self._checker = InstanceChecker(self, self._engine)
         types = self.terminology.system_codes(_RESOURCE_TYPES_CS) or frozenset()
         self._resource_types = types | {
@@ -47,9 +49,10 @@ class ProfileValidator:
             self.profile(str(sd["url"]))
 
     @classmethod
-    def load(cls, profiles_dir: Path) -> ProfileValidator:
+    def load(cls, profiles_dir: Path, *, native_invariants: bool = True) -> ProfileValidator:
         """Read every JSON resource below ``profiles_dir`` (raises ProfileError)."""
-        return cls(ConformanceRegistry.from_directory(profiles_dir))
+        registry = ConformanceRegistry.from_directory(profiles_dir)
+        return cls(registry, native_invariants=native_invariants)
 
     # -- Catalog protocol -------------------------------------------------------------------
     def profile(self, url: str) -> CompiledProfile | None:
@@ -61,6 +64,7 @@ class ProfileValidator:
         return self._compiled[key]
 
     def is_resource_type(self, name: str) -> bool:
+        """Whether ``name`` is an R4 resource type (or a resource a loaded profile defines)."""
         return name in self._resource_types
 
     # -- public API -------------------------------------------------------------------------
