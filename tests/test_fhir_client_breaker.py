@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
 import respx
@@ -125,3 +127,24 @@ async def test_timeouts_and_connection_errors_count() -> None:
             with pytest.raises(RemoteUnavailable):
                 await client.read("Task", "t1")
     assert breaker.state == "open"
+
+
+@respx.mock
+async def test_attempts_over_their_time_cap_count_as_failures() -> None:
+    started: list[httpx.Request] = []
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.append(request)
+        await asyncio.sleep(30)
+        return httpx.Response(200)
+
+    breaker = CircuitBreaker(BASE, failure_threshold=2)
+    respx.get(f"{BASE}/Task/t1").mock(side_effect=hang)
+    retry = RetryPolicy(max_attempts=1, attempt_timeout=0.1)
+    async with FhirClient(BASE, retry=retry, breaker=breaker) as client:
+        for _ in range(2):
+            with pytest.raises(RemoteUnavailable, match="timed out"):
+                await client.read("Task", "t1")
+        with pytest.raises(CircuitOpen):
+            await client.read("Task", "t1")
+    assert len(started) == 2  # the third never left

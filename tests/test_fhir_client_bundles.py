@@ -128,6 +128,23 @@ async def test_a_next_page_on_another_origin_is_not_followed() -> None:
 
 
 @respx.mock
+async def test_pages_that_loop_are_refused() -> None:
+    page = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": {"resourceType": "Task", "id": "1"}}],
+        "link": [{"relation": "next", "url": f"{BASE}/Task?page=2"}],
+    }
+    route = respx.get(f"{BASE}/Task").mock(return_value=httpx.Response(200, json=page))
+    async with FhirClient(BASE, retry=ONCE) as client:
+        found: list[Json] = []
+        with pytest.raises(RemoteInvalid, match="loop"):
+            await collect(client.search("Task", {}), found)
+    assert route.call_count == 2
+    assert len(found) == 2
+
+
+@respx.mock
 async def test_included_resources_are_not_yielded_as_matches() -> None:
     page = {
         "resourceType": "Bundle",

@@ -120,7 +120,7 @@ async def test_the_servers_refusal_teaches_the_cap(
     base_url = request.getfixturevalue(server)
     counts = FhirFaults(base_url)
     async with FhirClient(base_url, retry=FAST) as client:
-        first = fresh_bundle("workers-comp-return-to-work", mode)
+        first = fresh_bundle(mode=mode)
         before = counts.requests()["by_request"].get("POST transaction", 0)
         await client.write_bundle(first)
         assert client.max_transaction_entries is not None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 import time
 from collections.abc import AsyncGenerator, Callable, Generator
 from typing import Any
@@ -20,11 +21,13 @@ from urllib.parse import quote
 import httpx
 
 from cm_fhir.errors import RemoteAuthError, RemoteFhirError, RemoteUnavailable
+from cm_fhir.fhir_client.responses import json_body
 from cm_fhir.fhir_client.status import error_for
 
 __all__ = ["BearerAuth", "ClientSecretAuth", "TokenAuth"]
 
 Json = dict[str, Any]
+_OAUTH_CODE = re.compile(r"[a-z_]{1,40}")
 
 
 class BearerAuth(httpx.Auth):
@@ -46,22 +49,15 @@ def _oauth_error(response: httpx.Response, what: str) -> RemoteFhirError:
         return error_for(
             status, None, method="POST", url=str(response.request.url), headers=response.headers
         )
-    code = ""
-    try:
-        body = response.json()
-        if isinstance(body, dict) and isinstance(body.get("error"), str):
-            code = f" ({body['error']})"
-    except ValueError:
-        pass
+    error = (json_body(response) or {}).get("error")
+    # an RFC 6749 error code (invalid_client, ...); anything else the server wrote is not repeated
+    code = f" ({error})" if isinstance(error, str) and _OAUTH_CODE.fullmatch(error) else ""
     return RemoteAuthError(status, f"{what} refused{code}")
 
 
 def _json_object(response: httpx.Response, what: str) -> Json:
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = json_body(response)
+    if body is None:
         raise RemoteAuthError(response.status_code, f"{what}: the answer is not a JSON object")
     return body
 

@@ -182,5 +182,5 @@ class BundleWriter:
         if request.get("ifMatch"):
             headers["If-Match"] = str(request["ifMatch"])
         body = entry.get("resource") if method in ("POST", "PUT") else None
-        response = await self._client._send(method, str(request["url"]), body=body, headers=headers)
-        return FhirResponse.of(response)
+        url = str(request["url"])
+        return FhirResponse.of(await self._client.request(method, url, body=body, headers=headers))

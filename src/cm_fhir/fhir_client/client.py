@@ -1,6 +1,6 @@
 """The async FHIR R4 client: one endpoint, its auth, its retry policy and its circuit breaker.
 
-Every request goes through :meth:`FhirClient._send`: the breaker admits it, httpx sends it within
+Every request goes through :meth:`FhirClient.request`: the breaker admits it, httpx sends it within
 the attempt's time cap, :func:`~cm_fhir.fhir_client.status.raise_for_response` maps the answer,
 and :class:`~cm_fhir.fhir_client.retry.RetryPolicy` repeats it when it is safe and worth it.
 :meth:`FhirClient.write_bundle` sends one of our transaction Bundles the way the server can take
@@ -17,10 +17,11 @@ from typing import Any, Literal
 import httpx
 
 from cm_fhir.errors import RemoteFhirError, RemoteInvalid, RemoteUnavailable
+from cm_fhir.fhir.bundle import dumps
 from cm_fhir.fhir_client.breaker import CircuitBreaker
 from cm_fhir.fhir_client.bundles import BundleWriter
 from cm_fhir.fhir_client.capabilities import ServerCapabilities, parse_capability_statement
-from cm_fhir.fhir_client.responses import EntryResult, FhirResponse
+from cm_fhir.fhir_client.responses import EntryResult, FhirResponse, json_body
 from cm_fhir.fhir_client.retry import RetryPolicy, is_idempotent
 from cm_fhir.fhir_client.status import error_for_transport, raise_for_response
 
@@ -38,11 +39,8 @@ def _etag(if_match: str) -> str:
 
 def _json(response: httpx.Response, what: str) -> Json:
     """The response's JSON object; RemoteInvalid when it is not one."""
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = json_body(response)
+    if body is None:
         raise RemoteInvalid(response.status_code, f"{what}: the answer is not a JSON object")
     return body
 
@@ -99,7 +97,7 @@ class FhirClient:
     def url(self, path: str) -> str:
         return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
 
-    async def _send(
+    async def request(
         self,
         method: str,
         path: str,
@@ -109,10 +107,14 @@ class FhirClient:
         params: Mapping[str, str] | None = None,
         url: str | None = None,
     ) -> httpx.Response:
+        """Send one request to ``path`` (relative to the base; ``url`` overrides it) through the
+        breaker, the time cap, the status table and the retry policy; the successful response."""
         target = url or self.url(path)
         sent_headers = dict(headers or {})
+        content = None
         if body is not None:
             sent_headers["Content-Type"] = FHIR_JSON
+            content = dumps(body)
         idempotent = is_idempotent(method, path, sent_headers, body)
 
         async def attempt(timeout: float) -> httpx.Response:
@@ -120,7 +122,7 @@ class FhirClient:
             try:
                 async with asyncio.timeout(timeout):
                     response = await self._http.request(
-                        method, target, json=body, headers=sent_headers, params=params
+                        method, target, content=content, headers=sent_headers, params=params
                     )
                 raise_for_response(response)
             except (httpx.TransportError, TimeoutError) as exc:
@@ -149,7 +151,7 @@ class FhirClient:
         """The server's capabilities, read from ``/metadata`` once and then cached."""
         async with self._capabilities_lock:
             if self._capabilities is None:
-                response = await self._send("GET", "metadata")
+                response = await self.request("GET", "metadata")
                 try:
                     self._capabilities = parse_capability_statement(
                         _json(response, "GET metadata"),
@@ -172,15 +174,16 @@ class FhirClient:
     # -- the REST interactions --------------------------------------------------------------
 
     async def read(self, resource_type: str, id: str) -> FhirResponse:
-        return FhirResponse.of(await self._send("GET", f"{resource_type}/{id}"))
+        return FhirResponse.of(await self.request("GET", f"{resource_type}/{id}"))
 
     async def vread(self, resource_type: str, id: str, version_id: str) -> FhirResponse:
         path = f"{resource_type}/{id}/_history/{version_id}"
-        return FhirResponse.of(await self._send("GET", path))
+        return FhirResponse.of(await self.request("GET", path))
 
     async def search(self, resource_type: str, params: Mapping[str, str]) -> AsyncIterator[Json]:
         """The matching resources across every page (``Bundle.link`` ``next``)."""
-        response = await self._send("GET", resource_type, params=params)
+        response = await self.request("GET", resource_type, params=params)
+        visited: set[str] = set()
         while True:
             bundle = _json(response, f"GET {resource_type}")
             for entry in bundle.get("entry") or []:
@@ -199,7 +202,10 @@ class FhirClient:
                 return
             if not self._same_origin(following):
                 raise RemoteInvalid(None, f"GET {resource_type}: next page on another origin")
-            response = await self._send("GET", resource_type, url=following)
+            if following in visited:
+                raise RemoteInvalid(None, f"GET {resource_type}: the pages loop")
+            visited.add(following)
+            response = await self.request("GET", resource_type, url=following)
 
     def _same_origin(self, url: str) -> bool:
         base, other = httpx.URL(self.base_url), httpx.URL(url)
@@ -209,24 +215,24 @@ class FhirClient:
         """POST a resource; with ``if_none_exist`` (``identifier=sys|val``) a conditional create."""
         headers = {"If-None-Exist": if_none_exist} if if_none_exist else None
         path = str(resource["resourceType"])
-        return FhirResponse.of(await self._send("POST", path, body=resource, headers=headers))
+        return FhirResponse.of(await self.request("POST", path, body=resource, headers=headers))
 
     async def update(self, resource: Json, *, if_match: str | None = None) -> FhirResponse:
         """PUT ``Type/id``; with ``if_match`` (a version id or an ETag) RemotePreconditionFailed
         when the server holds another version."""
         path = f"{resource['resourceType']}/{resource['id']}"
         headers = {"If-Match": _etag(if_match)} if if_match else None
-        return FhirResponse.of(await self._send("PUT", path, body=resource, headers=headers))
+        return FhirResponse.of(await self.request("PUT", path, body=resource, headers=headers))
 
     async def conditional_update(
         self, resource_type: str, criteria: str, resource: Json
     ) -> FhirResponse:
         """PUT ``Type?criteria``: create when nothing matches, update the one match."""
         path = f"{resource_type}?{criteria}"
-        return FhirResponse.of(await self._send("PUT", path, body=resource))
+        return FhirResponse.of(await self.request("PUT", path, body=resource))
 
     async def delete(self, resource_type: str, id: str) -> FhirResponse:
-        return FhirResponse.of(await self._send("DELETE", f"{resource_type}/{id}"))
+        return FhirResponse.of(await self.request("DELETE", f"{resource_type}/{id}"))
 
     async def transaction(self, bundle: Json) -> Json:
         """POST a transaction Bundle; the transaction-response Bundle."""
@@ -239,7 +245,7 @@ class FhirClient:
     async def _post_bundle(self, bundle: Json, kind: str) -> Json:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != kind:
             raise ValueError(f"not a {kind} Bundle")
-        answer = _json(await self._send("POST", "", body=bundle), f"POST {kind}")
+        answer = _json(await self.request("POST", "", body=bundle), f"POST {kind}")
         if answer.get("resourceType") != "Bundle":
             raise RemoteInvalid(None, f"POST {kind}: the answer is not a Bundle")
         return answer

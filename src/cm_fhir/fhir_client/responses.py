@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import orjson
 
 from cm_fhir.errors import RemoteInvalid
 
-__all__ = ["EntryResult", "FhirResponse", "entry_results", "version_of_etag"]
+__all__ = ["EntryResult", "FhirResponse", "entry_results", "json_body", "version_of_etag"]
 
 Json = dict[str, Any]
 
@@ -34,7 +35,7 @@ class FhirResponse:
 
     @classmethod
     def of(cls, response: httpx.Response) -> FhirResponse:
-        resource = _json_body(response)
+        resource = json_body(response)
         etag = response.headers.get("ETag")
         meta = resource.get("meta") if isinstance(resource, dict) else None
         version = version_of_etag(etag)
@@ -65,12 +66,13 @@ class EntryResult:
         return 200 <= self.status < 300
 
 
-def _json_body(response: httpx.Response) -> Json | None:
+def json_body(response: httpx.Response) -> Json | None:
+    """The response's body as a JSON object, or None (empty, not JSON, not an object)."""
     if not response.content:
         return None
     try:
-        body = response.json()
-    except ValueError:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
         return None
     return body if isinstance(body, dict) else None
 

@@ -97,8 +97,10 @@ class RetryPolicy:
     async def run(self, attempt: Callable[[float], Awaitable[T]], *, idempotent: bool) -> T:
         """Call ``attempt(timeout)`` until it returns, retrying retryable errors if idempotent.
 
-        ``timeout`` is the cap for that attempt: ``attempt_timeout``, or less when the budget
-        ends sooner. An attempt that overruns it fails as RemoteUnavailable (retryable).
+        ``timeout`` is the cap for that attempt: ``attempt_timeout``, or less when the budget ends
+        sooner. The attempt enforces it (the client does, around connect, send and the whole
+        body, so that its circuit breaker counts an overrun as a failure) and raises a retryable
+        error when it runs over.
         """
         started = time.monotonic()
 
@@ -107,11 +109,7 @@ class RetryPolicy:
             timeout = min(self.attempt_timeout, remaining)
             if timeout <= 0:
                 raise RemoteUnavailable(None, "retry budget exhausted")
-            try:
-                async with asyncio.timeout(timeout):
-                    return await attempt(timeout)
-            except TimeoutError as exc:
-                raise RemoteUnavailable(None, f"no answer within {timeout:.1f}s") from exc
+            return await attempt(timeout)
 
         if not idempotent:
             return await capped()

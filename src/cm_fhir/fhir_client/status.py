@@ -28,6 +28,7 @@ from cm_fhir.errors import (
     RemoteTooCostly,
     RemoteUnavailable,
 )
+from cm_fhir.fhir_client.responses import json_body
 
 __all__ = [
     "STATUS_TABLE",
@@ -147,13 +148,8 @@ def raise_for_response(response: httpx.Response) -> None:
     one too: the client follows none (a FHIR API does not move; a login page is not an answer)."""
     if response.status_code < 300 or response.status_code == 304:
         return
-    outcome: Json | None = None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        outcome = body
+    body = json_body(response)
+    outcome = body if body is not None and body.get("resourceType") == "OperationOutcome" else None
     raise error_for(
         response.status_code,
         outcome,
