@@ -8,6 +8,7 @@ exactly once, with what the newest Bundle says, after resends, outages and EHR e
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -210,3 +211,44 @@ async def test_a_412_rereads_reapplies_our_fields_and_keeps_the_ehrs(
     assert _content(theirs) == _content(mine)  # ours, re-applied onto their version
     for other in tasks[1:]:
         assert len(found_now[other]) == 1
+
+
+async def test_a_patient_the_ehr_knows_is_referenced_literally(
+    worker_engine: AsyncEngine, fhir_server: str
+) -> None:
+    run = uuid.uuid4().hex[:6]  # the server outlives one run: a patient of its own each time
+    known = Visit(mrn=f"MRN-SY6-K{run}", visit="VSY6K")
+    unknown = Visit(mrn=f"MRN-SY6-U{run}", visit="VSY6U")
+    await ingest(
+        worker_engine, [known.raw("A01", "SY6-K", hours(0)), unknown.raw("A01", "SY6-U", hours(0))]
+    )
+    await settle_worker(worker_engine)
+    (episode,) = [
+        orjson.loads(r.resource)
+        for r in await rows(worker_engine, fhir_resources)
+        if r.resource_type == "EpisodeOfCare" and "SY6-K" in r.patient_identifier
+    ]
+    identifier = episode["patient"]["identifier"]
+    async with httpx.AsyncClient() as ehr:
+        created = await ehr.post(
+            f"{fhir_server}/Patient",
+            json={"resourceType": "Patient", "identifier": [identifier], "active": True},
+        )
+        assert created.status_code == 201, created.text
+    patient_id = created.json()["id"]
+    async with sync_worker(worker_engine, fhir_server) as sync:
+        await sync.drain()
+    wanted = sorted(await expected_identifiers(worker_engine))
+    found = await on_server(fhir_server, [i for i in wanted if i.startswith("EpisodeOfCare|")])
+    patients = {
+        r[0]["patient"]["identifier"]["value"]: r[0]["patient"] for r in found.values() if r
+    }
+    linked = patients[identifier["value"]]
+    assert linked["reference"] == f"Patient/{patient_id}"
+    assert linked["identifier"] == identifier
+    (other,) = [p for value, p in patients.items() if value != identifier["value"]]
+    assert "reference" not in other  # not in the EHR: a logical reference
+    # the answers are cached per endpoint: found and not found alike
+    kept = {r.identifier: r.server_id for r in await rows(worker_engine, sync_state)}
+    assert kept[f"{identifier['system']}|{identifier['value']}"] == patient_id
+    assert None in kept.values()

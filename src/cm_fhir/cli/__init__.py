@@ -14,6 +14,7 @@ from cm_fhir.cli import (  # noqa: F401
     demo,
     intake,
     keys,
+    outbox,
     serve,
     validate,
     worker,

@@ -11,7 +11,7 @@ identifier), its SHA-256, the identifiers (``Type|system|value``) and the resour
 again; a new one is enqueued once per :class:`OutboxRoute` that receives the case's programme.
 
 Everything runs in the caller's transaction, one statement per table (executemany); see
-docs/adr/0007-one-write-path.md.
+docs/adr/0008-one-write-path.md.
 """
 
 from __future__ import annotations

@@ -244,18 +244,23 @@ def _end_lease(connection: Connection, ids: Sequence[int], now: datetime, **valu
         )
 
 
-def settle_sent(connection: Connection, write: CaseWrite, now: datetime) -> None:
-    """The write is on the server: its row is ``sent``, the rows it stood for ``superseded``."""
-    _end_lease(connection, write.older, now, state=OutboxState.SUPERSEDED.value)
-    _end_lease(
-        connection,
-        [write.id],
-        now,
-        state=OutboxState.SENT.value,
-        sent_at=now,
-        attempts=write.attempts + 1,
-        last_error=None,
-    )
+def settle_sent(connection: Connection, writes: Sequence[CaseWrite], now: datetime) -> None:
+    """The writes are on the server: their rows are ``sent``, the rows they stood for
+    ``superseded``."""
+    older = [i for w in writes for i in w.older]
+    for start in range(0, len(older), 500):
+        _end_lease(connection, older[start : start + 500], now, state=OutboxState.SUPERSEDED.value)
+    sent = [w.id for w in writes]
+    for start in range(0, len(sent), 500):
+        _end_lease(
+            connection,
+            sent[start : start + 500],
+            now,
+            state=OutboxState.SENT.value,
+            sent_at=now,
+            attempts=outbox.c.attempts + 1,
+            last_error=None,
+        )
 
 
 def settle_failed(

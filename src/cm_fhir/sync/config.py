@@ -97,8 +97,14 @@ class EhrSettings(_Section):
     """The ``sync`` worker role and the endpoints it delivers to."""
 
     endpoints: tuple[EndpointSettings, ...] = ()
-    batch_patients: int = Field(20, gt=0, description="Patients claimed per endpoint per pass.")
-    poll_interval: float = Field(0.5, gt=0, description="Seconds between polls when idle.")
+    batch_patients: int = Field(50, gt=0, description="Patients claimed per endpoint per pass.")
+    cases_per_transaction: int = Field(
+        10,
+        gt=0,
+        description="Cases of different patients written in one transaction (a refused one is "
+        "then sent alone, so it fails only itself).",
+    )
+    poll_interval: float = Field(0.2, gt=0, description="Seconds between polls when idle.")
     lease_seconds: float = Field(
         120.0, gt=0, description="How long claimed rows stay reserved for one sync worker."
     )

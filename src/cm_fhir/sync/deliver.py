@@ -1,12 +1,16 @@
 """Delivery of the outbox to one FHIR endpoint: claim, write, settle. I/O.
 
 :meth:`EndpointDelivery.run_once` leases the pending rows of up to ``batch_patients`` patients
-(:func:`~cm_fhir.store.outbox.claim_patients`) and writes each patient's cases in order, patients
-concurrently. One case write is the case's newest Bundle, adapted to the endpoint
-(:func:`~cm_fhir.sync.prepare.prepare_bundle`: resource types, the resolved Patient, ``ifMatch``
-for resources the endpoint already holds) and sent by
-:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`. Then, per patient, one transaction settles
-the rows and records what the server holds (``sync_state``: server id, version, hash sent):
+(:func:`~cm_fhir.store.outbox.claim_patients`), reads what the endpoint holds of them at once,
+looks their Patients up (:mod:`cm_fhir.sync.patients`), and writes in rounds: one case per
+patient per round, so each patient's cases go in order. One case write is the case's newest
+Bundle, adapted to the endpoint (:func:`~cm_fhir.sync.prepare.prepare_bundle`: resource types,
+the resolved Patient, ``ifMatch`` for resources the endpoint already holds). Up to
+``cases_per_transaction`` cases of different patients go in one transaction through
+:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`; a refused one is sent again in halves
+(the smaller size is kept: some servers refuse conditional transactions beyond a few entries)
+down to single cases, so one bad case fails only itself. Then one transaction settles the
+batch's rows and records what the server holds (``sync_state``: server id, version, hash sent):
 
 - written: ``sent`` (older rows of the case ``superseded``);
 - 412 (someone changed a resource in the EHR since our last write): the rest of the Bundle is
@@ -21,7 +25,6 @@ the rows and records what the server holds (``sync_state``: server id, version, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import random
@@ -38,6 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.errors import (
     RemoteAuthError,
     RemoteFhirError,
+    RemoteInvalid,
     RemotePreconditionFailed,
     RemoteRateLimited,
     RemoteUnavailable,
@@ -108,6 +112,16 @@ def _outcome(exc: BaseException) -> bytes | None:
     return orjson.dumps(outcome) if isinstance(outcome, dict) else None
 
 
+def _patient_identifier(write: CaseWrite, bundle: Json | None = None) -> Json | None:
+    """The patient's identifier the case's resources name (on its first entry)."""
+    data = bundle if bundle is not None else orjson.loads(write.bundle)
+    entries: list[Json] = data.get("entry") or []
+    if not entries:
+        return None
+    found = (entries[0]["resource"].get("patient") or {}).get("identifier")
+    return found if isinstance(found, dict) else None
+
+
 def _literal(value: Any, ids: dict[str, str]) -> None:
     """Rewrite ``urn:uuid`` references named in ``ids`` to ``Type/id``, in place."""
     if isinstance(value, dict):
@@ -139,10 +153,18 @@ class EndpointDelivery:
         self.config = config
         self.worker_id = worker_id
         self.stats = DeliveryStats()
-        self.patients = PatientResolver(engine, endpoint.name, client)
+        self.patients = PatientResolver(endpoint.name, client)
+        #: Cases per transaction; halved when the server refuses a combined transaction (some
+        #: refuse conditional transactions beyond a few entries), kept for later batches.
+        self.group_size = config.cases_per_transaction
 
     async def run_once(self) -> int:
-        """Claim and deliver one batch of patients; the number of case writes settled."""
+        """Claim and deliver one batch of patients; the number of case writes settled.
+
+        One transaction claims, one read fetches what the endpoint holds of the batch's resources
+        and patients, the HTTP writes run (patients concurrently, each in order), and one
+        transaction settles the whole batch.
+        """
         now = datetime.now(UTC)
         lease = timedelta(seconds=self.config.lease_seconds)
         async with self.engine.begin() as connection:
@@ -158,20 +180,85 @@ class EndpointDelivery:
             )
         if not work:
             return 0
-        done = await asyncio.gather(*(self._patient(w) for w in work))
-        return sum(done)
-
-    async def _patient(self, work: PatientWork) -> int:
-        settled = _Settled()
-        for n, write in enumerate(work.writes):
+        try:
+            held = await self._held(work)
+        except SQLAlchemyError as exc:
+            log.warning("could not read the sync state (%s)", type(exc).__name__)
+            held = {}
+        settled = {w.patient_key: _Settled() for w in work}
+        patient_ids: dict[str, str | None] = {}
+        found: list[SyncRecord] = []
+        if self.endpoint.patient_references == "resolve":
+            identifiers = [
+                i for w in work for c in w.writes if (i := _patient_identifier(c)) is not None
+            ]
             try:
-                settled.sync += await self._write(write)
+                patient_ids, found = await self.patients.resolve_many(identifiers, held)
+            except Exception as exc:  # no literal references this time
+                log.warning("patient look-up failed (%s)", _error_text(exc))
+        queues = {w.patient_key: list(w.writes) for w in work}
+        while True:
+            # one write per patient per round: a patient's writes go in order
+            round_ = [(key, queue.pop(0)) for key, queue in queues.items() if queue]
+            if not round_:
+                break
+            while round_:
+                group, round_ = round_[: self.group_size], round_[self.group_size :]
+                await self._send_group(group, held, patient_ids, settled, queues)
+        batch = list(settled.values())
+        batch[0].sync += found
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(self._settle, batch)
+        except SQLAlchemyError as exc:  # the leases run out and the rows are sent again
+            log.warning("could not settle outbox rows (%s)", type(exc).__name__)
+            return 0
+        for one in batch:
+            self._count(one)
+        return sum(len(s.sent) + len(s.failed) + len(s.retry) for s in batch)
+
+    async def _send_group(
+        self,
+        group: list[tuple[str, CaseWrite]],
+        held: dict[SyncKey, SyncRecord],
+        patient_ids: dict[str, str | None],
+        settled: dict[str, _Settled],
+        queues: dict[str, list[CaseWrite]],
+    ) -> None:
+        """Several patients' cases in one transaction; on a refusal or a conflict, each alone
+        (so one bad case fails only itself)."""
+        prepared = [(key, write, self._prepare(write, held, patient_ids)) for key, write in group]
+        if len(prepared) > 1:
+            entries = [e for _, _, p in prepared for e in p.bundle["entry"]]
+            combined = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+            try:
+                results = await self.client.write_bundle(combined)
+            except Exception as exc:
+                if self._retryable(exc) and not isinstance(exc, RemotePreconditionFailed):
+                    for key, write, _ in prepared:
+                        self._retry_later(settled[key], queues[key], write, exc)
+                    return
+                if isinstance(exc, RemoteInvalid):  # too big for this server, or a bad case
+                    half = max(1, len(group) // 2)
+                    self.group_size = min(self.group_size, half)
+                    for part in (group[:half], group[half:]):
+                        await self._send_group(part, held, patient_ids, settled, queues)
+                    return
+            else:
+                by_url = {r.full_url: r for r in results}
+                for key, write, p in prepared:
+                    mine = [by_url[u] for u in p.identifiers if u in by_url]
+                    settled[key].sync += self._records(p, mine)
+                    settled[key].sent.append(write)
+                return
+        for key, write, p in prepared:
+            try:
+                settled[key].sync += await self._send(p)
             except Exception as exc:
                 if self._retryable(exc):
-                    settled.retry = list(work.writes[n:])
-                    settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
-                    break
-                settled.failed.append((write, _error_text(exc), _outcome(exc)))
+                    self._retry_later(settled[key], queues[key], write, exc)
+                    continue
+                settled[key].failed.append((write, _error_text(exc), _outcome(exc)))
                 log.warning(
                     "outbox row %d refused by endpoint %s (%s)",
                     write.id,
@@ -179,15 +266,30 @@ class EndpointDelivery:
                     _error_text(exc),
                 )
                 continue
-            settled.sent.append(write)
-        try:
-            async with self.engine.begin() as connection:
-                await connection.run_sync(self._settle, settled)
-        except SQLAlchemyError as exc:  # the lease runs out and the rows are sent again
-            log.warning("could not settle outbox rows (%s)", type(exc).__name__)
-            return 0
-        self._count(settled)
-        return len(settled.sent) + len(settled.failed) + len(settled.retry)
+            settled[key].sent.append(write)
+
+    def _retry_later(
+        self, settled: _Settled, queue: list[CaseWrite], write: CaseWrite, exc: Exception
+    ) -> None:
+        """The patient's write and every later one wait (their order holds)."""
+        settled.retry = [write, *queue]
+        settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
+        queue.clear()
+
+    async def _held(self, work: list[PatientWork]) -> dict[SyncKey, SyncRecord]:
+        """What the endpoint holds of every resource and patient of the batch (one read)."""
+        keys = []
+        for patient in work:
+            for write in patient.writes:
+                for text in write.identifiers:
+                    rtype, _, ident = text.partition("|")
+                    keys.append(SyncKey(self.endpoint.name, rtype, ident))
+                identifier = _patient_identifier(write)
+                if identifier is not None:
+                    keys.append(self.patients.key(identifier))
+        async with self.engine.connect() as connection:
+            found: dict[SyncKey, SyncRecord] = await connection.run_sync(read_sync, keys)
+        return found
 
     def _retryable(self, exc: Exception) -> bool:
         if isinstance(exc, RemoteFhirError):
@@ -204,17 +306,17 @@ class EndpointDelivery:
             delay = max(delay, float(asked))
         return float(min(delay, self.config.retry_max))
 
-    def _settle(self, connection: Connection, settled: _Settled) -> None:
+    def _settle(self, connection: Connection, batch: Sequence[_Settled]) -> None:
         now = datetime.now(UTC)
-        for write in settled.sent:
-            settle_sent(connection, write, now)
-        for write, error, outcome in settled.failed:
-            settle_failed(connection, write, error, outcome, now)
-        if settled.retry and settled.retry_error is not None:
-            error, outcome, delay = settled.retry_error
-            next_at = now + timedelta(seconds=delay)
-            settle_retry(connection, settled.retry, error, outcome, now, next_at)
-        record_sync(connection, settled.sync, now)
+        settle_sent(connection, [w for s in batch for w in s.sent], now)
+        for settled in batch:
+            for write, error, outcome in settled.failed:
+                settle_failed(connection, write, error, outcome, now)
+            if settled.retry and settled.retry_error is not None:
+                error, outcome, delay = settled.retry_error
+                next_at = now + timedelta(seconds=delay)
+                settle_retry(connection, settled.retry, error, outcome, now, next_at)
+        record_sync(connection, [r for s in batch for r in s.sync], now)
 
     def _count(self, settled: _Settled) -> None:
         now = datetime.now(UTC)
@@ -233,23 +335,27 @@ class EndpointDelivery:
 
     # -- one case ---------------------------------------------------------------------------
 
-    async def _write(self, write: CaseWrite) -> list[SyncRecord]:
+    def _prepare(
+        self,
+        write: CaseWrite,
+        held: dict[SyncKey, SyncRecord],
+        patient_ids: dict[str, str | None],
+    ) -> PreparedBundle:
         bundle: Json = orjson.loads(write.bundle)
-        entries: list[Json] = bundle.get("entry") or []
-        patient_identifier = None
-        if entries:
-            patient_identifier = (entries[0]["resource"].get("patient") or {}).get("identifier")
+        patient_identifier = _patient_identifier(write, bundle)
         patient_id = None
-        if self.endpoint.patient_references == "resolve" and isinstance(patient_identifier, dict):
-            patient_id = await self.patients.resolve(patient_identifier)
-        known = await self._known(write.identifiers)
-        prepared = prepare_bundle(
+        if patient_identifier is not None:
+            patient_id = patient_ids.get(self.patients.key(patient_identifier).identifier)
+        return prepare_bundle(
             bundle,
             resource_types=self.endpoint.resource_types,
             patient_identifier=patient_identifier,
             patient_id=patient_id,
-            known=known,
+            known=self._known(write.identifiers, held),
         )
+
+    async def _send(self, prepared: PreparedBundle) -> list[SyncRecord]:
+        """One case's Bundle; on a 412, re-read and re-apply the elements we own."""
         try:
             results = await self.client.write_bundle(prepared.bundle)
         except RemotePreconditionFailed:
@@ -259,18 +365,16 @@ class EndpointDelivery:
             results = await self._reapply(prepared)
         return self._records(prepared, results)
 
-    async def _known(self, identifiers: Sequence[str]) -> dict[str, KnownResource]:
-        keys = []
+    def _known(
+        self, identifiers: Sequence[str], held: dict[SyncKey, SyncRecord]
+    ) -> dict[str, KnownResource]:
+        known = {}
         for text in identifiers:
             rtype, _, ident = text.partition("|")
-            keys.append(SyncKey(self.endpoint.name, rtype, ident))
-        async with self.engine.connect() as connection:
-            found = await connection.run_sync(read_sync, keys)
-        return {
-            f"{k.resource_type}|{k.identifier}": KnownResource(r.server_id, r.version_id)
-            for k, r in found.items()
-            if r.server_id is not None
-        }
+            record = held.get(SyncKey(self.endpoint.name, rtype, ident))
+            if record is not None and record.server_id is not None:
+                known[text] = KnownResource(record.server_id, record.version_id)
+        return known
 
     async def _reapply(self, prepared: PreparedBundle) -> list[EntryResult]:
         """After a 412: the entries without ``ifMatch`` as a Bundle, then each matched resource
