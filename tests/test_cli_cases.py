@@ -70,7 +70,7 @@ def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
     bad.write_text('{\n  "id": "C-1",\n  "status": \n}')
     result = runner.invoke(app, ["map", str(bad)])
     assert result.exit_code == 2
-    assert f"{bad}:4:1: invalid JSON" in result.stderr
+    assert f"{bad}:4:1: not valid JSON" in result.stderr
 
 
 def test_missing_file_exits_2(tmp_path: Path) -> None:

@@ -31,7 +31,7 @@ async def _cli(database: Database, *args: str) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CM_FHIR_")}
     env["CM_FHIR_DATABASE_URL"] = database.url
     if database.search_path is not None:
-        env["CM_FHIR_DATABASE_SEARCH_PATH"] = database.search_path
+        env["CM_FHIR_DATABASE_SCHEMA"] = database.search_path
     process = await asyncio.create_subprocess_exec(
         CLI,
         "outbox",

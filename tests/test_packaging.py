@@ -63,6 +63,10 @@ def test_constraints_pin_every_dependency_of_the_dev_install() -> None:
 
 def test_help_screens_show_no_type_placeholders() -> None:
     cli = str(Path(sys.executable).with_name("cm-fhir"))
-    result = subprocess.run([cli, "--help"], capture_output=True, text=True, check=True)
-    assert "Usage" in result.stdout
-    assert "<bool>" not in result.stdout
+    for command in ([], ["serve"], ["adt", "inspect"]):
+        result = subprocess.run(
+            [cli, *command, "--help"], capture_output=True, text=True, check=True
+        )
+        assert "Usage" in result.stdout
+        for placeholder in ("<bool>", "<str>", "<int>", "<path>"):
+            assert placeholder not in result.stdout.lower(), (command, placeholder)

@@ -125,7 +125,7 @@ async def test_serve_refuses_an_unmigrated_postgresql_schema(tmp_path: Path) -> 
     except Exception as exc:
         pytest.skip(f"PostgreSQL unreachable: {type(exc).__name__}")
     try:
-        env = {**_env(), "CM_FHIR_DATABASE_SEARCH_PATH": schema}
+        env = {**_env(), "CM_FHIR_DATABASE_SCHEMA": schema}
         process = await asyncio.create_subprocess_exec(
             CLI,
             "serve",

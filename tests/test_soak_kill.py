@@ -369,7 +369,7 @@ async def soak_databases(
     await _pg_admin(f'CREATE SCHEMA "{schemas[1]}"')
     try:
         soak, reference = (Database(PG_URL, search_path=s) for s in schemas)
-        env["CM_FHIR_DATABASE_SEARCH_PATH"] = schemas[0]
+        env["CM_FHIR_DATABASE_SCHEMA"] = schemas[0]
         yield "postgres", soak, reference, ["--database-url", PG_URL, "--migrate"], env
     finally:
         for schema in schemas:

@@ -1,7 +1,8 @@
-"""``cm-fhir serve --ehr-url URL`` as a real process, with no other setting: an admission sent over
-MLLP ends as its Tasks on the test FHIR server; the endpoint, its breaker and the sync counts show
-in ``/api/outbox/endpoints`` and ``/metrics``; a second start with a conflicting endpoint name is
-refused with a one-line error."""
+"""``cm-fhir serve --ehr-url URL`` as a real process, with no other setting: an ADT sequence sent
+over MLLP (an admission, a transfer, a discharge) ends on the test FHIR server, every resource
+once and as cm-fhir holds it, Tasks included; the endpoint, its breaker and the sync counts show
+in ``/api/outbox/endpoints`` and ``/metrics``. The sync role without an endpoint is refused with
+a one-line error."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import os
 import signal
 import sys
 import time
+import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -60,35 +63,60 @@ async def _start(tmp_path: Path, *extra: str) -> tuple[asyncio.subprocess.Proces
                 return process, found
 
 
-async def test_serve_with_ehr_url_delivers_an_admissions_tasks(
+def _content(value: Any) -> Any:
+    """A resource without what the server assigns (id, meta) or resolves (references)."""
+    if isinstance(value, dict):
+        return {k: _content(v) for k, v in value.items() if k not in ("id", "meta", "reference")}
+    if isinstance(value, list):
+        return [_content(v) for v in value]
+    return value
+
+
+async def _served(http: httpx.AsyncClient) -> dict[str, dict[str, Any]]:
+    """cm-fhir's own resources of the run, by ``Type|system|value`` (its /fhir facade)."""
+    out = {}
+    for rtype in ("EpisodeOfCare", "CareTeam", "CarePlan", "Task"):
+        bundle = (await http.get(f"/fhir/{rtype}", params={"_count": "100"})).json()
+        for entry in bundle.get("entry") or []:
+            resource = entry["resource"]
+            ident = resource["identifier"][0]
+            out[f"{rtype}|{ident['system']}|{ident['value']}"] = resource
+    return out
+
+
+async def test_serve_with_ehr_url_delivers_an_adt_sequence_over_mllp(
     tmp_path: Path, fhir_server: str
 ) -> None:
     process, found = await _start(tmp_path, "--ehr-url", fhir_server)
     assert found["endpoints"] == "default"
-    visit = Visit(mrn="MRN-SRV1", visit="VSRV1")
+    visit = Visit(mrn=f"MRN-SRV-{uuid.uuid4().hex[:6]}", visit="VSRV1")
+    feed = [
+        visit.raw("A01", "SRV1", hours(0)),
+        visit.raw("A02", "SRV2", hours(5), location="5EAST", prior_location="4WEST"),
+        visit.raw("A03", "SRV3", hours(30), location="5EAST"),
+    ]
     try:
         async with await MllpClient.connect("127.0.0.1", int(found["mllp_port"])) as client:
-            ack = await client.send(visit.raw("A01", "SRV1", hours(0)), timeout=10)
-        assert read_ack(ack)[0].code == "AA"
+            for message in feed:
+                assert read_ack(await client.send(message, timeout=10))[0].code == "AA"
         headers = {"Authorization": f"Bearer {found['key']}"}
         async with httpx.AsyncClient(base_url=found["url"], headers=headers) as http:
-            deadline = time.monotonic() + 30
-            tasks: list[dict[str, object]] = []
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
-                served = (await http.get("/fhir/Task", params={"_count": "50"})).json()
-                ids = [e["resource"]["identifier"][0] for e in served.get("entry", [])]
-                if ids:
-                    async with httpx.AsyncClient() as ehr:
-                        tasks = []
-                        for ident in ids:
-                            key = f"Task|{ident['system']}|{ident['value']}"
-                            bundle = (await ehr.get(search_url(fhir_server, key))).json()
-                            tasks += [e["resource"] for e in bundle.get("entry") or []]
-                    if len(tasks) == len(ids):
-                        break
+                counts = (await http.get("/api/outbox")).json()["counts"]
+                waiting = sum(c["count"] for c in counts if c["state"] == "pending")
+                messages = (await http.get("/api/messages")).json()["items"]
+                if not waiting and all(m["state"] != "received" for m in messages):
+                    break
                 await asyncio.sleep(0.2)
-            assert tasks, "no Task of the admission reached the FHIR server"
-            assert all(t["resourceType"] == "Task" for t in tasks)
+            ours = await _served(http)
+            assert any(key.startswith("Task|") for key in ours), "the admission made no Task"
+            async with httpx.AsyncClient() as ehr:
+                for key, resource in ours.items():
+                    bundle = (await ehr.get(search_url(fhir_server, key))).json()
+                    theirs = [e["resource"] for e in bundle.get("entry") or []]
+                    assert len(theirs) == 1, f"{key}: {len(theirs)} on the EHR"
+                    assert _content(theirs[0]) == _content(resource), key
             (endpoint,) = (await http.get("/api/outbox/endpoints")).json()
             assert endpoint["name"] == "default"
             assert endpoint["base_url"] == fhir_server

@@ -73,7 +73,7 @@ async def test_three_worker_processes_keep_order_and_process_each_row_once(
     script = Path(sys.executable).with_name("cm-fhir")
     # the 2024 discharges are due at once: no closing pass after the first (before any message)
     command = [
-        str(script), "worker", "--database-url", PG_URL, "--schema", pg_schema,
+        str(script), "worker", "--database-url", PG_URL, "--database-schema", pg_schema,
         "--batch-size", "7", "--migrate", "--close-check-seconds", "3600",
     ]  # fmt: skip
     workers = [

@@ -1,4 +1,5 @@
-"""How the MLLP listener is configured: :class:`ListenerConfig`, built from the ``mllp`` settings,
+"""How the MLLP listener is configured: :class:`ListenerConfig`, built from the ``mllp`` settings
+(a thin adapter: its defaults are :class:`~cm_fhir.settings.MllpSettings`),
 the server TLS context (optionally mutual TLS) and the exposure check. No sockets are opened here;
 TLS files are read when a context is built.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from cm_fhir.errors import ConfigError
@@ -16,27 +17,33 @@ from cm_fhir.settings import MllpSettings
 
 __all__ = ["ListenerConfig", "check_exposure", "server_tls_context", "tls_identity"]
 
+_DEFAULTS = MllpSettings()  # the defaults live in the settings model only
+_FROM_FILES = ("ssl_context", "allowed_networks")  # built from settings, not copied
+
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    """Where and how the listener accepts connections (0 disables a limit or a timeout)."""
+    """Where and how the listener accepts connections (0 disables a limit or a timeout).
 
-    host: str = "127.0.0.1"
-    port: int = 2575
-    max_connections: int = 64
-    max_connections_per_peer: int = 8  # per address, and per TLS client identity
-    max_message_bytes: int = 1_048_576
-    idle_timeout: float = 600.0  # seconds without a whole frame
-    frame_timeout: float = 60.0  # seconds from a start block to its end block
+    The defaults are those of :class:`~cm_fhir.settings.MllpSettings`, where each is documented.
+    """
+
+    host: str = _DEFAULTS.host
+    port: int = _DEFAULTS.port
+    max_connections: int = _DEFAULTS.max_connections
+    max_connections_per_peer: int = _DEFAULTS.max_connections_per_peer  # per address and TLS id
+    max_message_bytes: int = _DEFAULTS.max_message_bytes
+    idle_timeout: float = _DEFAULTS.idle_timeout  # seconds without a whole frame
+    frame_timeout: float = _DEFAULTS.frame_timeout  # seconds from a start block to its end block
     ssl_context: ssl.SSLContext | None = None
-    shutdown_grace: float = 10.0
+    shutdown_grace: float = _DEFAULTS.shutdown_grace
     allowed_networks: tuple[Network, ...] = ()  # empty: every address
-    allowed_senders: tuple[str, ...] = ()  # MSH-3|MSH-4 entries; empty: every sender
-    unreadable_keep_bytes: int = 4096
-    unreadable_limit: int = 10  # unreadable frames per window before a cool-down
-    unreadable_window: float = 60.0
-    cooldown: float = 300.0
-    allow_public_bind: bool = False
+    allowed_senders: tuple[str, ...] = _DEFAULTS.allowed_senders  # MSH-3|MSH-4; empty: every one
+    unreadable_keep_bytes: int = _DEFAULTS.unreadable_keep_bytes
+    unreadable_limit: int = _DEFAULTS.unreadable_limit  # unreadable frames per window, then a pause
+    unreadable_window: float = _DEFAULTS.unreadable_window
+    cooldown: float = _DEFAULTS.cooldown
+    allow_public_bind: bool = _DEFAULTS.allow_public_bind
 
     @classmethod
     def from_settings(cls, mllp: MllpSettings) -> ListenerConfig:
@@ -45,23 +52,15 @@ class ListenerConfig:
             networks = parse_networks(mllp.allowed_networks)
         except ValueError as exc:
             raise ConfigError(f"mllp.allowed_networks: {exc}") from None
+        copied = {
+            item.name: getattr(mllp, item.name)
+            for item in fields(cls)
+            if item.name not in _FROM_FILES
+        }
         return cls(
-            host=mllp.host,
-            port=mllp.port,
-            max_connections=mllp.max_connections,
-            max_connections_per_peer=mllp.max_connections_per_peer,
-            max_message_bytes=mllp.max_message_bytes,
-            idle_timeout=mllp.idle_timeout,
-            frame_timeout=mllp.frame_timeout,
+            **copied,
             ssl_context=server_tls_context(mllp.tls_cert, mllp.tls_key, mllp.tls_client_ca),
-            shutdown_grace=mllp.shutdown_grace,
             allowed_networks=networks,
-            allowed_senders=mllp.allowed_senders,
-            unreadable_keep_bytes=mllp.unreadable_keep_bytes,
-            unreadable_limit=mllp.unreadable_limit,
-            unreadable_window=mllp.unreadable_window,
-            cooldown=mllp.cooldown,
-            allow_public_bind=mllp.allow_public_bind,
         )
 
 
@@ -80,15 +79,22 @@ def server_tls_context(
         return None
     if cert is None or key is None:
         raise ConfigError("mllp.tls_cert and mllp.tls_key go together")
+    for setting, path in (("tls_cert", cert), ("tls_key", key), ("tls_client_ca", client_ca)):
+        if path is not None and not path.is_file():
+            raise ConfigError(f"mllp.{setting}: {path}: no such file")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cert, key)
         if client_ca is not None:
             context.load_verify_locations(cafile=str(client_ca))
             context.verify_mode = ssl.CERT_REQUIRED
-    except (OSError, ssl.SSLError) as exc:
-        name = type(exc).__name__
-        raise ConfigError(f"cannot load the MLLP TLS certificate, key or CA: {name}") from exc
+    except OSError as exc:  # ssl.SSLError is an OSError
+        where = f" {exc.filename}" if exc.filename else ""
+        reason = getattr(exc, "reason", None) or exc.strerror or "unusable"
+        raise ConfigError(
+            f"cannot load the MLLP TLS certificate, key or CA{where} "
+            f"(mllp.tls_cert, mllp.tls_key, mllp.tls_client_ca): {reason}"
+        ) from exc
     return context
 
 

@@ -8,7 +8,8 @@ workers (:class:`cm_fhir.worker.Worker`, found at run time behind :class:`Worker
 without it runs no worker and says so), which also close the cases that are due, and the
 ``sync`` role (:class:`cm_fhir.sync.runner.SyncWorker`), which delivers the outbox to the
 configured FHIR endpoints (``all`` includes it when an endpoint is configured). API and
-listener share one group-commit inbox writer.
+listener share one group-commit inbox writer. The workers use the site's mappings
+(``mappings_dir``) and ``timezone``; a port already in use is refused naming the address.
 Stopping is graceful and ordered: readiness goes false; the listener and the API stop accepting
 and finish what is in flight (ACKs included); the workers commit the batch in flight; queued inbox
 writes commit; the engine closes. With no credentials configured, a random API key is generated
@@ -22,10 +23,12 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
@@ -33,19 +36,31 @@ from pydantic import SecretStr
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.api.app import create_app, head_revision
+from cm_fhir.api.app import create_app, head_revision, site_registry
 from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
+from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.registry import MappingRegistry
+from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.settings import Role, Settings
-from cm_fhir.store.engine import current_revision, make_engine, upgrade_database
+from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.sync.runner import SyncWorker
 
-__all__ = ["Service", "ServiceInfo", "WorkerRole", "check_database", "worker_available"]
+__all__ = [
+    "Service",
+    "ServiceInfo",
+    "SiteMappings",
+    "WorkerRole",
+    "check_database",
+    "make_workers",
+    "site_mappings",
+    "worker_available",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +80,16 @@ class ServiceInfo:
 
 
 async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bool) -> None:
-    """Migrate (embedded default or ``migrate``) or refuse a database not at the head revision."""
-    if settings.embedded_database:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    """Migrate (SQLite, or ``migrate``) or refuse a database not at the head revision.
+
+    SQLite (the embedded file or a ``sqlite://`` URL) is migrated on start: it has no operator to
+    run a migration. Another database must be upgraded with ``cm-fhir db upgrade`` or
+    ``migrate``.
+    """
+    if engine.dialect.name == "sqlite":
+        database = engine.url.database
+        if database and database != ":memory:":
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         migrate = True
     try:
         if migrate:
@@ -75,16 +97,39 @@ async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bo
             return
         current = await current_revision(engine)
     except (SQLAlchemyError, OSError) as exc:
-        raise ConfigError(f"cannot open the database: {type(exc).__name__}") from exc
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        label = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"cannot open the database {label}: {reason[0] if reason else 'refused'}"
+        ) from exc
     except StoreError as exc:
-        raise ConfigError(str(exc)) from exc
+        label = engine.url.render_as_string(hide_password=True)
+        raise ConfigError(f"{label}: {exc}") from exc
     head = head_revision()
     if current != head:
         state = "has no cm-fhir schema" if current is None else f"is at revision {current}"
         raise ConfigError(
-            f"the database {state}; this cm-fhir needs {head}. Run `cm-fhir db upgrade "
-            "--database-url <url>` (or start with --migrate) first"
+            f"the database {state}; this cm-fhir needs {head}. Run `cm-fhir db upgrade` with the "
+            "same --database-url / --database-schema (or start with --migrate) first"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class SiteMappings:
+    """The mapping files in effect: bundled, merged with ``mappings_dir``; ``timezone`` applied."""
+
+    rules: DischargeRules
+    maps: AdtConceptMaps
+    registry: MappingRegistry
+
+
+def site_mappings(settings: Settings) -> SiteMappings:
+    """Load the mappings for ``settings`` (MappingSpecError names the file and key)."""
+    folder = settings.mappings_dir
+    rules = load_discharge_rules(folder)
+    if settings.timezone is not None:
+        rules = rules.model_copy(update={"timezone": settings.timezone})
+    return SiteMappings(rules, load_adt_concept_maps(folder), site_registry(settings))
 
 
 def worker_available() -> bool:
@@ -98,21 +143,21 @@ class WorkerRole(Protocol):
     async def run(self, stop: asyncio.Event) -> Any: ...
 
 
-def make_workers(engine: AsyncEngine, settings: Settings) -> list[WorkerRole]:
+def make_workers(
+    engine: AsyncEngine, settings: Settings, *, count: int | None = None
+) -> list[WorkerRole]:
     """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL."""
     module = importlib.import_module("cm_fhir.worker")
-    config = module.WorkerConfig(
-        batch_size=settings.worker.batch_size,
-        max_attempts=settings.worker.max_attempts,
-        retry_delay=settings.worker.retry_delay,
-        poll_interval=settings.worker.poll_interval,
-        close_check_seconds=settings.worker.close_check_seconds,
-        apply_processing_ids=frozenset(settings.worker.apply_processing_ids),
-        routes=outbox_routes(settings),
-    )
-    count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
-    workers: list[WorkerRole] = [module.Worker(engine, config) for _ in range(count)]
-    return workers
+    config = module.WorkerConfig.from_settings(settings.worker, outbox_routes(settings))
+    mappings = site_mappings(settings)
+    if count is None:
+        count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
+    return [
+        module.Worker(
+            engine, config, rules=mappings.rules, maps=mappings.maps, registry=mappings.registry
+        )
+        for _ in range(count)
+    ]
 
 
 class _QuietServer(uvicorn.Server):
@@ -123,15 +168,22 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+def _reason(exc: OSError) -> str:
+    """An operating-system error in words ("Address already in use")."""
+    return os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc) or "refused")
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ConfigError(
+            f"cannot serve the API on {host}:{port} (http.host/http.port): {_reason(exc)}"
+        ) from exc
     sock.listen(2048)
     sock.setblocking(False)
     return sock
@@ -190,9 +242,7 @@ class Service:
         on_ready: Callable[[ServiceInfo], None] | None = None,
     ) -> None:
         settings = self.settings
-        engine = make_engine(
-            settings.effective_database_url, search_path=settings.database_search_path
-        )
+        engine = engine_for(settings)
         self.info.database = engine.url.render_as_string(hide_password=True)
         context = AppContext(
             settings=settings,
@@ -200,6 +250,7 @@ class Service:
             authenticator=Authenticator(
                 [k.get_secret_value() for k in settings.api_keys], settings.auth
             ),
+            registry=site_registry(settings),
         )
         try:
             await check_database(engine, settings, migrate=self.migrate)
@@ -251,7 +302,13 @@ class Service:
             assert self._listener_config is not None
             listener = MllpListener(self._listener_config, writer)
             context.listener = listener
-            await listener.start()
+            try:
+                await listener.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen for MLLP on {mllp.host}:{mllp.port} (mllp.host/mllp.port): "
+                    f"{_reason(exc)}"
+                ) from exc
             context.roles["listener"] = "running"
             self.info.mllp_address = (mllp.host, listener.port)
         if Role.API in self.roles:

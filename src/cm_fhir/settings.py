@@ -1,18 +1,29 @@
-"""Service settings (pydantic-settings). No global instance; reads the environment and files.
+"""Service settings (pydantic-settings): the one configuration of every ``cm-fhir`` command.
 
-:func:`load_settings` builds one :class:`Settings` from, highest priority first: explicit values
-(the ``cm-fhir serve`` flags), the environment (``CM_FHIR_`` prefix, nested fields joined with
-``__``, e.g. ``CM_FHIR_HTTP__PORT=8081``), an optional TOML or YAML config file, then the defaults
-below. Nothing is read at import time: the CLI and the tests each call :func:`load_settings`.
-Secrets (API keys) are :class:`~pydantic.SecretStr`, so they never appear in a repr or a log line.
+No global instance; reads the environment and files. :func:`load_settings` builds one
+:class:`Settings` from, highest priority first: explicit values (the command-line flags), the
+environment (``CM_FHIR_`` prefix, nested fields joined with ``__``, e.g.
+``CM_FHIR_HTTP__PORT=8081``; a plain ``DATABASE_URL`` is used when ``CM_FHIR_DATABASE_URL`` is
+unset), an optional TOML or YAML config file, then the defaults below. Nothing is read at import
+time: the CLI and the tests each call :func:`load_settings`. Secrets (API keys) are
+:class:`~pydantic.SecretStr`, so they never appear in a repr or a log line.
+
+The defaults of the listener (:class:`MllpSettings`) and of the workers (:class:`WorkerSettings`)
+live here only; :class:`cm_fhir.listener_config.ListenerConfig` and
+:class:`cm_fhir.worker.WorkerConfig` take theirs from these models. A new settings section is a
+``_Section`` subclass plus one field on :class:`Settings`; ``cm-fhir config example`` and the
+``CM_FHIR_<SECTION>__<KEY>`` variables follow from the model.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -29,6 +40,8 @@ from cm_fhir.mllp_peers import parse_networks
 from cm_fhir.sync.config import EhrSettings, EndpointSettings, configured_endpoints
 
 __all__ = [
+    "DATABASE_DRIVERS",
+    "LOG_LEVELS",
     "AuthSettings",
     "HealthSettings",
     "HttpSettings",
@@ -37,9 +50,25 @@ __all__ = [
     "Settings",
     "WorkerSettings",
     "load_settings",
+    "read_config_file",
 ]
 
 SQLITE_FILE_NAME = "cm-fhir.sqlite3"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+#: URL schemes cm-fhir accepts -> the async driver it uses for them.
+DATABASE_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgres": "postgresql+asyncpg",
+    "postgresql": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+psycopg",
+}
+#: Setting names of earlier releases, and the name that replaced each.
+RENAMED = {"database_search_path": "database_schema"}
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class Role(StrEnum):
@@ -59,7 +88,9 @@ class _Section(BaseModel):
 class HttpSettings(_Section):
     """The HTTP API (FastAPI under uvicorn)."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1", description="Address to bind; beyond loopback needs API keys or a JWKS."
+    )
     port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
     max_body_bytes: int = Field(
         1_048_576,
@@ -74,13 +105,19 @@ class HttpSettings(_Section):
 class MllpSettings(_Section):
     """The MLLP listener (0 disables a limit or a timeout)."""
 
-    host: str = "127.0.0.1"
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind; beyond loopback needs TLS, allowed_networks or "
+        "allow_public_bind.",
+    )
     port: int = Field(2575, ge=0, le=65535, description="0 picks a free port.")
-    max_connections: int = Field(64, gt=0)
+    max_connections: int = Field(64, gt=0, description="Connections at once.")
     max_connections_per_peer: int = Field(
         8, ge=0, description="Per client address, and per TLS client certificate subject."
     )
-    max_message_bytes: int = Field(1_048_576, gt=0)
+    max_message_bytes: int = Field(
+        1_048_576, gt=0, description="Largest frame; larger is refused with an AR."
+    )
     idle_timeout: float = Field(600.0, ge=0, description="Seconds without a whole frame.")
     frame_timeout: float = Field(60.0, ge=0, description="Seconds for a begun frame to end.")
     shutdown_grace: float = Field(10.0, gt=0, description="Seconds to finish in-flight frames.")
@@ -177,10 +214,12 @@ class AuthSettings(_Section):
     jwks_url: str | None = Field(None, description="JWKS of the authorisation server.")
     issuer: str | None = Field(None, description="Required `iss` claim.")
     audience: str | None = Field(None, description="Required `aud` claim.")
-    algorithms: tuple[str, ...] = ("RS256", "ES256", "PS256")
+    algorithms: tuple[str, ...] = Field(
+        ("RS256", "ES256", "PS256"), description="Signature algorithms accepted (asymmetric)."
+    )
     leeway: float = Field(30.0, ge=0, description="Clock skew allowed on exp/nbf, seconds.")
-    jwks_cache_seconds: int = Field(300, gt=0)
-    jwks_timeout: float = Field(5.0, gt=0)
+    jwks_cache_seconds: int = Field(300, gt=0, description="Seconds the JWKS is cached.")
+    jwks_timeout: float = Field(5.0, gt=0, description="Seconds to fetch the JWKS.")
 
     @property
     def jwt_enabled(self) -> bool:
@@ -199,16 +238,28 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = Field(
-        Path("cm-fhir-data"), description="Where the embedded SQLite database lives."
+        Path("cm-fhir-data"), description="Folder of the embedded SQLite database."
     )
     database_url: str | None = Field(
-        None, description="SQLAlchemy URL; unset = SQLite file in data_dir (created, migrated)."
+        None,
+        description="sqlite:///file.db, postgresql://user@host/db (or with an explicit async "
+        "driver); unset: cm-fhir.sqlite3 in data_dir.",
     )
-    database_search_path: str | None = Field(
-        None, description="PostgreSQL schema(s) to use (search_path)."
+    database_schema: str | None = Field(
+        None,
+        description="PostgreSQL schema cm-fhir lives in (db upgrade creates it); unset: the "
+        "server's search_path (public).",
     )
+    mappings_dir: Path | None = Field(
+        None, description="Site folder whose mapping files override the bundled ones."
+    )
+    timezone: str | None = Field(
+        None,
+        description="IANA zone of HL7 times without an offset; unset: discharge-rules.yaml (UTC).",
+    )
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
-        (), description="Static API keys (comma-separated in the environment)."
+        (), description="Static API keys, 16+ characters (comma-separated in the environment)."
     )
     http: HttpSettings = HttpSettings()
     mllp: MllpSettings = MllpSettings()
@@ -219,7 +270,52 @@ class Settings(BaseSettings):
         None, pattern=r"^https?://", description="FHIR base URL of the EHR (endpoint 'default')."
     )
     ehr: EhrSettings = EhrSettings()
-    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        scheme, separator, _ = value.partition("://")
+        if not separator:
+            raise ValueError("not a database URL (sqlite:///file.db or postgresql://user@host/db)")
+        if scheme.lower() not in DATABASE_DRIVERS:
+            raise ValueError(f"{scheme}:// is not supported; use sqlite:// or postgresql://")
+        return value
+
+    @field_validator("database_schema")
+    @classmethod
+    def _schema_name(cls, value: str | None) -> str | None:
+        if value is not None and not _SCHEMA_NAME.match(value):
+            raise ValueError("one PostgreSQL schema name: letters, digits and _ (not quoted)")
+        return value
+
+    @field_validator("mappings_dir")
+    @classmethod
+    def _mappings_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Berlin)") from exc
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value.upper() not in LOG_LEVELS:
+                raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+            return value.upper()
+        return value
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -243,9 +339,10 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
+        """The configured URL, or the embedded SQLite file (absolute path) under ``data_dir``."""
         if self.database_url is not None:
             return self.database_url
-        return f"sqlite+aiosqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+        return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
 
     @property
     def endpoints(self) -> tuple[EndpointSettings, ...]:
@@ -279,7 +376,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
 
 
 class _FileSource(PydanticBaseSettingsSource):
-    """The config file as the lowest-priority source above the defaults."""
+    """A dict of values (the config file, or ``DATABASE_URL``) as one source of settings."""
 
     def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
         super().__init__(settings_cls)
@@ -292,15 +389,36 @@ class _FileSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
+def _check_renamed(file_data: dict[str, Any], config_file: Path | None) -> None:
+    for old, new in RENAMED.items():
+        variable = f"CM_FHIR_{old.upper()}"
+        if variable in os.environ:
+            raise ConfigError(f"{variable} is now CM_FHIR_{new.upper()}: rename the variable")
+        if old in file_data:
+            raise ConfigError(f"{config_file}: the key {old} is now {new}: rename it")
+
+
+def _problems(exc: PydanticValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: "
+        f"{error['msg'].removeprefix('Value error, ')}"
+        for error in exc.errors()
+    )
+
+
 def load_settings(
     config_file: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> Settings:
     """Settings from ``overrides`` > environment > ``config_file`` > defaults.
 
     ``overrides`` may be nested (``{"http": {"port": 0}}``); a nested override replaces only the
-    keys it names. Raises :class:`ConfigError` naming every bad key (never its value).
+    keys it names. ``DATABASE_URL`` counts as ``CM_FHIR_DATABASE_URL`` when that is unset.
+    Raises :class:`ConfigError` naming every bad key (never its value).
     """
     file_data = read_config_file(config_file) if config_file is not None else {}
+    _check_renamed(file_data, config_file)
+    plain_url = os.environ.get("DATABASE_URL")
+    plain = {"database_url": plain_url} if plain_url else {}
 
     class _Loaded(Settings):
         @classmethod
@@ -312,15 +430,16 @@ def load_settings(
             dotenv_settings: PydanticBaseSettingsSource,
             file_secret_settings: PydanticBaseSettingsSource,
         ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _FileSource(settings_cls, file_data))
+            return (
+                init_settings,
+                env_settings,
+                _FileSource(settings_cls, plain),
+                _FileSource(settings_cls, file_data),
+            )
 
     try:
         loaded = _Loaded(**(overrides or {}))
     except PydanticValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or '(top)'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigError(f"invalid settings: {problems}") from exc
+        raise ConfigError(f"invalid settings: {_problems(exc)}") from exc
     # A plain Settings (validated above), so instances compare and print as Settings.
     return Settings.model_construct(_fields_set=loaded.model_fields_set, **dict(loaded))

@@ -35,11 +35,12 @@ from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
 from cm_fhir.api.routes.ehr_notifications import open_receivers
 from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import current_revision, make_engine
+from cm_fhir.store.engine import current_revision, engine_for
 from cm_fhir.store.writer import InboxWriter
 
-__all__ = ["create_app", "head_revision", "schema_is_current"]
+__all__ = ["create_app", "head_revision", "schema_is_current", "site_registry"]
 
 log = logging.getLogger("cm_fhir.api.access")
 
@@ -106,6 +107,12 @@ class _AccessLog:
             )
 
 
+def site_registry(settings: Settings) -> MappingRegistry:
+    """The mapping registry for ``settings``: the bundled files merged with ``mappings_dir``."""
+    folder = settings.mappings_dir
+    return load_registry(folder) if folder is not None else default_registry()
+
+
 def create_app(
     settings: Settings,
     *,
@@ -124,9 +131,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             own_engine = engine is None
-            active = engine or make_engine(
-                settings.effective_database_url, search_path=settings.database_search_path
-            )
+            active = engine or engine_for(settings)
             if own_engine:
                 stack.push_async_callback(active.dispose)
             writer = inbox_writer
@@ -138,6 +143,7 @@ def create_app(
                 authenticator=Authenticator(
                     [key.get_secret_value() for key in settings.api_keys], settings.auth
                 ),
+                registry=site_registry(settings),
             )
             ctx.engine = active
             ctx.ingest = MllpListener(

@@ -36,6 +36,7 @@ from starlette.types import Scope
 
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
+from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
 from cm_fhir.sync.runner import SyncWorker
@@ -55,6 +56,7 @@ __all__ = [
     "current_principal",
     "get_context",
     "get_engine",
+    "get_registry",
     "get_settings",
     "record_denial",
     "require_fhir_read",
@@ -80,6 +82,7 @@ class AppContext:
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
     sync: SyncWorker | None = None  # the sync role, when this process runs it
+    registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
     # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
     notifications: dict[str, Any] = field(default_factory=dict)
 
@@ -95,6 +98,11 @@ def get_engine(request: Request) -> AsyncEngine:
 
 def get_settings(request: Request) -> Settings:
     return get_context(request).settings
+
+
+def get_registry(request: Request) -> MappingRegistry:
+    """The mapping registry of the site (``mappings_dir``), loaded once at start."""
+    return get_context(request).registry
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]

@@ -1,7 +1,8 @@
 """The ``cm-fhir`` command line. I/O edge: reads files, prints, exits with a status.
 
-Every command translates :class:`cm_fhir.errors.CmFhirError` into a readable message on stderr and
-an exit status (2 for unusable input); no traceback reaches the user.
+Every command builds its settings the same way (:mod:`cm_fhir.cli.options`), and every error
+becomes one readable line on stderr and an exit status (:mod:`cm_fhir.cli.errors`: 2 for
+unusable input or usage, 1 for a failed check); no traceback reaches the user.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from cm_fhir.cli import (  # noqa: F401
     adt_inspect,
     adt_send,
     cases,
+    config,
+    db,
     demo,
     intake,
     keys,

@@ -4,9 +4,11 @@ Reads each file (a message, a batch or several messages back to back), parses ev
 :func:`cm_fhir.hl7v2.adt.parse_adt` and prints one block per message, or JSON with ``--json``.
 Parse errors are reported with their segment and field position. ``--dry-run`` runs the parsed
 events through the workflow against the stored state and shows the case and FHIR resource
-changes they would make, without committing (:mod:`cm_fhir.worker.dry_run`). Exit status: 0 if
-every message parsed, 1 if any message failed, 2 if a file (or the concept-map spec) could not be
-read.
+changes they would make, without committing (:mod:`cm_fhir.worker.dry_run`), against the same
+database ``serve`` uses (the shared settings flags; a database that does not exist yet is named
+and treated as empty). ``--mappings`` and ``--timezone`` are the ``mappings_dir`` and ``timezone``
+settings. Exit status: 0 if every message parsed, 1 if any message failed, 2 if a file (or the
+concept-map spec) could not be read.
 
 The reading and parsing (:func:`inspect_files`) is kept apart from the printing so other commands
 (e.g. a dry run through the workflow) can reuse the parsed events.
@@ -14,19 +16,28 @@ The reading and parsing (:func:`inspect_files`) is kept apart from the printing 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import typer
 
 from cm_fhir.cli._app import adt_app
+from cm_fhir.cli.options import (
+    ConfigOption,
+    DatabaseSchemaOption,
+    DatabaseUrlOption,
+    DataDirOption,
+    MappingsOption,
+    TimezoneOption,
+    database_label,
+    settings_from,
+)
 from cm_fhir.errors import (
-    CmFhirError,
-    ConfigError,
     Hl7ParseError,
     InboundMessageError,
     MappingError,
@@ -36,6 +47,7 @@ from cm_fhir.hl7v2.events import AdtEvent, Location, MappedCode, PersonName, Uns
 from cm_fhir.hl7v2.normalise import split_batch
 from cm_fhir.hl7v2.structures import event_description
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.settings import Settings
 
 __all__ = ["InspectedFile", "InspectedMessage", "inspect_files"]
 
@@ -67,7 +79,7 @@ def inspect_files(
         try:
             raw = path.read_bytes()
         except OSError as exc:
-            inspected.append(InspectedFile(path, unreadable=exc.strerror or type(exc).__name__))
+            inspected.append(InspectedFile(path, unreadable=exc.strerror or "unreadable"))
             continue
         try:
             texts = split_batch(raw)
@@ -198,15 +210,29 @@ def _print_text(files: list[InspectedFile]) -> None:
                 typer.echo("\n".join(_event_lines(message.result)))
 
 
-def _print_dry_run(files: list[InspectedFile], database_url: str) -> None:
-    from cm_fhir.worker.dry_run import dry_run_sync, render  # the store only when asked
+def _print_dry_run(files: list[InspectedFile], settings: Settings) -> None:
+    from cm_fhir.service import site_mappings  # the store only when asked
+    from cm_fhir.store.engine import async_url
+    from cm_fhir.worker.dry_run import dry_run, render
 
     events = [m.result for f in files for m in f.messages if isinstance(m.result, AdtEvent)]
-    try:
-        typer.echo("\n".join(render(dry_run_sync(events, database_url))))
-    except CmFhirError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    url = settings.effective_database_url
+    target = async_url(url)
+    if target.get_backend_name() == "sqlite" and not Path(str(target.database)).is_file():
+        label = database_label(settings)
+        typer.echo(f"note: no database at {label} yet: every patient is new", err=True)
+        url = "sqlite://"  # an empty in-memory store; creates no file
+    mappings = site_mappings(settings)
+    effects = asyncio.run(
+        dry_run(
+            events,
+            url,
+            search_path=settings.database_schema,
+            rules=mappings.rules,
+            registry=mappings.registry,
+        )
+    )
+    typer.echo("\n".join(render(effects)))
     for item in files:
         for message in item.messages:
             if message.error is not None:
@@ -218,35 +244,30 @@ def _print_dry_run(files: list[InspectedFile], database_url: str) -> None:
 def inspect(
     files: list[Path] = typer.Argument(..., help="HL7v2 files (messages or batches)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
-    mappings_dir: Path | None = typer.Option(
-        None, "--mappings-dir", help="Site folder overriding bundled mappings."
-    ),
-    zone: str | None = typer.Option(
-        None, "--timezone", help="IANA zone for date/times without an offset (default: naive)."
-    ),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Show what the messages would change in the store; commit nothing."
     ),
-    database_url: str = typer.Option(
-        "sqlite+aiosqlite:///cm-fhir.sqlite3",
-        "--database-url",
-        envvar="CM_FHIR_DATABASE_URL",
-        help="The store --dry-run compares against.",
-    ),
+    mappings: MappingsOption = None,
+    timezone: TimezoneOption = None,
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_schema: DatabaseSchemaOption = None,
 ) -> None:
     """Print the ADT event(s) each file holds, or the errors with their positions."""
-    try:
-        maps = load_adt_concept_maps(mappings_dir)
-        default_tz = ZoneInfo(zone) if zone else None
-    except ConfigError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        typer.echo(f"error: unknown time zone {zone!r}", err=True)
-        raise typer.Exit(2) from exc
+    settings = settings_from(
+        config,
+        database_url=database_url,
+        data_dir=data_dir,
+        database_schema=database_schema,
+        mappings_dir=mappings,
+        timezone=timezone,
+    )
+    maps = load_adt_concept_maps(settings.mappings_dir)
+    default_tz = ZoneInfo(settings.timezone) if settings.timezone else None
     inspected = inspect_files(files, maps, default_tz)
     if dry_run:
-        _print_dry_run(inspected, database_url)
+        _print_dry_run(inspected, settings)
     elif as_json:
         typer.echo(json.dumps(_to_json(inspected), indent=2))
     else:

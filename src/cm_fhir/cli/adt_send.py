@@ -9,12 +9,15 @@ comes (original mode, ``AL``); ``NE`` is never answered; ``ER`` (answered on err
 connection, tells whether theirs came. At the end the connection is half-closed and read until
 the listener closes it (over TLS, which has no half-close, for at most two seconds). A file that
 cannot be read, a lost connection or a missing ACK is reported and the run goes on with the next
-file; the exit status is 1 if anything was not accepted (AA/CA).
+file; the exit status is 2 if a file could not be read, else 1 if anything was not accepted
+(AA/CA). ``--host`` and ``--port`` default to the configured listener (``mllp.host``/``mllp.port``
+of ``--config`` and ``CM_FHIR_MLLP__...``; a wildcard bind address is reached on loopback).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +25,8 @@ from pathlib import Path
 import typer
 
 from cm_fhir.cli._app import adt_app
-from cm_fhir.cli.errors import fail
+from cm_fhir.cli.errors import EXIT_PROBLEMS, EXIT_UNUSABLE, fail
+from cm_fhir.cli.options import ConfigOption, settings_from
 from cm_fhir.errors import Hl7ParseError
 from cm_fhir.hl7v2 import ack as acks
 from cm_fhir.hl7v2.header import MessageHeader, read_batch_header, read_header
@@ -90,7 +94,7 @@ def _read_file(path: Path, raw: bool) -> _File:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        entry.problem = f"cannot read: {exc.strerror or type(exc).__name__}"
+        entry.problem = f"cannot read: {exc.strerror or 'unreadable'}"
         return entry
     try:
         messages = split_batch(data)
@@ -224,7 +228,8 @@ async def _send_files(files: list[_File], sender: _Sender) -> None:
                 entry.failed += 1
                 await sender.drop()  # a late ACK must not be taken for the next message's
             except (OSError, ConnectionError) as exc:
-                entry.problem = f"connection lost or refused ({type(exc).__name__})"
+                reason = os.strerror(exc.errno) if exc.errno else (str(exc) or "closed")
+                entry.problem = f"connection lost or refused ({reason})"
                 entry.failed += len(entry.items) - position
                 await sender.drop()
                 break
@@ -237,16 +242,23 @@ def send(
     files: list[Path] = typer.Argument(
         ..., help="HL7v2 files: messages, back to back, or batches."
     ),
-    host: str = typer.Option("127.0.0.1", help="Listener host."),
-    port: int = typer.Option(2575, help="Listener port."),
+    host: str | None = typer.Option(None, help="Listener host [mllp.host: 127.0.0.1]."),
+    port: int | None = typer.Option(None, help="Listener port [mllp.port: 2575]."),
     timeout: float = typer.Option(30.0, help="Seconds to wait for each ACK."),
     raw: bool = typer.Option(False, "--raw", help="Send each file byte for byte as one frame."),
     tls: bool = typer.Option(False, help="Use TLS."),
     ca_file: Path | None = typer.Option(None, help="CA bundle to verify the listener (TLS)."),
     client_cert: Path | None = typer.Option(None, help="PEM client certificate (mutual TLS)."),
     client_key: Path | None = typer.Option(None, help="PEM key of --client-cert."),
+    config: ConfigOption = None,
 ) -> None:
     """Send messages over MLLP, print each ACK and a line per file; exit 1 unless all AA/CA."""
+    mllp = settings_from(config, mllp={"host": host, "port": port}).mllp
+    wildcard = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}  # a bind-all address
+    target_host, target_port = wildcard.get(mllp.host, mllp.host), mllp.port
+    for name, path in (("--ca-file", ca_file), ("--client-cert", client_cert)):
+        if path is not None and not path.is_file():
+            fail(f"{name} {path}: no such file")
     entries = [_read_file(path, raw) for path in files]
     context = None
     if tls or ca_file is not None or client_cert is not None:
@@ -255,20 +267,25 @@ def send(
             try:
                 context.load_cert_chain(client_cert, client_key)
             except (OSError, ssl.SSLError) as exc:
-                fail(f"cannot load the client certificate or key: {type(exc).__name__}")
-    sender = _Sender(host, port, timeout, context)
+                reason = exc.strerror or getattr(exc, "reason", None) or "unusable"
+                fail(f"cannot load the client certificate or key {client_cert}: {reason}")
+    sender = _Sender(target_host, target_port, timeout, context)
     asyncio.run(_send_files(entries, sender))
     ok = True
+    unreadable = False
     for entry in entries:
         if entry.problem is not None and entry.problem.startswith("connection"):
-            entry.problem = f"cannot reach {host}:{port} or lost it: {entry.problem}"
+            entry.problem = f"cannot reach {target_host}:{target_port} or lost it: {entry.problem}"
         if entry.problem is not None:
             typer.echo(f"error: {entry.path}: {entry.problem}", err=True)
+            unreadable = unreadable or entry.problem.startswith("cannot read")
             ok = False
         typer.echo(
             f"{entry.path}: {len(entry.items)} frame(s), {entry.accepted} accepted, "
             f"{entry.failed} not accepted, {entry.unanswered} without ACK (MSH-15)"
         )
         ok = ok and entry.failed == 0
+    if unreadable:
+        raise typer.Exit(EXIT_UNUSABLE)
     if not ok:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PROBLEMS)

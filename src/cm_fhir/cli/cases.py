@@ -1,4 +1,9 @@
-"""Case commands: ``map``, ``schema`` and ``mappings check``. I/O edge."""
+"""Case commands: ``map``, ``schema`` and ``mappings check``. I/O edge.
+
+``map`` and ``mappings check`` use the site mappings of the ``mappings_dir`` setting
+(``--mappings``, ``CM_FHIR_MAPPINGS_DIR``, or the config file). ``mappings check`` exits 1 when a
+file has problems and 2 when the folder itself is unusable.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import typer
 
 from cm_fhir.cli._app import app, mappings_app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, fail, read_json, report_validation
+from cm_fhir.cli.options import ConfigOption, MappingsOption, settings_from
 from cm_fhir.domain import Case
 from cm_fhir.errors import CmFhirError, MappingSpecError, ValidationError
 from cm_fhir.fhir import WriteMode, map_case_json
@@ -41,12 +47,6 @@ def registry_for(mappings: Path | None) -> MappingRegistry:
         fail(f"mappings: {exc}")
 
 
-MappingsOption = Annotated[
-    Path | None,
-    typer.Option("--mappings", help="A site folder whose mapping files override the bundled ones."),
-]
-
-
 @app.command("map")
 def map_command(
     case_file: Annotated[Path, typer.Argument(help="A case document (JSON).")],
@@ -68,11 +68,14 @@ def map_command(
         bool, typer.Option("-v", "--verbose", help="Also print profile warnings.")
     ] = False,
     mappings: MappingsOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Print the FHIR R4 transaction Bundle for a case document."""
+    settings = settings_from(config, mappings_dir=mappings)
     case = load_case(case_file)
+    registry = registry_for(settings.mappings_dir)
     try:
-        data = map_case_json(case, registry_for(mappings), validate=validate, mode=mode)
+        data = map_case_json(case, registry, validate=validate, mode=mode)
     except ValidationError as exc:
         for issue in exc.outcome.get("issue", []):
             where = ", ".join(issue.get("expression", []))
@@ -116,11 +119,18 @@ def schema_command(
 def mappings_check(
     site_dir: Annotated[
         Path | None,
-        typer.Argument(help="A site folder of overrides to check together with the bundled files."),
+        typer.Argument(help="A site folder of overrides to check with the bundled files."),
     ] = None,
+    mappings: MappingsOption = None,
+    config: ConfigOption = None,
 ) -> None:
     """Load every mapping file and report problems (file, key path, reason)."""
-    report = check_mappings(site_dir)
+    if site_dir is not None and mappings is not None and site_dir != mappings:
+        fail("give the site folder once: as an argument or as --mappings")
+    folder = site_dir or mappings
+    if folder is not None and not folder.is_dir():
+        fail(f"{folder}: not a folder (mappings_dir)")
+    report = check_mappings(settings_from(config, mappings_dir=folder).mappings_dir)
     for problem in report.problems:
         typer.echo(f"error: {problem}", err=True)
     if not report.ok:

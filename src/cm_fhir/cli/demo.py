@@ -154,7 +154,7 @@ async def _service_section(once: bool, data_dir: Path) -> int:
         overrides={
             "data_dir": data_dir,
             "database_url": None,
-            "database_search_path": None,
+            "database_schema": None,
             "api_keys": key,
             "http": {"host": "127.0.0.1", "port": 0},
             "mllp": {"host": "127.0.0.1", "port": 0},

@@ -1,38 +1,46 @@
-"""Intake commands: ``listen`` and ``db upgrade``. I/O edge.
+"""``cm-fhir listen``: the MLLP listener alone. I/O edge.
 
-``cm-fhir listen`` runs the MLLP listener on the embedded defaults (127.0.0.1:2575, a SQLite file
-in the working directory, migrated on start) until Ctrl-C or SIGTERM; its options are the ``mllp``
-settings (unset ones come from ``CM_FHIR_MLLP__...``, then the defaults). ``cm-fhir db upgrade``
-applies the shipped migrations. ``cm-fhir adt send`` lives in :mod:`cm_fhir.cli.adt_send`.
+``cm-fhir listen`` runs the listener role of the service (``cm-fhir serve --role listener``) on
+the configured database until Ctrl-C or SIGTERM; its options are the ``mllp`` settings (unset
+ones come from ``CM_FHIR_MLLP__...``, the config file, then the defaults). The first line it
+prints is ``cm-fhir listening on HOST:PORT``. ``cm-fhir db ...`` lives in :mod:`cm_fhir.cli.db`,
+``cm-fhir adt send`` in :mod:`cm_fhir.cli.adt_send`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from pathlib import Path
 
 import typer
 
-from cm_fhir.cli._app import app, db_app
-from cm_fhir.cli.errors import fail
-from cm_fhir.errors import CmFhirError
-from cm_fhir.listener import ListenerConfig, run_listener
-from cm_fhir.settings import load_settings
-from cm_fhir.store.engine import DEFAULT_DATABASE_URL, make_engine, upgrade_database
-
-__all__ = ["listen", "upgrade"]
-
-_DB_URL = typer.Option(
-    DEFAULT_DATABASE_URL, "--database-url", envvar="CM_FHIR_DATABASE_URL", help="SQLAlchemy URL."
+from cm_fhir.cli._app import app
+from cm_fhir.cli.options import (
+    ConfigOption,
+    DatabaseSchemaOption,
+    DatabaseUrlOption,
+    DataDirOption,
+    LogLevelOption,
+    configure_logging,
+    settings_from,
 )
+from cm_fhir.cli.serve import run_service
+from cm_fhir.service import Service, ServiceInfo
+from cm_fhir.settings import Role
+
+__all__ = ["listen"]
+
+
+def _print_listening(info: ServiceInfo) -> None:
+    if info.mllp_address is not None:
+        host, port = info.mllp_address
+        typer.echo(f"cm-fhir listening on {host}:{port}")
+    typer.echo(f"cm-fhir ready (database {info.database}; Ctrl-C or SIGTERM to stop)")
 
 
 @app.command()
 def listen(
     host: str | None = typer.Option(None, help="Address to bind [127.0.0.1]."),
     port: int | None = typer.Option(None, help="TCP port, 0 picks a free one [2575]."),
-    database_url: str = _DB_URL,
     max_connections: int | None = typer.Option(None, help="Connections at once [64]."),
     max_connections_per_peer: int | None = typer.Option(
         None, help="Connections per client address and per TLS client identity, 0 = no limit [8]."
@@ -58,15 +66,20 @@ def listen(
     allow_public_bind: bool = typer.Option(
         False, help="Listen beyond loopback without TLS or --allow-network."
     ),
-    migrate: bool | None = typer.Option(
-        None, help="Upgrade the database on start (default: only for SQLite)."
+    migrate: bool = typer.Option(
+        False, "--migrate", help="Upgrade a PostgreSQL database on start (SQLite always is)."
     ),
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_schema: DatabaseSchemaOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Accept ADT messages over MLLP, store each, then acknowledge it.
 
-    Unset options come from the environment (CM_FHIR_MLLP__...), then the defaults in brackets.
+    Unset options come from the environment (CM_FHIR_MLLP__...), the config file, then the
+    defaults in brackets.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     given = {
         "host": host,
         "port": port,
@@ -82,32 +95,14 @@ def listen(
         "allowed_senders": tuple(allow_sender) if allow_sender else None,
         "allow_public_bind": allow_public_bind or None,
     }
-    mllp = {name: value for name, value in given.items() if value is not None}
-    try:
-        config = ListenerConfig.from_settings(load_settings(None, {"mllp": mllp}).mllp)
-    except CmFhirError as exc:
-        fail(str(exc))
-    try:
-        asyncio.run(run_listener(config, database_url, migrate=migrate))
-    except CmFhirError as exc:
-        fail(str(exc))
-    except OSError as exc:
-        fail(f"cannot listen on {config.host}:{config.port}: {exc.strerror}")
-
-
-@db_app.command("upgrade")
-def upgrade(database_url: str = _DB_URL) -> None:
-    """Apply the database migrations shipped with cm-fhir (idempotent)."""
-
-    async def _run() -> None:
-        engine = make_engine(database_url)
-        try:
-            await upgrade_database(engine)
-        finally:
-            await engine.dispose()
-
-    try:
-        asyncio.run(_run())
-    except CmFhirError as exc:
-        fail(str(exc))
-    typer.echo("database is at the latest revision")
+    settings = settings_from(
+        config,
+        database_url=database_url,
+        data_dir=data_dir,
+        database_schema=database_schema,
+        log_level=log_level,
+        mllp=given,
+    )
+    configure_logging(settings)
+    service = Service(settings, {Role.LISTENER}, migrate=migrate)
+    run_service(service, _print_listening)

@@ -26,7 +26,7 @@ from cm_fhir.cli.errors import fail
 from cm_fhir.errors import CmFhirError
 from cm_fhir.service import check_database
 from cm_fhir.settings import Settings, load_settings
-from cm_fhir.store.engine import make_engine
+from cm_fhir.store.engine import engine_for
 from cm_fhir.store.outbox import mark_for_resend
 from cm_fhir.sync.runner import SyncWorker
 
@@ -58,7 +58,7 @@ async def _resend(
     since: datetime | None,
     send: bool,
 ) -> tuple[int, dict[str, int]]:
-    engine = make_engine(settings.effective_database_url, search_path=settings.database_search_path)
+    engine = engine_for(settings)
     try:
         await check_database(engine, settings, migrate=False)
         async with engine.begin() as connection:

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from cm_fhir.cli._app import app
+from cm_fhir.cli.errors import read_json
 from cm_fhir.errors import ProfileError
 from cm_fhir.profiles import (
     ConformanceRegistry,
@@ -31,17 +32,7 @@ app.add_typer(profiles_app, name="profiles")
 
 
 def _read(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        typer.echo(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}", err=True)
-        raise typer.Exit(2) from exc
-    except UnicodeDecodeError as exc:
-        typer.echo(f"{path}: not UTF-8 text (byte {exc.start})", err=True)
-        raise typer.Exit(2) from exc
-    except OSError as exc:
-        typer.echo(f"{path}: cannot be read: {exc.strerror or 'I/O error'}", err=True)
-        raise typer.Exit(2) from exc
+    return read_json(path)
 
 
 def _summary(path: Path, errors: int, warnings: int, hidden: int) -> str:

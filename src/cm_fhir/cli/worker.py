@@ -4,9 +4,11 @@
 or SIGTERM (the transaction in flight commits first); ``--once`` stops when nothing is claimable.
 ``--concurrency N`` runs N worker processes on PostgreSQL (rows of one patient are never processed
 concurrently or out of order); SQLite has a single writer and always runs one. Without ``--once``
-it also closes due cases every ``--close-check-seconds``. ``cm-fhir replay``
-puts rows back to ``received``: ``--all``, given ids, or ``--dead-letter ID`` (which also releases
-the rows waiting behind it). Output is counts and ids, never message content.
+it also closes due cases every ``--close-check-seconds``. Unset options come from the ``worker``
+settings (environment, config file, defaults). ``cm-fhir replay`` puts rows back to ``received``:
+``--all``, given ids, or ``--dead-letter ID`` (which also releases the rows waiting behind it);
+it works next to a running ``serve`` on the same database. Output is counts and ids, never
+message content.
 """
 
 from __future__ import annotations
@@ -22,20 +24,27 @@ from multiprocessing.context import SpawnProcess
 import typer
 
 from cm_fhir.cli._app import app
-from cm_fhir.errors import CmFhirError
-from cm_fhir.store.engine import DEFAULT_DATABASE_URL, make_engine, upgrade_database
-from cm_fhir.worker import BatchResult, Worker, WorkerConfig, replay, replay_dead_letter
+from cm_fhir.cli.errors import EXIT_PROBLEMS, EXIT_UNUSABLE, fail
+from cm_fhir.cli.options import (
+    ConfigOption,
+    DatabaseSchemaOption,
+    DatabaseUrlOption,
+    DataDirOption,
+    LogLevelOption,
+    MappingsOption,
+    TimezoneOption,
+    configure_logging,
+    existing_database,
+    settings_from,
+)
+from cm_fhir.service import check_database, make_workers
+from cm_fhir.settings import Settings
+from cm_fhir.store.engine import async_url, engine_for
+from cm_fhir.worker import BatchResult, Worker, replay, replay_dead_letter
 
 __all__ = ["replay_command", "worker"]
 
 log = logging.getLogger(__name__)
-
-_DB_URL = typer.Option(
-    DEFAULT_DATABASE_URL, "--database-url", envvar="CM_FHIR_DATABASE_URL", help="SQLAlchemy URL."
-)
-_SCHEMA = typer.Option(
-    None, "--schema", envvar="CM_FHIR_DATABASE_SCHEMA", help="PostgreSQL schema (search_path)."
-)
 
 
 def _summary(result: BatchResult) -> str:
@@ -48,18 +57,19 @@ def _summary(result: BatchResult) -> str:
     )
 
 
-async def _migrate(url: str, schema: str | None) -> None:
-    engine = make_engine(url, search_path=schema)
+async def _migrate(settings: Settings, migrate: bool) -> None:
+    engine = engine_for(settings, pool_size=1)
     try:
-        await upgrade_database(engine)
+        await check_database(engine, settings, migrate=migrate)
     finally:
         await engine.dispose()
 
 
-async def _run(url: str, schema: str | None, config: WorkerConfig, once: bool) -> BatchResult:
-    engine = make_engine(url, search_path=schema)
+async def _run(settings: Settings, once: bool) -> BatchResult:
+    engine = engine_for(settings)
     try:
-        worker = Worker(engine, config)
+        worker = make_workers(engine, settings, count=1)[0]
+        assert isinstance(worker, Worker)
         log.info("worker process %d started", os.getpid())
         if once:
             return await worker.run_once()
@@ -73,60 +83,77 @@ async def _run(url: str, schema: str | None, config: WorkerConfig, once: bool) -
         await engine.dispose()
 
 
-def _child(url: str, schema: str | None, config: WorkerConfig, once: bool) -> None:
+def _child(settings: Settings, once: bool) -> None:
     """One extra worker process (``--concurrency``); prints its own summary."""
+    configure_logging(settings)
     with contextlib.suppress(KeyboardInterrupt):
-        result = asyncio.run(_run(url, schema, config, once))
+        result = asyncio.run(_run(settings, once))
         typer.echo(f"worker process: {_summary(result)}")
 
 
 @app.command()
 def worker(
-    database_url: str = _DB_URL,
-    schema: str | None = _SCHEMA,
     once: bool = typer.Option(False, "--once", help="Stop when nothing is left to claim."),
-    concurrency: int = typer.Option(1, min=1, help="Worker processes (PostgreSQL only)."),
-    batch_size: int = typer.Option(200, min=1, help="Inbox rows per transaction."),
-    max_attempts: int = typer.Option(5, min=1, help="Attempts before a row is dead-lettered."),
-    retry_delay: float = typer.Option(5.0, min=0, help="Seconds between attempts of a row."),
-    close_check_seconds: float = typer.Option(
-        60.0, min=0.01, help="Seconds between checks for cases due to close."
+    concurrency: int | None = typer.Option(
+        None, min=1, help="Worker processes (PostgreSQL only) [1]."
     ),
-    processing_id: list[str] = typer.Option(
-        ["P"], help="MSH-11 processing id to apply (repeat for several); others are ignored."
+    batch_size: int | None = typer.Option(None, min=1, help="Inbox rows per transaction [200]."),
+    max_attempts: int | None = typer.Option(
+        None, min=1, help="Attempts before a row is dead-lettered [5]."
     ),
-    migrate: bool | None = typer.Option(
-        None, help="Upgrade the database on start (default: only for SQLite)."
+    retry_delay: float | None = typer.Option(
+        None, min=0, help="Seconds between attempts of a row [5]."
     ),
+    close_check_seconds: float | None = typer.Option(
+        None, min=0.01, help="Seconds between checks for cases due to close [60]."
+    ),
+    processing_id: list[str] | None = typer.Option(
+        None, help="MSH-11 processing id to apply (repeat for several) [P]; others are ignored."
+    ),
+    migrate: bool = typer.Option(
+        False, "--migrate", help="Upgrade a PostgreSQL database on start (SQLite always is)."
+    ),
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_schema: DatabaseSchemaOption = None,
+    mappings: MappingsOption = None,
+    timezone: TimezoneOption = None,
+    log_level: LogLevelOption = None,
 ) -> None:
     """Process the inbox: cases, outbox, trace and FHIR resources, per patient in order."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    sqlite = database_url.startswith("sqlite")
-    if sqlite and concurrency > 1:
-        typer.echo("SQLite has a single writer: running one worker process", err=True)
-        concurrency = 1
-    config = WorkerConfig(
-        batch_size=batch_size,
-        max_attempts=max_attempts,
-        retry_delay=retry_delay,
-        close_check_seconds=close_check_seconds,
-        apply_processing_ids=frozenset(p.upper() for p in processing_id),
+    settings = settings_from(
+        config,
+        database_url=database_url,
+        data_dir=data_dir,
+        database_schema=database_schema,
+        mappings_dir=mappings,
+        timezone=timezone,
+        log_level=log_level,
+        worker={
+            "batch_size": batch_size,
+            "max_attempts": max_attempts,
+            "retry_delay": retry_delay,
+            "close_check_seconds": close_check_seconds,
+            "apply_processing_ids": tuple(processing_id) if processing_id else None,
+        },
     )
+    configure_logging(settings)
+    processes = concurrency or 1
+    if async_url(settings.effective_database_url).get_backend_name() == "sqlite" and processes > 1:
+        typer.echo("SQLite has a single writer: running one worker process", err=True)
+        processes = 1
     children: list[SpawnProcess] = []
     result = BatchResult()
     try:
-        if migrate if migrate is not None else sqlite:
-            # Alone, before any process starts: they all find an up-to-date schema.
-            asyncio.run(_migrate(database_url, schema))
+        # Alone, before any process starts: they all find an up-to-date schema.
+        asyncio.run(_migrate(settings, migrate))
         context = multiprocessing.get_context("spawn")
-        for _ in range(concurrency - 1):
-            process = context.Process(target=_child, args=(database_url, schema, config, once))
+        for _ in range(processes - 1):
+            process = context.Process(target=_child, args=(settings, once))
             process.start()
             children.append(process)
-        result = asyncio.run(_run(database_url, schema, config, once))
-    except CmFhirError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        result = asyncio.run(_run(settings, once))
     except KeyboardInterrupt:
         pass
     finally:
@@ -134,38 +161,41 @@ def worker(
             process.join()
     typer.echo(_summary(result))
     if any(process.exitcode for process in children):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_PROBLEMS)
 
 
 @app.command("replay")
 def replay_command(
-    ids: list[int] = typer.Argument(None, help="Inbox row ids to process again."),
-    database_url: str = _DB_URL,
-    schema: str | None = _SCHEMA,
+    ids: list[int] | None = typer.Argument(None, help="Inbox row ids to process again."),
     all_rows: bool = typer.Option(False, "--all", help="Every inbox row."),
     dead_letter: int | None = typer.Option(
         None, "--dead-letter", help="A dead letter to retry; releases the rows behind it."
     ),
+    config: ConfigOption = None,
+    database_url: DatabaseUrlOption = None,
+    data_dir: DataDirOption = None,
+    database_schema: DatabaseSchemaOption = None,
 ) -> None:
     """Put inbox rows back to ``received``; the worker processes them again (idempotently)."""
     if sum(bool(x) for x in (ids, all_rows, dead_letter is not None)) != 1:
-        typer.echo("error: give row ids, --all or --dead-letter ID", err=True)
-        raise typer.Exit(2)
+        fail("give row ids, --all or --dead-letter ID", EXIT_UNUSABLE)
+    settings = settings_from(
+        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
+    )
 
-    async def _replay() -> str:
-        engine = make_engine(database_url, search_path=schema)
+    async def _replay() -> str | None:
+        engine = await existing_database(settings)
         try:
             if dead_letter is not None:
                 if not await replay_dead_letter(engine, dead_letter):
-                    raise typer.Exit(1)
+                    return None
                 return f"dead letter #{dead_letter} is back in the queue"
             count = await replay(engine, None if all_rows else ids)
             return f"{count} row(s) back in the queue"
         finally:
             await engine.dispose()
 
-    try:
-        typer.echo(asyncio.run(_replay()))
-    except CmFhirError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    done = asyncio.run(_replay())
+    if done is None:
+        fail(f"inbox row {dead_letter} is not a dead letter", EXIT_PROBLEMS)
+    typer.echo(done)

@@ -2,7 +2,7 @@
 
 Declared on the inbox's :data:`~cm_fhir.store.tables.metadata` so one comparison test covers every
 table against the hand-written migrations (``0002_cases_outbox``, ``0004_worker_fidelity``,
-``0005_outbox_delivery``).
+``0006_outbox_delivery``).
 ``patient_states`` holds the workflow's :class:`~cm_fhir.workflow.PatientState` document per
 patient key (a merged-away key is a row with ``alias_of`` set and no document) and when the worker
 next checks its cases for closing (``close_check_at``); ``cases`` is the queryable projection of
@@ -11,7 +11,7 @@ each case; ``outbox`` the transaction Bundles still to send; ``trace`` the workf
 (sender, control id and receipt time, which outlive a pruned inbox); ``fhir_resources`` the
 current resources of every case, as the read-only FHIR facade serves them; ``sync_state`` what
 each FHIR endpoint holds of ours (server id, version, the hash last sent) by business identifier
-(``0005_outbox_delivery``). Rows point at inbox
+(``0006_outbox_delivery``). Rows point at inbox
 rows by id without a foreign key, so the inbox can be pruned or truncated on its own.
 """
 

@@ -1,10 +1,13 @@
 """Database engines and migrations. I/O: opens connections, runs Alembic.
 
-:func:`make_engine` builds an async engine for a URL: SQLite (aiosqlite) is set to WAL with
-``synchronous=FULL`` (a commit survives power loss) and ``BEGIN IMMEDIATE`` transactions (a
-writer takes the lock up front instead of failing on upgrade); PostgreSQL (asyncpg) may be given a
-``search_path`` so that tests and tenants can live in their own schema. :func:`upgrade_database`
-runs the hand-written Alembic revisions shipped in ``cm_fhir.store.migrations``.
+:func:`make_engine` builds an async engine for a URL. Plain URLs get the async driver
+(:func:`async_url`: ``sqlite:///x.db`` -> aiosqlite, ``postgresql://`` and ``postgres://`` ->
+asyncpg). SQLite is set to WAL with ``synchronous=FULL`` (a commit survives power loss) and
+``BEGIN IMMEDIATE`` transactions (a writer takes the lock up front instead of failing on upgrade);
+PostgreSQL may be given a schema (``search_path``) so that tests and tenants can live in their own.
+:func:`engine_for` does this for a :class:`~cm_fhir.settings.Settings`. :func:`upgrade_database`
+runs the hand-written Alembic revisions shipped in ``cm_fhir.store.migrations`` (creating the
+schema first) and returns the revisions it applied; :func:`revision_history` lists them all.
 """
 
 from __future__ import annotations
@@ -15,38 +18,77 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, event
-from sqlalchemy.exc import SQLAlchemyError
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from cm_fhir.errors import ConfigError, StoreError
+from cm_fhir.settings import DATABASE_DRIVERS, Settings
 
 __all__ = [
-    "DEFAULT_DATABASE_URL",
+    "async_url",
     "current_revision",
+    "engine_for",
     "make_engine",
     "open_sqlite_writer",
+    "revision_history",
     "upgrade_database",
 ]
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///cm-fhir.sqlite3"
+
+def async_url(url: str) -> URL:
+    """``url`` with the async driver cm-fhir uses (``sqlite:///x.db`` -> aiosqlite).
+
+    ``sslmode`` (libpq's name, found in most ``DATABASE_URL`` values) becomes asyncpg's ``ssl``.
+
+    Raises:
+        ConfigError: not a URL, or a database cm-fhir does not support (names the scheme).
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(
+            "database_url is not a database URL (e.g. sqlite:///cm-fhir.sqlite3 or "
+            "postgresql://user@host/db)"
+        ) from exc
+    name = DATABASE_DRIVERS.get(parsed.drivername.lower())
+    if name is None:
+        raise ConfigError(
+            f"database_url: {parsed.drivername}:// is not supported; use sqlite:// or postgresql://"
+        )
+    parsed = parsed.set(drivername=name)
+    if name == "postgresql+asyncpg" and "sslmode" in parsed.query:
+        query = dict(parsed.query)
+        query["ssl"] = query.pop("sslmode")
+        parsed = parsed.set(query=query)
+    return parsed
+
+
+def engine_for(settings: Settings, *, pool_size: int = 5) -> AsyncEngine:
+    """The engine of the configured database (URL, or the embedded file, and schema)."""
+    return make_engine(
+        settings.effective_database_url, search_path=settings.database_schema, pool_size=pool_size
+    )
 
 
 def make_engine(url: str, *, search_path: str | None = None, pool_size: int = 5) -> AsyncEngine:
     """Create an async engine for ``url`` with the settings the inbox relies on."""
+    target = async_url(url)
     try:
-        if url.startswith("sqlite"):
-            engine = create_async_engine(url, connect_args={"timeout": 30})
+        if target.get_backend_name() == "sqlite":
+            engine = create_async_engine(target, connect_args={"timeout": 30})
             _configure_sqlite(engine)
             return engine
         connect_args: dict[str, Any] = {}
         if search_path:
             connect_args["server_settings"] = {"search_path": search_path}
         return create_async_engine(
-            url, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+            target, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
         )
-    except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise ConfigError(f"database URL cannot be used: {type(exc).__name__}") from exc
+    except (SQLAlchemyError, ImportError, ValueError, TypeError) as exc:
+        raise ConfigError(f"database_url cannot be used: {exc}") from exc
 
 
 def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
@@ -66,7 +108,7 @@ def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
         for pragma in _SQLITE_PRAGMAS:
             connection.execute(pragma)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open the SQLite inbox: {type(exc).__name__}") from exc
+        raise StoreError(f"cannot open the SQLite inbox {path}: {exc}") from exc
     return connection
 
 
@@ -95,24 +137,66 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _alembic_config(connection: Connection) -> Config:
+def _alembic_config(connection: Connection | None = None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(files("cm_fhir.store") / "migrations"))
     config.attributes["connection"] = connection
     return config
 
 
-async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> None:
-    """Apply the shipped migrations up to ``revision`` (idempotent)."""
+def revision_history() -> list[tuple[str, str]]:
+    """The shipped revisions, oldest first: ``(revision, description)``."""
+    script = ScriptDirectory.from_config(_alembic_config())
+    return [(r.revision, r.doc or "") for r in reversed(list(script.walk_revisions()))]
 
-    def _upgrade(connection: Connection) -> None:
+
+def _ensure_schema(connection: Connection) -> None:
+    """Create the first schema of a PostgreSQL ``search_path`` if it is missing."""
+    if connection.dialect.name != "postgresql":
+        return
+    first = str(connection.scalar(text("SELECT current_setting('search_path')")))
+    name = first.split(",")[0].strip().strip('"')
+    if not name or name.startswith("$"):
+        return
+    found = connection.scalar(
+        text("SELECT 1 FROM pg_namespace WHERE nspname = :name"), {"name": name}
+    )
+    if found is None:
+        quoted = connection.dialect.identifier_preparer.quote_identifier(name)
+        connection.execute(text(f"CREATE SCHEMA {quoted}"))
+
+
+async def upgrade_database(engine: AsyncEngine, revision: str = "head") -> list[str]:
+    """Apply the shipped migrations up to ``revision`` (idempotent); the revisions applied.
+
+    On PostgreSQL the configured schema is created first when it does not exist.
+    """
+    from alembic.runtime.migration import MigrationContext
+
+    def _upgrade(connection: Connection) -> list[str]:
+        _ensure_schema(connection)
+        before = MigrationContext.configure(connection).get_current_revision()
         command.upgrade(_alembic_config(connection), revision)
+        after = MigrationContext.configure(connection).get_current_revision()
+        if after == before:
+            return []
+        names = [name for name, _ in revision_history()]
+        start = names.index(before) + 1 if before in names else 0
+        stop = names.index(after) + 1 if after in names else len(names)
+        return names[start:stop]
 
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade)
+            return await connection.run_sync(_upgrade)
     except (SQLAlchemyError, OSError) as exc:
-        raise StoreError(f"database migration failed: {type(exc).__name__}") from exc
+        raise StoreError(f"database migration failed: {_reason(exc)}") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    """A database error in words (the driver's message, not a class name)."""
+    original = getattr(exc, "orig", None) or exc
+    text_ = str(original).strip().splitlines()[0] if str(original).strip() else ""
+    return text_ or "the database refused"
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -104,7 +104,10 @@ async def _stored_states(
         async with engine.connect() as connection:
             return await connection.run_sync(load_states, keys)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot read the stored state: {type(exc).__name__}") from exc
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        raise StoreError(
+            f"cannot read the stored state: {reason[0] if reason else 'the database refused'}"
+        ) from exc
     finally:
         await engine.dispose()
 

@@ -24,13 +24,14 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import StoreError
+from cm_fhir.ingest import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.settings import WorkerSettings
 from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
 from cm_fhir.store.queue import mark_waiting
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
-from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
 from cm_fhir.workflow import PatientState, apply_event
 
@@ -41,17 +42,35 @@ _MAX_CLOSING_PASSES = 50  # per close_due call: a bound, even if a state were du
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
 
 
+_DEFAULTS = WorkerSettings()  # the defaults live in the settings model only
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
     """How the worker claims, retries, closes due cases and which processing ids it applies."""
 
-    batch_size: int = 200
-    max_attempts: int = 5
-    retry_delay: float = 5.0  # seconds between attempts of a failing row
-    poll_interval: float = 0.5  # seconds to wait when the inbox has nothing to claim
-    close_check_seconds: float = 60.0  # seconds between closing passes in ``run``
-    apply_processing_ids: frozenset[str] = DEFAULT_PROCESSING_IDS
+    batch_size: int = _DEFAULTS.batch_size
+    max_attempts: int = _DEFAULTS.max_attempts
+    retry_delay: float = _DEFAULTS.retry_delay  # seconds between attempts of a failing row
+    poll_interval: float = _DEFAULTS.poll_interval  # seconds to wait when nothing is claimable
+    close_check_seconds: float = _DEFAULTS.close_check_seconds  # between closing passes
+    apply_processing_ids: frozenset[str] = frozenset(_DEFAULTS.apply_processing_ids)
     routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES  # the endpoints outbox Bundles go to
+
+    @classmethod
+    def from_settings(
+        cls, worker: WorkerSettings, routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES
+    ) -> WorkerConfig:
+        """The configuration of the ``worker`` settings, enqueuing for ``routes``."""
+        return cls(
+            batch_size=worker.batch_size,
+            max_attempts=worker.max_attempts,
+            retry_delay=worker.retry_delay,
+            poll_interval=worker.poll_interval,
+            close_check_seconds=worker.close_check_seconds,
+            apply_processing_ids=frozenset(worker.apply_processing_ids),
+            routes=routes,
+        )
 
 
 def _transient(exc: SQLAlchemyError) -> bool:
@@ -79,6 +98,7 @@ class Worker:
         self.engine = engine
         self.config = config or WorkerConfig()
         rules = rules or load_discharge_rules()
+        check_key_room(rules.identity)
         registry = registry or default_registry()
         decoded: dict[str, tuple[str, PatientState]] = {}  # shared by both: same documents
         self.processor = BatchProcessor(

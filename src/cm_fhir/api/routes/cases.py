@@ -28,6 +28,7 @@ from cm_fhir.api.deps import (
     EngineDep,
     ReadPrincipal,
     WritePrincipal,
+    get_registry,
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
@@ -44,7 +45,6 @@ from cm_fhir.domain import (
 )
 from cm_fhir.errors import RecordConflict, RecordNotFound
 from cm_fhir.fhir import WriteMode, map_case
-from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.case_repo import (
     CaseFilter,
     StoredCase,
@@ -120,7 +120,7 @@ async def post_case(
     async with engine.begin() as connection:
         stored = await connection.run_sync(
             lambda c: create_case(
-                c, case, default_registry(), now, routes=outbox_routes(get_settings(request))
+                c, case, get_registry(request), now, routes=outbox_routes(get_settings(request))
             )
         )
         await audit.record("create", "case", case.id, connection=connection)
@@ -216,7 +216,7 @@ async def get_case_fhir(
     if stored is None:
         return error_response(request, 404, f"case '{case_id}' does not exist")
     await audit.record("read", "case", case_id)
-    bundle = map_case(stored.case, default_registry(), validate=False, mode=mode)
+    bundle = map_case(stored.case, get_registry(request), validate=False, mode=mode)
     headers = {"ETag": _etag(stored.version)}
     return JSONResponse(bundle, headers=headers, media_type=FHIR_JSON)
 
@@ -241,7 +241,7 @@ class CaseChange:
                     change_case,
                     self.case_id,
                     change,
-                    default_registry(),
+                    get_registry(self.request),
                     expected_version=_version(self.if_match),
                     now=datetime.now(UTC),
                     action=action,

@@ -19,7 +19,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 import cm_fhir
-from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, check_fhir_read
+from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, check_fhir_read, get_registry
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.errors import SearchParameterError
 from cm_fhir.facade import (
@@ -30,7 +30,6 @@ from cm_fhir.facade import (
     searchset,
 )
 from cm_fhir.fhir.outcome import Issue, operation_outcome
-from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.fhir_repo import read_resource, search_resources
 from cm_fhir.store.provenance_repo import read_provenance, search_provenance
 
@@ -68,7 +67,7 @@ def _check_type(resource_type: str) -> None:
 @router.get("/metadata", summary="CapabilityStatement: exactly what this facade supports")
 async def metadata(request: Request) -> Response:
     statement = capability_statement(
-        _base(request), default_registry(), software_version=cm_fhir.__version__, date=_STARTED
+        _base(request), get_registry(request), software_version=cm_fhir.__version__, date=_STARTED
     )
     return _fhir(statement)
 
@@ -108,7 +107,7 @@ async def search(
         return _bad_request(request, exc)
     async with engine.connect() as connection:
         if resource_type == "Provenance":
-            page = await connection.run_sync(search_provenance, default_registry(), query)
+            page = await connection.run_sync(search_provenance, get_registry(request), query)
         else:
             page = await connection.run_sync(search_resources, query)
     ids: list[str | None] = [str(r["id"]) for r in page.resources] or [None]
@@ -136,7 +135,7 @@ async def read(
         return _bad_request(request, exc)
     async with engine.connect() as connection:
         if resource_type == "Provenance":
-            found = await connection.run_sync(read_provenance, default_registry(), resource_id)
+            found = await connection.run_sync(read_provenance, get_registry(request), resource_id)
         else:
             found = await connection.run_sync(read_resource, resource_type, resource_id)
     if found is None:

@@ -8,8 +8,8 @@ that a later Bundle of the same case replaced before it was sent. ``sync_state``
 endpoint, what the server holds of each resource we write (server id, version, the hash of what
 we last sent), keyed by resource type and business identifier.
 
-Revision ID: 0005_outbox_delivery
-Revises: 0004_worker_fidelity
+Revision ID: 0006_outbox_delivery
+Revises: 0005_inbox_refused
 Create Date: 2026-12-01
 """
 
@@ -18,8 +18,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0005_outbox_delivery"
-down_revision: str | None = "0004_worker_fidelity"
+revision = "0006_outbox_delivery"
+down_revision: str | None = "0005_inbox_refused"
 branch_labels: str | None = None
 depends_on: str | None = None
 

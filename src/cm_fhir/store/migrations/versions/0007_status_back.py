@@ -2,8 +2,8 @@
 
 ``ehr_status_back`` has one row per endpoint name (see :mod:`cm_fhir.store.ehr_status`).
 
-Revision ID: 0006_status_back
-Revises: 0005_outbox_delivery
+Revision ID: 0007_status_back
+Revises: 0006_outbox_delivery
 Create Date: 2026-12-01
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_status_back"
-down_revision: str | None = "0005_outbox_delivery"
+revision = "0007_status_back"
+down_revision: str | None = "0006_outbox_delivery"
 branch_labels: str | None = None
 depends_on: str | None = None
 

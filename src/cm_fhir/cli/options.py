@@ -1,0 +1,180 @@
+"""The options every command shares, and the one way a command gets its settings. I/O edge.
+
+Every command that touches the database, the mappings or the service takes the same flags
+(``--config``, ``--database-url``, ``--data-dir``, ``--database-schema``; ``--mappings`` and
+``--timezone`` where messages are read; ``--log-level`` where a service runs) and builds its
+:class:`~cm_fhir.settings.Settings` with :func:`settings_from`: flags > ``CM_FHIR_`` environment >
+config file > defaults. So ``serve``, ``listen``, ``worker``, ``replay``, ``db ...`` and
+``adt inspect --dry-run`` all find the same database. :func:`existing_database` opens it for
+commands that only read or repair it, refusing (in one line) a database that is not there.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.errors import ConfigError
+from cm_fhir.settings import LOG_LEVELS, Settings, load_settings
+from cm_fhir.store.engine import async_url, current_revision, engine_for
+
+__all__ = [
+    "ConfigOption",
+    "DataDirOption",
+    "DatabaseSchemaOption",
+    "DatabaseUrlOption",
+    "LogLevelOption",
+    "MappingsOption",
+    "TimezoneOption",
+    "cannot_open",
+    "configure_logging",
+    "database_label",
+    "existing_database",
+    "settings_from",
+]
+
+_PANEL = "Settings (flags > CM_FHIR_ environment > --config file > defaults)"
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        envvar="CM_FHIR_CONFIG",
+        help="TOML or YAML config file.",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+DatabaseUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="sqlite:///file.db or postgresql://user@host/db [cm-fhir.sqlite3 in the data dir].",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="Folder of the embedded SQLite database [cm-fhir-data].",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+DatabaseSchemaOption = Annotated[
+    str | None,
+    typer.Option(
+        "--database-schema",
+        help="PostgreSQL schema cm-fhir lives in [the server's search_path].",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+MappingsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--mappings",
+        help="Site folder whose mapping files override the bundled ones.",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+TimezoneOption = Annotated[
+    str | None,
+    typer.Option(
+        "--timezone",
+        help="IANA zone of HL7 times without an offset [discharge-rules.yaml: UTC].",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+LogLevelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--log-level",
+        help=f"{', '.join(LOG_LEVELS)} [INFO].",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+
+
+def _given(values: dict[str, Any]) -> dict[str, Any]:
+    """The values a user gave (None: not given); nested sections keep only theirs."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _given(value)
+            if not value:
+                continue
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def settings_from(config: Path | None, **flags: Any) -> Settings:
+    """The settings of one command: ``flags`` (None = not given) over env, file and defaults.
+
+    Sections are passed as dicts: ``settings_from(config, http={"port": port})``. A bad value
+    exits 2 naming the setting.
+    """
+    return load_settings(config, _given(flags))
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log lines on stderr at ``log_level``; Alembic's per-revision chatter only at DEBUG."""
+    level = settings.log_level
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.getLogger().setLevel(level)
+    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
+    logging.getLogger("alembic").setLevel(quiet)
+
+
+def database_label(settings: Settings) -> str:
+    """The database for messages: the SQLite file, or the URL without its password."""
+    url = async_url(settings.effective_database_url)
+    if url.get_backend_name() == "sqlite":
+        return str(url.database)
+    label = url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+    return f"{label} (schema {settings.database_schema})" if settings.database_schema else label
+
+
+def cannot_open(settings: Settings, exc: BaseException) -> ConfigError:
+    """The one-line error for a database that cannot be reached (the driver's words)."""
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return ConfigError(
+        f"cannot open the database {database_label(settings)}: {reason[0] if reason else 'refused'}"
+    )
+
+
+async def existing_database(settings: Settings) -> AsyncEngine:
+    """An engine on the configured database, which must exist and be migrated.
+
+    Raises:
+        ConfigError: no SQLite file there, the server cannot be reached, or no cm-fhir schema;
+            the message names the database and the command that fixes it.
+    """
+    url = async_url(settings.effective_database_url)
+    label = database_label(settings)
+    if url.get_backend_name() == "sqlite" and not Path(str(url.database)).is_file():
+        raise ConfigError(
+            f"no database at {label}: start `cm-fhir serve` or run `cm-fhir db upgrade` first, "
+            "or point --database-url / --data-dir at yours"
+        )
+    engine = engine_for(settings, pool_size=1)
+    try:
+        revision = await current_revision(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        await engine.dispose()
+        raise cannot_open(settings, exc) from exc
+    if revision is None:
+        await engine.dispose()
+        raise ConfigError(f"the database {label} has no cm-fhir schema: run `cm-fhir db upgrade`")
+    return engine
