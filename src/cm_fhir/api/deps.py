@@ -83,6 +83,8 @@ class AppContext:
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
     sync: SyncWorker | None = None  # the sync role, when this process runs it
     registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
+    # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
+    notifications: dict[str, Any] = field(default_factory=dict)
 
 
 def get_context(request: Request) -> AppContext:

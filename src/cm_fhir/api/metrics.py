@@ -9,8 +9,9 @@ the oldest queued message, rows waiting behind a dead letter, age of the oldest 
 entry) read only queued rows through the indexes on state; outbox rows are counted by endpoint
 and state (the outbox stays small: sent entries are purged). The sync role's figures of this
 process (each endpoint's circuit breaker state, writes by result, requests, lag) are added when it
-runs here. The listener's connection counters of
-this process are added when it runs here. Labels hold codes only (event, state, ACK code), never
+runs here, and so are Tasks read back from each EHR endpoint by outcome
+(:mod:`cm_fhir.api.status_back_metrics`). The listener's connection counters of this process
+are added when it runs here. Labels hold codes only (event, state, ACK code), never
 patient data. Needs the ``read`` scope like the rest of /api.
 """
 
@@ -34,9 +35,11 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
+from cm_fhir.api.status_back_metrics import status_back_metrics
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
 from cm_fhir.store.case_tables import OutboxState, outbox
 from cm_fhir.store.counters import LATENCY_BOUNDS, fold_if_large, read_counters
+from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
 from cm_fhir.sync.runner import EndpointStatus
@@ -63,6 +66,7 @@ class _Snapshot:
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
     sync: list[EndpointStatus] = field(default_factory=list)
+    status_back: list[EndpointCursor] = field(default_factory=list)
 
 
 def _age(oldest: datetime | None, now: datetime) -> float:
@@ -106,6 +110,7 @@ async def snapshot(connection: AsyncConnection) -> _Snapshot:
         (str(endpoint), str(state)): int(count)
         for endpoint, state, count in (await connection.execute(by_state)).all()
     }
+    snap.status_back = await connection.run_sync(read_cursors)
     return snap
 
 
@@ -210,6 +215,7 @@ class _SnapshotCollector(Collector):
             "Age of the oldest pending FHIR write (0 when none).",
             value=snap.oldest_pending_age,
         )
+        yield from status_back_metrics(snap.status_back, datetime.now(UTC))
         if snap.listener is not None:
             stats = snap.listener
             for name, text in LISTENER_COUNTERS.items():

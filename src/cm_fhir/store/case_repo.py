@@ -44,6 +44,7 @@ from cm_fhir.workflow.facts import patient_key
 __all__ = [
     "CaseFilter",
     "StoredCase",
+    "TraceSource",
     "change_case",
     "create_case",
     "list_cases",
@@ -51,6 +52,17 @@ __all__ = [
 ]
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSource:
+    """What the trace row of a change names as its cause: the API (default), or an EHR's
+    resource version (``rule`` ``ehr.status_back``, ``message_key`` from
+    :func:`cm_fhir.facade.provenance.fhir_source_key`)."""
+
+    rule: str = "api"
+    event: str | None = None
+    message_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,14 +183,18 @@ def _write(
     target: str | None,
     routes: Sequence[OutboxRoute],
     sync: Sequence[SyncRecord] = (),
+    source: TraceSource | None = None,
 ) -> None:
     changes = CaseChanges(sync=list(sync))
     hashes: dict[str, str | None] = {case.id: place.last_bundle}
     changes.add_case(
         build_case(case, registry), Placement(place.patient_key, place.team, place.owner), hashes
     )
-    trace = TraceEntry(rule="api", action=action, case_id=case.id, target=target)
-    changes.trace.append(TraceRecord(None, place.patient_key, trace))
+    source = source or TraceSource()
+    trace = TraceEntry(
+        rule=source.rule, event=source.event, action=action, case_id=case.id, target=target
+    )
+    changes.trace.append(TraceRecord(None, place.patient_key, trace, source.message_key))
     for key, state in place.documents.items():
         cases_after = tuple(case if c.id == case.id else c for c in state.cases)
         changes.states[key] = state.model_copy(update={"cases": cases_after}).model_dump_json()
@@ -226,6 +242,7 @@ def change_case(
     target: str | None = None,
     routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
     sync: Sequence[SyncRecord] = (),
+    source: TraceSource | None = None,
 ) -> StoredCase:
     """Apply ``change`` (pure domain logic) to the current case and store the result.
 
@@ -270,6 +287,7 @@ def change_case(
         target=target,
         routes=routes,
         sync=sync,
+        source=source,
     )
     return _must_read(connection, case_id)
 

@@ -80,6 +80,17 @@ class EndpointSettings(_Section):
         description="resolve: look the EHR's Patient up by identifier and write literal "
         "references where found; identifier: always logical identifier references.",
     )
+    task_poll_interval: float = Field(
+        60.0,
+        ge=0,
+        description="Status back: seconds between polls for our Tasks changed on the endpoint "
+        "(Task?_lastUpdated=gt...); 0: no polling.",
+    )
+    notification_secret: SecretStr | None = Field(
+        None,
+        description="Status back: the bearer secret the endpoint's Subscription notifications "
+        "carry (POST /fhir/subscription-notification/<name>); unset: none accepted.",
+    )
 
 
 class EhrSettings(_Section):

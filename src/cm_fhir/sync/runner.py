@@ -27,10 +27,12 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.fhir_client import FhirClient, RetryPolicy
+from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.case_tables import outbox
 from cm_fhir.sync.config import EhrSettings, EndpointSettings
 from cm_fhir.sync.deliver import DeliveryStats, EndpointDelivery
 from cm_fhir.sync.endpoints import RequestCount, open_client
+from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint, poll_until_stopped
 
 __all__ = ["EndpointStatus", "SyncWorker"]
 
@@ -72,6 +74,11 @@ class SyncWorker:
         }
         self.deliveries = [
             EndpointDelivery(engine, e, self.clients[e.name], self.config, self.worker_id)
+            for e in endpoints
+        ]
+        registry = default_registry()
+        self.status_backs = [
+            StatusBack(engine, registry, StatusBackEndpoint.of(e), self.clients[e.name])
             for e in endpoints
         ]
 
@@ -122,9 +129,13 @@ class SyncWorker:
             return int((await connection.execute(query)).scalar_one()) == 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; each loop settles its batch in flight first."""
+        """Deliver until ``stop`` is set; each loop settles its batch in flight first. Task
+        status back polls each endpoint with a ``task_poll_interval`` alongside."""
         try:
-            await asyncio.gather(*(self._loop(d, stop) for d in self.deliveries))
+            await asyncio.gather(
+                *(self._loop(d, stop) for d in self.deliveries),
+                poll_until_stopped(self.status_backs, stop),
+            )
         finally:
             await self.aclose()
 

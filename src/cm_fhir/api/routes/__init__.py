@@ -22,6 +22,7 @@ ROUTE_MODULES = (
     "cases",
     "tasks",
     "fhir",
+    "ehr_notifications",
 )
 
 
