@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 
 from cm_fhir.mllp_client import MllpClient, read_ack
+from live_api import start_serve
 from sync_fixtures import search_url
 from workflow_messages import Visit, hours
 
@@ -29,38 +30,8 @@ def _env() -> dict[str, str]:
 
 
 async def _start(tmp_path: Path, *extra: str) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        "serve",
-        "--http-port",
-        "0",
-        "--mllp-port",
-        "0",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--log-level",
-        "WARNING",
-        *extra,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(),
-    )
-    assert process.stdout is not None
-    found: dict[str, str] = {}
-    async with asyncio.timeout(30):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            assert line, "serve exited before it was ready"
-            if line.startswith("cm-fhir api on "):
-                found["url"] = line.split()[3]
-            elif line.startswith("cm-fhir listening on "):
-                found["mllp_port"] = line.rsplit(":", 1)[1].strip()
-            elif line.startswith("cm-fhir API key"):
-                found["key"] = line.split()[-1]
-            elif line.startswith("cm-fhir sync to FHIR endpoint(s): "):
-                found["endpoints"] = line.split(": ", 1)[1].strip()
-            elif line.startswith("cm-fhir ready"):
-                return process, found
+    serve = await start_serve(tmp_path / "data", *extra, stderr=asyncio.subprocess.PIPE)
+    return serve.process, serve.found()
 
 
 def _content(value: Any) -> Any:
