@@ -152,6 +152,7 @@ async def test_outbox_summary_and_items(api_client: httpx.AsyncClient) -> None:
         ("default", "pending"),
         ("default", "sent"),
         ("default", "failed"),
+        ("default", "superseded"),
     }
     items = await api_client.get("/api/outbox/items", params={"state": "pending", "limit": 5})
     assert items.status_code == 200

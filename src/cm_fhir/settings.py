@@ -39,6 +39,7 @@ from cm_fhir.errors import ConfigError
 from cm_fhir.logs import LEVELS, LogFormat
 from cm_fhir.mllp_peers import parse_networks
 from cm_fhir.retention_policy import RetentionSettings
+from cm_fhir.sync.config import EhrSettings, EndpointSettings, configured_endpoints
 
 __all__ = [
     "DATABASE_DRIVERS",
@@ -78,6 +79,7 @@ class Role(StrEnum):
     API = "api"
     LISTENER = "listener"
     WORKER = "worker"
+    SYNC = "sync"
     ALL = "all"
 
 
@@ -281,6 +283,10 @@ class Settings(BaseSettings):
     health: HealthSettings = HealthSettings()
     log: LogSettings = LogSettings()
     retention: RetentionSettings = RetentionSettings()
+    ehr_url: str | None = Field(
+        None, pattern=r"^https?://", description="FHIR base URL of the EHR (endpoint 'default')."
+    )
+    ehr: EhrSettings = EhrSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -345,6 +351,11 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url
         return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+
+    @property
+    def endpoints(self) -> tuple[EndpointSettings, ...]:
+        """The FHIR endpoints the outbox is delivered to (``ehr_url`` is ``default``)."""
+        return configured_endpoints(self.ehr_url, self.ehr)
 
     @property
     def credentials_configured(self) -> bool:

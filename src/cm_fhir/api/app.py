@@ -37,6 +37,7 @@ from cm_fhir.api.docs import install_docs
 from cm_fhir.api.errors import error_response, install_error_handlers
 from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
+from cm_fhir.api.routes.ehr_notifications import open_receivers
 from cm_fhir.console import ConsoleGate
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.logs import request_id
@@ -185,6 +186,7 @@ def create_app(
             ctx.ingest = MllpListener(
                 ListenerConfig(max_message_bytes=settings.mllp.max_message_bytes), writer
             )
+            ctx.notifications = await open_receivers(settings, active, stack)
             ctx.schema_current = await schema_is_current(active)
             ctx.roles.setdefault("api", "running")
             ctx.roles["api"] = "running"

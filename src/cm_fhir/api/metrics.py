@@ -3,11 +3,15 @@
 Counts come from the database, not from process memory, so every process (and a restart) reports
 the same figures. Message counts by type, event, ACK code and state, the processing-latency
 histogram (received to settled, one observation per settlement), trace entries per workflow flag
-and outbox rows per state are kept by triggers as rows are written (:mod:`cm_fhir.store.counters`),
+are kept by triggers as rows are written (:mod:`cm_fhir.store.counters`),
 so a scrape reads a few dozen counter rows whatever the size of the inbox. The queue gauges (age of
 the oldest queued message, rows waiting behind a dead letter, age of the oldest pending outbox
-entry) read only queued rows through the indexes on state. The listener's connection counters of
-this process are added when it runs here. Labels hold codes only (event, state, ACK code), never
+entry) read only queued rows through the indexes on state; outbox rows are counted by endpoint
+and state (the outbox stays small: sent entries are purged). The sync role's figures of this
+process (each endpoint's circuit breaker state, writes by result, requests, lag) are added when it
+runs here, and so are Tasks read back from each EHR endpoint by outcome
+(:mod:`cm_fhir.api.status_back_metrics`). The listener's connection counters of this process
+are added when it runs here. Labels hold codes only (event, state, ACK code), never
 patient data. Needs the ``read`` scope like the rest of /api.
 """
 
@@ -31,11 +35,14 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
+from cm_fhir.api.status_back_metrics import status_back_metrics
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
 from cm_fhir.store.case_tables import OutboxState, outbox
 from cm_fhir.store.counters import LATENCY_BOUNDS, fold_if_large, read_counters
+from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
+from cm_fhir.sync.runner import EndpointStatus
 from cm_fhir.workflow import Flag
 
 __all__ = ["LATENCY_BUCKETS", "router", "snapshot"]
@@ -54,10 +61,12 @@ class _Snapshot:
     latency_buckets: list[int] = field(default_factory=list)
     latency_count: int = 0
     latency_sum: float = 0.0
-    outbox_states: dict[str, int] = field(default_factory=dict)
+    outbox_states: dict[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, state)
     oldest_pending_age: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
+    sync: list[EndpointStatus] = field(default_factory=list)
+    status_back: list[EndpointCursor] = field(default_factory=list)
 
 
 def _age(oldest: datetime | None, now: datetime) -> float:
@@ -81,7 +90,6 @@ async def snapshot(connection: AsyncConnection) -> _Snapshot:
         snap.latency_buckets.append(running)
     snap.latency_count = running + counters.latency.get("+Inf", 0)
     snap.latency_sum = counters.latency_sum
-    snap.outbox_states = counters.outbox
     snap.flags = dict(counters.flags)
     received = _t.c.state == InboxState.RECEIVED.value
     # ``id + 0``: min() over the queued rows found by the state indexes, not a walk of the
@@ -95,7 +103,48 @@ async def snapshot(connection: AsyncConnection) -> _Snapshot:
     first_pending = select(func.min(outbox.c.id + 0)).where(pending).scalar_subquery()
     created = select(outbox.c.created_at).where(outbox.c.id == first_pending)
     snap.oldest_pending_age = _age((await connection.execute(created)).scalar(), now)
+    by_state = select(outbox.c.endpoint, outbox.c.state, func.count()).group_by(
+        outbox.c.endpoint, outbox.c.state
+    )
+    snap.outbox_states = {
+        (str(endpoint), str(state)): int(count)
+        for endpoint, state, count in (await connection.execute(by_state)).all()
+    }
+    snap.status_back = await connection.run_sync(read_cursors)
     return snap
+
+
+def _sync_metrics(statuses: list[EndpointStatus]) -> Iterator[Metric]:
+    """The sync role of this process: breaker state, writes by result, requests, lag."""
+    if not statuses:
+        return
+    breaker = GaugeMetricFamily(
+        "cm_fhir_sync_circuit_breaker",
+        "1 for the state each endpoint's circuit breaker is in (closed, open, half-open).",
+        labels=["endpoint", "state"],
+    )
+    writes = CounterMetricFamily(
+        "cm_fhir_sync_writes",
+        "Case writes settled by this process, by endpoint and result.",
+        labels=["endpoint", "result"],
+    )
+    requests = CounterMetricFamily(
+        "cm_fhir_sync_requests", "HTTP requests made to each endpoint.", labels=["endpoint"]
+    )
+    lag = GaugeMetricFamily(
+        "cm_fhir_sync_lag_seconds",
+        "Enqueue to written on the server, for the last write to each endpoint.",
+        labels=["endpoint"],
+    )
+    for status in statuses:
+        for state in ("closed", "open", "half-open"):
+            breaker.add_metric([status.name, state], 1.0 if status.breaker == state else 0.0)
+        stats = status.stats
+        for result in ("sent", "failed", "retried", "superseded", "conflicts"):
+            writes.add_metric([status.name, result], getattr(stats, result))
+        requests.add_metric([status.name], status.requests)
+        lag.add_metric([status.name], stats.last_lag_seconds)
+    yield from (breaker, writes, requests, lag)
 
 
 class _SnapshotCollector(Collector):
@@ -146,9 +195,13 @@ class _SnapshotCollector(Collector):
             "Outbox rows per endpoint and state.",
             labels=["endpoint", "state"],
         )
-        for state in ("pending", "sent", "failed"):
-            outbox_depth.add_metric(["default", state], snap.outbox_states.get(state, 0))
+        endpoints = {e for e, _ in snap.outbox_states} | {s.name for s in snap.sync} or {"default"}
+        for endpoint in sorted(endpoints):
+            for state in ("pending", "sent", "failed", "superseded"):
+                count = snap.outbox_states.get((endpoint, state), 0)
+                outbox_depth.add_metric([endpoint, state], count)
         yield outbox_depth
+        yield from _sync_metrics(snap.sync)
         flags = CounterMetricFamily(
             "cm_fhir_workflow_flags",
             "Workflow trace entries carrying each flag (e.g. unmapped-disposition).",
@@ -162,6 +215,7 @@ class _SnapshotCollector(Collector):
             "Age of the oldest pending FHIR write (0 when none).",
             value=snap.oldest_pending_age,
         )
+        yield from status_back_metrics(snap.status_back, datetime.now(UTC))
         if snap.listener is not None:
             stats = snap.listener
             for name, text in LISTENER_COUNTERS.items():
@@ -183,6 +237,7 @@ async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
     async with context.engine.connect() as connection:
         snap = await snapshot(connection)
     snap.listener = context.listener.stats if context.listener is not None else None
+    snap.sync = context.sync.status() if context.sync is not None else []
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snap))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

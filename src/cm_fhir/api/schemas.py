@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "MessageDetail",
@@ -98,6 +99,18 @@ class OutboxItem(_Out):
     case_identifier: str
     bundle_sha256: str
     bundle_bytes: int = Field(description="Size of the Bundle body.")
+    endpoint: str = Field("default", description="The FHIR endpoint the write is for.")
+    next_attempt_at: UtcDatetime | None = Field(None, description="When a retry is due.")
+    sent_at: UtcDatetime | None = None
+    last_error: str | None = Field(None, description="The endpoint's last answer (status, class).")
+    last_outcome: dict[str, Any] | None = Field(
+        None, description="The OperationOutcome the endpoint answered the last attempt with."
+    )
+
+    @field_validator("last_outcome", mode="before")
+    @classmethod
+    def _outcome_json(cls, value: Any) -> Any:
+        return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 class MessageDetail(MessageSummary):

@@ -17,6 +17,7 @@ from cm_fhir.cli import (  # noqa: F401
     demo,
     intake,
     keys,
+    outbox,
     retention,
     serve,
     validate,

@@ -47,6 +47,8 @@ def print_ready(info: ServiceInfo, fmt: LogFormat = LogFormat.TEXT) -> None:
         lines.append(f"cm-fhir listening on {host}:{port}")
     if "worker" in info.roles and info.workers:
         lines.append(f"cm-fhir worker: {info.workers} loop(s)")
+    if info.endpoints:
+        lines.append(f"cm-fhir sync to FHIR endpoint(s): {', '.join(info.endpoints)}")
     lines += [f"cm-fhir {note}" for note in info.notes]
     if info.generated_api_key:
         lines.append(
@@ -90,7 +92,9 @@ async def _run_until_signal(service: Service, on_ready: Callable[[ServiceInfo], 
 def serve(
     role: Annotated[
         list[Role] | None,
-        typer.Option("--role", help="Role(s) to run: api, listener, worker or all (default)."),
+        typer.Option(
+            "--role", help="Role(s) to run: api, listener, worker, sync or all (default)."
+        ),
     ] = None,
     http_host: Annotated[str | None, typer.Option(help="API address [127.0.0.1].")] = None,
     http_port: Annotated[int | None, typer.Option(help="API port, 0 = free [8080].")] = None,
@@ -108,6 +112,10 @@ def serve(
     timezone: TimezoneOption = None,
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
+    ehr_url: Annotated[
+        str | None,
+        typer.Option(help="FHIR base URL of the EHR to deliver the outbox to (no auth)."),
+    ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
     settings = settings_from(
@@ -118,6 +126,7 @@ def serve(
         mappings_dir=mappings,
         timezone=timezone,
         log={"level": log_level, "format": log_format},
+        ehr_url=ehr_url,
         http={"host": http_host, "port": http_port},
         mllp={"host": mllp_host, "port": mllp_port},
     )

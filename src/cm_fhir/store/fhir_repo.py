@@ -70,7 +70,7 @@ def token_condition(column: Any, token: Token) -> ColumnElement[bool]:
 
 def _status(resource_type: str, tokens: tuple[Token, ...]) -> ColumnElement[bool]:
     codes = [t.code for t in tokens if t.code is not None]
-    # The status column holds Goal.lifecycleStatus for Goals (see store.cases.resource_rows).
+    # The status column holds Goal.lifecycleStatus for Goals (see store.cases.resource_row).
     return _r.c.status.in_(codes)
 
 

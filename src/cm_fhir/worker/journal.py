@@ -1,8 +1,8 @@
 """One log line per processing outcome of an inbox row, written after its batch commits. I/O (logs).
 
-:func:`outcome_lines` reads a batch's :class:`~cm_fhir.worker.changes.Changes` (while the batch
-runs) into plain fields: the inbox id, its new state, its control id, the rules that fired and the
-cases they touched, and the reason of a row not processed (reasons name error types and
+:func:`outcome_lines` reads a batch's :class:`~cm_fhir.store.case_writes.CaseChanges` (while the
+batch runs) into plain fields: the inbox id, its new state, its control id, the rules that fired
+and the cases they touched, and the reason of a row not processed (reasons name error types and
 positions, never content). :func:`log_outcomes` writes them once the transaction has committed,
 so a rolled-back batch leaves no line claiming otherwise.
 """
@@ -13,15 +13,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from cm_fhir.store.case_writes import CaseChanges
 from cm_fhir.store.queue import ClaimedMessage
-from cm_fhir.worker.changes import Changes
 
 __all__ = ["log_outcomes", "outcome_lines"]
 
 log = logging.getLogger("cm_fhir.worker.outcome")
 
 
-def outcome_lines(changes: Changes, rows: Sequence[ClaimedMessage]) -> list[dict[str, Any]]:
+def outcome_lines(changes: CaseChanges, rows: Sequence[ClaimedMessage]) -> list[dict[str, Any]]:
     """The fields of one line per settled inbox row of ``changes`` (none when INFO is off)."""
     if not log.isEnabledFor(logging.INFO):
         return []

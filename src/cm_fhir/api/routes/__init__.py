@@ -23,6 +23,7 @@ ROUTE_MODULES = (
     "tasks",
     "utilization",
     "fhir",
+    "ehr_notifications",
 )
 
 

@@ -29,6 +29,7 @@ from cm_fhir.api.deps import (
     ReadPrincipal,
     WritePrincipal,
     get_registry,
+    get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import (
@@ -52,6 +53,7 @@ from cm_fhir.store.case_repo import (
     list_cases,
     read_case,
 )
+from cm_fhir.sync.routing import outbox_routes
 
 __all__ = ["router"]
 
@@ -116,7 +118,11 @@ async def post_case(
 ) -> Response:
     now = datetime.now(UTC)
     async with engine.begin() as connection:
-        stored = await connection.run_sync(create_case, case, get_registry(request), now)
+        stored = await connection.run_sync(
+            lambda c: create_case(
+                c, case, get_registry(request), now, routes=outbox_routes(get_settings(request))
+            )
+        )
         await audit.record("create", "case", case.id, connection=connection)
     return _case_response(stored, 201)
 
@@ -240,6 +246,7 @@ class CaseChange:
                     now=datetime.now(UTC),
                     action=action,
                     target=target,
+                    routes=outbox_routes(get_settings(self.request)),
                 )
                 await self.audit.record("update", "case", self.case_id, connection=connection)
         except (RecordConflict, RecordNotFound) as exc:

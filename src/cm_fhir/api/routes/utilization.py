@@ -15,6 +15,7 @@ to decide. Every exchange is audited.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Annotated
 
@@ -32,6 +33,7 @@ from cm_fhir.api.deps import (
     WritePrincipal,
     get_payer_exchange,
     get_registry,
+    get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import Case, LevelOfCare, Period, Programme, ReviewDecision, UtilizationReview
@@ -41,6 +43,8 @@ from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
 from cm_fhir.mapping.payer_exchange import AutoDecision
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import CaseFilter, StoredCase, change_case, create_case, list_cases
+from cm_fhir.store.case_writes import OutboxRoute
+from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_case_id, review_id_for
 
 __all__ = ["router"]
@@ -75,6 +79,7 @@ def _record(
     registry: MappingRegistry,
     rules: tuple[AutoDecision, ...],
     now: datetime,
+    routes: Sequence[OutboxRoute],
 ) -> tuple[Case, UtilizationReview]:
     """Store the request's review on the member's payer case; the review as stored."""
     review = read.review
@@ -90,7 +95,7 @@ def _record(
         case = open_payer_case(
             payer_case_id(review.request_identifier), read.patient, review, read.member_id
         )
-        create_case(connection, case.add_utilization_review(decided), registry, now)
+        create_case(connection, case.add_utilization_review(decided), registry, now, routes=routes)
         return case, decided
     change_case(
         connection,
@@ -101,6 +106,7 @@ def _record(
         now=now,
         action="utilization-review.submit",
         target=decided.id,
+        routes=routes,
     )
     return open_case, decided
 
@@ -137,7 +143,12 @@ async def submit_claim(
     now = datetime.now(UTC)
     async with engine.begin() as connection:
         case, review = await connection.run_sync(
-            _record, read, get_registry(request), spec.auto_decisions, now
+            _record,
+            read,
+            get_registry(request),
+            spec.auto_decisions,
+            now,
+            outbox_routes(get_settings(request)),
         )
         await audit.record("submit", "utilization-review", review.id, connection=connection)
     base = get_registry(request).canonical_base
@@ -198,6 +209,7 @@ def _decide(
     body: DecisionRequest,
     registry: MappingRegistry,
     now: datetime,
+    routes: Sequence[OutboxRoute],
 ) -> UtilizationReview:
     holder = next(
         (
@@ -234,6 +246,7 @@ def _decide(
         now=now,
         action="utilization-review.decide",
         target=review_id,
+        routes=routes,
     )
     return stored.case.utilization_review(review_id)
 
@@ -253,6 +266,13 @@ async def post_decision(
 ) -> UtilizationReview:
     now = datetime.now(UTC)
     async with engine.begin() as connection:
-        review = await connection.run_sync(_decide, review_id, body, get_registry(request), now)
+        review = await connection.run_sync(
+            _decide,
+            review_id,
+            body,
+            get_registry(request),
+            now,
+            outbox_routes(get_settings(request)),
+        )
         await audit.record("decide", "utilization-review", review_id, connection=connection)
     return review

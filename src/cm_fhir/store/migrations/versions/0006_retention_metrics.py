@@ -10,8 +10,8 @@ changes from ``received`` to a settled state, or when it is stored settled (an u
 0 seconds). The SQL is written out here, frozen with the
 revision: the latency bucket bounds are those of ``cm_fhir.store.counters.LATENCY_BOUNDS``.
 
-Revision ID: 0005_retention_metrics
-Revises: 0004_worker_fidelity
+Revision ID: 0006_retention_metrics
+Revises: 0005_inbox_refused
 Create Date: 2026-12-01
 """
 
