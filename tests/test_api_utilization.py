@@ -4,6 +4,7 @@ and decision; bad Bundles get a 400 OperationOutcome naming the element; scopes 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -211,3 +212,14 @@ async def test_a_bad_decision_body_is_refused_and_changes_nothing(case_app: Fast
     (still,) = await queue(case_app)
     assert still["review"]["decision"] == "pended"
     assert still["review"]["authorized_quantity"] is None
+
+
+async def test_concurrent_resends_record_one_review(case_app: FastAPI) -> None:
+    await submit(case_app, request())
+    body = request(id="ur2")
+    async with client(case_app, "claim-v2-token") as http:
+        answers = await asyncio.gather(*(http.post(SUBMIT, json=body) for _ in range(6)))
+    assert [a.status_code for a in answers] == [200] * 6, [a.text[:200] for a in answers]
+    items = await queue(case_app)
+    assert len(items) == 2
+    assert len({i["review"]["id"] for i in items}) == 2

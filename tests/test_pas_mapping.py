@@ -10,6 +10,7 @@ not use.
 from __future__ import annotations
 
 import copy
+import json
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -578,3 +579,10 @@ def test_an_answer_whose_first_entry_is_not_a_claim_response_is_refused() -> Non
                 "entry": [{"resource": {"resourceType": "Patient"}}],
             }
         )
+
+
+def test_the_shipped_example_request_is_what_the_mapper_builds_today() -> None:
+    shipped = (
+        Path(__file__).resolve().parents[1] / "examples" / "pas" / "irf-admission-request.json"
+    )
+    assert json.loads(shipped.read_text()) == request_bundle()

@@ -97,10 +97,17 @@ def _record(
         )
         create_case(connection, case.add_utilization_review(decided), registry, now, routes=routes)
         return case, decided
-    change_case(
+
+    def add(case: Case) -> Case:
+        # Under the case lock: a resend that raced this one may have added the review already.
+        if any(r.id == decided.id for r in case.utilization_reviews):
+            return case
+        return case.add_utilization_review(decided)
+
+    stored = change_case(
         connection,
         open_case.id,
-        lambda c: c.add_utilization_review(decided),
+        add,
         registry,
         expected_version=None,
         now=now,
@@ -108,7 +115,7 @@ def _record(
         target=decided.id,
         routes=routes,
     )
-    return open_case, decided
+    return stored.case, stored.case.utilization_review(decided.id)
 
 
 @router.post(
