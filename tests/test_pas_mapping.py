@@ -586,3 +586,10 @@ def test_the_shipped_example_request_is_what_the_mapper_builds_today() -> None:
         Path(__file__).resolve().parents[1] / "examples" / "pas" / "irf-admission-request.json"
     )
     assert json.loads(shipped.read_text()) == request_bundle()
+
+
+def test_a_date_only_or_early_created_never_puts_the_decision_before_the_request() -> None:
+    pended = parse_pas_request(request_bundle(), SPEC, review_id="ur1").review
+    response = stu1_response("A1", created="2026-03-02")  # midnight, before the 09:30 request
+    decided = parse_claim_response(response, SPEC).apply(pended, REQUESTED + timedelta(hours=1))
+    assert decided.decided == REQUESTED

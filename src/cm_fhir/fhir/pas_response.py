@@ -48,9 +48,11 @@ class ReviewOutcome:
 
     def apply(self, review: UtilizationReview, received: datetime) -> UtilizationReview:
         """``review`` with this outcome; DomainError when it contradicts an earlier decision."""
+        # A payer's clock (or a date-only ``created``) may put its answer before our request.
+        at = max(self.created or received, review.requested)
         return review.decide(
             self.decision,
-            self.created or received,
+            at,
             authorized_quantity=self.authorized_quantity,
             authorized_period=self.authorized_period,
             authorization_number=self.authorization_number,
@@ -113,13 +115,15 @@ def claim_response(
         "use": "preauthorization",
         "patient": {"identifier": identifier(patient.primary)},
         "created": instant(created),
-        "insurer": {"display": review.payer.display or "payer"},
+        "insurer": {},
         "request": {"type": "Claim", "identifier": identifier(request)},
         "outcome": "queued" if review.decision == ReviewDecision.PENDED else "complete",
         "item": [{"itemSequence": 1, "adjudication": [adjudication]}],
     }
     if review.payer.identifier is not None:
         out["insurer"]["identifier"] = identifier(review.payer.identifier)
+    if review.payer.display is not None:
+        out["insurer"]["display"] = review.payer.display
     if review.decision_reason is not None:
         out["disposition"] = review.decision_reason
     if review.authorization_number is not None:
@@ -241,7 +245,7 @@ def parse_claim_response(resource: Any, spec: PayerExchange) -> ReviewOutcome:
         if granting
         else None,
         next_review=next_review,
-        created=parse_instant(created, "ClaimResponse.created") if created is not None else None,
+        created=_when(created, "ClaimResponse.created") if created is not None else None,
     )
 
 
