@@ -42,6 +42,7 @@ from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
@@ -124,7 +125,9 @@ def site_mappings(settings: Settings) -> SiteMappings:
     rules = load_discharge_rules(folder)
     if settings.timezone is not None:
         rules = rules.model_copy(update={"timezone": settings.timezone})
-    return SiteMappings(rules, load_adt_concept_maps(folder), site_registry(settings))
+    maps, registry = load_adt_concept_maps(folder), site_registry(settings)
+    check_vocabulary(registry, rules, maps, folder)
+    return SiteMappings(rules, maps, registry)
 
 
 def worker_available() -> bool:

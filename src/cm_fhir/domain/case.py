@@ -16,7 +16,7 @@ from typing import Self, TypeVar
 from pydantic import Field, model_validator
 
 from cm_fhir.domain.assessment import Assessment, OutcomeEvaluation, RiskEvaluation, Screening
-from cm_fhir.domain.codes import CaseManagementModel, CaseStatus, Programme, TaskStatus
+from cm_fhir.domain.codes import CaseStatus, ModelCode, ProgrammeCode, TaskStatus
 from cm_fhir.domain.common import (
     Code,
     DomainModel,
@@ -124,9 +124,9 @@ class Case(DomainModel):
     id: LocalId = Field(description="The case number")
     patient: PatientRef
     """The patient, by business identifiers."""
-    programme: Programme
+    programme: ProgrammeCode
     """The case-management programme (discharge planning, utilization review, HIV adherence...)."""
-    models: tuple[CaseManagementModel, ...] = ()
+    models: tuple[ModelCode, ...] = ()
     """Case-management models in use: brokerage, clinical, strengths-based, intensive."""
     status: CaseStatus
     """Current status; always the last entry of ``status_history``."""

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from cm_fhir.domain.codes import (
     GoalAchievement,
-    GoalCategory,
+    GoalCategoryCode,
     GoalLifecycle,
     GoalPriority,
     PlanStatus,
@@ -58,7 +58,7 @@ class Goal(DomainModel):
     """Case-local id."""
     description: NonEmptyStr
     """The goal in words the patient and team use."""
-    category: GoalCategory
+    category: GoalCategoryCode
     """The kind of goal (clinical, functional, social, behavioural...)."""
     target: GoalTarget | None = None
     """The measurable target, when there is one."""

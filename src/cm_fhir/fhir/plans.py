@@ -12,10 +12,7 @@ from typing import Any
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import (
-    DischargeNeed,
-    Disposition,
     GoalAchievement,
-    GoalCategory,
     GoalLifecycle,
     GoalPriority,
     PlanStatus,
@@ -53,7 +50,7 @@ def goal(ctx: CaseContext, g: Goal) -> Json:
         out["achievementStatus"] = {
             "coding": [{"system": ACHIEVEMENT, "code": g.achievement.value}]
         }
-    out["category"] = [{"coding": [ctx.registry.coding("goal_category", g.category.value)]}]
+    out["category"] = [{"coding": [ctx.registry.coding("goal_category", g.category)]}]
     out["priority"] = {"coding": [{"system": GOAL_PRIORITY, "code": g.priority.value}]}
     out["description"] = {"text": g.description}
     out["subject"] = ctx.patient_ref()
@@ -139,7 +136,7 @@ def discharge_care_plan(ctx: CaseContext, case: Case, plan: DischargePlan) -> Js
     provider = plan.post_acute_provider
     expected = dt.day(plan.expected_discharge) if plan.expected_discharge else None
     disposition = (
-        reg.coding("discharge_disposition", plan.disposition.value) if plan.disposition else None
+        reg.coding("discharge_disposition", plan.disposition) if plan.disposition else None
     )
     provider_ref = dt.reference(provider) if provider else None
     parts: list[tuple[str, str, Any]] = [
@@ -167,7 +164,7 @@ def discharge_care_plan(ctx: CaseContext, case: Case, plan: DischargePlan) -> Js
 
 
 def _need(ctx: CaseContext, item: DischargeNeedItem) -> tuple[str, str, Any]:
-    concept: Json = {"coding": [ctx.registry.coding("discharge_need", item.need.value)]}
+    concept: Json = {"coding": [ctx.registry.coding("discharge_need", item.need)]}
     if item.detail is not None:
         concept["text"] = item.detail
     return ("need", "valueCodeableConcept", concept)
@@ -197,7 +194,7 @@ def parse_goal(resource: Json, local_id: str) -> Goal:
     return Goal(
         id=local_id,
         description=resource.get("description", {}).get("text", ""),
-        category=GoalCategory(resource["category"][0]["coding"][0]["code"]),
+        category=resource["category"][0]["coding"][0]["code"],
         target=target,
         qualitative_reason=reasons[0] if reasons else None,
         start=dt.parse_day(resource["startDate"], f"{path}.startDate")
@@ -255,9 +252,7 @@ def parse_discharge_plan(ctx: CaseContext, resource: Json, local_id: str) -> Dis
     disposition = sub_value(data, "disposition", "valueCoding")
     provider = sub_value(data, "postAcuteProvider", "valueReference")
     needs = [
-        DischargeNeedItem(
-            need=DischargeNeed(concept["coding"][0]["code"]), detail=concept.get("text")
-        )
+        DischargeNeedItem(need=concept["coding"][0]["code"], detail=concept.get("text"))
         for concept in sub_values(data, "need", "valueCodeableConcept")
     ]
     author = resource.get("author")
@@ -265,7 +260,7 @@ def parse_discharge_plan(ctx: CaseContext, resource: Json, local_id: str) -> Dis
         id=local_id,
         status=PlanStatus(resource["status"]),
         expected_discharge=dt.parse_day(expected, f"{path}.expectedDate") if expected else None,
-        disposition=Disposition(disposition["code"]) if disposition else None,
+        disposition=disposition["code"] if disposition else None,
         post_acute_provider=dt.parse_reference(provider, f"{path}.postAcuteProvider")
         if provider
         else None,

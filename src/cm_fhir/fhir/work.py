@@ -12,12 +12,10 @@ from typing import Any
 
 from cm_fhir.domain.assessment import Assessment, RiskEvaluation
 from cm_fhir.domain.codes import (
-    ActivityKind,
     AssessmentKind,
     AssessmentStatus,
     PlanStatus,
     Priority,
-    ReferralType,
     RiskLevel,
     TaskIntent,
     TaskStatus,
@@ -52,7 +50,7 @@ def task(ctx: CaseContext, t: Task) -> Json:
         out["businessStatus"] = {"text": t.business_status}
     out["intent"] = t.intent.value
     out["priority"] = t.priority.value
-    out["code"] = {"coding": [ctx.registry.coding("task_code", t.kind.value)]}
+    out["code"] = {"coding": [ctx.registry.coding("task_code", t.kind)]}
     out["description"] = t.description
     if t.focus_goal is not None:
         out["focus"] = ctx.ref("Goal", "goal", t.focus_goal)
@@ -100,7 +98,7 @@ def referral_request(ctx: CaseContext, r: Referral) -> Json:
         out["basedOn"] = [ctx.ref("CarePlan", "care_plan", r.care_plan)]
     out["status"] = r.status.value
     out["intent"] = "order"
-    out["category"] = [{"coding": [ctx.registry.coding("referral_type", r.type.value)]}]
+    out["category"] = [{"coding": [ctx.registry.coding("referral_type", r.type)]}]
     out["priority"] = r.priority.value
     if r.service is not None:
         out["code"] = dt.codeable(r.service)
@@ -182,7 +180,7 @@ def parse_task(resource: Json, local_id: str, plan_id: str | None, goal_id: str 
     business = resource.get("businessStatus")
     return Task(
         id=local_id,
-        kind=ActivityKind(resource["code"]["coding"][0]["code"]),
+        kind=resource["code"]["coding"][0]["code"],
         description=resource.get("description", ""),
         status=TaskStatus(resource["status"]),
         intent=TaskIntent(resource["intent"]),
@@ -227,7 +225,7 @@ def parse_referral(
     business = (fulfilment or {}).get("businessStatus")
     return Referral(
         id=local_id,
-        type=ReferralType(request["category"][0]["coding"][0]["code"]),
+        type=request["category"][0]["coding"][0]["code"],
         service=dt.parse_codeable(request["code"], f"{path}.code") if "code" in request else None,
         status=PlanStatus(request["status"]),
         priority=Priority(request.get("priority", "routine")),

@@ -201,7 +201,7 @@ def _write(
         case_id=case.id,
         patient_key=place.patient_key,
         status=case.status.value,
-        programme=case.programme.value,
+        programme=case.programme,
         team=place.team,
         owner=_owner(case, place.owner),
         opened_at=case.opened,

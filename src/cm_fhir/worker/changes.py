@@ -174,7 +174,7 @@ def _case_row(
         case_id=case.id,
         patient_key=patient_key,
         status=case.status.value,
-        programme=case.programme.value,
+        programme=case.programme,
         team=team,
         owner=owner,
         opened_at=case.status_history[0].start,

@@ -23,7 +23,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from cm_fhir.domain.case import Case
-from cm_fhir.domain.codes import CaseStatus, Disposition, PlanStatus
+from cm_fhir.domain.codes import CaseStatus, DispositionCode, PlanStatus
 from cm_fhir.domain.referral import Referral
 from cm_fhir.domain.task import Task
 from cm_fhir.workflow import facts
@@ -232,7 +232,7 @@ def _early_referral(
         )
         return ()
     else:
-        chosen = Disposition(code.target)
+        chosen = code.target
     if plan.disposition == chosen:
         return ()
     earlier = [i for e in planning_effects(visit, sequence) for i in e.referral_ids]
@@ -246,21 +246,21 @@ def _early_referral(
     )
     case = revalidated(case, discharge_plan=plan.model_copy(update={"disposition": chosen}))
     step.cases[case.id] = case
-    step.note("discharge.referrals", f"disposition-{chosen.value}", case.id, plan.id)
+    step.note("discharge.referrals", f"disposition-{chosen}", case.id, plan.id)
     rule = step.rules.discharge.referrals.get(chosen)
     if rule is None:
         return ()
-    ref_id = facts.item_id(f"referral-{chosen.value}", tag)
+    ref_id = facts.item_id(f"referral-{chosen}", tag)
     due = due_before_discharge(step, visit, rule.due, rule.before_discharge)
     requester = facts.party(step.rules.discharge.referral_requester)
-    path = f"discharge.referrals.{chosen.value}"
+    path = f"discharge.referrals.{chosen}"
     _, added = step.add_referral(case, path, rule, ref_id, requester, due)
     return (ref_id,) if added else ()
 
 
 def _admission_disposition(
-    step: Step, visit: VisitMemory, known: Disposition | None
-) -> Disposition | None:
+    step: Step, visit: VisitMemory, known: DispositionCode | None
+) -> DispositionCode | None:
     """At an admission whose plan names no disposition yet: the first matching rule's."""
     event = step.event
     if event is None or event.event not in _ADMISSIONS or known is not None:
@@ -269,7 +269,7 @@ def _admission_disposition(
     for i, rule in enumerate(step.rules.admission.post_acute):
         # A rule's condition is a screening criterion, evaluated the way screening does.
         if screen(found, step.rules.model_copy(update={"screening": rule.when})).eligible:
-            step.note(f"admission.post_acute[{i}]", f"disposition-{rule.disposition.value}")
+            step.note(f"admission.post_acute[{i}]", f"disposition-{rule.disposition}")
             return rule.disposition
     return None
 
@@ -379,7 +379,7 @@ def _settle_planning(
 
 def _referral_at_discharge(
     step: Step, visit: VisitMemory, case: Case, sequence: int
-) -> tuple[Case, Disposition | None, tuple[str, ...]]:
+) -> tuple[Case, DispositionCode | None, tuple[str, ...]]:
     """The post-acute referral of the A03 disposition, unless planning already arranged it."""
     event = step.event
     assert event is not None
@@ -394,25 +394,23 @@ def _referral_at_discharge(
         step.note(
             "adt-concept-maps.discharge_disposition", "unmapped-disposition", case.id, None, flag
         )
-        return case, Disposition(code.target) if code.target is not None else None, ()
-    chosen = Disposition(code.target)
+        return case, code.target if code.target is not None else None, ()
+    chosen = code.target
     rule = rules.discharge.referrals.get(chosen)
     earlier = live_referrals(
         case, [i for e in planning_effects(visit, sequence) for i in e.referral_ids]
     )
     arranged = [r for r in case.referrals if r.id in earlier and rule and r.type == rule.type]
     if arranged:
-        step.note(
-            f"discharge.referrals.{chosen.value}", "referral-arranged", case.id, arranged[0].id
-        )
+        step.note(f"discharge.referrals.{chosen}", "referral-arranged", case.id, arranged[0].id)
         return case, chosen, ()
     case = step.withdraw(case, (), earlier, "cancel", "discharge.referrals", DISPOSITION_CHANGED)
     if rule is None:
-        step.note("discharge.referrals", f"no-referral-for-{chosen.value}", case.id)
+        step.note("discharge.referrals", f"no-referral-for-{chosen}", case.id)
         return case, chosen, ()
     ref_id = facts.item_id("referral", f"d{sequence}")
     requester = facts.party(rules.discharge.referral_requester)
-    path = f"discharge.referrals.{chosen.value}"
+    path = f"discharge.referrals.{chosen}"
     case, added = step.add_referral(case, path, rule, ref_id, requester)
     if added:
         step.note(path, "referral-after-discharge", case.id, ref_id, Flag.LATE_REFERRAL)

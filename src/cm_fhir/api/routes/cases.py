@@ -37,7 +37,7 @@ from cm_fhir.domain import (
     CaseStatus,
     DischargePlan,
     Goal,
-    Programme,
+    ProgrammeCode,
     Referral,
     Task,
     TaskStatus,
@@ -75,7 +75,7 @@ class TaskStatusRequest(BaseModel):
 class CaseSummary(BaseModel):
     id: str
     status: CaseStatus
-    programme: Programme
+    programme: ProgrammeCode
     opened: datetime
     closed: datetime | None
     version: int
@@ -130,7 +130,7 @@ async def get_cases(
     _: ReadPrincipal,
     patient: Annotated[str | None, Query(description="system|value, or value (any system)")] = None,
     status: CaseStatus | None = None,
-    programme: Programme | None = None,
+    programme: ProgrammeCode | None = None,
     team: str | None = None,
     owner: str | None = None,
     opened_from: Annotated[datetime | None, Query(description="Opened at or after")] = None,
@@ -146,7 +146,7 @@ async def get_cases(
     filters = CaseFilter(
         patient=patient_token,
         status=status.value if status else None,
-        programme=programme.value if programme else None,
+        programme=programme,
         team=team,
         owner=owner,
         opened_from=_utc(opened_from),
