@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from cm_fhir.domain import (
     CASE_TRANSITIONS,
-    ActivityKind,
     Assessment,
     AssessmentKind,
     AssessmentStatus,
@@ -26,18 +25,14 @@ from cm_fhir.domain import (
     CareTeam,
     CareTeamMember,
     Case,
-    CaseManagementModel,
     CaseStatus,
     ClosingReason,
     Code,
     Coverage,
-    DischargeNeed,
     DischargeNeedItem,
     DischargePlan,
-    Disposition,
     Goal,
     GoalAchievement,
-    GoalCategory,
     GoalLifecycle,
     GoalPriority,
     GoalTarget,
@@ -50,12 +45,10 @@ from cm_fhir.domain import (
     Period,
     PlanStatus,
     Priority,
-    Programme,
     Quantity,
     Range,
     Referral,
     ReferralSource,
-    ReferralType,
     RiskEvaluation,
     RiskLevel,
     Screening,
@@ -65,6 +58,7 @@ from cm_fhir.domain import (
     TaskStatus,
 )
 from cm_fhir.domain.case import FINAL_CASE_STATUSES
+from cm_fhir.mapping.registry import default_registry
 
 T = TypeVar("T")
 Draw = Any  # hypothesis' DrawFn; kept loose so the composites stay readable
@@ -96,6 +90,11 @@ text = st.text(_CHARS, min_size=1, max_size=24).map(str.strip).filter(bool)
 local_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9\-]{0,11}", fullmatch=True)
 tokens = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,7}( [A-Za-z0-9]{1,4})?", fullmatch=True)
 identifier_values = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 /|,.\-]{0,10}[A-Za-z0-9]", fullmatch=True)
+
+
+def vocabulary(system: str) -> st.SearchStrategy[str]:
+    """A code of the bundled ``code-systems.yaml`` code system ``system``."""
+    return st.sampled_from(sorted(default_registry().code_systems[system].concepts))
 
 
 def maybe(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
@@ -172,7 +171,7 @@ def goals(draw: Draw, goal_id: str) -> Goal:
     return Goal(
         id=goal_id,
         description=draw(text),
-        category=draw(st.sampled_from(GoalCategory)),
+        category=draw(vocabulary("goal_category")),
         target=target,
         qualitative_reason=draw(text if target is None else maybe(text)),
         start=start,
@@ -224,7 +223,7 @@ def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) ->
     due = draw(instants)
     return Task(
         id=task_id,
-        kind=draw(st.sampled_from(ActivityKind)),
+        kind=draw(vocabulary("task_code")),
         description=draw(text),
         status=draw(st.sampled_from(TaskStatus)),
         intent=draw(st.sampled_from(TaskIntent)),
@@ -245,7 +244,7 @@ def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) ->
 def referrals(draw: Draw, referral_id: str, plan_ids: list[str]) -> Referral:
     return Referral(
         id=referral_id,
-        type=draw(st.sampled_from(ReferralType)),
+        type=draw(vocabulary("referral_type")),
         service=draw(maybe(codes)),
         status=draw(st.sampled_from(PlanStatus)),
         priority=draw(st.sampled_from(Priority)),
@@ -283,7 +282,7 @@ def care_plans(draw: Draw, plan_id: str, goal_ids: list[str]) -> CarePlan:
 
 
 discharge_need_items = st.builds(
-    DischargeNeedItem, need=st.sampled_from(DischargeNeed), detail=maybe(text)
+    DischargeNeedItem, need=vocabulary("discharge_need"), detail=maybe(text)
 )
 
 
@@ -293,7 +292,7 @@ def discharge_plans(draw: Draw, plan_id: str) -> DischargePlan:
         id=plan_id,
         status=draw(st.sampled_from(PlanStatus)),
         expected_discharge=draw(maybe(days)),
-        disposition=draw(maybe(st.sampled_from(Disposition))),
+        disposition=draw(maybe(vocabulary("discharge_disposition"))),
         post_acute_provider=draw(maybe(organisations)),
         needs=draw(few(discharge_need_items, 3)),
         barriers=draw(few(text)),
@@ -358,8 +357,8 @@ def cases(draw: Draw) -> Case:
     return Case(
         id=draw(local_ids),
         patient=draw(patients),
-        programme=draw(st.sampled_from(Programme)),
-        models=tuple(draw(st.lists(st.sampled_from(CaseManagementModel), unique=True))),
+        programme=draw(vocabulary("programme")),
+        models=tuple(draw(st.lists(vocabulary("case_management_model"), unique=True))),
         status=history[-1].status,
         status_history=history,
         closed=closed,

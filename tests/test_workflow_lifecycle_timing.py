@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cm_fhir.domain import Case, CaseStatus, PlanStatus, ReferralType, TaskStatus
+from cm_fhir.domain import Case, CaseStatus, PlanStatus, TaskStatus
 from cm_fhir.errors import MappingSpecError
 from cm_fhir.fhir import case_to_resources
 from cm_fhir.hl7v2.adt import parse_adt
@@ -53,7 +53,7 @@ def test_referral_starts_on_a_pre_discharge_disposition_and_is_due_before_discha
     case = only_case(state)
     (referral,) = case.referrals
     assert referral.id == "referral-skilled-nursing-p1"
-    assert referral.type == ReferralType.SKILLED_NURSING
+    assert referral.type == "skilled-nursing"
     assert referral.authored_on == hours(21)
     rule = rules().discharge.referrals["skilled-nursing"]
     assert rule.before_discharge is not None
@@ -94,7 +94,7 @@ def test_a_rule_at_admission_starts_the_referral(tmp_path: Path) -> None:
     case = only_case(state)
     (referral,) = case.referrals
     assert referral.id == "referral-inpatient-rehab-p1"
-    assert referral.type == ReferralType.REHABILITATION
+    assert referral.type == "rehabilitation"
     assert referral.authored_on == hours(0)
     assert referral.due < EXPECTED_DAY
     assert any(t.rule == "admission.post_acute[1]" for t in outcomes[0].trace)
@@ -119,7 +119,7 @@ def test_a_changed_disposition_replaces_the_referral() -> None:
     )
     assert refs["referral-skilled-nursing-p1"].status == PlanStatus.REVOKED
     # hospice only became known at the discharge: arranged late, and flagged so
-    assert refs["referral-d1"].type == ReferralType.HOSPICE
+    assert refs["referral-d1"].type == "hospice"
     assert refs["referral-d1"].status == PlanStatus.ACTIVE
     assert Flag.LATE_REFERRAL in outcomes[2].flags
 
@@ -274,7 +274,7 @@ def test_a_site_concept_map_for_other_disposition_codes(tmp_path: Path) -> None:
     ):
         state = apply_event(event, state, rules(), now=NOW).state
     case = only_case(state)
-    assert case.referrals[0].type == ReferralType.SKILLED_NURSING
+    assert case.referrals[0].type == "skilled-nursing"
     assert case.referrals[0].status == PlanStatus.REVOKED  # code 07: the patient died
     assert case.status == CaseStatus.CLOSED
     assert state.deceased == hours(30)

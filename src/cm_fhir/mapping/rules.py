@@ -286,10 +286,14 @@ class PostAcuteRule(Rules):
 
 class AdmissionRules(Rules):
     """A01 (and an A13 that turns a discharge back into a stay): the initial assessment, the
-    payer notification, and post-acute referrals started at admission."""
+    payer notification, a site's own admission tasks, and post-acute referrals started at
+    admission."""
 
     initial_assessment: TaskRule
     payer_notification: TaskRule | None = None
+    tasks: dict[RuleName, TaskRule] = Field(
+        default_factory=dict, description="More tasks every admission creates, by rule name"
+    )
     post_acute: list[PostAcuteRule] = Field(
         default_factory=list, description="First match starts the disposition's referral"
     )
@@ -403,6 +407,11 @@ class DischargeRules(Rules):
 
     @model_validator(mode="after")
     def _distinct_task_ids(self) -> Self:
+        admission = set(self.admission.tasks)
+        taken = {"initial-assessment", "payer-notification", *self.pre_admission.tasks}
+        clash = admission & taken
+        if clash:
+            raise ValueError(f"admission.tasks reuse task names {sorted(clash)}")
         pending = set(self.pending_discharge.tasks)
         clash = pending & set(self.discharge.tasks)
         if clash:

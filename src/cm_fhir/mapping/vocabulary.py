@@ -37,6 +37,7 @@ def rule_codes(rules: DischargeRules) -> Iterator[CodeUse]:
     if admission.payer_notification is not None:
         kind = admission.payer_notification.kind
         yield "admission.payer_notification.kind", "task_code", kind
+    yield from _tasks("admission.tasks", admission.tasks)
     for i, rule in enumerate(admission.post_acute):
         yield f"admission.post_acute[{i}].disposition", "discharge_disposition", rule.disposition
     yield from _tasks("pre_admission.tasks", rules.pre_admission.tasks)
