@@ -61,6 +61,7 @@ class CodeSystem:
     url: str
     title: str
     concepts: dict[str, str]
+    description: str
 
     def coding(self, code: str) -> dict[str, Any]:
         """The FHIR Coding of ``code``.
@@ -132,7 +133,9 @@ def build_registry(
     systems: dict[str, CodeSystem] = {}
     for key in CodeSystemsSpec.model_fields:
         spec: CodeSystemSpec = getattr(code_systems, key)
-        systems[key] = CodeSystem(key, _absolute(base, spec.url), spec.title, dict(spec.concepts))
+        url = _absolute(base, spec.url)
+        text = spec.description or spec.title
+        systems[key] = CodeSystem(key, url, spec.title, dict(spec.concepts), text)
     cs_file = src.get(CODE_SYSTEMS_FILE, CODE_SYSTEMS_FILE)
     for key, needed in REQUIRED_CODES.items():
         missing = needed - systems[key].concepts.keys()

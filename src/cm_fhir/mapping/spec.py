@@ -73,6 +73,9 @@ class CodeSystemSpec(Spec):
 
     url: UriOrPath
     title: Display
+    description: Display | None = Field(
+        default=None, description="For the CodeSystem resource; defaults to the title"
+    )
     concepts: dict[VocabularyCode, Display] = Field(min_length=1)
 
 
