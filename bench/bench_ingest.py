@@ -51,7 +51,7 @@ def adt_message(sender: int, number: int) -> bytes:
         f"PID|1||MRN{sender:03d}{number % 50:04d}^^^BENCH^MR~ENT{number}^^^EMPI^PI||"
         "SYNTHETIC^PATIENT^Q^^^^L||19700101|F|||1 TEST ST^^TOWN^ST^00000||555-0100",
         "PV1|1|I|3EAST^301^A^BENCH||||D0042^DOCTOR^ATTENDING|||MED||||1|||D0042^DOCTOR^ATTENDING"
-        f"|IN||SELF|||||||||||||||||||BENCH||||||V{number:07d}",
+        f"|IN|V{number:07d}|SELF|||||||||||||||||||BENCH|||||20240305093000+0100",
         "PV2|||^Synthetic reason||||||20240309",
         "DG1|1||R50.9^Fever, unspecified^I10||20240305|A",
         "IN1|1|PLAN-GOLD^Gold plan|PAYER01|Example Health Plan",

@@ -22,8 +22,11 @@ pasted into ``@example`` (lines may also be separated by ``;``)::
 A patient is ``<facility>:<MRN>/<birth year>/<DG1 code>/<IN1 payer>`` (``-`` for none). One
 message per line: control id, event, ``<facility>:<MRN of PID-3>[/<visit>]``, ``@<hour>``
 and only the fields that differ from the defaults (``class=I``, ``loc=4WEST``, no disposition,
-no expected discharge): ``class=``, ``loc=``, ``disp=``, ``edd`` (PV2-9 two days on) and, for an
-A40, ``prior=<facility>:<MRN>``.
+no expected discharge): ``class=``, ``loc=``, ``disp=``, ``edd`` (PV2-9 two days on), ``dead``
+(PID-30 = Y) and, for an A40, ``prior=<facility>:<MRN>``.
+
+``feeds(lifecycle=True)`` draws from the whole lifecycle as well: admits (A04), pre-admission and
+its cancels (A05, A14, A27, A38), class ``P``, the expired disposition ``20`` and PID-30 = Y.
 """
 
 from __future__ import annotations
@@ -43,6 +46,10 @@ FACILITIES = {"N": ("NORTHSIDE", "NSH"), "S": ("SOUTHSIDE", "SSH")}
 #: The visit events, in the order the shrinker prefers them (earlier is simpler).
 VISIT_EVENTS = ("A01", "A03", "A02", "A08", "A16", "A11", "A13", "A12", "A06", "A07", "A25")
 CLASSES = ("I", "E", "O")
+#: The lifecycle variant's extra events, classes and dispositions.
+LIFECYCLE_EVENTS = ("A04", "A05", "A14", "A27", "A38")
+LIFECYCLE_CLASSES = ("P",)
+LIFECYCLE_DISPOSITIONS = ("20",)
 LOCATIONS = ("4WEST", "5NORTH", "ED", "3EAST")
 DISPOSITIONS = ("", "01", "03", "06", "50", "62", "ZZ")
 #: Admissions, updates and discharges are the bulk of a real feed: drawn twice as often.
@@ -86,6 +93,7 @@ class Msg:
     location: str = "4WEST"
     disposition: str = ""
     expected: bool = False  # PV2-9 two days after the event
+    died: bool = False  # PID-30 = Y
     prior: str | None = None  # A40: Patient.name of MRG-1
 
     @property
@@ -104,6 +112,7 @@ class Msg:
             if value != _DEFAULTS[key] and self.visit is not None
         ]
         extras += ["edd"] if self.expected else []
+        extras += ["dead"] if self.died else []
         extras += [f"prior={self.prior}"] if self.prior else []
         return " ".join([self.control_id, self.event, who, f"@{self.at}", *extras])
 
@@ -160,6 +169,8 @@ class Feed:
                         fields["disposition"] = value
                     case "edd":
                         fields["expected"] = True
+                    case "dead":
+                        fields["died"] = True
                     case "prior":
                         fields["prior"] = value
                     case _:
@@ -211,7 +222,7 @@ class Feed:
             f"MSH|^~\\&|ADTSYS|{facility}|CMFHIR|CM|{when}||ADT^{m.event}|{m.control_id}|P|2.5.1",
             f"EVN|{m.event}|{when}||||{when}",
             f"PID|1||{patient.mrn}^^^{authority}^MR||TESTPATIENT^{patient.facility}{patient.mrn}"
-            f"||{patient.birth}0304|F",
+            f"||{patient.birth}0304|F" + ("|" * 22 + "Y" if m.died else ""),
         ]
         if m.prior is not None:
             segments.append(f"MRG|{self.patient(m.prior).mrn}^^^{authority}^MR")
@@ -263,25 +274,34 @@ def patients(draw: Draw) -> tuple[Patient, ...]:
 
 
 @st.composite
-def _visit_message(draw: Draw, event: str) -> dict[str, object]:
+def _visit_message(draw: Draw, event: str, lifecycle: bool = False) -> dict[str, object]:
     """The fields of one visit event, by event."""
     fields: dict[str, object] = {"event": event}
-    if event in ("A01", "A08"):
-        fields["patient_class"] = draw(st.sampled_from(CLASSES))
+    classes = CLASSES + LIFECYCLE_CLASSES if lifecycle else CLASSES
+    if event in ("A01", "A04", "A05", "A08", "A14"):
+        fields["patient_class"] = draw(st.sampled_from(classes))
     elif event == "A07":
         fields["patient_class"] = "O"
-    if event in ("A01", "A02", "A08", "A12"):
+    if event in ("A01", "A02", "A04", "A08", "A12"):
         fields["location"] = draw(st.sampled_from(LOCATIONS))
     if event == "A03":
-        fields["disposition"] = draw(st.sampled_from(DISPOSITIONS))
-    if event in ("A01", "A08", "A16"):
+        dispositions = DISPOSITIONS + LIFECYCLE_DISPOSITIONS if lifecycle else DISPOSITIONS
+        fields["disposition"] = draw(st.sampled_from(dispositions))
+    if event in ("A01", "A05", "A08", "A16"):
         fields["expected"] = draw(st.booleans()) if event != "A16" else True
+    if lifecycle and draw(st.integers(0, 9)) == 0:
+        fields["died"] = True
     return fields
 
 
 @st.composite
-def feeds(draw: Draw, max_events_per_visit: int = 5) -> Feed:
-    """Patients, their visits' events interleaved, maybe a merge, late and repeated arrivals."""
+def feeds(
+    draw: Draw, max_events_per_visit: int = 5, *, lifecycle: bool = False, late: bool = True
+) -> Feed:
+    """Patients, their visits' events interleaved, maybe a merge, late and repeated arrivals
+    (``lifecycle``: pre-admissions, deaths and their cancels too; not ``late``: every message
+    once, in event-time order)."""
+    events = _EVENTS | st.sampled_from(LIFECYCLE_EVENTS) if lifecycle else _EVENTS
     people = draw(patients())
     # Each facility numbers its own visits, so both facilities have a V1.
     visits: list[tuple[Patient, str]] = []
@@ -292,8 +312,8 @@ def feeds(draw: Draw, max_events_per_visit: int = 5) -> Feed:
             visits.append((person, f"V{counters[person.facility]}"))
     scripts = [
         [
-            draw(_visit_message(event))
-            for event in draw(st.lists(_EVENTS, min_size=1, max_size=max_events_per_visit))
+            draw(_visit_message(event, lifecycle))
+            for event in draw(st.lists(events, min_size=1, max_size=max_events_per_visit))
         ]
         for _ in visits
     ]
@@ -326,7 +346,7 @@ def feeds(draw: Draw, max_events_per_visit: int = 5) -> Feed:
         counter[person.facility] += 1
         cid = f"{person.facility}{counter[person.facility]}"
         messages.append(Msg(cid, patient=sender.name, at=hour, visit=visit, **fields))  # type: ignore[arg-type]
-    return Feed(people, tuple(draw(arrivals(messages))))
+    return Feed(people, tuple(draw(arrivals(messages)) if late else messages))
 
 
 @st.composite

@@ -43,7 +43,7 @@ async def test_unparseable_body_is_stored_and_answered_ae(api_client: httpx.Asyn
     response = await ingest(api_client, "this is not HL7")
     assert response.status_code == 200
     assert read_ack(response.content)[0].code == "AE"
-    failed = (await api_client.get("/api/messages", params={"state": "failed"})).json()
+    failed = (await api_client.get("/api/messages", params={"state": "refused"})).json()
     assert len(failed["items"]) == 1
     assert failed["items"][0]["reason"].startswith("MSH")
 
@@ -162,7 +162,7 @@ async def test_metrics_count_messages_by_event_and_ack(api_client: httpx.AsyncCl
         'cm_fhir_inbox_messages_total{ack_code="AA",event="A01",message_type="ADT",'
         'state="received"} 2.0'
     ) in lines
-    assert 'cm_fhir_inbox_depth{state="failed"} 1.0' in lines
+    assert 'cm_fhir_inbox_depth{state="refused"} 1.0' in lines
     assert "cm_fhir_dead_letters 0.0" in lines
     age = next(x for x in lines if x.startswith("cm_fhir_inbox_oldest_received_age_seconds "))
     assert float(age.split()[1]) >= 0.0

@@ -41,7 +41,7 @@ async def test_fifty_junk_megabytes_store_a_few_kilobytes(
         assert row["raw"] == original[:4096]
         assert row["content_sha256"] == hashlib.sha256(original).hexdigest()
         assert f"first 4096 of {len(original)} bytes" in str(row["reason"])
-        assert row["state"] == "failed"
+        assert row["state"] == "refused"
     assert listener.stats.unreadable_messages == 50
 
 

@@ -183,12 +183,12 @@ async def test_duplicate_gets_the_original_ack_and_is_stored_once(
 @pytest.mark.parametrize(
     ("payload", "code", "error", "state"),
     [
-        (adt("K-1").replace("ADT^A01", "ORU^R01"), "AR", "200", "ignored"),
+        (adt("K-1").replace("ADT^A01", "ORU^R01"), "AR", "200", "refused"),
         (adt("K-2", event="A31"), "AA", None, "ignored"),
-        (adt("K-3").replace("|K-3|", "||"), "AE", "101", "failed"),
-        (NOT_HL7.decode(), "AE", "100", "failed"),
+        (adt("K-3").replace("|K-3|", "||"), "AE", "101", "refused"),
+        (NOT_HL7.decode(), "AE", "100", "refused"),
         (adt("K-5", msh_extra="|||AL|NE"), "CA", None, "received"),
-        (adt("K-6").replace("|2.5.1", "|3.0"), "AR", "203", "ignored"),
+        (adt("K-6").replace("|2.5.1", "|3.0"), "AR", "203", "refused"),
     ],
 )
 async def test_ack_code_and_state_per_message_kind(

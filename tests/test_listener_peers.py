@@ -142,10 +142,28 @@ async def test_address_allowlist_closes_others_at_accept(
         assert await closed_at_once(outsider)
         await ehr_gets_aa(listener.port, "IN-1")
     assert listener.stats.refused_not_allowed == 1
-    assert [r["control_id"] for r in await stored_rows(inbox_engine)] == ["IN-1"]
+    refusal, stored = await stored_rows(inbox_engine)
+    assert stored["control_id"] == "IN-1"
+    # the refusal is written down for the operator: who and why, no message (none was read)
+    assert (refusal["state"], refusal["peer"], refusal["raw"]) == ("refused", ATTACKER, b"")
+    assert refusal["reason"] == "connection refused at accept: not_allowed"
 
 
-async def test_sender_allowlist_refuses_other_msh3_msh4_and_stores_nothing(
+async def test_refused_connections_are_recorded_once_per_address_and_minute(
+    inbox_engine: AsyncEngine, listener_config: ListenerConfig
+) -> None:
+    config = dataclasses.replace(
+        listener_config, allowed_networks=(ipaddress.ip_network("127.0.0.3/32"),)
+    )
+    async with listening(inbox_engine, config) as listener:
+        for _ in range(20):
+            assert await closed_at_once(await connect(listener.port, ATTACKER))
+    assert listener.stats.refused_not_allowed == 20
+    rows = await stored_rows(inbox_engine)
+    assert [(r["state"], r["peer"]) for r in rows] == [("refused", ATTACKER)]
+
+
+async def test_sender_allowlist_refuses_other_msh3_msh4_and_keeps_no_body(
     inbox_engine: AsyncEngine, listener_config: ListenerConfig
 ) -> None:
     config = dataclasses.replace(listener_config, allowed_senders=("ADTSYS|NORTHSIDE",))
@@ -158,11 +176,32 @@ async def test_sender_allowlist_refuses_other_msh3_msh4_and_stores_nothing(
         [allowed] = read_ack(await client.send(adt("SND-1")))
         [refused] = read_ack(await client.send(other))
         [refused_enhanced] = read_ack(await client.send(enhanced))
+        for n in range(5):  # a flood from the same sender is recorded once a minute
+            [again] = read_ack(await client.send(other.replace("SND-2", f"SND-2{n}")))
+            assert again.code == "AR"
     assert (allowed.code, allowed.error_code) == ("AA", None)
     assert (refused.code, refused.control_id, refused.error_code) == ("AR", "SND-2", "207")
     assert (refused_enhanced.code, refused_enhanced.error_code) == ("CR", "207")
-    assert [r["control_id"] for r in await stored_rows(inbox_engine)] == ["SND-1"]
-    assert listener.stats.refused_senders == 2
+    rows = await stored_rows(inbox_engine)
+    assert [(r["control_id"], r["state"]) for r in rows] == [
+        ("SND-1", "received"),
+        (None, "refused"),  # no control id: not a duplicate of anything sent later
+        (None, "refused"),
+    ]
+    for row, control_id in zip(rows[1:], ("SND-2", "SND-3"), strict=True):
+        # the header says who was turned away; the body (PHI) is not kept
+        assert (row["raw"], row["patient_key"]) == (b"", None)
+        assert str(row["reason"]).startswith("MSH-3/MSH-4 outside mllp.allowed_senders")
+        assert str(row["reason"]).endswith(f"(MSH-10 {control_id})")
+    assert (rows[1]["sending_application"], rows[1]["ack_code"]) == ("LABSYS", "AR")
+    assert listener.stats.refused_senders == 7
+    # once the sender is allowed, the very message it was refused is accepted
+    async with (
+        listening(inbox_engine, listener_config) as listener,
+        await connect(listener.port, EHR) as client,
+    ):
+        [accepted] = read_ack(await client.send(other))
+    assert (accepted.code, accepted.control_id) == ("AA", "SND-2")
 
 
 async def try_to_send(port: int, context: ssl.SSLContext) -> None:

@@ -7,11 +7,12 @@ import pytest
 
 from cm_fhir.hl7v2.admissible import KeyLimits, content_error, sender_allowed
 from cm_fhir.hl7v2.header import read_header
-from cm_fhir.mllp_peers import GateLimits, PeerGate, parse_networks
+from cm_fhir.listener_config import ListenerConfig
+from cm_fhir.mllp_peers import PeerGate, RefusalLog, parse_networks
 
 
 def test_per_address_and_per_identity_limits_and_release() -> None:
-    gate = PeerGate(GateLimits(max_connections=10, max_connections_per_peer=2))
+    gate = PeerGate(ListenerConfig(max_connections=10, max_connections_per_peer=2))
     assert gate.admit("10.0.0.1", None, 0).admitted
     assert gate.admit("10.0.0.1", None, 0).admitted
     assert gate.admit("10.0.0.1", None, 0).reason == "peer_limit"
@@ -25,12 +26,12 @@ def test_per_address_and_per_identity_limits_and_release() -> None:
 
 
 def test_global_limit_and_zero_disables_the_per_peer_one() -> None:
-    gate = PeerGate(GateLimits(max_connections=3, max_connections_per_peer=0))
+    gate = PeerGate(ListenerConfig(max_connections=3, max_connections_per_peer=0))
     assert [gate.admit("10.0.0.1", None, 0).admitted for _ in range(4)] == [True] * 3 + [False]
 
 
 def test_allowlist_matches_networks_and_ipv4_mapped_addresses() -> None:
-    gate = PeerGate(GateLimits(allowed_networks=parse_networks(["10.1.0.0/16", "192.0.2.7"])))
+    gate = PeerGate(ListenerConfig(allowed_networks=parse_networks(["10.1.0.0/16", "192.0.2.7"])))
     assert gate.admit("10.1.200.3", None, 0).admitted
     assert gate.admit("::ffff:192.0.2.7", None, 0).admitted
     assert gate.admit("192.0.2.8", None, 0).reason == "not_allowed"
@@ -40,7 +41,7 @@ def test_allowlist_matches_networks_and_ipv4_mapped_addresses() -> None:
 
 
 def test_unreadable_frames_within_the_window_start_one_cool_down() -> None:
-    gate = PeerGate(GateLimits(unreadable_limit=3, unreadable_window=10, cooldown=30))
+    gate = PeerGate(ListenerConfig(unreadable_limit=3, unreadable_window=10, cooldown=30))
     assert [gate.unreadable("10.0.0.9", t) for t in (0, 20, 21)] == [False, False, False]
     assert gate.unreadable("10.0.0.9", 22)  # three within 10 s
     assert gate.admit("10.0.0.9", None, 30).reason == "cooling_down"
@@ -98,3 +99,14 @@ def test_every_listener_counter_is_exported_as_a_metric() -> None:
 
     fields = {f.name for f in dataclasses.fields(IntakeStats)} - {"discarded_bytes"}
     assert set(LISTENER_COUNTERS) == fields
+
+
+def test_refusal_log_records_once_per_key_and_window_within_a_global_bound() -> None:
+    log = RefusalLog(window=60, limit=3)
+    assert log.should_record("10.0.0.1", "not_allowed", now=0)
+    assert not log.should_record("10.0.0.1", "not_allowed", now=30)
+    assert log.should_record("10.0.0.1", "peer_limit", now=31)
+    assert log.should_record("10.0.0.2", "not_allowed", now=32)
+    assert not log.should_record("10.0.0.3", "not_allowed", now=33)  # 3 in this window
+    assert log.skipped == 2
+    assert log.should_record("10.0.0.1", "not_allowed", now=61)  # a new window

@@ -98,6 +98,6 @@ async def test_v22_over_a_socket_is_processed_and_v21_is_refused_with_203(
     assert (admitted.code, admitted.error_code) == ("AA", None)
     assert (refused.code, refused.error_code) == ("AR", "203")
     stored = {r.control_id: r.state for r in await rows(worker_engine, inbox_messages)}
-    assert stored == {"V-10": "processed", "V-11": "ignored"}
+    assert stored == {"V-10": "processed", "V-11": "refused"}
     [state] = await rows(worker_engine, patient_states)
     assert state.patient_key.endswith("|MRN22")

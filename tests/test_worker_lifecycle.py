@@ -97,6 +97,31 @@ def _arranged_before_discharge(found: list[Case]) -> None:
     assert case.task("follow-up-p1").due < hours(72)
 
 
+def _planned_again(found: list[Case]) -> None:
+    (case,) = found
+    assert case.status == CaseStatus.PLANNED
+    assert [s.status for s in case.status_history] == [CaseStatus.PLANNED]
+    assert case.closed is None
+    # the admission's work is void (the bundled rules give a pre-admission no work of its own)
+    assert set(_statuses(case).values()) == {TaskStatus.ENTERED_IN_ERROR}
+
+
+def _death_cancelled(found: list[Case]) -> None:
+    (case,) = found
+    assert case.status == CaseStatus.ACTIVE
+    assert [s.status for s in case.status_history] == [CaseStatus.ACTIVE]
+    assert case.closed is None
+    assert case.outcome is None  # the deceased closing reason is gone
+    statuses = _statuses(case)
+    # the work of the admission and of the pending discharge is open again, as before the A03
+    assert statuses["initial-assessment"] == TaskStatus.REQUESTED
+    assert statuses["follow-up-p1"] == TaskStatus.REQUESTED
+    assert not [t for t in case.tasks if t.id.endswith("-d1")]
+    assert case.discharge_plan is not None
+    assert case.discharge_plan.status == PlanStatus.DRAFT
+    assert case.discharge_plan.disposition is None
+
+
 SCENARIOS = {
     "death-at-discharge": Scenario(
         [
@@ -171,6 +196,23 @@ SCENARIOS = {
         ],
         _admitted_after_cancelled_discharge,
     ),
+    "pre-admit-admitted-then-admit-cancelled": Scenario(
+        [
+            V.raw("A05", "R1", hours(-48), patient_class="P"),
+            V.raw("A01", "R2", hours(0)),
+            V.raw("A11", "R3", hours(1)),
+        ],
+        _planned_again,
+    ),
+    "death-discharge-cancelled": Scenario(
+        [
+            V.raw("A01", "X1", hours(0)),
+            V.raw("A16", "X2", hours(20), expected="20240309"),
+            V.raw("A03", "X3", hours(30), disposition="20", discharge=hours(30)),
+            V.raw("A13", "X4", hours(31)),
+        ],
+        _death_cancelled,
+    ),
     "planning-before-discharge": Scenario(
         [
             V.raw("A01", "T1", hours(0)),
@@ -215,3 +257,18 @@ async def test_unmapped_disposition_is_flagged_in_the_committed_trace(
     ]
     served = [orjson.loads(r.resource) for r in await rows(worker_engine, fhir_resources)]
     assert not [r for r in served if r["resourceType"] == "ServiceRequest"]
+
+
+async def test_a_disposition_outside_a_discharge_is_not_flagged(worker_engine: AsyncEngine) -> None:
+    """PV1-36 on an admit, transfer or update is not checked against the disposition map."""
+    messages = [
+        V.raw("A01", "W1", hours(0), disposition="ZZ"),
+        V.raw("A02", "W2", hours(2), disposition="ZZ", location="5NORTH"),
+        V.raw("A08", "W3", hours(4), disposition="ZZ"),
+    ]
+    await ingest(worker_engine, messages)
+    await settle_worker(worker_engine)
+    await _check_store(worker_engine, Scenario(messages, lambda found: None))
+    committed = await rows(worker_engine, trace)
+    assert {t.action for t in committed} >= {"case-opened", "location-changed"}
+    assert [t for t in committed if Flag.UNMAPPED_DISPOSITION.value in (t.flags or "")] == []

@@ -106,7 +106,7 @@ async def test_three_worker_processes_keep_order_and_process_each_row_once(
         if r.document
     }
     for state in documents.values():
-        seen = [p.message_control_id for p in state.processed]
+        seen = [e.message_control_id for v in state.visits for e in v.log]
         n = int(seen[0].split("-")[0][1:])
         assert seen == [f"P{n}-{i}" for i in range(PER_PATIENT)]
     traced: dict[str, list[int]] = {}

@@ -79,7 +79,7 @@ async def test_poison_message_is_dead_lettered_and_blocks_only_its_patient(
         if r.document
     ]
     sick = next(s for s in states if s.patient_keys[0].endswith(SICK.mrn))
-    assert [p.message_control_id for p in sick.processed] == ["P1", "P2", "P3"]
+    assert [e.message_control_id for v in sick.visits for e in v.log] == ["P1", "P2", "P3"]
 
 
 async def test_failed_attempt_is_retried_and_then_succeeds(worker_engine: AsyncEngine) -> None:
@@ -102,12 +102,16 @@ async def test_parse_failures_fail_and_unsupported_messages_are_ignored(
     broken = WELL.raw("A01", "X1", hours(0)).replace("PID|1||MRN-WELL^^^NSH^MR", "PID|1||")
     other = WELL.raw("A01", "X2", hours(0)).replace("ADT^A01", "ORU^R01")
     fine = WELL.raw("A01", "X3", hours(1))
-    await ingest(worker_engine, [broken, fine])
-    # intake already ignores an ORU; a row from another intake path still reaches the worker
+    await ingest(worker_engine, [fine])
+    # intake refuses both (AE for the PID, AR for the ORU); rows from another intake path still
+    # reach the worker
     async with worker_engine.begin() as connection:
         await store_messages(
             connection,
-            [NewMessage(other.encode(), "0" * 64, "received", None, None, control_id="X2")],
+            [
+                NewMessage(broken.encode(), "1" * 64, "received", None, None, control_id="X1"),
+                NewMessage(other.encode(), "0" * 64, "received", None, None, control_id="X2"),
+            ],
         )
     result = await settle_worker(worker_engine)
     inbox = {r.control_id: r for r in await rows(worker_engine, inbox_messages)}

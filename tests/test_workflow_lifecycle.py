@@ -218,6 +218,63 @@ def test_cancelled_pre_admission_cancels_the_planned_case(tmp_path: Path, cancel
     assert episode(case)["status"] == "cancelled"
 
 
+def test_cancelled_admit_of_a_pre_admitted_case_plans_it_again(tmp_path: Path) -> None:
+    site = site_rules(
+        tmp_path,
+        "pre_admission:\n  tasks:\n    pre-admission-review:\n      kind: discharge-planning\n"
+        "      description: Review the planned admission\n      due: 3d\n",
+    )
+    planned, _ = run_with(site, [V.adt("A05", "C1", hours(-48), patient_class="P")])
+    state, _ = run_with(site, [V.adt("A01", "C2", hours(0)), V.adt("A11", "C3", hours(1))], planned)
+    case = only_case(state)
+    assert case.status == CaseStatus.PLANNED
+    assert case.status_history == only_case(planned).status_history
+    assert case.closed is None
+    assert statuses(case) == {
+        "pre-admission-review": TaskStatus.REQUESTED,
+        "initial-assessment": TaskStatus.ENTERED_IN_ERROR,
+        "payer-notification": TaskStatus.ENTERED_IN_ERROR,
+    }
+    assert episode(case)["status"] == "planned"
+    map_case(case)
+    # the admission can still come: the case becomes active again with new admission work
+    state, _ = run_with(site, [V.adt("A01", "C4", hours(5))], state)
+    assert only_case(state).status == CaseStatus.ACTIVE
+
+
+def test_cancelled_death_discharge_reopens_the_case(tmp_path: Path) -> None:
+    site = site_rules(
+        tmp_path,
+        "death:\n  tasks:\n    bereavement:\n      kind: follow-up-call\n"
+        "      description: Bereavement contact with the family\n      due: 7d\n",
+    )
+    before, _ = run_with(
+        site,
+        [V.adt("A01", "K1", hours(0)), V.adt("A16", "K2", hours(20), expected="20240309")],
+    )
+    died, _ = run_with(
+        site, [V.adt("A03", "K3", hours(30), disposition="20", discharge=hours(30))], before
+    )
+    assert died.deceased is not None
+    state, outcomes = run_with(site, [V.adt("A13", "K4", hours(31))], died)
+    case, was = only_case(state), only_case(before)
+    assert Flag.CASE_FINAL not in outcomes[0].flags
+    assert state.deceased is None
+    assert (case.status, case.status_history, case.closed) == (
+        was.status,
+        was.status_history,
+        None,
+    )
+    assert case.outcome is None
+    assert case.discharge_plan == was.discharge_plan
+    assert {t.id: t for t in case.tasks if t.id != "bereavement"} == {t.id: t for t in was.tasks}
+    assert case.task("bereavement").status == TaskStatus.CANCELLED
+    map_case(case)
+    # a new admission of another visit is screened again (the patient is not known to be dead)
+    state, _ = run_with(site, [Visit(visit="V777").adt("A01", "K5", hours(40))], state)
+    assert len(state.cases) == 2
+
+
 def test_cancel_pre_admit_after_the_admit_changes_nothing() -> None:
     state, outcomes = run(
         [

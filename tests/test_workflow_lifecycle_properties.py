@@ -1,56 +1,72 @@
-"""Any order of lifecycle events: the workflow never raises, and what it leaves is consistent."""
+"""Any feed of lifecycle events: the workflow never raises, and what it leaves is consistent.
+
+The feeds come from the one feed generator (:func:`feed_strategies.feeds` with ``lifecycle``:
+pre-admissions and their cancels, deaths by disposition and by PID-30, besides the visit events,
+merges), applied as the worker files states: delivered in event-time order, and late and
+repeated. The late variant fails on the current workflow and is a strict xfail with the bug.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import pytest
+from hypothesis import HealthCheck, Phase, example, given, note, settings
 
 from cm_fhir.domain import CaseStatus, ClosingReason
 from cm_fhir.fhir import map_case_json
-from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.workflow import close_due_cases
-from workflow_messages import Visit, hours, rules, run
+from feed_strategies import Feed, feeds
+from test_workflow_properties import run
+from workflow_messages import START, rules
 
-EVENTS = ["A01", "A02", "A03", "A04", "A05", "A06", "A07", "A08", "A11", "A12", "A13", "A14"]
-EVENTS += ["A16", "A25", "A27", "A38"]
-VISITS = [Visit(), Visit(visit="V2"), Visit(birth="19990101", diagnosis=None, payer=None)]
-
-
-@st.composite
-def feeds(draw: st.DrawFn) -> list[AdtEvent]:
-    out: list[AdtEvent] = []
-    for i in range(draw(st.integers(1, 8))):
-        at: datetime = hours(i * 10)
-        fields: dict[str, Any] = {
-            "disposition": draw(st.sampled_from(["", "01", "03", "06", "20", "50", "ZZ"])),
-            "expected": draw(st.sampled_from(["", "20240309", "20240301", '""'])),
-            "patient_class": draw(st.sampled_from(["I", "I", "O", "E", "P"])),
-            "location": draw(st.sampled_from(["4WEST", "5NORTH", "ED"])),
-            "death_indicator": draw(st.sampled_from(["", "", "", "", "Y"])),
-        }
-        event = draw(st.sampled_from(EVENTS))
-        if event == "A03":
-            fields["discharge"] = at
-        out.append(draw(st.sampled_from(VISITS)).adt(event, f"M{i}", at, **fields))
-    return out
+SETTINGS = settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
-@settings(max_examples=150, deadline=None)
-@given(feeds())
-def test_any_feed_leaves_valid_cases(events: list[AdtEvent]) -> None:
-    state, _ = run(events)
-    closed = close_due_cases(state, rules(), hours(100) + rules().discharge.close_after)
-    for case in (*state.cases, *closed.changed_cases):
-        map_case_json(case)  # every resource validates with fhir.resources R4B
-        if case.is_final:  # a final case leaves no open work behind
-            assert not any(t.is_open for t in case.tasks)
-    for case in closed.state.cases:
-        assert case.status != CaseStatus.TRANSITION  # the clock closes every discharged case
-    if state.deceased is not None:
-        for case in state.cases:
-            assert case.is_final or (
-                case.outcome is not None and case.outcome.closing_reason == ClosingReason.DECEASED
-            )
+@SETTINGS
+@given(feeds(lifecycle=True, late=False))
+def test_any_feed_in_order_leaves_valid_cases(feed: Feed) -> None:
+    leaves_valid_cases(feed)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a death (PID-30 = Y or PV1-36 expired) that arrives after later events of the"
+    " patient's other visits leaves a live case without the deceased outcome, or a case in"
+    " transition that the clock never closes (found with this generator; on main too)",
+)
+@settings(SETTINGS, phases=[Phase.explicit, Phase.generate])  # the bug is known: no shrinking
+@example(
+    Feed.parse(
+        "patients: N:N1/1948/-/- S:S1/1999/-/MEDICARE; S8 A08 S:S1/V1 @11 class=O loc=3EAST edd;"
+        " S1 A25 S:S1/V1 @1; S3 A03 S:S1/V1 @4 disp=20; S9 A08 S:S1/V2 @12 loc=3EAST;"
+        " N3 A05 N:N1/V1 @8; S7 A08 S:S1/V1 @10 class=O; S5 A01 S:S1/V1 @7 loc=5NORTH edd;"
+        " S2 A38 S:S1/V2 @2; S4 A03 S:S1/V2 @5 disp=03; N1 A08 N:N1/V1 @3 loc=5NORTH dead;"
+        " S3 A03 S:S1/V1 @4 disp=20; S6 A03 S:S1/V2 @9; N2 A04 N:N1/V1 @6 class=P loc=5NORTH dead"
+    )
+)
+@given(feeds(lifecycle=True))
+def test_any_feed_late_and_repeated_leaves_valid_cases(feed: Feed) -> None:
+    leaves_valid_cases(feed)
+
+
+def leaves_valid_cases(feed: Feed) -> None:
+    note(f"feed: {feed.short()}")
+    last = START.replace(year=START.year + 1)
+    for state in run(feed).states().values():
+        closed = close_due_cases(state, rules(), last + rules().discharge.close_after)
+        for case in (*state.cases, *closed.changed_cases):
+            map_case_json(case)  # every resource validates with fhir.resources R4B
+            if case.is_final:  # a final case leaves no open work behind
+                assert not any(t.is_open for t in case.tasks), case.id
+        for case in closed.state.cases:
+            assert case.status != CaseStatus.TRANSITION  # the clock closes every discharged case
+        if state.deceased is not None:
+            for case in state.cases:
+                assert case.is_final or (
+                    case.outcome is not None
+                    and case.outcome.closing_reason == ClosingReason.DECEASED
+                )

@@ -242,13 +242,18 @@ def test_planning_holds_across_a_cancelled_discharge() -> None:
 # -- dispositions --------------------------------------------------------------------------------
 
 
-def test_unmapped_disposition_before_discharge_is_flagged_and_creates_nothing() -> None:
+def test_unmapped_disposition_before_discharge_creates_nothing() -> None:
+    """Only a pending discharge's PV1-36 is flagged; on an admit or update it is noise."""
     state, outcomes = run(
-        [V.adt("A01", "H1", hours(0)), V.adt("A08", "H2", hours(5), disposition="ZZ")]
+        [
+            V.adt("A01", "H1", hours(0), disposition="ZZ"),
+            V.adt("A08", "H2", hours(5), disposition="ZZ"),
+            V.adt("A16", "H3", hours(6), disposition="ZZ", expected="20240309"),
+        ]
     )
     assert only_case(state).referrals == ()
     assert outcomes[1].changed_cases == ()
-    assert Flag.UNMAPPED_DISPOSITION in outcomes[1].flags
+    assert [Flag.UNMAPPED_DISPOSITION in o.flags for o in outcomes] == [False, False, True]
 
 
 def test_a_site_concept_map_for_other_disposition_codes(tmp_path: Path) -> None:

@@ -276,7 +276,8 @@ def test_an_order_that_breaks_a_domain_rule_leaves_the_visit_and_says_so() -> No
     identity = facts.visit_identity(late, rules())
     assert identity is not None
     visit = step.visit(identity)
-    arrival = ordering.Arrival(late, step.at, facts.event_json(late))
+    text = facts.event_json(late)
+    arrival = ordering.Arrival(late, step.at, text, facts.digest(late, text))
     assert ordering.is_stale(step, visit, arrival)
     ordering.rederive(step, visit, arrival, {**_HANDLERS, "A08": refuses})
     after = step.state()

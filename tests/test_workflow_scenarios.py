@@ -465,7 +465,11 @@ def test_events_without_rule_or_visit_are_traced() -> None:
         {Flag.NOTHING_TO_UNDO},
     ]
     assert state.cases == ()
-    assert [p.message_control_id for p in state.processed] == ["N1", "N2", "N3", "N4"]
+    # Only events applied to a visit are logged (and recognised when they come again).
+    assert [e.message_control_id for v in state.visits for e in v.log] == ["N3", "N4"]
+    again, repeated = run([V.adt("A12", "N3", hours(2)), V.adt("A15", "N1", hours(0))], state)
+    assert again == state
+    assert [o.flags for o in repeated] == [{Flag.DUPLICATE_MESSAGE}, {Flag.NO_RULE}]
 
 
 def test_cancel_discharge_of_a_closed_case_is_flagged() -> None:

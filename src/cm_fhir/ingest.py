@@ -10,12 +10,16 @@ ERR 207, built fresh and never stored. A batch is answered by one batch of ACKs;
 stored one row each, as UTF-8 text (a single-message frame is stored byte for byte).
 
 At the door (:class:`IntakeRules`): a sender outside the MSH-3/MSH-4 allowlist is answered AR
-(CR) with ERR 207 and nothing of its message is stored; a message the store or worker could not
-hold (:func:`~cm_fhir.hl7v2.admissible.content_error`: NUL, over-long keys, bytes invalid in the
-UTF-8 MSH-18 names) is stored ``failed`` and answered AR (CR) with ERR 102 naming the position; of
-an unreadable message only the first ``unreadable_keep_bytes`` are stored, with the SHA-256 of
-the whole and its length in the row's reason. :meth:`FrameIntake.handle_frame` reports how many
-messages of a frame were unreadable, so the listener can throttle a peer that sends garbage.
+(CR) with ERR 207 and its message body is never stored (a body-less ``refused`` row records the
+refusal, a bounded number per minute); a message the store could not hold
+(:func:`~cm_fhir.hl7v2.admissible.content_error`: NUL, over-long keys, bytes invalid in the UTF-8
+MSH-18 names) is answered AR (CR) with ERR 102 naming the position, and an ADT event the worker
+could not read (:func:`~cm_fhir.hl7v2.admissible.processing_error`) AE (CE) with ERR 100/101/102;
+both are stored ``refused``: kept, never processed. Of an unreadable message only the first
+``unreadable_keep_bytes`` are stored, with the SHA-256 of the whole and its length in the row's
+reason. :meth:`FrameIntake.record_refused_connection` writes down a connection refused at accept.
+:meth:`FrameIntake.handle_frame` reports how many messages of a frame were unreadable, so the
+listener can throttle a peer that sends garbage.
 """
 
 from __future__ import annotations
@@ -24,12 +28,19 @@ import hashlib
 import itertools
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cm_fhir.errors import Hl7ParseError, StoreError
+from cm_fhir.errors import ConfigError, Hl7ParseError, StoreError
 from cm_fhir.hl7v2 import ack as acks
-from cm_fhir.hl7v2.admissible import KeyLimits, content_error, sender_allowed
+from cm_fhir.hl7v2.admissible import (
+    KeyLimits,
+    content_error,
+    key_room_error,
+    processing_error,
+    sender_allowed,
+)
 from cm_fhir.hl7v2.framing import FrameTooLarge
 from cm_fhir.hl7v2.header import (
     BatchHeader,
@@ -39,8 +50,11 @@ from cm_fhir.hl7v2.header import (
     read_patient_key,
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
+from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, IdentityRules
+from cm_fhir.mllp_peers import RefusalLog
+from cm_fhir.store.case_tables import patient_states
 from cm_fhir.store.inbox import NewMessage
-from cm_fhir.store.tables import inbox_messages
+from cm_fhir.store.tables import InboxState, inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
 __all__ = [
@@ -49,10 +63,18 @@ __all__ = [
     "FrameIntake",
     "IntakeRules",
     "IntakeStats",
+    "check_key_room",
     "new_control_id",
 ]
 
 log = logging.getLogger(__name__)
+_RECEIVED = InboxState.RECEIVED.value
+_REFUSED = InboxState.REFUSED.value
+_EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SENDER_REFUSED = acks.AckError(
+    "207", "MSH-3/MSH-4 name a sender this interface does not accept", "MSH-3"
+)
+_SENDER_REASON = "MSH-3/MSH-4 outside mllp.allowed_senders; the message body is not kept"
 _CONTROL_ID_PREFIX = secrets.token_hex(4)
 _control_ids = itertools.count(1)
 
@@ -75,8 +97,9 @@ class IntakeStats:
     frames: int = 0
     oversize_frames: int = 0
     unreadable_messages: int = 0  # MSH unreadable: answered AE, stored capped
-    refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, not stored
+    refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, body not stored
     refused_content: int = 0  # NUL, over-long key, bad encoding: answered AR with ERR 102
+    refused_unreadable_adt: int = 0  # an ADT event the worker could not read: answered AE
     incomplete_frames: int = 0  # a frame begun but not ended when the connection closed
     frame_timeouts: int = 0  # a frame not finished within the frame deadline
     idle_closes: int = 0  # connections closed for sending no whole frame in time
@@ -97,6 +120,7 @@ LISTENER_COUNTERS = {
     "unreadable_messages": "MLLP messages with an unreadable MSH (answered AE, stored capped)",
     "refused_senders": "MLLP messages refused: MSH-3/MSH-4 outside the allowlist",
     "refused_content": "MLLP messages refused: content the store cannot hold (ERR 102)",
+    "refused_unreadable_adt": "MLLP messages refused: an ADT event the worker cannot read (AE)",
     "incomplete_frames": "MLLP frames cut off by a closed or timed-out connection",
     "frame_timeouts": "MLLP connections closed: a frame not finished in time",
     "idle_closes": "MLLP connections closed: no whole frame within the idle timeout",
@@ -107,8 +131,21 @@ LISTENER_COUNTERS = {
 
 _LENGTH = {c.name: getattr(c.type, "length", None) for c in inbox_messages.columns}
 _COLUMN_LIMITS = KeyLimits(
-    control_id=_LENGTH["control_id"] or 199, sender=_LENGTH["sending_application"] or 255
+    control_id=_LENGTH["control_id"] or 199,
+    sender=_LENGTH["sending_application"] or 255,
+    patient_key=getattr(patient_states.c.patient_key.type, "length", None) or 255,
 )
+
+
+def check_key_room(identity: IdentityRules) -> None:
+    """Refuse, at startup, patient identifier systems too long for the patient key.
+
+    Raises:
+        ConfigError: one line naming the setting (``identity.default_patient_system`` or an
+            entry of ``identity.patient_systems`` in ``discharge-rules.yaml``).
+    """
+    if error := key_room_error(identity, _COLUMN_LIMITS):
+        raise ConfigError(f"{DISCHARGE_RULES_FILE}: {error}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +196,7 @@ class FrameIntake:
         self._writer = writer
         self.stats = stats or IntakeStats()
         self.rules = rules or IntakeRules()
+        self.refusals = RefusalLog()
 
     async def handle_payload(self, payload: bytes, peer: str = "") -> list[bytes]:
         """Store the message(s) of one frame; return the ACK payloads to send, in order."""
@@ -215,16 +253,10 @@ class FrameIntake:
             return self._unreadable(raw, exc, now, codec, peer)
         digest = hashlib.sha256(message.encode("utf-8", "surrogatepass")).hexdigest()
         if not sender_allowed(header, self.rules.allowed_senders):
-            return self._refused_sender(header, now, codec, peer)
+            return self._refused_sender(header, digest, now, codec, peer)
         disposition = acks.decide(header)
         if disposition.ack_code == "AA" and disposition.reply:
-            error = content_error(
-                message, header, self.rules.key_limits, valid_utf8=codec == "utf-8"
-            )
-            if error is not None:
-                self.stats.refused_content += 1
-                reason = f"{error.location}: {error.text}"
-                disposition = acks.Disposition("failed", "AR", error, reason)
+            disposition = self._admit(message, header, disposition, codec)
         code = acks.response_code(header, disposition.ack_code)
         ack_bytes = None
         if disposition.reply and acks.ack_wanted(header, code):
@@ -252,6 +284,24 @@ class FrameIntake:
             received_at=now,
         )
         return _Prepared(header, new, codec)
+
+    def _admit(
+        self, message: str, header: MessageHeader, disposition: acks.Disposition, codec: str
+    ) -> acks.Disposition:
+        """The disposition of a message its header admits: refused if the store or the worker
+        could not take it (AR for what the store cannot hold, AE for what the worker cannot read).
+        """
+        error = content_error(message, header, self.rules.key_limits, valid_utf8=codec == "utf-8")
+        code = "AR"
+        if error is not None:
+            self.stats.refused_content += 1
+        elif disposition.state == _RECEIVED and (error := processing_error(message)):
+            self.stats.refused_unreadable_adt += 1
+            code = "AE"
+        if error is None:
+            return disposition
+        where = f"{error.location}: " if error.location else ""
+        return acks.Disposition(_REFUSED, code, error, f"{where}{error.text}")
 
     def _unreadable(
         self,
@@ -289,22 +339,60 @@ class FrameIntake:
         return _Prepared(None, new, codec, unreadable=True)
 
     def _refused_sender(
-        self, header: MessageHeader, now: datetime, codec: str, peer: str
+        self, header: MessageHeader, digest: str, now: datetime, codec: str, peer: str
     ) -> _Prepared:
-        """AR (CR) with ERR 207 for a sender outside the allowlist; nothing is stored."""
+        """AR (CR) with ERR 207 for a sender outside the allowlist. The body is never stored; a
+        ``refused`` row with the header (sender, type, peer; MSH-10 in the reason) is, within the
+        bounds of :class:`~cm_fhir.mllp_peers.RefusalLog`, so the operator sees who was turned
+        away. The row has no control id: it takes no part in duplicate detection, so the same
+        message is accepted once the sender is allowed."""
         self.stats.refused_senders += 1
         log.warning("refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist", peer)
         code = acks.response_code(header, "AR")
         reply = None
         if acks.ack_wanted(header, code):
-            error = acks.AckError(
-                "207", "MSH-3/MSH-4 name a sender this interface does not accept", "MSH-3"
-            )
             text = acks.build_ack(
-                header, code, control_id=new_control_id(), timestamp=now, error=error
+                header, code, control_id=new_control_id(), timestamp=now, error=_SENDER_REFUSED
             )
             reply = text.encode(codec, "replace")
-        return _Prepared(header, None, codec, reply)
+        sender = f"{header.sending_application}|{header.sending_facility}"
+        if not self.refusals.should_record(sender, "sender", time.monotonic()):
+            return _Prepared(header, None, codec, reply)
+        new = NewMessage(
+            raw=b"",
+            content_sha256=digest,
+            state=_REFUSED,
+            reason=f"{_SENDER_REASON} (MSH-10 {header.control_id[:40]})",
+            ack_code=code,
+            ack_bytes=reply,
+            sending_application=header.sending_application,
+            sending_facility=header.sending_facility,
+            message_type=header.message_type or None,
+            trigger_event=header.trigger_event or None,
+            version_id=header.version_id or None,
+            peer=peer,
+            received_at=now,
+        )
+        return _Prepared(header, new, codec)
+
+    async def record_refused_connection(self, address: str, reason: str) -> None:
+        """Write down a connection refused at accept (no message, no body), within the bounds of
+        :class:`~cm_fhir.mllp_peers.RefusalLog`; a storage failure is logged, not raised."""
+        if not self.refusals.should_record(address, reason, time.monotonic()):
+            return
+        row = NewMessage(
+            raw=b"",
+            content_sha256=_EMPTY_SHA256,
+            state=_REFUSED,
+            reason=f"connection refused at accept: {reason}",
+            ack_code=None,
+            ack_bytes=None,
+            peer=address,
+        )
+        try:
+            await self._writer.store(row)
+        except StoreError:
+            log.warning("could not record the refused connection from %s", address)
 
     def _storage_failure_reply(self, prepared: _Prepared, now: datetime) -> bytes | None:
         header = prepared.header

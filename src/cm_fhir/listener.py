@@ -16,12 +16,13 @@ begun but not ended at close is counted (``incomplete_frames``) and logged, with
 Who may connect is decided at accept by :class:`~cm_fhir.mllp_peers.PeerGate`: the global and
 per-peer connection limits (per address, and per TLS client identity), the address allowlist,
 and the cool-down of a peer that sent too many unreadable frames; a refused connection is closed
-at once. A frame must end within ``frame_timeout`` seconds of its start block, and a connection
-that completes no frame for ``idle_timeout`` seconds is closed (bytes that make no whole frame
-do not keep it open). :meth:`MllpListener.start` refuses a bind beyond loopback without TLS or an
-address allowlist unless ``allow_public_bind`` is set. :meth:`MllpListener.stop` closes the
-listening socket, lets connections finish the frames they are committing and write those ACKs,
-then closes every connection.
+at once and written down as a body-less ``refused`` inbox row (bounded: see
+:class:`~cm_fhir.mllp_peers.RefusalLog`). A frame must end within ``frame_timeout`` seconds of its
+start block, and a connection that completes no frame for ``idle_timeout`` seconds is closed
+(bytes that make no whole frame do not keep it open). :meth:`MllpListener.start` refuses a bind
+beyond loopback without TLS or an address allowlist unless ``allow_public_bind`` is set.
+:meth:`MllpListener.stop` closes the listening socket, lets connections finish the frames they are
+committing and write those ACKs, then closes every connection.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from cm_fhir.listener_config import (
     server_tls_context,
     tls_identity,
 )
-from cm_fhir.mllp_peers import GateLimits, PeerGate
+from cm_fhir.mllp_peers import PeerGate
 from cm_fhir.store.writer import InboxWriter
 
 __all__ = [
@@ -280,18 +281,10 @@ class MllpListener:
         )
         self.intake = FrameIntake(writer, rules=rules)
         self.stats = self.intake.stats
-        self.gate = PeerGate(
-            GateLimits(
-                max_connections=config.max_connections,
-                max_connections_per_peer=config.max_connections_per_peer,
-                allowed_networks=config.allowed_networks,
-                unreadable_limit=config.unreadable_limit,
-                unreadable_window=config.unreadable_window,
-                cooldown=config.cooldown,
-            )
-        )
+        self.gate = PeerGate(config)
         self._server: asyncio.Server | None = None
         self._connections: set[_MllpConnection] = set()
+        self._records: set[asyncio.Task[None]] = set()  # refused connections being written down
         self.stopping = False
 
     @property
@@ -337,6 +330,11 @@ class MllpListener:
         if counter := _REFUSAL_COUNTERS.get(reason):
             setattr(self.stats, counter, getattr(self.stats, counter) + 1)
         log.warning("refusing connection from %s: %s", connection.address, reason)
+        if not self.stopping:
+            record = self.intake.record_refused_connection(connection.address, reason)
+            task = asyncio.get_running_loop().create_task(record)
+            self._records.add(task)
+            task.add_done_callback(self._records.discard)
         return False
 
     def _release(self, connection: _MllpConnection) -> None:
@@ -373,6 +371,8 @@ class MllpListener:
                 task.cancel()
             for connection in list(self._connections):
                 connection.close()
+        if self._records:
+            await asyncio.wait(list(self._records), timeout=self.config.shutdown_grace)
 
 
 async def run_listener(

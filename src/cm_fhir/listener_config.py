@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from cm_fhir.errors import ConfigError
@@ -18,11 +18,15 @@ from cm_fhir.settings import MllpSettings
 __all__ = ["ListenerConfig", "check_exposure", "server_tls_context", "tls_identity"]
 
 _DEFAULTS = MllpSettings()  # the defaults live in the settings model only
+_FROM_FILES = ("ssl_context", "allowed_networks")  # built from settings, not copied
 
 
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
-    """Where and how the listener accepts connections (0 disables a limit or a timeout)."""
+    """Where and how the listener accepts connections (0 disables a limit or a timeout).
+
+    The defaults are those of :class:`~cm_fhir.settings.MllpSettings`, where each is documented.
+    """
 
     host: str = _DEFAULTS.host
     port: int = _DEFAULTS.port
@@ -48,23 +52,15 @@ class ListenerConfig:
             networks = parse_networks(mllp.allowed_networks)
         except ValueError as exc:
             raise ConfigError(f"mllp.allowed_networks: {exc}") from None
+        copied = {
+            item.name: getattr(mllp, item.name)
+            for item in fields(cls)
+            if item.name not in _FROM_FILES
+        }
         return cls(
-            host=mllp.host,
-            port=mllp.port,
-            max_connections=mllp.max_connections,
-            max_connections_per_peer=mllp.max_connections_per_peer,
-            max_message_bytes=mllp.max_message_bytes,
-            idle_timeout=mllp.idle_timeout,
-            frame_timeout=mllp.frame_timeout,
+            **copied,
             ssl_context=server_tls_context(mllp.tls_cert, mllp.tls_key, mllp.tls_client_ca),
-            shutdown_grace=mllp.shutdown_grace,
             allowed_networks=networks,
-            allowed_senders=mllp.allowed_senders,
-            unreadable_keep_bytes=mllp.unreadable_keep_bytes,
-            unreadable_limit=mllp.unreadable_limit,
-            unreadable_window=mllp.unreadable_window,
-            cooldown=mllp.cooldown,
-            allow_public_bind=mllp.allow_public_bind,
         )
 
 

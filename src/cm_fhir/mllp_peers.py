@@ -5,7 +5,9 @@ the global limit and the per-peer limits (by address, and by TLS client identity
 one) have room, the address is inside the allowlist (CIDR networks; empty allows every address),
 and the address is not cooling down. A peer cools down when it sends ``unreadable_limit``
 unreadable frames within ``unreadable_window`` seconds: for ``cooldown`` seconds its connections
-are closed at accept. Every refusal is counted by reason. :func:`is_loopback` and
+are closed at accept. Every refusal is counted by reason. :class:`RefusalLog` decides which
+refusals are also written down for the operator (once per address and reason per minute, and a
+bounded number per minute in all), so a refused peer cannot fill the disk. :func:`is_loopback` and
 :func:`parse_networks` are the address helpers the service and the settings share.
 """
 
@@ -14,12 +16,14 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from typing import Protocol
 
 __all__ = [
     "Admission",
     "GateLimits",
     "Network",
     "PeerGate",
+    "RefusalLog",
     "is_loopback",
     "parse_networks",
 ]
@@ -63,16 +67,22 @@ def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     return address
 
 
-@dataclass(frozen=True, slots=True)
-class GateLimits:
-    """The admission settings (0 disables a limit)."""
+class GateLimits(Protocol):
+    """The admission settings the gate reads (0 disables a limit); the listener's configuration
+    (:class:`cm_fhir.listener_config.ListenerConfig`) is one, so they are defined once."""
 
-    max_connections: int = 64
-    max_connections_per_peer: int = 8
-    allowed_networks: tuple[Network, ...] = ()
-    unreadable_limit: int = 10
-    unreadable_window: float = 60.0
-    cooldown: float = 300.0
+    @property
+    def max_connections(self) -> int: ...
+    @property
+    def max_connections_per_peer(self) -> int: ...
+    @property
+    def allowed_networks(self) -> tuple[Network, ...]: ...
+    @property
+    def unreadable_limit(self) -> int: ...
+    @property
+    def unreadable_window(self) -> float: ...
+    @property
+    def cooldown(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +189,26 @@ class PeerGate:
     def _allowed(self, address: str) -> bool:
         ip = _address(address)
         return ip is not None and any(ip in network for network in self.limits.allowed_networks)
+
+
+class RefusalLog:
+    """Which refusals are recorded: the first per (address, reason) in each ``window`` seconds,
+    and at most ``limit`` in all per window; the others are only counted. Bounded memory."""
+
+    def __init__(self, window: float = 60.0, limit: int = 100) -> None:
+        self.window = window
+        self.limit = limit
+        self._started = float("-inf")
+        self._seen: set[tuple[str, str]] = set()
+        self.skipped = 0
+
+    def should_record(self, address: str, reason: str, now: float) -> bool:
+        """True when this refusal is to be written down (and remembered for the window)."""
+        if now - self._started >= self.window:
+            self._started, self._seen = now, set()
+        key = (address, reason)
+        if key in self._seen or len(self._seen) >= self.limit:
+            self.skipped += 1
+            return False
+        self._seen.add(key)
+        return True

@@ -2,9 +2,10 @@
 
 Reads each file (a message, a batch or several messages back to back), parses every message with
 :func:`cm_fhir.hl7v2.adt.parse_adt` and prints one block per message, or JSON with ``--json``.
-Parse errors are reported with their segment and field position. ``--dry-run`` runs the parsed
-events through the workflow against the stored state and shows the case and FHIR resource
-changes they would make, without committing (:mod:`cm_fhir.worker.dry_run`), against the same
+Parse errors are reported with their segment and field position. ``--dry-run`` runs the messages
+through the worker's own stages (MSH-11 per ``worker.apply_processing_ids``, the workflow, the
+needs-attention policy) against the stored state and shows how each would settle and the case and
+FHIR resource changes, without committing (:mod:`cm_fhir.worker.dry_run`), against the same
 database ``serve`` uses (the shared settings flags; a database that does not exist yet is named
 and treated as empty). ``--mappings`` and ``--timezone`` are the ``mappings_dir`` and ``timezone``
 settings. Exit status: 0 if every message parsed, 1 if any message failed, 2 if a file (or the
@@ -59,6 +60,7 @@ class InspectedMessage:
     index: int
     result: AdtEvent | UnsupportedMessage | None = None
     error: InboundMessageError | MappingError | None = None
+    text: str = ""  # the message as read (the dry run processes it as the worker would)
 
 
 @dataclass(frozen=True)
@@ -90,10 +92,10 @@ def inspect_files(
         for index, text in enumerate(texts, start=1):
             try:
                 messages.append(
-                    InspectedMessage(index, parse_adt(text, maps, default_tz=default_tz))
+                    InspectedMessage(index, parse_adt(text, maps, default_tz=default_tz), text=text)
                 )
             except (InboundMessageError, MappingError) as exc:
-                messages.append(InspectedMessage(index, error=exc))
+                messages.append(InspectedMessage(index, error=exc, text=text))
         inspected.append(InspectedFile(path, messages))
     return inspected
 
@@ -215,7 +217,7 @@ def _print_dry_run(files: list[InspectedFile], settings: Settings) -> None:
     from cm_fhir.store.engine import async_url
     from cm_fhir.worker.dry_run import dry_run, render
 
-    events = [m.result for f in files for m in f.messages if isinstance(m.result, AdtEvent)]
+    texts = [m.text.encode() for f in files for m in f.messages if m.text]
     url = settings.effective_database_url
     target = async_url(url)
     if target.get_backend_name() == "sqlite" and not Path(str(target.database)).is_file():
@@ -225,11 +227,13 @@ def _print_dry_run(files: list[InspectedFile], settings: Settings) -> None:
     mappings = site_mappings(settings)
     effects = asyncio.run(
         dry_run(
-            events,
+            texts,
             url,
             search_path=settings.database_schema,
             rules=mappings.rules,
+            maps=mappings.maps,
             registry=mappings.registry,
+            apply_processing_ids=settings.worker.apply_processing_ids,  # as the worker does
         )
     )
     typer.echo("\n".join(render(effects)))

@@ -70,7 +70,7 @@ class AckError:
 class Disposition:
     """What the intake does with one message: inbox state, original-mode ACK code, error."""
 
-    state: str  # "received" | "ignored" | "failed"
+    state: str  # "received" | "ignored" (AA, nothing to do) | "refused" (AE/AR at the door)
     ack_code: str  # "AA" | "AE" | "AR" (original mode; see ENHANCED_CODES)
     error: AckError | None = None
     reason: str | None = None
@@ -93,12 +93,12 @@ def decide(header: MessageHeader) -> Disposition:
         return _content_error("101", "MSH-12", "MSH-12 is empty")
     if not is_supported_version(header.version_id):
         error = AckError("203", "MSH-12 names a version this interface does not accept", "MSH-12")
-        return Disposition("ignored", "AR", error, "unsupported version")
+        return Disposition("refused", "AR", error, "unsupported version")
     if header.message_type == "ACK":
         return _ACKNOWLEDGMENT
     if header.message_type != "ADT":
         error = AckError("200", "MSH-9.1 is not a message type this interface accepts", "MSH-9.1")
-        return Disposition("ignored", "AR", error, "unsupported message type")
+        return Disposition("refused", "AR", error, "unsupported message type")
     if not header.trigger_event:
         return _content_error("101", "MSH-9.2", "MSH-9.2 is empty")
     if header.trigger_event not in HANDLED_ADT_EVENTS:
@@ -107,13 +107,13 @@ def decide(header: MessageHeader) -> Disposition:
 
 
 def _content_error(code: str, location: str, text: str) -> Disposition:
-    return Disposition("failed", "AE", AckError(code, text, location), f"{location}: {text}")
+    return Disposition("refused", "AE", AckError(code, text, location), f"{location}: {text}")
 
 
 def unparseable(location: str | None, text: str) -> Disposition:
     """The disposition of a message whose MSH cannot be read at all."""
     error = AckError("100", text, location or "MSH")
-    return Disposition("failed", "AE", error, f"{location or 'MSH'}: {text}")
+    return Disposition("refused", "AE", error, f"{location or 'MSH'}: {text}")
 
 
 def storage_failure() -> AckError:
@@ -189,7 +189,9 @@ def _err_segment(error: AckError, version: str, fs: str, encoding: str) -> str:
     text = _escape(error.text, fs, encoding)
     meaning = _ERROR_TEXT.get(error.code, "")
     if _version_tuple(version) >= (2, 5) or not version:
-        location = cs.join([segment, "1", field, "1", component]).rstrip(cs) if segment else ""
+        # ERL: segment ^ sequence ^ field ^ repetition ^ component, as far as the position goes
+        parts = [segment, "1", *([field, "1", component] if field else [])]
+        location = cs.join(parts).rstrip(cs) if segment else ""
         code = cs.join([error.code, meaning, "HL70357"])
         fields = ["ERR", "", location, code, error.severity, "", "", "", text]
     else:

@@ -5,17 +5,19 @@ The dedup logic in :mod:`cm_fhir.store.inbox` needs three statements: insert new
 the messages that did not insert (retransmissions, or another writer first), and insert a row
 without a control id. The insert decides ``control_id_reused`` itself: the flag the caller
 computed for its own group, or an already stored row from the same sender (MSH-3/4, empty and
-absent alike) with the same control id. So a group of new messages costs one statement per row on
-SQLite and one round trip on PostgreSQL, with no read before it. SQLAlchemy serves tests and
-ad-hoc callers; the group-commit writers use the driver connection directly (no per-statement
-compilation): sqlite3 in the SQLite writer thread, asyncpg with ``unnest`` arrays on PostgreSQL.
-Values go through SQLAlchemy's own bind processors on SQLite, so every path stores the same bytes.
+absent alike) with the same control id. So a group of new messages costs one statement on SQLite
+(a multi-row ``VALUES``) and one round trip on PostgreSQL, with no read before it. SQLAlchemy
+serves tests and ad-hoc callers; the group-commit writers use the driver connection directly (no
+per-statement compilation): sqlite3 in the SQLite writer thread, asyncpg with ``unnest`` arrays on
+PostgreSQL. Values go through SQLAlchemy's own bind processors on SQLite, so every path stores the
+same bytes.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Protocol
 
 from sqlalchemy import Boolean, Connection, bindparam, exists, func, or_, select
@@ -144,14 +146,24 @@ _SAME_SENDER_SQL = (
     f"coalesce(sending_application, '') = {{1}} AND coalesce(sending_facility, '') = {{2}})"
 )
 _REUSED = _COLUMN_NAMES.index("control_id_reused")
-_SQLITE_INSERT_KEYED = (
-    f"INSERT INTO {_t.name} ({_NAMES}) VALUES ("
+_SQLITE_ROW = (
+    "("
     + ", ".join(
         f"(? OR {_SAME_SENDER_SQL.format('?', '?', '?')})" if n == _REUSED else "?"
         for n in range(len(_COLUMNS))
     )
-    + f"){_ON_CONFLICT} RETURNING id, {', '.join(_DEDUP)}, control_id_reused"
+    + ")"
 )
+
+
+@lru_cache(maxsize=64)
+def _sqlite_insert_keyed(rows: int) -> str:
+    """One INSERT of ``rows`` rows: a whole group in one statement."""
+    values = ", ".join([_SQLITE_ROW] * rows)
+    return (
+        f"INSERT INTO {_t.name} ({_NAMES}) VALUES {values}{_ON_CONFLICT} "
+        f"RETURNING id, {', '.join(_DEDUP)}, control_id_reused"
+    )
 
 
 class SqliteInboxSql:
@@ -179,16 +191,16 @@ class SqliteInboxSql:
         return self._connection.execute(query, sorted(control_ids)).fetchall()
 
     def insert_keyed(self, rows: list[dict[str, Any]]) -> list[Inserted]:
-        execute = self._connection.execute
-        inserted: list[Inserted] = []
+        # Rows a caller flags as reused within the group carry the flag themselves, so the
+        # EXISTS of a row need not see the rows of its own statement.
+        parameters: list[Any] = []
         for row in rows:
             values = self._values(row)
             sender = (row["control_id"], row["sending_application"] or "")
             values[_REUSED + 1 : _REUSED + 1] = (*sender, row["sending_facility"] or "")
-            found = execute(_SQLITE_INSERT_KEYED, values).fetchone()
-            if found is not None:
-                inserted.append(_inserted(found))
-        return inserted
+            parameters += values
+        found = self._connection.execute(_sqlite_insert_keyed(len(rows)), parameters)
+        return [_inserted(row) for row in found.fetchall()]
 
     def insert_unkeyed(self, row: dict[str, Any]) -> int:
         cursor = self._connection.execute(_SQLITE_INSERT + " RETURNING id", self._values(row))

@@ -39,7 +39,8 @@ metadata = MetaData(
 
 class InboxState(StrEnum):
     """Life cycle of an inbox row: received -> processed / ignored / failed / dead_lettered /
-    needs_attention (the workflow could not apply the event; see ``cm_fhir.worker.attention``)."""
+    needs_attention (the workflow could not apply the event; see ``cm_fhir.worker.attention``).
+    ``refused`` rows were answered AE/AR (CE/CR) at the door and are kept, never processed."""
 
     RECEIVED = "received"
     PROCESSED = "processed"
@@ -47,6 +48,7 @@ class InboxState(StrEnum):
     FAILED = "failed"
     DEAD_LETTERED = "dead_lettered"
     NEEDS_ATTENTION = "needs_attention"
+    REFUSED = "refused"
 
 
 INBOX_STATES = tuple(state.value for state in InboxState)
@@ -77,7 +79,7 @@ inbox_messages = Table(
     Column("raw", LargeBinary, nullable=False),
     CheckConstraint(
         "state IN ('received', 'processed', 'ignored', 'failed', 'dead_lettered', "
-        "'needs_attention')",
+        "'needs_attention', 'refused')",
         name="state",
     ),
 )

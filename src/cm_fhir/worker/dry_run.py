@@ -1,17 +1,18 @@
 """What ADT messages would change, against the stored state, without committing. I/O (reads).
 
-:func:`dry_run` reads the patient states the events name (no locks, nothing written), applies
-the events in order with the same workflow the worker runs, and returns per message the trace
-and, for every case it changes, the case's status and a readable diff of its FHIR resources
-(``Type/id`` references, as the ``fhir_resources`` table holds them). :func:`render` turns that
-into text lines for ``cm-fhir adt inspect --dry-run``.
+:func:`dry_run` takes raw messages as the inbox would hold them and runs them through the
+worker's own stages (:class:`~cm_fhir.worker.processor.BatchProcessor`: parse, MSH-11 policy,
+workflow, needs-attention policy, mapping) against the stored patient states, read without locks,
+and writes nothing. Per message it returns the inbox state the worker would settle it in (with
+the reason), the trace and, for every case it changes, the case's status and a readable diff of
+its FHIR resources (``Type/id`` references, as the ``fhir_resources`` table holds them).
+:func:`render` turns that into text lines for ``cm-fhir adt inspect --dry-run``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import difflib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -22,15 +23,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from cm_fhir.domain.case import Case
 from cm_fhir.errors import StoreError
 from cm_fhir.fhir import ReferenceStyle, case_to_resources
-from cm_fhir.hl7v2.events import AdtEvent
+from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.store.cases import StateRow, load_states
 from cm_fhir.store.engine import current_revision, make_engine
+from cm_fhir.store.queue import ClaimedMessage
+from cm_fhir.store.tables import InboxState
+from cm_fhir.worker.changes import Changes
+from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
+from cm_fhir.worker.processor import Applied, BatchProcessor, keys_of
 from cm_fhir.worker.states import PatientBook
-from cm_fhir.workflow import TraceEntry, apply_event, patient_keys
+from cm_fhir.workflow import TraceEntry
 
-__all__ = ["CaseChange", "MessageEffect", "ResourceChange", "dry_run", "dry_run_sync", "render"]
+__all__ = ["CaseChange", "MessageEffect", "ResourceChange", "dry_run", "render"]
 
 Json = dict[str, Any]
 
@@ -58,6 +64,8 @@ class MessageEffect:
     event: str
     trace: tuple[TraceEntry, ...]
     cases: tuple[CaseChange, ...] = field(default=())
+    state: str = InboxState.PROCESSED.value
+    reason: str | None = None
 
 
 def _pretty(resource: Json) -> list[str]:
@@ -113,39 +121,53 @@ async def _stored_states(
 
 
 async def dry_run(
-    events: Sequence[AdtEvent],
+    messages: Sequence[bytes],
     database_url: str,
     *,
     search_path: str | None = None,
     rules: DischargeRules | None = None,
+    maps: AdtConceptMaps | None = None,
     registry: MappingRegistry | None = None,
+    apply_processing_ids: Collection[str] = DEFAULT_PROCESSING_IDS,
     now: datetime | None = None,
 ) -> list[MessageEffect]:
-    """Apply ``events`` in order to the stored states, in memory only."""
-    rules = rules or load_discharge_rules()
+    """Process ``messages`` (raw ER7, in arrival order) as the worker would, in memory only."""
     registry = registry or default_registry()
+    processor = BatchProcessor(
+        rules or load_discharge_rules(),
+        maps or load_adt_concept_maps(),
+        registry,
+        apply_processing_ids=apply_processing_ids,
+    )
     now = now or datetime.now(UTC)
-    keys = {k for event in events for k in patient_keys(event, rules)}
-    book = PatientBook(await _stored_states(database_url, keys, search_path))
+    rows = [
+        ClaimedMessage(id=i, patient_key=None, raw=raw, received_at=now, attempts=0)
+        for i, raw in enumerate(messages, start=1)
+    ]
+    parsed = processor.parse(rows)
+    book = PatientBook(await _stored_states(database_url, keys_of(parsed), search_path))
     book.decode_all()
-    effects: list[MessageEffect] = []
-    for event in events:
-        event_keys = patient_keys(event, rules)
-        state = book.state(event_keys[0])
-        merged = book.merged(event_keys[0], event_keys[1:])
-        outcome = apply_event(event, state, rules, now=now, merged=merged)
-        before = {c.id: c for s in (state, *merged) for c in s.cases}
-        book.file(event_keys[0], outcome.state, outcome.retired_keys)
-        cases = tuple(case_change(before.get(c.id), c, registry) for c in outcome.changed_cases)
-        effects.append(MessageEffect(event.message_control_id, event.event, outcome.trace, cases))
-    return effects
+    report: list[Applied] = []
+    processor.apply(parsed, book, {}, Changes(), report)
+    return [_effect(item, registry) for item in report]
 
 
-def dry_run_sync(
-    events: Sequence[AdtEvent], database_url: str, search_path: str | None = None
-) -> list[MessageEffect]:
-    """:func:`dry_run` for synchronous callers (the CLI)."""
-    return asyncio.run(dry_run(events, database_url, search_path=search_path))
+def _effect(item: Applied, registry: MappingRegistry) -> MessageEffect:
+    event = item.parsed.event
+    trace = item.trace
+    control_id = event.message_control_id if event is not None else "-"
+    if event is None and trace:
+        control_id = trace[0].message_control_id or control_id
+    name = event.event if event is not None else (trace[0].event if trace else None) or "-"
+    cases: tuple[CaseChange, ...] = ()
+    if item.outcome is not None:
+        before = {c.id: c for c in item.before}
+        cases = tuple(
+            case_change(before.get(c.id), c, registry) for c in item.outcome.changed_cases
+        )
+    return MessageEffect(
+        control_id, name, trace, cases, item.settled.state.value, item.settled.reason
+    )
 
 
 def render(effects: Sequence[MessageEffect]) -> list[str]:
@@ -153,6 +175,8 @@ def render(effects: Sequence[MessageEffect]) -> list[str]:
     lines: list[str] = []
     for effect in effects:
         lines.append(f"== ADT^{effect.event} {effect.control_id}")
+        if effect.state != InboxState.PROCESSED.value:
+            lines.append(f"  {effect.state}: {effect.reason or '-'}")
         for entry in effect.trace:
             flags = f" [{', '.join(entry.flags)}]" if entry.flags else ""
             where = " ".join(x for x in (entry.case_id, entry.target) if x)

@@ -8,9 +8,9 @@ as ``P``.
 
 **Needs attention.** An event whose outcome carries one of :data:`ATTENTION_FLAGS` could not be
 applied as meant (no usable visit identity): its inbox row ends ``needs_attention`` with a
-reason naming the flag and the position, never ``processed``. The patient state does not
-remember such a message as applied (:func:`forget_message`), so a replay, e.g. after the rules
-or the sender's data were fixed, applies it again instead of calling it a duplicate.
+reason naming the flag and the position, never ``processed``. Such a message is in no visit's
+log, so a replay, e.g. after the rules or the sender's data were fixed, applies it again instead
+of calling it a duplicate.
 """
 
 from __future__ import annotations
@@ -18,14 +18,13 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from cm_fhir.hl7v2.parse import Hl7Message
-from cm_fhir.workflow import Flag, PatientState
+from cm_fhir.workflow import Flag
 
 __all__ = [
     "ATTENTION_FLAGS",
     "DEFAULT_PROCESSING_IDS",
     "NOT_APPLIED_RULE",
     "attention_reason",
-    "forget_message",
     "not_applied_reason",
     "processing_id",
 ]
@@ -58,12 +57,3 @@ def attention_reason(flags: Iterable[Flag]) -> str | None:
         return None
     named = ", ".join(f"{f.value} ({ATTENTION_FLAGS[f]})" for f in found)
     return f"needs attention: {named}; the event was not applied to a visit"
-
-
-def forget_message(before: PatientState, after: PatientState) -> PatientState:
-    """``after`` without the processed-message entries ``before`` did not have."""
-    known = {(p.message_control_id, p.digest) for p in before.processed}
-    kept = tuple(p for p in after.processed if (p.message_control_id, p.digest) in known)
-    if len(kept) == len(after.processed):
-        return after
-    return after.model_copy(update={"processed": kept})

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from cm_fhir.domain.case import Case
 from cm_fhir.errors import CmFhirError, Hl7ParseError, MappingError, UnsupportedEventError
 from cm_fhir.hl7v2.adt import parse_adt_message
 from cm_fhir.hl7v2.events import AdtEvent
@@ -45,14 +46,21 @@ from cm_fhir.worker.policy import (
     DEFAULT_PROCESSING_IDS,
     NOT_APPLIED_RULE,
     attention_reason,
-    forget_message,
     not_applied_reason,
     processing_id,
 )
 from cm_fhir.worker.states import PatientBook
 from cm_fhir.workflow import Outcome, PatientState, TraceEntry, apply_event, patient_keys
 
-__all__ = ["ApplyEvent", "BatchProcessor", "BatchResult", "describe_error"]
+__all__ = [
+    "Applied",
+    "ApplyEvent",
+    "BatchProcessor",
+    "BatchResult",
+    "Parsed",
+    "describe_error",
+    "keys_of",
+]
 
 ApplyEvent = Callable[..., Outcome]
 
@@ -89,12 +97,31 @@ def describe_error(exc: BaseException) -> str:
 
 
 @dataclass(slots=True)
-class _Parsed:
+class Parsed:
+    """One claimed row, parsed: its event and patient keys, or already settled (with trace)."""
+
     row: ClaimedMessage
     event: AdtEvent | None = None
     settled: InboxOutcome | None = None
     keys: tuple[str, ...] = ()
     trace: tuple[TraceRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What one row came to: its inbox outcome, the workflow outcome if the workflow ran, the
+    cases of the states it was applied to (before), and its trace."""
+
+    parsed: Parsed
+    settled: InboxOutcome
+    outcome: Outcome | None
+    before: tuple[Case, ...]
+    trace: tuple[TraceEntry, ...]
+
+
+def keys_of(parsed: list[Parsed]) -> set[str]:
+    """Every patient key the parsed rows name (the states to load and lock)."""
+    return {k for p in parsed for k in p.keys}
 
 
 def _prefer_lz4(connection: Connection, *, probe: bool) -> bool:
@@ -153,7 +180,7 @@ class BatchProcessor:
         self.maps = maps
         self.registry = registry
         self.max_attempts = max_attempts
-        self.apply = apply
+        self.workflow = apply
         self.apply_processing_ids = frozenset(p.upper() for p in apply_processing_ids)
         self.last_claimed: list[ClaimedMessage] = []
         self._decoded = cache if cache is not None else {}
@@ -178,21 +205,12 @@ class BatchProcessor:
         if not rows:
             return result
         now = datetime.now(UTC)
-        parsed = [self._parse(row) for row in rows]
-        keys = {k for p in parsed for k in p.keys}
-        book = PatientBook(lock_states(connection, keys), self._decoded)
+        parsed = self.parse(rows)
+        book = PatientBook(lock_states(connection, keys_of(parsed)), self._decoded)
         book.decode_all()
         hashes = last_bundle_hashes(connection, book.case_ids())
         changes = Changes()
-        blocked: set[str] = set()
-        for item in parsed:
-            if item.settled is not None:
-                changes.outcomes.append(item.settled)
-                changes.trace += item.trace
-            elif item.row.patient_key is not None and item.row.patient_key in blocked:
-                continue  # stays received behind the failed row of its patient
-            elif not self._apply(item, book, hashes, changes) and item.row.patient_key:
-                blocked.add(item.row.patient_key)
+        self.apply(parsed, book, hashes, changes)
         written, removed = write_changes(connection, book, hashes, changes, self.rules, now)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
@@ -207,13 +225,48 @@ class BatchProcessor:
         result.resources_removed += removed
         return result
 
+    def parse(self, rows: list[ClaimedMessage]) -> list[Parsed]:
+        """Parse each row; rows that are not applied (unparsable, unsupported, MSH-11) come back
+        settled."""
+        return [self._parse(row) for row in rows]
+
+    def apply(
+        self,
+        parsed: list[Parsed],
+        book: PatientBook,
+        hashes: dict[str, str | None],
+        changes: Changes,
+        report: list[Applied] | None = None,
+    ) -> None:
+        """Apply the parsed rows in order to the states in ``book``, collecting what to write in
+        ``changes`` (and, if given, what each row came to in ``report``: the dry run)."""
+        blocked: set[str] = set()
+        for item in parsed:
+            outcome: Outcome | None = None
+            before: tuple[Case, ...] = ()
+            if item.settled is not None:
+                changes.outcomes.append(item.settled)
+                changes.trace += item.trace
+                settled = item.settled
+                trace = tuple(t.entry for t in item.trace)
+            elif item.row.patient_key is not None and item.row.patient_key in blocked:
+                continue  # stays received behind the failed row of its patient
+            else:
+                outcome, before = self._apply(item, book, hashes, changes)
+                settled = changes.outcomes[-1]
+                trace = outcome.trace if outcome is not None else ()
+                if outcome is None and item.row.patient_key:
+                    blocked.add(item.row.patient_key)
+            if report is not None:
+                report.append(Applied(item, settled, outcome, before, trace))
+
     def record_failure(self, connection: Connection, row: ClaimedMessage, exc: Exception) -> None:
         """Count a failed attempt for ``row`` when its transaction itself could not commit."""
         settle(connection, [self._failure(row, exc)], datetime.now(UTC))
 
     # -- stages ----------------------------------------------------------------------------
 
-    def _parse(self, row: ClaimedMessage) -> _Parsed:
+    def _parse(self, row: ClaimedMessage) -> Parsed:
         try:
             message = parse_er7(normalise_message(row.raw))
             result = parse_adt_message(message, self.maps)
@@ -223,21 +276,21 @@ class BatchProcessor:
                 processing = processing_id(message)
                 reason = not_applied_reason(processing, self.apply_processing_ids)
                 if reason is None:
-                    return _Parsed(row, event=result, keys=keys)
+                    return Parsed(row, event=result, keys=keys)
                 return self._not_applied(row, result, keys[0], processing, reason)
             reason = f"unsupported: {result.message_type}^{result.event or '-'} ({result.reason})"
-            return _Parsed(row, settled=InboxOutcome(row.id, InboxState.IGNORED, reason))
+            return Parsed(row, settled=InboxOutcome(row.id, InboxState.IGNORED, reason))
         except UnsupportedEventError as exc:
             settled = InboxOutcome(row.id, InboxState.IGNORED, describe_error(exc))
         except (Hl7ParseError, MappingError) as exc:
             settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
         except Exception as exc:  # anything else is retried, then dead-lettered
             settled = self._failure(row, exc)
-        return _Parsed(row, settled=settled)
+        return Parsed(row, settled=settled)
 
     def _not_applied(
         self, row: ClaimedMessage, event: AdtEvent, key: str, processing: str, reason: str
-    ) -> _Parsed:
+    ) -> Parsed:
         """A training or debugging message: ignored, with a trace row saying why."""
         entry = TraceEntry(
             message_control_id=event.message_control_id,
@@ -246,7 +299,7 @@ class BatchProcessor:
             action=f"not-applied-processing-id-{processing[:8]}",
         )
         settled = InboxOutcome(row.id, InboxState.IGNORED, reason)
-        return _Parsed(
+        return Parsed(
             row, settled=settled, trace=(TraceRecord(row.id, key, entry, row.message_key),)
         )
 
@@ -261,29 +314,28 @@ class BatchProcessor:
 
     def _apply(
         self,
-        item: _Parsed,
+        item: Parsed,
         book: PatientBook,
         hashes: dict[str, str | None],
         changes: Changes,
-    ) -> bool:
+    ) -> tuple[Outcome | None, tuple[Case, ...]]:
         event, row = item.event, item.row
         assert event is not None
         keys = item.keys
         try:
             state = book.state(keys[0])
             merged = book.merged(keys[0], keys[1:])
-            outcome = self.apply(event, state, self.rules, now=row.received_at, merged=merged)
+            outcome = self.workflow(event, state, self.rules, now=row.received_at, merged=merged)
             built = [build(case, self.registry) for case in outcome.changed_cases]
         except Exception as exc:
             failure = self._failure(row, exc)
             changes.outcomes.append(failure)
-            return False
+            return None, ()
         attention = attention_reason(outcome.flags)
-        after = outcome.state if attention is None else forget_message(state, outcome.state)
-        primary = book.file(keys[0], after, outcome.retired_keys)
+        primary = book.file(keys[0], outcome.state, outcome.retired_keys)
         changes.file(outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key)
         if attention is None:
             changes.outcomes.append(InboxOutcome(row.id, InboxState.PROCESSED))
         else:
             changes.outcomes.append(InboxOutcome(row.id, InboxState.NEEDS_ATTENTION, attention))
-        return True
+        return outcome, tuple(c for s in (state, *merged) for c in s.cases)

@@ -24,6 +24,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import StoreError
+from cm_fhir.ingest import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
@@ -93,6 +94,7 @@ class Worker:
         self.engine = engine
         self.config = config or WorkerConfig()
         rules = rules or load_discharge_rules()
+        check_key_room(rules.identity)
         registry = registry or default_registry()
         maps = maps or load_adt_concept_maps()
         check_vocabulary(registry, rules, maps)

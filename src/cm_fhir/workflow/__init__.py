@@ -23,7 +23,8 @@ referral ids each triggering event created, so cancels undo exactly what they ca
 visit's applied events). :class:`Outcome` carries the new state, the cases that changed, the trace
 (:class:`TraceEntry`: message control id, the rule's key path in the rules file, the action, the
 case and item, and flags such as ``unmapped-disposition`` or ``stale-event``) and the keys to
-lock. Re-applying a message with the same control id and content changes nothing; ids derive
+lock. Re-applying a message with the same control id and content changes nothing (its visit's
+log holds its digest); an A40 re-derives both records' visits together (:mod:`.merging`); ids derive
 from the patient, the visit (number and authority), the rule and the sequence numbers only, so
 replaying an inbox gives identical cases.
 """

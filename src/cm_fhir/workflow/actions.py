@@ -21,10 +21,8 @@ from cm_fhir.hl7v2.events import AdtEvent, VisitIdentifier
 from cm_fhir.mapping.rules import DischargeRules, ReferralRule, TaskRule
 from cm_fhir.workflow.facts import DISCHARGE_PLAN_ID, event_time, party
 from cm_fhir.workflow.state import (
-    PROCESSED_MEMORY,
     Flag,
     PatientState,
-    ProcessedMessage,
     TraceEntry,
     VisitMemory,
     latest,
@@ -67,8 +65,10 @@ class Step:
         self.visits = {v.key: v for v in state.visits}
         self.last_discharge = state.last_discharge
         self.deceased = state.deceased
-        self.processed = list(state.processed)
+        self.processed = list(state.processed)  # legacy entries only (see PatientState)
         self.trace: list[TraceEntry] = []
+        #: Cases that left the state in this step (a merge's duplicates): sent once more.
+        self.retired_cases: list[Case] = []
 
     def begin(self, event: AdtEvent, at: datetime) -> None:
         """Work on ``event``, which happened ``at``, next (re-deriving a visit replays its log)."""
@@ -87,7 +87,7 @@ class Step:
         *flags: Flag,
     ) -> None:
         self.trace.append(
-            TraceEntry(
+            TraceEntry.model_construct(  # plain strings and flags: valid by construction
                 message_control_id=self.control_id,
                 event=self.event.event if self.event is not None else None,
                 rule=rule,
@@ -98,17 +98,12 @@ class Step:
             )
         )
 
-    def remember(self, digest: str) -> None:
-        if self.control_id is None:
-            return
-        entry = ProcessedMessage(message_control_id=self.control_id, digest=digest)
-        self.processed = [*self.processed, entry][-PROCESSED_MEMORY:]
-
     def state(self) -> PatientState:
         """The new state: cases by id and visits by key (the same whatever the arrival order),
         and the latest discharge of any visit. A settled visit's log is dropped."""
         visits = [self._settled(self.visits[key]) for key in sorted(self.visits)]
-        return PatientState(
+        # Every part is a validated model already: no need to validate them again.
+        return PatientState.model_construct(
             patient_keys=tuple(self.keys),
             patient=self.patient,
             cases=tuple(self.cases[case_id] for case_id in sorted(self.cases)),
@@ -170,6 +165,20 @@ class Step:
         )
         self.cases[case.id] = case
         return case
+
+    def rewind(self, case: Case, entries: int, rule: str) -> Case:
+        """Undo the status changes after the first ``entries`` of the case's history, as if they
+        never happened (the event that made them was cancelled)."""
+        if entries < 1 or entries >= len(case.status_history):
+            return case
+        kept = case.status_history[:entries]
+        last = kept[-1].model_copy(update={"end": None})
+        changed = revalidated(
+            case, status=last.status, status_history=(*kept[:-1], last), closed=None
+        )
+        self.cases[case.id] = changed
+        self.note(rule, f"case-{last.status.value}-again", case.id)
+        return changed
 
     def move(self, case: Case, target: CaseStatus, rule: str) -> Case:
         """Move ``case`` to ``target`` no earlier than its current status began."""

@@ -270,8 +270,14 @@ def cancel_admit(step: Step, visit: VisitMemory) -> VisitMemory:
         )
     task_ids = tuple(i for e in effects for i in e.task_ids)
     referral_ids = tuple(i for e in effects for i in e.referral_ids)
-    step.withdraw(case, task_ids, referral_ids, "void", "event.A11")
+    case = step.withdraw(case, task_ids, referral_ids, "void", "event.A11")
     step.note("event.A11", "case-reverted", case.id)
+    planned = [e for e in visit.live_effects(EffectKind.PRE_ADMISSION) if e.case_id == case.id]
+    statuses = [s.status for s in case.status_history]
+    if planned and case.status == CaseStatus.ACTIVE and CaseStatus.PLANNED in statuses:
+        # The admit of a pre-admitted case is cancelled: it is planned again, with its work.
+        last = len(statuses) - 1 - statuses[::-1].index(CaseStatus.PLANNED)
+        step.rewind(case, last + 1, "event.A11")
     undone = tuple(
         e.model_copy(update={"undone": True}) if e in effects else e for e in visit.effects
     )

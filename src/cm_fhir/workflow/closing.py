@@ -16,7 +16,7 @@ from cm_fhir.domain.codes import CaseStatus, PlanStatus
 from cm_fhir.domain.task import OPEN_TASK_STATUSES
 from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow.actions import Step, revalidated
-from cm_fhir.workflow.discharge import live_referrals, planning_effects
+from cm_fhir.workflow.planning import live_referrals, planning_effects
 from cm_fhir.workflow.state import EffectKind, Outcome, PatientState, VisitMemory, changed_cases
 
 __all__ = ["close_due_cases"]

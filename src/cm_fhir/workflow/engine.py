@@ -29,8 +29,8 @@ from cm_fhir.workflow.admission import (
     refresh_visit,
     team_party,
 )
-from cm_fhir.workflow.discharge import cancel_discharge, plan_discharge
 from cm_fhir.workflow.lifecycle import (
+    cancel_discharge_or_death,
     cancel_pending_discharge,
     cancel_pre_admission,
     discharge_or_death,
@@ -39,15 +39,16 @@ from cm_fhir.workflow.lifecycle import (
     reclassify,
     record_death,
 )
+from cm_fhir.workflow.merging import merge_patients
+from cm_fhir.workflow.planning import plan_discharge
 from cm_fhir.workflow.state import (
     Flag,
     Outcome,
     PatientState,
-    ProcessedMessage,
     TransferFrame,
     VisitMemory,
     changed_cases,
-    latest,
+    visit_key,
 )
 
 __all__ = ["apply_event"]
@@ -69,43 +70,46 @@ def apply_event(
     their cases and visits move to the surviving patient and their keys are retired.
     """
     step = Step(state, rules, now, event)
-    lock = facts.patient_keys(event, rules)
+    named = facts.patient_ref(event.patient.identifiers, rules)
+    lock = facts.patient_keys(event, rules, named)
     text = facts.event_json(event)
     digest = facts.digest(event, text)
-    seen = [p for p in state.processed if p.message_control_id == event.message_control_id]
-    if any(p.digest == digest for p in seen):
-        step.note(f"event.{event.event}", "duplicate-ignored", None, None, Flag.DUPLICATE_MESSAGE)
+    rule = f"event.{event.event}"
+    identity = facts.visit_identity(event, rules) if event.event in _HANDLERS else None
+    known = None
+    if identity is not None and event.visit is not None:
+        known = step.visits.get(visit_key(identity.value, identity.assigning_authority))
+    same, reused = ordering.applied(known, event.message_control_id, digest)
+    legacy = [p for p in state.processed if p.message_control_id == event.message_control_id]
+    if same or any(p.digest == digest for p in legacy):
+        step.note(rule, "duplicate-ignored", None, None, Flag.DUPLICATE_MESSAGE)
         return Outcome(state=state, trace=tuple(step.trace), lock_keys=lock)
-    if seen:
-        step.note(f"event.{event.event}", "applied-again", None, None, Flag.CONTROL_ID_REUSED)
-    ref = facts.patient_ref(event.patient.identifiers, rules)
+    if reused or legacy:
+        step.note(rule, "applied-again", None, None, Flag.CONTROL_ID_REUSED)
+    ref = facts.current_patient(named, state.patient_keys, state.patient)
     step.patient = ref
     step.keys = list(dict.fromkeys([facts.patient_key(ref), *step.keys]))
     retired: tuple[str, ...] = ()
     if event.event == "A40":
-        retired = _merge(step, event, ref, merged)
+        retired = merge_patients(step, event, merged, _HANDLERS, record_death)
+    elif event.event not in _HANDLERS:
+        step.note(rule, "no-rule", None, None, Flag.NO_RULE)
+    elif identity is None or event.visit is None:
+        step.note(rule, "no-visit", None, None, Flag.NO_VISIT_NUMBER)
     else:
-        handler = _HANDLERS.get(event.event)
-        identity = facts.visit_identity(event, rules)
-        if handler is None:
-            step.note(f"event.{event.event}", "no-rule", None, None, Flag.NO_RULE)
-        elif identity is None or event.visit is None:
-            step.note(f"event.{event.event}", "no-visit", None, None, Flag.NO_VISIT_NUMBER)
+        visit = step.visit(identity)
+        entry = ordering.Arrival(event, step.at, text, digest)
+        if ordering.is_stale(step, visit, entry):
+            ordering.rederive(step, visit, entry, _HANDLERS, after=record_death)
         else:
-            visit = step.visit(identity)
-            entry = ordering.Arrival(event, step.at, text)
-            if ordering.is_stale(step, visit, entry):
-                ordering.rederive(step, visit, entry, _HANDLERS, after=record_death)
-            else:
-                fresh = visit.key not in step.visits
-                step.put_visit(ordering.append(handler(step, visit), entry, fresh=fresh))
+            fresh = visit.key not in step.visits
+            step.put_visit(ordering.append(_HANDLERS[event.event](step, visit), entry, fresh=fresh))
     record_death(step)
     _refresh_patient(step, ref)
-    step.remember(digest)
     after = step.state()
     return Outcome(
         state=after,
-        changed_cases=changed_cases(state, after),
+        changed_cases=(*changed_cases(state, after), *step.retired_cases),
         trace=tuple(step.trace),
         lock_keys=lock,
         retired_keys=retired,
@@ -272,7 +276,7 @@ _HANDLERS: Final[dict[str, _Handler]] = {
     "A08": _update,
     "A11": cancel_admit,
     "A12": _cancel_transfer,
-    "A13": cancel_discharge,
+    "A13": cancel_discharge_or_death,
     "A14": pre_admit,
     "A16": _pending,
     "A25": cancel_pending_discharge,
@@ -288,41 +292,12 @@ def _code(step: Step) -> str:
 # -- merge and patient identity -------------------------------------------------------------------
 
 
-def _merge(
-    step: Step, event: AdtEvent, survivor: PatientRef, merged: Sequence[PatientState]
-) -> tuple[str, ...]:
-    """A40: move the prior patients' cases and visits to the surviving patient."""
-    retired: list[str] = []
-    for merge in event.merges:
-        key = facts.patient_key(facts.patient_ref(merge.prior_identifiers, step.rules))
-        if key == step.keys[0]:
-            continue
-        retired.append(key)
-        source = next((s for s in merged if key in s.patient_keys), None)
-        if source is None:
-            step.note("event.A40", "no-prior-state", None, None, Flag.NO_PRIOR_STATE)
-            continue
-        for case in source.cases:
-            if case.id in step.cases:
-                step.note("event.A40", "case-already-here", case.id)
-                continue
-            step.cases[case.id] = revalidated(case, patient=survivor)
-            step.note("event.A40", "case-moved", case.id)
-        for visit in source.visits:
-            step.visits.setdefault(visit.key, visit)
-        step.last_discharge = latest([step.last_discharge, source.last_discharge])
-        step.keys = list(dict.fromkeys([*step.keys, *source.patient_keys]))
-        step.processed = _union(step.processed, source.processed)
-    return tuple(dict.fromkeys(retired))
-
-
-def _union(a: list[ProcessedMessage], b: tuple[ProcessedMessage, ...]) -> list[ProcessedMessage]:
-    return list(dict.fromkeys([*a, *b]))
-
-
 def _refresh_patient(step: Step, ref: PatientRef) -> None:
-    """Open cases follow the patient's current identifiers (A08 demographics, A40 merges)."""
+    """Open cases follow the patient's current identifiers (A08 demographics); every case of a
+    patient merged into this one names the survivor (A40)."""
+    retired = set(step.keys[1:])
     for case_id, case in list(step.cases.items()):
-        if not case.is_final and case.patient != ref:
+        merged_away = bool(retired) and facts.patient_key(case.patient) in retired
+        if (merged_away or not case.is_final) and case.patient != ref:
             step.cases[case_id] = revalidated(case, patient=ref)
             step.note(f"event.{_code(step)}", "patient-updated", case_id)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from datetime import date, datetime
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -31,6 +32,7 @@ __all__ = [
     "aware",
     "case_id",
     "coverage",
+    "current_patient",
     "digest",
     "encounter",
     "event_json",
@@ -163,13 +165,24 @@ def patient_key(ref: PatientRef) -> str:
     return f"{ref.primary.system}|{ref.primary.value}"
 
 
-def patient_keys(event: AdtEvent, rules: DischargeRules) -> tuple[str, ...]:
-    """Every patient key an event touches: the patient, plus the prior patients of an A40."""
-    keys = [patient_key(patient_ref(event.patient.identifiers, rules))]
+def patient_keys(
+    event: AdtEvent, rules: DischargeRules, ref: PatientRef | None = None
+) -> tuple[str, ...]:
+    """Every patient key an event touches: the patient (``ref``, when the caller has it), plus
+    the prior patients of an A40."""
+    keys = [patient_key(ref or patient_ref(event.patient.identifiers, rules))]
     for merge in event.merges:
         if merge.prior_identifiers:
             keys.append(patient_key(patient_ref(merge.prior_identifiers, rules)))
     return tuple(dict.fromkeys(keys))
+
+
+def current_patient(ref: PatientRef, keys: Sequence[str], current: PatientRef | None) -> PatientRef:
+    """The patient an event is applied for: the one its PID-3 names (``ref``), or the surviving
+    patient (``current``) when PID-3 names a patient merged into it (one of ``keys[1:]``)."""
+    if current is not None and len(keys) > 1 and patient_key(ref) in keys[1:]:
+        return current
+    return ref
 
 
 def encounter(visit: VisitMemory, rules: DischargeRules) -> Identifier:

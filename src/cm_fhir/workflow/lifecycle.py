@@ -25,6 +25,7 @@ from cm_fhir.domain.codes import (
     GoalAchievement,
     PlanStatus,
 )
+from cm_fhir.domain.common import Instant
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step, revalidated
@@ -37,7 +38,8 @@ from cm_fhir.workflow.admission import (
     screening_facts,
     team_party,
 )
-from cm_fhir.workflow.discharge import discharge, live_referrals, plan_discharge, planning_effects
+from cm_fhir.workflow.discharge import cancel_discharge, discharge
+from cm_fhir.workflow.planning import live_referrals, plan_discharge, planning_effects
 from cm_fhir.workflow.screening import screen
 from cm_fhir.workflow.state import (
     EffectKind,
@@ -48,6 +50,7 @@ from cm_fhir.workflow.state import (
 )
 
 __all__ = [
+    "cancel_discharge_or_death",
     "cancel_pending_discharge",
     "cancel_pre_admission",
     "discharge_or_death",
@@ -56,6 +59,7 @@ __all__ = [
     "pre_admit",
     "reclassify",
     "record_death",
+    "undo_death",
 ]
 
 #: Business status of work cancelled because the patient died.
@@ -64,6 +68,8 @@ DECEASED = "the patient died"
 NOT_ELIGIBLE = "the patient no longer qualifies"
 #: Business status of work cancelled with the admission it was planned for.
 ADMISSION_CANCELLED = "the planned admission was cancelled"
+#: Business status of death tasks cancelled because the death was cancelled (A13).
+DEATH_CANCELLED = "the discharge reporting the death was cancelled"
 #: Business status of planning work undone by A25.
 DISCHARGE_CANCELLED = "the pending discharge was cancelled"
 
@@ -256,6 +262,7 @@ def record_death(step: Step) -> None:
     event = step.event
     if event is None or not is_death(event):
         return
+    known = step.deceased
     if step.deceased is None:
         died = event.patient.death_time or (event.visit.discharge_time if event.visit else None)
         step.deceased = facts.aware(died, step.rules) if died is not None else step.at
@@ -264,10 +271,13 @@ def record_death(step: Step) -> None:
         case = step.open_case_of(visit)
         if case is None or (case.outcome and case.outcome.closing_reason == ClosingReason.DECEASED):
             continue
-        step.visits[number] = _end_case(step, visit, case)
+        step.visits[number] = _end_case(step, visit, case, known)
 
 
-def _end_case(step: Step, visit: VisitMemory, case: Case) -> VisitMemory:
+def _end_case(
+    step: Step, visit: VisitMemory, case: Case, deceased_before: Instant | None
+) -> VisitMemory:
+    before = case
     case = _withdraw_all(step, case, "death", DECEASED)
     case = _revoke_plan(step, case, DISPOSITION_EXPIRED)
     case = _with_outcome(step, case, ClosingReason.DECEASED, "death")
@@ -277,18 +287,73 @@ def _end_case(step: Step, visit: VisitMemory, case: Case) -> VisitMemory:
         task_id = facts.item_id(name)
         case, added = step.add_task(case, f"death.tasks.{name}", rule, task_id, team)
         created += [task_id] if added else []
-    if not created:
-        step.move(case, CaseStatus.CLOSED, "death")
-        return visit
-    case = step.move(case, CaseStatus.TRANSITION, "death")
+    step.move(case, CaseStatus.TRANSITION if created else CaseStatus.CLOSED, "death")
     effect = EventEffect(
         kind=EffectKind.DEATH,
         message_control_id=step.control_id or "",
         sequence=max(visit.discharges, 1),
         case_id=case.id,
         task_ids=tuple(created),
+        case_before=before,
+        deceased_before=deceased_before,
     )
     return visit.model_copy(update={"effects": (*visit.effects, effect)})
+
+
+def cancel_discharge_or_death(step: Step, visit: VisitMemory) -> VisitMemory:
+    """A13: cancel the latest discharge; when it reported the patient's death, the cases that
+    death ended are reopened first, as they were before it (see :func:`undo_death`)."""
+    discharges = visit.live_effects(EffectKind.DISCHARGE)
+    if visit.discharged and discharges:
+        visit = undo_death(step, visit, discharges[-1].message_control_id)
+    return cancel_discharge(step, visit)
+
+
+def undo_death(step: Step, visit: VisitMemory, control_id: str) -> VisitMemory:
+    """Reopen every case the death reported by message ``control_id`` ended: its status, work,
+    plan and outcome as before the death, the death tasks cancelled; the patient is no longer
+    known to have died (unless known before)."""
+    rule = f"event.{step.event.event if step.event else 'tick'}"
+    step.put_visit(visit)
+    found = False
+    for key, memory in list(step.visits.items()):
+        effects = []
+        for effect in memory.effects:
+            if (
+                effect.kind == EffectKind.DEATH
+                and not effect.undone
+                and effect.message_control_id == control_id
+            ):
+                found = True
+                step.deceased = effect.deceased_before
+                _reopen(step, effect, rule)
+                effect = effect.model_copy(update={"undone": True})
+            effects.append(effect)
+        step.visits[key] = memory.model_copy(update={"effects": tuple(effects)})
+    if found:
+        step.note(rule, "death-cancelled")
+    return step.visits[visit.key]
+
+
+def _reopen(step: Step, effect: EventEffect, rule: str) -> None:
+    before, case = effect.case_before, step.cases.get(effect.case_id)
+    if before is None or case is None:
+        return
+    case = step.withdraw(case, effect.task_ids, (), "cancel", rule, DEATH_CANCELLED)
+    old_tasks = {t.id: t for t in before.tasks}
+    old_referrals = {r.id: r for r in before.referrals}
+    restored = revalidated(
+        case,
+        tasks=tuple(old_tasks.get(t.id, t) for t in case.tasks),
+        referrals=tuple(old_referrals.get(r.id, r) for r in case.referrals),
+        discharge_plan=before.discharge_plan,
+        outcome=before.outcome,
+        status=before.status,
+        status_history=before.status_history,
+        closed=before.closed,
+    )
+    step.cases[case.id] = restored
+    step.note(rule, f"case-{restored.status.value}-again", case.id)
 
 
 # -- shared ----------------------------------------------------------------------------------------

@@ -42,7 +42,19 @@ from cm_fhir.workflow.state import (
     latest,
 )
 
-__all__ = ["CANCELS", "Arrival", "Handler", "append", "is_stale", "logged_events", "rederive"]
+__all__ = [
+    "CANCELS",
+    "Arrival",
+    "Handler",
+    "append",
+    "applied",
+    "case_ids",
+    "fold",
+    "is_stale",
+    "logged_events",
+    "merge_case",
+    "rederive",
+]
 
 Handler = Callable[[Step, VisitMemory], VisitMemory]
 
@@ -57,11 +69,12 @@ _ITEMS = ("tasks", "referrals", "goals", "assessments")
 
 @dataclass(frozen=True, slots=True)
 class Arrival:
-    """An event about to be logged: when it happened, its tie rank and its JSON."""
+    """An event about to be logged: when it happened, its JSON and the digest of that JSON."""
 
     event: AdtEvent
     at: datetime
     text: str
+    digest: str
 
     @property
     def order(self) -> tuple[datetime, int]:
@@ -83,6 +96,7 @@ def append(visit: VisitMemory, new: Arrival, *, fresh: bool) -> VisitMemory:
         at=new.at,
         rank=_rank(new.event),
         message_control_id=new.event.message_control_id,
+        digest=new.digest,
         payload=_deflate(new.text.encode(), _dictionary(basis)),
     )
     log = (*visit.log, logged)
@@ -100,8 +114,23 @@ def logged_events(visit: VisitMemory) -> list[Arrival]:
     found = []
     for item in visit.log:
         text = _inflate(item.payload, zdict)
-        found.append(Arrival(AdtEvent.model_validate_json(text), item.at, text))
+        found.append(Arrival(AdtEvent.model_validate_json(text), item.at, text, item.digest))
     return found
+
+
+def applied(visit: VisitMemory | None, control_id: str, digest: str) -> tuple[bool, bool]:
+    """Whether the visit's log holds this message (same control id and content), and whether it
+    holds another message under the same control id."""
+    if visit is None:
+        return False, False
+    same = reused = False
+    for item in visit.log:
+        if item.message_control_id == control_id:
+            if item.digest == digest:
+                same = True
+            elif item.digest:  # entries logged before digests were kept say nothing
+                reused = True
+    return same, reused
 
 
 def _deflate(data: bytes, zdict: bytes) -> str:
@@ -141,14 +170,13 @@ def rederive(
             step.put_visit(append(handlers[new.event.event](step, visit), new, fresh=fresh))
         # ``after`` runs in apply_event for this event
         return
-    group = {visit.key: visit}
-    group.update({k: v for k, v in step.visits.items() if v.log_complete and _after(v, new)})
+    group = _group(step, visit, new)
     old = [(k, a) for k, v in group.items() for a in logged_events(v)]
     events = sorted([*old, (visit.key, new)], key=lambda e: e[1].order)  # stable: ties keep
     old.sort(key=lambda e: e[1].order)  # arrival order
     try:
-        before = _fold(step, group, old, handlers, after)
-        folded = _fold(step, group, events, handlers, after)
+        before = fold(step, group, old, handlers, after)
+        folded = fold(step, group, events, handlers, after)
     except (DomainError, ValidationError):
         # This order breaks a domain rule: keep the visits as they are and say so.
         flags = (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)
@@ -158,9 +186,9 @@ def rederive(
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
     ids: set[str] = set()
     for key, current in group.items():
-        ids |= _case_ids(current) | _case_ids(before.visits[key]) | _case_ids(folded.visits[key])
+        ids |= case_ids(current) | case_ids(before.visits[key]) | case_ids(folded.visits[key])
     for case_id in sorted(ids):
-        _merge_case(step, case_id, before.cases.get(case_id), folded.cases.get(case_id))
+        merge_case(step, case_id, before.cases.get(case_id), folded.cases.get(case_id))
     for key in group:
         step.put_visit(folded.visits[key])
     step.last_discharge = folded.last_discharge
@@ -175,25 +203,47 @@ def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
     return any(_after(v, new) for k, v in step.visits.items() if k != visit.key)
 
 
+def _group(step: Step, visit: VisitMemory, new: Arrival) -> dict[str, VisitMemory]:
+    """The visits folded again with ``new``: its own, and every visit with a complete log and
+    events after the earliest event the fold replays (their discharges count in screening)."""
+    group = {visit.key: visit}
+    start = min([new.order, *(e.order for e in visit.log[:1])])
+    while True:
+        more = {
+            k: v
+            for k, v in step.visits.items()
+            if k not in group and v.log_complete and v.log and start < v.log[-1].order
+        }
+        if not more:
+            return group
+        group.update(more)
+        start = min([start, *(v.log[0].order for v in more.values())])
+
+
 def _after(visit: VisitMemory, new: Arrival) -> bool:
     return bool(visit.log) and new.order < visit.log[-1].order
 
 
-def _case_ids(visit: VisitMemory) -> set[str]:
+def case_ids(visit: VisitMemory) -> set[str]:
     ids = {e.case_id for e in visit.effects}
     return ids | {visit.case_id} if visit.case_id is not None else ids
 
 
-def _fold(
+def fold(
     step: Step,
     group: Mapping[str, VisitMemory],
     events: list[tuple[str, Arrival]],
     handlers: Mapping[str, Handler],
     after: Callable[[Step], None],
+    own: set[str] | None = None,
 ) -> Step:
     """The patient's state after applying ``events`` (each to its visit of ``group``) in order,
-    from before those visits began; the patient's other visits and cases stay as they are."""
-    own = set().union(*(_case_ids(v) for v in group.values()))
+    from before those visits began; the patient's other visits and cases stay as they are.
+
+    ``own``: the ids of the cases the fold replaces (default: those of the group's visits).
+    """
+    if own is None:
+        own = set().union(*(case_ids(v) for v in group.values()))
     others = [v for key, v in step.visits.items() if key not in group]
     start = PatientState(
         patient_keys=tuple(step.keys),
@@ -204,7 +254,7 @@ def _fold(
         # a death among these events is found again; one reported elsewhere stands
         deceased=None if any(is_death(a.event) for _, a in events) else step.deceased,
     )
-    fold = Step(start, step.rules, step.now)
+    folding = Step(start, step.rules, step.now)
     fresh = {
         key: VisitMemory(
             visit_number=v.visit_number,
@@ -215,21 +265,22 @@ def _fold(
     }
     for key, item in events:
         # As between two steps: the latest discharge of any visit (see Step.state).
-        fold.last_discharge = latest([v.discharge_time for v in fold.visits.values()])
-        fold.begin(item.event, item.at)
-        fold.patient = facts.patient_ref(item.event.patient.identifiers, step.rules)
+        folding.last_discharge = latest([v.discharge_time for v in folding.visits.values()])
+        folding.begin(item.event, item.at)
+        named = facts.patient_ref(item.event.patient.identifiers, step.rules)
+        folding.patient = facts.current_patient(named, step.keys, step.patient)
         handler = handlers.get(item.event.event)
-        memory = fold.visits.get(key) or fresh[key]
+        memory = folding.visits.get(key) or fresh[key]
         if handler is not None:
-            memory = handler(fold, memory)
-        fold.put_visit(append(memory, item, fresh=True))
-        after(fold)
+            memory = handler(folding, memory)
+        folding.put_visit(append(memory, item, fresh=True))
+        after(folding)
     for key, memory in fresh.items():
-        fold.visits.setdefault(key, memory)
-    return fold
+        folding.visits.setdefault(key, memory)
+    return folding
 
 
-def _merge_case(step: Step, case_id: str, base: Case | None, theirs: Case | None) -> None:
+def merge_case(step: Step, case_id: str, base: Case | None, theirs: Case | None) -> None:
     """Bring the re-derived case into the current one, keeping what others changed."""
     ours = step.cases.get(case_id)
     if ours is None:

@@ -6,7 +6,8 @@ patient keys, the cases (the domain truth) and, separately, per-visit workflow m
 first seen for), what the visit looks like now, its live transfers (:class:`TransferFrame`, which
 A12 matches), one :class:`EventEffect` per triggering event naming exactly the task and referral
 ids it created, so A11 and A13 undo exactly what they cancel, and the visit's applied events in
-event-time order (:class:`LoggedEvent`), from which a late event re-derives the visit.
+event-time order (:class:`LoggedEvent`, with a digest of each message's content), from which a
+late event or a merge re-derives the visit and by which a resent message is recognised.
 :class:`Outcome` is the result of one step: the new state, the changed cases, the trace, and the
 patient keys the caller must hold locked.
 """
@@ -24,7 +25,6 @@ from cm_fhir.domain.referral import DischargePlan
 
 __all__ = [
     "LOG_LIMIT",
-    "PROCESSED_MEMORY",
     "EffectKind",
     "EventEffect",
     "Flag",
@@ -38,8 +38,6 @@ __all__ = [
     "visit_key",
 ]
 
-#: How many processed messages a patient state remembers for duplicate detection.
-PROCESSED_MEMORY = 500
 #: How many events a visit's log keeps; a visit with more cannot be re-derived (see ordering).
 LOG_LIMIT = 200
 
@@ -75,6 +73,12 @@ class EventEffect(_State):
         default=None, description="The discharge plan before a discharge changed it"
     )
     last_discharge_before: Instant | None = None
+    case_before: Case | None = Field(
+        default=None, description="DEATH: the case as it was before the death ended it (A13)"
+    )
+    deceased_before: Instant | None = Field(
+        default=None, description="DEATH: when the patient was known to have died before"
+    )
     undone: bool = False
 
 
@@ -101,6 +105,7 @@ class LoggedEvent(_State):
     at: Instant = Field(description="EVN-6, else EVN-2, else MSH-7, else when it was processed")
     rank: int = Field(default=0, description="Breaks a tie of times: a cancel after what it undoes")
     message_control_id: str
+    digest: str = Field(default="", description="The message's content digest (duplicates)")
     payload: str
 
     @property
@@ -156,7 +161,8 @@ class VisitMemory(_State):
 
 
 class ProcessedMessage(_State):
-    """A message already applied: its control id and a digest of its content."""
+    """A message applied by an earlier version, which remembered the last 500 per patient; kept
+    only so that states stored then still recognise those messages (see ``PatientState``)."""
 
     message_control_id: str
     digest: str
@@ -174,7 +180,10 @@ class PatientState(_State):
     last_discharge: Instant | None = Field(
         default=None, description="The latest discharge of any visit, for readmission screening"
     )
-    processed: tuple[ProcessedMessage, ...] = ()
+    processed: tuple[ProcessedMessage, ...] = Field(
+        default=(),
+        description="Legacy: messages applied before visit logs held digests; never added to",
+    )
     deceased: Instant | None = Field(
         default=None, description="When the patient died (PV1-36 expired or PID-30), if known"
     )
@@ -256,7 +265,7 @@ def visit_key(visit_number: str, authority: str | None) -> str:
 def changed_cases(before: PatientState, after: PatientState) -> tuple[Case, ...]:
     """The cases of ``after`` that are new or differ from ``before``."""
     old = {c.id: c for c in before.cases}
-    return tuple(c for c in after.cases if old.get(c.id) != c)
+    return tuple(c for c in after.cases if (found := old.get(c.id)) is not c and found != c)
 
 
 def latest(values: list[datetime | None]) -> datetime | None:

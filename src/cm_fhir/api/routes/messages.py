@@ -260,6 +260,8 @@ async def _replay(engine: EngineDep, ids: list[int]) -> ReplayResult:
             result.skipped[str(message_id)] = "no such message"
         elif state == InboxState.RECEIVED.value:
             result.skipped[str(message_id)] = "already queued"
+        elif state == InboxState.REFUSED.value:
+            result.skipped[str(message_id)] = "refused at the door; the sender must resend it"
         elif state == InboxState.DEAD_LETTERED.value:
             if await queue.replay_dead_letter(engine, message_id):
                 result.replayed.append(message_id)
