@@ -173,7 +173,7 @@ def test_follow_up_is_booked_before_discharge_and_open_planning_is_settled_per_r
     )
     case = only_case(state)
     follow_up = case.task("follow-up-p1")
-    assert follow_up.kind.value == "follow-up-appointment"
+    assert follow_up.kind == "follow-up-appointment"
     assert follow_up.authored_on == hours(20)
     assert follow_up.due <= EXPECTED_DAY
     assert "7 days" in follow_up.description
@@ -186,7 +186,7 @@ def test_follow_up_is_booked_before_discharge_and_open_planning_is_settled_per_r
     flagged = [t for t in outcomes[2].trace if Flag.PRE_DISCHARGE_WORK_OPEN in t.flags]
     assert [t.target for t in flagged] == ["post-acute-needs-p1"]
     call = tasks["follow-up-call-d1"]
-    assert call.kind.value == "follow-up-call"
+    assert call.kind == "follow-up-call"
     assert call.due == hours(90) + timedelta(hours=72)
     assert call.not_before == hours(90) + timedelta(hours=48)  # a 48-72 h window
     (fhir_call,) = [
