@@ -12,8 +12,10 @@ from pathlib import Path
 
 import orjson
 import pytest
+from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api_case_helpers import case_app, case_json, client, example
 from cm_fhir.domain import Case
 from cm_fhir.errors import MappingError, MappingSpecError
 from cm_fhir.fhir import map_case_json
@@ -24,6 +26,8 @@ from cm_fhir.settings import Settings
 from cm_fhir.worker import Worker, WorkerConfig
 from worker_fixtures import cases, fhir_resources, ingest, rows
 from workflow_messages import Visit, hours
+
+__all__ = ["case_app"]
 
 CODE_SYSTEMS = """\
 task_code:
@@ -114,3 +118,19 @@ async def test_an_a01_creates_a_task_of_the_site_kind(
     # The bundled registry does not know the site's code: mapping with it is a clear error.
     with pytest.raises(MappingError, match="unknown code 'pharmacy-consult'"):
         map_case_json(case, default_registry())
+
+
+async def test_the_api_refuses_a_case_with_an_unlisted_task_kind(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
+    case = example("stroke-inpatient-rehab")
+    task = case.tasks[0].model_copy(update={"kind": "pharmacy-consult"})
+    unknown = case.model_copy(update={"tasks": (task, *case.tasks[1:])})
+    async with client(case_app) as http:
+        response = await http.post("/api/cases", json=case_json(unknown))
+    assert response.status_code == 422, response.text
+    message = response.json()["error"]["message"]
+    assert "unknown code 'pharmacy-consult'" in message
+    assert "task_code" in message
+    assert await rows(worker_engine, cases) == []
+    assert await rows(worker_engine, fhir_resources) == []
