@@ -40,6 +40,7 @@ from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
@@ -117,6 +118,7 @@ class SiteMappings:
     rules: DischargeRules
     maps: AdtConceptMaps
     registry: MappingRegistry
+    programmes: ProgrammesSpec
 
 
 def site_mappings(settings: Settings) -> SiteMappings:
@@ -126,8 +128,9 @@ def site_mappings(settings: Settings) -> SiteMappings:
     if settings.timezone is not None:
         rules = rules.model_copy(update={"timezone": settings.timezone})
     maps, registry = load_adt_concept_maps(folder), site_registry(settings)
-    check_vocabulary(registry, rules, maps, folder)
-    return SiteMappings(rules, maps, registry)
+    programmes = load_programmes(folder)
+    check_vocabulary(registry, rules, maps, folder, programmes)
+    return SiteMappings(rules, maps, registry, programmes)
 
 
 def worker_available() -> bool:
@@ -236,6 +239,7 @@ class Service:
                 [k.get_secret_value() for k in settings.api_keys], settings.auth
             ),
             registry=site_registry(settings),
+            programmes=load_programmes(settings.mappings_dir),
         )
         try:
             await check_database(engine, settings, migrate=self.migrate)

@@ -34,6 +34,7 @@ from cm_fhir.api.errors import error_response, install_error_handlers
 from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
 from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.mapping.programmes import load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.engine import current_revision, engine_for
@@ -143,6 +144,7 @@ def create_app(
                     [key.get_secret_value() for key in settings.api_keys], settings.auth
                 ),
                 registry=site_registry(settings),
+                programmes=load_programmes(settings.mappings_dir),
             )
             ctx.engine = active
             ctx.ingest = MllpListener(

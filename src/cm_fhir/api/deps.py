@@ -36,6 +36,7 @@ from starlette.types import Scope
 
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
+from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
@@ -81,6 +82,7 @@ class AppContext:
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
     registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
+    programmes: ProgrammesSpec = field(default_factory=load_programmes)  # programmes.yaml
 
 
 def get_context(request: Request) -> AppContext:

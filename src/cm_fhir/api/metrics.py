@@ -32,6 +32,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
 from cm_fhir.store.case_tables import outbox, trace
+from cm_fhir.store.caseload import Caseload, caseloads
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
 from cm_fhir.workflow import Flag
@@ -62,6 +63,7 @@ class _Snapshot:
     oldest_pending_age: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
+    caseloads: list[Caseload] = field(default_factory=list)
 
 
 def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> Any:
@@ -185,6 +187,19 @@ class _SnapshotCollector(Collector):
             "Age of the oldest pending FHIR write (0 when none).",
             value=snap.oldest_pending_age,
         )
+        open_cases = GaugeMetricFamily(
+            "cm_fhir_caseload_open_cases", "Open cases per case manager.", labels=["owner"]
+        )
+        limits = GaugeMetricFamily(
+            "cm_fhir_caseload_limit",
+            "Caseload limit per case manager (programmes.yaml).",
+            labels=["owner"],
+        )
+        for load in snap.caseloads:
+            open_cases.add_metric([load.owner], load.open_cases)
+            limits.add_metric([load.owner], load.limit)
+        yield open_cases
+        yield limits
         if snap.listener is not None:
             stats = snap.listener
             for name, text in LISTENER_COUNTERS.items():
@@ -204,6 +219,7 @@ class _SnapshotCollector(Collector):
 async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
     async with context.engine.connect() as connection:
         snap = await _snapshot(connection)
+        snap.caseloads = await caseloads(connection, context.programmes)
     snap.listener = context.listener.stats if context.listener is not None else None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snap))

@@ -17,6 +17,7 @@ import pydantic
 from cm_fhir.errors import MappingSpecError
 from cm_fhir.mapping.adt_maps import ADT_CONCEPT_MAPS_FILE, AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.loader import load_with_overrides
+from cm_fhir.mapping.programmes import PROGRAMMES_FILE, ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import (
     CODE_SYSTEMS_FILE,
     IDENTITY_FILE,
@@ -34,6 +35,7 @@ MAPPING_FILES: dict[str, type[pydantic.BaseModel]] = {
     STATUS_MAPS_FILE: StatusMapsSpec,
     ADT_CONCEPT_MAPS_FILE: AdtConceptMaps,
     DISCHARGE_RULES_FILE: DischargeRules,
+    PROGRAMMES_FILE: ProgrammesSpec,
 }
 
 
@@ -68,7 +70,9 @@ def check_mappings(site_dir: Path | None = None) -> MappingReport:
     if not problems:
         try:
             rules, maps = load_discharge_rules(site_dir), load_adt_concept_maps(site_dir)
-            check_vocabulary(load_registry(site_dir), rules, maps, site_dir)
+            check_vocabulary(
+                load_registry(site_dir), rules, maps, site_dir, load_programmes(site_dir)
+            )
         except MappingSpecError as exc:
             problems.append(exc)
     return MappingReport(checked, problems)

@@ -15,10 +15,11 @@ from pathlib import Path
 from cm_fhir.errors import MappingSpecError
 from cm_fhir.mapping.adt_maps import ADT_CONCEPT_MAPS_FILE, AdtConceptMaps
 from cm_fhir.mapping.loader import bundled_mappings_dir
+from cm_fhir.mapping.programmes import PROGRAMMES_FILE, ProgrammesSpec
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules, TaskRule
 
-__all__ = ["check_vocabulary", "map_codes", "rule_codes"]
+__all__ = ["check_vocabulary", "map_codes", "programme_codes", "rule_codes"]
 
 #: (key path in the file, code system key in code-systems.yaml, code)
 CodeUse = tuple[str, str, str]
@@ -50,6 +51,14 @@ def rule_codes(rules: DischargeRules) -> Iterator[CodeUse]:
         yield f"{where}.type", "referral_type", referral.type
 
 
+def programme_codes(programmes: ProgrammesSpec) -> Iterator[CodeUse]:
+    """Every programme and model code ``programmes.yaml`` names."""
+    for name, programme in programmes.programmes.items():
+        yield f"programmes.{name}", "programme", name
+        for model in programme.models:
+            yield f"programmes.{name}.models.{model}", "case_management_model", model
+
+
 def map_codes(maps: AdtConceptMaps) -> Iterator[CodeUse]:
     """Every disposition code the ADT concept maps produce."""
     disposition = maps.discharge_disposition
@@ -70,6 +79,7 @@ def check_vocabulary(
     rules: DischargeRules,
     maps: AdtConceptMaps | None = None,
     override_dir: Path | None = None,
+    programmes: ProgrammesSpec | None = None,
 ) -> None:
     """Refuse a rule or concept-map target naming a code ``code-systems.yaml`` does not list.
 
@@ -84,6 +94,9 @@ def check_vocabulary(
     if maps is not None:
         maps_file = _source(ADT_CONCEPT_MAPS_FILE, override_dir)
         uses += [(maps_file, use) for use in map_codes(maps)]
+    if programmes is not None:
+        programmes_file = _source(PROGRAMMES_FILE, override_dir)
+        uses += [(programmes_file, use) for use in programme_codes(programmes)]
     for file, (where, system, code) in uses:
         if not registry.knows(system, code):
             raise MappingSpecError(

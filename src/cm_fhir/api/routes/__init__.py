@@ -20,6 +20,7 @@ ROUTE_MODULES = (
     "messages",
     "outbox",
     "cases",
+    "case_managers",
     "fhir",
 )
 
