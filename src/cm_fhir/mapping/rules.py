@@ -54,6 +54,7 @@ __all__ = [
     "DischargeRules",
     "DischargeStepRules",
     "IdentityRules",
+    "OutcomeRules",
     "PartySpec",
     "PendingDischargeRules",
     "PostAcuteRule",
@@ -360,6 +361,15 @@ class DischargeStepRules(Rules):
         return self
 
 
+class OutcomeRules(Rules):
+    """Outcome evaluation: how long after a discharge an admission or ED visit counts."""
+
+    window: Duration = Field(
+        default=timedelta(days=30),
+        description="An inpatient admission or ED visit this soon after a discharge is counted",
+    )
+
+
 class DischargeRules(Rules):
     """``mappings/discharge-rules.yaml``."""
 
@@ -380,6 +390,7 @@ class DischargeRules(Rules):
     pending_discharge: PendingDischargeRules = Field(default_factory=PendingDischargeRules)
     discharge: DischargeStepRules
     death: DeathRules = Field(default_factory=DeathRules)
+    outcome: OutcomeRules = Field(default_factory=OutcomeRules)
 
     @field_validator("timezone")
     @classmethod
