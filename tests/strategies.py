@@ -10,6 +10,7 @@ round trip unchanged. Text avoids control characters, which FHIR strings do not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -53,6 +54,7 @@ from cm_fhir.domain import (
     RiskLevel,
     Screening,
     StatusChange,
+    Strength,
     Task,
     TaskIntent,
     TaskStatus,
@@ -164,7 +166,7 @@ def goal_targets(draw: Draw) -> GoalTarget:
 
 
 @st.composite
-def goals(draw: Draw, goal_id: str) -> Goal:
+def goals(draw: Draw, goal_id: str, strength_ids: Sequence[str] = ()) -> Goal:
     target = draw(maybe(goal_targets()))
     start = draw(maybe(days))
     due = draw(days.filter(lambda d: start is None or d >= start))
@@ -181,6 +183,11 @@ def goals(draw: Draw, goal_id: str) -> Goal:
         priority=draw(st.sampled_from(GoalPriority)),
         expressed_by=draw(maybe(parties())),
         addresses=draw(few(codes)),
+        builds_on=tuple(
+            draw(st.lists(st.sampled_from(strength_ids), unique=True, max_size=2))
+            if strength_ids
+            else ()
+        ),
     )
 
 
@@ -203,7 +210,7 @@ def status_histories(draw: Draw) -> tuple[tuple[StatusChange, ...], datetime | N
 
 
 @st.composite
-def assessments(draw: Draw, assessment_id: str) -> Assessment:
+def assessments(draw: Draw, assessment_id: str, strength_ids: Sequence[str] = ()) -> Assessment:
     status = draw(st.sampled_from(AssessmentStatus))
     summary = draw(text if status == AssessmentStatus.COMPLETED else maybe(text))
     return Assessment(
@@ -215,6 +222,7 @@ def assessments(draw: Draw, assessment_id: str) -> Assessment:
         performer=draw(parties()),
         summary=summary,
         findings=draw(few(text)),
+        strengths=tuple(Strength(id=i, description=draw(text)) for i in strength_ids),
     )
 
 
@@ -354,6 +362,8 @@ def cases(draw: Draw) -> Case:
     care_plan = draw(maybe(care_plans(plan_ids[0], goal_ids)))
     discharge_plan = draw(maybe(discharge_plans(plan_ids[1])))
     present = [p.id for p in (care_plan, discharge_plan) if p is not None]
+    assessment_ids = draw(unique_ids(3))
+    strength_ids = draw(unique_ids(3)) if assessment_ids else []
     return Case(
         id=draw(local_ids),
         patient=draw(patients),
@@ -370,9 +380,12 @@ def cases(draw: Draw) -> Case:
         encounters=draw(few(identifiers)),
         coverage=draw(few(coverages)),
         screening=draw(maybe(screenings)),
-        assessments=tuple(draw(assessments(i)) for i in draw(unique_ids(3))),
+        assessments=tuple(
+            draw(assessments(i, strength_ids if n == 0 else ()))
+            for n, i in enumerate(assessment_ids)
+        ),
         risk=draw(maybe(risks)),
-        goals=tuple(draw(goals(i)) for i in goal_ids),
+        goals=tuple(draw(goals(i, strength_ids)) for i in goal_ids),
         care_plan=care_plan,
         tasks=tuple(draw(tasks(i, present, goal_ids)) for i in draw(unique_ids(4))),
         referrals=tuple(draw(referrals(i, present)) for i in draw(unique_ids(3))),

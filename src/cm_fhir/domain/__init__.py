@@ -6,7 +6,13 @@ discharge plan and the outcome evaluation. Forbidden changes raise
 :class:`cm_fhir.errors.DomainError`.
 """
 
-from cm_fhir.domain.assessment import Assessment, OutcomeEvaluation, RiskEvaluation, Screening
+from cm_fhir.domain.assessment import (
+    Assessment,
+    OutcomeEvaluation,
+    RiskEvaluation,
+    Screening,
+    Strength,
+)
 from cm_fhir.domain.case import (
     CASE_TRANSITIONS,
     CareTeam,
@@ -101,6 +107,7 @@ __all__ = [
     "RiskLevel",
     "Screening",
     "StatusChange",
+    "Strength",
     "Task",
     "TaskIntent",
     "TaskKind",

@@ -79,6 +79,8 @@ class Goal(DomainModel):
     """Who set the goal (the patient, a clinician)."""
     addresses: tuple[Code, ...] = ()
     """Conditions or needs the goal addresses (coded)."""
+    builds_on: tuple[LocalId, ...] = ()
+    """Strengths (ids of the case's assessments' strengths) the goal builds on."""
 
     @model_validator(mode="after")
     def _smart(self) -> Self:

@@ -8,6 +8,7 @@ post-acute provider, needs, barriers, follow-up) sit in the ``cm-discharge-plan`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cm_fhir.domain.case import Case
@@ -37,7 +38,12 @@ GOAL_PRIORITY = "http://terminology.hl7.org/CodeSystem/goal-priority"
 US_CORE_CAREPLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 
 
-def goal(ctx: CaseContext, g: Goal) -> Json:
+#: The Goal.note of a strength the goal builds on: its id is this prefix and the strength's id.
+STRENGTH_NOTE_PREFIX = "strength-"
+
+
+def goal(ctx: CaseContext, g: Goal, strengths: Mapping[str, str] | None = None) -> Json:
+    """The Goal; ``strengths`` (id -> description) word the notes of the strengths it builds on."""
     out = ctx.head("Goal", ctx.id_for("Goal", "goal", g.id), "goal")
     if g.addresses:
         out["contained"] = contained_conditions(ctx, "addr", g.addresses)
@@ -71,6 +77,15 @@ def goal(ctx: CaseContext, g: Goal) -> Json:
         out["expressedBy"] = dt.reference(g.expressed_by)
     if g.addresses:
         out["addresses"] = [{"reference": f"#addr-{i}"} for i in range(1, len(g.addresses) + 1)]
+    if g.builds_on:
+        known = strengths or {}
+        out["note"] = [
+            {
+                "id": f"{STRENGTH_NOTE_PREFIX}{sid}",
+                "text": f"Builds on the patient's strength: {known.get(sid, sid)}",
+            }
+            for sid in g.builds_on
+        ]
     return out
 
 
@@ -207,6 +222,11 @@ def parse_goal(resource: Json, local_id: str) -> Goal:
         expressed_by=dt.parse_reference(expressed, f"{path}.expressedBy") if expressed else None,
         addresses=parse_contained_conditions(
             resource, resource.get("addresses", []), f"{path}.addresses"
+        ),
+        builds_on=tuple(
+            note["id"].removeprefix(STRENGTH_NOTE_PREFIX)
+            for note in resource.get("note", [])
+            if str(note.get("id", "")).startswith(STRENGTH_NOTE_PREFIX)
         ),
     )
 

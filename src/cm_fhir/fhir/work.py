@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm_fhir.domain.assessment import Assessment, RiskEvaluation
+from cm_fhir.domain.assessment import Assessment, RiskEvaluation, Strength
 from cm_fhir.domain.codes import (
     AssessmentKind,
     AssessmentStatus,
@@ -84,6 +84,10 @@ def assessment(ctx: CaseContext, a: Assessment) -> Json:
     if a.summary is not None:
         outputs.append({"type": {"text": "summary"}, "valueString": a.summary})
     outputs += [{"type": {"text": "finding"}, "valueString": f} for f in a.findings]
+    outputs += [
+        {"id": s.id, "type": {"text": "strength"}, "valueString": s.description}
+        for s in a.strengths
+    ]
     if outputs:
         out["output"] = outputs
     return out
@@ -214,6 +218,11 @@ def parse_assessment(ctx: CaseContext, resource: Json, local_id: str) -> Assessm
         summary=summaries[0] if summaries else None,
         findings=tuple(
             o["valueString"] for o in outputs if o.get("type", {}).get("text") == "finding"
+        ),
+        strengths=tuple(
+            Strength(id=o["id"], description=o["valueString"])
+            for o in outputs
+            if o.get("type", {}).get("text") == "strength"
         ),
     )
 
