@@ -2,23 +2,33 @@
 
 Pure apart from reading the file once in :func:`load_programmes`. A case-management model is more
 than a label on ``EpisodeOfCare.type``: intensive case management means a small caseload, for
-example. The file sets a caseload limit (open cases per case manager) for every programme, and
-lets a programme or a model within it lower it. Programme and model codes are codes of
-``code-systems.yaml``, checked across files by :mod:`cm_fhir.mapping.vocabulary`.
+example, and frequent contact. The file sets recurring contacts per model (a weekly home visit for
+intensive case management: :mod:`cm_fhir.workflow.cadence`) and a caseload limit (open cases per
+case manager) for every programme, and lets a programme or a model within it lower it. Programme
+and model codes are codes of ``code-systems.yaml``, checked across files by
+:mod:`cm_fhir.mapping.vocabulary`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Final
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from cm_fhir.domain.codes import ModelCode, ProgrammeCode
+from cm_fhir.domain.codes import ModelCode, ProgrammeCode, TaskKind
 from cm_fhir.mapping.loader import load_with_overrides
+from cm_fhir.mapping.rules import Duration
 
-__all__ = ["PROGRAMMES_FILE", "ModelRules", "ProgrammeRules", "ProgrammesSpec", "load_programmes"]
+__all__ = [
+    "PROGRAMMES_FILE",
+    "ContactRule",
+    "ModelRules",
+    "ProgrammeRules",
+    "ProgrammesSpec",
+    "load_programmes",
+]
 
 PROGRAMMES_FILE: Final = "programmes.yaml"
 
@@ -27,11 +37,23 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ContactRule(_Spec):
+    """A recurring contact: one open task of ``kind`` at a time, the next due ``every`` after the
+    previous one was due (the first ``every`` after the case opened)."""
+
+    kind: TaskKind
+    description: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+    every: Duration
+
+
 class ModelRules(_Spec):
     """What a case-management model changes within a programme."""
 
     caseload_limit: int | None = Field(
         default=None, ge=1, le=10_000, description="Open cases per case manager for this model"
+    )
+    contacts: list[ContactRule] = Field(
+        default_factory=list, description="Recurring contacts, e.g. a weekly home visit"
     )
 
 
@@ -66,6 +88,19 @@ class ProgrammesSpec(_Spec):
         if limits:
             return min(limits)
         return rules.caseload_limit or self.caseload_limit
+
+    def contacts(self, programme: str, models: Iterable[str]) -> list[tuple[str, ContactRule]]:
+        """The recurring contacts a case of ``programme`` with ``models`` gets, each with its
+        name (``<model>-<kind>``), in the order of the models."""
+        rules = self.programmes.get(programme)
+        if rules is None:
+            return []
+        return [
+            (f"{code}-{contact.kind}", contact)
+            for code in models
+            if (model := rules.models.get(code)) is not None
+            for contact in model.contacts
+        ]
 
     def caseload_limit_of(self, cases: Iterable[tuple[str, Iterable[str]]]) -> int:
         """A case manager's limit: the smallest limit any of their open cases sets (the default

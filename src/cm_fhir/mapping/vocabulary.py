@@ -55,8 +55,11 @@ def programme_codes(programmes: ProgrammesSpec) -> Iterator[CodeUse]:
     """Every programme and model code ``programmes.yaml`` names."""
     for name, programme in programmes.programmes.items():
         yield f"programmes.{name}", "programme", name
-        for model in programme.models:
-            yield f"programmes.{name}.models.{model}", "case_management_model", model
+        for model, rules in programme.models.items():
+            where = f"programmes.{name}.models.{model}"
+            yield where, "case_management_model", model
+            for i, contact in enumerate(rules.contacts):
+                yield f"{where}.contacts[{i}].kind", "task_code", contact.kind
 
 
 def map_codes(maps: AdtConceptMaps) -> Iterator[CodeUse]:

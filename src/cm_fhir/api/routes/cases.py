@@ -28,6 +28,7 @@ from cm_fhir.api.deps import (
     EngineDep,
     ReadPrincipal,
     WritePrincipal,
+    get_context,
     get_registry,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
@@ -52,6 +53,7 @@ from cm_fhir.store.case_repo import (
     list_cases,
     read_case,
 )
+from cm_fhir.workflow.cadence import with_contacts
 
 __all__ = ["router"]
 
@@ -116,6 +118,7 @@ async def post_case(
     request: Request, case: Case, engine: EngineDep, audit: AuditDep, _: WritePrincipal
 ) -> Response:
     now = datetime.now(UTC)
+    case = with_contacts(case, get_context(request).programmes, now)
     async with engine.begin() as connection:
         stored = await connection.run_sync(create_case, case, get_registry(request), now)
         await audit.record("create", "case", case.id, connection=connection)
@@ -229,16 +232,23 @@ class CaseChange:
     async def apply(
         self, change: Callable[[Case], Case], action: str, target: str | None = None
     ) -> Response:
-        """Run ``change`` on the case in one transaction (see :func:`change_case`)."""
+        """Run ``change`` on the case in one transaction (see :func:`change_case`), then add the
+        recurring contacts the case's models ask for (:func:`with_contacts`)."""
+        now = datetime.now(UTC)
+        programmes = get_context(self.request).programmes
+
+        def changed(case: Case) -> Case:
+            return with_contacts(change(case), programmes, now)
+
         try:
             async with self.engine.begin() as connection:
                 stored = await connection.run_sync(
                     change_case,
                     self.case_id,
-                    change,
+                    changed,
                     get_registry(self.request),
                     expected_version=_version(self.if_match),
-                    now=datetime.now(UTC),
+                    now=now,
                     action=action,
                     target=target,
                 )
