@@ -7,7 +7,9 @@ keeps everything in memory and is shared by the whole session, so tests isolate 
 fresh identifiers. When Node.js or the server's npm packages (`make fhir-server-deps`) are missing,
 every test that uses the fixture is skipped with the reason; a server that is installed but fails
 to start fails the test. ``capped_fhir_server`` is a second server that refuses transactions of
-more than :data:`TRANSACTION_CAP` entries.
+more than :data:`TRANSACTION_CAP` entries. ``faulty_fhir_server`` is a third one whose fault mode
+tests drive through :class:`FhirFaults` (injected 503/429, delays, dropped connections, hidden
+transaction support, request counts).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 SERVER_DIR = Path(__file__).parent / "fhir_server"
@@ -104,3 +108,63 @@ def capped_fhir_server() -> Iterator[str]:
     """Like ``fhir_server``, but refusing transactions of more than :data:`TRANSACTION_CAP`
     entries, as servers that cap their transaction size do."""
     yield from _serve(str(TRANSACTION_CAP))
+
+
+class FhirFaults:
+    """The fault mode of a test FHIR server (``tests/fhir_server/faults.mjs``): set and clear
+    faults, read and reset the request counts. ``base_url`` is the FHIR base (``.../fhir``)."""
+
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self._root = base_url.removesuffix("/fhir")
+
+    def set(self, **faults: Any) -> dict[str, Any]:
+        """Replace the faults (keys of faults.mjs, e.g. ``fail_first_n=3, retry_after=1``)."""
+        response = httpx.post(f"{self._root}/$test-faults", json=faults)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def clear(self) -> None:
+        httpx.delete(f"{self._root}/$test-faults").raise_for_status()
+
+    def requests(self) -> dict[str, Any]:
+        """Counts since the last reset: total, by_method, by_type, by_request, faults."""
+        response = httpx.get(f"{self._root}/$test-requests")
+        response.raise_for_status()
+        return dict(response.json())
+
+    def reset_requests(self) -> None:
+        httpx.delete(f"{self._root}/$test-requests").raise_for_status()
+
+    def require_auth(self, client_id: str, **registration: Any) -> None:
+        """Register a SMART client (``jwks=...`` and/or ``client_secret=...``,
+        ``token_lifetime=...``): FHIR requests then need a token from ``/auth/token``."""
+        body = {"client_id": client_id, **registration}
+        httpx.post(f"{self._root}/$test-auth", json=body).raise_for_status()
+
+    def revoke_tokens(self) -> None:
+        httpx.post(f"{self._root}/$test-auth/revoke").raise_for_status()
+
+    def disable_auth(self) -> None:
+        httpx.delete(f"{self._root}/$test-auth").raise_for_status()
+
+
+@pytest.fixture(scope="session")
+def _faulty_server_url() -> Iterator[str]:
+    yield from _serve()
+
+
+@pytest.fixture
+def faulty_fhir_server(_faulty_server_url: str) -> Iterator[FhirFaults]:
+    """A test FHIR server of its own for fault and auth tests (shared by the session, so other
+    tests never meet a fault): no faults, no auth and zero counts at the start of each test, faults
+    and auth cleared after it."""
+    faults = FhirFaults(_faulty_server_url)
+    faults.clear()
+    faults.disable_auth()
+    faults.reset_requests()
+    try:
+        yield faults
+    finally:
+        faults.clear()
+        faults.disable_auth()

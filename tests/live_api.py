@@ -5,7 +5,7 @@
 port. ``raw_exchange`` writes request bytes on a plain socket and reads one response, so a test
 can send headers that promise a body it never sends, and see whether the server answers anyway
 and whether it closes the connection. ``start_serve`` starts ``cm-fhir serve`` and reads its
-start-up lines (API URL, generated API key).
+start-up lines (API URL, generated API key, MLLP port).
 """
 
 from __future__ import annotations
@@ -124,11 +124,19 @@ def chunk(data: bytes) -> bytes:
 
 @dataclass
 class ServeProcess:
-    """A running ``cm-fhir serve``: its process, API URL and the key it generated."""
+    """A running ``cm-fhir serve``: its process, API URL, the key it generated, its MLLP port,
+    and the FHIR endpoints it syncs to (as its start-up lines name them)."""
 
     process: asyncio.subprocess.Process
     url: str
     key: str
+    mllp_port: int = 0
+    endpoints: str = ""
+
+    def found(self) -> dict[str, str]:
+        """The start-up facts as strings, for tests that read them by name."""
+        facts = {"url": self.url, "key": self.key, "mllp_port": str(self.mllp_port)}
+        return {**facts, "endpoints": self.endpoints} if self.endpoints else facts
 
     async def stop(self) -> None:
         if self.process.returncode is None:
@@ -138,10 +146,20 @@ class ServeProcess:
 
 
 async def start_serve(
-    data_dir: Path, *extra: str, env: dict[str, str] | None = None
+    data_dir: Path | None,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    log_level: str = "WARNING",
+    stderr: int = asyncio.subprocess.DEVNULL,
 ) -> ServeProcess:
-    """Start ``cm-fhir serve`` on free ports over a SQLite file in ``data_dir``."""
+    """Start ``cm-fhir serve`` on free ports, without the caller's ``CM_FHIR_`` environment.
+
+    ``data_dir``: the SQLite folder (None: the default one, relative to ``cwd``). The one
+    start-up reader of the suite: every test that runs ``serve`` as a process comes here.
+    """
     clean = {k: v for k, v in os.environ.items() if not k.startswith("CM_FHIR_")}
+    where = ("--data-dir", str(data_dir)) if data_dir is not None else ()
     process = await asyncio.create_subprocess_exec(
         CLI,
         "serve",
@@ -149,27 +167,31 @@ async def start_serve(
         "0",
         "--mllp-port",
         "0",
-        "--data-dir",
-        str(data_dir),
+        *where,
         "--log-level",
-        "WARNING",
+        log_level,
         *extra,
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
+        stderr=stderr,
         env={**clean, **(env or {})},
+        cwd=cwd,
     )
     assert process.stdout is not None
-    url = key = ""
+    serve = ServeProcess(process, "", "")
     async with asyncio.timeout(60):
         while True:
             line = (await process.stdout.readline()).decode()
             assert line, "serve exited before it was ready"
             if line.startswith("cm-fhir api on "):
-                url = line.split()[3]
+                serve.url = line.split()[3]
             elif line.startswith("cm-fhir API key"):
-                key = line.split()[-1]
+                serve.key = line.split()[-1]
+            elif line.startswith("cm-fhir listening on "):
+                serve.mllp_port = int(line.rsplit(":", 1)[1])
+            elif line.startswith("cm-fhir sync to FHIR endpoint(s): "):
+                serve.endpoints = line.split(": ", 1)[1].strip()
             elif line.startswith("cm-fhir ready"):
-                return ServeProcess(process, url, key)
+                return serve
 
 
 def rss_bytes(pid: int) -> int:

@@ -10,18 +10,26 @@ from cm_fhir.api.errors import install_error_handlers
 from cm_fhir.errors import (
     CmFhirError,
     DomainError,
-    FhirConflictError,
     MappingError,
-    ResourceNotFound,
+    RecordConflict,
+    RecordNotFound,
+    RecordVersionMismatch,
+    RemoteConflict,
+    RemoteNotFound,
+    RemoteUnavailable,
     SearchParameterError,
     StoreError,
 )
 
 CASES: list[tuple[CmFhirError, int]] = [
     (SearchParameterError("_sort", "not supported"), 400),
-    (FhirConflictError(412, "version mismatch"), 412),
-    (FhirConflictError(409, "conflict"), 409),
-    (ResourceNotFound(404, "no such case"), 404),
+    (RecordVersionMismatch("version mismatch"), 412),
+    (RecordConflict("conflict"), 409),
+    (RecordNotFound("no such case"), 404),
+    # A remote server's refusal is a gateway error here, never its own status.
+    (RemoteNotFound(404, "Task"), 502),
+    (RemoteConflict(409, "Task"), 502),
+    (RemoteUnavailable(503, "Task"), 503),
     (MappingError("cannot map", path="tasks[0]"), 422),
     (DomainError("case 'C-1' is closed: it takes no new tasks"), 409),
     (StoreError("database unavailable"), 503),

@@ -188,13 +188,51 @@ async def test_bad_requests_are_400_operation_outcomes(
     case_app: FastAPI, path: str, where: str
 ) -> None:
     async with client(case_app) as http:
-        response = await http.get(path)
+        response = await http.get(path, headers={"Prefer": "handling=strict"})
     assert response.status_code == 400
     assert response.headers["content-type"].startswith("application/fhir+json")
     outcome = response.json()
     assert outcome["resourceType"] == "OperationOutcome"
     assert outcome["issue"][0]["severity"] == "error"
     assert outcome["issue"][0]["expression"] == [where]
+
+
+async def test_unsupported_parameters_are_ignored_unless_strict(case_app: FastAPI) -> None:
+    await _load(case_app)
+    async with client(case_app) as http:
+        plain = (await http.get("/fhir/Task", params={"status": "requested"})).json()
+        lenient = await http.get(
+            "/fhir/Task",
+            params={"status": "requested", "subject": "x", "_totalMethod": "count", "_sort": "-x"},
+        )
+        strict = await http.get(
+            "/fhir/Task?status=requested&subject=x",
+            headers={"Prefer": "return=minimal; handling=strict"},
+        )
+        read = await http.get(f"/fhir/Task/{plain['entry'][0]['resource']['id']}?foo=1")
+        count = (
+            await http.get("/fhir/Task?status=requested&_summary=count&_total=accurate")
+        ).json()
+        subset = (await http.get("/fhir/Task?status=requested&_elements=status,owner")).json()
+    assert lenient.status_code == 200
+    body = lenient.json()
+    assert body["total"] == plain["total"] > 0
+    self_link = next(link["url"] for link in body["link"] if link["relation"] == "self")
+    assert "status=requested" in self_link
+    assert "subject" not in self_link
+    assert "_totalMethod" not in self_link
+    assert "_sort" not in self_link
+    assert strict.status_code == 400
+    assert strict.json()["issue"][0]["expression"] == ["subject"]
+    assert read.status_code == 200
+    assert count["total"] == plain["total"]
+    assert "entry" not in count
+    assert [link["relation"] for link in count["link"]] == ["self"]
+    resource = subset["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "status", "owner"}
+    assert {"code": "SUBSETTED"}.items() <= resource["meta"]["tag"][-1].items()
+    next_link = next((link["url"] for link in subset["link"] if link["relation"] == "next"), "")
+    assert not next_link or "_elements=status%2Cowner" in next_link
 
 
 async def test_unknown_ids_are_404(case_app: FastAPI) -> None:

@@ -76,6 +76,14 @@ async def test_filters_and_paging(api_client: httpx.AsyncClient) -> None:
     first = (await api_client.get("/api/messages", params={"limit": 2})).json()
     assert [m["control_id"] for m in first["items"]] == ["F-2", "F-1"]
     assert await ids(before=first["next_before"]) == ["F-0"]
+    following = (await api_client.get(first["next"])).json()  # every list pages by `next`
+    assert [m["control_id"] for m in following["items"]] == ["F-0"]
+    assert following["next"] is None
+    assert await ids(control_id="F-1") == ["F-1"]
+    assert await ids(control_id="F-") == []
+    sender = (await api_client.get("/api/messages")).json()["items"][0]["sending_application"]
+    assert await ids(sender=sender) == ["F-2", "F-1", "F-0"]
+    assert await ids(sender=sender + "X") == []
 
 
 async def test_validation_errors_name_the_field(api_client: httpx.AsyncClient) -> None:
@@ -144,6 +152,7 @@ async def test_outbox_summary_and_items(api_client: httpx.AsyncClient) -> None:
         ("default", "pending"),
         ("default", "sent"),
         ("default", "failed"),
+        ("default", "superseded"),
     }
     items = await api_client.get("/api/outbox/items", params={"state": "pending", "limit": 5})
     assert items.status_code == 200

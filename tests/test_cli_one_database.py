@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from cm_fhir.cli import app
 from cm_fhir.demo_feed import demo_feed
 from cm_fhir.mllp_client import MllpClient, read_ack
+from live_api import start_serve
 
 CLI = str(Path(sys.executable).parent / "cm-fhir")
 
@@ -45,34 +46,8 @@ async def _cli(folder: Path, *args: str) -> tuple[int, str, str]:
 
 
 async def _start_serve(folder: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        "serve",
-        "--http-port",
-        "0",
-        "--mllp-port",
-        "0",
-        "--log-level",
-        "INFO",
-        cwd=folder,
-        env=_env(),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    assert process.stdout is not None
-    found: dict[str, str] = {}
-    async with asyncio.timeout(60):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            assert line, "serve exited before it was ready"
-            if line.startswith("cm-fhir api on "):
-                found["url"] = line.split()[3]
-            elif line.startswith("cm-fhir listening on "):
-                found["mllp_port"] = line.rsplit(":", 1)[1].strip()
-            elif line.startswith("cm-fhir API key"):
-                found["key"] = line.split()[-1]
-            elif line.startswith("cm-fhir ready"):
-                return process, found
+    serve = await start_serve(None, cwd=folder, log_level="INFO", stderr=asyncio.subprocess.PIPE)
+    return serve.process, serve.found()
 
 
 async def _settled(http: httpx.AsyncClient, count: int) -> list[dict[str, object]]:

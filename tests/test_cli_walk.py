@@ -131,7 +131,7 @@ def test_a_missing_or_broken_config_file_is_named(
 
 BAD_VALUES = {
     "--database-url": ("mysql://db/cm", "database_url"),
-    "--log-level": ("loud", "log_level"),
+    "--log-level": ("loud", "log.level"),
     "--timezone": ("Mars/Olympus", "timezone"),
     "--mappings": ("no-such-folder", "no-such-folder"),
     "--database-schema": ("two, schemas", "database_schema"),

@@ -84,10 +84,44 @@ def test_provenance_target() -> None:
         ("CarePlan", "_summary"),
     ],
 )
-def test_unknown_parameter_or_modifier_is_refused(resource_type: str, key: str) -> None:
+def test_unknown_parameter_or_modifier_is_ignored_or_refused_when_strict(
+    resource_type: str, key: str
+) -> None:
     with pytest.raises(SearchParameterError) as info:
-        parse_search(resource_type, [(key, "x")])
+        parse_search(resource_type, [(key, "x")], strict=True)
     assert info.value.parameter in (key, key.partition(":")[0])
+    lenient = parse_search(resource_type, [(key, "x"), ("_id", "abc-1")])
+    assert lenient.ignored == (key.partition(":")[0] if ":" not in key else key,)
+    assert lenient.params == (("_id", "abc-1"),)
+    assert lenient.criteria == (IdCriterion(("abc-1",)),)
+
+
+def test_result_parameters() -> None:
+    query = parse_search(
+        "Task",
+        [
+            ("_summary", "count"),
+            ("_total", "accurate"),
+            ("_elements", "status,for"),
+            ("_totalMethod", "count"),
+        ],
+    )
+    assert query.summary_count
+    assert query.elements == ("status", "for")
+    assert query.ignored == ("_totalMethod",)
+    assert dict(query.params) == {
+        "_summary": "count",
+        "_total": "accurate",
+        "_elements": "status,for",
+    }
+    assert not parse_search("Task", [("_summary", "false")]).summary_count
+    assert parse_search("Task", [("_summary", "text")]).ignored == ("_summary",)
+    with pytest.raises(SearchParameterError, match="_summary"):
+        parse_search("Task", [("_summary", "text")], strict=True)
+    with pytest.raises(SearchParameterError, match="_elements"):
+        parse_search("Task", [("_elements", "status,for.reference")])
+    with pytest.raises(SearchParameterError, match="_total"):
+        parse_search("Task", [("_total", "all")], strict=True)
 
 
 def test_unknown_type_is_refused() -> None:

@@ -22,6 +22,7 @@ from cm_fhir.profiles import default_validator, error_issues
 from cm_fhir.service import Service
 from cm_fhir.settings import load_settings
 from inbox_fixtures import PG_URL, _pg_admin
+from live_api import start_serve
 
 CLI = str(Path(sys.executable).parent / "cm-fhir")
 
@@ -31,35 +32,8 @@ def _env() -> dict[str, str]:
 
 
 async def _start(tmp_path: Path) -> tuple[asyncio.subprocess.Process, dict[str, str]]:
-    process = await asyncio.create_subprocess_exec(
-        CLI,
-        "serve",
-        "--http-port",
-        "0",
-        "--mllp-port",
-        "0",
-        "--data-dir",
-        str(tmp_path / "data"),
-        "--log-level",
-        "WARNING",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_env(),
-    )
-    assert process.stdout is not None
-    found: dict[str, str] = {}
-    async with asyncio.timeout(30):
-        while True:
-            line = (await process.stdout.readline()).decode()
-            assert line, "serve exited before it was ready"
-            if line.startswith("cm-fhir api on "):
-                found["url"] = line.split()[3]
-            elif line.startswith("cm-fhir listening on "):
-                found["mllp_port"] = line.rsplit(":", 1)[1].strip()
-            elif line.startswith("cm-fhir API key"):
-                found["key"] = line.split()[-1]
-            elif line.startswith("cm-fhir ready"):
-                return process, found
+    serve = await start_serve(tmp_path / "data", stderr=asyncio.subprocess.PIPE)
+    return serve.process, serve.found()
 
 
 async def test_serve_ingests_over_mllp_processes_and_stops_gracefully(tmp_path: Path) -> None:

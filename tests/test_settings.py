@@ -6,6 +6,7 @@ import os
 import re
 from dataclasses import fields
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel
@@ -190,19 +191,27 @@ def test_the_old_schema_setting_names_are_refused_with_the_new_name(
 @pytest.mark.parametrize(
     ("overrides", "named"),
     [
-        ({"log_level": "loud"}, "log_level: 'loud' is not one of DEBUG"),
+        ({"log": {"level": "loud"}}, "log.level: 'loud' is not one of DEBUG"),
         ({"timezone": "Mars/Olympus"}, "timezone: unknown time zone 'Mars/Olympus'"),
         ({"database_schema": "a, b"}, "database_schema: one PostgreSQL schema name"),
         ({"mappings_dir": "no-such-folder"}, "mappings_dir: no-such-folder is not a folder"),
     ],
 )
-def test_site_settings_are_checked_at_load(overrides: dict[str, str], named: str) -> None:
+def test_site_settings_are_checked_at_load(overrides: dict[str, Any], named: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(named)):
         load_settings(overrides=overrides)
 
 
 def test_log_level_is_case_insensitive() -> None:
-    assert load_settings(overrides={"log_level": "warning"}).log_level == "WARNING"
+    assert load_settings(overrides={"log": {"level": "warning"}}).log.level == "WARNING"
+
+
+def test_the_old_log_level_name_is_refused_naming_the_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CM_FHIR_LOG_LEVEL", "DEBUG")
+    with pytest.raises(ConfigError, match="CM_FHIR_LOG_LEVEL is now CM_FHIR_LOG__LEVEL"):
+        load_settings()
 
 
 def test_mappings_dir_and_timezone_from_the_config_file_reach_the_workflow(

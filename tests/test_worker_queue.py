@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.store.inbox import NewMessage, store_messages
+from cm_fhir.store.queue import replay
 from cm_fhir.worker import replay_dead_letter
 from cm_fhir.workflow import Outcome, PatientState, apply_event
 from worker_fixtures import cases, inbox_messages, ingest, patient_states, rows, settle_worker
@@ -121,3 +122,14 @@ async def test_parse_failures_fail_and_unsupported_messages_are_ignored(
     assert inbox["X2"].state == "ignored"
     assert inbox["X1"].attempts == inbox["X2"].attempts == 1  # the worker decided, not intake
     assert result.processed == 1
+
+
+async def test_replay_leaves_messages_refused_at_the_door_alone(worker_engine: AsyncEngine) -> None:
+    good = Visit(mrn="MRN-RPL", visit="VRPL").raw("A01", "RPL-1", hours(0))
+    await ingest(worker_engine, [good, "this is not HL7 at all"])
+    await settle_worker(worker_engine)
+    states = {r.control_id: r.state for r in await rows(worker_engine, inbox_messages)}
+    assert sorted(states.values()) == ["processed", "refused"]
+    assert await replay(worker_engine) == 1  # the processed row only
+    after = {r.control_id: r.state for r in await rows(worker_engine, inbox_messages)}
+    assert sorted(after.values()) == ["received", "refused"]

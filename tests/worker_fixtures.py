@@ -32,7 +32,15 @@ from cm_fhir.workflow import PatientState, apply_event
 from inbox_fixtures import Database
 from workflow_messages import NOW, maps, rules
 
-_TABLES = ("inbox_message", "patient_states", "cases", "outbox", "trace", "fhir_resources")
+_TABLES = (
+    "inbox_message",
+    "patient_states",
+    "cases",
+    "outbox",
+    "trace",
+    "fhir_resources",
+    "sync_state",
+)
 
 
 @pytest.fixture

@@ -16,11 +16,24 @@
     ├── SearchParameterError        a FHIR search the facade does not support -> 400
     ├── StoreError                  the database refused or could not commit a write (retryable)
     ├── ValidationError             profile violations; carries an OperationOutcome (dict)
-    └── FhirServerError             a FHIR server answered with an error (status, outcome)
-        ├── FhirUnavailableError    connect errors, 429, 5xx: the only retryable class
-        ├── FhirAuthError           401 / 403
-        ├── ResourceNotFound        404 / 410
-        └── FhirConflictError       409 / 412
+    ├── RecordNotFound              a local record (case, resource) does not exist -> 404
+    ├── RecordConflict              a local write conflicts with what is stored -> 409
+    │   └── RecordVersionMismatch   If-Match names another version than the stored one -> 412
+    └── RemoteFhirError             a remote FHIR server refused or failed (status, outcome)
+        ├── RemoteUnavailable       transport errors, timeouts, 5xx (retryable)
+        │   └── CircuitOpen         the endpoint's circuit breaker refuses calls for now
+        ├── RemoteRateLimited       429, with retry_after seconds (retryable)
+        ├── RemoteAuthError         401 / 403
+        ├── RemoteNotFound          404 / 410
+        ├── RemoteConflict          409
+        ├── RemotePreconditionFailed 412 (If-Match mismatch, several conditional matches)
+        └── RemoteInvalid           400 / 422
+            └── RemoteTooCostly     413, or 400/422 with issue code too-costly (e.g. a size cap)
+
+Local conditions (``Record*``) and remote ones (``Remote*``) never share a class, so a 404 from an
+EHR can never be answered to an API client as if one of our records were missing. Only
+``RemoteFhirError.retryable`` errors are retried (``cm_fhir.fhir_client`` maps statuses to classes
+in one table).
 
 Errors of other libraries (hl7apy, pydantic, SQLAlchemy, httpx) are translated into this tree where
 they enter, and never leak past an edge. Messages never contain PHI: they name positions (file, key
@@ -137,26 +150,105 @@ class ValidationError(CmFhirError):
         super().__init__(message)
 
 
-class FhirServerError(CmFhirError):
-    """A FHIR server answered with an error."""
+class RecordNotFound(CmFhirError):
+    """A local record (a case, a stored resource) does not exist."""
 
-    def __init__(self, status: int, message: str, outcome: dict[str, Any] | None = None) -> None:
+    status = 404
+
+
+class RecordConflict(CmFhirError):
+    """A local write conflicts with what is stored."""
+
+    status = 409
+
+
+class RecordVersionMismatch(RecordConflict):
+    """The version a client named (If-Match) is not the stored one."""
+
+    status = 412
+
+
+class RemoteFhirError(CmFhirError):
+    """A remote FHIR server answered with an error, or could not be reached (``status`` None).
+
+    ``outcome`` is the server's OperationOutcome (a dict) when it sent one; it may quote the data
+    sent, so it is kept for the operator's view and never logged. ``retryable`` says whether the
+    same request may succeed later.
+    """
+
+    retryable = False
+    #: Seconds the server (or our circuit breaker) asked to wait before trying again, if said.
+    retry_after: float | None = None
+
+    def __init__(
+        self, status: int | None, message: str, outcome: dict[str, Any] | None = None
+    ) -> None:
         self.status = status
         self.outcome = outcome
-        super().__init__(f"HTTP {status}: {message}")
+        super().__init__(f"HTTP {status}: {message}" if status is not None else message)
 
 
-class FhirUnavailableError(FhirServerError):
-    """Connect errors, 429 and 5xx: the only retryable class."""
+class RemoteUnavailable(RemoteFhirError):
+    """Transport errors, timeouts and 5xx: the server may answer later."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        status: int | None,
+        message: str,
+        outcome: dict[str, Any] | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(status, message, outcome)
 
 
-class FhirAuthError(FhirServerError):
-    """401 or 403."""
+class CircuitOpen(RemoteUnavailable):
+    """The endpoint's circuit breaker is open: no call is made until ``retry_after`` seconds."""
+
+    def __init__(self, endpoint: str, retry_after: float) -> None:
+        self.endpoint = endpoint
+        super().__init__(None, f"circuit open for {endpoint}", retry_after=retry_after)
 
 
-class ResourceNotFound(FhirServerError):
+class RemoteRateLimited(RemoteFhirError):
+    """429: the server asks to slow down; ``retry_after`` seconds when it said so."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        status: int | None,
+        message: str,
+        outcome: dict[str, Any] | None = None,
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(status, message, outcome)
+
+
+class RemoteAuthError(RemoteFhirError):
+    """401 or 403, or a token endpoint that refuses our credentials."""
+
+
+class RemoteNotFound(RemoteFhirError):
     """404 or 410."""
 
 
-class FhirConflictError(FhirServerError):
-    """409 or 412."""
+class RemoteConflict(RemoteFhirError):
+    """409."""
+
+
+class RemotePreconditionFailed(RemoteFhirError):
+    """412: If-Match names an older version, or a conditional write matched several resources."""
+
+
+class RemoteInvalid(RemoteFhirError):
+    """400 or 422: the server refuses the content; ``outcome`` says why."""
+
+
+class RemoteTooCostly(RemoteInvalid):
+    """The server refuses the request's size (413, or issue code ``too-costly``)."""

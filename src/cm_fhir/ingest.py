@@ -53,7 +53,7 @@ from cm_fhir.hl7v2.normalise import decode, split_batch
 from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, IdentityRules
 from cm_fhir.mllp_peers import RefusalLog
 from cm_fhir.store.case_tables import patient_states
-from cm_fhir.store.inbox import NewMessage
+from cm_fhir.store.inbox import NewMessage, StoredMessage
 from cm_fhir.store.tables import InboxState, inbox_messages
 from cm_fhir.store.writer import InboxWriter
 
@@ -174,6 +174,28 @@ class _Prepared:
     unreadable: bool = False
 
 
+def _log_received(messages: list[NewMessage], saved: list[StoredMessage], peer: str) -> None:
+    """One line per stored message: ids and codes only, never content."""
+    if not log.isEnabledFor(logging.INFO):
+        return
+    for message, row in zip(messages, saved, strict=True):
+        sender = f"{message.sending_application or ''}|{message.sending_facility or ''}"
+        event = f"{message.message_type or ''}^{message.trigger_event or ''}"
+        log.info(
+            "message received",
+            extra={
+                "inbox_id": row.id,
+                "sender": None if sender == "|" else sender,
+                "control_id": message.control_id,
+                "event": None if event == "^" else event,
+                "ack_code": row.ack_code,
+                "state": message.state,
+                "duplicate": row.duplicate,
+                "peer": peer,
+            },
+        )
+
+
 def _split(text: str) -> tuple[BatchHeader | None, list[str]]:
     """The batch header (if any) and the messages of a frame.
 
@@ -225,7 +247,9 @@ class FrameIntake:
         replies: list[bytes | None] = [p.reply for p in prepared]
         if to_store:
             try:
-                stored = iter(await self._writer.store_many(to_store))
+                saved = await self._writer.store_many(to_store)
+                _log_received(to_store, saved, peer)
+                stored = iter(saved)
             except StoreError:
                 self.stats.store_failures += 1
                 replies = [
@@ -347,7 +371,11 @@ class FrameIntake:
         away. The row has no control id: it takes no part in duplicate detection, so the same
         message is accepted once the sender is allowed."""
         self.stats.refused_senders += 1
-        log.warning("refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist", peer)
+        log.warning(
+            "refusing a message from %s: MSH-3/MSH-4 not in the sender allowlist",
+            peer,
+            extra={"control_id": header.control_id, "peer": peer},
+        )
         code = acks.response_code(header, "AR")
         reply = None
         if acks.ack_wanted(header, code):

@@ -3,9 +3,11 @@
 :class:`Service` opens the database (creating and migrating the embedded SQLite file itself;
 refusing any other database that is not at the shipped revision, with the command that fixes it),
 then starts the roles asked for: the API under a programmatic uvicorn server on a socket bound
-here (so port 0 works and the port is known before serving), the MLLP listener, and the inbox
+here (so port 0 works and the port is known before serving), the MLLP listener, the inbox
 workers (:class:`cm_fhir.worker.Worker`, found at run time behind :class:`WorkerRole`; a build
-without it runs no worker and says so), which also close the cases that are due. API and
+without it runs no worker and says so), which also close the cases that are due, and the
+``sync`` role (:class:`cm_fhir.sync.runner.SyncWorker`), which delivers the outbox to the
+configured FHIR endpoints (``all`` includes it when an endpoint is configured). API and
 listener share one group-commit inbox writer. The workers use the site's mappings
 (``mappings_dir``) and ``timezone``; a port already in use is refused naming the address.
 Stopping is graceful and ordered: readiness goes false; the listener and the API stop accepting
@@ -45,9 +47,12 @@ from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.mllp_peers import is_loopback
+from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
 from cm_fhir.store.writer import InboxWriter
+from cm_fhir.sync.routing import outbox_routes
+from cm_fhir.sync.runner import SyncWorker
 
 __all__ = [
     "Service",
@@ -71,6 +76,7 @@ class ServiceInfo:
     http_url: str | None = None
     mllp_address: tuple[str, int] | None = None
     workers: int = 0
+    endpoints: tuple[str, ...] = ()
     generated_api_key: str | None = None
     database: str = ""
     notes: list[str] = field(default_factory=list)
@@ -149,7 +155,7 @@ def make_workers(
 ) -> list[WorkerRole]:
     """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL."""
     module = importlib.import_module("cm_fhir.worker")
-    config = module.WorkerConfig.from_settings(settings.worker)
+    config = module.WorkerConfig.from_settings(settings.worker, outbox_routes(settings))
     mappings = site_mappings(settings)
     if count is None:
         count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
@@ -197,8 +203,19 @@ class Service:
         self, settings: Settings, roles: set[Role] | None = None, *, migrate: bool = False
     ) -> None:
         roles = roles or {Role.ALL}
+        try:
+            self.endpoints = settings.endpoints
+        except ValueError as exc:
+            raise ConfigError(f"invalid settings: {exc}") from exc
         if Role.ALL in roles:
             roles = {Role.API, Role.LISTENER, Role.WORKER}
+            if self.endpoints:
+                roles.add(Role.SYNC)
+        if Role.SYNC in roles and not self.endpoints:
+            raise ConfigError(
+                "the sync role needs an EHR endpoint: --ehr-url URL (CM_FHIR_EHR_URL) or "
+                "[[ehr.endpoints]] in the config file"
+            )
         self.roles = roles
         self.migrate = migrate
         self.settings = self._with_credentials(settings)
@@ -208,7 +225,9 @@ class Service:
             self._listener_config = ListenerConfig.from_settings(settings.mllp)
             check_exposure(self._listener_config)
         self.info = ServiceInfo(
-            roles=tuple(r.value for r in (Role.API, Role.LISTENER, Role.WORKER) if r in roles),
+            roles=tuple(
+                r.value for r in (Role.API, Role.LISTENER, Role.WORKER, Role.SYNC) if r in roles
+            ),
             generated_api_key=self._generated,
         )
 
@@ -275,9 +294,18 @@ class Service:
                     asyncio.create_task(w.run(worker_stop), name=f"worker-{n}")
                     for n, w in enumerate(workers)
                 ]
+                purger = RetentionJob(engine, settings.retention)
+                worker_tasks.append(asyncio.create_task(purger.run(worker_stop), name="retention"))
                 self.info.workers = len(workers)
             else:
                 self.info.notes.append("worker: not in this build; messages stay queued")
+        sync_task: asyncio.Task[None] | None = None
+        if Role.SYNC in self.roles:
+            sync = SyncWorker(engine, self.endpoints, settings.ehr)
+            context.sync = sync
+            context.roles["sync"] = "running"
+            sync_task = asyncio.create_task(sync.run(worker_stop), name="sync")
+            self.info.endpoints = tuple(e.name for e in self.endpoints)
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp
@@ -343,5 +371,11 @@ class Service:
             for task in done:
                 if task.exception() is not None:
                     log.error("worker stopped with %s", type(task.exception()).__name__)
+        if sync_task is not None:
+            done, _ = await asyncio.wait([sync_task], timeout=settings.ehr.shutdown_grace)
+            if not done:
+                sync_task.cancel()  # leased rows are sent again when their lease runs out
+            elif sync_task.exception() is not None:
+                log.error("sync stopped with %s", type(sync_task.exception()).__name__)
         waiters[0].cancel()
         log.info("stopped")

@@ -36,15 +36,19 @@ from pydantic_settings import (
 )
 
 from cm_fhir.errors import ConfigError
+from cm_fhir.logs import LEVELS, LogFormat
 from cm_fhir.mllp_peers import parse_networks
+from cm_fhir.retention_policy import RetentionSettings
+from cm_fhir.sync.config import EhrSettings, EndpointSettings, configured_endpoints
 
 __all__ = [
     "DATABASE_DRIVERS",
-    "LOG_LEVELS",
     "AuthSettings",
     "HealthSettings",
     "HttpSettings",
+    "LogSettings",
     "MllpSettings",
+    "RetentionSettings",
     "Role",
     "Settings",
     "WorkerSettings",
@@ -53,7 +57,6 @@ __all__ = [
 ]
 
 SQLITE_FILE_NAME = "cm-fhir.sqlite3"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 #: URL schemes cm-fhir accepts -> the async driver it uses for them.
 DATABASE_DRIVERS = {
     "sqlite": "sqlite+aiosqlite",
@@ -66,7 +69,7 @@ DATABASE_DRIVERS = {
     "postgresql+psycopg": "postgresql+psycopg",
 }
 #: Setting names of earlier releases, and the name that replaced each.
-RENAMED = {"database_search_path": "database_schema"}
+RENAMED = {"database_search_path": "database_schema", "log_level": "log.level"}
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
@@ -76,6 +79,7 @@ class Role(StrEnum):
     API = "api"
     LISTENER = "listener"
     WORKER = "worker"
+    SYNC = "sync"
     ALL = "all"
 
 
@@ -224,6 +228,20 @@ class AuthSettings(_Section):
         return self.jwks_url is not None
 
 
+class LogSettings(_Section):
+    """Log lines of ``serve``, ``listen`` and ``worker`` (stderr)."""
+
+    level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    format: LogFormat = Field(LogFormat.TEXT, description="text, or json: one object per line.")
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        if value.upper() not in LEVELS:
+            raise ValueError(f"{value!r} is not one of {', '.join(LEVELS)}")
+        return value.upper()
+
+
 class Settings(BaseSettings):
     """Everything ``cm-fhir serve`` needs; build it with :func:`load_settings`."""
 
@@ -255,7 +273,6 @@ class Settings(BaseSettings):
         None,
         description="IANA zone of HL7 times without an offset; unset: discharge-rules.yaml (UTC).",
     )
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         (), description="Static API keys, 16+ characters (comma-separated in the environment)."
     )
@@ -264,6 +281,12 @@ class Settings(BaseSettings):
     worker: WorkerSettings = WorkerSettings()
     auth: AuthSettings = AuthSettings()
     health: HealthSettings = HealthSettings()
+    log: LogSettings = LogSettings()
+    retention: RetentionSettings = RetentionSettings()
+    ehr_url: str | None = Field(
+        None, pattern=r"^https?://", description="FHIR base URL of the EHR (endpoint 'default')."
+    )
+    ehr: EhrSettings = EhrSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -302,15 +325,6 @@ class Settings(BaseSettings):
             raise ValueError(f"unknown time zone {value!r} (an IANA name: Europe/Berlin)") from exc
         return value
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _level(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            if value.upper() not in LOG_LEVELS:
-                raise ValueError(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
-            return value.upper()
-        return value
-
     @field_validator("api_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: Any) -> Any:
@@ -337,6 +351,11 @@ class Settings(BaseSettings):
         if self.database_url is not None:
             return self.database_url
         return f"sqlite:///{(self.data_dir / SQLITE_FILE_NAME).resolve()}"
+
+    @property
+    def endpoints(self) -> tuple[EndpointSettings, ...]:
+        """The FHIR endpoints the outbox is delivered to (``ehr_url`` is ``default``)."""
+        return configured_endpoints(self.ehr_url, self.ehr)
 
     @property
     def credentials_configured(self) -> bool:
@@ -382,7 +401,8 @@ def _check_renamed(file_data: dict[str, Any], config_file: Path | None) -> None:
     for old, new in RENAMED.items():
         variable = f"CM_FHIR_{old.upper()}"
         if variable in os.environ:
-            raise ConfigError(f"{variable} is now CM_FHIR_{new.upper()}: rename the variable")
+            replacement = f"CM_FHIR_{new.upper().replace('.', '__')}"
+            raise ConfigError(f"{variable} is now {replacement}: rename the variable")
         if old in file_data:
             raise ConfigError(f"{config_file}: the key {old} is now {new}: rename it")
 

@@ -33,7 +33,8 @@ export class ValidatingRepository extends MemoryRepository {
   }
 
   /**
-   * Searches by one exact identifier (what conditional writes and our tests ask) look at the
+   * Searches by one exact identifier ``system|value`` (what conditional writes and our tests ask; not
+   * ``system|``, every value of a system) look at the
    * resources holding that identifier only, instead of evaluating the search on every stored
    * resource of the type. The index may hold stale ids (older versions, rolled-back writes): the
    * router's own matcher still decides on each candidate, so results are exactly the same.
@@ -45,6 +46,7 @@ export class ValidatingRepository extends MemoryRepository {
       filter.operator === 'eq' &&
       typeof filter.value === 'string' &&
       filter.value.includes('|') &&
+      !filter.value.endsWith('|') && // "system|" means any value of the system: not one key
       !filter.value.includes(',');
     if (!exact) {
       return super.search(request);

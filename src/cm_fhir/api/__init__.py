@@ -22,7 +22,7 @@ Before routing, :mod:`cm_fhir.api.front_door` authenticates every request but th
 and bounds its body by ``http.max_body_bytes`` (413), so no route reads a body for a stranger.
 
 Errors: raise :class:`fastapi.HTTPException` or an error of :mod:`cm_fhir.errors`
-(``ResourceNotFound`` -> 404, ``ValidationError`` -> 422 with its OperationOutcome, ``StoreError``
+(``RecordNotFound`` -> 404, ``ValidationError`` -> 422 with its OperationOutcome, ``StoreError``
 -> 503). Every error is JSON: ``{"error": {"status", "code", "message", "fields"}}`` on ``/api``,
 an OperationOutcome (``application/fhir+json``) on paths under ``/fhir``; validation errors name
 the field (``query.limit``). Auth failures are 401/403 with ``WWW-Authenticate``.

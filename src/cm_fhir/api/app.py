@@ -3,8 +3,10 @@
 Nothing happens at import. The lifespan opens what the app needs (the engine, unless one is
 passed in; an inbox writer for ``POST /api/hl7v2``, unless one is shared with the MLLP listener)
 and closes what it opened. Two pure ASGI middlewares run before routing: the outer logs one line
-per request with the method, the route *template*, the status and the time taken (never the
-query string or a body, which may hold patient identifiers) and turns an unhandled error into a
+per request with the method, the route *template*, the status, the time taken and the request id
+(the client's ``X-Request-ID`` when sane, else a new one; echoed in the response and carried by
+every line logged meanwhile; never the query string or a body, which may hold patient
+identifiers) and turns an unhandled error into a
 JSON 500, so no traceback reaches a client; the inner, :mod:`cm_fhir.api.front_door`,
 authenticates from the headers and bounds the body before anything reads it.
 """
@@ -12,7 +14,9 @@ authenticates from the headers and bounds the body before anything reads it.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from importlib.resources import files
@@ -33,7 +37,10 @@ from cm_fhir.api.docs import install_docs
 from cm_fhir.api.errors import error_response, install_error_handlers
 from cm_fhir.api.front_door import FrontDoor
 from cm_fhir.api.routes import routers
+from cm_fhir.api.routes.ehr_notifications import open_receivers
+from cm_fhir.console import ConsoleGate
 from cm_fhir.listener import ListenerConfig, MllpListener
+from cm_fhir.logs import request_id
 from cm_fhir.mapping.programmes import load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
 from cm_fhir.settings import Settings
@@ -82,12 +89,16 @@ class _AccessLog:
         started = time.perf_counter()
         status = 500
         response_started = False
+        rid = request_id_of(scope)
+        token = request_id.set(rid)
+        header = (b"x-request-id", rid.encode("ascii"))
 
         async def _send(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = int(message["status"])
                 response_started = True
+                message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
@@ -96,15 +107,36 @@ class _AccessLog:
             log.error("unhandled %s", type(exc).__name__)
             if not response_started:
                 response = error_response(Request(scope), 500, "internal error")
-                await response(scope, receive, send)
+                await response(scope, receive, _send)
         finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            method, route = scope.get("method", "?"), route_template(scope)
             log.info(
                 "%s %s %d %.1fms",
-                scope.get("method", "?"),
-                route_template(scope),
+                method,
+                route,
                 status,
-                (time.perf_counter() - started) * 1000,
+                elapsed,
+                extra={
+                    "request_id": rid,
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed, 1),
+                },
             )
+            request_id.reset(token)
+
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when it is 1-64 characters of ``A-Za-z0-9._:-``, else new."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id" and _REQUEST_ID.fullmatch(value):
+            return bytes(value).decode("ascii")
+    return uuid.uuid4().hex
 
 
 def site_registry(settings: Settings) -> MappingRegistry:
@@ -150,6 +182,7 @@ def create_app(
             ctx.ingest = MllpListener(
                 ListenerConfig(max_message_bytes=settings.mllp.max_message_bytes), writer
             )
+            ctx.notifications = await open_receivers(settings, active, stack)
             ctx.schema_current = await schema_is_current(active)
             ctx.roles.setdefault("api", "running")
             ctx.roles["api"] = "running"
@@ -175,6 +208,7 @@ def create_app(
         app.include_router(router)
     app.include_router(metrics.router)
     app.add_middleware(FrontDoor)  # inner: authenticates and bounds the body before routing
+    app.add_middleware(ConsoleGate)  # /console: its own pages, signed in with a session cookie
     app.add_middleware(_AccessLog)
     return app
 

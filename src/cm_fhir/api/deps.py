@@ -40,6 +40,7 @@ from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
+from cm_fhir.sync.runner import SyncWorker
 
 __all__ = [
     "AppContext",
@@ -81,8 +82,11 @@ class AppContext:
     roles: dict[str, str] = field(default_factory=dict)  # role -> "starting"/"running"/"stopped"
     schema_current: bool = False
     denials: AuditGroupWriter = field(default_factory=AuditGroupWriter)  # refusals' audit rows
+    sync: SyncWorker | None = None  # the sync role, when this process runs it
     registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
     programmes: ProgrammesSpec = field(default_factory=load_programmes)  # programmes.yaml
+    # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
+    notifications: dict[str, Any] = field(default_factory=dict)
 
 
 def get_context(request: Request) -> AppContext:

@@ -25,10 +25,13 @@ from cm_fhir.errors import (
     CmFhirError,
     ConfigError,
     DomainError,
-    FhirConflictError,
     InboundMessageError,
     MappingError,
-    ResourceNotFound,
+    RecordConflict,
+    RecordNotFound,
+    RecordVersionMismatch,
+    RemoteFhirError,
+    RemoteUnavailable,
     SearchParameterError,
     StoreError,
     ValidationError,
@@ -139,22 +142,31 @@ async def _auth(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request, exc.status, exc.reason, headers=headers)
 
 
+#: The one table from the error tree to HTTP statuses: the first class ``exc`` is an instance of
+#: wins, so subclasses come before their parents. Local record conditions (``Record*``) answer
+#: 404/409/412; a remote FHIR server's failure surfacing here is a gateway error (502, or 503 when
+#: it may pass), never the remote status, so a remote 404 never reads as one of ours.
+_STATUSES: tuple[tuple[type[CmFhirError], int], ...] = (
+    (RecordNotFound, 404),
+    (RecordVersionMismatch, 412),
+    (RecordConflict, 409),
+    (SearchParameterError, 400),
+    (ValidationError, 422),
+    (MappingError, 422),
+    (InboundMessageError, 422),
+    (DomainError, 409),
+    (StoreError, 503),
+    (RemoteUnavailable, 503),
+    (RemoteFhirError, 502),
+    (ConfigError, 500),
+)
+
+#: Errors whose message is safe and useful to a client even with a 5xx status.
+_SPOKEN_5XX = (StoreError, RemoteFhirError)
+
+
 def _status_of(exc: CmFhirError) -> int:
-    if isinstance(exc, ResourceNotFound):
-        return 404
-    if isinstance(exc, SearchParameterError):
-        return 400
-    if isinstance(exc, FhirConflictError):
-        return exc.status if exc.status in (409, 412) else 409
-    if isinstance(exc, ValidationError | MappingError | InboundMessageError):
-        return 422
-    if isinstance(exc, DomainError):
-        return 409
-    if isinstance(exc, StoreError):
-        return 503
-    if isinstance(exc, ConfigError):
-        return 500
-    return 500
+    return next((status for cls, status in _STATUSES if isinstance(exc, cls)), 500)
 
 
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
@@ -163,7 +175,7 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s on %s %s", type(exc).__name__, request.method, _route_of(request))
     outcome = exc.outcome if isinstance(exc, ValidationError) else None
-    message = str(exc) if status < 500 or isinstance(exc, StoreError) else "internal error"
+    message = str(exc) if status < 500 or isinstance(exc, _SPOKEN_5XX) else "internal error"
     headers = {"Retry-After": "5"} if status == 503 else None
     return error_response(request, status, message, outcome=outcome, headers=headers)
 

@@ -51,6 +51,11 @@ OPEN_PATHS = frozenset(
 )
 
 
+#: Paths whose routes authenticate the caller themselves (an EHR's notification secret); the
+#: body limit still applies.
+OWN_AUTH_PREFIXES = ("/fhir/subscription-notification/",)
+
+
 class BodyTooLarge(HTTPException):
     """The request body passed ``http.max_body_bytes`` (413)."""
 
@@ -90,7 +95,8 @@ class FrontDoor:
         if context is None:  # a request before the lifespan ran: nothing is open yet
             await self._refuse(scope, receive, send, 503, "the service is starting")
             return
-        if route_path(scope) not in OPEN_PATHS:
+        path = route_path(scope)
+        if path not in OPEN_PATHS and not path.startswith(OWN_AUTH_PREFIXES):
             authorization = _header(scope, b"authorization")
             try:
                 principal = await context.authenticator.authenticate(authorization)

@@ -1,12 +1,18 @@
-"""``GET /metrics``: Prometheus text, computed from the database at scrape time. I/O.
+"""``GET /metrics``: Prometheus text from counters the database keeps at write time. I/O.
 
-Counts come from the tables, not from process memory, so every process (and a restart) reports
-the same figures: messages by type, event, ACK code and state; processing latency (received to
-settled) as a histogram; queue depths and the age of the oldest queued message; dead letters and
-the rows waiting behind them; trace entries per workflow flag (``unmapped-disposition``,
-``no-visit-number``, ...); outbox rows by state and the age of the oldest pending one. The
-listener's connection counters of this process are added when it runs here. Labels hold codes
-only (event, state, ACK code), never patient data. Needs the ``read`` scope like the rest of /api.
+Counts come from the database, not from process memory, so every process (and a restart) reports
+the same figures. Message counts by type, event, ACK code and state, the processing-latency
+histogram (received to settled, one observation per settlement), trace entries per workflow flag
+are kept by triggers as rows are written (:mod:`cm_fhir.store.counters`),
+so a scrape reads a few dozen counter rows whatever the size of the inbox. The queue gauges (age of
+the oldest queued message, rows waiting behind a dead letter, age of the oldest pending outbox
+entry) read only queued rows through the indexes on state; outbox rows are counted by endpoint
+and state (the outbox stays small: sent entries are purged). The sync role's figures of this
+process (each endpoint's circuit breaker state, writes by result, requests, lag) are added when it
+runs here, and so are Tasks read back from each EHR endpoint by outcome
+(:mod:`cm_fhir.api.status_back_metrics`). The listener's connection counters of this process
+are added when it runs here. Labels hold codes only (event, state, ACK code), never
+patient data. Needs the ``read`` scope like the rest of /api.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -26,28 +31,26 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, literal, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import ContextDep, ReadPrincipal
+from cm_fhir.api.status_back_metrics import status_back_metrics
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
-from cm_fhir.store.case_tables import outbox, trace
+from cm_fhir.store.case_tables import OutboxState, outbox
 from cm_fhir.store.caseload import Caseload, caseloads
+from cm_fhir.store.counters import LATENCY_BOUNDS, fold_if_large, read_counters
+from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
+from cm_fhir.sync.runner import EndpointStatus
 from cm_fhir.workflow import Flag
 
-__all__ = ["LATENCY_BUCKETS", "router"]
+__all__ = ["LATENCY_BUCKETS", "router", "snapshot"]
 
 router = APIRouter(tags=["metrics"])
 _t = inbox_messages
-LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_SETTLED = (
-    InboxState.PROCESSED.value,
-    InboxState.FAILED.value,
-    InboxState.DEAD_LETTERED.value,
-    InboxState.NEEDS_ATTENTION.value,
-)
+LATENCY_BUCKETS = LATENCY_BOUNDS
 
 
 @dataclass(slots=True)
@@ -59,17 +62,13 @@ class _Snapshot:
     latency_buckets: list[int] = field(default_factory=list)
     latency_count: int = 0
     latency_sum: float = 0.0
-    outbox_states: dict[str, int] = field(default_factory=dict)
+    outbox_states: dict[tuple[str, str], int] = field(default_factory=dict)  # (endpoint, state)
     oldest_pending_age: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
     caseloads: list[Caseload] = field(default_factory=list)
-
-
-def _seconds_between(connection: AsyncConnection, start: Any, end: Any) -> Any:
-    if connection.dialect.name == "sqlite":
-        return (func.julianday(end) - func.julianday(start)) * literal(86400.0)
-    return func.extract("epoch", end - start)
+    sync: list[EndpointStatus] = field(default_factory=list)
+    status_back: list[EndpointCursor] = field(default_factory=list)
 
 
 def _age(oldest: datetime | None, now: datetime) -> float:
@@ -80,47 +79,74 @@ def _age(oldest: datetime | None, now: datetime) -> float:
     return max(0.0, (now - oldest).total_seconds())
 
 
-async def _snapshot(connection: AsyncConnection) -> _Snapshot:
+async def snapshot(connection: AsyncConnection) -> _Snapshot:
+    """Every figure of a scrape: the counters, plus the queue gauges from indexed queries."""
     now = datetime.now(UTC)
+    counters = await read_counters(connection)
     snap = _Snapshot()
-    grouped = select(
-        func.coalesce(_t.c.message_type, ""),
-        func.coalesce(_t.c.trigger_event, ""),
-        func.coalesce(_t.c.ack_code, ""),
-        _t.c.state,
-        func.count(),
-    ).group_by(_t.c.message_type, _t.c.trigger_event, _t.c.ack_code, _t.c.state)
-    for kind, event, ack, state, count in (await connection.execute(grouped)).all():
-        snap.messages.append((kind, event, ack, state, int(count)))
-        snap.states[state] = snap.states.get(state, 0) + int(count)
+    snap.messages = [(*key, count) for key, count in sorted(counters.inbox.items())]
+    snap.states = counters.states()
+    running = 0
+    for bound in LATENCY_BOUNDS:
+        running += counters.latency.get(str(bound), 0)
+        snap.latency_buckets.append(running)
+    snap.latency_count = running + counters.latency.get("+Inf", 0)
+    snap.latency_sum = counters.latency_sum
+    snap.flags = dict(counters.flags)
     received = _t.c.state == InboxState.RECEIVED.value
-    oldest = (await connection.execute(select(func.min(_t.c.received_at)).where(received))).scalar()
+    # ``id + 0``: min() over the queued rows found by the state indexes, not a walk of the
+    # primary key past every processed row. received_at follows id.
+    first = select(func.min(_t.c.id + 0)).where(received).scalar_subquery()
+    oldest = (await connection.execute(select(_t.c.received_at).where(_t.c.id == first))).scalar()
     snap.oldest_received_age = _age(oldest, now)
-    snap.waiting = int(
-        (
-            await connection.execute(
-                select(func.count()).where(received, _t.c.reason.startswith(WAITING_PREFIX))
-            )
-        ).scalar_one()
+    waiting = select(func.count()).where(received, _t.c.reason.startswith(WAITING_PREFIX))
+    snap.waiting = int((await connection.execute(waiting)).scalar_one())
+    pending = outbox.c.state == OutboxState.PENDING.value
+    first_pending = select(func.min(outbox.c.id + 0)).where(pending).scalar_subquery()
+    created = select(outbox.c.created_at).where(outbox.c.id == first_pending)
+    snap.oldest_pending_age = _age((await connection.execute(created)).scalar(), now)
+    by_state = select(outbox.c.endpoint, outbox.c.state, func.count()).group_by(
+        outbox.c.endpoint, outbox.c.state
     )
-    seconds = _seconds_between(connection, _t.c.received_at, _t.c.updated_at)
-    columns = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in LATENCY_BUCKETS]
-    latency = select(*columns, func.count(), func.sum(seconds)).where(_t.c.state.in_(_SETTLED))
-    row = (await connection.execute(latency)).one()
-    snap.latency_buckets = [int(value or 0) for value in row[: len(LATENCY_BUCKETS)]]
-    snap.latency_count = int(row[-2] or 0)
-    snap.latency_sum = float(row[-1] or 0.0)
-    by_state = select(outbox.c.state, func.count()).group_by(outbox.c.state)
     snap.outbox_states = {
-        str(state): int(count) for state, count in (await connection.execute(by_state)).all()
+        (str(endpoint), str(state)): int(count)
+        for endpoint, state, count in (await connection.execute(by_state)).all()
     }
-    pending = select(func.min(outbox.c.created_at)).where(outbox.c.state == "pending")
-    snap.oldest_pending_age = _age((await connection.execute(pending)).scalar(), now)
-    flagged = select(trace.c.flags, func.count()).where(trace.c.flags.is_not(None))
-    for flags, count in (await connection.execute(flagged.group_by(trace.c.flags))).all():
-        for flag in str(flags).split(","):
-            snap.flags[flag] = snap.flags.get(flag, 0) + int(count)
+    snap.status_back = await connection.run_sync(read_cursors)
     return snap
+
+
+def _sync_metrics(statuses: list[EndpointStatus]) -> Iterator[Metric]:
+    """The sync role of this process: breaker state, writes by result, requests, lag."""
+    if not statuses:
+        return
+    breaker = GaugeMetricFamily(
+        "cm_fhir_sync_circuit_breaker",
+        "1 for the state each endpoint's circuit breaker is in (closed, open, half-open).",
+        labels=["endpoint", "state"],
+    )
+    writes = CounterMetricFamily(
+        "cm_fhir_sync_writes",
+        "Case writes settled by this process, by endpoint and result.",
+        labels=["endpoint", "result"],
+    )
+    requests = CounterMetricFamily(
+        "cm_fhir_sync_requests", "HTTP requests made to each endpoint.", labels=["endpoint"]
+    )
+    lag = GaugeMetricFamily(
+        "cm_fhir_sync_lag_seconds",
+        "Enqueue to written on the server, for the last write to each endpoint.",
+        labels=["endpoint"],
+    )
+    for status in statuses:
+        for state in ("closed", "open", "half-open"):
+            breaker.add_metric([status.name, state], 1.0 if status.breaker == state else 0.0)
+        stats = status.stats
+        for result in ("sent", "failed", "retried", "superseded", "conflicts"):
+            writes.add_metric([status.name, result], getattr(stats, result))
+        requests.add_metric([status.name], status.requests)
+        lag.add_metric([status.name], stats.last_lag_seconds)
+    yield from (breaker, writes, requests, lag)
 
 
 class _SnapshotCollector(Collector):
@@ -171,9 +197,13 @@ class _SnapshotCollector(Collector):
             "Outbox rows per endpoint and state.",
             labels=["endpoint", "state"],
         )
-        for state in ("pending", "sent", "failed"):
-            outbox_depth.add_metric(["default", state], snap.outbox_states.get(state, 0))
+        endpoints = {e for e, _ in snap.outbox_states} | {s.name for s in snap.sync} or {"default"}
+        for endpoint in sorted(endpoints):
+            for state in ("pending", "sent", "failed", "superseded"):
+                count = snap.outbox_states.get((endpoint, state), 0)
+                outbox_depth.add_metric([endpoint, state], count)
         yield outbox_depth
+        yield from _sync_metrics(snap.sync)
         flags = CounterMetricFamily(
             "cm_fhir_workflow_flags",
             "Workflow trace entries carrying each flag (e.g. unmapped-disposition).",
@@ -200,6 +230,7 @@ class _SnapshotCollector(Collector):
             limits.add_metric([load.owner], load.limit)
         yield open_cases
         yield limits
+        yield from status_back_metrics(snap.status_back, datetime.now(UTC))
         if snap.listener is not None:
             stats = snap.listener
             for name, text in LISTENER_COUNTERS.items():
@@ -212,15 +243,17 @@ class _SnapshotCollector(Collector):
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics (from the database at scrape time)",
+    summary="Prometheus metrics (counters kept by the database at write time)",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text"}},
 )
 async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
+    await fold_if_large(context.engine)
     async with context.engine.connect() as connection:
-        snap = await _snapshot(connection)
+        snap = await snapshot(connection)
         snap.caseloads = await caseloads(connection, context.programmes)
     snap.listener = context.listener.stats if context.listener is not None else None
+    snap.sync = context.sync.status() if context.sync is not None else []
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_SnapshotCollector(snap))
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

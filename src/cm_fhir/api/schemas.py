@@ -10,7 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "MessageDetail",
@@ -58,12 +59,16 @@ class MessageSummary(_Out):
     batch_control_id: str | None = None
     peer: str | None = None
     ack_code: str | None = None
+    raw_purged_at: UtcDatetime | None = Field(
+        None, description="When retention blanked the raw message (it can no longer be replayed)."
+    )
 
 
 class MessagePage(BaseModel):
-    """A page of inbox rows, newest first; pass ``next_before`` as ``before`` for the next."""
+    """A page of inbox rows, newest first; ``next`` is the next page's URL (as on every list)."""
 
     items: list[MessageSummary]
+    next: str | None = Field(None, description="The next (older) page, or null")
     next_before: int | None = Field(None, description="Cursor for the next (older) page.")
 
 
@@ -94,6 +99,18 @@ class OutboxItem(_Out):
     case_identifier: str
     bundle_sha256: str
     bundle_bytes: int = Field(description="Size of the Bundle body.")
+    endpoint: str = Field("default", description="The FHIR endpoint the write is for.")
+    next_attempt_at: UtcDatetime | None = Field(None, description="When a retry is due.")
+    sent_at: UtcDatetime | None = None
+    last_error: str | None = Field(None, description="The endpoint's last answer (status, class).")
+    last_outcome: dict[str, Any] | None = Field(
+        None, description="The OperationOutcome the endpoint answered the last attempt with."
+    )
+
+    @field_validator("last_outcome", mode="before")
+    @classmethod
+    def _outcome_json(cls, value: Any) -> Any:
+        return orjson.loads(value) if isinstance(value, str | bytes) else value
 
 
 class MessageDetail(MessageSummary):
@@ -140,7 +157,10 @@ class OutboxSummary(BaseModel):
 
 
 class OutboxPage(BaseModel):
+    """A page of outbox rows, newest first; ``next`` is the next page's URL (as on every list)."""
+
     items: list[OutboxItem]
+    next: str | None = Field(None, description="The next (older) page, or null")
     next_before: int | None = None
 
 

@@ -158,7 +158,7 @@ async def _service_section(once: bool, data_dir: Path) -> int:
             "api_keys": key,
             "http": {"host": "127.0.0.1", "port": 0},
             "mllp": {"host": "127.0.0.1", "port": 0},
-            "log_level": "WARNING",
+            "log": {"level": "WARNING"},
         }
     )
     service = Service(settings)

@@ -9,6 +9,7 @@ prints is ``cm-fhir listening on HOST:PORT``. ``cm-fhir db ...`` lives in :mod:`
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import typer
@@ -19,22 +20,27 @@ from cm_fhir.cli.options import (
     DatabaseSchemaOption,
     DatabaseUrlOption,
     DataDirOption,
+    LogFormatOption,
     LogLevelOption,
     configure_logging,
     settings_from,
 )
 from cm_fhir.cli.serve import run_service
+from cm_fhir.logs import LogFormat, console_json
 from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role
 
 __all__ = ["listen"]
 
 
-def _print_listening(info: ServiceInfo) -> None:
+def _print_listening(info: ServiceInfo, fmt: LogFormat = LogFormat.TEXT) -> None:
+    lines = []
     if info.mllp_address is not None:
         host, port = info.mllp_address
-        typer.echo(f"cm-fhir listening on {host}:{port}")
-    typer.echo(f"cm-fhir ready (database {info.database}; Ctrl-C or SIGTERM to stop)")
+        lines.append(f"cm-fhir listening on {host}:{port}")
+    lines.append(f"cm-fhir ready (database {info.database}; Ctrl-C or SIGTERM to stop)")
+    for line in lines:
+        typer.echo(line if fmt is LogFormat.TEXT else console_json(line, "cm_fhir.listen"))
 
 
 @app.command()
@@ -74,6 +80,7 @@ def listen(
     data_dir: DataDirOption = None,
     database_schema: DatabaseSchemaOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
     """Accept ADT messages over MLLP, store each, then acknowledge it.
 
@@ -100,9 +107,9 @@ def listen(
         database_url=database_url,
         data_dir=data_dir,
         database_schema=database_schema,
-        log_level=log_level,
+        log={"level": log_level, "format": log_format},
         mllp=given,
     )
     configure_logging(settings)
     service = Service(settings, {Role.LISTENER}, migrate=migrate)
-    run_service(service, _print_listening)
+    run_service(service, functools.partial(_print_listening, fmt=settings.log.format))

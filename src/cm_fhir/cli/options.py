@@ -11,7 +11,6 @@ commands that only read or repair it, refusing (in one line) a database that is 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +19,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import ConfigError
-from cm_fhir.settings import LOG_LEVELS, Settings, load_settings
+from cm_fhir.logs import LEVELS, LogFormat
+from cm_fhir.logs import configure_logging as configure_log_lines
+from cm_fhir.settings import Settings, load_settings
 from cm_fhir.store.engine import async_url, current_revision, engine_for
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "DataDirOption",
     "DatabaseSchemaOption",
     "DatabaseUrlOption",
+    "LogFormatOption",
     "LogLevelOption",
     "MappingsOption",
     "TimezoneOption",
@@ -99,7 +101,17 @@ LogLevelOption = Annotated[
     str | None,
     typer.Option(
         "--log-level",
-        help=f"{', '.join(LOG_LEVELS)} [INFO].",
+        help=f"{', '.join(LEVELS)} [INFO].",
+        rich_help_panel=_PANEL,
+        show_default=False,
+    ),
+]
+
+LogFormatOption = Annotated[
+    LogFormat | None,
+    typer.Option(
+        "--log-format",
+        help="text, or json: one JSON object per line [text].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -129,12 +141,9 @@ def settings_from(config: Path | None, **flags: Any) -> Settings:
 
 
 def configure_logging(settings: Settings) -> None:
-    """Log lines on stderr at ``log_level``; Alembic's per-revision chatter only at DEBUG."""
-    level = settings.log_level
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger().setLevel(level)
-    quiet = logging.DEBUG if level == "DEBUG" else logging.WARNING
-    logging.getLogger("alembic").setLevel(quiet)
+    """Log lines on stderr per the ``log`` settings (level, text or JSON); Alembic's and
+    uvicorn's chatter only at DEBUG."""
+    configure_log_lines(settings.log.level, settings.log.format)
 
 
 def database_label(settings: Settings) -> str:

@@ -10,6 +10,7 @@ once. :func:`run_service` is shared with ``cm-fhir listen``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 from collections.abc import Callable
 from typing import Annotated
@@ -22,36 +23,41 @@ from cm_fhir.cli.options import (
     DatabaseSchemaOption,
     DatabaseUrlOption,
     DataDirOption,
+    LogFormatOption,
     LogLevelOption,
     MappingsOption,
     TimezoneOption,
     configure_logging,
     settings_from,
 )
+from cm_fhir.logs import LogFormat, console_json
 from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role
 
 __all__ = ["print_ready", "run_service", "serve"]
 
 
-def print_ready(info: ServiceInfo) -> None:
-    """The start-up lines (the tests and the demo read them)."""
-    typer.echo(f"cm-fhir serving roles: {', '.join(info.roles)} (database {info.database})")
+def print_ready(info: ServiceInfo, fmt: LogFormat = LogFormat.TEXT) -> None:
+    """The start-up lines on stdout (the tests and the demo read them); JSON objects in json."""
+    lines = [f"cm-fhir serving roles: {', '.join(info.roles)} (database {info.database})"]
     if info.http_url:
-        typer.echo(f"cm-fhir api on {info.http_url} (OpenAPI: {info.http_url}/docs)")
+        lines.append(f"cm-fhir api on {info.http_url} (OpenAPI: {info.http_url}/docs)")
     if info.mllp_address:
         host, port = info.mllp_address
-        typer.echo(f"cm-fhir listening on {host}:{port}")
+        lines.append(f"cm-fhir listening on {host}:{port}")
     if "worker" in info.roles and info.workers:
-        typer.echo(f"cm-fhir worker: {info.workers} loop(s)")
-    for note in info.notes:
-        typer.echo(f"cm-fhir {note}")
+        lines.append(f"cm-fhir worker: {info.workers} loop(s)")
+    if info.endpoints:
+        lines.append(f"cm-fhir sync to FHIR endpoint(s): {', '.join(info.endpoints)}")
+    lines += [f"cm-fhir {note}" for note in info.notes]
     if info.generated_api_key:
-        typer.echo(
+        lines.append(
             "cm-fhir API key for this run (none configured; localhost only): "
             f"{info.generated_api_key}"
         )
-    typer.echo("cm-fhir ready (Ctrl-C or SIGTERM to stop)", nl=True)
+    lines.append("cm-fhir ready (Ctrl-C or SIGTERM to stop)")
+    for line in lines:
+        typer.echo(line if fmt is LogFormat.TEXT else console_json(line, "cm_fhir.serve"))
 
 
 def run_service(service: Service, on_ready: Callable[[ServiceInfo], None] = print_ready) -> None:
@@ -86,7 +92,9 @@ async def _run_until_signal(service: Service, on_ready: Callable[[ServiceInfo], 
 def serve(
     role: Annotated[
         list[Role] | None,
-        typer.Option("--role", help="Role(s) to run: api, listener, worker or all (default)."),
+        typer.Option(
+            "--role", help="Role(s) to run: api, listener, worker, sync or all (default)."
+        ),
     ] = None,
     http_host: Annotated[str | None, typer.Option(help="API address [127.0.0.1].")] = None,
     http_port: Annotated[int | None, typer.Option(help="API port, 0 = free [8080].")] = None,
@@ -103,6 +111,11 @@ def serve(
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
+    ehr_url: Annotated[
+        str | None,
+        typer.Option(help="FHIR base URL of the EHR to deliver the outbox to (no auth)."),
+    ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
     settings = settings_from(
@@ -112,9 +125,11 @@ def serve(
         database_schema=database_schema,
         mappings_dir=mappings,
         timezone=timezone,
-        log_level=log_level,
+        log={"level": log_level, "format": log_format},
+        ehr_url=ehr_url,
         http={"host": http_host, "port": http_port},
         mllp={"host": mllp_host, "port": mllp_port},
     )
     configure_logging(settings)
-    run_service(Service(settings, set(role or [Role.ALL]), migrate=migrate))
+    service = Service(settings, set(role or [Role.ALL]), migrate=migrate)
+    run_service(service, functools.partial(print_ready, fmt=settings.log.format))

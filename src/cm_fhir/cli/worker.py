@@ -30,6 +30,7 @@ from cm_fhir.cli.options import (
     DatabaseSchemaOption,
     DatabaseUrlOption,
     DataDirOption,
+    LogFormatOption,
     LogLevelOption,
     MappingsOption,
     TimezoneOption,
@@ -37,6 +38,7 @@ from cm_fhir.cli.options import (
     existing_database,
     settings_from,
 )
+from cm_fhir.retention import RetentionJob
 from cm_fhir.service import check_database, make_workers
 from cm_fhir.settings import Settings
 from cm_fhir.store.engine import async_url, engine_for
@@ -78,7 +80,12 @@ async def _run(settings: Settings, once: bool) -> BatchResult:
         for signum in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(signum, stop.set)
-        return await worker.run(stop)
+        purger = asyncio.create_task(RetentionJob(engine, settings.retention).run(stop))
+        try:
+            return await worker.run(stop)
+        finally:
+            stop.set()
+            await purger
     finally:
         await engine.dispose()
 
@@ -120,8 +127,12 @@ def worker(
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
     log_level: LogLevelOption = None,
+    log_format: LogFormatOption = None,
 ) -> None:
-    """Process the inbox: cases, outbox, trace and FHIR resources, per patient in order."""
+    """Process the inbox: cases, outbox, trace and FHIR resources, per patient in order.
+
+    Without ``--once`` it also purges PHI past the ``retention`` ages.
+    """
     settings = settings_from(
         config,
         database_url=database_url,
@@ -129,7 +140,7 @@ def worker(
         database_schema=database_schema,
         mappings_dir=mappings,
         timezone=timezone,
-        log_level=log_level,
+        log={"level": log_level, "format": log_format},
         worker={
             "batch_size": batch_size,
             "max_attempts": max_attempts,

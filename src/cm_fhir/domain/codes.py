@@ -9,7 +9,7 @@ Two kinds of vocabulary:
   referral types, dispositions, discharge needs and goal categories. Their codes are data, listed in
   ``mappings/code-systems.yaml`` (bundled, and extended by a site's override), so a site adds a
   task kind without a code change. The domain only checks their shape; whether a code exists is
-  checked against the mapping registry in use, at the edge (ADR 0013).
+  checked against the mapping registry in use, at the edge (ADR 0015).
 
 The few open codes with behaviour are named here as constants (:data:`DISPOSITION_EXPIRED`), and
 the registry refuses a code-systems file that lacks them.

@@ -1,9 +1,7 @@
 """Interventions as tasks, following the FHIR Task state machine. Pure.
 
-The allowed transitions follow the FHIR R4 Task state diagram: ``draft`` becomes ``requested`` or
-``ready``; a request is received, accepted or rejected; work is ``ready``, ``in-progress`` or
-``on-hold``; ``completed``, ``failed``, ``cancelled`` and ``rejected`` are terminal. Any status may
-become ``entered-in-error``. Anything else raises :class:`~cm_fhir.errors.TransitionError`.
+The allowed transitions are :mod:`cm_fhir.domain.task_states` (the FHIR R4 Task state diagram);
+anything else raises :class:`~cm_fhir.errors.TransitionError`.
 """
 
 from __future__ import annotations
@@ -15,42 +13,20 @@ from pydantic import Field, model_validator
 
 from cm_fhir.domain.codes import Priority, TaskIntent, TaskKind, TaskStatus
 from cm_fhir.domain.common import DomainModel, Instant, LocalId, NonEmptyStr, PartyRef
-from cm_fhir.errors import TransitionError
-
-S = TaskStatus
-TASK_TRANSITIONS: dict[TaskStatus, frozenset[TaskStatus]] = {
-    S.DRAFT: frozenset({S.REQUESTED, S.READY, S.CANCELLED}),
-    S.REQUESTED: frozenset(
-        {S.RECEIVED, S.ACCEPTED, S.REJECTED, S.READY, S.IN_PROGRESS, S.CANCELLED}
-    ),
-    S.RECEIVED: frozenset({S.ACCEPTED, S.REJECTED, S.CANCELLED}),
-    S.ACCEPTED: frozenset({S.READY, S.IN_PROGRESS, S.CANCELLED}),
-    S.READY: frozenset({S.IN_PROGRESS, S.CANCELLED, S.FAILED, S.COMPLETED}),
-    S.IN_PROGRESS: frozenset({S.ON_HOLD, S.COMPLETED, S.FAILED, S.CANCELLED}),
-    S.ON_HOLD: frozenset({S.IN_PROGRESS, S.CANCELLED, S.FAILED}),
-    S.COMPLETED: frozenset(),
-    S.FAILED: frozenset(),
-    S.CANCELLED: frozenset(),
-    S.REJECTED: frozenset(),
-    S.ENTERED_IN_ERROR: frozenset(),
-}
-#: Statuses in which a task is still open work.
-OPEN_TASK_STATUSES = frozenset(
-    {S.DRAFT, S.REQUESTED, S.RECEIVED, S.ACCEPTED, S.READY, S.IN_PROGRESS, S.ON_HOLD}
+from cm_fhir.domain.task_states import (
+    OPEN_TASK_STATUSES,
+    TASK_TRANSITIONS,
+    UNTOUCHED_TASK_STATUSES,
+    check_task_transition,
 )
-#: Statuses in which nobody has acted on the task yet (undo may use ``entered-in-error``).
-UNTOUCHED_TASK_STATUSES = frozenset({S.DRAFT, S.REQUESTED})
 
-
-def check_task_transition(current: TaskStatus, target: TaskStatus, entity: str = "task") -> None:
-    """Raise TransitionError unless ``current -> target`` is allowed."""
-    if target == current or target == S.ENTERED_IN_ERROR:
-        return
-    allowed = TASK_TRANSITIONS[current]
-    if target not in allowed:
-        raise TransitionError(
-            entity, current.value, target.value, frozenset(a.value for a in allowed)
-        )
+__all__ = [
+    "OPEN_TASK_STATUSES",
+    "TASK_TRANSITIONS",
+    "UNTOUCHED_TASK_STATUSES",
+    "Task",
+    "check_task_transition",
+]
 
 
 class Task(DomainModel):
@@ -81,6 +57,12 @@ class Task(DomainModel):
     """When it must be done by."""
     business_status: str | None = Field(
         default=None, description="Free text, e.g. 'left voicemail'"
+    )
+    status_reason: str | None = Field(
+        default=None, description="Why the status is what it is, e.g. 'patient declined'"
+    )
+    completed_at: Instant | None = Field(
+        default=None, description="When the work ended (completed, failed, cancelled...)"
     )
     care_plan: LocalId | None = Field(default=None, description="The plan this task carries out")
     focus_goal: LocalId | None = None

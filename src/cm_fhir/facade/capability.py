@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm_fhir.facade.search import RESOURCE_TYPES, SEARCH_PARAMETERS
+from cm_fhir.facade.search import INCLUDES, RESOURCE_TYPES, SEARCH_PARAMETERS
 from cm_fhir.mapping.registry import MappingRegistry
 
 __all__ = ["FHIR_VERSION", "PROFILE_KEYS", "capability_statement", "read_scopes"]
@@ -47,7 +47,7 @@ def _resource(registry: MappingRegistry, resource_type: str) -> Json:
         {
             "documentation": (
                 "Read-only. Scopes: " + " or ".join(read_scopes(resource_type)) + ". Results are "
-                "ordered by id; follow the Bundle's next/previous links to page."
+                "ordered by id (after the _sort key); follow the Bundle's next/previous links."
             ),
             "interaction": [{"code": "read"}, {"code": "search-type"}],
             "versioning": "no-version",
@@ -68,6 +68,9 @@ def _resource(registry: MappingRegistry, resource_type: str) -> Json:
             ],
         }
     )
+    includes = list(INCLUDES.get(resource_type, {}))
+    if includes:
+        out["searchInclude"] = includes
     return out
 
 
@@ -94,9 +97,11 @@ def capability_statement(
                 "documentation": (
                     "Resources are exactly what the cm-fhir mapping library emits for the current "
                     "state of each case (references relative, Type/id). Search parameters: those "
-                    "listed per type, plus _count (page size, at most 100) and _page (a cursor "
-                    "the links carry). Unknown types, parameters, modifiers or prefixes are "
-                    "refused with 400 and an OperationOutcome."
+                    "listed per type, plus _count (page size, at most 100), _page (a cursor "
+                    "the links carry), _summary=count, _total, _elements and _sort (one key: "
+                    "_lastUpdated, or due on Task). Unsupported parameters are ignored (the "
+                    "self link shows what was applied) unless Prefer: handling=strict, which "
+                    "refuses them with 400 and an OperationOutcome."
                 ),
                 "security": {
                     "cors": False,

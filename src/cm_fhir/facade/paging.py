@@ -22,7 +22,16 @@ from cm_fhir.errors import SearchParameterError
 if TYPE_CHECKING:
     from cm_fhir.facade.search import SearchQuery
 
-__all__ = ["Cursor", "Direction", "Page", "page_links", "parse_cursor", "searchset"]
+__all__ = [
+    "SUBSETTED",
+    "Cursor",
+    "Direction",
+    "Page",
+    "page_links",
+    "parse_cursor",
+    "searchset",
+    "subset",
+]
 
 Json = dict[str, Any]
 _CURSOR = re.compile(r"^(after|before)\.([A-Za-z0-9\-.]{1,64})$")
@@ -60,6 +69,7 @@ class Page:
     has_previous: bool
     has_next: bool
     total: int
+    included: Sequence[Json] = ()
 
 
 def _url(base: str, resource_type: str, params: list[tuple[str, str]]) -> str:
@@ -87,21 +97,51 @@ def page_links(base: str, query: SearchQuery, page: Page) -> list[Json]:
     return links
 
 
+#: The tag FHIR puts on a resource of which only some elements are returned.
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
+
+
+def subset(resource: Json, elements: Sequence[str]) -> Json:
+    """``resource`` with only ``elements`` (and its type, id and meta), tagged SUBSETTED."""
+    kept = {k: v for k, v in resource.items() if k in elements or k in ("resourceType", "id")}
+    meta = dict(resource.get("meta", {}))
+    meta["tag"] = [*meta.get("tag", []), SUBSETTED]
+    kept["meta"] = meta
+    return kept
+
+
 def searchset(base: str, query: SearchQuery, page: Page) -> Json:
-    """The searchset Bundle of one page: total, links, and one ``match`` entry per resource."""
+    """The searchset Bundle of one page: total, links, and one ``match`` entry per resource.
+
+    ``_summary=count``: the total and the ``self`` link only. ``_elements``: each resource
+    subsetted (:func:`subset`).
+    """
+    links = page_links(base, query, page)
     bundle: Json = {
         "resourceType": "Bundle",
         "type": "searchset",
         "total": page.total,
-        "link": page_links(base, query, page),
+        "link": links[:1] if query.summary_count else links,
     }
-    if page.resources:  # FHIR JSON has no empty arrays
+    if page.resources and not query.summary_count:  # FHIR JSON has no empty arrays
         bundle["entry"] = [
             {
                 "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
-                "resource": r,
+                "resource": subset(r, query.elements) if query.elements else r,
                 "search": {"mode": "match"},
             }
             for r in page.resources
+        ]
+        bundle["entry"] += [
+            {
+                "fullUrl": f"{base}/{r['resourceType']}/{r['id']}",
+                "resource": r,
+                "search": {"mode": "include"},
+            }
+            for r in page.included
         ]
     return bundle

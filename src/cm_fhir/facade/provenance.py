@@ -8,8 +8,11 @@ trail), and the ``entity`` is the HL7v2 inbox message: ``what.identifier`` has t
 ``<base>/sid/hl7v2-message`` and the value ``<MSH-3>|<MSH-4>|<MSH-10>|<received at>`` (see
 :func:`cm_fhir.store.queue.message_key`; a control id alone is reused by real senders), and
 ``what.display`` names the inbox row id. Trace rows written before that key existed give the bare
-control id (system ``<base>/sid/hl7v2-message-control-id``). The id is ``trace-<n>``, ``n`` the
-first trace row of the change, so it never changes.
+control id (system ``<base>/sid/hl7v2-message-control-id``). A change read back from an EHR
+(status back: trace ``message_key`` from :func:`fhir_source_key`) has the EHR endpoint as a
+second agent (``author``) and the Task version at the endpoint as its ``source`` entity
+(``what.reference``). The id is ``trace-<n>``, ``n`` the first trace row of the change, so it
+never changes.
 """
 
 from __future__ import annotations
@@ -25,12 +28,28 @@ from cm_fhir.fhir.ids import resource_id
 from cm_fhir.fhir.work import FULFILMENT
 from cm_fhir.mapping.registry import MappingRegistry
 
-__all__ = ["PROVENANCE_PREFIX", "ChangeStep", "provenance", "provenance_number", "targets_of"]
+__all__ = [
+    "PROVENANCE_PREFIX",
+    "ChangeStep",
+    "fhir_source_key",
+    "provenance",
+    "provenance_number",
+    "targets_of",
+]
 
 Json = dict[str, Any]
 PROVENANCE_PREFIX = "trace-"
 _DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
 _PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+#: Prefix of a trace ``message_key`` naming a resource version at a FHIR endpoint.
+_FHIR_SOURCE = "fhir|"
+
+
+def fhir_source_key(endpoint: str, url: str) -> str:
+    """The trace ``message_key`` of a change read from ``url`` (a resource version) at the FHIR
+    endpoint named ``endpoint``; its Provenance names the endpoint as author and the version as
+    source."""
+    return f"{_FHIR_SOURCE}{endpoint}|{url}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +117,17 @@ def provenance(
             "who": {"display": "cm-fhir"},
         }
     ]
+    for step in steps:
+        if step.message_key and step.message_key.startswith(_FHIR_SOURCE):
+            endpoint = step.message_key[len(_FHIR_SOURCE) :].split("|", 1)[0]
+            author = {
+                "type": {
+                    "coding": [{"system": _PARTICIPANT, "code": "author", "display": "Author"}]
+                },
+                "who": {"display": f"EHR endpoint '{endpoint}'"},
+            }
+            if author not in agents:
+                agents.append(author)
     stamp = recorded.isoformat()
     out: Json = {
         "resourceType": "Provenance",
@@ -115,12 +145,21 @@ def provenance(
         _message_entity(registry, s) for s in steps if s.message_key or s.message_control_id
     ]
     if entities:
-        out["entity"] = list({e["what"]["identifier"]["value"]: e for e in entities}.values())
+        out["entity"] = list({_entity_key(e): e for e in entities}.values())
     return out
+
+
+def _entity_key(entity: Json) -> str:
+    what = entity["what"]
+    return str(what.get("reference") or what["identifier"]["value"])
 
 
 def _message_entity(registry: MappingRegistry, step: ChangeStep) -> Json:
     """The inbound message a change came from, as a Provenance ``entity`` (role ``source``)."""
+    if step.message_key and step.message_key.startswith(_FHIR_SOURCE):
+        endpoint, _, url = step.message_key[len(_FHIR_SOURCE) :].partition("|")
+        display = f"{step.event or 'resource'} at EHR endpoint '{endpoint}'"
+        return {"role": "source", "what": {"reference": url, "display": display}}
     kind = f"HL7v2 {step.event or 'ADT'} message"
     if step.message_key:
         system = f"{registry.canonical_base}/sid/hl7v2-message"

@@ -4,8 +4,18 @@
 and the CapabilityStatement are all driven by it, so they cannot disagree. :func:`parse_search`
 turns the query parameters of ``GET /fhir/<Type>`` into a :class:`SearchQuery`: typed criteria
 (repeated parameters are ANDed, comma-separated values ORed) plus ``_count`` and the page cursor.
-Anything the table does not name (a parameter, a modifier, a prefix) raises
-:class:`~cm_fhir.errors.SearchParameterError`, which the API answers with a 400 OperationOutcome.
+Result parameters: ``_count``, ``_page`` (the cursor), ``_format``, ``_summary=count`` (the
+total only), ``_summary=false``, ``_total`` (``none``, ``estimate``, ``accurate``: the total is
+always exact here), ``_elements`` (the listed top-level elements, marked ``SUBSETTED``),
+``_sort`` (one key: ``_lastUpdated``, and ``due`` on Task; ``-`` for descending) and
+``_include`` (``Task:focus``, ``Task:based-on``).
+
+Parameters the table does not name (a parameter, a modifier, a result parameter value) are
+ignored, as FHIR's default ``lenient`` handling says, and left out of the ``self`` link so the
+client sees what was applied (:attr:`SearchQuery.ignored` names them). With ``strict=True``
+(``Prefer: handling=strict``) they raise :class:`~cm_fhir.errors.SearchParameterError`, which the
+API answers with a 400 OperationOutcome. A malformed value of a supported parameter is an error
+in both modes.
 
 A search is bounded, so every accepted one is a small query on SQLite and PostgreSQL alike: at
 most :data:`MAX_PARAMETERS` query parameters, :data:`MAX_VALUES` values in all (repeated and
@@ -57,8 +67,11 @@ MAX_VALUES = 100
 MAX_VALUE_LENGTH = 8192
 
 _HL7_SP = "http://hl7.org/fhir/SearchParameter/"
+_CM_SP = "http://cm-fhir.org/fhir/SearchParameter/"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
+_TOTALS = frozenset({"none", "estimate", "accurate"})
+_ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 
 
 class Field(StrEnum):
@@ -70,6 +83,8 @@ class Field(StrEnum):
     STATUS = "status"
     LAST_UPDATED = "last_updated"
     TARGET = "target"
+    OWNER = "owner"
+    DUE = "due"
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +151,24 @@ SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
             "clinical-identifier", "clinical-patient", ("lifecycle-status", "Goal-lifecycle-status")
         )
     ),
-    "Task": tuple(_common("Task-identifier", "Task-patient", ("status", "Task-status"))),
+    "Task": (
+        *_common("Task-identifier", "Task-patient", ("status", "Task-status")),
+        SearchParam(
+            "owner",
+            "reference",
+            Field.OWNER,
+            _HL7_SP + "Task-owner",
+            "Who does the task: Type/id, or owner:identifier=system|value",
+            frozenset({"identifier"}),
+        ),
+        SearchParam(
+            "due",
+            "date",
+            Field.DUE,
+            _CM_SP + "Task-due",
+            "When the task is due (restriction.period.end); prefixes eq, gt, ge, lt, le",
+        ),
+    ),
     "CareTeam": tuple(
         _common("clinical-identifier", "clinical-patient", ("status", "CareTeam-status"))
     ),
@@ -199,7 +231,12 @@ class SearchQuery:
     criteria: tuple[Criterion, ...]
     count: int
     cursor: Cursor | None
-    params: tuple[tuple[str, str], ...]  # the accepted criteria parameters, in a stable order
+    params: tuple[tuple[str, str], ...]  # the applied parameters (links), in a stable order
+    summary_count: bool = False
+    elements: tuple[str, ...] = ()
+    ignored: tuple[str, ...] = ()
+    sort: tuple[Field, bool] | None = None  # (field, descending); None: by id
+    include: tuple[str, ...] = ()  # reference elements whose targets to add: focus, basedOn
 
 
 def _split_unescaped(text: str, separator: str, limit: int = -1) -> list[str]:
@@ -272,8 +309,12 @@ def _criterion(param: SearchParam, modifier: str | None, text: str) -> Criterion
         if not all(_ID_PATTERN.match(i) for i in ids):
             raise SearchParameterError(name, "not a valid resource id")
         return IdCriterion(ids)
-    if param.field is Field.LAST_UPDATED:
+    if param.field in (Field.LAST_UPDATED, Field.DUE):
         return DateCriterion(param.field, parse_date_bound(name, text))
+    if param.field is Field.OWNER:
+        if modifier == "identifier":
+            return TokenCriterion(param.field, _tokens(name, text, need_code=True))
+        return ReferenceCriterion(param.field, tuple(_reference(name, v) for v in _values(text)))
     if param.field is Field.PATIENT:
         return _patient(name, modifier, text)
     if param.field is Field.TARGET:
@@ -287,17 +328,91 @@ def _count(text: str, max_count: int) -> int:
     return min(int(text), max_count)
 
 
+@dataclass(slots=True)
+class _Result:
+    """The result parameters of one search, as they are read."""
+
+    resource_type: str
+    count: int | None = None
+    cursor: Cursor | None = None
+    summary_count: bool = False
+    elements: tuple[str, ...] = ()
+    sort: tuple[Field, bool] | None = None
+    include: tuple[str, ...] = ()
+
+
+#: ``_sort`` keys per type (besides ``_lastUpdated``, which every type takes).
+SORTS: dict[str, dict[str, Field]] = {"Task": {"due": Field.DUE}}
+#: ``_include`` values per type and the element each follows.
+INCLUDES: dict[str, dict[str, str]] = {"Task": {"Task:focus": "focus", "Task:based-on": "basedOn"}}
+
+
+def _sort(value: str, result: _Result) -> bool:
+    keys = [k.strip() for k in value.split(",") if k.strip()]
+    if len(keys) != 1:
+        return False
+    descending = keys[0].startswith("-")
+    name = keys[0].removeprefix("-")
+    fields = {"_lastUpdated": Field.LAST_UPDATED, **SORTS.get(result.resource_type, {})}
+    if name not in fields:
+        return False
+    result.sort = (fields[name], descending)
+    return True
+
+
+def _result_parameter(key: str, value: str, result: _Result, max_count: int) -> bool:
+    """Apply one result parameter; False if its value is one this facade does not support."""
+    if key == "_format":
+        if value and value not in _FORMATS:
+            raise SearchParameterError(key, "only JSON is served")
+    elif key == "_count":
+        if result.count is not None:
+            raise SearchParameterError(key, "given more than once")
+        result.count = _count(value, max_count)
+    elif key == "_page":
+        if result.cursor is not None:
+            raise SearchParameterError(key, "given more than once")
+        result.cursor = parse_cursor(value)
+    elif key == "_summary":
+        if value not in ("count", "false"):
+            return False
+        result.summary_count = value == "count"
+    elif key == "_total":
+        return value in _TOTALS
+    elif key == "_sort":
+        return _sort(value, result)
+    elif key == "_include":
+        element = INCLUDES.get(result.resource_type, {}).get(value)
+        if element is None:
+            return False
+        result.include = (*result.include, element)
+    elif key == "_elements":
+        names = tuple(dict.fromkeys(v.strip() for v in value.split(",") if v.strip()))
+        if not all(_ELEMENT.match(n) for n in names):
+            raise SearchParameterError(key, "expected element names, e.g. _elements=status,for")
+        result.elements = names
+    return True
+
+
+_RESULT_PARAMETERS = frozenset(
+    {"_count", "_page", "_format", "_summary", "_total", "_elements", "_sort", "_include"}
+)
+_LINKED = frozenset({"_summary", "_total", "_elements", "_sort", "_include"})
+
+
 def parse_search(
     resource_type: str,
     items: Iterable[tuple[str, str]],
     *,
     default_count: int = DEFAULT_COUNT,
     max_count: int = MAX_COUNT,
+    strict: bool = False,
 ) -> SearchQuery:
     """Parse the query parameters of a search on ``resource_type`` (SearchParameterError if bad).
 
     ``items`` are the decoded ``(name, value)`` pairs in request order. ``_count`` above
     ``max_count`` is lowered to it, as FHIR allows; an empty value is ignored, as FHIR requires.
+    Unsupported parameters are ignored, or refused when ``strict``.
     """
     table = SEARCH_PARAMETERS.get(resource_type)
     if table is None:
@@ -306,9 +421,15 @@ def parse_search(
     by_name = {p.name: p for p in table}
     criteria: list[Criterion] = []
     accepted: list[tuple[str, str]] = []
-    count: int | None = None
-    cursor: Cursor | None = None
+    ignored: list[str] = []
+    result = _Result(resource_type)
     values = 0
+
+    def unsupported(key: str, reason: str) -> None:
+        if strict:
+            raise SearchParameterError(key, reason)
+        ignored.append(key)
+
     for position, (key, raw) in enumerate(items):
         value = raw.strip()
         name, _, modifier = key.partition(":")
@@ -316,27 +437,20 @@ def parse_search(
             raise SearchParameterError(key, f"a search takes at most {MAX_PARAMETERS} parameters")
         if len(value) > MAX_VALUE_LENGTH:
             raise SearchParameterError(key, f"the value is over {MAX_VALUE_LENGTH} characters")
-        if key in ("_count", "_page", "_format"):
-            if key == "_format":
-                if value and value not in _FORMATS:
-                    raise SearchParameterError(key, "only JSON is served")
-            elif key == "_count":
-                if count is not None:
-                    raise SearchParameterError(key, "given more than once")
-                count = _count(value, max_count)
-            else:
-                if cursor is not None:
-                    raise SearchParameterError(key, "given more than once")
-                cursor = parse_cursor(value)
+        if key in _RESULT_PARAMETERS:
+            if not _result_parameter(key, value, result, max_count):
+                unsupported(key, f"the value '{value[:40]}' is not supported")
+            elif key in _LINKED and value:
+                accepted.append((key, value))
             continue
         param = by_name.get(name)
         if param is None:
-            known = ", ".join(sorted([*by_name, "_count"]))
-            raise SearchParameterError(
-                name, f"not supported on {resource_type} (supported: {known})"
-            )
+            known = ", ".join(sorted([*by_name, *_RESULT_PARAMETERS]))
+            unsupported(name, f"not supported on {resource_type} (supported: {known})")
+            continue
         if modifier and modifier not in param.modifiers:
-            raise SearchParameterError(key, f"modifier ':{modifier}' is not supported")
+            unsupported(key, f"modifier ':{modifier}' is not supported")
+            continue
         if value == "":
             continue
         values += len(_values(value))
@@ -347,7 +461,12 @@ def parse_search(
     return SearchQuery(
         resource_type=resource_type,
         criteria=tuple(criteria),
-        count=default_count if count is None else count,
-        cursor=cursor,
+        count=default_count if result.count is None else result.count,
+        cursor=result.cursor,
         params=tuple(sorted(accepted)),
+        summary_count=result.summary_count,
+        elements=result.elements,
+        ignored=tuple(ignored),
+        sort=result.sort,
+        include=result.include,
     )

@@ -25,7 +25,7 @@ import copy
 from collections.abc import Container
 from typing import Any
 
-__all__ = ["split_transaction"]
+__all__ = ["server_reference", "split_transaction"]
 
 Json = dict[str, Any]
 
@@ -52,14 +52,16 @@ def split_transaction(bundle: Json, max_entries: int) -> list[Json]:
                 deferred.append(entry)
             part.append(_entry(entry, written, drop=later))
         parts.append(part)
-        written.update({str(e["fullUrl"]): _server_reference(e) for e in chunk if e.get("fullUrl")})
+        written.update({str(e["fullUrl"]): server_reference(e) for e in chunk if e.get("fullUrl")})
     # Every target is written by now: the deferred resources again in full, as updates.
     full = [_as_update(_entry(entry, written)) for entry in deferred]
     parts += [full[i : i + max_entries] for i in range(0, len(full), max_entries)]
     return [{"resourceType": "Bundle", "type": "transaction", "entry": p} for p in parts]
 
 
-def _server_reference(entry: Json) -> str:
+def server_reference(entry: Json) -> str:
+    """What finds an entry's resource on the server once written: ``Type/id`` for a PUT by id,
+    else the conditional reference ``Type?identifier=<system>|<value>``."""
     request = entry["request"]
     url = str(request["url"])
     if request["method"] == "POST" and request.get("ifNoneExist"):
@@ -71,7 +73,7 @@ def _as_update(entry: Json) -> Json:
     request = entry["request"]
     if request["method"] == "PUT":
         return entry
-    url = _server_reference(entry)
+    url = server_reference(entry)
     return {**entry, "request": {"method": "PUT", "url": url}}
 
 

@@ -46,6 +46,8 @@ def task(ctx: CaseContext, t: Task) -> Json:
     if t.care_plan is not None:
         out["basedOn"] = [ctx.ref("CarePlan", "care_plan", t.care_plan)]
     out["status"] = t.status.value
+    if t.status_reason is not None:
+        out["statusReason"] = {"text": t.status_reason}
     if t.business_status is not None:
         out["businessStatus"] = {"text": t.business_status}
     out["intent"] = t.intent.value
@@ -55,6 +57,8 @@ def task(ctx: CaseContext, t: Task) -> Json:
     if t.focus_goal is not None:
         out["focus"] = ctx.ref("Goal", "goal", t.focus_goal)
     out["for"] = ctx.patient_ref()
+    if t.completed_at is not None:
+        out["executionPeriod"] = {"end": dt.instant(t.completed_at)}
     out["authoredOn"] = dt.instant(t.authored_on)
     if t.requester is not None:
         out["requester"] = dt.reference(t.requester)
@@ -182,6 +186,8 @@ def _party(resource: Json, key: str, path: str) -> Any:
 def parse_task(resource: Json, local_id: str, plan_id: str | None, goal_id: str | None) -> Task:
     path = f"Task[{local_id}]"
     business = resource.get("businessStatus")
+    reason = resource.get("statusReason")
+    ended = resource.get("executionPeriod", {}).get("end")
     return Task(
         id=local_id,
         kind=resource["code"]["coding"][0]["code"],
@@ -195,6 +201,8 @@ def parse_task(resource: Json, local_id: str, plan_id: str | None, goal_id: str 
         not_before=_start_of(resource, path),
         due=_due_of(resource, path),
         business_status=business.get("text") if business else None,
+        status_reason=reason.get("text") if reason else None,
+        completed_at=dt.parse_instant(ended, f"{path}.executionPeriod.end") if ended else None,
         care_plan=plan_id,
         focus_goal=goal_id,
         notes=tuple(n["text"] for n in resource.get("note", [])),

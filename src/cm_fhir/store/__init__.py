@@ -5,3 +5,5 @@ SQLite (WAL, ``synchronous=FULL``) is the embedded default; PostgreSQL is the pr
 
 # Register every table on the shared metadata, whichever store module is imported first.
 from cm_fhir.store import case_tables as _case_tables  # noqa: F401
+from cm_fhir.store import counters as _counters  # noqa: F401
+from cm_fhir.store import ehr_status as _ehr_status  # noqa: F401

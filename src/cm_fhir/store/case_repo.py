@@ -1,12 +1,12 @@
 """Cases changed through the API: read, list, and write with optimistic concurrency. I/O.
 
-A change made through the API lands in the same rows the worker maintains, in one transaction:
-the ``cases`` projection (its ``version`` is the ETag), the case's ``fhir_resources`` (what the
-facade serves), an ``outbox`` row with the transaction Bundle (unless the Bundle is the one last
+A change made through the API lands in the same rows the worker maintains, in one transaction and
+through the same function (:func:`~cm_fhir.store.case_writes.commit_case_changes`): the ``cases``
+projection (its ``version`` is the ETag), the case's ``fhir_resources`` (what the facade serves),
+an ``outbox`` row per endpoint with the transaction Bundle (unless the Bundle is the one last
 enqueued), one ``trace`` row (so the facade's Provenance shows API changes too) and, when the
 worker's patient state holds the case, that state document, so the next ADT event builds on
-the changed case instead of reverting it. The writes reuse the worker's store functions
-(:mod:`cm_fhir.store.cases`, :mod:`~cm_fhir.store.outbox`, :mod:`~cm_fhir.store.trace`).
+the changed case instead of reverting it.
 
 Lock order is the worker's: patient states first (:func:`~cm_fhir.store.cases.lock_states`),
 then the case row (``FOR UPDATE`` on PostgreSQL; SQLite transactions begin ``IMMEDIATE``).
@@ -16,8 +16,7 @@ Functions take a synchronous :class:`~sqlalchemy.Connection` and run in the call
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,27 +24,27 @@ from typing import Any
 from sqlalchemy import Connection, Select, select
 
 from cm_fhir.domain import Case
-from cm_fhir.errors import DomainError, FhirConflictError, ResourceNotFound
-from cm_fhir.fhir import ReferenceStyle, case_to_resources, dumps, map_case
+from cm_fhir.errors import DomainError, RecordNotFound, RecordVersionMismatch
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_tables import cases
-from cm_fhir.store.cases import (
-    CaseRow,
-    StateRow,
-    lock_states,
-    resource_rows,
-    sync_resources,
-    upsert_cases,
-    write_states,
+from cm_fhir.store.case_writes import (
+    DEFAULT_ROUTES,
+    CaseChanges,
+    OutboxRoute,
+    Placement,
+    build_case,
+    commit_case_changes,
 )
-from cm_fhir.store.outbox import OutboxEntry, enqueue
-from cm_fhir.store.trace import TraceRecord, record_trace
+from cm_fhir.store.cases import StateRow, lock_states
+from cm_fhir.store.sync_state import SyncRecord
+from cm_fhir.store.trace import TraceRecord
 from cm_fhir.workflow import PatientState, TraceEntry
 from cm_fhir.workflow.facts import patient_key
 
 __all__ = [
     "CaseFilter",
     "StoredCase",
+    "TraceSource",
     "change_case",
     "create_case",
     "list_cases",
@@ -53,6 +52,17 @@ __all__ = [
 ]
 
 Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSource:
+    """What the trace row of a change names as its cause: the API (default), or an EHR's
+    resource version (``rule`` ``ehr.status_back``, ``message_key`` from
+    :func:`cm_fhir.facade.provenance.fhir_source_key`)."""
+
+    rule: str = "api"
+    event: str | None = None
+    message_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,30 +172,6 @@ def _holding_states(rows: dict[str, StateRow], case_id: str) -> dict[str, Patien
     return out
 
 
-def _owner(case: Case, fallback: str | None) -> str | None:
-    # As the worker does: the case manager's display, else what the row had (the team's name).
-    manager = case.case_manager
-    return manager.display if manager is not None and manager.display else fallback
-
-
-def _bundle(case: Case, registry: MappingRegistry) -> tuple[bytes, str, str, tuple[str, ...]]:
-    """The outbox Bundle, its hash, the case identifier and every resource's identifier, in the
-    worker's formats (``system|value`` and ``Type|system|value``)."""
-    bundle = map_case(case, registry, validate=False)
-    data = dumps(bundle)
-    identifiers = []
-    for entry in bundle["entry"]:
-        resource: Json = entry["resource"]
-        first = resource["identifier"][0]
-        identifiers.append(f"{resource['resourceType']}|{first['system']}|{first['value']}")
-    return (
-        data,
-        hashlib.sha256(data).hexdigest(),
-        identifiers[0].split("|", 1)[1],
-        tuple(identifiers),
-    )
-
-
 def _write(
     connection: Connection,
     case: Case,
@@ -195,51 +181,42 @@ def _write(
     now: datetime,
     action: str,
     target: str | None,
+    routes: Sequence[OutboxRoute],
+    sync: Sequence[SyncRecord] = (),
+    source: TraceSource | None = None,
 ) -> None:
-    data, digest, case_identifier, identifiers = _bundle(case, registry)
-    row = CaseRow(
-        case_id=case.id,
-        patient_key=place.patient_key,
-        status=case.status.value,
-        programme=case.programme,
-        team=place.team,
-        owner=_owner(case, place.owner),
-        opened_at=case.opened,
-        closed_at=case.closed,
-        last_bundle_sha256=digest,
-        case_json=case.model_dump_json(),
+    changes = CaseChanges(sync=list(sync))
+    hashes: dict[str, str | None] = {case.id: place.last_bundle}
+    changes.add_case(
+        build_case(case, registry), Placement(place.patient_key, place.team, place.owner), hashes
     )
-    upsert_cases(connection, [row], now)
-    primary = case.patient.primary
-    resources = case_to_resources(case, registry, ReferenceStyle.RELATIVE)
-    rows = resource_rows(case.id, resources, f"{primary.system}|{primary.value}")
-    sync_resources(connection, {case.id: rows}, now)
-    if digest != place.last_bundle:
-        entry = OutboxEntry(
-            case.id, place.patient_key, None, case_identifier, identifiers, digest, data
-        )
-        enqueue(connection, [entry], now)
-    trace = TraceEntry(rule="api", action=action, case_id=case.id, target=target)
-    record_trace(connection, [TraceRecord(None, place.patient_key, trace)], now)
-    if place.documents:
-        documents = {
-            key: state.model_copy(
-                update={"cases": tuple(case if c.id == case.id else c for c in state.cases)}
-            ).model_dump_json()
-            for key, state in place.documents.items()
-        }
-        write_states(connection, documents, {}, now)
+    source = source or TraceSource()
+    trace = TraceEntry(
+        rule=source.rule, event=source.event, action=action, case_id=case.id, target=target
+    )
+    changes.trace.append(TraceRecord(None, place.patient_key, trace, source.message_key))
+    for key, state in place.documents.items():
+        cases_after = tuple(case if c.id == case.id else c for c in state.cases)
+        changes.states[key] = state.model_copy(update={"cases": cases_after}).model_dump_json()
+    commit_case_changes(connection, changes, now, routes=routes)
 
 
 def create_case(
-    connection: Connection, case: Case, registry: MappingRegistry, now: datetime
+    connection: Connection,
+    case: Case,
+    registry: MappingRegistry,
+    now: datetime,
+    *,
+    routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
 ) -> StoredCase:
     """Store a new case (DomainError, answered 409, if the id is taken)."""
     if read_case(connection, case.id) is not None:
         raise DomainError(f"case '{case.id}' already exists")
     team = case.care_team.id if case.care_team is not None else None
     place = _Placement(patient_key(case.patient), team, None, None, {})
-    _write(connection, case, registry, place, now=now, action="case.create", target=None)
+    _write(
+        connection, case, registry, place, now=now, action="case.create", target=None, routes=routes
+    )
     return _must_read(connection, case.id)
 
 
@@ -263,24 +240,31 @@ def change_case(
     now: datetime,
     action: str,
     target: str | None = None,
+    routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
+    sync: Sequence[SyncRecord] = (),
+    source: TraceSource | None = None,
 ) -> StoredCase:
     """Apply ``change`` (pure domain logic) to the current case and store the result.
 
-    ResourceNotFound (404) for an unknown case; FhirConflictError(412) when ``expected_version``
+    It commits through the one write path (:func:`~cm_fhir.store.case_writes.commit_case_changes`)
+    with the outbox ``routes``; ``sync`` records what an endpoint holds, in the same transaction
+    (a Task status read back from the EHR).
+
+    RecordNotFound for an unknown case; RecordVersionMismatch when ``expected_version``
     (the If-Match ETag) is not the stored version. The read, the change and the writes happen
     under the locks, so two concurrent changes never lose one another. A change that changes
     nothing writes nothing.
     """
     head = read_case(connection, case_id)
     if head is None:
-        raise ResourceNotFound(404, f"case '{case_id}' does not exist")
+        raise RecordNotFound(f"case '{case_id}' does not exist")
     states = lock_states(connection, [patient_key(head.case.patient)])
     row = _lock_case_row(connection, case_id)
     if row is None:
-        raise ResourceNotFound(404, f"case '{case_id}' does not exist")
+        raise RecordNotFound(f"case '{case_id}' does not exist")
     if expected_version is not None and int(row.version) != expected_version:
-        raise FhirConflictError(
-            412, f"case '{case_id}' is at version {row.version}, not {expected_version}"
+        raise RecordVersionMismatch(
+            f"case '{case_id}' is at version {row.version}, not {expected_version}"
         )
     current = Case.model_validate_json(row.case_json)
     changed = change(current)
@@ -293,12 +277,23 @@ def change_case(
     for state in documents.values():
         team = next((v.team for v in state.visits if v.case_id == case_id), team)
     place = _Placement(row.patient_key, team, row.owner, row.last_bundle_sha256, documents)
-    _write(connection, changed, registry, place, now=now, action=action, target=target)
+    _write(
+        connection,
+        changed,
+        registry,
+        place,
+        now=now,
+        action=action,
+        target=target,
+        routes=routes,
+        sync=sync,
+        source=source,
+    )
     return _must_read(connection, case_id)
 
 
 def _must_read(connection: Connection, case_id: str) -> StoredCase:
     stored = read_case(connection, case_id)
     if stored is None:
-        raise ResourceNotFound(404, f"case '{case_id}' does not exist")
+        raise RecordNotFound(f"case '{case_id}' does not exist")
     return stored

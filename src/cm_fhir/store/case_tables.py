@@ -1,14 +1,17 @@
 """Tables the worker writes: patient states, cases, outbox, trace, FHIR resources. No I/O.
 
 Declared on the inbox's :data:`~cm_fhir.store.tables.metadata` so one comparison test covers every
-table against the hand-written migrations (``0002_cases_outbox``, ``0004_worker_fidelity``).
+table against the hand-written migrations (``0002_cases_outbox``, ``0004_worker_fidelity``,
+``0007_outbox_delivery``).
 ``patient_states`` holds the workflow's :class:`~cm_fhir.workflow.PatientState` document per
 patient key (a merged-away key is a row with ``alias_of`` set and no document) and when the worker
 next checks its cases for closing (``close_check_at``); ``cases`` is the queryable projection of
 each case; ``outbox`` the transaction Bundles still to send; ``trace`` the workflow's
 :class:`~cm_fhir.workflow.TraceEntry` rows linked to their inbox row by id and by ``message_key``
 (sender, control id and receipt time, which outlive a pruned inbox); ``fhir_resources`` the
-current resources of every case, as the read-only FHIR facade serves them. Rows point at inbox
+current resources of every case, as the read-only FHIR facade serves them; ``sync_state`` what
+each FHIR endpoint holds of ours (server id, version, the hash last sent) by business identifier
+(``0007_outbox_delivery``). Rows point at inbox
 rows by id without a foreign key, so the inbox can be pruned or truncated on its own.
 """
 
@@ -38,6 +41,7 @@ __all__ = [
     "fhir_resources",
     "outbox",
     "patient_states",
+    "sync_state",
     "trace",
 ]
 
@@ -45,11 +49,16 @@ _ID = BigInteger().with_variant(Integer, "sqlite")
 
 
 class OutboxState(StrEnum):
-    """Life cycle of an outbox row: pending until the sync worker has written it."""
+    """Life cycle of an outbox row: pending until the sync worker has written it to its endpoint.
+
+    ``superseded`` rows were never sent because a later Bundle of the same case (a whole snapshot)
+    went in their place; ``failed`` rows were refused by the endpoint (non-retryable).
+    """
 
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
+    SUPERSEDED = "superseded"
 
 
 patient_states = Table(
@@ -99,10 +108,32 @@ outbox = Table(
     Column("identifiers", Text, nullable=False),
     Column("bundle_sha256", String(64), nullable=False),
     Column("bundle", LargeBinary, nullable=False),
-    CheckConstraint("state IN ('pending', 'sent', 'failed')", name="state"),
+    Column("endpoint", String(64), nullable=False, server_default="default"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("lease_until", DateTime(timezone=True), nullable=True),
+    Column("leased_by", String(64), nullable=True),
+    Column("sent_at", DateTime(timezone=True), nullable=True),
+    Column("last_error", String(500), nullable=True),
+    Column("last_outcome", Text, nullable=True),
+    CheckConstraint("state IN ('pending', 'sent', 'failed', 'superseded')", name="state"),
 )
 Index("ix_outbox_state", outbox.c.state, outbox.c.id)
 Index("ix_outbox_case_id", outbox.c.case_id, outbox.c.id)
+Index("ix_outbox_endpoint_patient", outbox.c.endpoint, outbox.c.patient_key, outbox.c.state)
+Index("ix_outbox_endpoint_state", outbox.c.endpoint, outbox.c.state, outbox.c.id)
+
+sync_state = Table(
+    "sync_state",
+    metadata,
+    Column("endpoint", String(64), nullable=False),
+    Column("resource_type", String(64), nullable=False),
+    Column("identifier", String(500), nullable=False),
+    Column("server_id", String(128), nullable=True),
+    Column("version_id", String(64), nullable=True),
+    Column("last_sent_sha256", String(64), nullable=True),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("endpoint", "resource_type", "identifier"),
+)
 
 trace = Table(
     "trace",
@@ -124,6 +155,7 @@ Index("ix_trace_inbox_message_id", trace.c.inbox_message_id)
 Index("ix_trace_patient_key", trace.c.patient_key, trace.c.id)
 Index("ix_trace_case_id", trace.c.case_id, trace.c.id)
 Index("ix_trace_flags", trace.c.flags)
+Index("ix_trace_created_at", trace.c.created_at)
 
 fhir_resources = Table(
     "fhir_resources",

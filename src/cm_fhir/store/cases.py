@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import Connection, Table, and_, bindparam, delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -26,10 +25,10 @@ __all__ = [
     "CaseRow",
     "ResourceRow",
     "StateRow",
+    "dialect_insert",
     "load_states",
     "lock_states",
     "resource_row",
-    "resource_rows",
     "sync_resources",
     "upsert_cases",
     "write_states",
@@ -79,7 +78,7 @@ class ResourceRow:
     resource: str
 
 
-def _dialect_insert(connection: Connection, table: Table) -> Any:
+def dialect_insert(connection: Connection, table: Table) -> Any:
     module = postgresql if connection.dialect.name == "postgresql" else sqlite
     return module.insert(table)
 
@@ -100,7 +99,7 @@ def lock_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateR
     found: dict[str, StateRow] = {}
     wanted = set(keys)
     while wanted:
-        placeholders = _dialect_insert(connection, _s).on_conflict_do_nothing(
+        placeholders = dialect_insert(connection, _s).on_conflict_do_nothing(
             index_elements=[_s.c.patient_key]
         )
         connection.execute(placeholders, [{"patient_key": k} for k in sorted(wanted)])
@@ -159,7 +158,7 @@ def write_states(
     ]
     if not rows:
         return
-    insert = _dialect_insert(connection, _s)
+    insert = dialect_insert(connection, _s)
     statement = insert.on_conflict_do_update(
         index_elements=[_s.c.patient_key],
         set_={
@@ -199,23 +198,13 @@ def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime)
         }
         for r in rows
     ]
-    insert = _dialect_insert(connection, cases)
+    insert = dialect_insert(connection, cases)
     columns = [c for c in values[0] if c not in ("case_id", "version")]
     update = {c: getattr(insert.excluded, c) for c in columns}
     update["version"] = cases.c.version + 1
     connection.execute(
         insert.on_conflict_do_update(index_elements=[cases.c.case_id], set_=update), values
     )
-
-
-def resource_rows(
-    case_id: str, resources: Sequence[Json], patient_identifier: str | None
-) -> list[ResourceRow]:
-    """The ``fhir_resources`` rows of one case's resources (``Type/id`` references)."""
-    return [
-        resource_row(case_id, resource, orjson.dumps(resource), patient_identifier)
-        for resource in resources
-    ]
 
 
 def resource_row(
@@ -264,7 +253,7 @@ def sync_resources(
     changed = [r for key, r in wanted.items() if existing.get(key) != r.content_sha256]
     removed = [key for key in existing if key not in wanted]
     if changed:
-        insert = _dialect_insert(connection, _r)
+        insert = dialect_insert(connection, _r)
         columns = ("case_id", "identifier", "patient_identifier", "status", "content_sha256")
         update = {c: getattr(insert.excluded, c) for c in (*columns, "resource", "last_updated")}
         update["version_id"] = _r.c.version_id + 1

@@ -140,6 +140,7 @@ class NewMessage:
             "ack_code": self.ack_code,
             "ack_bytes": self.ack_bytes,
             "raw": self.raw,
+            "raw_purged_at": None,
         }
 
 

@@ -258,8 +258,12 @@ async def replay(engine: AsyncEngine, ids: Sequence[int] | None = None) -> int:
     and content) and the outbox skips bundles identical to the last one of their case, so a
     replay adds trace rows but no resources, tasks or writes.
     """
-    statement = update(_t).values(
-        state=_RECEIVED, reason=None, attempts=0, updated_at=datetime.now(UTC)
+    # A row whose raw bytes retention blanked cannot be processed again, and a row refused at
+    # the door was never accepted (its sender was told to resend): neither goes back.
+    statement = (
+        update(_t)
+        .where(_t.c.raw_purged_at.is_(None), _t.c.state != InboxState.REFUSED.value)
+        .values(state=_RECEIVED, reason=None, attempts=0, updated_at=datetime.now(UTC))
     )
     if ids is not None:
         statement = statement.where(_t.c.id.in_(list(ids)))

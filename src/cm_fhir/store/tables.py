@@ -77,6 +77,8 @@ inbox_messages = Table(
     Column("ack_code", String(2), nullable=True),
     Column("ack_bytes", LargeBinary, nullable=True),
     Column("raw", LargeBinary, nullable=False),
+    # Set when retention blanked ``raw`` (cm_fhir.store.retention); the row itself stays.
+    Column("raw_purged_at", DateTime(timezone=True), nullable=True),
     CheckConstraint(
         "state IN ('received', 'processed', 'ignored', 'failed', 'dead_lettered', "
         "'needs_attention', 'refused')",
@@ -98,3 +100,4 @@ Index(
     inbox_messages.c.patient_key,
     inbox_messages.c.id,
 )
+Index("ix_inbox_message_raw_purged_at", inbox_messages.c.raw_purged_at, inbox_messages.c.id)

@@ -26,11 +26,11 @@ from cm_fhir.fhir import ReferenceStyle, case_to_resources
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.store.case_writes import CaseChanges
 from cm_fhir.store.cases import StateRow, load_states
 from cm_fhir.store.engine import current_revision, make_engine
 from cm_fhir.store.queue import ClaimedMessage
 from cm_fhir.store.tables import InboxState
-from cm_fhir.worker.changes import Changes
 from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
 from cm_fhir.worker.processor import Applied, BatchProcessor, keys_of
 from cm_fhir.worker.states import PatientBook
@@ -148,7 +148,7 @@ async def dry_run(
     book = PatientBook(await _stored_states(database_url, keys_of(parsed), search_path))
     book.decode_all()
     report: list[Applied] = []
-    processor.apply(parsed, book, {}, Changes(), report)
+    processor.apply(parsed, book, {}, CaseChanges(), report)
     return [_effect(item, registry) for item in report]
 
 

@@ -10,8 +10,8 @@ result. A row whose processing raises is retried (``attempts``) and dead-lettere
 ``failed`` with their position, messages we do not process are ``ignored``, and so are training
 and debugging messages (MSH-11, see :mod:`cm_fhir.worker.policy`); an event the workflow could not
 apply to a visit ends ``needs_attention``. Reasons name error types and positions, never message
-content. The writes go through :func:`cm_fhir.worker.changes.write_changes`, the path the closing
-scheduler uses too.
+content. The writes go through :func:`cm_fhir.worker.changes.write_changes` to the one write path
+of cases (:mod:`cm_fhir.store.case_writes`), the path the closing scheduler and the API use too.
 The cyclic garbage collector waits while a batch runs (:func:`collection_paused`), and PostgreSQL
 is asked to compress the batch's large values with lz4 where it can.
 """
@@ -19,10 +19,11 @@ is asked to compress the batch's large values with lz4 where it can.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
@@ -36,12 +37,19 @@ from cm_fhir.hl7v2.parse import parse_er7
 from cm_fhir.mapping.adt_maps import AdtConceptMaps
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules
+from cm_fhir.store.case_writes import (
+    DEFAULT_ROUTES,
+    CaseChanges,
+    OutboxRoute,
+    build_case,
+)
 from cm_fhir.store.cases import lock_states
 from cm_fhir.store.outbox import last_bundle_hashes
 from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settle
 from cm_fhir.store.tables import InboxState
 from cm_fhir.store.trace import TraceRecord
-from cm_fhir.worker.changes import Changes, build, write_changes
+from cm_fhir.worker.changes import file_outcome, write_changes
+from cm_fhir.worker.journal import outcome_lines
 from cm_fhir.worker.policy import (
     DEFAULT_PROCESSING_IDS,
     NOT_APPLIED_RULE,
@@ -175,14 +183,17 @@ class BatchProcessor:
         apply: ApplyEvent = apply_event,
         apply_processing_ids: Collection[str] = DEFAULT_PROCESSING_IDS,
         cache: dict[str, tuple[str, PatientState]] | None = None,
+        routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
     ) -> None:
         self.rules = rules
+        self.routes = tuple(routes)
         self.maps = maps
         self.registry = registry
         self.max_attempts = max_attempts
         self.workflow = apply
         self.apply_processing_ids = frozenset(p.upper() for p in apply_processing_ids)
         self.last_claimed: list[ClaimedMessage] = []
+        self.last_outcomes: list[dict[str, Any]] = []  # logged once the batch commits
         self._decoded = cache if cache is not None else {}
         self._toast_lz4: bool | None = None  # not known until the first PostgreSQL batch
 
@@ -196,7 +207,7 @@ class BatchProcessor:
     def _process(
         self, connection: Connection, limit: int, retry_before: datetime | None
     ) -> BatchResult:
-        self.last_claimed = []
+        self.last_claimed, self.last_outcomes = [], []
         if connection.dialect.name == "postgresql" and self._toast_lz4 is not False:
             self._toast_lz4 = _prefer_lz4(connection, probe=self._toast_lz4 is None)
         rows = claim_batch(connection, limit, retry_before)
@@ -209,9 +220,10 @@ class BatchProcessor:
         book = PatientBook(lock_states(connection, keys_of(parsed)), self._decoded)
         book.decode_all()
         hashes = last_bundle_hashes(connection, book.case_ids())
-        changes = Changes()
+        changes = CaseChanges()
         self.apply(parsed, book, hashes, changes)
-        written, removed = write_changes(connection, book, hashes, changes, self.rules, now)
+        committed = write_changes(connection, book, changes, self.rules, now, self.routes)
+        self.last_outcomes = outcome_lines(changes, rows)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
         result.ignored += states.count(InboxState.IGNORED)
@@ -219,10 +231,10 @@ class BatchProcessor:
         result.needs_attention += states.count(InboxState.NEEDS_ATTENTION)
         result.retried += states.count(InboxState.RECEIVED)
         result.dead_lettered += states.count(InboxState.DEAD_LETTERED)
-        result.outbox += len(changes.outbox)
+        result.outbox += committed.outbox_rows
         result.trace += len(changes.trace)
-        result.resources_written += written
-        result.resources_removed += removed
+        result.resources_written += committed.resources_written
+        result.resources_removed += committed.resources_removed
         return result
 
     def parse(self, rows: list[ClaimedMessage]) -> list[Parsed]:
@@ -235,7 +247,7 @@ class BatchProcessor:
         parsed: list[Parsed],
         book: PatientBook,
         hashes: dict[str, str | None],
-        changes: Changes,
+        changes: CaseChanges,
         report: list[Applied] | None = None,
     ) -> None:
         """Apply the parsed rows in order to the states in ``book``, collecting what to write in
@@ -317,7 +329,7 @@ class BatchProcessor:
         item: Parsed,
         book: PatientBook,
         hashes: dict[str, str | None],
-        changes: Changes,
+        changes: CaseChanges,
     ) -> tuple[Outcome | None, tuple[Case, ...]]:
         event, row = item.event, item.row
         assert event is not None
@@ -326,14 +338,16 @@ class BatchProcessor:
             state = book.state(keys[0])
             merged = book.merged(keys[0], keys[1:])
             outcome = self.workflow(event, state, self.rules, now=row.received_at, merged=merged)
-            built = [build(case, self.registry) for case in outcome.changed_cases]
+            built = [build_case(case, self.registry) for case in outcome.changed_cases]
         except Exception as exc:
             failure = self._failure(row, exc)
             changes.outcomes.append(failure)
             return None, ()
         attention = attention_reason(outcome.flags)
         primary = book.file(keys[0], outcome.state, outcome.retired_keys)
-        changes.file(outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key)
+        file_outcome(
+            changes, outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key
+        )
         if attention is None:
             changes.outcomes.append(InboxOutcome(row.id, InboxState.PROCESSED))
         else:

@@ -30,8 +30,10 @@ from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
+from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
 from cm_fhir.store.queue import mark_waiting
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
+from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
 from cm_fhir.workflow import PatientState, apply_event
 
@@ -55,10 +57,13 @@ class WorkerConfig:
     poll_interval: float = _DEFAULTS.poll_interval  # seconds to wait when nothing is claimable
     close_check_seconds: float = _DEFAULTS.close_check_seconds  # between closing passes
     apply_processing_ids: frozenset[str] = frozenset(_DEFAULTS.apply_processing_ids)
+    routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES  # the endpoints outbox Bundles go to
 
     @classmethod
-    def from_settings(cls, worker: WorkerSettings) -> WorkerConfig:
-        """The configuration of the ``worker`` settings."""
+    def from_settings(
+        cls, worker: WorkerSettings, routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES
+    ) -> WorkerConfig:
+        """The configuration of the ``worker`` settings, enqueuing for ``routes``."""
         return cls(
             batch_size=worker.batch_size,
             max_attempts=worker.max_attempts,
@@ -66,6 +71,7 @@ class WorkerConfig:
             poll_interval=worker.poll_interval,
             close_check_seconds=worker.close_check_seconds,
             apply_processing_ids=frozenset(worker.apply_processing_ids),
+            routes=routes,
         )
 
 
@@ -107,8 +113,9 @@ class Worker:
             apply=apply,
             apply_processing_ids=self.config.apply_processing_ids,
             cache=decoded,
+            routes=self.config.routes,
         )
-        self.closer = CaseCloser(rules, registry, decoded)
+        self.closer = CaseCloser(rules, registry, decoded, routes=self.config.routes)
         self.totals = BatchResult()
         self.closings = ClosingResult()
         self._one_at_a_time = 0
@@ -123,6 +130,7 @@ class Worker:
                 result = await connection.run_sync(self.processor.process, limit, retry_before)
         except SQLAlchemyError as exc:
             return await self._after_failure(exc)
+        log_outcomes(self.processor.last_outcomes)
         self.totals.add(result)
         return result
 

@@ -21,7 +21,9 @@ ROUTE_MODULES = (
     "outbox",
     "cases",
     "case_managers",
+    "tasks",
     "fhir",
+    "ehr_notifications",
 )
 
 

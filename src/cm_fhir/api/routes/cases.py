@@ -30,6 +30,7 @@ from cm_fhir.api.deps import (
     WritePrincipal,
     get_context,
     get_registry,
+    get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.domain import (
@@ -43,7 +44,7 @@ from cm_fhir.domain import (
     Task,
     TaskStatus,
 )
-from cm_fhir.errors import FhirConflictError, ResourceNotFound
+from cm_fhir.errors import RecordConflict, RecordNotFound
 from cm_fhir.fhir import WriteMode, map_case
 from cm_fhir.store.case_repo import (
     CaseFilter,
@@ -53,6 +54,7 @@ from cm_fhir.store.case_repo import (
     list_cases,
     read_case,
 )
+from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.workflow.cadence import with_contacts
 
 __all__ = ["router"]
@@ -108,9 +110,8 @@ def _case_response(stored: StoredCase, status: int = 200) -> Response:
     return Response(stored.case.model_dump_json(), status, headers, media_type="application/json")
 
 
-def _server_error(request: Request, exc: FhirConflictError | ResourceNotFound) -> Response:
-    message = str(exc).removeprefix(f"HTTP {exc.status}: ")
-    return error_response(request, exc.status, message)
+def _record_error(request: Request, exc: RecordConflict | RecordNotFound) -> Response:
+    return error_response(request, exc.status, str(exc))
 
 
 @router.post("", status_code=201, summary="Open a case (the body is a case document)")
@@ -120,7 +121,11 @@ async def post_case(
     now = datetime.now(UTC)
     case = with_contacts(case, get_context(request).programmes, now)
     async with engine.begin() as connection:
-        stored = await connection.run_sync(create_case, case, get_registry(request), now)
+        stored = await connection.run_sync(
+            lambda c: create_case(
+                c, case, get_registry(request), now, routes=outbox_routes(get_settings(request))
+            )
+        )
         await audit.record("create", "case", case.id, connection=connection)
     return _case_response(stored, 201)
 
@@ -251,10 +256,11 @@ class CaseChange:
                     now=now,
                     action=action,
                     target=target,
+                    routes=outbox_routes(get_settings(self.request)),
                 )
                 await self.audit.record("update", "case", self.case_id, connection=connection)
-        except (FhirConflictError, ResourceNotFound) as exc:
-            return _server_error(self.request, exc)
+        except (RecordConflict, RecordNotFound) as exc:
+            return _record_error(self.request, exc)
         return _case_response(stored)
 
     def refuse(self, message: str) -> Response:

@@ -4,13 +4,16 @@
 searches and ``GET /fhir/<Type>/<id>`` reads EpisodeOfCare, CarePlan, Goal, Task, CareTeam,
 ServiceRequest (the rows of ``fhir_resources``: exactly what the mapper emits for each case's
 current state) and Provenance (built from the trace). Answers are ``application/fhir+json``;
-errors are OperationOutcomes: 400 for an unknown type, parameter, modifier or value, 404 for an
-unknown id, 401/403 without a token or without ``system/*.read`` / ``system/<Type>.read``.
+errors are OperationOutcomes: 400 for an unknown type or a malformed value, 404 for an unknown
+id, 401/403 without a token or without ``system/*.read`` / ``system/<Type>.read``. Unsupported
+parameters are ignored (FHIR's lenient handling; the ``self`` link shows what was applied)
+unless the request says ``Prefer: handling=strict``, which makes them a 400.
 Searches and reads are audited (type and id, never the query string).
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Annotated, Any
@@ -58,6 +61,16 @@ def _bad_request(request: Request, exc: SearchParameterError) -> Response:
     return error_response(request, 400, str(exc), outcome=outcome)
 
 
+def _strict(request: Request) -> bool:
+    """Whether the client asked for ``Prefer: handling=strict``."""
+    for header in request.headers.getlist("prefer"):
+        for part in header.replace(";", ",").split(","):
+            name, _, value = part.partition("=")
+            if name.strip().lower() == "handling" and value.strip().strip('"').lower() == "strict":
+                return True
+    return False
+
+
 def _check_type(resource_type: str) -> None:
     if resource_type not in RESOURCE_TYPES:
         served = ", ".join(RESOURCE_TYPES)
@@ -80,7 +93,7 @@ ResourceType = Annotated[
 def _search_parameters() -> list[dict[str, Any]]:
     """The search parameters as OpenAPI query parameters (each type takes its own subset)."""
     names = sorted({p.name for params in SEARCH_PARAMETERS.values() for p in params})
-    names += ["patient:identifier", "_count", "_page", "_format"]
+    names += ["patient:identifier", "_count", "_page", "_format", "_summary", "_total", "_elements"]
     return [
         {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
         for name in names
@@ -102,14 +115,17 @@ async def search(
     try:
         _check_type(resource_type)
         check_fhir_read(principal, resource_type)
-        query = parse_search(resource_type, request.query_params.multi_items())
+        query = parse_search(
+            resource_type, request.query_params.multi_items(), strict=_strict(request)
+        )
     except SearchParameterError as exc:
         return _bad_request(request, exc)
+    fetch = replace(query, count=0) if query.summary_count else query
     async with engine.connect() as connection:
         if resource_type == "Provenance":
-            page = await connection.run_sync(search_provenance, get_registry(request), query)
+            page = await connection.run_sync(search_provenance, get_registry(request), fetch)
         else:
-            page = await connection.run_sync(search_resources, query)
+            page = await connection.run_sync(search_resources, fetch)
     ids: list[str | None] = [str(r["id"]) for r in page.resources] or [None]
     await audit.record_many("search", f"fhir:{resource_type}", ids)
     return _fhir(searchset(_base(request), query, page))
@@ -127,10 +143,12 @@ async def read(
     try:
         _check_type(resource_type)
         check_fhir_read(principal, resource_type)
+        strict = _strict(request)
         for key, value in request.query_params.multi_items():
-            if key != "_format":
+            if key == "_format":
+                parse_search(resource_type, [(key, value)])
+            elif strict:
                 raise SearchParameterError(key, "a read takes no parameters but _format")
-            parse_search(resource_type, [(key, value)])
     except SearchParameterError as exc:
         return _bad_request(request, exc)
     async with engine.connect() as connection:

@@ -1,8 +1,9 @@
 """The inbox over HTTP: list, inspect, ingest, dead letters and replay. I/O (database).
 
-``GET /api/messages`` filters by state, event, patient, date, ACK code and error text, newest
-first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the workflow trace and the
-FHIR writes the message caused (and, with ``include_raw=true``, the message itself: audited).
+``GET /api/messages`` filters by state, event, control id, sender, patient, date, ACK code and
+error text, newest first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the
+workflow trace and the FHIR writes the message caused (and, with ``include_raw=true``, the
+message itself: audited).
 ``POST /api/hl7v2`` takes one message (or a batch) as the body and answers with the ACK, through
 the listener's own persist-before-ACK path. Replays go through the worker's queue functions, which
 put rows back to ``received`` and release rows waiting behind a dead letter. Every row a list or
@@ -17,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request
 from fastapi.responses import Response
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cm_fhir.api.deps import (
@@ -60,6 +61,7 @@ MessageId = Annotated[int, Path(ge=1, le=_MAX_ID, description="Inbox row id.")]
 
 @router.get("/messages", summary="List inbox messages (newest first)")
 async def list_messages(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
@@ -68,6 +70,13 @@ async def list_messages(
         str | None, Query(max_length=16, description="Trigger event, e.g. A01.")
     ] = None,
     message_type: Annotated[str | None, Query(max_length=16, description="e.g. ADT.")] = None,
+    control_id: Annotated[
+        str | None, Query(max_length=199, description="MSH-10, the message control id.")
+    ] = None,
+    sender: Annotated[
+        str | None,
+        Query(max_length=255, description="MSH-3 sending application (or MSH-4 facility)."),
+    ] = None,
     patient: Annotated[
         str | None,
         Query(max_length=255, description="Patient key `id^authority`, or the id alone."),
@@ -91,6 +100,10 @@ async def list_messages(
         where.append(_t.c.trigger_event == event.upper())
     if message_type is not None:
         where.append(_t.c.message_type == message_type.upper())
+    if control_id is not None:
+        where.append(_t.c.control_id == control_id)
+    if sender is not None:
+        where.append(or_(_t.c.sending_application == sender, _t.c.sending_facility == sender))
     if patient is not None:
         if "^" in patient:
             where.append(_t.c.patient_key == patient)
@@ -106,11 +119,12 @@ async def list_messages(
         where.append(_t.c.reason.contains(error, autoescape=True))
     if has_error is not None:
         where.append(_t.c.reason.is_not(None) if has_error else _t.c.reason.is_(None))
-    return await _page(engine, audit, where, before, limit)
+    return await _page(request, engine, audit, where, before, limit)
 
 
 @router.get("/dead-letters", summary="Dead-lettered messages (newest first)")
 async def list_dead_letters(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
@@ -118,11 +132,16 @@ async def list_dead_letters(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> MessagePage:
     dead = _t.c.state == InboxState.DEAD_LETTERED.value
-    return await _page(engine, audit, [dead], before, limit)
+    return await _page(request, engine, audit, [dead], before, limit)
 
 
 async def _page(
-    engine: EngineDep, audit: Auditor, where: list[Any], before: int | None, limit: int
+    request: Request,
+    engine: EngineDep,
+    audit: Auditor,
+    where: list[Any],
+    before: int | None,
+    limit: int,
 ) -> MessagePage:
     """One page of inbox rows, newest first; each row listed is audited (none found: once)."""
     query = select(*_SUMMARY_COLUMNS).where(*where).order_by(_t.c.id.desc()).limit(limit + 1)
@@ -132,7 +151,9 @@ async def _page(
         rows = (await connection.execute(query)).mappings().all()
     items = [MessageSummary.model_validate(dict(row)) for row in rows[:limit]]
     await audit.record_many("search", "message", [str(m.id) for m in items] or [None])
-    return MessagePage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+    cursor = items[-1].id if len(rows) > limit else None
+    following = str(request.url.include_query_params(before=cursor)) if cursor else None
+    return MessagePage(items=items, next=following, next_before=cursor)
 
 
 async def _trace_of(connection: AsyncConnection, message_id: int) -> list[TraceItem]:
@@ -176,7 +197,7 @@ async def read_message(
             {
                 **{c.name: row[c.name] for c in _SUMMARY_COLUMNS},
                 "ack": _text(row["ack_bytes"]),
-                "raw": _text(row["raw"]) if include_raw else None,
+                "raw": _text(row["raw"]) if include_raw and not row["raw_purged_at"] else None,
                 "trace": await _trace_of(connection, message_id),
                 "outbox": await _outbox_of(connection, message_id),
             }

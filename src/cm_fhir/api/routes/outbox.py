@@ -1,57 +1,136 @@
 """The outbox over HTTP: pending, sent and failed FHIR writes. I/O (database).
 
 ``GET /api/outbox`` counts rows per endpoint and state with the oldest row of each group;
-``GET /api/outbox/items`` lists rows (newest first, keyset cursor) by state or case, without the
-Bundle bodies; every row listed is audited (``search``, ``outbox``, its id). The counts hold no
-patient data and are not audited. The outbox has one target FHIR endpoint today, reported as
-``default``.
+``GET /api/outbox/items`` lists rows (newest first, keyset cursor) by state, endpoint or case,
+without the Bundle bodies but with the endpoint's last error and OperationOutcome; every row
+listed is audited (``search``, ``outbox``, its id). ``GET /api/outbox/endpoints`` describes each
+configured FHIR endpoint (never its credentials) with its circuit breaker's state and the
+delivery counts of the ``sync`` role when this process runs it. The counts hold no patient data
+and are not audited.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 
-from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal
+from cm_fhir.api.deps import AuditDep, ContextDep, EngineDep, ReadPrincipal
 from cm_fhir.api.routes.messages import outbox_columns
 from cm_fhir.api.schemas import OutboxCount, OutboxItem, OutboxPage, OutboxSummary
 from cm_fhir.store.case_tables import outbox
+from cm_fhir.store.outbox import DEFAULT_ENDPOINT
 
 __all__ = ["DEFAULT_ENDPOINT", "router"]
 
 router = APIRouter(prefix="/api/outbox", tags=["outbox"])
-DEFAULT_ENDPOINT = "default"
-OutboxStateName = Literal["pending", "sent", "failed"]
+OutboxStateName = Literal["pending", "sent", "failed", "superseded"]
+_STATES = ("pending", "sent", "failed", "superseded")
+
+
+class EndpointDelivery(BaseModel):
+    """What the ``sync`` role of this process has done for one endpoint."""
+
+    breaker: str = Field(description="The circuit breaker: closed, open or half-open.")
+    requests: int = Field(description="HTTP requests made to the endpoint.")
+    sent: int
+    failed: int
+    retried: int
+    superseded: int
+    conflicts: int = Field(description="412s answered by re-reading and re-applying our fields.")
+
+
+class EndpointInfo(BaseModel):
+    """One configured FHIR endpoint (its credentials are never shown)."""
+
+    name: str
+    base_url: str
+    auth: str
+    mode: str
+    resource_types: list[str]
+    programmes: list[str]
+    rate_limit: float
+    counts: dict[str, int] = Field(description="Outbox rows for this endpoint by state.")
+    delivery: EndpointDelivery | None = Field(
+        None, description="Null when the sync role does not run in this process."
+    )
+
+
+async def _counts(engine: Any) -> dict[tuple[str, str], Any]:
+    query = select(
+        outbox.c.endpoint,
+        outbox.c.state,
+        func.count().label("n"),
+        func.min(outbox.c.created_at).label("oldest"),
+    ).group_by(outbox.c.endpoint, outbox.c.state)
+    async with engine.connect() as connection:
+        rows = (await connection.execute(query)).all()
+    return {(str(row.endpoint), str(row.state)): row for row in rows}
 
 
 @router.get("", summary="Outbox counts per endpoint and state")
-async def outbox_summary(engine: EngineDep, _: ReadPrincipal) -> OutboxSummary:
-    query = select(
-        outbox.c.state, func.count().label("n"), func.min(outbox.c.created_at).label("oldest")
-    ).group_by(outbox.c.state)
-    async with engine.connect() as connection:
-        rows = (await connection.execute(query)).all()
-    found = {str(row.state): row for row in rows}
+async def outbox_summary(context: ContextDep, _: ReadPrincipal) -> OutboxSummary:
+    found = await _counts(context.engine)
+    configured = [e.name for e in context.settings.endpoints] or [DEFAULT_ENDPOINT]
+    endpoints = sorted(set(configured) | {endpoint for endpoint, _ in found})
     counts = [
         OutboxCount(
-            endpoint=DEFAULT_ENDPOINT,
+            endpoint=endpoint,
             state=state,
-            count=int(found[state].n) if state in found else 0,
-            oldest=found[state].oldest if state in found else None,
+            count=int(found[endpoint, state].n) if (endpoint, state) in found else 0,
+            oldest=found[endpoint, state].oldest if (endpoint, state) in found else None,
         )
-        for state in ("pending", "sent", "failed")
+        for endpoint in endpoints
+        for state in _STATES
     ]
     return OutboxSummary(counts=counts)
 
 
+@router.get("/endpoints", summary="The FHIR endpoints, their circuit breakers and deliveries")
+async def outbox_endpoints(context: ContextDep, _: ReadPrincipal) -> list[EndpointInfo]:
+    found = await _counts(context.engine)
+    running = {s.name: s for s in context.sync.status()} if context.sync is not None else {}
+    out = []
+    for e in context.settings.endpoints:
+        status = running.get(e.name)
+        delivery = None
+        if status is not None:
+            st = status.stats
+            delivery = EndpointDelivery(
+                breaker=status.breaker,
+                requests=status.requests,
+                sent=st.sent,
+                failed=st.failed,
+                retried=st.retried,
+                superseded=st.superseded,
+                conflicts=st.conflicts,
+            )
+        out.append(
+            EndpointInfo(
+                name=e.name,
+                base_url=e.base_url,
+                auth=e.auth.kind,
+                mode=e.mode,
+                resource_types=list(e.resource_types),
+                programmes=list(e.programmes),
+                rate_limit=e.rate_limit,
+                counts={s: int(found[e.name, s].n) for s in _STATES if (e.name, s) in found},
+                delivery=delivery,
+            )
+        )
+    return out
+
+
 @router.get("/items", summary="Outbox rows (newest first), without the Bundle bodies")
 async def outbox_items(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
     state: Annotated[OutboxStateName | None, Query()] = None,
+    endpoint: Annotated[str | None, Query(max_length=64)] = None,
     case_id: Annotated[str | None, Query(max_length=64)] = None,
     before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
@@ -63,6 +142,8 @@ async def outbox_items(
     )
     if state is not None:
         query = query.where(outbox.c.state == state)
+    if endpoint is not None:
+        query = query.where(outbox.c.endpoint == endpoint)
     if case_id is not None:
         query = query.where(outbox.c.case_id == case_id)
     if before is not None:
@@ -71,4 +152,6 @@ async def outbox_items(
         rows = (await connection.execute(query)).mappings().all()
     items = [OutboxItem.model_validate(dict(row)) for row in rows[:limit]]
     await audit.record_many("search", "outbox", [str(i.id) for i in items] or [None])
-    return OutboxPage(items=items, next_before=items[-1].id if len(rows) > limit else None)
+    cursor = items[-1].id if len(rows) > limit else None
+    following = str(request.url.include_query_params(before=cursor)) if cursor else None
+    return OutboxPage(items=items, next=following, next_before=cursor)

@@ -1,0 +1,311 @@
+"""Benchmark: outbox delivery to a FHIR server, against a naive one-POST-per-resource loop.
+
+Two in-memory test FHIR servers (``tests/fhir_server``, Node.js) run on 127.0.0.1. N admissions
+(A01, then an A08 each) go through the listener's intake and the worker into a SQLite store;
+their cases' newest Bundles are then delivered:
+
+* ``cm-fhir sync``: the ``sync`` role's delivery (:class:`cm_fhir.sync.runner.SyncWorker`) with
+  default settings: one transaction per case, patients concurrently, the EHR's Patient looked up
+  once per patient;
+* baseline ``naive loop``: one ``httpx`` POST per resource, one after the other, references
+  rewritten to the ids the server gave (what a first integration usually does).
+
+It prints resources per second, HTTP requests made (counted by the servers) and the ratio, and
+checks that both servers end with the same resources (compared by business identifier, without
+ids, meta and references).
+
+Then ``cm-fhir serve --ehr-url`` runs as a process; A01s of new patients are sent over MLLP at a
+steady rate (50 msg/s), and the time from sending each A01 to its case's write being committed on
+the FHIR server (the outbox row's ``sent_at``, set after the server answered) is reported as
+p50/p95.
+
+Usage: ``python bench/bench_sync.py [--cases 200] [--rate 50] [--seconds 10]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVER = ROOT / "tests" / "fhir_server" / "server.mjs"
+CLI = str(Path(sys.executable).parent / "cm-fhir")
+Json = dict[str, Any]
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    node = shutil.which("node")
+    if node is None:
+        sys.exit("node is not installed: the test FHIR server needs it")
+    process = subprocess.Popen(
+        [node, str(SERVER), "0"],
+        cwd=SERVER.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "NODE_ENV": "test"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline().split()
+    if len(line) != 2 or line[0] != "listening":
+        process.kill()
+        sys.exit("the test FHIR server did not start")
+    return process, f"http://127.0.0.1:{line[1]}/fhir"
+
+
+def requests_made(base_url: str) -> int:
+    root = base_url.removesuffix("/fhir")
+    return int(httpx.get(f"{root}/$test-requests").json()["total"])
+
+
+def reset_requests(base_url: str) -> None:
+    httpx.delete(f"{base_url.removesuffix('/fhir')}/$test-requests")
+
+
+def adt(kind: str, n: int, at: str) -> str:
+    """A synthetic admission-shaped ADT message of patient ``n`` (qualifies for case management)."""
+    pv1 = ["PV1", "1", "I", "4WEST^401^A^NORTHSIDE", *[""] * 6, "MED", *[""] * 8, f"V{n:07d}"]
+    pv1 += [""] * (44 - len(pv1)) + ["20240305090000+0000", ""]
+    return "\r".join(
+        [
+            f"MSH|^~\\&|BENCH|NORTHSIDE|CMFHIR|CM|{at}||ADT^{kind}|BS{n}-{kind}-{time.time_ns()}"
+            "|P|2.5.1",
+            f"EVN|{kind}|{at}||||{at}",
+            f"PID|1||SYNC{n:06d}^^^NSH^MR||SYNTHETIC^PATIENT||19480304|F",
+            "|".join(pv1),
+            "PV2|||||||||",
+            "DG1|1|I10|I50.9^Heart failure^I10||20240305|A",
+            "IN1|1|PLAN-GOLD|PAYER01|Example Health Plan",
+        ]
+    )
+
+
+async def prepare_store(url: str, cases: int) -> None:
+    from cm_fhir.listener import ListenerConfig, MllpListener
+    from cm_fhir.store.engine import make_engine, upgrade_database
+    from cm_fhir.store.writer import InboxWriter
+    from cm_fhir.worker import Worker, WorkerConfig
+
+    engine = make_engine(url)
+    await upgrade_database(engine)
+    async with InboxWriter(engine) as writer:
+        listener = MllpListener(ListenerConfig(port=0), writer)
+        for n in range(cases):
+            await listener.handle_payload(adt("A01", n, "20240305090000+0000").encode())
+            await listener.handle_payload(adt("A08", n, "20240305100000+0000").encode())
+    await Worker(engine, WorkerConfig(retry_delay=0)).run_once()
+    await engine.dispose()
+
+
+async def newest_bundles(url: str) -> list[Json]:
+    from sqlalchemy import func, select
+
+    from cm_fhir.store.case_tables import outbox
+    from cm_fhir.store.engine import make_engine
+
+    engine = make_engine(url)
+    newest = select(func.max(outbox.c.id)).group_by(outbox.c.case_id)
+    async with engine.connect() as connection:
+        found = await connection.execute(select(outbox.c.bundle).where(outbox.c.id.in_(newest)))
+        bundles = [orjson.loads(b) for b in found.scalars()]
+    await engine.dispose()
+    return bundles
+
+
+async def deliver_ours(url: str, base_url: str) -> float:
+    from cm_fhir.store.engine import make_engine
+    from cm_fhir.sync.config import EndpointSettings
+    from cm_fhir.sync.runner import SyncWorker
+
+    engine = make_engine(url)
+    start = time.perf_counter()
+    async with SyncWorker(engine, [EndpointSettings(name="default", base_url=base_url)]) as sync:
+        await sync.drain(settle_backoff=True, timeout=600)
+    elapsed = time.perf_counter() - start
+    await engine.dispose()
+    return elapsed
+
+
+def _rewrite(value: Any, ids: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref in ids:
+            value["reference"] = ids[ref]
+        for item in value.values():
+            _rewrite(item, ids)
+    elif isinstance(value, list):
+        for item in value:
+            _rewrite(item, ids)
+
+
+async def deliver_naive(bundles: list[Json], base_url: str) -> float:
+    """One POST per resource; back links (references to later entries) patched with a PUT."""
+    start = time.perf_counter()
+    async with httpx.AsyncClient(timeout=60) as client:
+        for bundle in bundles:
+            ids: dict[str, str] = {}
+            later: list[tuple[str, Json]] = []
+            for entry in bundle["entry"]:
+                resource = orjson.loads(orjson.dumps(entry["resource"]))
+                _rewrite(resource, ids)
+                pending = orjson.dumps(resource).count(b"urn:uuid:") > 0
+                answer = await client.post(f"{base_url}/{resource['resourceType']}", json=resource)
+                answer.raise_for_status()
+                created = answer.json()
+                ids[entry["fullUrl"]] = f"{resource['resourceType']}/{created['id']}"
+                if pending:
+                    later.append((entry["fullUrl"], entry["resource"]))
+            for full_url, original in later:
+                resource = orjson.loads(orjson.dumps(original))
+                _rewrite(resource, ids)
+                rtype, rid = ids[full_url].split("/")
+                resource["id"] = rid
+                (await client.put(f"{base_url}/{rtype}/{rid}", json=resource)).raise_for_status()
+    return time.perf_counter() - start
+
+
+def _content(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _content(v) for k, v in value.items() if k not in ("id", "meta", "reference")}
+    if isinstance(value, list):
+        return [_content(v) for v in value]
+    return value
+
+
+async def same_state(bundles: list[Json], a: str, b: str) -> bool:
+    async with httpx.AsyncClient(timeout=60) as client:
+        for bundle in bundles:
+            for entry in bundle["entry"]:
+                resource = entry["resource"]
+                ident = resource["identifier"][0]
+                system = quote(ident["system"], safe=":/")
+                query = f"identifier={system}|{quote(ident['value'], safe='')}"
+                found = []
+                for base in (a, b):
+                    answer = await client.get(f"{base}/{resource['resourceType']}?{query}")
+                    found.append([e["resource"] for e in answer.json().get("entry") or []])
+                if len(found[0]) != 1 or len(found[1]) != 1:
+                    return False
+                if _content(found[0][0]) != _content(found[1][0]):
+                    return False
+    return True
+
+
+async def throughput(cases: int) -> None:
+    ours_server, ours_url = start_server()
+    naive_server, naive_url = start_server()
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            url = f"sqlite+aiosqlite:///{Path(folder) / 'bench.sqlite3'}"
+            await prepare_store(url, cases)
+            bundles = await newest_bundles(url)
+            resources = sum(len(b["entry"]) for b in bundles)
+            reset_requests(ours_url)
+            reset_requests(naive_url)
+            ours = await deliver_ours(url, ours_url)
+            naive = await deliver_naive(bundles, naive_url)
+            ours_requests = requests_made(ours_url)
+            naive_requests = requests_made(naive_url)
+            same = await same_state(bundles, ours_url, naive_url)
+        print(
+            f"cases {len(bundles)}, resources {resources} ({resources / len(bundles):.1f} per case)"
+        )
+        print(f"cm-fhir sync : {resources / ours:8.0f} resources/s, {ours_requests} HTTP requests")
+        print(
+            f"naive loop   : {resources / naive:8.0f} resources/s, {naive_requests} HTTP requests"
+        )
+        print(
+            f"ratio        : {naive / ours:.1f}x faster (target >= 5x), "
+            f"{naive_requests / max(ours_requests, 1):.1f}x fewer requests; "
+            f"same final server state: {'yes' if same else 'NO'}"
+        )
+    finally:
+        ours_server.terminate()
+        naive_server.terminate()
+
+
+async def latency(rate: float, seconds: float) -> None:
+    from cm_fhir.mllp_client import MllpClient
+
+    server, base_url = start_server()
+    with tempfile.TemporaryDirectory() as folder:
+        data = Path(folder) / "data"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CM_FHIR_")}
+        process = await asyncio.create_subprocess_exec(
+            CLI, "serve", "--http-port", "0", "--mllp-port", "0", "--data-dir", str(data),
+            "--ehr-url", base_url, "--log-level", "WARNING",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+        assert process.stdout is not None
+        port = 0
+        while True:
+            line = (await process.stdout.readline()).decode()
+            if not line:
+                sys.exit("serve did not start")
+            if line.startswith("cm-fhir listening on "):
+                port = int(line.rsplit(":", 1)[1])
+            if line.startswith("cm-fhir ready"):
+                break
+        sent: dict[str, float] = {}
+        count = int(rate * seconds)
+        async with await MllpClient.connect("127.0.0.1", port) as client:
+            start = time.monotonic()
+            for n in range(count):
+                await asyncio.sleep(max(0.0, start + n / rate - time.monotonic()))
+                message = adt("A01", 500_000 + n, "20240305090000+0000")
+                control = message.split("\r", 1)[0].split("|")[9]
+                sent[control] = time.time()
+                await client.send(message, timeout=30)
+        await asyncio.sleep(5)  # let the last writes go out
+        process.terminate()
+        await process.wait()
+        database = sqlite3.connect(data / "cm-fhir.sqlite3")
+        rows = database.execute(
+            "SELECT i.control_id, o.sent_at FROM outbox o JOIN inbox_message i "
+            "ON i.id = o.inbox_message_id WHERE o.state = 'sent'"
+        ).fetchall()
+        database.close()
+    server.terminate()
+    delays = []
+    for control, sent_at in rows:
+        if control in sent and sent_at:
+            at = datetime.fromisoformat(str(sent_at)).replace(tzinfo=UTC).timestamp()
+            delays.append(at - sent[control])
+    if len(delays) < 20:
+        print(f"A01 -> written on the FHIR server: only {len(delays)} of {count} measured")
+        return
+    cut = statistics.quantiles(delays, n=20)
+    print(
+        f"A01 over MLLP -> its case written on the FHIR server, {rate:.0f} msg/s, "
+        f"{len(delays)}/{count} messages: p50 {statistics.median(delays) * 1000:.0f} ms, "
+        f"p95 {cut[18] * 1000:.0f} ms (target <= 500 ms)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--cases", type=int, default=200)
+    parser.add_argument("--rate", type=float, default=50.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    asyncio.run(throughput(args.cases))
+    asyncio.run(latency(args.rate, args.seconds))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""``POST /fhir/subscription-notification/{endpoint}``: an EHR's R4 Subscription notifications
+(Subscriptions R5 Backport IG) bringing Task status back. I/O.
+
+The EHR authenticates with the bearer secret configured for its endpoint (not an API key: the
+front door leaves this path to the route), compared in constant time; a wrong or missing secret
+is 401 (audited), and so is an endpoint that is unknown or has no secret (endpoint names cannot
+be probed); a body that is not a notification Bundle is 400, all as OperationOutcome. An endpoint
+that cannot be read meanwhile (an ``id-only`` Task, the gap poll) answers 503, so the EHR sends
+the notification again. Handshakes and heartbeats are acknowledged;
+events are applied (:meth:`cm_fhir.sync.status_back.StatusBack.notify`), reading ``id-only``
+focuses from the endpoint and polling when ``eventsSinceSubscriptionStart`` shows a gap. The
+answer is 200 with an OperationOutcome that counts what the Tasks did (no patient data).
+"""
+
+from __future__ import annotations
+
+import hmac
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.api.deps import get_context, record_denial
+from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.errors import RemoteFhirError, ValidationError
+from cm_fhir.fhir.outcome import Issue, operation_outcome
+from cm_fhir.mapping.registry import default_registry
+from cm_fhir.settings import Settings
+from cm_fhir.sync.endpoints import RequestCount, open_client
+from cm_fhir.sync.notifications import read_notification
+from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
+
+__all__ = ["NOTIFICATION_PREFIX", "NotificationReceiver", "open_receivers", "router"]
+
+#: Paths the front door leaves to this route's own authentication.
+NOTIFICATION_PREFIX = "/fhir/subscription-notification/"
+router = APIRouter(tags=["ehr"])
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationReceiver:
+    """Status back of one endpoint and the bearer secret its notifications carry."""
+
+    status_back: StatusBack
+    secret: str
+
+
+async def open_receivers(
+    settings: Settings, engine: AsyncEngine, stack: AsyncExitStack
+) -> dict[str, NotificationReceiver]:
+    """A receiver per endpoint with a ``notification_secret``; their clients close with
+    ``stack``."""
+    out = {}
+    for endpoint in settings.endpoints:
+        if endpoint.notification_secret is None:
+            continue
+        client = open_client(endpoint, RequestCount(), settings.ehr)
+        stack.push_async_callback(client.aclose)
+        back = StatusBack(engine, default_registry(), StatusBackEndpoint.of(endpoint), client)
+        out[endpoint.name] = NotificationReceiver(
+            back, endpoint.notification_secret.get_secret_value()
+        )
+    return out
+
+
+def _authorised(request: Request, secret: str) -> bool:
+    scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), secret.encode())
+
+
+@router.post(
+    NOTIFICATION_PREFIX + "{endpoint}",
+    summary="Receive an R4 Subscription notification (R5 Backport) from an EHR endpoint",
+    response_class=Response,
+)
+async def subscription_notification(request: Request, endpoint: str) -> Response:
+    receivers: dict[str, NotificationReceiver] = get_context(request).notifications
+    receiver = receivers.get(endpoint)
+    if receiver is None or not _authorised(request, receiver.secret):
+        subject = f"ehr:{endpoint}"[:255]
+        await record_denial(request.scope, subject, "ehr", 401, "wrong notification secret")
+        headers = {"WWW-Authenticate": 'Bearer realm="cm-fhir"'}
+        return error_response(
+            request, 401, "the endpoint's bearer secret is required", headers=headers
+        )
+    try:
+        body: Any = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        return error_response(request, 400, "the body is not JSON")
+    try:
+        notification = read_notification(body)
+    except ValidationError as exc:
+        return error_response(request, 400, str(exc), outcome=exc.outcome)
+    try:
+        result = await receiver.status_back.notify(notification)
+    except RemoteFhirError as exc:  # an id-only Task or the gap poll could not be read: retry
+        return error_response(request, 503, f"the endpoint could not be read ({exc.status})")
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(result.counts.items())) or "no Tasks"
+    text = f"{notification.type}: {counts}" + ("; missed events: polled" if result.gap else "")
+    outcome = operation_outcome([Issue("information", "informational", text)])
+    return JSONResponse(outcome, 200, media_type=FHIR_JSON)

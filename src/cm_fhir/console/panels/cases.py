@@ -1,0 +1,95 @@
+"""Cases: a list by status, programme and team (and by patient, through a POSTed form, so the
+identifier stays out of the URL), and the case page: status history, screening, goals, plan,
+tasks, referrals, and the timeline of the messages and rules that shaped it (the trace).
+I/O (the cases API; the case's trace)."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+
+from cm_fhir.console import queries
+from cm_fhir.console.deps import ConsoleDep, FormError, api_message
+from cm_fhir.domain import CaseStatus
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/console/cases")
+
+PAGE_SIZE = 50
+
+
+async def _list(console: ConsoleDep, filters: dict[str, str], error: str | None) -> Response:
+    answer = await console.api.get("/api/cases", limit=PAGE_SIZE, **filters)
+    items: list[dict[str, Any]] = []
+    after = None
+    if answer.status_code == 200:
+        page = answer.json()
+        items = page["items"]
+        if page["next"]:
+            after = parse_qs(urlsplit(page["next"]).query).get("after", [None])[0]
+    else:
+        error = error or api_message(answer)
+    return console.page(
+        "cases.html",
+        title="Cases",
+        current="Cases",
+        items=items,
+        after=after,
+        filters={k: filters.get(k, "") for k in ("status", "programme", "team", "patient")},
+        statuses=[s.value for s in CaseStatus],
+        programmes=list(console.context.registry.code_systems["programme"].concepts),
+        error=error,
+    )
+
+
+@router.get("", summary="Cases")
+async def cases(
+    console: ConsoleDep,
+    status: str | None = None,
+    programme: str | None = None,
+    team: str | None = None,
+    after: str | None = None,
+) -> Response:
+    filters = {
+        k: v
+        for k, v in (("status", status), ("programme", programme), ("team", team), ("after", after))
+        if v
+    }
+    return await _list(console, filters, None)
+
+
+@router.post("", summary="Cases: search, by patient too (in the body, never the URL)")
+async def search_cases(console: ConsoleDep) -> Response:
+    try:
+        fields = await console.form()
+    except FormError as exc:
+        return await _list(console, {}, str(exc))
+    keep = ("status", "programme", "team", "patient", "after")
+    return await _list(console, {k: fields[k] for k in keep if fields.get(k)}, None)
+
+
+@router.get("/{case_id}", summary="One case with its timeline")
+async def case(console: ConsoleDep, case_id: str) -> Response:
+    answer = await console.api.get(f"/api/cases/{case_id}")
+    if answer.status_code != 200:
+        return console.page(
+            "case.html",
+            answer.status_code,
+            title="Case",
+            current="Cases",
+            case=None,
+            error=api_message(answer),
+        )
+    timeline = await queries.case_timeline(console.context.engine, case_id)
+    return console.page(
+        "case.html",
+        title=f"Case {case_id}",
+        current="Cases",
+        case=answer.json(),
+        version=answer.headers.get("etag", ""),
+        timeline=timeline,
+    )

@@ -1,0 +1,136 @@
+"""Settings of the FHIR endpoints the outbox is delivered to (pydantic). No I/O.
+
+The simple case is one URL: ``cm-fhir serve --ehr-url URL`` (or ``CM_FHIR_EHR_URL``) configures
+the endpoint ``default`` without auth, receiving everything. ``[ehr]`` in the config file holds
+the delivery loop's settings and any number of ``[[ehr.endpoints]]``, each with its own base URL,
+auth (none, a static bearer token, OAuth2 client secret, or SMART Backend Services with a private
+key), the resource types and programmes it receives, how Bundles are sent and a rate limit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+
+__all__ = ["EhrSettings", "EndpointAuth", "EndpointSettings", "configured_endpoints"]
+
+AuthKind = Literal["none", "bearer", "client-secret", "smart-backend"]
+SendMode = Literal["auto", "transaction", "batch", "individual"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointAuth(_Section):
+    """How cm-fhir authenticates to one endpoint."""
+
+    kind: AuthKind = "none"
+    token: SecretStr | None = Field(None, description="bearer: the static token.")
+    client_id: str | None = Field(None, description="client-secret and smart-backend.")
+    client_secret: SecretStr | None = Field(None, description="client-secret.")
+    key_file: Path | None = Field(
+        None, description="smart-backend: PEM private key (`cm-fhir keys generate` writes one)."
+    )
+    kid: str | None = Field(None, description="smart-backend: the key id registered with the EHR.")
+    alg: Literal["RS384", "ES384"] | None = Field(
+        None, description="smart-backend: RS384 or ES384; unset: as the key file holds."
+    )
+    scopes: tuple[str, ...] = ("system/Task.cu", "system/Patient.rs")
+    token_url: str | None = Field(
+        None, description="Token endpoint; unset: discovered from .well-known/smart-configuration."
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> EndpointAuth:
+        needed: dict[str, list[tuple[str, object]]] = {
+            "none": [],
+            "bearer": [("token", self.token)],
+            "client-secret": [("client_id", self.client_id), ("client_secret", self.client_secret)],
+            "smart-backend": [("client_id", self.client_id), ("key_file", self.key_file)],
+        }
+        absent = [name for name, value in needed[self.kind] if value is None]
+        if absent:
+            raise ValueError(f"auth kind {self.kind} needs {', '.join(absent)}")
+        return self
+
+
+class EndpointSettings(_Section):
+    """One FHIR endpoint that receives outbox Bundles."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    base_url: str = Field(pattern=r"^https?://", description="The FHIR base URL.")
+    auth: EndpointAuth = EndpointAuth()
+    resource_types: tuple[str, ...] = Field(
+        (), description="Resource types it receives (empty: all)."
+    )
+    programmes: tuple[str, ...] = Field((), description="Case programmes it receives (empty: all).")
+    mode: SendMode = Field(
+        "auto", description="auto follows the CapabilityStatement; or force one way of sending."
+    )
+    max_transaction_entries: int | None = Field(
+        None, gt=0, description="Split transactions above this size (auto: as the server says)."
+    )
+    rate_limit: float = Field(0.0, ge=0, description="Requests per second; 0: no limit.")
+    timeout: float = Field(30.0, gt=0, description="Seconds per request.")
+    patient_references: Literal["resolve", "identifier"] = Field(
+        "resolve",
+        description="resolve: look the EHR's Patient up by identifier and write literal "
+        "references where found; identifier: always logical identifier references.",
+    )
+    task_poll_interval: float = Field(
+        60.0,
+        ge=0,
+        description="Status back: seconds between polls for our Tasks changed on the endpoint "
+        "(Task?_lastUpdated=gt...); 0: no polling.",
+    )
+    notification_secret: SecretStr | None = Field(
+        None,
+        description="Status back: the bearer secret the endpoint's Subscription notifications "
+        "carry (POST /fhir/subscription-notification/<name>); unset: none accepted.",
+    )
+
+
+class EhrSettings(_Section):
+    """The ``sync`` worker role and the endpoints it delivers to."""
+
+    endpoints: tuple[EndpointSettings, ...] = ()
+    batch_patients: int = Field(50, gt=0, description="Patients claimed per endpoint per pass.")
+    cases_per_transaction: int = Field(
+        10,
+        gt=0,
+        description="Cases of different patients written in one transaction (a refused one is "
+        "then sent alone, so it fails only itself).",
+    )
+    poll_interval: float = Field(0.2, gt=0, description="Seconds between polls when idle.")
+    lease_seconds: float = Field(
+        120.0, gt=0, description="How long claimed rows stay reserved for one sync worker."
+    )
+    retry_base: float = Field(2.0, gt=0, description="First back-off after a failed attempt, s.")
+    retry_max: float = Field(300.0, gt=0, description="Longest back-off, seconds.")
+    shutdown_grace: float = Field(30.0, gt=0, description="Seconds to finish writes in flight.")
+    breaker_failures: int = Field(
+        5, gt=0, description="Failures in a row that open an endpoint's circuit breaker."
+    )
+    breaker_cool_down: float = Field(
+        30.0, ge=0, description="Seconds an open breaker waits before one trial call."
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> EhrSettings:
+        names = [e.name for e in self.endpoints]
+        if len(names) != len(set(names)):
+            raise ValueError("every ehr endpoint needs its own name")
+        return self
+
+
+def configured_endpoints(ehr_url: str | None, ehr: EhrSettings) -> tuple[EndpointSettings, ...]:
+    """The endpoints to deliver to: ``default`` for ``ehr_url``, then ``ehr.endpoints``."""
+    out = list(ehr.endpoints)
+    if ehr_url is not None:
+        if any(e.name == "default" for e in out):
+            raise ValueError("ehr_url configures the endpoint 'default'; rename the other one")
+        out.insert(0, EndpointSettings(name="default", base_url=ehr_url))
+    return tuple(out)

@@ -1,0 +1,434 @@
+"""Delivery of the outbox to one FHIR endpoint: claim, write, settle. I/O.
+
+:meth:`EndpointDelivery.run_once` leases the pending rows of up to ``batch_patients`` patients
+(:func:`~cm_fhir.store.outbox.claim_patients`), reads what the endpoint holds of them at once,
+looks their Patients up (:mod:`cm_fhir.sync.patients`), and writes in rounds: one case per
+patient per round, so each patient's cases go in order. One case write is the case's newest
+Bundle, adapted to the endpoint (:func:`~cm_fhir.sync.prepare.prepare_bundle`: resource types,
+the resolved Patient, ``ifMatch`` for resources the endpoint already holds). Up to
+``cases_per_transaction`` cases of different patients go in one transaction through
+:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`; a refused one is sent again in halves
+(the smaller size is kept: some servers refuse conditional transactions beyond a few entries)
+down to single cases, so one bad case fails only itself. Then one transaction settles the
+batch's rows and records what the server holds (``sync_state``: server id, version, hash sent):
+
+- written: ``sent`` (older rows of the case ``superseded``);
+- 412 (someone changed a resource in the EHR since our last write): the rest of the Bundle is
+  written, then each resource sent with ``ifMatch`` is re-read and only the elements we own are
+  applied onto the server's version (:func:`~cm_fhir.fhir_client.update_owned`);
+- refused for good (400/404/409/422, an OperationOutcome): ``failed`` with that OperationOutcome,
+  and the patient's next case goes on;
+- retryable (transport, 5xx, 429, an open circuit, 401/403 while credentials are fixed): the
+  patient's remaining rows wait, backing off exponentially (or as long as the server asked), and
+  other patients go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.errors import (
+    RemoteAuthError,
+    RemoteFhirError,
+    RemoteInvalid,
+    RemotePreconditionFailed,
+    RemoteRateLimited,
+    RemoteUnavailable,
+)
+from cm_fhir.fhir_client import EntryResult, FhirClient, update_owned
+from cm_fhir.fhir_client.responses import version_of_etag
+from cm_fhir.store.outbox import (
+    CaseWrite,
+    PatientWork,
+    claim_patients,
+    settle_failed,
+    settle_retry,
+    settle_sent,
+)
+from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync, record_sync
+from cm_fhir.sync.config import EhrSettings, EndpointSettings
+from cm_fhir.sync.patients import PatientResolver
+from cm_fhir.sync.prepare import (
+    KnownResource,
+    PreparedBundle,
+    owned_elements,
+    prepare_bundle,
+    server_id_of,
+)
+
+__all__ = ["DeliveryStats", "EndpointDelivery"]
+
+log = logging.getLogger(__name__)
+Json = dict[str, Any]
+
+
+@dataclass(slots=True)
+class DeliveryStats:
+    """Counts of one endpoint's delivery in this process (for /metrics and the API)."""
+
+    sent: int = 0
+    failed: int = 0
+    retried: int = 0
+    superseded: int = 0
+    conflicts: int = 0  # 412s re-applied
+    lag_seconds_sum: float = 0.0  # enqueue to written, summed over ``sent``
+    last_lag_seconds: float = 0.0
+
+
+@dataclass(slots=True)
+class _Settled:
+    sent: list[CaseWrite] = field(default_factory=list)
+    failed: list[tuple[CaseWrite, str, bytes | None]] = field(default_factory=list)
+    retry: list[CaseWrite] = field(default_factory=list)
+    retry_error: tuple[str, bytes | None, float] | None = None  # error, outcome, delay
+    sync: list[SyncRecord] = field(default_factory=list)
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _error_text(exc: BaseException) -> str:
+    """Status and class only: an OperationOutcome may quote what was sent (PHI)."""
+    if isinstance(exc, RemoteFhirError):
+        status = f"HTTP {exc.status} " if exc.status is not None else ""
+        return f"{status}{type(exc).__name__}"
+    return type(exc).__name__
+
+
+def _outcome(exc: BaseException) -> bytes | None:
+    outcome = getattr(exc, "outcome", None)
+    return orjson.dumps(outcome) if isinstance(outcome, dict) else None
+
+
+def _patient_identifier(write: CaseWrite, bundle: Json | None = None) -> Json | None:
+    """The patient's identifier the case's resources name (on its first entry)."""
+    data = bundle if bundle is not None else orjson.loads(write.bundle)
+    entries: list[Json] = data.get("entry") or []
+    if not entries:
+        return None
+    found = (entries[0]["resource"].get("patient") or {}).get("identifier")
+    return found if isinstance(found, dict) else None
+
+
+def _literal(value: Any, ids: dict[str, str]) -> None:
+    """Rewrite ``urn:uuid`` references named in ``ids`` to ``Type/id``, in place."""
+    if isinstance(value, dict):
+        ref = value.get("reference")
+        if isinstance(ref, str) and ref in ids:
+            value["reference"] = ids[ref]
+        for item in value.values():
+            if isinstance(item, dict | list):
+                _literal(item, ids)
+    elif isinstance(value, list):
+        for item in value:
+            _literal(item, ids)
+
+
+class EndpointDelivery:
+    """Delivers the outbox rows of one endpoint; see the module docstring."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        endpoint: EndpointSettings,
+        client: FhirClient,
+        config: EhrSettings,
+        worker_id: str,
+    ) -> None:
+        self.engine = engine
+        self.endpoint = endpoint
+        self.client = client
+        self.config = config
+        self.worker_id = worker_id
+        self.stats = DeliveryStats()
+        self.patients = PatientResolver(endpoint.name, client)
+        #: Cases per transaction; halved when the server refuses a combined transaction (some
+        #: refuse conditional transactions beyond a few entries), kept for later batches.
+        self.group_size = config.cases_per_transaction
+
+    async def run_once(self) -> int:
+        """Claim and deliver one batch of patients; the number of case writes settled.
+
+        One transaction claims, one read fetches what the endpoint holds of the batch's resources
+        and patients, the HTTP writes run (patients concurrently, each in order), and one
+        transaction settles the whole batch.
+        """
+        now = datetime.now(UTC)
+        lease = timedelta(seconds=self.config.lease_seconds)
+        async with self.engine.begin() as connection:
+            work: list[PatientWork] = await connection.run_sync(
+                lambda c: claim_patients(
+                    c,
+                    self.endpoint.name,
+                    self.worker_id,
+                    now,
+                    lease=lease,
+                    limit=self.config.batch_patients,
+                )
+            )
+        if not work:
+            return 0
+        try:
+            held = await self._held(work)
+        except SQLAlchemyError as exc:
+            log.warning("could not read the sync state (%s)", type(exc).__name__)
+            held = {}
+        settled = {w.patient_key: _Settled() for w in work}
+        patient_ids: dict[str, str | None] = {}
+        found: list[SyncRecord] = []
+        if self.endpoint.patient_references == "resolve":
+            identifiers = [
+                i for w in work for c in w.writes if (i := _patient_identifier(c)) is not None
+            ]
+            try:
+                patient_ids, found = await self.patients.resolve_many(identifiers, held)
+            except Exception as exc:  # no literal references this time
+                log.warning("patient look-up failed (%s)", _error_text(exc))
+        queues = {w.patient_key: list(w.writes) for w in work}
+        while True:
+            # one write per patient per round: a patient's writes go in order
+            round_ = [(key, queue.pop(0)) for key, queue in queues.items() if queue]
+            if not round_:
+                break
+            while round_:
+                group, round_ = round_[: self.group_size], round_[self.group_size :]
+                await self._send_group(group, held, patient_ids, settled, queues)
+        batch = list(settled.values())
+        batch[0].sync += found
+        try:
+            async with self.engine.begin() as connection:
+                await connection.run_sync(self._settle, batch)
+        except SQLAlchemyError as exc:  # the leases run out and the rows are sent again
+            log.warning("could not settle outbox rows (%s)", type(exc).__name__)
+            return 0
+        for one in batch:
+            self._count(one)
+        return sum(len(s.sent) + len(s.failed) + len(s.retry) for s in batch)
+
+    async def _send_group(
+        self,
+        group: list[tuple[str, CaseWrite]],
+        held: dict[SyncKey, SyncRecord],
+        patient_ids: dict[str, str | None],
+        settled: dict[str, _Settled],
+        queues: dict[str, list[CaseWrite]],
+    ) -> None:
+        """Several patients' cases in one transaction; on a refusal or a conflict, each alone
+        (so one bad case fails only itself)."""
+        prepared = [(key, write, self._prepare(write, held, patient_ids)) for key, write in group]
+        if len(prepared) > 1:
+            entries = [e for _, _, p in prepared for e in p.bundle["entry"]]
+            combined = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
+            try:
+                results = await self.client.write_bundle(combined)
+            except Exception as exc:
+                if self._retryable(exc) and not isinstance(exc, RemotePreconditionFailed):
+                    for key, write, _ in prepared:
+                        self._retry_later(settled[key], queues[key], write, exc)
+                    return
+                if isinstance(exc, RemoteInvalid):  # too big for this server, or a bad case
+                    half = max(1, len(group) // 2)
+                    self.group_size = min(self.group_size, half)
+                    for part in (group[:half], group[half:]):
+                        await self._send_group(part, held, patient_ids, settled, queues)
+                    return
+            else:
+                by_url = {r.full_url: r for r in results}
+                for key, write, p in prepared:
+                    mine = [by_url[u] for u in p.identifiers if u in by_url]
+                    settled[key].sync += self._records(p, mine)
+                    settled[key].sent.append(write)
+                return
+        for key, write, p in prepared:
+            try:
+                settled[key].sync += await self._send(p)
+            except Exception as exc:
+                if self._retryable(exc):
+                    self._retry_later(settled[key], queues[key], write, exc)
+                    continue
+                settled[key].failed.append((write, _error_text(exc), _outcome(exc)))
+                log.warning(
+                    "outbox row %d refused by endpoint %s (%s)",
+                    write.id,
+                    self.endpoint.name,
+                    _error_text(exc),
+                )
+                continue
+            settled[key].sent.append(write)
+
+    def _retry_later(
+        self, settled: _Settled, queue: list[CaseWrite], write: CaseWrite, exc: Exception
+    ) -> None:
+        """The patient's write and every later one wait (their order holds)."""
+        settled.retry = [write, *queue]
+        settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
+        queue.clear()
+
+    async def _held(self, work: list[PatientWork]) -> dict[SyncKey, SyncRecord]:
+        """What the endpoint holds of every resource and patient of the batch (one read)."""
+        keys = []
+        for patient in work:
+            for write in patient.writes:
+                for text in write.identifiers:
+                    rtype, _, ident = text.partition("|")
+                    keys.append(SyncKey(self.endpoint.name, rtype, ident))
+                identifier = _patient_identifier(write)
+                if identifier is not None:
+                    keys.append(self.patients.key(identifier))
+        async with self.engine.connect() as connection:
+            found: dict[SyncKey, SyncRecord] = await connection.run_sync(read_sync, keys)
+        return found
+
+    def _retryable(self, exc: Exception) -> bool:
+        if isinstance(exc, RemoteFhirError):
+            return exc.retryable or isinstance(
+                exc, RemoteAuthError | RemotePreconditionFailed | RemoteUnavailable
+            )
+        return isinstance(exc, SQLAlchemyError | OSError)
+
+    def _delay(self, exc: Exception, write: CaseWrite) -> float:
+        base = min(self.config.retry_max, self.config.retry_base * 2 ** min(write.attempts, 16))
+        delay = base * (0.5 + random.random() / 2)  # jitter: patients do not return in step
+        asked = getattr(exc, "retry_after", None)
+        if isinstance(exc, RemoteRateLimited | RemoteUnavailable) and asked:
+            delay = max(delay, float(asked))
+        return float(min(delay, self.config.retry_max))
+
+    def _settle(self, connection: Connection, batch: Sequence[_Settled]) -> None:
+        now = datetime.now(UTC)
+        settle_sent(connection, [w for s in batch for w in s.sent], now)
+        for settled in batch:
+            for write, error, outcome in settled.failed:
+                settle_failed(connection, write, error, outcome, now)
+            if settled.retry and settled.retry_error is not None:
+                error, outcome, delay = settled.retry_error
+                next_at = now + timedelta(seconds=delay)
+                settle_retry(connection, settled.retry, error, outcome, now, next_at)
+        record_sync(connection, [r for s in batch for r in s.sync], now)
+
+    def _count(self, settled: _Settled) -> None:
+        now = datetime.now(UTC)
+        stats = self.stats
+        stats.sent += len(settled.sent)
+        stats.failed += len(settled.failed)
+        stats.retried += len(settled.retry)
+        stats.superseded += sum(
+            len(w.older) for w in (*settled.sent, *(f[0] for f in settled.failed))
+        )
+        for write in settled.sent:
+            if write.created_at is not None:
+                lag = max(0.0, (now - _aware(write.created_at)).total_seconds())
+                stats.lag_seconds_sum += lag
+                stats.last_lag_seconds = lag
+
+    # -- one case ---------------------------------------------------------------------------
+
+    def _prepare(
+        self,
+        write: CaseWrite,
+        held: dict[SyncKey, SyncRecord],
+        patient_ids: dict[str, str | None],
+    ) -> PreparedBundle:
+        bundle: Json = orjson.loads(write.bundle)
+        patient_identifier = _patient_identifier(write, bundle)
+        patient_id = None
+        if patient_identifier is not None:
+            patient_id = patient_ids.get(self.patients.key(patient_identifier).identifier)
+        return prepare_bundle(
+            bundle,
+            resource_types=self.endpoint.resource_types,
+            patient_identifier=patient_identifier,
+            patient_id=patient_id,
+            known=self._known(write.identifiers, held),
+        )
+
+    async def _send(self, prepared: PreparedBundle) -> list[SyncRecord]:
+        """One case's Bundle; on a 412, re-read and re-apply the elements we own."""
+        try:
+            results = await self.client.write_bundle(prepared.bundle)
+        except RemotePreconditionFailed:
+            if not prepared.if_matched:
+                raise
+            self.stats.conflicts += 1
+            results = await self._reapply(prepared)
+        return self._records(prepared, results)
+
+    def _known(
+        self, identifiers: Sequence[str], held: dict[SyncKey, SyncRecord]
+    ) -> dict[str, KnownResource]:
+        known = {}
+        for text in identifiers:
+            rtype, _, ident = text.partition("|")
+            record = held.get(SyncKey(self.endpoint.name, rtype, ident))
+            if record is not None and record.server_id is not None:
+                known[text] = KnownResource(record.server_id, record.version_id)
+        return known
+
+    async def _reapply(self, prepared: PreparedBundle) -> list[EntryResult]:
+        """After a 412: the entries without ``ifMatch`` as a Bundle, then each matched resource
+        re-read and updated with only the elements we own."""
+        entries: list[Json] = prepared.bundle["entry"]
+        ids = {
+            url: f"{e['resource']['resourceType']}/{held.server_id}"
+            for e in entries
+            if (url := str(e["fullUrl"])) in prepared.if_matched
+            for held in [prepared.if_matched[url]]
+        }
+        rest = [e for e in entries if str(e["fullUrl"]) not in prepared.if_matched]
+        for entry in rest:
+            _literal(entry["resource"], ids)
+        results: list[EntryResult] = []
+        if rest:
+            part = {"resourceType": "Bundle", "type": "transaction", "entry": rest}
+            results = await self.client.write_bundle(part)
+        for result in results:
+            server_id, _ = server_id_of(result.location)
+            if result.full_url and server_id:
+                rtype = next(
+                    e["resource"]["resourceType"] for e in rest if e["fullUrl"] == result.full_url
+                )
+                ids[result.full_url] = f"{rtype}/{server_id}"
+        for entry in entries:
+            url = str(entry["fullUrl"])
+            held = prepared.if_matched.get(url)
+            if held is None:
+                continue
+            ours = entry["resource"]
+            _literal(ours, ids)
+            response = await update_owned(
+                self.client, ours, owned_elements(ours), if_match=held.version_id
+            )
+            location = response.location or (
+                f"{ours['resourceType']}/{held.server_id}/_history/{response.version_id}"
+                if response.version_id
+                else None
+            )
+            results.append(EntryResult(url, response.status, location, response.etag, None))
+        return results
+
+    def _records(self, prepared: PreparedBundle, results: list[EntryResult]) -> list[SyncRecord]:
+        sent = {str(e["fullUrl"]): e["resource"] for e in prepared.bundle["entry"]}
+        records = []
+        for result in results:
+            if result.full_url is None or result.full_url not in prepared.identifiers:
+                continue
+            server_id, version = server_id_of(result.location)
+            version = version or version_of_etag(result.etag)
+            rtype, _, ident = prepared.identifiers[result.full_url].partition("|")
+            resource = sent.get(result.full_url)
+            digest = hashlib.sha256(orjson.dumps(resource)).hexdigest() if resource else None
+            key = SyncKey(self.endpoint.name, rtype, ident)
+            records.append(SyncRecord(key, server_id, version, digest))
+        return records

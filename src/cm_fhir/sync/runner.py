@@ -1,0 +1,155 @@
+"""The ``sync`` worker role: one delivery loop per configured endpoint, until stopped. I/O.
+
+:class:`SyncWorker` opens a :class:`~cm_fhir.fhir_client.FhirClient` per endpoint
+(:func:`~cm_fhir.sync.endpoints.open_client`) and runs :class:`~cm_fhir.sync.deliver.
+EndpointDelivery` for each: claim a batch of patients, write, settle; poll when there is nothing
+to claim. :meth:`SyncWorker.run` returns after ``stop`` is set once the batch in flight has been
+settled (a write cut off by the service's grace period is sent again after its lease, and
+writes are idempotent). :meth:`SyncWorker.drain` delivers until nothing is claimable (the
+``outbox resend`` command and the tests). :meth:`SyncWorker.status` is what ``/metrics`` and
+``/api/outbox/endpoints`` report: per endpoint, the circuit breaker's state, the counts of this
+process and the requests made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.fhir_client import FhirClient, RetryPolicy
+from cm_fhir.mapping.registry import default_registry
+from cm_fhir.store.case_tables import outbox
+from cm_fhir.sync.config import EhrSettings, EndpointSettings
+from cm_fhir.sync.deliver import DeliveryStats, EndpointDelivery
+from cm_fhir.sync.endpoints import RequestCount, open_client
+from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint, poll_until_stopped
+
+__all__ = ["EndpointStatus", "SyncWorker"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointStatus:
+    """One endpoint as this process sees it."""
+
+    name: str
+    base_url: str
+    breaker: str  # closed | open | half-open
+    requests: int
+    stats: DeliveryStats
+
+
+class SyncWorker:
+    """Delivers the outbox to every configured endpoint (see the module docstring)."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        endpoints: Sequence[EndpointSettings],
+        config: EhrSettings | None = None,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.engine = engine
+        self.config = config or EhrSettings()
+        self.worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) % 10_000}"
+        self.counts = {e.name: RequestCount() for e in endpoints}
+        self.clients: dict[str, FhirClient] = {
+            e.name: open_client(
+                e, self.counts[e.name], self.config, retry=retry, transport=transport
+            )
+            for e in endpoints
+        }
+        self.deliveries = [
+            EndpointDelivery(engine, e, self.clients[e.name], self.config, self.worker_id)
+            for e in endpoints
+        ]
+        registry = default_registry()
+        self.status_backs = [
+            StatusBack(engine, registry, StatusBackEndpoint.of(e), self.clients[e.name])
+            for e in endpoints
+        ]
+
+    async def aclose(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+    async def __aenter__(self) -> SyncWorker:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def status(self) -> list[EndpointStatus]:
+        return [
+            EndpointStatus(
+                d.endpoint.name,
+                d.endpoint.base_url,
+                str(d.client.breaker.state),
+                self.counts[d.endpoint.name].requests,
+                d.stats,
+            )
+            for d in self.deliveries
+        ]
+
+    async def drain(self, *, timeout: float | None = None, settle_backoff: bool = False) -> int:
+        """Deliver until nothing is claimable; the number of case writes settled. With
+        ``settle_backoff``, also wait for rows backing off, until ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        total = 0
+        while True:
+            done = sum(await asyncio.gather(*(d.run_once() for d in self.deliveries)))
+            total += done
+            if done:
+                continue
+            if not settle_backoff or await self._nothing_pending():
+                return total
+            if deadline is not None and time.monotonic() >= deadline:
+                return total
+            await asyncio.sleep(self.config.poll_interval)
+
+    async def _nothing_pending(self) -> bool:
+        names = [d.endpoint.name for d in self.deliveries]
+        query = select(func.count()).where(
+            outbox.c.state == "pending", outbox.c.endpoint.in_(names)
+        )
+        async with self.engine.connect() as connection:
+            return int((await connection.execute(query)).scalar_one()) == 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; each loop settles its batch in flight first. Task
+        status back polls each endpoint with a ``task_poll_interval`` alongside."""
+        try:
+            await asyncio.gather(
+                *(self._loop(d, stop) for d in self.deliveries),
+                poll_until_stopped(self.status_backs, stop),
+            )
+        finally:
+            await self.aclose()
+
+    async def _loop(self, delivery: EndpointDelivery, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                done = await delivery.run_once()
+            except Exception as exc:  # the database is away: try again after a poll
+                log.warning(
+                    "sync pass for endpoint %s failed (%s)",
+                    delivery.endpoint.name,
+                    type(exc).__name__,
+                )
+                done = 0
+            if done == 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.poll_interval)
