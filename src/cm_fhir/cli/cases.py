@@ -146,11 +146,12 @@ def mappings_code_systems(
     config: ConfigOption = None,
 ) -> None:
     """Write the CodeSystem resources of code-systems.yaml (bundled plus a site's overrides)."""
+    folder = settings_from(config, mappings_dir=mappings).mappings_dir
+    resources = code_system_resources(registry_for(folder))
     if not output.is_dir():
         fail(f"{output}: not a folder")
-    folder = settings_from(config, mappings_dir=mappings).mappings_dir
     written = []
-    for resource in code_system_resources(registry_for(folder)):
+    for resource in resources:
         path = output / f"CodeSystem-{resource['id']}.json"
         try:
             path.write_text(code_system_json(resource), encoding="utf-8")
