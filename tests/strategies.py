@@ -10,6 +10,7 @@ round trip unchanged. Text avoids control characters, which FHIR strings do not 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -18,7 +19,6 @@ from hypothesis import strategies as st
 
 from cm_fhir.domain import (
     CASE_TRANSITIONS,
-    ActivityKind,
     Assessment,
     AssessmentKind,
     AssessmentStatus,
@@ -26,18 +26,14 @@ from cm_fhir.domain import (
     CareTeam,
     CareTeamMember,
     Case,
-    CaseManagementModel,
     CaseStatus,
     ClosingReason,
     Code,
     Coverage,
-    DischargeNeed,
     DischargeNeedItem,
     DischargePlan,
-    Disposition,
     Goal,
     GoalAchievement,
-    GoalCategory,
     GoalLifecycle,
     GoalPriority,
     GoalTarget,
@@ -50,21 +46,21 @@ from cm_fhir.domain import (
     Period,
     PlanStatus,
     Priority,
-    Programme,
     Quantity,
     Range,
     Referral,
     ReferralSource,
-    ReferralType,
     RiskEvaluation,
     RiskLevel,
     Screening,
     StatusChange,
+    Strength,
     Task,
     TaskIntent,
     TaskStatus,
 )
 from cm_fhir.domain.case import FINAL_CASE_STATUSES
+from cm_fhir.mapping.registry import default_registry
 
 T = TypeVar("T")
 Draw = Any  # hypothesis' DrawFn; kept loose so the composites stay readable
@@ -96,6 +92,11 @@ text = st.text(_CHARS, min_size=1, max_size=24).map(str.strip).filter(bool)
 local_ids = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9\-]{0,11}", fullmatch=True)
 tokens = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9.\-]{0,7}( [A-Za-z0-9]{1,4})?", fullmatch=True)
 identifier_values = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9 /|,.\-]{0,10}[A-Za-z0-9]", fullmatch=True)
+
+
+def vocabulary(system: str) -> st.SearchStrategy[str]:
+    """A code of the bundled ``code-systems.yaml`` code system ``system``."""
+    return st.sampled_from(sorted(default_registry().code_systems[system].concepts))
 
 
 def maybe(strategy: st.SearchStrategy[T]) -> st.SearchStrategy[T | None]:
@@ -165,14 +166,14 @@ def goal_targets(draw: Draw) -> GoalTarget:
 
 
 @st.composite
-def goals(draw: Draw, goal_id: str) -> Goal:
+def goals(draw: Draw, goal_id: str, strength_ids: Sequence[str] = ()) -> Goal:
     target = draw(maybe(goal_targets()))
     start = draw(maybe(days))
     due = draw(days.filter(lambda d: start is None or d >= start))
     return Goal(
         id=goal_id,
         description=draw(text),
-        category=draw(st.sampled_from(GoalCategory)),
+        category=draw(vocabulary("goal_category")),
         target=target,
         qualitative_reason=draw(text if target is None else maybe(text)),
         start=start,
@@ -182,6 +183,11 @@ def goals(draw: Draw, goal_id: str) -> Goal:
         priority=draw(st.sampled_from(GoalPriority)),
         expressed_by=draw(maybe(parties())),
         addresses=draw(few(codes)),
+        builds_on=tuple(
+            draw(st.lists(st.sampled_from(strength_ids), unique=True, max_size=2))
+            if strength_ids
+            else ()
+        ),
     )
 
 
@@ -204,7 +210,7 @@ def status_histories(draw: Draw) -> tuple[tuple[StatusChange, ...], datetime | N
 
 
 @st.composite
-def assessments(draw: Draw, assessment_id: str) -> Assessment:
+def assessments(draw: Draw, assessment_id: str, strength_ids: Sequence[str] = ()) -> Assessment:
     status = draw(st.sampled_from(AssessmentStatus))
     summary = draw(text if status == AssessmentStatus.COMPLETED else maybe(text))
     return Assessment(
@@ -216,6 +222,7 @@ def assessments(draw: Draw, assessment_id: str) -> Assessment:
         performer=draw(parties()),
         summary=summary,
         findings=draw(few(text)),
+        strengths=tuple(Strength(id=i, description=draw(text)) for i in strength_ids),
     )
 
 
@@ -224,7 +231,7 @@ def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) ->
     due = draw(instants)
     return Task(
         id=task_id,
-        kind=draw(st.sampled_from(ActivityKind)),
+        kind=draw(vocabulary("task_code")),
         description=draw(text),
         status=draw(st.sampled_from(TaskStatus)),
         intent=draw(st.sampled_from(TaskIntent)),
@@ -245,7 +252,7 @@ def tasks(draw: Draw, task_id: str, plan_ids: list[str], goal_ids: list[str]) ->
 def referrals(draw: Draw, referral_id: str, plan_ids: list[str]) -> Referral:
     return Referral(
         id=referral_id,
-        type=draw(st.sampled_from(ReferralType)),
+        type=draw(vocabulary("referral_type")),
         service=draw(maybe(codes)),
         status=draw(st.sampled_from(PlanStatus)),
         priority=draw(st.sampled_from(Priority)),
@@ -283,7 +290,7 @@ def care_plans(draw: Draw, plan_id: str, goal_ids: list[str]) -> CarePlan:
 
 
 discharge_need_items = st.builds(
-    DischargeNeedItem, need=st.sampled_from(DischargeNeed), detail=maybe(text)
+    DischargeNeedItem, need=vocabulary("discharge_need"), detail=maybe(text)
 )
 
 
@@ -293,7 +300,7 @@ def discharge_plans(draw: Draw, plan_id: str) -> DischargePlan:
         id=plan_id,
         status=draw(st.sampled_from(PlanStatus)),
         expected_discharge=draw(maybe(days)),
-        disposition=draw(maybe(st.sampled_from(Disposition))),
+        disposition=draw(maybe(vocabulary("discharge_disposition"))),
         post_acute_provider=draw(maybe(organisations)),
         needs=draw(few(discharge_need_items, 3)),
         barriers=draw(few(text)),
@@ -355,11 +362,13 @@ def cases(draw: Draw) -> Case:
     care_plan = draw(maybe(care_plans(plan_ids[0], goal_ids)))
     discharge_plan = draw(maybe(discharge_plans(plan_ids[1])))
     present = [p.id for p in (care_plan, discharge_plan) if p is not None]
+    assessment_ids = draw(unique_ids(3))
+    strength_ids = draw(unique_ids(3)) if assessment_ids else []
     return Case(
         id=draw(local_ids),
         patient=draw(patients),
-        programme=draw(st.sampled_from(Programme)),
-        models=tuple(draw(st.lists(st.sampled_from(CaseManagementModel), unique=True))),
+        programme=draw(vocabulary("programme")),
+        models=tuple(draw(st.lists(vocabulary("case_management_model"), unique=True))),
         status=history[-1].status,
         status_history=history,
         closed=closed,
@@ -371,9 +380,12 @@ def cases(draw: Draw) -> Case:
         encounters=draw(few(identifiers)),
         coverage=draw(few(coverages)),
         screening=draw(maybe(screenings)),
-        assessments=tuple(draw(assessments(i)) for i in draw(unique_ids(3))),
+        assessments=tuple(
+            draw(assessments(i, strength_ids if n == 0 else ()))
+            for n, i in enumerate(assessment_ids)
+        ),
         risk=draw(maybe(risks)),
-        goals=tuple(draw(goals(i)) for i in goal_ids),
+        goals=tuple(draw(goals(i, strength_ids)) for i in goal_ids),
         care_plan=care_plan,
         tasks=tuple(draw(tasks(i, present, goal_ids)) for i in draw(unique_ids(4))),
         referrals=tuple(draw(referrals(i, present)) for i in draw(unique_ids(3))),

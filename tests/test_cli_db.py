@@ -95,7 +95,8 @@ def test_an_older_database_is_upgraded_from_where_it_is(target: Target, tmp_path
     assert current.exit_code == 1  # a failed check: not at the latest revision
     assert f"at {older}; this cm-fhir needs {HEAD}" in current.output
     history = runner.invoke(app, ["db", "history", *target.flags]).output.splitlines()
-    assert [line.split()[1] for line in history[1:]] == ["applied", "applied", "pending", "pending"]
+    pending = ["pending"] * (len(REVISIONS) - 2)
+    assert [line.split()[1] for line in history[1:]] == ["applied", "applied", *pending]
     upgraded = runner.invoke(app, ["db", "upgrade", *target.flags])
     assert f"applied {', '.join(REVISIONS[2:])}; now at {HEAD}" in upgraded.output
 

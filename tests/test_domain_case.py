@@ -10,17 +10,14 @@ import pytest
 
 from cm_fhir.domain import (
     CASE_TRANSITIONS,
-    ActivityKind,
     Assessment,
     AssessmentKind,
     Case,
     CaseStatus,
     Goal,
-    GoalCategory,
     PartyKind,
     PartyRef,
     Referral,
-    ReferralType,
     Task,
     TaskStatus,
 )
@@ -49,7 +46,7 @@ def new_case(status: CaseStatus = S.REFERRED, **extra: Any) -> Case:
 def a_task(task_id: str = "t1", **extra: Any) -> Task:
     return Task(
         id=task_id,
-        kind=ActivityKind.FOLLOW_UP_CALL,
+        kind="follow-up-call",
         description="Call",
         owner=NURSE,
         authored_on=T0,
@@ -62,7 +59,7 @@ def a_goal(goal_id: str = "g1") -> Goal:
     return Goal(
         id=goal_id,
         description="Walk",
-        category=GoalCategory.FUNCTIONAL,
+        category="functional",
         qualitative_reason="Observed by PT",
         due=date(2026, 3, 1),
     )
@@ -128,7 +125,7 @@ def test_a_change_cannot_predate_the_current_status() -> None:
 def test_final_case_takes_no_new_work(final: CaseStatus) -> None:
     case = new_case(final)
     referral = Referral(
-        id="r1", type=ReferralType.SOCIAL, performer=NURSE, requester=NURSE, authored_on=T0, due=T0
+        id="r1", type="social", performer=NURSE, requester=NURSE, authored_on=T0, due=T0
     )
     assessment = Assessment(
         id="a1", kind=AssessmentKind.SOCIAL, requested=T0, due=T0, performer=NURSE

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cm_fhir.domain import TASK_TRANSITIONS, ActivityKind, PartyKind, PartyRef, Task, TaskStatus
+from cm_fhir.domain import TASK_TRANSITIONS, PartyKind, PartyRef, Task, TaskStatus
 from cm_fhir.errors import TransitionError
 
 S = TaskStatus
@@ -17,7 +17,7 @@ TERMINAL = {S.COMPLETED, S.FAILED, S.CANCELLED, S.REJECTED, S.ENTERED_IN_ERROR}
 def task(status: TaskStatus) -> Task:
     return Task(
         id="t1",
-        kind=ActivityKind.MEDICATION_ADHERENCE,
+        kind="medication-adherence",
         description="Check the refill",
         status=status,
         owner=PartyRef(kind=PartyKind.PRACTITIONER, display="Case manager"),

@@ -14,7 +14,6 @@ import pydantic
 import pytest
 
 from cm_fhir.domain import (
-    ActivityKind,
     Assessment,
     AssessmentKind,
     AssessmentStatus,
@@ -22,26 +21,20 @@ from cm_fhir.domain import (
     CareTeam,
     CareTeamMember,
     Case,
-    CaseManagementModel,
     CaseStatus,
     Code,
-    DischargeNeed,
     DischargeNeedItem,
     DischargePlan,
-    Disposition,
     Goal,
-    GoalCategory,
     GoalTarget,
     Identifier,
     PartyKind,
     PartyRef,
     PatientRef,
-    Programme,
     Quantity,
     Range,
     Referral,
     ReferralSource,
-    ReferralType,
     RiskEvaluation,
     RiskLevel,
     StatusChange,
@@ -79,7 +72,7 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
         Goal(
             id="g-value",
             description="Walk 50 m",
-            category=GoalCategory.FUNCTIONAL,
+            category="functional",
             target=GoalTarget(
                 measure=LOINC_SBP, value=Quantity(value=Decimal("50"), unit="m", code="m")
             ),
@@ -88,21 +81,21 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
         Goal(
             id="g-range",
             description="SBP below 130",
-            category=GoalCategory.CLINICAL,
+            category="clinical",
             target=GoalTarget(measure=LOINC_SBP, range=Range(high=Quantity(value=Decimal("130")))),
             due=date(2026, 6, 1),
         ),
         Goal(
             id="g-text",
             description="Knows warning signs",
-            category=GoalCategory.SELF_CARE,
+            category="self-care",
             target=GoalTarget(measure=LOINC_SBP, text="yes"),
             due=date(2026, 4, 1),
         ),
         Goal(
             id="g-qual",
             description="Feels confident at home",
-            category=GoalCategory.SOCIAL,
+            category="social",
             qualitative_reason="Self-reported",
             due=date(2026, 5, 1),
         ),
@@ -110,8 +103,8 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
     data: dict[str, Any] = {
         "id": "C-1",
         "patient": PatientRef(identifiers=(MRN,)),
-        "programme": Programme.HOSPITAL_DISCHARGE_PLANNING,
-        "models": (CaseManagementModel.CLINICAL, CaseManagementModel.INTENSIVE),
+        "programme": "hospital-discharge-planning",
+        "models": ("clinical", "intensive"),
         "status": status,
         "status_history": tuple(history),
         "closed": closed,
@@ -135,8 +128,8 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
         "discharge_plan": DischargePlan(
             id="dc",
             expected_discharge=date(2026, 3, 10),
-            disposition=Disposition.HOME_HEALTH,
-            needs=(DischargeNeedItem(need=DischargeNeed.HOME_IV, detail="Ertapenem daily"),),
+            disposition="home-health",
+            needs=(DischargeNeedItem(need="home-iv", detail="Ertapenem daily"),),
             barriers=("Not covered",),
             created=T0,
         ),
@@ -155,7 +148,7 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
         "tasks": (
             Task(
                 id="t1",
-                kind=ActivityKind.FOLLOW_UP_CALL,
+                kind="follow-up-call",
                 description="Call",
                 status=TaskStatus.IN_PROGRESS,
                 owner=NURSE,
@@ -167,7 +160,7 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
             ),
             Task(
                 id="t2",
-                kind=ActivityKind.UTILIZATION_REVIEW,
+                kind="utilization-review",
                 description="Review",
                 owner=NURSE,
                 authored_on=T0,
@@ -178,7 +171,7 @@ def _case(status: CaseStatus = CaseStatus.ACTIVE, **update: Any) -> Case:
         "referrals": (
             Referral(
                 id="r1",
-                type=ReferralType.HOME_HEALTH,
+                type="home-health",
                 performer=AGENCY,
                 requester=NURSE,
                 authored_on=T0,

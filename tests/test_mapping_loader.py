@@ -65,18 +65,18 @@ def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     assert "line" in info.value.key
 
 
-def test_a_code_the_domain_uses_must_be_listed() -> None:
+def test_a_code_the_domain_relies_on_must_be_listed() -> None:
     folder = bundled_mappings_dir()
     code_systems = read_yaml(folder / "code-systems.yaml")
-    del code_systems["goal_category"]["concepts"]["self-care"]
+    del code_systems["discharge_disposition"]["concepts"]["expired"]
     with pytest.raises(MappingSpecError) as info:
         build_registry(
             FhirIdentitySpec.model_validate(read_yaml(folder / "fhir-identity.yaml")),
             CodeSystemsSpec.model_validate(code_systems),
             StatusMapsSpec.model_validate(read_yaml(folder / "status-maps.yaml")),
         )
-    assert info.value.key == "goal_category.concepts"
-    assert info.value.reason == "missing codes the domain uses: ['self-care']"
+    assert info.value.key == "discharge_disposition.concepts"
+    assert info.value.reason == "missing codes the domain uses: ['expired']"
 
 
 def test_deep_merge_merges_mappings_and_replaces_lists() -> None:

@@ -86,7 +86,7 @@ async def test_outbox_rows_fan_out_to_the_endpoints_that_receive_the_programme(
     other = case.model_copy(update={"id": case.id + "-copy"})
     routes = (
         OutboxRoute("ehr"),
-        OutboxRoute("payer", frozenset({case.programme.value})),
+        OutboxRoute("payer", frozenset({case.programme})),
         OutboxRoute("elsewhere", frozenset({"no-such-programme"})),
     )
     async with worker_engine.begin() as connection:

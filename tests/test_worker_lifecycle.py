@@ -13,7 +13,7 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.domain import Case, CaseStatus, ClosingReason, PlanStatus, ReferralType, TaskStatus
+from cm_fhir.domain import Case, CaseStatus, ClosingReason, PlanStatus, TaskStatus
 from cm_fhir.profiles import default_validator, error_issues
 from cm_fhir.workflow import Flag
 from test_worker_scenarios import Scenario, _check_store
@@ -91,7 +91,7 @@ def _admitted_after_cancelled_discharge(found: list[Case]) -> None:
 def _arranged_before_discharge(found: list[Case]) -> None:
     (case,) = found
     (referral,) = case.referrals
-    assert referral.type == ReferralType.HOME_HEALTH
+    assert referral.type == "home-health"
     assert referral.authored_on == hours(20)
     assert referral.due < hours(72)  # before the expected discharge day (2024-03-08)
     assert case.task("follow-up-p1").due < hours(72)

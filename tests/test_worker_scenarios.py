@@ -17,7 +17,7 @@ import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.domain import Case, CaseStatus, ReferralType, TaskStatus
+from cm_fhir.domain import Case, CaseStatus, TaskStatus
 from cm_fhir.fhir import (
     ReferenceStyle,
     case_to_resources,
@@ -67,7 +67,7 @@ def _statuses(case: Case) -> dict[str, TaskStatus]:
 def _admit_transfer_discharge(found: list[Case]) -> None:
     (case,) = found
     assert case.status == CaseStatus.TRANSITION
-    assert case.referrals[0].type == ReferralType.SKILLED_NURSING
+    assert case.referrals[0].type == "skilled-nursing"
 
 
 def _cancel_admit(found: list[Case]) -> None:
@@ -81,7 +81,7 @@ def _discharge_again(found: list[Case]) -> None:
     (case,) = found
     assert _statuses(case)["follow-up-p1"] == TaskStatus.CANCELLED
     assert _statuses(case)["follow-up-p2"] == TaskStatus.REQUESTED
-    assert {r.id: r.type for r in case.referrals}["referral-d2"] == ReferralType.HOSPICE
+    assert {r.id: r.type for r in case.referrals}["referral-d2"] == "hospice"
 
 
 def _cancel_transfer(found: list[Case]) -> None:

@@ -11,7 +11,6 @@ from cm_fhir.domain import (
     Case,
     CaseStatus,
     ClosingReason,
-    Disposition,
     PlanStatus,
     TaskStatus,
 )
@@ -94,7 +93,7 @@ def test_death_at_discharge_closes_the_case_with_no_follow_up(
     assert {t.business_status for t in cancelled} == {"the patient died"}
     assert case.discharge_plan is not None
     assert case.discharge_plan.status == PlanStatus.REVOKED
-    assert case.discharge_plan.disposition == Disposition.EXPIRED
+    assert case.discharge_plan.disposition == "expired"
     assert state.deceased == hours(30)
     assert state.visits[0].discharge_time == hours(30)
     assert any(t.action == "case-closed" and t.rule == "death" for t in outcomes[2].trace)

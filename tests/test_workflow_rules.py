@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cm_fhir.domain import ActivityKind, CaseStatus, Code
+from cm_fhir.domain import CaseStatus, Code
 from cm_fhir.errors import MappingSpecError
 from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
@@ -32,9 +32,9 @@ def site(folder: Path, text: str) -> Path:
 def test_bundled_rules_load_with_the_documented_defaults() -> None:
     rules = load_discharge_rules()
     assert rules.admission.initial_assessment.due == timedelta(hours=24)
-    assert rules.admission.initial_assessment.kind == ActivityKind.INITIAL_ASSESSMENT
+    assert rules.admission.initial_assessment.kind == "initial-assessment"
     follow_up = rules.pending_discharge.tasks["follow-up"]  # booked before the discharge
-    assert follow_up.kind == ActivityKind.FOLLOW_UP_APPOINTMENT
+    assert follow_up.kind == "follow-up-appointment"
     assert follow_up.before_discharge == timedelta(0)
     assert follow_up.at_discharge == "keep"
     assert rules.discharge.catch_up == ["follow-up"]
@@ -57,11 +57,6 @@ def test_durations(text: str, expected: timedelta) -> None:
 @pytest.mark.parametrize(
     ("override", "key", "reason"),
     [
-        (
-            "admission:\n  initial_assessment:\n    kind: tea-break\n",
-            "admission.initial_assessment.kind",
-            "initial-assessment",  # the allowed task kinds are listed
-        ),
         ("discharge:\n  close_after: soon\n", "discharge.close_after", "duration"),
         (
             "discharge:\n  tasks:\n    med-rec:\n      due: 7 days\n",
@@ -72,11 +67,6 @@ def test_durations(text: str, expected: timedelta) -> None:
         ("default_team: cm-nowhere\n", "default_team", "unknown team"),
         ("screening:\n  any:\n    - age: {min: 70}\n      payer: [X]\n", "screening.any", "one"),
         ("screening:\n  patient_class: [INPATIENT]\n", "screening.patient_class", "INPATIENT"),
-        (
-            "discharge:\n  referrals:\n    moon-base: {}\n",
-            "discharge.referrals.moon-base",
-            "hospice",
-        ),
         ("teams:\n  cm-general: {kind: Patient, display: X}\n", "teams.cm-general.kind", ""),
         ("timezone: Mars/Olympus\n", "timezone", "time zone"),
         ("admission:\n  surprise: true\n", "admission.surprise", "unknown key"),
@@ -93,6 +83,38 @@ def test_bad_rules_name_file_key_and_reason(
     assert reason in err.reason
     report = check_mappings(tmp_path)
     assert [p.key for p in report.problems] == [err.key]
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "code"),
+    [
+        (
+            "admission:\n  initial_assessment:\n    kind: tea-break\n",
+            "admission.initial_assessment.kind",
+            "tea-break",
+        ),
+        (
+            "discharge:\n  referrals:\n    moon-base:\n      type: home-health\n"
+            "      performer: {kind: Organization, display: X}\n      due: 1d\n",
+            "discharge.referrals.moon-base",
+            "moon-base",
+        ),
+        (
+            "discharge:\n  referrals:\n    hospice:\n      type: astrology\n",
+            "discharge.referrals.hospice.type",
+            "astrology",
+        ),
+        ("programme: space-medicine\n", "programme", "space-medicine"),
+    ],
+)
+def test_a_rule_naming_an_unlisted_code_names_file_key_and_code(
+    tmp_path: Path, override: str, key: str, code: str
+) -> None:
+    load_discharge_rules(site(tmp_path, override))  # well formed: the codes are the site's data
+    [problem] = check_mappings(tmp_path).problems
+    assert problem.file == f"{tmp_path / DISCHARGE_RULES_FILE} (over {DISCHARGE_RULES_FILE})"
+    assert problem.key == key
+    assert f"unknown code '{code}'" in problem.reason
 
 
 def test_site_override_is_deep_merged_and_drives_the_workflow(tmp_path: Path) -> None:
@@ -119,7 +141,7 @@ def test_site_override_is_deep_merged_and_drives_the_workflow(tmp_path: Path) ->
         state = apply_event(event, state, rules, now=NOW).state
     (case,) = state.cases
     task = case.task("follow-up-call-d1")
-    assert task.kind == ActivityKind.FOLLOW_UP_CALL
+    assert task.kind == "follow-up-call"
     assert task.description == "Call the patient at home"
     assert task.due == hours(10) + timedelta(days=3)
     assert task.owner.display == rules.teams["cm-surgery"].display

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from cm_fhir.domain import Case, CaseStatus, Disposition, PlanStatus, ReferralType, TaskStatus
+from cm_fhir.domain import Case, CaseStatus, PlanStatus, TaskStatus
 from cm_fhir.fhir import map_case, map_case_json
 from cm_fhir.workflow import Flag, PatientState, case_id
 from workflow_messages import NOW, Visit, hours, rules, run
@@ -59,10 +59,10 @@ def test_admit_transfer_discharge() -> None:
     assert med_rec.due == hours(72) + rules().discharge.tasks["med-rec"].due
     assert follow_up.owner.display == team_display("cm-surgery")
     (referral,) = case.referrals
-    assert referral.type == ReferralType.SKILLED_NURSING
+    assert referral.type == "skilled-nursing"
     assert case.discharge_plan is not None
     assert case.discharge_plan.status == PlanStatus.ACTIVE
-    assert case.discharge_plan.disposition == Disposition.SKILLED_NURSING
+    assert case.discharge_plan.disposition == "skilled-nursing"
     assert state.visits[0].discharge_time == hours(72)
     assert state.last_discharge == hours(72)
     counts = resources(case)
@@ -90,7 +90,7 @@ def test_admit_cancel_admit_admit_again_transfer_discharge() -> None:
     assert first.discharge_plan.status == PlanStatus.ENTERED_IN_ERROR
     assert second.id == case_id(rules(), state.visits[0], 2) != first.id
     assert second.status == CaseStatus.TRANSITION
-    assert second.referrals[0].type == ReferralType.HOME_HEALTH
+    assert second.referrals[0].type == "home-health"
     assert statuses(second)["initial-assessment"] == TaskStatus.REQUESTED
     assert outcomes[1].changed_cases == (first,)
     for case in state.cases:
@@ -122,7 +122,7 @@ def test_discharge_cancel_discharge_discharge_again() -> None:
     refs = {r.id: r for r in case.referrals}
     assert refs["referral-d1"].status == PlanStatus.REVOKED
     assert refs["referral-d1"].fulfilment_status == TaskStatus.CANCELLED
-    assert refs["referral-d2"].type == ReferralType.HOSPICE
+    assert refs["referral-d2"].type == "hospice"
     assert state.last_discharge == hours(60)
     # after the A13 the case was active again and the plan back to draft
     after_a13 = outcomes[3].changed_cases[0]
@@ -215,7 +215,7 @@ def test_two_admits_then_discharge_and_cancel_discharge() -> None:
     assert case.status == CaseStatus.ACTIVE
     assert sum(t.id == "initial-assessment" for t in case.tasks) == 1
     assert statuses(case)["follow-up-p1"] == TaskStatus.CANCELLED
-    assert case.referrals[0].type == ReferralType.REHABILITATION
+    assert case.referrals[0].type == "rehabilitation"
     assert case.referrals[0].status == PlanStatus.REVOKED
     # the second admit moved the visit (and its open work) to the surgical unit, nothing new
     assert [t.action for t in outcomes[1].trace].count("task-created") == 0
@@ -304,7 +304,7 @@ def test_discharge_without_admit_opens_case_in_transition() -> None:
     assert [s.status for s in case.status_history] == [CaseStatus.TRANSITION]
     assert "initial-assessment" not in statuses(case)
     assert {"follow-up-p1", "med-rec-d1"} <= set(statuses(case))
-    assert case.referrals[0].type == ReferralType.HOME_HEALTH
+    assert case.referrals[0].type == "home-health"
     resources(case)
     state, _ = run([V.adt("A13", "D2", hours(51))], state)
     # the discharge that opened the case is cancelled: an inpatient case, admitted as usual

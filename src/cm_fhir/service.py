@@ -42,8 +42,10 @@ from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
@@ -122,6 +124,7 @@ class SiteMappings:
     rules: DischargeRules
     maps: AdtConceptMaps
     registry: MappingRegistry
+    programmes: ProgrammesSpec
 
 
 def site_mappings(settings: Settings) -> SiteMappings:
@@ -130,7 +133,10 @@ def site_mappings(settings: Settings) -> SiteMappings:
     rules = load_discharge_rules(folder)
     if settings.timezone is not None:
         rules = rules.model_copy(update={"timezone": settings.timezone})
-    return SiteMappings(rules, load_adt_concept_maps(folder), site_registry(settings))
+    maps, registry = load_adt_concept_maps(folder), site_registry(settings)
+    programmes = load_programmes(folder)
+    check_vocabulary(registry, rules, maps, folder, programmes)
+    return SiteMappings(rules, maps, registry, programmes)
 
 
 def worker_available() -> bool:
@@ -252,6 +258,7 @@ class Service:
                 [k.get_secret_value() for k in settings.api_keys], settings.auth
             ),
             registry=site_registry(settings),
+            programmes=load_programmes(settings.mappings_dir),
         )
         try:
             await check_database(engine, settings, migrate=self.migrate)

@@ -42,6 +42,7 @@ from cm_fhir.console import ConsoleGate
 from cm_fhir.listener import ListenerConfig, MllpListener
 from cm_fhir.logs import request_id
 from cm_fhir.mapping.payer_exchange import default_payer_exchange, load_payer_exchange
+from cm_fhir.mapping.programmes import load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.engine import current_revision, engine_for
@@ -181,6 +182,7 @@ def create_app(
                     if settings.mappings_dir is not None
                     else default_payer_exchange()
                 ),
+                programmes=load_programmes(settings.mappings_dir),
             )
             ctx.engine = active
             ctx.ingest = MllpListener(

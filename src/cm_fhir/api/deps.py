@@ -37,6 +37,7 @@ from starlette.types import Scope
 from cm_fhir.api.auth import Authenticator, AuthError, Principal, grants_fhir_read
 from cm_fhir.listener import MllpListener
 from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
+from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
@@ -86,6 +87,7 @@ class AppContext:
     sync: SyncWorker | None = None  # the sync role, when this process runs it
     registry: MappingRegistry = field(default_factory=default_registry)  # the site's mappings
     payer_exchange: PayerExchange = field(default_factory=default_payer_exchange)  # the same site
+    programmes: ProgrammesSpec = field(default_factory=load_programmes)  # programmes.yaml
     # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
     notifications: dict[str, Any] = field(default_factory=dict)
 

@@ -38,6 +38,7 @@ from cm_fhir.api.deps import ContextDep, ReadPrincipal
 from cm_fhir.api.status_back_metrics import status_back_metrics
 from cm_fhir.listener import LISTENER_COUNTERS, ListenerStats
 from cm_fhir.store.case_tables import OutboxState, outbox
+from cm_fhir.store.caseload import Caseload, caseloads
 from cm_fhir.store.counters import LATENCY_BOUNDS, fold_if_large, read_counters
 from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
 from cm_fhir.store.queue import WAITING_PREFIX
@@ -65,6 +66,7 @@ class _Snapshot:
     oldest_pending_age: float = 0.0
     flags: dict[str, int] = field(default_factory=dict)
     listener: ListenerStats | None = None
+    caseloads: list[Caseload] = field(default_factory=list)
     sync: list[EndpointStatus] = field(default_factory=list)
     status_back: list[EndpointCursor] = field(default_factory=list)
 
@@ -215,6 +217,19 @@ class _SnapshotCollector(Collector):
             "Age of the oldest pending FHIR write (0 when none).",
             value=snap.oldest_pending_age,
         )
+        open_cases = GaugeMetricFamily(
+            "cm_fhir_caseload_open_cases", "Open cases per case manager.", labels=["owner"]
+        )
+        limits = GaugeMetricFamily(
+            "cm_fhir_caseload_limit",
+            "Caseload limit per case manager (programmes.yaml).",
+            labels=["owner"],
+        )
+        for load in snap.caseloads:
+            open_cases.add_metric([load.owner], load.open_cases)
+            limits.add_metric([load.owner], load.limit)
+        yield open_cases
+        yield limits
         yield from status_back_metrics(snap.status_back, datetime.now(UTC))
         if snap.listener is not None:
             stats = snap.listener
@@ -236,6 +251,7 @@ async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
     await fold_if_large(context.engine)
     async with context.engine.connect() as connection:
         snap = await snapshot(connection)
+        snap.caseloads = await caseloads(connection, context.programmes)
     snap.listener = context.listener.stats if context.listener is not None else None
     snap.sync = context.sync.status() if context.sync is not None else []
     registry = CollectorRegistry(auto_describe=False)

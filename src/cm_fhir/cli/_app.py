@@ -52,7 +52,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-mappings_app = typer.Typer(help="Check the declarative mapping files.", no_args_is_help=True)
+mappings_app = typer.Typer(
+    help="Check the declarative mapping files; write the CodeSystems of their codes.",
+    no_args_is_help=True,
+)
 adt_app = typer.Typer(help="HL7v2 ADT tools: inspect files, send over MLLP.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations: upgrade, current, history.", no_args_is_help=True)
 app.add_typer(mappings_app, name="mappings")

@@ -22,6 +22,7 @@ from cm_fhir.cli.options import ConfigOption, MappingsOption, settings_from
 from cm_fhir.domain import Case
 from cm_fhir.errors import CmFhirError, MappingSpecError, ValidationError
 from cm_fhir.fhir import WriteMode, map_case_json
+from cm_fhir.fhir.code_systems import code_system_json, code_system_resources
 from cm_fhir.mapping.catalog import check_mappings
 from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
 from cm_fhir.profiles import default_validator, error_issues
@@ -136,3 +137,25 @@ def mappings_check(
     if not report.ok:
         raise typer.Exit(EXIT_PROBLEMS)
     typer.echo(f"ok: {len(report.checked)} mapping files: {', '.join(report.checked)}")
+
+
+@mappings_app.command("code-systems")
+def mappings_code_systems(
+    output: Annotated[Path, typer.Argument(help="The folder to write CodeSystem-<id>.json into.")],
+    mappings: MappingsOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Write the CodeSystem resources of code-systems.yaml (bundled plus a site's overrides)."""
+    folder = settings_from(config, mappings_dir=mappings).mappings_dir
+    resources = code_system_resources(registry_for(folder))
+    if not output.is_dir():
+        fail(f"{output}: not a folder")
+    written = []
+    for resource in resources:
+        path = output / f"CodeSystem-{resource['id']}.json"
+        try:
+            path.write_text(code_system_json(resource), encoding="utf-8")
+        except OSError as exc:
+            fail(f"{path}: cannot write ({exc.strerror})")
+        written.append(path.name)
+    typer.echo(f"ok: {len(written)} CodeSystems written to {output}")

@@ -66,7 +66,7 @@ def _mapping_section(folder: Path, out_dir: Path | None) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             (out_dir / f"{case.id}.bundle.json").write_bytes(dumps(bundle))
         typer.echo(
-            f"   {case.id:<18} {case.programme.value:<28} {len(bundle['entry']):>3} resources, "
+            f"   {case.id:<18} {case.programme:<28} {len(bundle['entry']):>3} resources, "
             f"round trip {'ok' if same else 'DIFFERS'}"
         )
     return failures
@@ -130,7 +130,7 @@ async def _show_cases(database_url: str) -> int:
             due = referral.due.strftime("%Y-%m-%d %H:%M UTC")
             to = referral.performer.display or "-"
             typer.echo(
-                f"      referral {referral.type.value} ({referral.fulfilment_status.value}) "
+                f"      referral {referral.type} ({referral.fulfilment_status.value}) "
                 f"due {due}  to {to}"
             )
     return len(found)

@@ -28,6 +28,16 @@ class Screening(DomainModel):
     """Free-text detail of the decision."""
 
 
+class Strength(DomainModel):
+    """A strength of the patient an assessment found (strengths-based case management): a
+    resource, skill or support that goals can build on."""
+
+    id: LocalId
+    """Case-local id, unique across the case's assessments; goals name it in ``builds_on``."""
+    description: NonEmptyStr
+    """The strength, in the patient's or assessor's words."""
+
+
 class Assessment(DomainModel):
     """A medical, social, psychological, functional or financial assessment of needs."""
 
@@ -46,7 +56,9 @@ class Assessment(DomainModel):
     summary: str | None = None
     """The assessor's summary."""
     findings: tuple[NonEmptyStr, ...] = ()
-    """Findings, one per entry (needs, strengths, risks)."""
+    """Findings, one per entry (needs, risks)."""
+    strengths: tuple[Strength, ...] = ()
+    """The patient's strengths this assessment found; goals can build on them."""
 
     @model_validator(mode="after")
     def _completed_has_summary(self) -> Self:

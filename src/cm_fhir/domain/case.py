@@ -15,8 +15,14 @@ from typing import Self, TypeVar
 
 from pydantic import Field, model_validator
 
-from cm_fhir.domain.assessment import Assessment, OutcomeEvaluation, RiskEvaluation, Screening
-from cm_fhir.domain.codes import CaseManagementModel, CaseStatus, Programme, TaskStatus
+from cm_fhir.domain.assessment import (
+    Assessment,
+    OutcomeEvaluation,
+    RiskEvaluation,
+    Screening,
+    Strength,
+)
+from cm_fhir.domain.codes import CaseStatus, ModelCode, ProgrammeCode, TaskStatus
 from cm_fhir.domain.common import (
     Code,
     DomainModel,
@@ -108,7 +114,7 @@ class ReferralSource(DomainModel):
     """Free-text detail of the referral."""
 
 
-_T = TypeVar("_T", Task, Goal, Referral, Assessment, UtilizationReview)
+_T = TypeVar("_T", Task, Goal, Referral, Assessment, Strength, UtilizationReview)
 
 
 def _unique(items: Iterable[_T], what: str) -> None:
@@ -125,9 +131,9 @@ class Case(DomainModel):
     id: LocalId = Field(description="The case number")
     patient: PatientRef
     """The patient, by business identifiers."""
-    programme: Programme
+    programme: ProgrammeCode
     """The case-management programme (discharge planning, utilization review, HIV adherence...)."""
-    models: tuple[CaseManagementModel, ...] = ()
+    models: tuple[ModelCode, ...] = ()
     """Case-management models in use: brokerage, clinical, strengths-based, intensive."""
     status: CaseStatus
     """Current status; always the last entry of ``status_history``."""
@@ -202,7 +208,22 @@ class Case(DomainModel):
             missing = set(self.care_plan.goals) - goal_ids
             if missing:
                 raise ValueError(f"the care plan names absent goals: {sorted(missing)}")
+        strengths = [s for a in self.assessments for s in a.strengths]
+        _unique(strengths, "strength")
+        known = {s.id for s in strengths}
+        for goal in self.goals:
+            absent = sorted(set(goal.builds_on) - known)
+            if absent:
+                raise ValueError(f"goal '{goal.id}' builds on absent strengths: {absent}")
         return self
+
+    def strength(self, strength_id: str) -> Strength:
+        """The strength with this id, from whichever assessment found it."""
+        for assessment in self.assessments:
+            for found in assessment.strengths:
+                if found.id == strength_id:
+                    return found
+        raise DomainError(f"case '{self.id}' has no strength '{strength_id}'")
 
     @property
     def opened(self) -> Instant:

@@ -1,33 +1,49 @@
-"""The closed vocabularies of case management: statuses, programmes, models and kinds. Pure.
+"""The vocabularies of case management: a typed core of closed codes, and open codes. Pure.
 
-Enum values are the codes used on the wire (FHIR style, kebab-case), so a status in the domain is
-the same word a FHIR server or a case manager sees. Coding systems for each vocabulary live in
-``mappings/code-systems.yaml``, not here.
+Two kinds of vocabulary:
+
+- **Closed** (enums): the codes whose behaviour the code itself relies on, such as case status,
+  task status, intent, priority and goal lifecycle. Enum values are the codes used on the wire
+  (FHIR style, kebab-case), so a status in the domain is the same word a FHIR server sees.
+- **Open** (:data:`VocabularyCode` strings): programmes, case-management models, task kinds,
+  referral types, dispositions, discharge needs and goal categories. Their codes are data, listed in
+  ``mappings/code-systems.yaml`` (bundled, and extended by a site's override), so a site adds a
+  task kind without a code change. The domain only checks their shape; whether a code exists is
+  checked against the mapping registry in use, at the edge (ADR 0015).
+
+The few open codes with behaviour are named here as constants (:data:`DISPOSITION_EXPIRED`), and
+the registry refuses a code-systems file that lacks them.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Annotated, Final
 
+from pydantic import StringConstraints
 
-class Programme(StrEnum):
-    """The programme or setting a case belongs to."""
+#: A code of an open vocabulary: a FHIR ``code`` without spaces, at most 64 characters.
+VocabularyCode = Annotated[str, StringConstraints(pattern=r"^[^\s]+$", min_length=1, max_length=64)]
 
-    HOSPITAL_DISCHARGE_PLANNING = "hospital-discharge-planning"
-    HOSPITAL_UTILIZATION_REVIEW = "hospital-utilization-review"
-    PAYER_CASE_MANAGEMENT = "payer-case-management"
-    HOME_HEALTH = "home-health"
-    WORKERS_COMPENSATION = "workers-compensation"
-    TARGETED_PROGRAMME = "targeted-programme"
+#: The programme or setting a case belongs to (code system ``programme``).
+ProgrammeCode = VocabularyCode
+#: How the case manager works with the client (code system ``case_management_model``).
+ModelCode = VocabularyCode
+#: An intervention or care-plan activity; the task code (code system ``task_code``).
+TaskKind = VocabularyCode
+#: The kind of service a referral asks for (code system ``referral_type``).
+ReferralTypeCode = VocabularyCode
+#: Where the patient goes at discharge (code system ``discharge_disposition``).
+DispositionCode = VocabularyCode
+#: A post-acute need a discharge plan arranges (code system ``discharge_need``).
+NeedCode = VocabularyCode
+#: What a goal is about (code system ``goal_category``).
+GoalCategoryCode = VocabularyCode
 
-
-class CaseManagementModel(StrEnum):
-    """How the case manager works with the client; several can be combined."""
-
-    BROKERAGE = "brokerage"
-    CLINICAL = "clinical"
-    STRENGTHS_BASED = "strengths-based"
-    INTENSIVE = "intensive"
+#: The disposition that means the patient died: the lifecycle closes the case as deceased.
+DISPOSITION_EXPIRED: Final = "expired"
+#: The programme a discharge-rules file runs when it names none.
+DEFAULT_PROGRAMME: Final = "hospital-discharge-planning"
 
 
 class CaseStatus(StrEnum):
@@ -78,19 +94,6 @@ class RiskLevel(StrEnum):
     MODERATE = "moderate"
     HIGH = "high"
     CERTAIN = "certain"
-
-
-class GoalCategory(StrEnum):
-    """What a goal is about."""
-
-    CLINICAL = "clinical"
-    SELF_CARE = "self-care"
-    FUNCTIONAL = "functional"
-    SOCIAL = "social"
-    FINANCIAL = "financial"
-    ADHERENCE = "adherence"
-    RETURN_TO_WORK = "return-to-work"
-    BEHAVIORAL = "behavioral"
 
 
 class GoalLifecycle(StrEnum):
@@ -172,72 +175,6 @@ class Priority(StrEnum):
     URGENT = "urgent"
     ASAP = "asap"
     STAT = "stat"
-
-
-class ActivityKind(StrEnum):
-    """Interventions and care-plan activities; the task code."""
-
-    INITIAL_ASSESSMENT = "initial-assessment"
-    APPOINTMENT = "appointment"
-    FOLLOW_UP_APPOINTMENT = "follow-up-appointment"
-    REFERRAL_FOLLOW_UP = "referral-follow-up"
-    EDUCATION = "education"
-    MEDICATION_ADHERENCE = "medication-adherence"
-    MEDICATION_RECONCILIATION = "medication-reconciliation"
-    FOLLOW_UP_CALL = "follow-up-call"
-    HOME_VISIT = "home-visit"
-    TRANSPORT = "transport"
-    DISCHARGE_PLANNING = "discharge-planning"
-    DME_ORDER = "dme-order"
-    PAYER_NOTIFICATION = "payer-notification"
-    UTILIZATION_REVIEW = "utilization-review"
-    CARE_CONFERENCE = "care-conference"
-    FINANCIAL_COUNSELLING = "financial-counselling"
-    RETURN_TO_WORK_REVIEW = "return-to-work-review"
-
-
-class ReferralType(StrEnum):
-    """The kind of service a referral asks for."""
-
-    MEDICAL = "medical"
-    SOCIAL = "social"
-    COMMUNITY = "community"
-    LEGAL_FINANCIAL = "legal-financial"
-    HOME_HEALTH = "home-health"
-    REHABILITATION = "rehabilitation"
-    SKILLED_NURSING = "skilled-nursing"
-    HOSPICE = "hospice"
-    BEHAVIORAL_HEALTH = "behavioral-health"
-    CASE_MANAGEMENT = "case-management"
-
-
-class Disposition(StrEnum):
-    """Where the patient goes at discharge."""
-
-    HOME = "home"
-    HOME_HEALTH = "home-health"
-    SKILLED_NURSING = "skilled-nursing"
-    INPATIENT_REHAB = "inpatient-rehab"
-    LONG_TERM_CARE = "long-term-care"
-    HOSPICE = "hospice"
-    AGAINST_MEDICAL_ADVICE = "against-medical-advice"
-    EXPIRED = "expired"
-    OTHER = "other"
-
-
-class DischargeNeed(StrEnum):
-    """Post-acute needs a discharge plan arranges."""
-
-    DME = "dme"
-    HOME_IV = "home-iv"
-    OXYGEN = "oxygen"
-    HOME_HEALTH_VISITS = "home-health-visits"
-    WOUND_CARE = "wound-care"
-    TRANSPORT = "transport"
-    MEDICATION_ACCESS = "medication-access"
-    CAREGIVER_TRAINING = "caregiver-training"
-    PHYSICAL_THERAPY = "physical-therapy"
-    OCCUPATIONAL_THERAPY = "occupational-therapy"
 
 
 class IdentifierKind(StrEnum):

@@ -15,7 +15,7 @@ from pydantic import Field, model_validator
 
 from cm_fhir.domain.codes import (
     GoalAchievement,
-    GoalCategory,
+    GoalCategoryCode,
     GoalLifecycle,
     GoalPriority,
     PlanStatus,
@@ -58,7 +58,7 @@ class Goal(DomainModel):
     """Case-local id."""
     description: NonEmptyStr
     """The goal in words the patient and team use."""
-    category: GoalCategory
+    category: GoalCategoryCode
     """The kind of goal (clinical, functional, social, behavioural...)."""
     target: GoalTarget | None = None
     """The measurable target, when there is one."""
@@ -79,6 +79,8 @@ class Goal(DomainModel):
     """Who set the goal (the patient, a clinician)."""
     addresses: tuple[Code, ...] = ()
     """Conditions or needs the goal addresses (coded)."""
+    builds_on: tuple[LocalId, ...] = ()
+    """Strengths (ids of the case's assessments' strengths) the goal builds on."""
 
     @model_validator(mode="after")
     def _smart(self) -> Self:

@@ -12,11 +12,11 @@ from datetime import date
 from pydantic import Field
 
 from cm_fhir.domain.codes import (
-    DischargeNeed,
-    Disposition,
+    DispositionCode,
+    NeedCode,
     PlanStatus,
     Priority,
-    ReferralType,
+    ReferralTypeCode,
     TaskStatus,
 )
 from cm_fhir.domain.common import Code, DomainModel, Instant, LocalId, NonEmptyStr, PartyRef
@@ -27,7 +27,7 @@ class Referral(DomainModel):
 
     id: LocalId
     """Case-local id."""
-    type: ReferralType
+    type: ReferralTypeCode
     """The kind of service referred to (home health, SNF, community services...)."""
     service: Code | None = Field(default=None, description="The specific service asked for")
     status: PlanStatus = PlanStatus.ACTIVE
@@ -56,7 +56,7 @@ class Referral(DomainModel):
 class DischargeNeedItem(DomainModel):
     """One post-acute need and how it will be met."""
 
-    need: DischargeNeed
+    need: NeedCode
     """The kind of need (transport, equipment, medication, caregiver...)."""
     detail: str | None = None
     """Free-text detail of the need."""
@@ -71,7 +71,7 @@ class DischargePlan(DomainModel):
     """The plan's status (draft, active, completed...)."""
     expected_discharge: date | None = None
     """The expected discharge date."""
-    disposition: Disposition | None = None
+    disposition: DispositionCode | None = None
     """Where the patient goes (home, home health, SNF, IRF, expired...)."""
     post_acute_provider: PartyRef | None = None
     """The post-acute provider chosen, if any."""

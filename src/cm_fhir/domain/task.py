@@ -11,7 +11,7 @@ from typing import Self
 
 from pydantic import Field, model_validator
 
-from cm_fhir.domain.codes import ActivityKind, Priority, TaskIntent, TaskStatus
+from cm_fhir.domain.codes import Priority, TaskIntent, TaskKind, TaskStatus
 from cm_fhir.domain.common import DomainModel, Instant, LocalId, NonEmptyStr, PartyRef
 from cm_fhir.domain.task_states import (
     OPEN_TASK_STATUSES,
@@ -34,7 +34,7 @@ class Task(DomainModel):
 
     id: LocalId
     """Case-local id."""
-    kind: ActivityKind
+    kind: TaskKind
     """What the work is (initial assessment, follow-up call, medication reconciliation...)."""
     description: NonEmptyStr
     """The task in words for the person doing it."""

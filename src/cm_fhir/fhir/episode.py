@@ -14,7 +14,7 @@ from typing import Any
 from cm_fhir.domain.assessment import OutcomeEvaluation, Screening
 from cm_fhir.domain.case import FINAL_CASE_STATUSES as FINAL
 from cm_fhir.domain.case import CareTeam, CareTeamMember, Case, Coverage, ReferralSource
-from cm_fhir.domain.codes import CaseManagementModel, CaseStatus, ClosingReason, Programme
+from cm_fhir.domain.codes import CaseStatus, ClosingReason
 from cm_fhir.domain.common import Code
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir import datatypes as dt
@@ -139,8 +139,8 @@ def episode_of_care(ctx: CaseContext, case: Case) -> Json:
             }
         )
     out["statusHistory"] = history
-    out["type"] = [{"coding": [reg.coding("programme", case.programme.value)]}] + [
-        {"coding": [reg.coding("case_management_model", m.value)]} for m in case.models
+    out["type"] = [{"coding": [reg.coding("programme", case.programme)]}] + [
+        {"coding": [reg.coding("case_management_model", m)]} for m in case.models
     ]
     if case.reasons:
         out["diagnosis"] = [
@@ -243,9 +243,9 @@ def parse_case_head(ctx: CaseContext, eoc: Json) -> dict[str, Any]:
     for i, concept in enumerate(eoc.get("type", [])):
         coding = concept.get("coding", [{}])[0]
         if coding.get("system") == reg.code_systems["programme"].url:
-            programme = Programme(coding["code"])
+            programme = coding["code"]
         elif coding.get("system") == reg.code_systems["case_management_model"].url:
-            models.append(CaseManagementModel(coding["code"]))
+            models.append(coding["code"])
         else:
             raise MappingError("unknown case type coding", path=f"{path}.type[{i}]")
     head: dict[str, Any] = {

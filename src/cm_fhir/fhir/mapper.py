@@ -42,7 +42,8 @@ def case_to_resources(
         out.append(episode.intake_referral(ctx, case.referral_source, case))
     if case.care_team is not None:
         out.append(episode.care_team(ctx, case.care_team, case.status))
-    out += [plans.goal(ctx, g) for g in case.goals]
+    strengths = {s.id: s.description for a in case.assessments for s in a.strengths}
+    out += [plans.goal(ctx, g, strengths) for g in case.goals]
     if case.care_plan is not None:
         out.append(plans.care_plan(ctx, case, case.care_plan))
     if case.discharge_plan is not None:

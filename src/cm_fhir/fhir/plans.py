@@ -8,14 +8,12 @@ post-acute provider, needs, barriers, follow-up) sit in the ``cm-discharge-plan`
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import (
-    DischargeNeed,
-    Disposition,
     GoalAchievement,
-    GoalCategory,
     GoalLifecycle,
     GoalPriority,
     PlanStatus,
@@ -40,7 +38,12 @@ GOAL_PRIORITY = "http://terminology.hl7.org/CodeSystem/goal-priority"
 US_CORE_CAREPLAN_CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/careplan-category"
 
 
-def goal(ctx: CaseContext, g: Goal) -> Json:
+#: The Goal.note of a strength the goal builds on: its id is this prefix and the strength's id.
+STRENGTH_NOTE_PREFIX = "strength-"
+
+
+def goal(ctx: CaseContext, g: Goal, strengths: Mapping[str, str] | None = None) -> Json:
+    """The Goal; ``strengths`` (id -> description) word the notes of the strengths it builds on."""
     out = ctx.head("Goal", ctx.id_for("Goal", "goal", g.id), "goal")
     if g.addresses:
         out["contained"] = contained_conditions(ctx, "addr", g.addresses)
@@ -53,7 +56,7 @@ def goal(ctx: CaseContext, g: Goal) -> Json:
         out["achievementStatus"] = {
             "coding": [{"system": ACHIEVEMENT, "code": g.achievement.value}]
         }
-    out["category"] = [{"coding": [ctx.registry.coding("goal_category", g.category.value)]}]
+    out["category"] = [{"coding": [ctx.registry.coding("goal_category", g.category)]}]
     out["priority"] = {"coding": [{"system": GOAL_PRIORITY, "code": g.priority.value}]}
     out["description"] = {"text": g.description}
     out["subject"] = ctx.patient_ref()
@@ -74,6 +77,15 @@ def goal(ctx: CaseContext, g: Goal) -> Json:
         out["expressedBy"] = dt.reference(g.expressed_by)
     if g.addresses:
         out["addresses"] = [{"reference": f"#addr-{i}"} for i in range(1, len(g.addresses) + 1)]
+    if g.builds_on:
+        known = strengths or {}
+        out["note"] = [
+            {
+                "id": f"{STRENGTH_NOTE_PREFIX}{sid}",
+                "text": f"Builds on the patient's strength: {known.get(sid, sid)}",
+            }
+            for sid in g.builds_on
+        ]
     return out
 
 
@@ -139,7 +151,7 @@ def discharge_care_plan(ctx: CaseContext, case: Case, plan: DischargePlan) -> Js
     provider = plan.post_acute_provider
     expected = dt.day(plan.expected_discharge) if plan.expected_discharge else None
     disposition = (
-        reg.coding("discharge_disposition", plan.disposition.value) if plan.disposition else None
+        reg.coding("discharge_disposition", plan.disposition) if plan.disposition else None
     )
     provider_ref = dt.reference(provider) if provider else None
     parts: list[tuple[str, str, Any]] = [
@@ -167,7 +179,7 @@ def discharge_care_plan(ctx: CaseContext, case: Case, plan: DischargePlan) -> Js
 
 
 def _need(ctx: CaseContext, item: DischargeNeedItem) -> tuple[str, str, Any]:
-    concept: Json = {"coding": [ctx.registry.coding("discharge_need", item.need.value)]}
+    concept: Json = {"coding": [ctx.registry.coding("discharge_need", item.need)]}
     if item.detail is not None:
         concept["text"] = item.detail
     return ("need", "valueCodeableConcept", concept)
@@ -197,7 +209,7 @@ def parse_goal(resource: Json, local_id: str) -> Goal:
     return Goal(
         id=local_id,
         description=resource.get("description", {}).get("text", ""),
-        category=GoalCategory(resource["category"][0]["coding"][0]["code"]),
+        category=resource["category"][0]["coding"][0]["code"],
         target=target,
         qualitative_reason=reasons[0] if reasons else None,
         start=dt.parse_day(resource["startDate"], f"{path}.startDate")
@@ -210,6 +222,11 @@ def parse_goal(resource: Json, local_id: str) -> Goal:
         expressed_by=dt.parse_reference(expressed, f"{path}.expressedBy") if expressed else None,
         addresses=parse_contained_conditions(
             resource, resource.get("addresses", []), f"{path}.addresses"
+        ),
+        builds_on=tuple(
+            note["id"].removeprefix(STRENGTH_NOTE_PREFIX)
+            for note in resource.get("note", [])
+            if str(note.get("id", "")).startswith(STRENGTH_NOTE_PREFIX)
         ),
     )
 
@@ -255,9 +272,7 @@ def parse_discharge_plan(ctx: CaseContext, resource: Json, local_id: str) -> Dis
     disposition = sub_value(data, "disposition", "valueCoding")
     provider = sub_value(data, "postAcuteProvider", "valueReference")
     needs = [
-        DischargeNeedItem(
-            need=DischargeNeed(concept["coding"][0]["code"]), detail=concept.get("text")
-        )
+        DischargeNeedItem(need=concept["coding"][0]["code"], detail=concept.get("text"))
         for concept in sub_values(data, "need", "valueCodeableConcept")
     ]
     author = resource.get("author")
@@ -265,7 +280,7 @@ def parse_discharge_plan(ctx: CaseContext, resource: Json, local_id: str) -> Dis
         id=local_id,
         status=PlanStatus(resource["status"]),
         expected_discharge=dt.parse_day(expected, f"{path}.expectedDate") if expected else None,
-        disposition=Disposition(disposition["code"]) if disposition else None,
+        disposition=disposition["code"] if disposition else None,
         post_acute_provider=dt.parse_reference(provider, f"{path}.postAcuteProvider")
         if provider
         else None,

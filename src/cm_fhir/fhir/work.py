@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm_fhir.domain.assessment import Assessment, RiskEvaluation
+from cm_fhir.domain.assessment import Assessment, RiskEvaluation, Strength
 from cm_fhir.domain.codes import (
-    ActivityKind,
     AssessmentKind,
     AssessmentStatus,
     PlanStatus,
     Priority,
-    ReferralType,
     RiskLevel,
     TaskIntent,
     TaskStatus,
@@ -54,7 +52,7 @@ def task(ctx: CaseContext, t: Task) -> Json:
         out["businessStatus"] = {"text": t.business_status}
     out["intent"] = t.intent.value
     out["priority"] = t.priority.value
-    out["code"] = {"coding": [ctx.registry.coding("task_code", t.kind.value)]}
+    out["code"] = {"coding": [ctx.registry.coding("task_code", t.kind)]}
     out["description"] = t.description
     if t.focus_goal is not None:
         out["focus"] = ctx.ref("Goal", "goal", t.focus_goal)
@@ -90,6 +88,10 @@ def assessment(ctx: CaseContext, a: Assessment) -> Json:
     if a.summary is not None:
         outputs.append({"type": {"text": "summary"}, "valueString": a.summary})
     outputs += [{"type": {"text": "finding"}, "valueString": f} for f in a.findings]
+    outputs += [
+        {"id": s.id, "type": {"text": "strength"}, "valueString": s.description}
+        for s in a.strengths
+    ]
     if outputs:
         out["output"] = outputs
     return out
@@ -104,7 +106,7 @@ def referral_request(ctx: CaseContext, r: Referral) -> Json:
         out["basedOn"] = [ctx.ref("CarePlan", "care_plan", r.care_plan)]
     out["status"] = r.status.value
     out["intent"] = "order"
-    out["category"] = [{"coding": [ctx.registry.coding("referral_type", r.type.value)]}]
+    out["category"] = [{"coding": [ctx.registry.coding("referral_type", r.type)]}]
     out["priority"] = r.priority.value
     if r.service is not None:
         out["code"] = dt.codeable(r.service)
@@ -188,7 +190,7 @@ def parse_task(resource: Json, local_id: str, plan_id: str | None, goal_id: str 
     ended = resource.get("executionPeriod", {}).get("end")
     return Task(
         id=local_id,
-        kind=ActivityKind(resource["code"]["coding"][0]["code"]),
+        kind=resource["code"]["coding"][0]["code"],
         description=resource.get("description", ""),
         status=TaskStatus(resource["status"]),
         intent=TaskIntent(resource["intent"]),
@@ -225,6 +227,11 @@ def parse_assessment(ctx: CaseContext, resource: Json, local_id: str) -> Assessm
         findings=tuple(
             o["valueString"] for o in outputs if o.get("type", {}).get("text") == "finding"
         ),
+        strengths=tuple(
+            Strength(id=o["id"], description=o["valueString"])
+            for o in outputs
+            if o.get("type", {}).get("text") == "strength"
+        ),
     )
 
 
@@ -235,7 +242,7 @@ def parse_referral(
     business = (fulfilment or {}).get("businessStatus")
     return Referral(
         id=local_id,
-        type=ReferralType(request["category"][0]["coding"][0]["code"]),
+        type=request["category"][0]["coding"][0]["code"],
         service=dt.parse_codeable(request["code"], f"{path}.code") if "code" in request else None,
         status=PlanStatus(request["status"]),
         priority=Priority(request.get("priority", "routine")),

@@ -1,10 +1,11 @@
 """Concept maps for ADT intake: patient class, discharge disposition and destination. Pure.
 
-The spec lives in ``mappings/adt-concept-maps.yaml``. HL7 table 0004 (patient class, PV1-2) maps
-to the FHIR v3 ActCode encounter classes; table 0112 (discharge disposition, PV1-36) is
-site-defined, so its map targets our own small set of disposition codes and a site is expected to
-override it (a file of the same name in the override folder is deep-merged over the bundled one,
-see :func:`cm_fhir.mapping.loader.load_with_overrides`). Every map states what happens to a code it
+The spec lives in ``mappings/adt-concept-maps.yaml``. HL7 table 0004 (patient class, PV1-2) maps to
+the FHIR v3 ActCode encounter classes; table 0112 (discharge disposition, PV1-36) is site-defined,
+so its map targets the disposition codes of ``code-systems.yaml`` (``discharge_disposition``;
+checked across files by :mod:`cm_fhir.mapping.vocabulary`) and a site is expected to override it (a
+file of the same name in the override folder is deep-merged over the bundled one, see
+:func:`cm_fhir.mapping.loader.load_with_overrides`). Every map states what happens to a code it
 does not know: ``report`` (kept as unmapped), ``default`` (mapped to ``default`` but flagged
 unmapped) or ``error`` (a :class:`~cm_fhir.errors.MappingError` naming the field position, never
 the value). Loading reads a file; mapping a code is pure.
@@ -22,7 +23,6 @@ from cm_fhir.mapping.loader import load_with_overrides
 
 __all__ = [
     "ADT_CONCEPT_MAPS_FILE",
-    "DISCHARGE_DISPOSITIONS",
     "ENCOUNTER_CLASSES",
     "AdtConceptMaps",
     "CodeMap",
@@ -36,21 +36,6 @@ ENCOUNTER_CLASSES: Final[frozenset[str]] = frozenset(
     {"AMB", "EMER", "FLD", "HH", "IMP", "ACUTE", "NONAC", "OBSENC", "PRENC", "SS", "VR"}
 )
 """FHIR R4 Encounter.class codes (v3 ActCode, value set v3-ActEncounterCode)."""
-
-DISCHARGE_DISPOSITIONS: Final[frozenset[str]] = frozenset(
-    {
-        "home",
-        "home-health",
-        "skilled-nursing",
-        "inpatient-rehab",
-        "long-term-care",
-        "hospice",
-        "against-medical-advice",
-        "expired",
-        "other",
-    }
-)
-"""Our discharge disposition codes, the targets of the table 0112 map."""
 
 UnmappedPolicy = Literal["report", "default", "error"]
 
@@ -130,16 +115,6 @@ class AdtConceptMaps(BaseModel):
         unknown = value.targets() - ENCOUNTER_CLASSES
         if unknown:
             raise ValueError(f"targets must be v3 ActCode encounter classes, not {sorted(unknown)}")
-        return value
-
-    @field_validator("discharge_disposition")
-    @classmethod
-    def _dispositions(cls, value: CodeMap) -> CodeMap:
-        unknown = value.targets() - DISCHARGE_DISPOSITIONS
-        if unknown:
-            raise ValueError(
-                f"targets must be one of {sorted(DISCHARGE_DISPOSITIONS)}, not {sorted(unknown)}"
-            )
         return value
 
 

@@ -2,7 +2,8 @@
 from reading files.
 
 ``check_mappings`` is what ``cm-fhir mappings check`` runs: it loads every known file (bundled,
-merged with a site folder), runs the cross-file checks, and returns the problems found instead of
+merged with a site folder), runs the cross-file checks (every code a rule or concept map names is
+listed in ``code-systems.yaml``), and returns the problems found instead of
 stopping at the first file.
 """
 
@@ -14,26 +15,29 @@ from pathlib import Path
 import pydantic
 
 from cm_fhir.errors import MappingSpecError
-from cm_fhir.mapping.adt_maps import AdtConceptMaps
+from cm_fhir.mapping.adt_maps import ADT_CONCEPT_MAPS_FILE, AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.loader import load_with_overrides
 from cm_fhir.mapping.payer_exchange import PAYER_EXCHANGE_FILE, PayerExchange
+from cm_fhir.mapping.programmes import PROGRAMMES_FILE, ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import (
     CODE_SYSTEMS_FILE,
     IDENTITY_FILE,
     STATUS_MAPS_FILE,
     load_registry,
 )
-from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules
+from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules, load_discharge_rules
 from cm_fhir.mapping.spec import CodeSystemsSpec, FhirIdentitySpec, StatusMapsSpec
+from cm_fhir.mapping.vocabulary import check_vocabulary
 
 #: Every mapping file cm-fhir reads, with the model that validates it.
 MAPPING_FILES: dict[str, type[pydantic.BaseModel]] = {
     IDENTITY_FILE: FhirIdentitySpec,
     CODE_SYSTEMS_FILE: CodeSystemsSpec,
     STATUS_MAPS_FILE: StatusMapsSpec,
-    "adt-concept-maps.yaml": AdtConceptMaps,
+    ADT_CONCEPT_MAPS_FILE: AdtConceptMaps,
     DISCHARGE_RULES_FILE: DischargeRules,
     PAYER_EXCHANGE_FILE: PayerExchange,
+    PROGRAMMES_FILE: ProgrammesSpec,
 }
 
 
@@ -67,7 +71,10 @@ def check_mappings(site_dir: Path | None = None) -> MappingReport:
             problems.append(exc)
     if not problems:
         try:
-            load_registry(site_dir)
+            rules, maps = load_discharge_rules(site_dir), load_adt_concept_maps(site_dir)
+            check_vocabulary(
+                load_registry(site_dir), rules, maps, site_dir, load_programmes(site_dir)
+            )
         except MappingSpecError as exc:
             problems.append(exc)
     return MappingReport(checked, problems)

@@ -119,6 +119,7 @@ class PayerExchange(_Spec):
     review_actions: ReviewActions
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
+    payer_programme: Token
     auto_decisions: tuple[AutoDecision, ...] = ()
 
     @model_validator(mode="after")

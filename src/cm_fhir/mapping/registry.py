@@ -14,19 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from cm_fhir.domain.codes import (
-    ActivityKind,
+    DISPOSITION_EXPIRED,
     AssessmentKind,
     AssessmentStatus,
-    CaseManagementModel,
     CaseStatus,
     ClosingReason,
-    DischargeNeed,
-    Disposition,
-    GoalCategory,
-    Programme,
-    ReferralType,
 )
-from cm_fhir.errors import MappingSpecError
+from cm_fhir.errors import MappingError, MappingSpecError
 from cm_fhir.mapping.loader import bundled_mappings_dir, load_with_overrides
 from cm_fhir.mapping.spec import (
     CodeSystemSpec,
@@ -39,23 +33,24 @@ IDENTITY_FILE = "fhir-identity.yaml"
 CODE_SYSTEMS_FILE = "code-systems.yaml"
 STATUS_MAPS_FILE = "status-maps.yaml"
 
-#: Which domain vocabulary each code system must cover completely.
-_COVERAGE: dict[str, tuple[type[StrEnum], ...]] = {
-    "programme": (Programme,),
-    "case_management_model": (CaseManagementModel,),
-    "case_status": (CaseStatus,),
-    "closing_reason": (ClosingReason,),
-    "task_code": (ActivityKind,),
-    "goal_category": (GoalCategory,),
-    "referral_type": (ReferralType,),
-    "discharge_need": (DischargeNeed,),
-    "discharge_disposition": (Disposition,),
-}
-
 
 def assessment_task_code(kind: AssessmentKind) -> str:
     """The task code an assessment of this kind is carried under."""
     return f"{kind.value}-assessment"
+
+
+def _values(*enums: type[StrEnum]) -> frozenset[str]:
+    return frozenset(member.value for enum in enums for member in enum)
+
+
+#: The codes each code system must hold because the code relies on them: the closed vocabularies
+#: (enums) completely, and the few open codes with behaviour. Every other code is the site's data.
+REQUIRED_CODES: dict[str, frozenset[str]] = {
+    "case_status": _values(CaseStatus),
+    "closing_reason": _values(ClosingReason),
+    "task_code": frozenset(assessment_task_code(kind) for kind in AssessmentKind),
+    "discharge_disposition": frozenset({DISPOSITION_EXPIRED}),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,9 +61,24 @@ class CodeSystem:
     url: str
     title: str
     concepts: dict[str, str]
+    description: str
 
     def coding(self, code: str) -> dict[str, Any]:
-        return {"system": self.url, "code": code, "display": self.concepts[code]}
+        """The FHIR Coding of ``code``.
+
+        Raises:
+            MappingError: the code is not in this code system (the active ``code-systems.yaml``).
+        """
+        display = self.concepts.get(code)
+        if display is None:
+            raise MappingError(
+                f"unknown code '{code}': not listed in code-systems.yaml ({self.key})"
+            )
+        return {"system": self.url, "code": code, "display": display}
+
+    def knows(self, code: str) -> bool:
+        """Whether ``code`` is listed in this code system."""
+        return code in self.concepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +103,12 @@ class MappingRegistry:
         return self.extensions[key]
 
     def coding(self, system_key: str, code: str) -> dict[str, Any]:
+        """The FHIR Coding of ``code`` in code system ``system_key`` (MappingError if unknown)."""
         return self.code_systems[system_key].coding(code)
+
+    def knows(self, system_key: str, code: str) -> bool:
+        """Whether ``code`` is listed in code system ``system_key``."""
+        return self.code_systems[system_key].knows(code)
 
 
 def absolute_uri(base: str, value: str) -> str:
@@ -119,14 +134,11 @@ def build_registry(
     systems: dict[str, CodeSystem] = {}
     for key in CodeSystemsSpec.model_fields:
         spec: CodeSystemSpec = getattr(code_systems, key)
-        systems[key] = CodeSystem(
-            key, absolute_uri(base, spec.url), spec.title, dict(spec.concepts)
-        )
+        url = absolute_uri(base, spec.url)
+        text = spec.description or spec.title
+        systems[key] = CodeSystem(key, url, spec.title, dict(spec.concepts), text)
     cs_file = src.get(CODE_SYSTEMS_FILE, CODE_SYSTEMS_FILE)
-    for key, enums in _COVERAGE.items():
-        needed = {member.value for enum in enums for member in enum}
-        if key == "task_code":
-            needed |= {assessment_task_code(kind) for kind in AssessmentKind}
+    for key, needed in REQUIRED_CODES.items():
         missing = needed - systems[key].concepts.keys()
         if missing:
             raise MappingSpecError(
@@ -137,9 +149,9 @@ def build_registry(
         ("case_to_episode_of_care", CaseStatus),
         ("assessment_to_task", AssessmentStatus),
     ):
-        missing = {m.value for m in enum} - {k.value for k in getattr(status_maps, field)}
-        if missing:
-            raise MappingSpecError(sm_file, field, f"no mapping for {sorted(missing)}")
+        unmapped = {m.value for m in enum} - {k.value for k in getattr(status_maps, field)}
+        if unmapped:
+            raise MappingSpecError(sm_file, field, f"no mapping for {sorted(unmapped)}")
     return MappingRegistry(
         canonical_base=base,
         identifier_systems=resolve(identity.identifier_systems),

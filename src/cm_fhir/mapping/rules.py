@@ -1,13 +1,14 @@
-"""The typed spec of ``mappings/discharge-rules.yaml``: discharge-planning rules as data. Pure
-apart from reading the file once in :func:`load_discharge_rules`.
+"""The typed spec of ``mappings/discharge-rules.yaml``: discharge-planning rules as data.
 
-The file says who is screened into a case (criteria combined with ``any``/``all``, nestable), which
-case-management team owns the work on each unit, and which tasks, referrals and due dates each ADT
-event creates: before admission, at admission, before and at discharge, and at death. Every
-value is checked at load: task kinds, referral types, dispositions and encounter classes must be
-known codes, durations must read like ``24h``/``7d``, and a unit may only
+Pure apart from reading the file once in :func:`load_discharge_rules`. The file says who is
+screened into a case (criteria combined with ``any``/``all``, nestable), which case-management team
+owns the work on each unit, and which tasks, referrals and due dates each ADT event creates: before
+admission, at admission, before and at discharge, and at death. Every value is checked at load:
+encounter classes must be v3 codes, durations must read like ``24h``/``7d``, and a unit may only
 name a team the file declares. A bad file fails with :class:`~cm_fhir.errors.MappingSpecError`
-naming the file and key path. The workflow in :mod:`cm_fhir.workflow` reads nothing else.
+naming the file and key path. Task kinds, referral types, dispositions and the programme are codes
+of ``code-systems.yaml``: :func:`cm_fhir.mapping.vocabulary.check_vocabulary` checks them against
+the registry in use. The workflow in :mod:`cm_fhir.workflow` reads nothing else.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ from pydantic import (
 )
 
 from cm_fhir.domain.codes import (
-    ActivityKind,
-    Disposition,
+    DEFAULT_PROGRAMME,
+    DispositionCode,
     PartyKind,
     Priority,
-    Programme,
-    ReferralType,
+    ProgrammeCode,
+    ReferralTypeCode,
+    TaskKind,
 )
 from cm_fhir.mapping.adt_maps import ENCOUNTER_CLASSES
 from cm_fhir.mapping.loader import load_with_overrides
@@ -52,6 +54,7 @@ __all__ = [
     "DischargeRules",
     "DischargeStepRules",
     "IdentityRules",
+    "OutcomeRules",
     "PartySpec",
     "PendingDischargeRules",
     "PostAcuteRule",
@@ -127,7 +130,7 @@ class TaskRule(Rules):
     ``at_discharge`` (``pending_discharge`` tasks only) says what A03 does if the task is open.
     """
 
-    kind: ActivityKind
+    kind: TaskKind
     description: Text
     due: Duration
     not_before: Duration | None = None
@@ -147,7 +150,7 @@ class TaskRule(Rules):
 class ReferralRule(Rules):
     """A post-acute referral: the service type, who performs it and when it is due."""
 
-    type: ReferralType
+    type: ReferralTypeCode
     performer: PartySpec
     due: Duration
     before_discharge: Duration | None = None
@@ -279,15 +282,19 @@ class PostAcuteRule(Rules):
     """A disposition known from the admission itself: when ``when`` holds, plan ``disposition``."""
 
     when: Criterion
-    disposition: Disposition
+    disposition: DispositionCode
 
 
 class AdmissionRules(Rules):
     """A01 (and an A13 that turns a discharge back into a stay): the initial assessment, the
-    payer notification, and post-acute referrals started at admission."""
+    payer notification, a site's own admission tasks, and post-acute referrals started at
+    admission."""
 
     initial_assessment: TaskRule
     payer_notification: TaskRule | None = None
+    tasks: dict[RuleName, TaskRule] = Field(
+        default_factory=dict, description="More tasks every admission creates, by rule name"
+    )
     post_acute: list[PostAcuteRule] = Field(
         default_factory=list, description="First match starts the disposition's referral"
     )
@@ -340,7 +347,7 @@ class DischargeStepRules(Rules):
         default_factory=list,
         description="pending_discharge tasks A03 creates when no discharge planning created them",
     )
-    referrals: dict[Disposition, ReferralRule] = Field(default_factory=dict)
+    referrals: dict[DispositionCode, ReferralRule] = Field(default_factory=dict)
     referral_requester: PartySpec = Field(
         description="Who requests post-acute referrals; R4 allows an Organization, not a CareTeam"
     )
@@ -354,10 +361,19 @@ class DischargeStepRules(Rules):
         return self
 
 
+class OutcomeRules(Rules):
+    """Outcome evaluation: how long after a discharge an admission or ED visit counts."""
+
+    window: Duration = Field(
+        default=timedelta(days=30),
+        description="An inpatient admission or ED visit this soon after a discharge is counted",
+    )
+
+
 class DischargeRules(Rules):
     """``mappings/discharge-rules.yaml``."""
 
-    programme: Programme = Programme.HOSPITAL_DISCHARGE_PLANNING
+    programme: ProgrammeCode = DEFAULT_PROGRAMME
     case_id_prefix: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9]{0,7}$")] = "dp"
     timezone: str = Field(default="UTC", description="For HL7 times without an offset")
     identity: IdentityRules
@@ -374,6 +390,7 @@ class DischargeRules(Rules):
     pending_discharge: PendingDischargeRules = Field(default_factory=PendingDischargeRules)
     discharge: DischargeStepRules
     death: DeathRules = Field(default_factory=DeathRules)
+    outcome: OutcomeRules = Field(default_factory=OutcomeRules)
 
     @field_validator("timezone")
     @classmethod
@@ -401,6 +418,11 @@ class DischargeRules(Rules):
 
     @model_validator(mode="after")
     def _distinct_task_ids(self) -> Self:
+        admission = set(self.admission.tasks)
+        taken = {"initial-assessment", "payer-notification", *self.pre_admission.tasks}
+        clash = admission & taken
+        if clash:
+            raise ValueError(f"admission.tasks reuse task names {sorted(clash)}")
         pending = set(self.pending_discharge.tasks)
         clash = pending & set(self.discharge.tasks)
         if clash:

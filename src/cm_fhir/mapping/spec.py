@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from cm_fhir.domain.codes import AssessmentStatus, CaseStatus, TaskStatus
+from cm_fhir.domain.codes import AssessmentStatus, CaseStatus, TaskStatus, VocabularyCode
 
 UriOrPath = Annotated[str, StringConstraints(min_length=1, pattern=r"^\S+$")]
 
@@ -64,12 +64,19 @@ class FhirIdentitySpec(Spec):
     extensions: Extensions
 
 
+#: A concept's display: required, and not blank.
+Display = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
 class CodeSystemSpec(Spec):
+    """One code system: its URL, title, and every code with its display."""
+
     url: UriOrPath
-    title: str
-    concepts: dict[Annotated[str, StringConstraints(pattern=r"^[^\s]+$")], str] = Field(
-        min_length=1
+    title: Display
+    description: Display | None = Field(
+        default=None, description="For the CodeSystem resource; defaults to the title"
     )
+    concepts: dict[VocabularyCode, Display] = Field(min_length=1)
 
 
 class CodeSystemsSpec(Spec):

@@ -66,7 +66,7 @@ class OutboxRoute:
     programmes: frozenset[str] | None = None
 
     def receives(self, case: Case) -> bool:
-        return self.programmes is None or case.programme.value in self.programmes
+        return self.programmes is None or case.programme in self.programmes
 
 
 #: With no endpoint configured, Bundles wait for the one ``--ehr-url`` configures.
@@ -196,7 +196,7 @@ def _case_row(built: BuiltCase, place: Placement) -> CaseRow:
         case_id=case.id,
         patient_key=place.patient_key,
         status=case.status.value,
-        programme=case.programme.value,
+        programme=case.programme,
         team=place.team,
         owner=owner,
         opened_at=case.opened,

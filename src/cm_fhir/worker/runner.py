@@ -28,6 +28,7 @@ from cm_fhir.ingest import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
+from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
 from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
 from cm_fhir.store.queue import mark_waiting
@@ -101,10 +102,12 @@ class Worker:
         rules = rules or load_discharge_rules()
         check_key_room(rules.identity)
         registry = registry or default_registry()
+        maps = maps or load_adt_concept_maps()
+        check_vocabulary(registry, rules, maps)
         decoded: dict[str, tuple[str, PatientState]] = {}  # shared by both: same documents
         self.processor = BatchProcessor(
             rules,
-            maps or load_adt_concept_maps(),
+            maps,
             registry,
             max_attempts=self.config.max_attempts,
             apply=apply,

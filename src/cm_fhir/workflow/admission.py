@@ -198,7 +198,8 @@ def admit(step: Step, visit: VisitMemory, rule: str) -> VisitMemory:
 
 
 def admission_work(step: Step, visit: VisitMemory, case: Case, *, opened: bool) -> VisitMemory:
-    """The initial assessment and payer notification of an admission, recorded as its effect.
+    """The initial assessment, payer notification and the site's admission tasks of an admission,
+    recorded as its effect.
 
     ``opened`` says the admission opened the case, so an A11 marks the case entered-in-error.
     """
@@ -210,14 +211,19 @@ def admission_work(step: Step, visit: VisitMemory, case: Case, *, opened: bool) 
     case, _ = step.add_task(
         case, "admission.initial_assessment", rules.admission.initial_assessment, task_id, team
     )
-    created = (task_id, *_payer_notification(step, case, visit, event))
+    created = [task_id]
+    for name, rule in rules.admission.tasks.items():
+        more_id = facts.item_id(name)
+        case, added = step.add_task(case, f"admission.tasks.{name}", rule, more_id, team)
+        created += [more_id] if added else []
+    created += _payer_notification(step, case, visit, event)
     effect = EventEffect(
         kind=EffectKind.ADMISSION,
         message_control_id=event.message_control_id,
         sequence=visit.discharges + 1,
         case_id=case.id,
         opened_case=opened,
-        task_ids=created,
+        task_ids=tuple(created),
     )
     return visit.model_copy(update={"effects": (*visit.effects, effect)})
 

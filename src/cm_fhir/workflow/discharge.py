@@ -14,7 +14,7 @@ the admission work, as if the admit had come first. The planning before the disc
 from __future__ import annotations
 
 from cm_fhir.domain.case import Case
-from cm_fhir.domain.codes import CaseStatus, Disposition, PlanStatus
+from cm_fhir.domain.codes import CaseStatus, DispositionCode, PlanStatus
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step, revalidated
 from cm_fhir.workflow.admission import (
@@ -143,7 +143,7 @@ def _settle_planning(
 
 def _referral_at_discharge(
     step: Step, visit: VisitMemory, case: Case, sequence: int
-) -> tuple[Case, Disposition | None, tuple[str, ...]]:
+) -> tuple[Case, DispositionCode | None, tuple[str, ...]]:
     """The post-acute referral of the A03 disposition, unless planning already arranged it."""
     event = step.event
     assert event is not None
@@ -158,25 +158,23 @@ def _referral_at_discharge(
         step.note(
             "adt-concept-maps.discharge_disposition", "unmapped-disposition", case.id, None, flag
         )
-        return case, Disposition(code.target) if code.target is not None else None, ()
-    chosen = Disposition(code.target)
+        return case, code.target if code.target is not None else None, ()
+    chosen = code.target
     rule = rules.discharge.referrals.get(chosen)
     earlier = live_referrals(
         case, [i for e in planning_effects(visit, sequence) for i in e.referral_ids]
     )
     arranged = [r for r in case.referrals if r.id in earlier and rule and r.type == rule.type]
     if arranged:
-        step.note(
-            f"discharge.referrals.{chosen.value}", "referral-arranged", case.id, arranged[0].id
-        )
+        step.note(f"discharge.referrals.{chosen}", "referral-arranged", case.id, arranged[0].id)
         return case, chosen, ()
     case = step.withdraw(case, (), earlier, "cancel", "discharge.referrals", DISPOSITION_CHANGED)
     if rule is None:
-        step.note("discharge.referrals", f"no-referral-for-{chosen.value}", case.id)
+        step.note("discharge.referrals", f"no-referral-for-{chosen}", case.id)
         return case, chosen, ()
     ref_id = facts.item_id("referral", f"d{sequence}")
     requester = facts.party(rules.discharge.referral_requester)
-    path = f"discharge.referrals.{chosen.value}"
+    path = f"discharge.referrals.{chosen}"
     case, added = step.add_referral(case, path, rule, ref_id, requester)
     if added:
         step.note(path, "referral-after-discharge", case.id, ref_id, Flag.LATE_REFERRAL)

@@ -40,6 +40,7 @@ from cm_fhir.workflow.lifecycle import (
     record_death,
 )
 from cm_fhir.workflow.merging import merge_patients
+from cm_fhir.workflow.outcomes import evaluate_outcomes
 from cm_fhir.workflow.planning import plan_discharge
 from cm_fhir.workflow.state import (
     Flag,
@@ -105,6 +106,7 @@ def apply_event(
             fresh = visit.key not in step.visits
             step.put_visit(ordering.append(_HANDLERS[event.event](step, visit), entry, fresh=fresh))
     record_death(step)
+    evaluate_outcomes(step)
     _refresh_patient(step, ref)
     after = step.state()
     return Outcome(

@@ -18,9 +18,10 @@ from dataclasses import replace
 from cm_fhir.domain.assessment import OutcomeEvaluation
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.codes import (
+    DISPOSITION_EXPIRED,
     CaseStatus,
     ClosingReason,
-    Disposition,
+    DispositionCode,
     GoalAchievement,
     PlanStatus,
 )
@@ -213,7 +214,7 @@ def is_death(event: AdtEvent) -> bool:
         event.event == "A03"
         and code is not None
         and code.mapped
-        and code.target == Disposition.EXPIRED.value
+        and code.target == DISPOSITION_EXPIRED
     )
 
 
@@ -278,7 +279,7 @@ def _end_case(
 ) -> VisitMemory:
     before = case
     case = _withdraw_all(step, case, "death", DECEASED)
-    case = _revoke_plan(step, case, Disposition.EXPIRED)
+    case = _revoke_plan(step, case, DISPOSITION_EXPIRED)
     case = _with_outcome(step, case, ClosingReason.DECEASED, "death")
     team = team_party(step.rules, visit.team)
     created: list[str] = []
@@ -367,7 +368,7 @@ def _withdraw_all(step: Step, case: Case, rule: str, reason: str) -> Case:
     return step.withdraw(case, task_ids, referral_ids, "cancel", rule, reason)
 
 
-def _revoke_plan(step: Step, case: Case, disposition: Disposition | None) -> Case:
+def _revoke_plan(step: Step, case: Case, disposition: DispositionCode | None) -> Case:
     """The discharge plan will not be carried out: revoked (with ``disposition`` if given)."""
     plan = case.discharge_plan
     if plan is None or plan.status in (PlanStatus.COMPLETED, PlanStatus.ENTERED_IN_ERROR):

@@ -17,7 +17,7 @@ from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 from cm_fhir.domain.case import Case
-from cm_fhir.domain.codes import Disposition, PlanStatus
+from cm_fhir.domain.codes import DispositionCode, PlanStatus
 from cm_fhir.domain.referral import Referral
 from cm_fhir.domain.task import Task
 from cm_fhir.workflow import facts
@@ -220,7 +220,7 @@ def _early_referral(
             step.note(where, "unmapped-disposition", case.id, None, flag)
         return ()
     else:
-        chosen = Disposition(code.target)
+        chosen = code.target
     if plan.disposition == chosen:
         return ()
     earlier = [i for e in planning_effects(visit, sequence) for i in e.referral_ids]
@@ -234,21 +234,21 @@ def _early_referral(
     )
     case = revalidated(case, discharge_plan=plan.model_copy(update={"disposition": chosen}))
     step.cases[case.id] = case
-    step.note("discharge.referrals", f"disposition-{chosen.value}", case.id, plan.id)
+    step.note("discharge.referrals", f"disposition-{chosen}", case.id, plan.id)
     rule = step.rules.discharge.referrals.get(chosen)
     if rule is None:
         return ()
-    ref_id = facts.item_id(f"referral-{chosen.value}", tag)
+    ref_id = facts.item_id(f"referral-{chosen}", tag)
     due = due_before_discharge(step, visit, rule.due, rule.before_discharge)
     requester = facts.party(step.rules.discharge.referral_requester)
-    path = f"discharge.referrals.{chosen.value}"
+    path = f"discharge.referrals.{chosen}"
     _, added = step.add_referral(case, path, rule, ref_id, requester, due)
     return (ref_id,) if added else ()
 
 
 def _admission_disposition(
-    step: Step, visit: VisitMemory, known: Disposition | None
-) -> Disposition | None:
+    step: Step, visit: VisitMemory, known: DispositionCode | None
+) -> DispositionCode | None:
     """At an admission whose plan names no disposition yet: the first matching rule's."""
     event = step.event
     if event is None or event.event not in _ADMISSIONS or known is not None:
@@ -257,7 +257,7 @@ def _admission_disposition(
     for i, rule in enumerate(step.rules.admission.post_acute):
         # A rule's condition is a screening criterion, evaluated the way screening does.
         if screen(found, step.rules.model_copy(update={"screening": rule.when})).eligible:
-            step.note(f"admission.post_acute[{i}]", f"disposition-{rule.disposition.value}")
+            step.note(f"admission.post_acute[{i}]", f"disposition-{rule.disposition}")
             return rule.disposition
     return None
 

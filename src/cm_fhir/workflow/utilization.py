@@ -18,7 +18,6 @@ from cm_fhir.domain import (
     Coverage,
     Identifier,
     PatientRef,
-    Programme,
     ReviewDecision,
     StatusChange,
     UtilizationReview,
@@ -43,15 +42,20 @@ def payer_case_id(request: Identifier) -> str:
 
 
 def open_payer_case(
-    case_id: str, patient: PatientRef, review: UtilizationReview, member_id: str | None
+    case_id: str,
+    programme: str,
+    patient: PatientRef,
+    review: UtilizationReview,
+    member_id: str | None,
 ) -> Case:
-    """A new, active payer case-management case for the member, opened when ``review`` came."""
+    """A new, active case of the payer's ``programme`` for the member, opened when ``review``
+    came."""
     coverage = (Coverage(payer=review.payer, member_id=member_id),) if member_id else ()
     at = review.requested
     return Case(
         id=case_id,
         patient=patient,
-        programme=Programme.PAYER_CASE_MANAGEMENT,
+        programme=programme,
         status=CaseStatus.ACTIVE,
         status_history=(StatusChange(status=CaseStatus.ACTIVE, start=at),),
         managing_organization=review.payer,

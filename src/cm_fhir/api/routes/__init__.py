@@ -21,6 +21,7 @@ ROUTE_MODULES = (
     "outbox",
     "cases",
     "case_reviews",
+    "case_managers",
     "tasks",
     "utilization",
     "fhir",

@@ -28,6 +28,7 @@ from cm_fhir.api.deps import (
     EngineDep,
     ReadPrincipal,
     WritePrincipal,
+    get_context,
     get_registry,
     get_settings,
 )
@@ -38,7 +39,7 @@ from cm_fhir.domain import (
     CaseStatus,
     DischargePlan,
     Goal,
-    Programme,
+    ProgrammeCode,
     Referral,
     Task,
     TaskStatus,
@@ -54,6 +55,7 @@ from cm_fhir.store.case_repo import (
     read_case,
 )
 from cm_fhir.sync.routing import outbox_routes
+from cm_fhir.workflow.cadence import with_contacts
 
 __all__ = ["router"]
 
@@ -77,7 +79,7 @@ class TaskStatusRequest(BaseModel):
 class CaseSummary(BaseModel):
     id: str
     status: CaseStatus
-    programme: Programme
+    programme: ProgrammeCode
     opened: datetime
     closed: datetime | None
     version: int
@@ -117,6 +119,7 @@ async def post_case(
     request: Request, case: Case, engine: EngineDep, audit: AuditDep, _: WritePrincipal
 ) -> Response:
     now = datetime.now(UTC)
+    case = with_contacts(case, get_context(request).programmes, now)
     async with engine.begin() as connection:
         stored = await connection.run_sync(
             lambda c: create_case(
@@ -135,7 +138,7 @@ async def get_cases(
     _: ReadPrincipal,
     patient: Annotated[str | None, Query(description="system|value, or value (any system)")] = None,
     status: CaseStatus | None = None,
-    programme: Programme | None = None,
+    programme: ProgrammeCode | None = None,
     team: str | None = None,
     owner: str | None = None,
     opened_from: Annotated[datetime | None, Query(description="Opened at or after")] = None,
@@ -151,7 +154,7 @@ async def get_cases(
     filters = CaseFilter(
         patient=patient_token,
         status=status.value if status else None,
-        programme=programme.value if programme else None,
+        programme=programme,
         team=team,
         owner=owner,
         opened_from=_utc(opened_from),
@@ -234,16 +237,23 @@ class CaseChange:
     async def apply(
         self, change: Callable[[Case], Case], action: str, target: str | None = None
     ) -> Response:
-        """Run ``change`` on the case in one transaction (see :func:`change_case`)."""
+        """Run ``change`` on the case in one transaction (see :func:`change_case`), then add the
+        recurring contacts the case's models ask for (:func:`with_contacts`)."""
+        now = datetime.now(UTC)
+        programmes = get_context(self.request).programmes
+
+        def changed(case: Case) -> Case:
+            return with_contacts(change(case), programmes, now)
+
         try:
             async with self.engine.begin() as connection:
                 stored = await connection.run_sync(
                     change_case,
                     self.case_id,
-                    change,
+                    changed,
                     get_registry(self.request),
                     expected_version=_version(self.if_match),
-                    now=datetime.now(UTC),
+                    now=now,
                     action=action,
                     target=target,
                     routes=outbox_routes(get_settings(self.request)),

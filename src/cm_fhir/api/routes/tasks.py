@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
 from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal
-from cm_fhir.domain import CaseStatus, Programme, Task, TaskStatus
+from cm_fhir.domain import CaseStatus, ProgrammeCode, Task, TaskStatus
 from cm_fhir.domain.common import PartyRef
 from cm_fhir.store.case_repo import CaseFilter, StoredCase, list_cases
 
@@ -42,7 +42,7 @@ class TaskItem(BaseModel):
     case_id: str
     case_version: int
     case_status: CaseStatus
-    programme: Programme
+    programme: ProgrammeCode
     team: str | None = None
     id: str
     kind: str
@@ -108,7 +108,7 @@ def _item(stored: StoredCase, team: str | None, task: Task, now: datetime) -> Ta
         programme=case.programme,
         team=team,
         id=task.id,
-        kind=task.kind.value,
+        kind=task.kind,
         description=task.description,
         status=task.status,
         business_status=task.business_status,
@@ -180,7 +180,7 @@ async def get_tasks(
         str | None, Query(max_length=255, description="Owner display name or identifier value")
     ] = None,
     team: Annotated[str | None, Query(max_length=64, description="The case's team")] = None,
-    programme: Programme | None = None,
+    programme: ProgrammeCode | None = None,
     status: Annotated[
         list[TaskStatus] | None, Query(description="Task status (repeat for several)")
     ] = None,
@@ -202,9 +202,7 @@ async def get_tasks(
     if patient:
         system, sep, value = patient.rpartition("|")
         patient_token = (system if sep else None, value)
-    case_filter = CaseFilter(
-        patient=patient_token, team=team, programme=programme.value if programme else None
-    )
+    case_filter = CaseFilter(patient=patient_token, team=team, programme=programme)
     task_filter = TaskFilter(
         owner=owner,
         statuses=_statuses(status),

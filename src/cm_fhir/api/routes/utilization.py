@@ -36,11 +36,11 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
-from cm_fhir.domain import Case, LevelOfCare, Period, Programme, ReviewDecision, UtilizationReview
+from cm_fhir.domain import Case, LevelOfCare, Period, ReviewDecision, UtilizationReview
 from cm_fhir.errors import MappingError, RecordNotFound, ValidationError
 from cm_fhir.fhir.pas_intake import PasRequest, claim_identifier, parse_pas_request
 from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
-from cm_fhir.mapping.payer_exchange import AutoDecision
+from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import CaseFilter, StoredCase, change_case, create_case, list_cases
 from cm_fhir.store.case_writes import OutboxRoute
@@ -50,7 +50,6 @@ from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_cas
 __all__ = ["router"]
 
 router = APIRouter(tags=["utilization review"])
-_PAYER = Programme.PAYER_CASE_MANAGEMENT.value
 _PAGE = 200
 
 
@@ -61,10 +60,12 @@ async def require_claim_create(principal: PrincipalDep) -> Principal:
     return principal
 
 
-def _payer_cases(connection: Connection, patient: tuple[str, str] | None) -> list[StoredCase]:
+def _payer_cases(
+    connection: Connection, programme: str, patient: tuple[str, str] | None
+) -> list[StoredCase]:
     found: list[StoredCase] = []
     after: str | None = None
-    filters = CaseFilter(patient=patient, programme=_PAYER)
+    filters = CaseFilter(patient=patient, programme=programme)
     while True:
         page, more = list_cases(connection, filters, limit=_PAGE, after=after)
         found += page
@@ -77,23 +78,27 @@ def _record(
     connection: Connection,
     read: PasRequest,
     registry: MappingRegistry,
-    rules: tuple[AutoDecision, ...],
+    spec: PayerExchange,
     now: datetime,
     routes: Sequence[OutboxRoute],
 ) -> tuple[Case, UtilizationReview]:
     """Store the request's review on the member's payer case; the review as stored."""
     review = read.review
     primary = read.patient.primary
-    cases = _payer_cases(connection, (primary.system, primary.value))
+    cases = _payer_cases(connection, spec.payer_programme, (primary.system, primary.value))
     for stored in cases:
         if any(r.id == review.id for r in stored.case.utilization_reviews):
             return stored.case, stored.case.utilization_review(review.id)  # a resend
-    decided = auto_decide(review, read.diagnoses, rules, now)
+    decided = auto_decide(review, read.diagnoses, spec.auto_decisions, now)
     open_case = next((s.case for s in cases if not s.case.is_final), None)
     if open_case is None:
         assert review.request_identifier is not None
         case = open_payer_case(
-            payer_case_id(review.request_identifier), read.patient, review, read.member_id
+            payer_case_id(review.request_identifier),
+            spec.payer_programme,
+            read.patient,
+            review,
+            read.member_id,
         )
         create_case(connection, case.add_utilization_review(decided), registry, now, routes=routes)
         return case, decided
@@ -153,7 +158,7 @@ async def submit_claim(
             _record,
             read,
             get_registry(request),
-            spec.auto_decisions,
+            spec,
             now,
             outbox_routes(get_settings(request)),
         )
@@ -180,6 +185,7 @@ class Queue(BaseModel):
     response_model=Queue,
 )
 async def get_reviews(
+    request: Request,
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
@@ -187,7 +193,9 @@ async def get_reviews(
 ) -> Queue:
     now = datetime.now(UTC)
     async with engine.connect() as connection:
-        cases = await connection.run_sync(_payer_cases, None)
+        cases = await connection.run_sync(
+            _payer_cases, get_payer_exchange(request).payer_programme, None
+        )
     items = [
         QueueItem(case_id=s.case.id, deadline=r.deadline, overdue=r.is_overdue(now), review=r)
         for s in cases
@@ -215,13 +223,14 @@ def _decide(
     review_id: str,
     body: DecisionRequest,
     registry: MappingRegistry,
+    programme: str,
     now: datetime,
     routes: Sequence[OutboxRoute],
 ) -> UtilizationReview:
     holder = next(
         (
             s.case
-            for s in _payer_cases(connection, None)
+            for s in _payer_cases(connection, programme, None)
             if any(r.id == review_id for r in s.case.utilization_reviews)
         ),
         None,
@@ -278,6 +287,7 @@ async def post_decision(
             review_id,
             body,
             get_registry(request),
+            get_payer_exchange(request).payer_programme,
             now,
             outbox_routes(get_settings(request)),
         )

@@ -13,7 +13,7 @@ from fastapi.responses import Response
 
 from cm_fhir.console import queries
 from cm_fhir.console.deps import ConsoleDep, FormError, api_message
-from cm_fhir.domain import CaseStatus, Programme
+from cm_fhir.domain import CaseStatus
 
 __all__ = ["router"]
 
@@ -41,7 +41,7 @@ async def _list(console: ConsoleDep, filters: dict[str, str], error: str | None)
         after=after,
         filters={k: filters.get(k, "") for k in ("status", "programme", "team", "patient")},
         statuses=[s.value for s in CaseStatus],
-        programmes=[p.value for p in Programme],
+        programmes=list(console.context.registry.code_systems["programme"].concepts),
         error=error,
     )
 

@@ -20,7 +20,7 @@ from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
 from cm_fhir.console.deps import ConsoleDep, FormError, api_message, base_path
-from cm_fhir.domain import Programme, TaskStatus
+from cm_fhir.domain import TaskStatus
 from cm_fhir.domain.task import OPEN_TASK_STATUSES, TASK_TRANSITIONS
 
 __all__ = ["completion_path", "router"]
@@ -95,7 +95,7 @@ async def worklist(
         title="Worklist",
         current="Worklist",
         filters={"owner": owner or "", "team": team or "", "programme": programme or ""},
-        programmes=[p.value for p in Programme],
+        programmes=list(console.context.registry.code_systems["programme"].concepts),
         sections=sections,
         in_transition=in_transition,
         can_write=console.session.can("write"),
