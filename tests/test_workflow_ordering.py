@@ -275,7 +275,9 @@ def test_an_order_that_breaks_a_domain_rule_leaves_the_visit_and_says_so() -> No
     step = Step(state, rules(), datetime.now().astimezone(), late)
     identity = facts.visit_identity(late, rules())
     assert identity is not None
-    visit = step.visit(identity)
+    visit = step.visit(
+        identity, facts.patient_key(facts.patient_ref(late.patient.identifiers, rules()))
+    )
     text = facts.event_json(late)
     arrival = ordering.Arrival(late, step.at, text, facts.digest(late, text))
     assert ordering.is_stale(step, visit, arrival)

@@ -361,24 +361,31 @@ COUNTEREXAMPLES = {
         "patients: S:M1/1999/S52.5/PAYER01; S4 A03 S:M1/V1 @5; S17 A16 S:M1/V2 @32;"
         " S9 A03 S:M1/V2 @12; S10 A03 S:M1/V1 @13; S11 A01 S:M1/V2 @15"
     ),
-    # Found after the merge fixes: V2's A16 (PV2-9) arrives after the case was re-derived from
-    # the late discharge and the class change; the three-way merge keeps the current plan (no
-    # expected date) because the incremental case and the fold of the old log differ in it.
+    # V2's A16 (PV2-9) arrives after the class change closed the case: a closed case's visit
+    # once dropped its log at once, so the late A16 was not applied and the expected date lost.
     "late-expected-date-after-rederived-readmission": (
         "patients: N:N1/1999/S52.5/PAYER01; N6 A01 N:N1/V2 @10; N1 A03 N:N1/V2 @1;"
         " N11 A08 N:N1/V2 @16 class=E; N4 A16 N:N1/V2 @5 edd"
     ),
+    # In order V1's second discharge resets the outcome the readmission gave it (zero counts);
+    # a fold once evaluated outcomes only after its last event, so the re-derived case had none.
+    "outcome-of-a-readmission-undone-by-a-later-discharge": (
+        "patients: N:N1/1948/I50.9/PAYER01; N7 A03 N:N1/V1 @7; N2 A03 N:N1/V1 @2; N3 A01 N:N1/V2 @3"
+    ),
+    # The prior patient's visit, first seen at 5 under its own MRN, arrives after the merge at 6:
+    # its case id once took the survivor's key (in order it has the prior patient's).
+    "prior-patients-visit-arriving-after-the-merge": (
+        "patients: N:N1/1948/I50.9/PAYER01 N:N2/1948/I50.9/PAYER01; N6 A40 N:N1 @6 prior=N:N2;"
+        " N5 A01 N:N2/V2 @5"
+    ),
+    # The survivor's EHR opened V2 under the surviving MRN (@8) before the prior patient's own
+    # A01 for it (@1) and the merge arrived: the visit is the prior patient's, and the case the
+    # survivor's message opened is a duplicate (two live cases for V2 once remained).
+    "prior-patients-visit-opened-first-under-the-survivor": (
+        "patients: N:N1/1948/I50.9/PAYER01 N:N2/1948/I50.9/PAYER01; N8 A01 N:N1/V2 @8;"
+        " N2 A40 N:N1 @2 prior=N:N2; N1 A01 N:N2/V2 @1"
+    ),
 }
-
-#: The counterexamples the current workflow gets right in every arrival order.
-FIXED = [
-    "visit-number-reused-by-another-facility",
-    "late-merge-two-live-cases",
-    "discharge-before-admit",
-    "pending-discharge-before-admit",
-    "merged-visit-discharged-before-the-merge-arrives",
-    "readmission-screening-across-visits",
-]
 
 
 def with_counterexamples(test: Callable[..., None]) -> Callable[..., None]:
@@ -387,18 +394,6 @@ def with_counterexamples(test: Callable[..., None]) -> Callable[..., None]:
     return test
 
 
-def xfail(reason: str) -> pytest.MarkDecorator:
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-#: Why each failing property fails on the current workflow (the bug, for the workflow owners).
-ORDER_BUG = (
-    "a visit re-derived after late events can keep a field of its current case that the fold of"
-    " its old log does not reproduce (late-expected-date-after-rederived-readmission: the"
-    " expected discharge date of a late A16 is lost); merges and readmission screening across"
-    " visits are in order (test_arrival_order_does_not_matter_for_fixed_counterexamples)"
-)
-
 Property = Callable[[Feed], None]
 PROPERTIES = [
     pytest.param(no_case_mixes_patients, id="no-case-mixes-patients"),
@@ -406,9 +401,7 @@ PROPERTIES = [
     pytest.param(every_resource_passes_profiles, id="every-resource-passes-profiles"),
     pytest.param(no_resource_has_empty_parts, id="no-resource-has-empty-parts"),
     pytest.param(redelivery_changes_nothing, id="redelivery-changes-nothing"),
-    pytest.param(
-        arrival_order_does_not_matter, id="arrival-order-does-not-matter", marks=xfail(ORDER_BUG)
-    ),
+    pytest.param(arrival_order_does_not_matter, id="arrival-order-does-not-matter"),
 ]
 
 
@@ -429,11 +422,6 @@ def test_property(check: Property, feed: Feed) -> None:
 def test_property_soak(check: Property, feed: Feed) -> None:
     note(f"feed: {feed.short()}")
     check(feed)
-
-
-@pytest.mark.parametrize("name", FIXED)
-def test_arrival_order_does_not_matter_for_fixed_counterexamples(name: str) -> None:
-    arrival_order_does_not_matter(Feed.parse(COUNTEREXAMPLES[name]))
 
 
 # -- one feed through the real worker, on SQLite and PostgreSQL ------------------------------------

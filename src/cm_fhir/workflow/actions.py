@@ -114,31 +114,34 @@ class Step:
         )
 
     def _settled(self, visit: VisitMemory) -> VisitMemory:
-        """The visit without its log once late events can no longer matter: its case is closed,
-        or, without a case, ``discharge.close_after`` has passed since its discharge (by the
-        time of the event applied)."""
-        if not (visit.log and visit.log_complete) or visit.discharge_time is None:
+        """The visit without its log once late events can no longer matter: it is done (its case
+        is closed, or it has no case and was discharged) and ``discharge.close_after`` has passed
+        since its newest event (or its discharge), by the time of the event applied (or of the
+        clock). Until then a late event is still applied in its place."""
+        if not (visit.log and visit.log_complete):
             return visit
         case = self.cases.get(visit.case_id) if visit.case_id is not None else None
-        if case is not None:
-            settled = case.status == CaseStatus.CLOSED
-        else:
-            settled = self.at >= visit.discharge_time + self.rules.discharge.close_after
-        if not settled:
+        done = case.status == CaseStatus.CLOSED if case is not None else visit.discharged
+        if not done:
+            return visit
+        active = latest([visit.log[-1].at, visit.discharge_time])
+        if active is None or self.at < active + self.rules.discharge.close_after:
             return visit
         # The newest entry stays, without its event, to tell late events from new ones.
         last = visit.log[-1].model_copy(update={"payload": ""})
         return visit.model_copy(update={"log": (last,), "log_basis": None, "log_complete": False})
 
-    def visit(self, identity: VisitIdentifier) -> VisitMemory:
-        """The visit's memory; a new one, tied to the current patient, for a visit not seen yet."""
+    def visit(self, identity: VisitIdentifier, patient_key: str) -> VisitMemory:
+        """The visit's memory; for a visit not seen yet, a new one tied to ``patient_key``: the
+        patient the event names, even one merged into this patient already (in event-time order
+        the visit was first seen under that patient's own record)."""
         found = self.visits.get(visit_key(identity.value, identity.assigning_authority))
         if found is not None:
             return found
         return VisitMemory(
             visit_number=identity.value,
             visit_authority=identity.assigning_authority,
-            patient_key=self.keys[0] if self.keys else None,
+            patient_key=patient_key,
         )
 
     def put_visit(self, visit: VisitMemory) -> None:

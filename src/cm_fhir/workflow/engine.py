@@ -92,22 +92,20 @@ def apply_event(
     step.keys = list(dict.fromkeys([facts.patient_key(ref), *step.keys]))
     retired: tuple[str, ...] = ()
     if event.event == "A40":
-        retired = merge_patients(step, event, merged, _HANDLERS, record_death)
+        retired = merge_patients(step, event, merged, _HANDLERS, _after_event)
     elif event.event not in _HANDLERS:
         step.note(rule, "no-rule", None, None, Flag.NO_RULE)
     elif identity is None or event.visit is None:
         step.note(rule, "no-visit", None, None, Flag.NO_VISIT_NUMBER)
     else:
-        visit = step.visit(identity)
+        visit = step.visit(identity, facts.patient_key(named))
         entry = ordering.Arrival(event, step.at, text, digest)
         if ordering.is_stale(step, visit, entry):
-            ordering.rederive(step, visit, entry, _HANDLERS, after=record_death)
+            ordering.rederive(step, visit, entry, _HANDLERS, after=_after_event)
         else:
             fresh = visit.key not in step.visits
             step.put_visit(ordering.append(_HANDLERS[event.event](step, visit), entry, fresh=fresh))
-    record_death(step)
-    evaluate_outcomes(step)
-    _refresh_patient(step, ref)
+    _after_event(step)
     after = step.state()
     return Outcome(
         state=after,
@@ -116,6 +114,16 @@ def apply_event(
         lock_keys=lock,
         retired_keys=retired,
     )
+
+
+def _after_event(step: Step) -> None:
+    """What follows every event, whether applied as it comes or folded again in its place (a
+    late event, a merge), so that a fold gives what in-order delivery gives: a death ends the
+    patient's open cases, outcomes are evaluated, open cases name the current patient."""
+    record_death(step)
+    evaluate_outcomes(step)
+    if step.patient is not None:
+        _refresh_patient(step, step.patient)
 
 
 # -- handlers: (step, visit memory) -> new visit memory -------------------------------------------

@@ -258,15 +258,20 @@ def discharge_or_death(step: Step, visit: VisitMemory) -> VisitMemory:
 
 
 def record_death(step: Step) -> None:
-    """After any event: if it reports the patient's death, end every open case of the patient."""
+    """After any event: if it reports the patient's death, the patient is known to have died;
+    while the patient is known to have died, no case of theirs stays open (a death is final
+    whenever it arrives, so a case opened before a late death arrived ends with it too)."""
     event = step.event
-    if event is None or not is_death(event):
+    if event is None:
         return
     known = step.deceased
-    if step.deceased is None:
-        died = event.patient.death_time or (event.visit.discharge_time if event.visit else None)
-        step.deceased = facts.aware(died, step.rules) if died is not None else step.at
-        step.note("death", "patient-deceased")
+    if is_death(event):
+        if step.deceased is None:
+            died = event.patient.death_time or (event.visit.discharge_time if event.visit else None)
+            step.deceased = facts.aware(died, step.rules) if died is not None else step.at
+            step.note("death", "patient-deceased")
+    elif known is None:
+        return
     for number, visit in list(step.visits.items()):
         case = step.open_case_of(visit)
         if case is None or (case.outcome and case.outcome.closing_reason == ClosingReason.DECEASED):

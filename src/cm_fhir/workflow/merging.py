@@ -27,12 +27,19 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from cm_fhir.domain.case import Case
-from cm_fhir.domain.codes import CaseStatus
 from cm_fhir.errors import DomainError
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.workflow import facts
 from cm_fhir.workflow.actions import Step
-from cm_fhir.workflow.ordering import Handler, case_ids, fold, logged_events, merge_case
+from cm_fhir.workflow.ordering import (
+    Handler,
+    case_ids,
+    fold,
+    logged_events,
+    merge_case,
+    relink,
+    retire,
+)
 from cm_fhir.workflow.state import Flag, PatientState, VisitMemory
 
 __all__ = ["merge_patients"]
@@ -120,28 +127,13 @@ def _combine(
     for case_id in sorted(own | {c for v in folded.visits.values() for c in case_ids(v)}):
         theirs = folded.cases.get(case_id)
         if theirs is None and case_id in step.cases:
-            _retire(step, step.cases[case_id])
+            retire(step, step.cases[case_id], _RULE)
         else:
             merge_case(step, case_id, base.get(case_id), theirs)
-    for key in group:
-        step.put_visit(folded.visits[key])
+    for key, current in group.items():
+        step.put_visit(relink(step, current, folded.visits[key], _RULE))
     step.last_discharge = folded.last_discharge
     step.deceased = folded.deceased
-
-
-def _retire(step: Step, case: Case) -> None:
-    """A case the combined records do not make: entered-in-error if live, then out of the state."""
-    if case.is_final:
-        del step.cases[case.id]
-        step.note(_RULE, "case-superseded", case.id)
-        return
-    tasks = tuple(t.id for t in case.tasks)
-    referrals = tuple(r.id for r in case.referrals)
-    case = step.withdraw(case, tasks, referrals, "error", _RULE)
-    case = step.move(case, CaseStatus.ENTERED_IN_ERROR, _RULE)
-    step.cases.pop(case.id, None)
-    step.retired_cases.append(case)
-    step.note(_RULE, "duplicate-case-voided", case.id)
 
 
 def _state_of(step: Step) -> PatientState:

@@ -28,6 +28,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cm_fhir.domain.case import Case
+from cm_fhir.domain.codes import CaseStatus
 from cm_fhir.errors import DomainError
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.workflow import facts
@@ -54,6 +55,8 @@ __all__ = [
     "logged_events",
     "merge_case",
     "rederive",
+    "relink",
+    "retire",
 ]
 
 Handler = Callable[[Step, VisitMemory], VisitMemory]
@@ -189,10 +192,11 @@ def rederive(
         ids |= case_ids(current) | case_ids(before.visits[key]) | case_ids(folded.visits[key])
     for case_id in sorted(ids):
         merge_case(step, case_id, before.cases.get(case_id), folded.cases.get(case_id))
-    for key in group:
-        step.put_visit(folded.visits[key])
+    for key, current in group.items():
+        step.put_visit(relink(step, current, folded.visits[key], "ordering"))
     step.last_discharge = folded.last_discharge
     step.deceased = folded.deceased
+    step.patient = folded.patient  # as named by the newest event
 
 
 def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
@@ -255,11 +259,17 @@ def fold(
         deceased=None if any(is_death(a.event) for _, a in events) else step.deceased,
     )
     folding = Step(start, step.rules, step.now)
+    # A visit belongs to the patient its first event names (in any order of arrival).
+    first: dict[str, str] = {}
+    for key, item in events:
+        if key not in first:
+            named = facts.patient_ref(item.event.patient.identifiers, step.rules)
+            first[key] = facts.patient_key(named)
     fresh = {
         key: VisitMemory(
             visit_number=v.visit_number,
             visit_authority=v.visit_authority,
-            patient_key=v.patient_key,
+            patient_key=first.get(key, v.patient_key),
         )
         for key, v in group.items()
     }
@@ -278,6 +288,38 @@ def fold(
     for key, memory in fresh.items():
         folding.visits.setdefault(key, memory)
     return folding
+
+
+def relink(step: Step, current: VisitMemory, folded: VisitMemory, rule: str) -> VisitMemory:
+    """The re-derived visit, when the new order does not make the live case it had (a kept
+    case): still tied to that case, so later events, a death and the clock reach it, with the
+    case's own effects (its discharge, its death); but when the new order gives the visit
+    another live case, the kept one is a duplicate and is retired (see :func:`retire`)."""
+    case = step.open_case_of(current)
+    if case is None or folded.case_id == case.id:
+        return folded
+    if step.open_case_of(folded) is not None:
+        retire(step, case, rule)
+        return folded
+    own = tuple(e for e in current.effects if e.case_id == case.id and e not in folded.effects)
+    return folded.model_copy(update={"case_id": case.id, "effects": (*folded.effects, *own)})
+
+
+def retire(step: Step, case: Case, rule: str) -> None:
+    """A case the new order does not make, beside the one it does: entered-in-error with its
+    work if live (sent once more, so no receiver keeps a live duplicate), then out of the
+    state."""
+    if case.is_final:
+        del step.cases[case.id]
+        step.note(rule, "case-superseded", case.id)
+        return
+    tasks = tuple(t.id for t in case.tasks)
+    referrals = tuple(r.id for r in case.referrals)
+    case = step.withdraw(case, tasks, referrals, "error", rule)
+    case = step.move(case, CaseStatus.ENTERED_IN_ERROR, rule)
+    step.cases.pop(case.id, None)
+    step.retired_cases.append(case)
+    step.note(rule, "duplicate-case-voided", case.id)
 
 
 def merge_case(step: Step, case_id: str, base: Case | None, theirs: Case | None) -> None:
