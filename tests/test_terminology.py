@@ -21,7 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.domain import Case
 from cm_fhir.fhir import map_case
 from cm_fhir.mapping.registry import default_registry
-from cm_fhir.mapping.rules import Criterion, load_discharge_rules
+from cm_fhir.mapping.rules import load_discharge_rules
+from cm_fhir.mapping.screening_rules import Criterion
 from cm_fhir.profiles import ConformanceRegistry, bundled_profiles_dir
 from cm_fhir.profiles.terminology import Terminology
 from scenario_feeds import WORKFLOW_SCENARIOS, workflow_cases

@@ -14,12 +14,8 @@ from cm_fhir.hl7v2.adt import parse_adt
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.catalog import MAPPING_FILES, check_mappings
 from cm_fhir.mapping.loader import bundled_mappings_dir, read_yaml
-from cm_fhir.mapping.rules import (
-    DISCHARGE_RULES_FILE,
-    DischargeRules,
-    load_discharge_rules,
-    parse_duration,
-)
+from cm_fhir.mapping.rule_types import parse_duration
+from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules, load_discharge_rules
 from cm_fhir.workflow import PatientState, ScreeningFacts, apply_event, screen
 from workflow_messages import NOW, Visit, hours, maps, run
 

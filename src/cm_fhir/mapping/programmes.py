@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from cm_fhir.domain.codes import ModelCode, ProgrammeCode, TaskKind
 from cm_fhir.mapping.loader import load_with_overrides
-from cm_fhir.mapping.rules import Duration
+from cm_fhir.mapping.rule_types import Duration
 
 __all__ = [
     "PROGRAMMES_FILE",

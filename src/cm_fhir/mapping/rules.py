@@ -8,21 +8,19 @@ encounter classes must be v3 codes, durations must read like ``24h``/``7d``, and
 name a team the file declares. A bad file fails with :class:`~cm_fhir.errors.MappingSpecError`
 naming the file and key path. Task kinds, referral types, dispositions and the programme are codes
 of ``code-systems.yaml``: :func:`cm_fhir.mapping.vocabulary.check_vocabulary` checks them against
-the registry in use. The workflow in :mod:`cm_fhir.workflow` reads nothing else.
+the registry in use. The workflow in :mod:`cm_fhir.workflow` reads nothing else. The screening
+criteria are in :mod:`~cm_fhir.mapping.screening_rules`, the tasks, referrals and parties the
+steps name in :mod:`~cm_fhir.mapping.rule_types`.
 """
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Final, Literal, Self
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
     StringConstraints,
     ValidationInfo,
@@ -34,218 +32,40 @@ from cm_fhir.domain.codes import (
     DEFAULT_PROGRAMME,
     DispositionCode,
     PartyKind,
-    Priority,
     ProgrammeCode,
-    ReferralTypeCode,
-    TaskKind,
 )
 from cm_fhir.mapping.adt_maps import ENCOUNTER_CLASSES
 from cm_fhir.mapping.loader import load_with_overrides
+from cm_fhir.mapping.rule_types import (
+    Duration,
+    NoSpace,
+    PartySpec,
+    ReferralRule,
+    RuleName,
+    Rules,
+    TaskRule,
+    TeamName,
+)
+from cm_fhir.mapping.screening_rules import Criterion
 
 __all__ = [
     "DISCHARGE_RULES_FILE",
-    "PREFIX_SYSTEMS",
     "AdmissionRules",
-    "AtDischarge",
     "ClassChangeRules",
-    "Criterion",
     "DeathRules",
-    "DiagnosisCriterion",
     "DischargeRules",
     "DischargeStepRules",
     "IdentityRules",
     "OutcomeRules",
-    "PartySpec",
     "PendingDischargeRules",
     "PostAcuteRule",
     "PreAdmissionRules",
-    "ReferralRule",
-    "TaskRule",
     "TransferRules",
     "VisitField",
     "load_discharge_rules",
-    "parse_duration",
 ]
 
 DISCHARGE_RULES_FILE: Final = "discharge-rules.yaml"
-
-_DURATION = re.compile(r"^\s*(\d{1,5})\s*([mhdw])\s*$")
-_UNITS: Final[dict[str, str]] = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_duration(value: object) -> timedelta:
-    """``"90m"``, ``"24h"``, ``"7d"`` or ``"2w"`` as a timedelta; anything else is refused."""
-    if isinstance(value, timedelta):
-        return value
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError("a duration is a whole number and a unit: m, h, d or w (e.g. 24h, 7d)")
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
-
-
-#: A positive duration written ``24h``, ``7d``...
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
-#: A rule name: it becomes part of task ids, so it is short and id-safe.
-RuleName = Annotated[
-    str, StringConstraints(pattern=r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$", max_length=32)
-]
-TeamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-NoSpace = Annotated[str, StringConstraints(pattern=r"^\S+$")]
-
-
-class Rules(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class IdentifierSpec(Rules):
-    system: NoSpace
-    value: Annotated[str, StringConstraints(pattern=r"^\S(.*\S)?$")]
-
-
-class PartySpec(Rules):
-    """A team or organisation: a CareTeam or Organization with a display and/or an identifier."""
-
-    kind: Literal[PartyKind.CARE_TEAM, PartyKind.ORGANIZATION]
-    display: Text | None = None
-    identifier: IdentifierSpec | None = None
-
-    @model_validator(mode="after")
-    def _named(self) -> Self:
-        if self.display is None and self.identifier is None:
-            raise ValueError("a team or organisation needs a display or an identifier")
-        return self
-
-
-#: What A03 does with a pre-discharge task still open: cancel it, flag it, or keep it silently.
-AtDischarge = Literal["cancel", "flag", "keep"]
-
-
-class TaskRule(Rules):
-    """One task a rule creates: its kind (a task code), text, due date and priority.
-
-    ``due`` (and ``not_before``, the start of a window) count from the event time;
-    ``before_discharge`` (planning work only) brings the due date forward to that long before the
-    start of the expected discharge day, when one is known.
-    ``at_discharge`` (``pending_discharge`` tasks only) says what A03 does if the task is open.
-    """
-
-    kind: TaskKind
-    description: Text
-    due: Duration
-    not_before: Duration | None = None
-    before_discharge: Duration | None = None
-    priority: Priority = Priority.ROUTINE
-    at_discharge: AtDischarge = "flag"
-
-    @model_validator(mode="after")
-    def _window(self) -> Self:
-        if self.not_before is not None and self.not_before > self.due:
-            raise ValueError("not_before is later than due")
-        if self.not_before is not None and self.before_discharge is not None:
-            raise ValueError("a task has not_before or before_discharge, not both")
-        return self
-
-
-class ReferralRule(Rules):
-    """A post-acute referral: the service type, who performs it and when it is due."""
-
-    type: ReferralTypeCode
-    performer: PartySpec
-    due: Duration
-    before_discharge: Duration | None = None
-    note: Text | None = None
-    priority: Priority = Priority.ROUTINE
-
-
-class AgeRange(Rules):
-    min: int | None = Field(default=None, ge=0, le=150)
-    max: int | None = Field(default=None, ge=0, le=150)
-
-    @model_validator(mode="after")
-    def _bounded(self) -> Self:
-        if self.min is None and self.max is None:
-            raise ValueError("an age criterion needs min or max")
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("min is above max")
-        return self
-
-
-#: Code systems whose codes are hierarchical by prefix: a set entry matches the code and every
-#: code below it, with dots ignored (``428`` matches ``428.0`` and ``4280``). Other systems match
-#: exactly.
-PREFIX_SYSTEMS: Final[frozenset[str]] = frozenset(
-    {
-        "http://hl7.org/fhir/sid/icd-10",
-        "http://hl7.org/fhir/sid/icd-10-cm",
-        "http://hl7.org/fhir/sid/icd-9-cm",
-    }
-)
-
-
-class DiagnosisCriterion(Rules):
-    """Diagnosis code sets by code system URL (the systems ``identity.diagnosis_systems`` names).
-
-    A DG1 code matches when its system has a set here and the code is in it: by prefix for the
-    ICD systems (:data:`PREFIX_SYSTEMS`), exactly for any other.
-    """
-
-    sets: dict[Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9+.-]*:\S+$")], list[NoSpace]]
-
-    @field_validator("sets")
-    @classmethod
-    def _something(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        if not value or not all(value.values()):
-            raise ValueError("a diagnosis criterion needs at least one code system with codes")
-        return value
-
-    def matches(self, system: str, code: str) -> bool:
-        """Whether the code ``code`` of ``system`` is in this criterion's sets."""
-        wanted = self.sets.get(system)
-        if not wanted:
-            return False
-        if system in PREFIX_SYSTEMS:
-            given = _icd_form(code)
-            return any(given.startswith(_icd_form(prefix)) for prefix in wanted)
-        return code in wanted
-
-
-def _icd_form(code: str) -> str:
-    return code.replace(".", "").replace(" ", "").upper()
-
-
-class Criterion(Rules):
-    """One screening criterion; exactly one key. ``any``/``all`` nest further criteria."""
-
-    any: list[Criterion] | None = Field(default=None, min_length=1)
-    all: list[Criterion] | None = Field(default=None, min_length=1)
-    patient_class: list[str] | None = Field(default=None, min_length=1)
-    age: AgeRange | None = None
-    diagnosis: DiagnosisCriterion | None = None
-    readmission_within: Duration | None = None
-    payer: list[NoSpace] | None = Field(default=None, min_length=1)
-    location: list[NoSpace] | None = Field(default=None, min_length=1)
-    hospital_service: list[NoSpace] | None = Field(default=None, min_length=1)
-
-    @field_validator("patient_class")
-    @classmethod
-    def _classes(cls, value: list[str] | None) -> list[str] | None:
-        unknown = sorted(set(value or ()) - ENCOUNTER_CLASSES)
-        if unknown:
-            raise ValueError(f"not v3 ActCode encounter classes: {unknown}")
-        return value
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Self:
-        given = [name for name in type(self).model_fields if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(f"a criterion has exactly one key, found {sorted(given) or 'none'}")
-        return self
-
-    @property
-    def name(self) -> str:
-        """The criterion's key (``age``, ``diagnosis``, ``any``...)."""
-        return next(n for n in type(self).model_fields if getattr(self, n) is not None)
 
 
 #: The CX fields that can carry a visit's number: visit number, alternate visit id, account number.

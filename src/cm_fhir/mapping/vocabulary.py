@@ -17,7 +17,8 @@ from cm_fhir.mapping.adt_maps import ADT_CONCEPT_MAPS_FILE, AdtConceptMaps
 from cm_fhir.mapping.loader import bundled_mappings_dir
 from cm_fhir.mapping.programmes import PROGRAMMES_FILE, ProgrammesSpec
 from cm_fhir.mapping.registry import MappingRegistry
-from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules, TaskRule
+from cm_fhir.mapping.rule_types import TaskRule
+from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, DischargeRules
 
 __all__ = ["check_vocabulary", "map_codes", "programme_codes", "rule_codes"]
 

@@ -18,7 +18,8 @@ from cm_fhir.domain.common import PartyRef, PatientRef
 from cm_fhir.domain.referral import Referral
 from cm_fhir.domain.task import OPEN_TASK_STATUSES, UNTOUCHED_TASK_STATUSES, Task
 from cm_fhir.hl7v2.events import AdtEvent, VisitIdentifier
-from cm_fhir.mapping.rules import DischargeRules, ReferralRule, TaskRule
+from cm_fhir.mapping.rule_types import ReferralRule, TaskRule
+from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow.facts import DISCHARGE_PLAN_ID, event_time, party
 from cm_fhir.workflow.state import (
     Flag,

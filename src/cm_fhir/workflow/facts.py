@@ -23,7 +23,8 @@ from cm_fhir.domain.case import Coverage
 from cm_fhir.domain.codes import IdentifierKind, PartyKind
 from cm_fhir.domain.common import Code, Identifier, PartyRef, PatientRef
 from cm_fhir.hl7v2.events import AdtEvent, PatientIdentifier, VisitIdentifier
-from cm_fhir.mapping.rules import DischargeRules, PartySpec
+from cm_fhir.mapping.rule_types import PartySpec
+from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow.state import VisitMemory
 
 __all__ = [

@@ -16,7 +16,8 @@ from datetime import date, datetime
 
 from cm_fhir.domain.assessment import Screening
 from cm_fhir.domain.common import Code
-from cm_fhir.mapping.rules import Criterion, DischargeRules
+from cm_fhir.mapping.rules import DischargeRules
+from cm_fhir.mapping.screening_rules import Criterion
 from cm_fhir.workflow.facts import age_at
 
 __all__ = ["ScreeningFacts", "ScreeningResult", "screen"]
