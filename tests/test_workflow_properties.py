@@ -385,6 +385,12 @@ COUNTEREXAMPLES = {
         "patients: N:N1/1948/I50.9/PAYER01 N:N2/1948/I50.9/PAYER01; N8 A01 N:N1/V2 @8;"
         " N2 A40 N:N1 @2 prior=N:N2; N1 A01 N:N2/V2 @1"
     ),
+    # V2's late discharge (14) is V1's readmission: in order V1's outcome is evaluated then; the
+    # late event once re-derived V2 alone, leaving V1's outcome dated by V2's A16 (15).
+    "late-readmission-of-an-earlier-visits-outcome": (
+        "patients: S:M1/1948/I50.9/PAYER01; S7 A16 S:M1/V2 @15 edd; S2 A03 S:M1/V1 @10;"
+        " S6 A03 S:M1/V2 @14"
+    ),
 }
 
 

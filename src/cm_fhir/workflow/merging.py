@@ -6,8 +6,8 @@ to its start is folded again from the combined logs in event-time order, as one 
 (:func:`~cm_fhir.workflow.ordering.fold`): a visit both records hold (the survivor's EHR sent
 events for the prior patient's visit before the merge reached us) becomes one visit, readmission
 screening sees the discharges of both, and the result is the same whatever the order the merge
-and the visits' events arrived in. A visit's patient key (part of its case ids) is the key it
-was first seen under, by event time.
+and the visits' events arrived in. A visit's patient key (part of its case ids) is the key of the
+patient its first event by event time names (see :meth:`~cm_fhir.workflow.actions.Step.visit`).
 
 What the fold changes is merged three ways into the current cases, as for a late event (fields
 someone else changed keep their value). A live case the combined fold does not make (the
@@ -96,7 +96,7 @@ def _combine(
     own: set[str] = set()
     for key, visits in held.items():
         if all(v.log_complete and v.log for v in visits):
-            # One visit of one patient: its key is the one it was first seen under.
+            # One visit of one patient; the fold keys it to the patient its first event names.
             group[key] = min(visits, key=lambda v: v.log[0].order)
             own |= set().union(*(case_ids(v) for v in visits))
             step.visits[key] = group[key]

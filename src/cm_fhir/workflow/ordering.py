@@ -5,14 +5,18 @@ by event time (EVN-6, else EVN-2, else MSH-7), a cancel after what it cancels at
 and events of equal time in arrival order (control ids carry no order). An event in order is
 applied to the current state and appended. An event older than the newest of its visit is
 *stale*: it is put where it belongs in the log and the visit is re-derived, folding the log in
-that order from the state before the visit's first event. Ids are deterministic, so the
-re-derivation yields the same resources wherever the order did not matter.
+that order from the state before the visit's first event, each event followed by what follows
+every event in :func:`~cm_fhir.workflow.engine.apply_event` (death, outcomes, patient), so the
+fold gives what in-order delivery gives. Ids are deterministic, so the re-derivation yields the
+same resources wherever the order did not matter.
 
 What the re-derivation changes is merged into the current cases three ways, against the fold of
 the old log: a field, task, referral or goal that someone else changed since (the API, the
 closing tick) keeps their value; the rest takes the re-derived value. A stale event that cannot be
 re-derived (the log lost its start: the visit is older than this version or longer than
-``LOG_LIMIT``) is recorded and changes nothing. Both are traced with ``stale-event``.
+``LOG_LIMIT``, or settled) is recorded and changes nothing. Both are traced with ``stale-event``.
+A live case the new order does not make stays tied to its visit (:func:`relink`), or is voided
+as a duplicate when the new order gives its visit another live case (:func:`retire`).
 """
 
 from __future__ import annotations
@@ -208,15 +212,19 @@ def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
 
 
 def _group(step: Step, visit: VisitMemory, new: Arrival) -> dict[str, VisitMemory]:
-    """The visits folded again with ``new``: its own, and every visit with a complete log and
-    events after the earliest event the fold replays (their discharges count in screening)."""
+    """The visits folded again with ``new``: its own, and every visit with a complete log that
+    has events after the earliest event the fold replays (their discharges count in screening)
+    or was ever discharged (its outcome counts the admissions after its discharge)."""
     group = {visit.key: visit}
     start = min([new.order, *(e.order for e in visit.log[:1])])
     while True:
         more = {
             k: v
             for k, v in step.visits.items()
-            if k not in group and v.log_complete and v.log and start < v.log[-1].order
+            if k not in group
+            and v.log_complete
+            and v.log
+            and (v.discharges > 0 or start < v.log[-1].order)
         }
         if not more:
             return group

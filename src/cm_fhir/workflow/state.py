@@ -2,11 +2,11 @@
 
 :class:`PatientState` is a frozen, JSON-serialisable document the store keeps per patient: the
 patient keys, the cases (the domain truth) and, separately, per-visit workflow memory
-(:class:`VisitMemory`): the visit's identity (number, assigning authority, the patient it was
-first seen for), what the visit looks like now, its live transfers (:class:`TransferFrame`, which
-A12 matches), one :class:`EventEffect` per triggering event naming exactly the task and referral
-ids it created, so A11 and A13 undo exactly what they cancel, and the visit's applied events in
-event-time order (:class:`LoggedEvent`, with a digest of each message's content), from which a
+(:class:`VisitMemory`): the visit's identity (number, assigning authority, the patient its
+first event names), what the visit looks like now, its live transfers (:class:`TransferFrame`,
+which A12 matches), one :class:`EventEffect` per triggering event naming exactly the task and
+referral ids it created, so A11 and A13 undo exactly what they cancel, and the visit's applied
+events in event-time order (:class:`LoggedEvent`, with a digest of each message's content), from which a
 late event or a merge re-derives the visit and by which a resent message is recognised.
 :class:`Outcome` is the result of one step: the new state, the changed cases, the trace, and the
 patient keys the caller must hold locked.
@@ -118,12 +118,14 @@ class VisitMemory(_State):
     """The workflow's view of one visit, kept apart from the case itself.
 
     A visit is its number qualified by its assigning authority (:attr:`key`); ``patient_key`` is
-    the patient it was first seen for. Both go into the ids of its cases.
+    the patient its first event (by event time) names. Both go into the ids of its cases.
     """
 
     visit_number: str
     visit_authority: str | None = Field(default=None, description="PV1-19.4, else MSH-4")
-    patient_key: str | None = Field(default=None, description="The patient's key at first sight")
+    patient_key: str | None = Field(
+        default=None, description="The key of the patient its first event names"
+    )
     case_id: LocalId | None = Field(default=None, description="The case of this visit, if any")
     admissions: int = Field(default=0, ge=0, description="Cases opened for this visit so far")
     patient_class: str | None = None
