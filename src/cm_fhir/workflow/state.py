@@ -6,8 +6,9 @@ patient keys, the cases (the domain truth) and, separately, per-visit workflow m
 first event names), what the visit looks like now, its live transfers (:class:`TransferFrame`,
 which A12 matches), one :class:`EventEffect` per triggering event naming exactly the task and
 referral ids it created, so A11 and A13 undo exactly what they cancel, and the visit's applied
-events in event-time order (:class:`LoggedEvent`, with a digest of each message's content), from which a
-late event or a merge re-derives the visit and by which a resent message is recognised.
+events in event-time order (:class:`LoggedEvent`, with a digest of each message's content),
+from which a late event or a merge re-derives the visit and by which a resent message is
+recognised.
 :class:`Outcome` is the result of one step: the new state, the changed cases, the trace, and the
 patient keys the caller must hold locked.
 """
