@@ -5,8 +5,9 @@ per batch, through the listener's intake and a real worker; the tests read back 
 case rows, outbox Bundles and served resources. A visit whose case closed still takes a late
 event in its place; a fold evaluates outcomes after every event; a visit belongs to the patient
 its first event names, even when it arrives after the merge; a case the survivor opened for the
-prior patient's visit is voided; a death is final whenever it arrives; and a case the new order
-would not open stays tied to its visit, so its discharge and the clock still reach it.
+prior patient's visit is voided; a late death ends the cases it ends in order; and a case the new
+order would not open (after the death, or without the discharge it was a readmission after) is
+voided and sent once more, so the committed states are those of in-order delivery.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.domain import Case, CaseStatus, ClosingReason
 from cm_fhir.domain.codes import TaskStatus
-from cm_fhir.worker import Worker, WorkerConfig
+from cm_fhir.workflow import PatientState
 from feed_strategies import Feed
 from worker_fixtures import (
     cases,
@@ -122,47 +123,71 @@ async def test_a_case_the_survivor_opened_for_the_prior_patients_visit_is_voided
     assert found == in_order
     assert voided.status == CaseStatus.ENTERED_IN_ERROR
     assert {t.status for t in voided.tasks} == {TaskStatus.ENTERED_IN_ERROR}
-    last = [
-        orjson.loads(r.bundle) for r in await rows(worker_engine, outbox) if r.case_id == duplicate
-    ]
-    episode = next(
-        e["resource"] for e in last[-1]["entry"] if e["resource"]["resourceType"] == "EpisodeOfCare"
-    )
-    assert episode["status"] == "entered-in-error"
+    assert await last_episode_status(worker_engine, duplicate) == "entered-in-error"
 
 
-async def test_a_late_death_ends_a_case_opened_after_it(worker_engine: AsyncEngine) -> None:
-    # The admission (8) arrived before the update reporting the death (3, PID-30 = Y).
-    feed = Feed.parse(
-        "patients: N:N1/1948/I50.9/PAYER01; N3 A01 N:N1/V1 @8; N1 A08 N:N1/V1 @3 dead"
-    )
-    (case,) = (await delivered(worker_engine, feed)).values()
-    assert case.status == CaseStatus.CLOSED
-    assert case.outcome is not None
-    assert case.outcome.closing_reason == ClosingReason.DECEASED
-    assert case.tasks
-    assert {(t.status, t.business_status) for t in case.tasks} == {
-        (TaskStatus.CANCELLED, "the patient died")
+async def states(engine: AsyncEngine) -> dict[str, PatientState]:
+    return {
+        r.patient_key: PatientState.model_validate_json(r.document)
+        for r in await rows(engine, patient_states)
+        if r.document is not None and r.alias_of is None
     }
-    (state,) = [r for r in await rows(worker_engine, patient_states) if r.document]
-    assert '"deceased":"2024-03-05T12:00:00Z"' in state.document
 
 
-async def test_a_case_the_new_order_would_not_open_is_discharged_and_closed_on_the_clock(
+async def last_episode_status(engine: AsyncEngine, case_id: str) -> str:
+    """The EpisodeOfCare status of the last Bundle queued for ``case_id``."""
+    bundles = [orjson.loads(r.bundle) for r in await rows(engine, outbox) if r.case_id == case_id]
+    assert bundles, f"nothing sent for {case_id}"
+    entries = bundles[-1]["entry"]
+    episode = next(
+        e["resource"] for e in entries if e["resource"]["resourceType"] == "EpisodeOfCare"
+    )
+    return str(episode["status"])
+
+
+async def test_a_late_death_ends_the_case_it_ended_and_voids_one_opened_after_it(
     worker_engine: AsyncEngine,
 ) -> None:
+    # V1 admitted (1); the discharge reporting the death (3, PV1-36 expired) arrives after V2's
+    # admission (5), which opened a case no in-order delivery makes (the patient had died).
+    feed = Feed.parse(
+        "patients: N:N1/1948/I50.9/PAYER01; N1 A01 N:N1/V1 @1; N3 A01 N:N1/V2 @5;"
+        " N2 A03 N:N1/V1 @3 disp=20"
+    )
+    await delivered(worker_engine, feed.in_order())
+    in_order = await states(worker_engine)
+    found = await delivered(worker_engine, feed)
+    assert await states(worker_engine) == in_order
+    by_visit = {c.encounters[0].value: c for c in found.values()}
+    died = by_visit["V1"]
+    assert died.status == CaseStatus.CLOSED
+    assert died.outcome is not None
+    assert died.outcome.closing_reason == ClosingReason.DECEASED
+    assert {(t.status, t.business_status) for t in died.tasks} == {
+        (TaskStatus.CANCELLED, "the patient died")
+    }
+    voided = by_visit["V2"]
+    assert voided.status == CaseStatus.ENTERED_IN_ERROR
+    assert {t.status for t in voided.tasks} == {TaskStatus.ENTERED_IN_ERROR}
+    assert await last_episode_status(worker_engine, voided.id) == "entered-in-error"
+    (state,) = (await states(worker_engine)).values()
+    assert [c.id for c in state.cases] == [died.id]
+    assert state.deceased is not None
+
+
+async def test_a_case_the_new_order_would_not_open_is_voided(worker_engine: AsyncEngine) -> None:
     # V2 (10) qualifies only as a readmission after V1's discharge (5); the A13 cancelling that
-    # discharge arrives late: the case stays (its resources were sent), flagged, and its visit's
-    # discharge (20) and then the clock still reach it.
+    # discharge arrives late: in order no case opens for V2, so the case sent is retracted, and
+    # V2's discharge (20) opens none either.
     feed = Feed.parse(
         "patients: N:N1/1999/S52.5/PAYER01; N1 A01 N:N1/V1 @0; N2 A03 N:N1/V1 @5;"
         " N4 A01 N:N1/V2 @10; N3 A13 N:N1/V1 @6; N5 A03 N:N1/V2 @20"
     )
+    assert await delivered(worker_engine, feed.in_order()) == {}
+    in_order = await states(worker_engine)
     (case,) = (await delivered(worker_engine, feed)).values()
-    assert case.status == CaseStatus.TRANSITION
+    assert await states(worker_engine) == in_order
+    assert case.status == CaseStatus.ENTERED_IN_ERROR
+    assert await last_episode_status(worker_engine, case.id) == "entered-in-error"
     flagged = [r for r in await rows(worker_engine, trace) if "reorder-conflict" in (r.flags or "")]
-    assert flagged
-    result = await Worker(worker_engine, WorkerConfig()).close_due()
-    assert result.closed == 1
-    (row,) = await rows(worker_engine, cases)
-    assert row.status == "closed"
+    assert [r.case_id for r in flagged] == [case.id]

@@ -3,8 +3,9 @@
 The feeds come from the one feed generator (:func:`feed_strategies.feeds` with ``lifecycle``:
 pre-admissions and their cancels, deaths by disposition and by PID-30, besides the visit events,
 merges), applied as the worker files states: delivered in event-time order, and late and
-repeated. The example is a late death once lost: the A05 of a patient who had died (its PID-30
-arrived later) left a planned case open beside the death.
+repeated. The example is a late death once lost: the A05 of a patient who had died (the PID-30
+arrived later) left a planned case open beside the death; it is now voided, as in-order delivery
+never opens it.
 """
 
 from __future__ import annotations

@@ -391,6 +391,12 @@ COUNTEREXAMPLES = {
         "patients: S:M1/1948/I50.9/PAYER01; S7 A16 S:M1/V2 @15 edd; S2 A03 S:M1/V1 @10;"
         " S6 A03 S:M1/V2 @14"
     ),
+    # The late A01 (class E) and A16 (class I) leave no class change for V2's A02: in order no
+    # case opens; the case the A02 opened when it came first was once kept beside the state.
+    "case-the-new-order-does-not-open": (
+        "patients: N:N1/1948/I50.9/PAYER01; N11 A02 N:N1/V2 @11; N2 A01 N:N1/V2 @2 class=E;"
+        " N10 A16 N:N1/V2 @10 edd"
+    ),
 }
 
 

@@ -258,20 +258,15 @@ def discharge_or_death(step: Step, visit: VisitMemory) -> VisitMemory:
 
 
 def record_death(step: Step) -> None:
-    """After any event: if it reports the patient's death, the patient is known to have died;
-    while the patient is known to have died, no case of theirs stays open (a death is final
-    whenever it arrives, so a case opened before a late death arrived ends with it too)."""
+    """After any event: if it reports the patient's death, end every open case of the patient."""
     event = step.event
-    if event is None:
+    if event is None or not is_death(event):
         return
     known = step.deceased
-    if is_death(event):
-        if step.deceased is None:
-            died = event.patient.death_time or (event.visit.discharge_time if event.visit else None)
-            step.deceased = facts.aware(died, step.rules) if died is not None else step.at
-            step.note("death", "patient-deceased")
-    elif known is None:
-        return
+    if step.deceased is None:
+        died = event.patient.death_time or (event.visit.discharge_time if event.visit else None)
+        step.deceased = facts.aware(died, step.rules) if died is not None else step.at
+        step.note("death", "patient-deceased")
     for number, visit in list(step.visits.items()):
         case = step.open_case_of(visit)
         if case is None or (case.outcome and case.outcome.closing_reason == ClosingReason.DECEASED):

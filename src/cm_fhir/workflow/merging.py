@@ -37,7 +37,6 @@ from cm_fhir.workflow.ordering import (
     fold,
     logged_events,
     merge_case,
-    relink,
     retire,
 )
 from cm_fhir.workflow.state import Flag, PatientState, VisitMemory
@@ -130,8 +129,8 @@ def _combine(
             retire(step, step.cases[case_id], _RULE)
         else:
             merge_case(step, case_id, base.get(case_id), theirs)
-    for key, current in group.items():
-        step.put_visit(relink(step, current, folded.visits[key], _RULE))
+    for key in group:
+        step.put_visit(folded.visits[key])
     step.last_discharge = folded.last_discharge
     step.deceased = folded.deceased
 

@@ -15,8 +15,7 @@ the old log: a field, task, referral or goal that someone else changed since (th
 closing tick) keeps their value; the rest takes the re-derived value. A stale event that cannot be
 re-derived (the log lost its start: the visit is older than this version or longer than
 ``LOG_LIMIT``, or settled) is recorded and changes nothing. Both are traced with ``stale-event``.
-A live case the new order does not make stays tied to its visit (:func:`relink`), or is voided
-as a duplicate when the new order gives its visit another live case (:func:`retire`).
+A case the new order does not make leaves the state (:func:`retire`), as after a merge.
 """
 
 from __future__ import annotations
@@ -59,7 +58,6 @@ __all__ = [
     "logged_events",
     "merge_case",
     "rederive",
-    "relink",
     "retire",
 ]
 
@@ -196,8 +194,8 @@ def rederive(
         ids |= case_ids(current) | case_ids(before.visits[key]) | case_ids(folded.visits[key])
     for case_id in sorted(ids):
         merge_case(step, case_id, before.cases.get(case_id), folded.cases.get(case_id))
-    for key, current in group.items():
-        step.put_visit(relink(step, current, folded.visits[key], "ordering"))
+    for key in group:
+        step.put_visit(folded.visits[key])
     step.last_discharge = folded.last_discharge
     step.deceased = folded.deceased
     step.patient = folded.patient  # as named by the newest event
@@ -298,28 +296,13 @@ def fold(
     return folding
 
 
-def relink(step: Step, current: VisitMemory, folded: VisitMemory, rule: str) -> VisitMemory:
-    """The re-derived visit, when the new order does not make the live case it had (a kept
-    case): still tied to that case, so later events, a death and the clock reach it, with the
-    case's own effects (its discharge, its death); but when the new order gives the visit
-    another live case, the kept one is a duplicate and is retired (see :func:`retire`)."""
-    case = step.open_case_of(current)
-    if case is None or folded.case_id == case.id:
-        return folded
-    if step.open_case_of(folded) is not None:
-        retire(step, case, rule)
-        return folded
-    own = tuple(e for e in current.effects if e.case_id == case.id and e not in folded.effects)
-    return folded.model_copy(update={"case_id": case.id, "effects": (*folded.effects, *own)})
-
-
-def retire(step: Step, case: Case, rule: str) -> None:
-    """A case the new order does not make, beside the one it does: entered-in-error with its
-    work if live (sent once more, so no receiver keeps a live duplicate), then out of the
-    state."""
+def retire(step: Step, case: Case, rule: str, *flags: Flag) -> None:
+    """A case the new order does not make: out of the state, as if it never was; a live one is
+    first marked entered-in-error with its work and sent once more, so that no receiver keeps a
+    case that in-order delivery would not have made."""
     if case.is_final:
         del step.cases[case.id]
-        step.note(rule, "case-superseded", case.id)
+        step.note(rule, "case-superseded", case.id, None, *flags)
         return
     tasks = tuple(t.id for t in case.tasks)
     referrals = tuple(r.id for r in case.referrals)
@@ -327,7 +310,7 @@ def retire(step: Step, case: Case, rule: str) -> None:
     case = step.move(case, CaseStatus.ENTERED_IN_ERROR, rule)
     step.cases.pop(case.id, None)
     step.retired_cases.append(case)
-    step.note(rule, "duplicate-case-voided", case.id)
+    step.note(rule, "duplicate-case-voided", case.id, None, *flags)
 
 
 def merge_case(step: Step, case_id: str, base: Case | None, theirs: Case | None) -> None:
@@ -338,10 +321,13 @@ def merge_case(step: Step, case_id: str, base: Case | None, theirs: Case | None)
             step.cases[case_id] = theirs
             step.note("ordering", "case-rederived", case_id)
         return
-    if theirs is None or base is None:
-        # The new order does not make this case, or the old one did not: it stays as it is.
-        if theirs != base:
-            step.note("ordering", "case-kept", case_id, None, Flag.REORDER_CONFLICT)
+    if theirs is None:
+        if base is not None:  # the old order made it, the new one does not
+            retire(step, ours, "ordering", Flag.REORDER_CONFLICT)
+        return
+    if base is None:
+        # The new order makes a case the old one did not, and it is there already: kept.
+        step.note("ordering", "case-kept", case_id, None, Flag.REORDER_CONFLICT)
         return
     try:
         merged = merge3(base, ours, theirs)
