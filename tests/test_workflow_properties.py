@@ -397,6 +397,12 @@ COUNTEREXAMPLES = {
         "patients: N:N1/1948/I50.9/PAYER01; N11 A02 N:N1/V2 @11; N2 A01 N:N1/V2 @2 class=E;"
         " N10 A16 N:N1/V2 @10 edd"
     ),
+    # V4's admission reports the death (1, PID-30) and arrives after V3's discharge (8): V3's
+    # late A01 (7) re-derived V3 alone, without the death V4 reported, and opened a case.
+    "death-reported-by-another-visit": (
+        "patients: N:N2/1948/I50.9/PAYER01; N8 A03 N:N2/V3 @8 dead; N1 A01 N:N2/V4 @1 dead;"
+        " N7 A01 N:N2/V3 @7 dead"
+    ),
 }
 
 

@@ -212,9 +212,12 @@ def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
 def _group(step: Step, visit: VisitMemory, new: Arrival) -> dict[str, VisitMemory]:
     """The visits folded again with ``new``: its own, and every visit with a complete log that
     has events after the earliest event the fold replays (their discharges count in screening)
-    or was ever discharged (its outcome counts the admissions after its discharge)."""
+    or was ever discharged (its outcome counts the admissions after its discharge); once the
+    patient is known to have died, every visit with a complete log (the death is found again in
+    its place, whichever visit reported it)."""
     group = {visit.key: visit}
     start = min([new.order, *(e.order for e in visit.log[:1])])
+    died = step.deceased is not None
     while True:
         more = {
             k: v
@@ -222,7 +225,7 @@ def _group(step: Step, visit: VisitMemory, new: Arrival) -> dict[str, VisitMemor
             if k not in group
             and v.log_complete
             and v.log
-            and (v.discharges > 0 or start < v.log[-1].order)
+            and (died or v.discharges > 0 or start < v.log[-1].order)
         }
         if not more:
             return group
