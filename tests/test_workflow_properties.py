@@ -403,6 +403,12 @@ COUNTEREXAMPLES = {
         "patients: N:N2/1948/I50.9/PAYER01; N8 A03 N:N2/V3 @8 dead; N1 A01 N:N2/V4 @1 dead;"
         " N7 A01 N:N2/V3 @7 dead"
     ),
+    # The discharge reporting the death (9) arrives after the A13 cancelling it (11): the fold
+    # put both in place, then the late death was applied once more after the fold.
+    "late-death-already-cancelled": (
+        "patients: N:N1/1948/I50.9/PAYER01; N9 A13 N:N1/V1 @11; N1 A01 N:N1/V1 @1;"
+        " N7 A03 N:N1/V1 @9 dead"
+    ),
 }
 
 

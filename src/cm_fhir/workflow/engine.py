@@ -91,6 +91,7 @@ def apply_event(
     step.patient = ref
     step.keys = list(dict.fromkeys([facts.patient_key(ref), *step.keys]))
     retired: tuple[str, ...] = ()
+    in_place = False  # a late event folded in its place, followed there by what follows it
     if event.event == "A40":
         retired = merge_patients(step, event, merged, _HANDLERS, _after_event)
     elif event.event not in _HANDLERS:
@@ -101,11 +102,11 @@ def apply_event(
         visit = step.visit(identity, facts.patient_key(named))
         entry = ordering.Arrival(event, step.at, text, digest)
         if ordering.is_stale(step, visit, entry):
-            ordering.rederive(step, visit, entry, _HANDLERS, after=_after_event)
+            in_place = ordering.rederive(step, visit, entry, _HANDLERS, after=_after_event)
         else:
             fresh = visit.key not in step.visits
             step.put_visit(ordering.append(_HANDLERS[event.event](step, visit), entry, fresh=fresh))
-    _after_event(step)
+    _after_event(step, death=not in_place)
     after = step.state()
     return Outcome(
         state=after,
@@ -116,11 +117,16 @@ def apply_event(
     )
 
 
-def _after_event(step: Step) -> None:
+def _after_event(step: Step, *, death: bool = True) -> None:
     """What follows every event, whether applied as it comes or folded again in its place (a
     late event, a merge), so that a fold gives what in-order delivery gives: a death ends the
-    patient's open cases, outcomes are evaluated, open cases name the current patient."""
-    record_death(step)
+    patient's open cases, outcomes are evaluated, open cases name the current patient.
+
+    ``death=False`` after a late event the fold already put in its place: its death was applied
+    there, and a later A13 in the fold may have cancelled it.
+    """
+    if death:
+        record_death(step)
     evaluate_outcomes(step)
     if step.patient is not None:
         _refresh_patient(step, step.patient)

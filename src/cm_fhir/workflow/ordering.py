@@ -161,9 +161,11 @@ def rederive(
     handlers: Mapping[str, Handler],
     *,
     after: Callable[[Step], None] = lambda step: None,
-) -> None:
+) -> bool:
     """Apply a stale event: re-derive its visit, and the patient's other visits with events after
-    it (a discharge counts for readmission screening), with the event in its place."""
+    it (a discharge counts for readmission screening), with the event in its place. True when the
+    event was folded in its place (``after`` ran for it there); False when it was applied as it
+    came or not at all (``after`` is the caller's: a death stays final whenever it arrives)."""
     rule = f"event.{new.event.event}"
     own_stale = bool(visit.log) and new.order < visit.log[-1].order
     if not visit.log_complete:
@@ -173,8 +175,7 @@ def rederive(
         else:  # late only against other visits: applied as it comes
             fresh = visit.key not in step.visits
             step.put_visit(append(handlers[new.event.event](step, visit), new, fresh=fresh))
-        # ``after`` runs in apply_event for this event
-        return
+        return False
     group = _group(step, visit, new)
     old = [(k, a) for k, v in group.items() for a in logged_events(v)]
     events = sorted([*old, (visit.key, new)], key=lambda e: e[1].order)  # stable: ties keep
@@ -187,7 +188,7 @@ def rederive(
         flags = (Flag.STALE_EVENT, Flag.REORDER_CONFLICT)
         step.note(rule, "stale-not-applied", visit.case_id, None, *flags)
         step.put_visit(visit)
-        return
+        return False
     step.note(rule, "stale-event", visit.case_id, None, Flag.STALE_EVENT)
     ids: set[str] = set()
     for key, current in group.items():
@@ -199,6 +200,7 @@ def rederive(
     step.last_discharge = folded.last_discharge
     step.deceased = folded.deceased
     step.patient = folded.patient  # as named by the newest event
+    return True
 
 
 def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
