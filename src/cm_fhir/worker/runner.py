@@ -35,7 +35,7 @@ from cm_fhir.store.queue import mark_waiting
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
-from cm_fhir.workflow import PatientState, apply_event
+from cm_fhir.workflow import PatientState
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -95,7 +95,7 @@ class Worker:
         rules: DischargeRules | None = None,
         maps: AdtConceptMaps | None = None,
         registry: MappingRegistry | None = None,
-        apply: ApplyEvent = apply_event,
+        apply: ApplyEvent | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or WorkerConfig()
