@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api_case_helpers import TOKENS, case_app, client
 from cm_fhir.fhir.models import validate_bundle, validate_resource
-from cm_fhir.fhir.pas_request import pas_request_bundle
+from cm_fhir.fhir.pas_request import pas_inquiry_bundle, pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
@@ -42,29 +42,7 @@ def request(**changes: Any) -> Json:
 
 
 def inquiry(submitted: Json) -> Json:
-    """The PAS inquiry for a submitted request: its Claim's identifier and patient."""
-    claim = submitted["entry"][0]["resource"]
-    patient = next(e for e in submitted["entry"] if e["resource"]["resourceType"] == "Patient")
-    ask = {
-        "resourceType": "Claim",
-        "status": "active",
-        "type": claim["type"],
-        "use": "preauthorization",
-        "identifier": claim["identifier"],
-        "patient": claim["patient"],
-        "created": claim["created"],
-        "provider": claim["provider"],
-        "priority": claim["priority"],
-        "insurance": claim["insurance"],
-    }
-    return {
-        "resourceType": "Bundle",
-        "type": "collection",
-        "entry": [
-            {"fullUrl": "urn:uuid:9e0e53a4-5e0b-4ad4-bd6c-2f6f2d9f1d01", "resource": ask},
-            patient,
-        ],
-    }
+    return pas_inquiry_bundle(submitted)
 
 
 async def post(app: FastAPI, path: str, body: Json, token: str) -> Any:
