@@ -62,8 +62,8 @@ async def test_a_submitted_request_is_kept_in_the_inbox_with_its_trace(
     assert (row.format, row.state, row.message_type, row.trigger_event) == (
         "fhir",
         "processed",
-        "Claim",
-        "submit",
+        "CLAIM",
+        "SUBMIT",
     )
     assert row.sending_facility == "test:claim-token"
     assert json.loads(row.raw) == body
@@ -160,3 +160,20 @@ async def test_the_capability_statement_names_the_payer_operations(case_app: Fas
     claim = next(r for r in rest["resource"] if r["type"] == "Claim")
     assert sorted(o["name"] for o in claim["operation"]) == ["inquire", "submit"]
     assert [o["name"] for o in rest["operation"]] == ["process-message"]
+
+
+async def test_the_messages_api_lists_fhir_messages_by_format_and_type(
+    case_app: FastAPI,
+) -> None:
+    assert (
+        await post(case_app, "/fhir/Claim/$submit", request(), "claim-token")
+    ).status_code == 200
+    async with client(case_app, "reader-token") as http:
+        listed = (await http.get("/api/messages", params={"format": "fhir"})).json()
+        by_type = (
+            await http.get("/api/messages", params={"message_type": "claim", "event": "submit"})
+        ).json()
+        hl7 = (await http.get("/api/messages", params={"format": "hl7v2"})).json()
+    assert [(m["format"], m["message_type"]) for m in listed["items"]] == [("fhir", "CLAIM")]
+    assert [m["id"] for m in by_type["items"]] == [m["id"] for m in listed["items"]]
+    assert hl7["items"] == []
