@@ -20,9 +20,10 @@ from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.audit import list_audit
 from cm_fhir.store.case_tables import trace
+from cm_fhir.store.queue import replay
 from cm_fhir.store.tables import inbox_messages
 from pas_samples import review, stroke_case
-from worker_fixtures import rows
+from worker_fixtures import rows, settle_worker
 
 __all__ = ["case_app"]
 
@@ -177,3 +178,16 @@ async def test_the_messages_api_lists_fhir_messages_by_format_and_type(
     assert [(m["format"], m["message_type"]) for m in listed["items"]] == [("fhir", "CLAIM")]
     assert [m["id"] for m in by_type["items"]] == [m["id"] for m in listed["items"]]
     assert hl7["items"] == []
+
+
+async def test_a_replayed_request_is_ignored_not_failed(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
+    assert (
+        await post(case_app, "/fhir/Claim/$submit", request(), "claim-token")
+    ).status_code == 200
+    assert await replay(worker_engine) == 1
+    await settle_worker(worker_engine)
+    (row,) = await rows(worker_engine, inbox_messages)
+    assert row.state == "ignored"
+    assert row.reason.startswith("not applied: a CLAIM message")
