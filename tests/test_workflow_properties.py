@@ -409,6 +409,12 @@ COUNTEREXAMPLES = {
         "patients: N:N1/1948/I50.9/PAYER01; N9 A13 N:N1/V1 @11; N1 A01 N:N1/V1 @1;"
         " N7 A03 N:N1/V1 @9 dead"
     ),
+    # The late death (3, V2's admission) re-derived V2 and V3 but not V1 (no events after 3):
+    # V1's case stayed open beside the death.
+    "late-death-of-a-patient-with-an-earlier-visit": (
+        "patients: N:N1/1948/I50.9/PAYER01; N8 A01 N:N1/V3 @8; N2 A04 N:N1/V1 @2;"
+        " N3 A01 N:N1/V2 @3 dead"
+    ),
 }
 
 

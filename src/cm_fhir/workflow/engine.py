@@ -106,7 +106,9 @@ def apply_event(
         else:
             fresh = visit.key not in step.visits
             step.put_visit(ordering.append(_HANDLERS[event.event](step, visit), entry, fresh=fresh))
-    _after_event(step, death=not in_place)
+    # Folded in its place, a death was applied there (and maybe cancelled by a later A13); it
+    # still ends the open cases of visits the fold could not re-derive.
+    _after_event(step, death=not in_place or step.deceased is not None)
     after = step.state()
     return Outcome(
         state=after,
@@ -122,8 +124,8 @@ def _after_event(step: Step, *, death: bool = True) -> None:
     late event, a merge), so that a fold gives what in-order delivery gives: a death ends the
     patient's open cases, outcomes are evaluated, open cases name the current patient.
 
-    ``death=False`` after a late event the fold already put in its place: its death was applied
-    there, and a later A13 in the fold may have cancelled it.
+    ``death=False`` after a late event the fold already put in its place when the fold leaves the
+    patient alive: its death was applied there, and a later A13 in the fold cancelled it.
     """
     if death:
         record_death(step)

@@ -214,12 +214,12 @@ def is_stale(step: Step, visit: VisitMemory, new: Arrival) -> bool:
 def _group(step: Step, visit: VisitMemory, new: Arrival) -> dict[str, VisitMemory]:
     """The visits folded again with ``new``: its own, and every visit with a complete log that
     has events after the earliest event the fold replays (their discharges count in screening)
-    or was ever discharged (its outcome counts the admissions after its discharge); once the
-    patient is known to have died, every visit with a complete log (the death is found again in
-    its place, whichever visit reported it)."""
+    or was ever discharged (its outcome counts the admissions after its discharge); for a death,
+    or once the patient is known to have died, every visit with a complete log (the death ends
+    them all, and is found again in its place whichever visit reported it)."""
     group = {visit.key: visit}
     start = min([new.order, *(e.order for e in visit.log[:1])])
-    died = step.deceased is not None
+    died = step.deceased is not None or is_death(new.event)
     while True:
         more = {
             k: v
