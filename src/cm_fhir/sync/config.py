@@ -104,6 +104,12 @@ class EhrSettings(_Section):
         description="Cases of different patients written in one transaction (a refused one is "
         "then sent alone, so it fails only itself).",
     )
+    concurrent_requests: int = Field(
+        4,
+        gt=0,
+        description="Transactions of different patients in flight at once per endpoint (one "
+        "patient's writes always go one after the other).",
+    )
     poll_interval: float = Field(0.2, gt=0, description="Seconds between polls when idle.")
     lease_seconds: float = Field(
         120.0, gt=0, description="How long claimed rows stay reserved for one sync worker."
