@@ -14,8 +14,7 @@ import {
   loadTerminology,
   makeExpander,
   outcomeIssues,
-  relativeReferences,
-  requiredBindingIssues,
+  typedChecks,
 } from './validation.mjs';
 
 const CONDITIONAL_REFERENCE = /^[A-Z][A-Za-z]+\?./;
@@ -30,6 +29,8 @@ export class ValidatingRepository extends MemoryRepository {
     this.storingUpdate = false;
     // identifier "system|value" -> ids, per resource type; only grows (candidates are re-checked)
     this.identifierIndex = new Map();
+    // resource object -> what its validation's typed walk found (see relativeReferences)
+    this.checkedReferences = new WeakMap();
   }
 
   /**
@@ -164,7 +165,10 @@ export class ValidatingRepository extends MemoryRepository {
     issues.push(...outcomeIssues(() => validateResource(resource)));
     const structurallyValid = !hasErrors(issues);
     try {
-      issues.push(...requiredBindingIssues(resource, this.expand));
+      const checked = typedChecks(resource, this.expand);
+      issues.push(...checked.issues);
+      // kept for the reference check of this same content (a transaction's end, or just after)
+      this.checkedReferences.set(resource, { json: JSON.stringify(resource), ...checked });
     } catch (err) {
       if (structurallyValid) {
         throw err;
@@ -242,10 +246,20 @@ export class ValidatingRepository extends MemoryRepository {
     }
   }
 
+  /** The references ``typedChecks`` found when this resource was validated, when its content is
+   * still the same; else found again. */
+  relativeReferences(resource) {
+    const known = this.checkedReferences.get(resource);
+    if (known && known.json === JSON.stringify(resource)) {
+      return known.references;
+    }
+    return typedChecks(resource, this.expand).references;
+  }
+
   async referenceIssues(resources) {
     const issues = [];
     for (const resource of resources) {
-      for (const ref of relativeReferences(resource)) {
+      for (const ref of this.relativeReferences(resource)) {
         if (ref.allowed && !ref.allowed.has(ref.resourceType)) {
           issues.push(error('invalid', `Reference to ${ref.resourceType} not allowed`, ref.path));
           continue;
