@@ -50,6 +50,7 @@ from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
+from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.sync.runner import SyncWorker
@@ -145,9 +146,16 @@ def worker_available() -> bool:
 
 
 class WorkerRole(Protocol):
-    """What the service needs of a worker: run until ``stop`` is set, committing what it began."""
+    """What the service needs of a worker: run until ``stop`` is set, committing what it began;
+    woken by ``arrived`` (inbox rows committed), notifying ``committed`` (cases committed)."""
 
-    async def run(self, stop: asyncio.Event) -> Any: ...
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        arrived: Wakeup | None = None,
+        committed: Wakeup | None = None,
+    ) -> Any: ...
 
 
 def make_workers(
@@ -278,8 +286,9 @@ class Service:
     ) -> None:
         settings = self.settings
         writer: InboxWriter | None = None
+        arrived, committed = Wakeup(), Wakeup()  # inbox -> worker -> sync, in this process
         if Role.API in self.roles or Role.LISTENER in self.roles:
-            writer = await stack.enter_async_context(InboxWriter(engine))
+            writer = await stack.enter_async_context(InboxWriter(engine, committed=arrived))
         listener: MllpListener | None = None
         server: _QuietServer | None = None
         server_task: asyncio.Task[None] | None = None
@@ -291,7 +300,10 @@ class Service:
                 context.roles["worker"] = "running"
                 workers = make_workers(engine, settings)
                 worker_tasks = [
-                    asyncio.create_task(w.run(worker_stop), name=f"worker-{n}")
+                    asyncio.create_task(
+                        w.run(worker_stop, arrived=arrived, committed=committed),
+                        name=f"worker-{n}",
+                    )
                     for n, w in enumerate(workers)
                 ]
                 purger = RetentionJob(engine, settings.retention)
@@ -304,7 +316,7 @@ class Service:
             sync = SyncWorker(engine, self.endpoints, settings.ehr)
             context.sync = sync
             context.roles["sync"] = "running"
-            sync_task = asyncio.create_task(sync.run(worker_stop), name="sync")
+            sync_task = asyncio.create_task(sync.run(worker_stop, committed=committed), name="sync")
             self.info.endpoints = tuple(e.name for e in self.endpoints)
         if Role.LISTENER in self.roles:
             assert writer is not None

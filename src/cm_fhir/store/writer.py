@@ -39,6 +39,7 @@ from cm_fhir.store.inbox import (
     store_messages_asyncpg,
     store_messages_sqlite3,
 )
+from cm_fhir.store.wakeup import Wakeup
 
 __all__ = ["InboxWriter"]
 
@@ -72,8 +73,16 @@ _LINGER_CAP = 0.002
 class InboxWriter:
     """Batches inbox inserts across connections; each caller still waits for its own commit."""
 
-    def __init__(self, engine: AsyncEngine, *, writers: int | None = None, max_batch: int = 256):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        writers: int | None = None,
+        max_batch: int = 256,
+        committed: Wakeup | None = None,
+    ):
         self._engine = engine
+        self._committed = committed  # notified after each commit (wakes the worker)
         self._writer_count = writers or 1
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -249,6 +258,8 @@ class InboxWriter:
             raise
         self.batches += 1
         self.messages += len(jobs)
+        if self._committed is not None:
+            self._committed.notify()
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)

@@ -14,7 +14,6 @@ process and the requests made.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -29,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.fhir_client import FhirClient, RetryPolicy
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.case_tables import outbox
+from cm_fhir.store.wakeup import Wakeup, idle
 from cm_fhir.sync.config import EhrSettings, EndpointSettings
 from cm_fhir.sync.deliver import DeliveryStats, EndpointDelivery
 from cm_fhir.sync.endpoints import RequestCount, open_client
@@ -128,18 +128,23 @@ class SyncWorker:
         async with self.engine.connect() as connection:
             return int((await connection.execute(query)).scalar_one()) == 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; each loop settles its batch in flight first. Task
-        status back polls each endpoint with a ``task_poll_interval`` alongside."""
+    async def run(self, stop: asyncio.Event, *, committed: Wakeup | None = None) -> None:
+        """Deliver until ``stop`` is set; each loop settles its batch in flight first. When idle,
+        a loop waits for the poll interval or until ``committed`` is notified (the worker of this
+        process committed cases). Task status back polls each endpoint with a
+        ``task_poll_interval`` alongside."""
         try:
             await asyncio.gather(
-                *(self._loop(d, stop) for d in self.deliveries),
+                *(self._loop(d, stop, committed) for d in self.deliveries),
                 poll_until_stopped(self.status_backs, stop),
             )
         finally:
             await self.aclose()
 
-    async def _loop(self, delivery: EndpointDelivery, stop: asyncio.Event) -> None:
+    async def _loop(
+        self, delivery: EndpointDelivery, stop: asyncio.Event, committed: Wakeup | None
+    ) -> None:
+        woken = committed.listen() if committed is not None else None
         while not stop.is_set():
             try:
                 done = await delivery.run_once()
@@ -151,5 +156,4 @@ class SyncWorker:
                 )
                 done = 0
             if done == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.poll_interval)
+                await idle(stop, self.config.poll_interval, woken)

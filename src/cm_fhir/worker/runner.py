@@ -14,7 +14,6 @@ closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at st
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
 from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
 from cm_fhir.store.queue import mark_waiting
+from cm_fhir.store.wakeup import Wakeup, idle
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
@@ -188,21 +188,33 @@ class Worker:
                 break
         return total
 
-    async def run(self, stop: asyncio.Event) -> BatchResult:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        arrived: Wakeup | None = None,
+        committed: Wakeup | None = None,
+    ) -> BatchResult:
         """Process until ``stop`` is set; the batch in flight always commits first. Due cases
-        are closed at start and every ``close_check_seconds``."""
+        are closed at start and every ``close_check_seconds``. When idle, waits for the poll
+        interval or until ``arrived`` is notified (the inbox writer of this process committed);
+        notifies ``committed`` after each batch that changed something (wakes the sync role)."""
         total = BatchResult()
+        woken = arrived.listen() if arrived is not None else None
         next_close = time.monotonic()
         while not stop.is_set():
             if time.monotonic() >= next_close:
                 await self.close_due()
                 next_close = time.monotonic() + self.config.close_check_seconds
+                if committed is not None:
+                    committed.notify()
             result = await self.run_batch()
             total.add(result)
+            if result.claimed and committed is not None:
+                committed.notify()
             if result.claimed == 0:
                 await self._mark_waiting()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.poll_interval)
+                await idle(stop, self.config.poll_interval, woken)
         return total
 
     async def _mark_waiting(self) -> None:
