@@ -238,8 +238,11 @@ async def throughput(cases: int) -> None:
         naive_server.terminate()
 
 
-async def _sent_at(database: str, schema: str | None) -> list[tuple[str, datetime]]:
-    """(control id, sent_at) of every A01 whose case write is on the server."""
+async def _sent_at(
+    database: str, schema: str | None
+) -> list[tuple[str, datetime, datetime, datetime]]:
+    """(control id, received, outbox row created, sent) of every A01 whose case write is on the
+    server."""
     from sqlalchemy import select
 
     from cm_fhir.store.case_tables import outbox
@@ -248,12 +251,17 @@ async def _sent_at(database: str, schema: str | None) -> list[tuple[str, datetim
 
     engine = make_engine(database, search_path=schema)
     query = (
-        select(inbox_messages.c.control_id, outbox.c.sent_at)
+        select(
+            inbox_messages.c.control_id,
+            inbox_messages.c.received_at,
+            outbox.c.created_at,
+            outbox.c.sent_at,
+        )
         .join(outbox, outbox.c.inbox_message_id == inbox_messages.c.id)
         .where(outbox.c.state == "sent")
     )
     async with engine.connect() as connection:
-        rows = [(str(c), s) for c, s in (await connection.execute(query)).all()]
+        rows = [(str(c), r, o, s) for c, r, o, s in (await connection.execute(query)).all()]
     await engine.dispose()
     return rows
 
@@ -287,7 +295,7 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
         process = await asyncio.create_subprocess_exec(
             CLI, "serve", "--http-port", "0", "--mllp-port", "0", *where,
             "--ehr-url", base_url, "--log-level", "WARNING",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
         )  # fmt: skip
         assert process.stdout is not None
         port = 0
@@ -314,14 +322,24 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
         await process.wait()
         rows = await _sent_at(database, "bench_sync" if pg_url is not None else None)
     server.terminate()
-    delays = []
-    for control, sent_at in rows:
+    delays, parts = [], []
+
+    def stamp(value: datetime) -> float:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+    for control, received_at, enqueued_at, sent_at in rows:
         if control in sent and sent_at:
-            at = sent_at if sent_at.tzinfo else sent_at.replace(tzinfo=UTC)
-            delays.append(at.timestamp() - sent[control])
+            delays.append(stamp(sent_at) - sent[control])
+            parts.append(
+                (
+                    stamp(received_at) - sent[control],
+                    stamp(enqueued_at) - stamp(received_at),
+                    stamp(sent_at) - stamp(enqueued_at),
+                )
+            )
     store = "PostgreSQL" if pg_url is not None else "SQLite"
     if len(delays) < 20:
-        print(f"A01 -> written on the FHIR server ({store}): only {len(delays)} of {count} measured")
+        print(f"A01 -> on the FHIR server ({store}): only {len(delays)} of {count} measured")
         return
     cut = statistics.quantiles(delays, n=20)
     print(
@@ -329,6 +347,12 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
         f"{len(delays)}/{count} messages: p50 {statistics.median(delays) * 1000:.0f} ms, "
         f"p95 {cut[18] * 1000:.0f} ms (target <= 500 ms)"
     )
+    for i, name in enumerate(("MLLP -> inbox", "inbox -> outbox", "outbox -> server")):
+        values = [p[i] for p in parts]
+        print(
+            f"  {name:17}: p50 {statistics.median(values) * 1000:6.0f} ms, "
+            f"p95 {statistics.quantiles(values, n=20)[18] * 1000:6.0f} ms"
+        )
 
 
 def main() -> None:
