@@ -119,7 +119,7 @@ async def test_the_endpoint_rate_limit_holds_on_the_server_side(
         assert await sync.drain() == 12
     arrivals = sorted(faults.requests()["at_ms"])
     assert len(arrivals) >= 13  # a Patient search and one transaction per case
-    # in every one-second window, at most `rate` requests (+2: a window may hold both ends, and arrival jitters)
+    # in every one-second window at most `rate` requests (+2: both ends, and arrival jitter)
     for i, start in enumerate(arrivals):
         in_window = [t for t in arrivals[i:] if t < start + 1000]
         assert len(in_window) <= rate + 2, (start, len(in_window))
