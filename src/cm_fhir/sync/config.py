@@ -91,6 +91,17 @@ class EndpointSettings(_Section):
         description="Status back: the bearer secret the endpoint's Subscription notifications "
         "carry (POST /fhir/subscription-notification/<name>); unset: none accepted.",
     )
+    subscriptions: tuple[str, ...] = Field(
+        (),
+        description="Status back: the endpoint's Subscriptions (ids or Subscription/<id>) whose "
+        "notifications are accepted; empty: any Subscription of this endpoint (a relative "
+        "reference or one under its base URL). Others are refused (403).",
+    )
+    reread_notified_tasks: bool = Field(
+        True,
+        description="Status back: read each notified Task from the endpoint before applying it, "
+        "also when the notification carries the full resource (a payload is not trusted).",
+    )
 
 
 class EhrSettings(_Section):

@@ -18,10 +18,13 @@ by the closing scheduler at once (the change makes its patient state due).
 page by page (the watermark less an overlap, since servers stamp ``lastUpdated`` when a write
 begins, not when it commits; re-reading a Task changes nothing) and moves the endpoint's
 watermark forward once the pass is through. :meth:`~StatusBack.notify` handles an R4 Subscription
-notification (Backport IG): ``full-resource`` events are applied as sent, ``id-only`` events are
-read from the endpoint (a Task id that is not a FHIR id is skipped; more than :data:`MAX_READS` of
-them make one poll instead), handshakes and heartbeats only record the subscription, and a gap in
-``eventsSinceSubscriptionStart`` (events the endpoint counted but never delivered) makes it poll.
+notification (Backport IG) of a Subscription the endpoint accepts
+(:meth:`StatusBackEndpoint.accepts`): each event's Task is read from the endpoint before it is
+applied, ``full-resource`` payloads included (``reread``, on by default: a payload is not trusted;
+off, they are applied as sent); a focus that is not a Task of this endpoint is skipped; more than
+:data:`MAX_READS` reads make one poll instead), handshakes and heartbeats only record the
+subscription, and a gap in ``eventsSinceSubscriptionStart`` (events the endpoint counted but never
+delivered) makes it poll.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_c
 from cm_fhir.store.ehr_status import EndpointCursor, add_counts, lock_cursor, save_cursor
 from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync
 from cm_fhir.sync.config import EndpointSettings
-from cm_fhir.sync.notifications import Notification, type_and_id
+from cm_fhir.sync.notifications import Notification, NotificationEvent, type_and_id
 from cm_fhir.sync.task_states import (
     Applied,
     Outcome,
@@ -96,10 +99,37 @@ class StatusBackEndpoint:
     poll_interval: float = 60.0  # seconds between polls; 0: no polling
     overlap: float = 2.0  # seconds the poll reaches back behind the watermark
     page_size: int = 100
+    subscriptions: tuple[str, ...] = ()  # accepted Subscription ids; empty: any of the endpoint
+    reread: bool = True  # read notified Tasks from the endpoint, never trusting a payload
 
     @classmethod
     def of(cls, endpoint: EndpointSettings) -> StatusBackEndpoint:
-        return cls(endpoint.name, endpoint.base_url, endpoint.task_poll_interval)
+        return cls(
+            endpoint.name,
+            endpoint.base_url,
+            endpoint.task_poll_interval,
+            subscriptions=endpoint.subscriptions,
+            reread=endpoint.reread_notified_tasks,
+        )
+
+    def owns(self, reference: str) -> bool:
+        """Whether ``reference`` (a Subscription or a notified resource) is of this endpoint: a
+        relative reference, or an absolute one under its base URL."""
+        if "://" not in reference:
+            return True
+        base = self.base_url.rstrip("/") + "/"
+        return reference.startswith(base)
+
+    def accepts(self, subscription: str) -> bool:
+        """Whether notifications of ``subscription`` are taken (see ``subscriptions``)."""
+        if not self.owns(subscription):
+            return False
+        kind, _, sid = type_and_id(subscription).partition("/")
+        if kind != "Subscription" or not FHIR_ID.fullmatch(sid):
+            return False
+        if not self.subscriptions:
+            return True
+        return any(s.removeprefix("Subscription/") == sid for s in self.subscriptions)
 
 
 @dataclass(slots=True)
@@ -282,25 +312,38 @@ class StatusBack:
         """Handle one notification; poll when events were missed (see the module docstring)."""
         gap = await self._record_events(notification)
         result = PassResult(gap=gap)
-        reads = sum(e.resource is None for e in notification.events)
+        reads = sum(e.resource is None or self.endpoint.reread for e in notification.events)
         if reads > MAX_READS:  # cheaper and bounded: one poll instead of many reads
             gap = result.gap = True
         elif notification.carries_events:
             for event in notification.events:
-                resource = event.resource
-                if resource is None and event.focus is not None:
-                    kind, _, rid = type_and_id(event.focus).partition("/")
-                    if kind != "Task" or not FHIR_ID.fullmatch(rid):
-                        continue
-                    try:
-                        resource = (await self.client.read("Task", rid)).resource
-                    except RemoteNotFound:
-                        continue  # gone since (deleted): nothing to apply
-                if isinstance(resource, dict) and resource.get("resourceType") == "Task":
+                resource = await self._event_task(event)
+                if resource is not None:
                     result.merge(await self.apply([resource], "status-back:notification"))
         if gap:
             result.merge(await self.poll())
         return result
+
+    async def _event_task(self, event: NotificationEvent) -> Json | None:
+        """The Task an event is about: read from the endpoint (id-only events, and every event
+        when ``reread`` is on), or the payload as sent when ``reread`` is off. None: not a Task
+        of this endpoint, or gone."""
+        payload = event.resource
+        if payload is not None and not self.endpoint.reread:
+            return payload if payload.get("resourceType") == "Task" else None
+        focus = event.focus
+        if focus is None and payload is not None and isinstance(payload.get("id"), str):
+            focus = f"{payload.get('resourceType')}/{payload['id']}"
+        if focus is None or not self.endpoint.owns(focus):
+            return None
+        kind, _, rid = type_and_id(focus).partition("/")
+        if kind != "Task" or not FHIR_ID.fullmatch(rid):
+            return None
+        try:
+            found = (await self.client.read("Task", rid)).resource
+        except RemoteNotFound:
+            return None  # gone since (deleted): nothing to apply
+        return found if isinstance(found, dict) and found.get("resourceType") == "Task" else None
 
     async def _record_events(self, notification: Notification) -> bool:
         """Store the subscription's event count; True when events were missed."""

@@ -4,7 +4,10 @@
 The EHR authenticates with the bearer secret configured for its endpoint (not an API key: the
 front door leaves this path to the route), compared in constant time; a wrong or missing secret
 is 401 (audited), and so is an endpoint that is unknown or has no secret (endpoint names cannot
-be probed); a body that is not a notification Bundle is 400, all as OperationOutcome. An endpoint
+be probed); a body that is not a notification Bundle is 400; a notification of a Subscription the
+endpoint does not accept (another server's, or not in its ``subscriptions``) is 403 (audited),
+all as OperationOutcome. Each notified Task is read from the endpoint before it is applied
+(``reread_notified_tasks``, on by default), so a forged payload changes nothing. An endpoint
 that cannot be read meanwhile (an ``id-only`` Task, the gap poll) answers 503, so the EHR sends
 the notification again. Handshakes and heartbeats are acknowledged;
 events are applied (:meth:`cm_fhir.sync.status_back.StatusBack.notify`), reading ``id-only``
@@ -95,6 +98,10 @@ async def subscription_notification(request: Request, endpoint: str) -> Response
         notification = read_notification(body)
     except ValidationError as exc:
         return error_response(request, 400, str(exc), outcome=exc.outcome)
+    if not receiver.status_back.endpoint.accepts(notification.subscription):
+        subject = f"ehr:{endpoint}"[:255]
+        await record_denial(request.scope, subject, "ehr", 403, "unknown subscription")
+        return error_response(request, 403, "not a subscription of this endpoint")
     try:
         result = await receiver.status_back.notify(notification)
     except RemoteFhirError as exc:  # an id-only Task or the gap poll could not be read: retry
