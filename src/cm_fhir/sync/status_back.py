@@ -32,9 +32,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,10 +48,10 @@ from cm_fhir.fhir_client.responses import version_of_etag
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.audit import AuditRecord, record_audit
 from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_case
-from cm_fhir.store.ehr_status import EndpointCursor, add_counts, lock_cursor, save_cursor
+from cm_fhir.store.ehr_status import add_counts, lock_cursor, save_cursor
 from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync
-from cm_fhir.sync.config import EndpointSettings
 from cm_fhir.sync.notifications import Notification, NotificationEvent, type_and_id
+from cm_fhir.sync.status_parts import FHIR_ID, PassResult, StatusBackEndpoint, events_seen
 from cm_fhir.sync.task_states import (
     Applied,
     Outcome,
@@ -74,7 +73,6 @@ Json = dict[str, Any]
 RULE = "ehr.status_back"
 #: id-only events read one by one per notification; more make one poll instead.
 MAX_READS = 50
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> bool:
@@ -88,67 +86,6 @@ def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> 
         and remote.version_id is not None
         and version_of_etag(record.version_id) == version_of_etag(remote.version_id)
     )
-
-
-@dataclass(frozen=True, slots=True)
-class StatusBackEndpoint:
-    """One endpoint's status-back settings."""
-
-    name: str
-    base_url: str
-    poll_interval: float = 60.0  # seconds between polls; 0: no polling
-    overlap: float = 2.0  # seconds the poll reaches back behind the watermark
-    page_size: int = 100
-    subscriptions: tuple[str, ...] = ()  # accepted Subscription ids; empty: any of the endpoint
-    reread: bool = True  # read notified Tasks from the endpoint, never trusting a payload
-
-    @classmethod
-    def of(cls, endpoint: EndpointSettings) -> StatusBackEndpoint:
-        return cls(
-            endpoint.name,
-            endpoint.base_url,
-            endpoint.task_poll_interval,
-            subscriptions=endpoint.subscriptions,
-            reread=endpoint.reread_notified_tasks,
-        )
-
-    def owns(self, reference: str) -> bool:
-        """Whether ``reference`` (a Subscription or a notified resource) is of this endpoint: a
-        relative reference, or an absolute one under its base URL."""
-        if "://" not in reference:
-            return True
-        base = self.base_url.rstrip("/") + "/"
-        return reference.startswith(base)
-
-    def accepts(self, subscription: str) -> bool:
-        """Whether notifications of ``subscription`` are taken (see ``subscriptions``)."""
-        if not self.owns(subscription):
-            return False
-        kind, _, sid = type_and_id(subscription).partition("/")
-        if kind != "Subscription" or not FHIR_ID.fullmatch(sid):
-            return False
-        if not self.subscriptions:
-            return True
-        return any(s.removeprefix("Subscription/") == sid for s in self.subscriptions)
-
-
-@dataclass(slots=True)
-class PassResult:
-    """What one poll, notification or batch of Tasks did."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    cases: set[str] = field(default_factory=set)
-    gap: bool = False
-    polled: bool = False
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counts[name] = self.counts.get(name, 0) + n
-
-    def merge(self, other: PassResult) -> None:
-        for name, n in other.counts.items():
-            self.count(name, n)
-        self.cases |= other.cases
-        self.polled = self.polled or other.polled
 
 
 class StatusBack:
@@ -350,7 +287,7 @@ class StatusBack:
         now = datetime.now(UTC)
         async with self.engine.begin() as connection:
             cursor = await connection.run_sync(lock_cursor, self.endpoint.name, now)
-            gap, updated = _events_seen(cursor, notification)
+            gap, updated = events_seen(cursor, notification)
             await connection.run_sync(save_cursor, updated, now)
         if gap:
             log.warning(
@@ -379,28 +316,6 @@ async def poll_until_stopped(backs: Sequence[StatusBack], stop: asyncio.Event) -
                 await asyncio.wait_for(stop.wait(), interval)
 
     await asyncio.gather(*(loop(b) for b in backs if b.endpoint.poll_interval > 0))
-
-
-def _events_seen(cursor: EndpointCursor, notification: Notification) -> tuple[bool, EndpointCursor]:
-    """Whether ``notification`` shows missed events, and the cursor after it.
-
-    Every event numbered from the last count seen (exclusive) to this notification's
-    ``eventsSinceSubscriptionStart`` (inclusive) should have reached us; those not in this
-    notification were missed. A new subscription (another reference) starts counting afresh.
-    """
-    total = notification.events_since_start
-    same = cursor.subscription == notification.subscription
-    seen = cursor.events_seen if same else None
-    if total is None:
-        return False, replace(cursor, subscription=notification.subscription, events_seen=seen)
-    numbers = {e.number for e in notification.events if e.number is not None}
-    expected_from = (seen or 0) + 1
-    if seen is not None and total <= seen:  # a replay or an old notification: nothing new
-        return False, cursor
-    missing = any(n not in numbers for n in range(expected_from, total + 1))
-    if not notification.carries_events:  # a heartbeat or handshake delivers no events itself
-        missing = total > (seen or 0)
-    return missing, replace(cursor, subscription=notification.subscription, events_seen=total)
 
 
 def _last_updated(resource: Json) -> datetime | None:
