@@ -14,12 +14,13 @@ EHR endpoint as its author and source. A move the state machine forbids is logge
 statuses, never patient data) and ignored. A case whose follow-up work is now done is checked
 by the closing scheduler at once (the change makes its patient state due).
 
-:meth:`~StatusBack.poll` asks ``Task?identifier=<our task system>|&_lastUpdated=gt<watermark>``
-page by page (the watermark less an overlap, since servers stamp ``lastUpdated`` when a write
-begins, not when it commits; re-reading a Task changes nothing) and moves the endpoint's
+:meth:`~StatusBack.poll` asks for our Tasks changed since the watermark, case and assessment
+Tasks (``Task?identifier=<task system>|,<assessment system>|&_lastUpdated=gt<watermark>``), page
+by page (the watermark less an overlap, since servers stamp ``lastUpdated`` when a write begins,
+not when it commits; re-reading a Task changes nothing) and moves the endpoint's
 watermark forward once the pass is through. :meth:`~StatusBack.notify` handles an R4 Subscription
 notification (Backport IG) of a Subscription the endpoint accepts
-(:meth:`StatusBackEndpoint.accepts`): each event's Task is read from the endpoint before it is
+(:meth:`~cm_fhir.sync.status_parts.StatusBackEndpoint.accepts`): each event's Task is read from the endpoint before it is
 applied, ``full-resource`` payloads included (``reread``, on by default: a payload is not trusted;
 off, they are applied as sent); a focus that is not a Task of this endpoint is skipped; more than
 :data:`MAX_READS` reads make one poll instead), handshakes and heartbeats only record the
@@ -103,6 +104,7 @@ class StatusBack:
         self.endpoint = endpoint
         self.client = client
         self.task_system = registry.system("task")
+        self.assessment_system = registry.system("assessment")
 
     # -- applying Tasks ---------------------------------------------------------------------------
 
@@ -113,7 +115,9 @@ class StatusBack:
             await connection.run_sync(lock_cursor, self.endpoint.name, datetime.now(UTC))
         for resource in resources:
             try:
-                remote = read_remote_task(resource, self.task_system, self.endpoint.base_url)
+                remote = read_remote_task(
+                    resource, self.task_system, self.endpoint.base_url, self.assessment_system
+                )
             except MappingError as exc:
                 log.warning(
                     "endpoint %s: unreadable Task %s (%s)",
@@ -213,7 +217,8 @@ class StatusBack:
         """Read the Tasks of ours changed since the watermark, apply them, move the watermark."""
         async with self.engine.begin() as connection:
             cursor = await connection.run_sync(lock_cursor, self.endpoint.name, datetime.now(UTC))
-        params = {"identifier": f"{self.task_system}|", "_count": str(self.endpoint.page_size)}
+        ours = f"{self.task_system}|,{self.assessment_system}|"  # case and assessment Tasks
+        params = {"identifier": ours, "_count": str(self.endpoint.page_size)}
         params["_sort"] = "_lastUpdated"
         if cursor.watermark is not None:
             since = cursor.watermark - timedelta(seconds=self.endpoint.overlap)
