@@ -291,7 +291,7 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
             await _reset_pg(pg_url)
             database = pg_url
             env["CM_FHIR_DATABASE_SCHEMA"] = "bench_sync"
-            where = ["--data-dir", str(data), "--database-url", pg_url]
+            where = ["--data-dir", str(data), "--database-url", pg_url, "--migrate"]
         process = await asyncio.create_subprocess_exec(
             CLI, "serve", "--http-port", "0", "--mllp-port", "0", *where,
             "--ehr-url", base_url, "--log-level", "WARNING",
