@@ -20,12 +20,12 @@ by page (the watermark less an overlap, since servers stamp ``lastUpdated`` when
 not when it commits; re-reading a Task changes nothing) and moves the endpoint's
 watermark forward once the pass is through. :meth:`~StatusBack.notify` handles an R4 Subscription
 notification (Backport IG) of a Subscription the endpoint accepts
-(:meth:`~cm_fhir.sync.status_parts.StatusBackEndpoint.accepts`): each event's Task is read from the endpoint before it is
-applied, ``full-resource`` payloads included (``reread``, on by default: a payload is not trusted;
-off, they are applied as sent); a focus that is not a Task of this endpoint is skipped; more than
-:data:`MAX_READS` reads make one poll instead), handshakes and heartbeats only record the
-subscription, and a gap in ``eventsSinceSubscriptionStart`` (events the endpoint counted but never
-delivered) makes it poll.
+(:meth:`~cm_fhir.sync.status_parts.StatusBackEndpoint.accepts`): each event's Task is read from
+the endpoint before it is applied, ``full-resource`` payloads included (``reread``, on by
+default: a payload is not trusted; off, they are applied as sent); a focus that is not a Task
+of this endpoint is skipped; more than :data:`MAX_READS` reads make one poll instead. Handshakes
+and heartbeats only record the subscription, and a gap in ``eventsSinceSubscriptionStart``
+(events the endpoint counted but never delivered) makes it poll.
 """
 
 from __future__ import annotations
