@@ -2,8 +2,9 @@
 ``cm-fhir serve`` fed over MLLP.
 
 Covers signing in with the keyboard, the navigation's accessible names, finding a message by
-control id and opening its trace, replaying a dead letter (its state changes), working a task
-from the worklist (its status changes in the API), labels on every control, that no request
+control id and opening its trace, replaying a dead letter (its state changes), resending an
+outbox entry the EHR refused (its state changes), the Reviews page, working a task from the
+worklist (its status changes in the API), labels on every control, that no request
 leaves the service, and the redirect to sign-in without a session. Screenshots go to
 ``test-artifacts/console/`` (or ``$CM_FHIR_TEST_ARTIFACTS``). Skips, saying why, where Chromium
 or Playwright is missing; Playwright's own browser download is never used.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -49,6 +51,7 @@ ARTIFACTS = (
     / "console"
 )
 OWNER = "Dana Whitfield, RN CCM"
+NAVIGATION = ("Overview", "Messages", "Dead letters", "Outbox", "Worklist", "Cases", "Reviews")
 
 
 @pytest.fixture
@@ -104,6 +107,18 @@ def _dead_letter(data_dir: Path, message_id: int) -> None:
         )
 
 
+def _refuse_outbox_entry(data_dir: Path) -> int:
+    """Leave the newest outbox entry as the sync role leaves a write the EHR refused."""
+    with sqlite3.connect(data_dir / SQLITE_FILE_NAME, timeout=30) as db:
+        (row_id,) = db.execute("SELECT max(id) FROM outbox").fetchone()
+        db.execute(
+            "UPDATE outbox SET state = 'failed', attempts = 1, "
+            "last_error = '422 Unprocessable Entity' WHERE id = ?",
+            (row_id,),
+        )
+    return int(row_id)
+
+
 async def _shot(page: object, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
@@ -154,7 +169,7 @@ async def test_console_journey_in_chromium(
         await _shot(page, "sign-in")
         await page.keyboard.press("Enter")
         await page.wait_for_url(serve.url + "/console")
-        for name in ("Overview", "Messages", "Dead letters", "Outbox", "Worklist", "Cases"):
+        for name in NAVIGATION:
             assert await page.get_by_role("link", name=name, exact=True).count() == 1
         assert await page.locator("svg[role=img]").count() >= 1
         assert await _labelled_controls(page) == []
@@ -190,6 +205,27 @@ async def test_console_journey_in_chromium(
         while (await http.get(f"/api/messages/{first['id']}")).json()["state"] != "processed":
             assert time.monotonic() < deadline
             await _sleep()
+
+        # Resend an entry the EHR refused: its state changes, here and in the API.
+        refused = _refuse_outbox_entry(tmp_path / "data")
+        await page.get_by_role("link", name="Outbox", exact=True).click()
+        entry = page.locator(f'tr[data-outbox-entry="{refused}"]')
+        assert await entry.locator("td.state-failed").count() == 1
+        assert await _labelled_controls(page) == []
+        await _shot(page, "outbox")
+        await entry.get_by_role("button", name="Resend").click()
+        await page.wait_for_load_state()
+        assert "1 entry marked for resending." in await page.content()
+        entry = page.locator(f'tr[data-outbox-entry="{refused}"]')
+        assert await entry.locator("td.state-pending").count() == 1
+        listed = (await http.get("/api/outbox/items", params={"limit": 200})).json()["items"]
+        assert {r["id"]: r["state"] for r in listed}[refused] == "pending"
+
+        # Reviews: the reviewer's queue, reached by its link.
+        await page.get_by_role("link", name="Reviews", exact=True).click()
+        await page.wait_for_load_state()
+        assert await page.get_by_role("table", name=re.compile("^Reviews")).count() == 1
+        assert await _labelled_controls(page) == []
 
         # Work a task from the worklist: the API shows its new status.
         await page.get_by_role("link", name="Worklist", exact=True).click()
