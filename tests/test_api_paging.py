@@ -18,9 +18,9 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api_case_helpers import TOKENS, case_app, case_json, client, example
+from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
-from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.store.tables import InboxState, inbox_messages
 from pas_samples import review, stroke_case
 from worker_fixtures import ingest
@@ -180,7 +180,8 @@ async def test_a_cursor_is_refused_by_another_list_and_when_forged(case_app: Fas
             assert refused.status_code == 422, forged
         outbox = (await http.get("/api/outbox/items", params={"limit": 1})).json()
         assert outbox["next_cursor"] is not None
-        assert "before" not in outbox["next"] and "next_before" not in outbox
+        assert "before" not in outbox["next"]
+        assert "next_before" not in outbox
 
 
 async def test_the_review_queue_lists_pended_reviews_first(case_app: FastAPI) -> None:

@@ -72,7 +72,9 @@ async def test_resend_one_entry_then_an_endpoint(
         assert "1 entry marked for resending." in one.text
         assert await _state(worker_engine, first) == "pending"
         assert [await _state(worker_engine, i) for i, _ in others] == ["failed", "failed"]
-        every = await http.post("/console/outbox/resend", data={"csrf": csrf, "endpoint": "default"})
+        every = await http.post(
+            "/console/outbox/resend", data={"csrf": csrf, "endpoint": "default"}
+        )
         assert "2 entries marked for resending." in every.text
         assert {await _state(worker_engine, i) for i, _ in rows} == {"pending"}
         nothing = await http.post("/console/outbox/resend", data={"csrf": csrf})
@@ -144,7 +146,7 @@ async def test_reviews_page_lists_pended_first_with_deadlines(case_app: FastAPI)
         assert answer.status_code == 200, answer.text
     async with signed_in(case_app, "reader-token") as http:
         overview = await http.get("/console")
-        assert f'href="/console/reviews">Reviews</a>' in overview.text
+        assert 'href="/console/reviews">Reviews</a>' in overview.text
         page = await http.get("/console/reviews")
         assert page.status_code == 200
         shown = re.findall(r'<tr data-review="([^"]+)">', page.text)
