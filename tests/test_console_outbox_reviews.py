@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from api_case_helpers import TOKENS, case_app, client
+from api_case_helpers import TOKENS, case_app, case_json, client, example
 from api_fixtures import API_KEY
 from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
@@ -166,3 +166,15 @@ async def test_reviews_page_lists_pended_first_with_deadlines(case_app: FastAPI)
         bad = await http.get("/console/reviews?cursor=not-one-of-ours")
         assert bad.status_code == 422
         assert "cursor" in bad.text
+
+
+async def test_the_case_page_shows_screening_criteria_by_their_display(case_app: FastAPI) -> None:
+    async with client(case_app) as http:
+        created = await http.post("/api/cases", json=case_json(example("stroke-inpatient-rehab")))
+        assert created.status_code == 201, created.text
+    async with signed_in(case_app, "reader-token") as http:
+        page = (await http.get("/console/cases/HOSP-2026-0412")).text
+    screening = page.split('id="h-screening"')[1].split("</table>")[0]
+    assert "Age 65 or older; Acute stroke diagnosis" in screening
+    assert "{'system'" not in screening
+    assert ">None<" not in screening  # an empty field is left out
