@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -67,6 +68,34 @@ class _Job:
 
 _LINGER_FLOOR = 0.0002  # seconds
 _LINGER_CAP = 0.002
+_BUSY_TIMEOUT = 30.0  # seconds the SQLite writer waits for the write lock
+_BUSY_POLL_CAP = 0.0005  # seconds between its tries, at most
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def begin_immediate(connection: sqlite3.Connection, timeout: float = _BUSY_TIMEOUT) -> None:
+    """``BEGIN IMMEDIATE``, trying again every few hundred microseconds while another connection
+    holds the write lock (SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries, so
+    an ACK would wait up to that long after the lock is free).
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``timeout`` seconds, or another error.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.0001
+    connection.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _BUSY_POLL_CAP)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
 
 class InboxWriter:
@@ -197,7 +226,7 @@ class InboxWriter:
     def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
         connection = self._sqlite
         assert connection is not None
-        connection.execute("BEGIN IMMEDIATE")
+        begin_immediate(connection)
         try:
             results = store_messages_sqlite3(connection, messages)
             connection.execute("COMMIT")
