@@ -52,7 +52,7 @@ async def test_begin_immediate_gives_up_after_its_timeout(tmp_path: Path) -> Non
         with pytest.raises(sqlite3.OperationalError, match="locked"):
             begin_immediate(waiter, timeout=0.05)
         assert not waiter.in_transaction
-        assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 50  # restored
+        assert waiter.execute("PRAGMA busy_timeout").fetchone()[0] == 30000  # as before
         holder.execute("COMMIT")
         begin_immediate(waiter, timeout=0.05)
         assert waiter.in_transaction
