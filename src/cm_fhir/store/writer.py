@@ -1,21 +1,20 @@
 """Group commit for the inbox: many concurrent submitters, few transactions. I/O (asyncio).
 
-Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to
-be committed. Behind it, writer tasks take whatever has queued up while the previous commit was
-running (up to ``max_batch``) and store it as one group, so one fsync serves many messages.
-Senders that wait for each ACK before the next message come back a little apart, so a writer
-that committed a group of N waits for up to N again before its next commit, but never longer
-than half its recent commit time (0.2 to 2 ms): with four such senders, one fsync then serves
-four messages instead of two. A writer whose last group was a single message does not wait; after
-a short group it expects half as many. One writer by default on either database (a second one
-would split those groups in two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ...
-``COMMIT`` on a plain sqlite3 connection) runs whole on the event loop while commits take under a
-millisecond and the write lock is free at the first try (two thread switches saved per group);
-otherwise in a dedicated thread, so the loop does not wait on a slow disk or on a lock held by
-another connection (the worker's), which the thread tries for every few hundred microseconds. PostgreSQL: the writer keeps one
-pooled asyncpg connection. If a group fails, each of its waiters gets
-:class:`~cm_fhir.errors.StoreError` and none is acknowledged positively. An in-memory SQLite
-database falls back to plain SQLAlchemy.
+Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to be
+committed. Behind it, writer tasks take whatever has queued up while the previous commit was
+running (up to ``max_batch``) and store it as one group, so one fsync serves many messages. Senders
+that wait for each ACK before the next message come back a little apart, so a writer that committed
+a group of N waits for up to N again before its next commit, but never longer than half its recent
+commit time (0.2 to 2 ms): with four such senders, one fsync then serves four messages instead of
+two. A writer whose last group was a single message does not wait; after a short group it expects
+half as many. One writer by default on either database (a second one would split those groups in
+two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain sqlite3
+connection) runs whole on the event loop while commits take under a millisecond and the write lock
+is free at the first try (two thread switches saved per group); otherwise in a dedicated thread, so
+the loop does not wait on a slow disk or on a lock held by another connection (the worker's), which
+the thread tries for every few hundred microseconds. PostgreSQL: the writer keeps one pooled
+asyncpg connection. If a group fails, each of its waiters gets :class:`~cm_fhir.errors.StoreError`
+and none is acknowledged positively. An in-memory SQLite database falls back to plain SQLAlchemy.
 """
 
 from __future__ import annotations
