@@ -9,12 +9,12 @@ commit time (0.2 to 2 ms): with four such senders, one fsync then serves four me
 two. A writer whose last group was a single message does not wait; after a short group it expects
 half as many. One writer by default on either database (a second one would split those groups in
 two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain sqlite3
-connection) runs whole on the event loop while commits take under a millisecond and the write lock
-is free at the first try (two thread switches saved per group); otherwise in a dedicated thread, so
-the loop does not wait on a slow disk or on a lock held by another connection (the worker's), which
-the thread tries for every few hundred microseconds. PostgreSQL: the writer keeps one pooled
-asyncpg connection. If a group fails, each of its waiters gets :class:`~cm_fhir.errors.StoreError`
-and none is acknowledged positively. An in-memory SQLite database falls back to plain SQLAlchemy.
+connection) runs whole in a dedicated thread, so the event loop never waits on the disk or on the
+write lock while another connection (the worker's) holds it; the thread tries for the lock every
+few hundred microseconds (:func:`begin_immediate`), not on SQLite's coarse back-off. PostgreSQL:
+the writer keeps one pooled asyncpg connection. If a group fails, each of its waiters gets
+:class:`~cm_fhir.errors.StoreError` and none is acknowledged positively. An in-memory SQLite
+database falls back to plain SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -72,7 +72,6 @@ _LINGER_CAP = 0.002
 _BUSY_TIMEOUT = 30.0  # seconds the SQLite writer waits for the write lock
 _BUSY_POLL_CAP = 0.0005  # seconds between its tries, at most
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
-_INLINE_COMMIT = 0.001  # seconds: SQLite commits quicker than this run on the event loop
 
 
 def begin_immediate(connection: sqlite3.Connection, timeout: float = _BUSY_TIMEOUT) -> None:
@@ -116,7 +115,6 @@ class InboxWriter:
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             self._sqlite = open_sqlite_writer(engine)
             self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbox-writer")
-        self._sqlite_seconds = 0.0  # recent time of a SQLite commit, lock held (moving average)
         self._closed = False
         self.batches = 0
         self.messages = 0
@@ -226,13 +224,10 @@ class InboxWriter:
                 return True
         return False
 
-    def _commit_sqlite(
-        self, messages: list[NewMessage], timeout: float = _BUSY_TIMEOUT
-    ) -> list[StoredMessage]:
+    def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
         connection = self._sqlite
         assert connection is not None
-        begin_immediate(connection, timeout)
-        started = time.perf_counter()
+        begin_immediate(connection)
         try:
             results = store_messages_sqlite3(connection, messages)
             connection.execute("COMMIT")
@@ -241,20 +236,7 @@ class InboxWriter:
                 with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
             raise
-        self._sqlite_seconds = 0.8 * self._sqlite_seconds + 0.2 * (time.perf_counter() - started)
         return results
-
-    async def _commit_sqlite_file(self, messages: list[NewMessage]) -> list[StoredMessage]:
-        """On the loop thread while commits are quick and the lock is free (two thread switches
-        saved per group), else in the writer thread (the loop keeps reading meanwhile)."""
-        if self._sqlite_seconds < _INLINE_COMMIT:
-            try:
-                return self._commit_sqlite(messages, timeout=0)
-            except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode not in _BUSY_CODES:
-                    raise
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._thread, self._commit_sqlite, messages)
 
     async def _commit_asyncpg(
         self, messages: list[NewMessage], held: _HeldConnection
@@ -274,7 +256,8 @@ class InboxWriter:
         messages = [job.message for job in jobs]
         try:
             if self._thread is not None:
-                results = await self._commit_sqlite_file(messages)
+                loop = asyncio.get_running_loop()
+                results = await loop.run_in_executor(self._thread, self._commit_sqlite, messages)
             elif self._engine.dialect.driver == "asyncpg":
                 results = await self._commit_asyncpg(messages, held)
             else:
