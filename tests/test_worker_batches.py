@@ -21,19 +21,18 @@ async def _backlog(engine: AsyncEngine, patients: int) -> None:
 
 
 async def test_batches_shrink_to_the_time_they_may_take(worker_engine: AsyncEngine) -> None:
-    await _backlog(worker_engine, 14)
-    # No row is processed in a nanosecond: after the first (short) batch, one row per batch.
+    await _backlog(worker_engine, 21)
+    # No row is processed in a nanosecond: batches stay at the fewest rows a bounded batch takes.
     worker = Worker(worker_engine, WorkerConfig(batch_size=20, batch_seconds=1e-9, retry_delay=0))
     assert worker.batch_limit == 8
-    first = await worker.run_batch()
-    assert first.claimed == 8
-    assert worker.batch_limit == 1
-    second = await worker.run_batch()
-    assert second.claimed == 1
-    total = await worker.run_once()
-    assert total.claimed == 5
+    assert (await worker.run_batch()).claimed == 8
+    assert worker.batch_limit == 8
+    assert (await worker.run_batch()).claimed == 8
+    assert (await worker.run_once()).claimed == 5
     states = {r.state for r in await rows(worker_engine, inbox_messages)}
     assert states == {"processed"}
+    small = Worker(worker_engine, WorkerConfig(batch_size=3, batch_seconds=1e-9))
+    assert small.batch_limit == 3  # never more than batch_size
 
 
 async def test_batches_take_batch_size_when_they_may_take_long(worker_engine: AsyncEngine) -> None:

@@ -10,11 +10,12 @@ flight before returning; :meth:`Worker.run_once` stops when nothing is claimable
 closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at start and then every
 ``close_check_seconds``, in its own transactions between batches.
 
-A batch's work is bounded in time as well as in rows: the worker keeps a moving average of the
-time a claimed row takes and claims no more than fit in ``batch_seconds`` (5 ms by default), so
-that neither the event loop it shares with the listener in ``cm-fhir serve`` nor, on SQLite, the
-one write lock the inbox writer needs for every ACK is held long. On SQLite the worker also leaves
-a millisecond between batches, the waiting writer's turn at the lock.
+A batch's work is bounded in time as well as in rows: the worker keeps a moving average of the time
+a claimed row takes and claims no more than fit in ``batch_seconds`` (5 ms by default; at least 8
+rows, as a batch's fixed cost can exceed that on a slow machine), so that neither the event loop it
+shares with the listener in ``cm-fhir serve`` nor, on SQLite, the one write lock the inbox writer
+needs for every ACK is held long (a batch of 200 held both for most of a second). On SQLite the
+worker also leaves a millisecond between batches, the waiting writer's turn at the lock.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ __all__ = ["Worker", "WorkerConfig"]
 log = logging.getLogger(__name__)
 _MAX_CLOSING_PASSES = 50  # per close_due call: a bound, even if a state were due again at once
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
-_FIRST_BOUNDED_BATCH = 8  # rows of the first batch when batches are bounded in time
+_FEWEST_BOUNDED_ROWS = 8  # rows a batch bounded in time may still claim (also the first one's)
 _SQLITE_TURN = 0.001  # seconds between SQLite batches: the inbox writer's turn at the write lock
 
 
@@ -134,16 +135,15 @@ class Worker:
 
     @property
     def batch_limit(self) -> int:
-        """Rows the next batch claims: ``batch_size``, fewer when recent rows took so long that
-        a full batch would work longer than ``batch_seconds`` (at least one)."""
+        """Rows the next batch claims: ``batch_size``, or as many as recent rows say fit in
+        ``batch_seconds``, but never fewer than a few (a batch has a fixed cost too)."""
         if self._one_at_a_time > 0:
             return 1
         size, budget = self.config.batch_size, self.config.batch_seconds
         if budget <= 0:
             return size
-        if self._row_seconds <= 0:
-            return min(size, _FIRST_BOUNDED_BATCH)
-        return max(1, min(size, int(budget / self._row_seconds)))
+        fit = int(budget / self._row_seconds) if self._row_seconds > 0 else 0
+        return min(size, max(_FEWEST_BOUNDED_ROWS, fit))
 
     async def run_batch(self) -> BatchResult:
         """Claim, process and commit one batch; an empty result when nothing was claimable."""
