@@ -232,6 +232,8 @@ class Figures:
     cpu_us: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     failures: int = 0
+    missing: int = 0  # positively acknowledged, not found in the inbox afterwards
+    stores: bool = True
 
     def line(self) -> str:
         if not self.rates:
@@ -241,6 +243,8 @@ class Figures:
             f"  p50 {_median(self.p50):.2f} ms  p99 {_median(self.p99):.2f} ms"
             f"  cpu {_median(self.cpu_us):.0f} us/msg  non-AA {self.failures}"
         )
+        if self.stores:
+            text += f"  ACKed but not stored {self.missing}"
         if self.ratios:
             text += f"\n{'':<16} ratio to echo {_median(self.ratios):.2f}x"
             text += f" ({_span(self.ratios, '.2f')}; target >= 3x)"
@@ -271,13 +275,38 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def inbox_rows(args: list[str]) -> int | None:
+    """Rows in the inbox of the cm-fhir server started with ``args`` (None for the echo)."""
+    if "--serve-cm" not in args:
+        return None
+    from sqlalchemy import func, select
+
+    from cm_fhir.store.engine import make_engine, upgrade_database
+    from cm_fhir.store.tables import inbox_messages
+
+    url = args[args.index("--serve-cm") + 1]
+    schema = args[args.index("--schema") + 1] if "--schema" in args else None
+    engine = make_engine(url, search_path=schema)
+    try:
+        await upgrade_database(engine)
+        async with engine.connect() as connection:
+            count = select(func.count()).select_from(inbox_messages)
+            return int((await connection.execute(count)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 async def measure(
     figures: Figures, args: list[str], senders: int, messages: int, paced: int
 ) -> float:
-    """One round of one server: lockstep throughput, then (if ``paced``) the paced run."""
+    """One round of one server: lockstep throughput, then (if ``paced``) the paced run. For our
+    server, every positive ACK is checked against the inbox afterwards (durable: it is there)."""
+    rows_before = await inbox_rows(args)
+    acked = 0
     process, port = await start_server(*args)
     try:
         protocols = await connect(port, senders)
+        acked += senders - sum(p.failures for p in protocols)
         cpu_before = process_cpu_seconds(process.pid)
         elapsed, latencies, failures = await drive(protocols, messages)
         cpu_after = process_cpu_seconds(process.pid)
@@ -286,6 +315,7 @@ async def measure(
             _, slow, more = await drive(protocols, each, paced=True, offset=messages)
             figures.paced_p99.append(_percentile(slow, 99))
             failures += more
+            acked += len(slow)
         for protocol in protocols:
             assert protocol.transport is not None
             protocol.transport.close()
@@ -299,6 +329,10 @@ async def measure(
     figures.p50.append(_percentile(latencies, 50))
     figures.p99.append(_percentile(latencies, 99))
     figures.failures += failures
+    rows_after = await inbox_rows(args)
+    if rows_before is not None and rows_after is not None:
+        acked += len(latencies) - failures
+        figures.missing += max(0, acked - (rows_after - rows_before))
     return rate
 
 
@@ -342,7 +376,7 @@ async def main(senders: int, messages: int, rounds: int, paced: int, with_worker
         f"{senders} lockstep senders x {messages} messages, loopback, {rounds} rounds; paced run"
         f" {paced} messages at {PACED_RATE:.0f}/s; load average {os.getloadavg()[0]:.1f}"
     )
-    echo = Figures("python-hl7 echo")
+    echo = Figures("python-hl7 echo", stores=False)
     ours = [Figures("cm-fhir sqlite"), Figures("cm-fhir postgres")]
     busy = [Figures("sqlite + worker"), Figures("postgres + worker")] if with_worker else []
     schema = f"cmfhir_bench_{uuid.uuid4().hex[:10]}"
