@@ -30,11 +30,12 @@ _PRIORITY = {ReviewUrgency.EXPEDITED: "stat", ReviewUrgency.STANDARD: "normal"}
 UCUM_UNITS = {ServiceUnit.DAY: ("d", "days"), ServiceUnit.VISIT: ("{visit}", "visits")}
 
 
-def _urn(spec_base: str, rtype: str, system: str, value: str) -> str:
+def urn(spec_base: str, rtype: str, system: str, value: str) -> str:
     return f"urn:uuid:{resource_id(spec_base, rtype, system, value)}"
 
 
-def _party_resource(party: PartyRef, full_url: str) -> Json:
+def party_resource(party: PartyRef, full_url: str) -> Json:
+    """An Organization or Practitioner with the party's identifier and name, id from its URN."""
     out: Json = {"resourceType": party.kind.value, "id": full_url.rsplit(":", 1)[1]}
     if party.identifier is not None:
         out["identifier"] = [identifier(party.identifier)]
@@ -45,7 +46,8 @@ def _party_resource(party: PartyRef, full_url: str) -> Json:
     return out
 
 
-def _party_key(party: PartyRef) -> str:
+def party_key(party: PartyRef) -> str:
+    """What tells parties apart in their URNs: the identifier, else the name."""
     if party.identifier is not None:
         return f"{party.identifier.system}|{party.identifier.value}"
     return f"display|{party.display}"
@@ -56,6 +58,46 @@ def _coverage_for(case: Case, payer: PartyRef) -> Coverage:
         if coverage.payer == payer:
             return coverage
     raise MappingError("the case has no coverage with this review's payer", path="coverage")
+
+
+def coverage_resource(coverage: Coverage, full_url: str, patient_url: str, payer_url: str) -> Json:
+    """The Coverage: member id (identifier and subscriberId), beneficiary, payer, plan."""
+    coverage_json: Json = {
+        "resourceType": "Coverage",
+        "id": full_url.rsplit(":", 1)[1],
+        "identifier": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                            "code": IdentifierKind.MEMBER_ID.value,
+                        }
+                    ]
+                },
+                "value": coverage.member_id,
+            }
+        ],
+        "status": "active",
+        "subscriberId": coverage.member_id,
+        "beneficiary": {"reference": patient_url},
+        "payor": [{"reference": payer_url}],
+    }
+    if coverage.plan is not None:
+        coverage_json["class"] = [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                            "code": "plan",
+                        }
+                    ]
+                },
+                "value": coverage.plan,
+            }
+        ]
+    return coverage_json
 
 
 def _supporting(seq: int, system: str, category: str, **value: Any) -> Json:
@@ -76,13 +118,13 @@ def pas_request_bundle(
     coverage = _coverage_for(case, review.payer)
     claim_value = local_value(case.id, review.id)
     claim_system = pas.identifier_systems.claim
-    claim_url = _urn(canonical_base, "Claim", claim_system, claim_value)
+    claim_url = urn(canonical_base, "Claim", claim_system, claim_value)
     primary = case.patient.primary
-    patient_url = _urn(canonical_base, "Patient", primary.system, primary.value)
-    coverage_url = _urn(canonical_base, "Coverage", claim_system, f"{claim_value}.coverage")
-    payer_url = _urn(canonical_base, review.payer.kind.value, "party", _party_key(review.payer))
+    patient_url = urn(canonical_base, "Patient", primary.system, primary.value)
+    coverage_url = urn(canonical_base, "Coverage", claim_system, f"{claim_value}.coverage")
+    payer_url = urn(canonical_base, review.payer.kind.value, "party", party_key(review.payer))
     req = review.requester
-    requester_url = _urn(canonical_base, req.kind.value, "party", _party_key(req))
+    requester_url = urn(canonical_base, req.kind.value, "party", party_key(req))
 
     infos: list[Json] = []
     cats = pas.supporting_info
@@ -148,47 +190,13 @@ def pas_request_bundle(
         "id": patient_url.rsplit(":", 1)[1],
         "identifier": [identifier(i) for i in case.patient.identifiers],
     }
-    coverage_json: Json = {
-        "resourceType": "Coverage",
-        "id": coverage_url.rsplit(":", 1)[1],
-        "identifier": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                            "code": IdentifierKind.MEMBER_ID.value,
-                        }
-                    ]
-                },
-                "value": coverage.member_id,
-            }
-        ],
-        "status": "active",
-        "subscriberId": coverage.member_id,
-        "beneficiary": {"reference": patient_url},
-        "payor": [{"reference": payer_url}],
-    }
-    if coverage.plan is not None:
-        coverage_json["class"] = [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/coverage-class",
-                            "code": "plan",
-                        }
-                    ]
-                },
-                "value": coverage.plan,
-            }
-        ]
+    coverage_json = coverage_resource(coverage, coverage_url, patient_url, payer_url)
     resources = [
         (claim_url, {k: v for k, v in claim.items() if v is not None}),
         (patient_url, patient),
         (coverage_url, coverage_json),
-        (payer_url, _party_resource(review.payer, payer_url)),
-        (requester_url, _party_resource(req, requester_url)),
+        (payer_url, party_resource(review.payer, payer_url)),
+        (requester_url, party_resource(req, requester_url)),
     ]
     return {
         "resourceType": "Bundle",
@@ -202,3 +210,21 @@ def pas_request_bundle(
 
 def _coding(system: str, code: str) -> Json:
     return {"system": system, "code": str(code)}
+
+
+def pas_inquiry_bundle(
+    case: Case, review: UtilizationReview, spec: PayerExchange, canonical_base: str
+) -> Json:
+    """The PAS inquiry Bundle for ``Claim/$inquire``: the request's Claim, Patient, Coverage and
+    parties, stamped with the inquiry profiles; the payer finds the request by the Claim's
+    identifier and answers with its current ClaimResponse."""
+    bundle = pas_request_bundle(case, review, spec, canonical_base)
+    pas = spec.pas
+    bundle["meta"] = {"profile": [pas.profiles.inquiry_request_bundle]}
+    bundle["identifier"] = {
+        **bundle["identifier"],
+        "value": f"{bundle['identifier']['value']}.inquiry",
+    }
+    claim = bundle["entry"][0]["resource"]
+    claim["meta"] = {"profile": [pas.profiles.claim_inquiry]}
+    return bundle

@@ -16,12 +16,13 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from cm_fhir.domain.codes import LevelOfCare, ReviewDecision
+from cm_fhir.domain.codes import LevelOfCare, NotificationEvent, ReviewDecision
 from cm_fhir.mapping.loader import load_with_overrides
 from cm_fhir.mapping.registry import absolute_uri, default_registry, load_registry
 
 __all__ = [
     "PAYER_EXCHANGE_FILE",
+    "AlertsSpec",
     "AutoDecision",
     "PasSpec",
     "PayerExchange",
@@ -45,6 +46,8 @@ class PasProfiles(_Spec):
     response_bundle: Uri
     claim: Uri
     claim_response: Uri
+    inquiry_request_bundle: Uri
+    claim_inquiry: Uri
 
 
 class PasExtensions(_Spec):
@@ -90,6 +93,33 @@ class ReviewActions(_Spec):
         return self.codes.get(code, self.default)
 
 
+class AlertProfiles(_Spec):
+    bundle: Uri
+    message_header: Uri
+    encounter: Uri
+
+
+class AlertsSpec(_Spec):
+    """The ``alerts`` section: Da Vinci Unsolicited Notifications of admission, transfer and
+    discharge (event code system, event -> code, profiles, the Bundle identifier system)."""
+
+    event_system: Uri
+    events: dict[NotificationEvent, Token]
+    profiles: AlertProfiles
+    identifier_system: Uri
+
+    @model_validator(mode="after")
+    def _every_event_has_a_code(self) -> AlertsSpec:
+        missing = set(NotificationEvent) - set(self.events)
+        if missing:
+            raise ValueError(f"alerts.events: no code for {sorted(e.value for e in missing)}")
+        return self
+
+    def event_of(self, code: str) -> NotificationEvent | None:
+        """The event a notification-event code stands for (None: not one of ours)."""
+        return next((e for e, c in self.events.items() if c == code), None)
+
+
 class PayerCodeSystems(_Spec):
     level_of_care: Uri
     review_type: Uri
@@ -116,6 +146,7 @@ class PayerExchange(_Spec):
     """``mappings/payer-exchange.yaml``."""
 
     pas: PasSpec
+    alerts: AlertsSpec
     review_actions: ReviewActions
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
@@ -141,8 +172,18 @@ def _resolved(spec: PayerExchange, base: str) -> PayerExchange:
             "identifier_systems": PasIdentifierSystems(**resolve(spec.pas.identifier_systems)),
         }
     )
+    alerts = spec.alerts.model_copy(
+        update={
+            "profiles": AlertProfiles(**resolve(spec.alerts.profiles)),
+            "identifier_system": absolute_uri(base, spec.alerts.identifier_system),
+        }
+    )
     return spec.model_copy(
-        update={"pas": pas, "code_systems": PayerCodeSystems(**resolve(spec.code_systems))}
+        update={
+            "pas": pas,
+            "alerts": alerts,
+            "code_systems": PayerCodeSystems(**resolve(spec.code_systems)),
+        }
     )
 
 

@@ -50,6 +50,7 @@ from cm_fhir.store.tables import InboxState
 from cm_fhir.store.trace import TraceRecord
 from cm_fhir.worker.changes import file_outcome, write_changes
 from cm_fhir.worker.journal import outcome_lines
+from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.policy import (
     DEFAULT_PROCESSING_IDS,
     NOT_APPLIED_RULE,
@@ -184,8 +185,10 @@ class BatchProcessor:
         apply_processing_ids: Collection[str] = DEFAULT_PROCESSING_IDS,
         cache: dict[str, tuple[str, PatientState]] | None = None,
         routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
+        notifier: PayerNotifier | None = None,
     ) -> None:
         self.rules = rules
+        self.notifier = notifier
         self.routes = tuple(routes)
         self.maps = maps
         self.registry = registry
@@ -339,6 +342,13 @@ class BatchProcessor:
             merged = book.merged(keys[0], keys[1:])
             outcome = self.workflow(event, state, self.rules, now=row.received_at, merged=merged)
             built = [build_case(case, self.registry) for case in outcome.changed_cases]
+            messages = (
+                self.notifier.messages(
+                    event, outcome.state, self.rules, keys[0], row.id, row.received_at
+                )
+                if self.notifier is not None
+                else []
+            )
         except Exception as exc:
             failure = self._failure(row, exc)
             changes.outcomes.append(failure)
@@ -348,6 +358,7 @@ class BatchProcessor:
         file_outcome(
             changes, outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key
         )
+        changes.messages += messages
         if attention is None:
             changes.outcomes.append(InboxOutcome(row.id, InboxState.PROCESSED))
         else:
