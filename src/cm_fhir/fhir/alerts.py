@@ -14,6 +14,7 @@ by its identifier and sender. The other way, what a payer reads, is the payer si
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -100,7 +101,8 @@ def notification_bundle(
         raise MappingError("the coverage is not the case's", path="coverage")
     alerts = spec.alerts
     payer = coverage.payer
-    message_value = f"{notice.message_id}|{notice.event.value}|{party_key(payer)}"
+    payer_tag = hashlib.sha256(party_key(payer).encode()).hexdigest()[:12]
+    message_value = f"{notice.message_id}|{notice.event.value}|{payer_tag}"
     system = alerts.identifier_system
     header_url = urn(canonical_base, "MessageHeader", system, message_value)
     primary = case.patient.primary
