@@ -92,7 +92,7 @@ def test_each_event_is_a_message_bundle_with_its_event_code_and_the_encounter_as
     assert encounter["status"] == status
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert len(urls) == len(set(urls))
-    assert all(u == f"urn:uuid:{e['resource']['id']}" for u, e in zip(urls, bundle["entry"]))
+    assert all(e["fullUrl"] == f"urn:uuid:{e['resource']['id']}" for e in bundle["entry"])
 
 
 def test_every_field_of_the_case_and_the_event_is_carried() -> None:
@@ -122,7 +122,8 @@ def test_every_field_of_the_case_and_the_event_is_carried() -> None:
     assert coverage["identifier"][0]["value"] == member.member_id
     assert coverage["beneficiary"] == {"reference": patient_url}
     payers = [e for e in bundle["entry"] if e["fullUrl"] == coverage["payor"][0]["reference"]]
-    assert payers and payers[0]["resource"]["name"] == member.payer.display
+    assert len(payers) == 1
+    assert payers[0]["resource"]["name"] == member.payer.display
     # sender, author and destination
     assert header["destination"][0]["endpoint"] == PAYER_URL
     assert header["destination"][0]["receiver"] == coverage["payor"][0]

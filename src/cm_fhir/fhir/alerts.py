@@ -3,8 +3,8 @@
 :func:`notification_bundle` builds what a provider sends a member's payer to ``$process-message``
 on admission, transfer and discharge: a ``message`` Bundle whose first entry is the MessageHeader
 (``eventCoding`` from the IG's notification-event code system, ``focus`` the Encounter), then the
-Encounter, the Patient, the Coverage, the payer and, when the case names it, the sending
-organisation. Codes, profiles and the identifier system come from the ``alerts`` section of
+Encounter, the Patient, the Coverage, the payer and the sending organisation (the case's managing
+organisation, else ``provider``). Codes, profiles, the identifier system and ``provider`` come from
 ``mappings/payer-exchange.yaml``.
 
 The Bundle's identifier (and its id) follow from the sender's message id and the payer, so a
@@ -111,7 +111,7 @@ def notification_bundle(
     encounter_url = urn(canonical_base, "Encounter", visit.system, visit.value)
     coverage_url = urn(canonical_base, "Coverage", party_key(payer), coverage.member_id)
     payer_url = urn(canonical_base, payer.kind.value, "party", party_key(payer))
-    sender = case.managing_organization
+    sender = case.managing_organization or spec.provider
     sender_url = (
         urn(canonical_base, sender.kind.value, "party", party_key(sender)) if sender else None
     )

@@ -17,6 +17,7 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cm_fhir.domain.codes import LevelOfCare, NotificationEvent, ReviewDecision
+from cm_fhir.domain.common import PartyRef
 from cm_fhir.mapping.loader import load_with_overrides
 from cm_fhir.mapping.registry import absolute_uri, default_registry, load_registry
 
@@ -151,6 +152,8 @@ class PayerExchange(_Spec):
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
     payer_programme: Token
+    provider: PartyRef | None = None
+    """Hospital side: the requester and sender when a case names no managing organisation."""
     auto_decisions: tuple[AutoDecision, ...] = ()
 
     @model_validator(mode="after")

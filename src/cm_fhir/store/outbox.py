@@ -229,7 +229,7 @@ def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
         writes.append(
             CaseWrite(
                 id=int(r.id),
-                case_id=case_id,
+                case_id=str(r.case_id),
                 case_identifier=r.case_identifier,
                 identifiers=tuple(orjson.loads(r.identifiers)),
                 bundle_sha256=r.bundle_sha256,

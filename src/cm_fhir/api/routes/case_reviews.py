@@ -77,7 +77,10 @@ class ReviewRequest(BaseModel):
     admitted: date | None = None
     criteria_set: CriteriaSet | None = None
     payer: PartyRef | None = Field(None, description="Default: the payer of the case's coverage")
-    requester: PartyRef | None = Field(None, description="Default: the managing organisation")
+    requester: PartyRef | None = Field(
+        None,
+        description="Default: the managing organisation, else the provider in payer-exchange.yaml",
+    )
     encounter: Identifier | None = Field(None, description="Default: the case's latest visit")
 
 
@@ -151,6 +154,7 @@ async def post_review(
         if stored is not None:
             summary = await _summary_from_ehr(request, stored.case, body)
     review_id: list[str] = []
+    spec = get_payer_exchange(request)
 
     def change(case: Case) -> Case:
         payer = body.payer or (case.coverage[0].payer if case.coverage else None)
@@ -162,7 +166,7 @@ async def post_review(
             urgency=body.urgency,
             requested=now,
             payer=payer,
-            requester=body.requester or case.managing_organization,
+            requester=body.requester or case.managing_organization or spec.provider,
             encounter=body.encounter or (case.encounters[-1] if case.encounters else None),
             admitted=body.admitted,
             requested_level_of_care=body.level_of_care,

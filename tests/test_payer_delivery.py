@@ -1,0 +1,256 @@
+"""The hospital side of the payer exchange on SQLite and PostgreSQL: ADT events of a member with
+coverage enqueue Da Vinci Alerts notifications; a review asked for through the API enqueues its PAS
+request; the sync worker posts both to the payer, applies the payer's answer and keeps it, asks
+again with ``Claim/$inquire`` while the review is pended, retries while the payer is away and
+keeps a refusal. The payer here answers with cm-fhir's own PAS code over an in-process transport;
+the two-process round trip is in ``test_payer_roundtrip.py``."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from api_fixtures import API_KEY
+from cm_fhir.api.app import create_app
+from cm_fhir.domain import ReviewDecision
+from cm_fhir.fhir.models import validate_bundle
+from cm_fhir.fhir.pas_intake import parse_pas_request
+from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
+from cm_fhir.mapping.payer_exchange import default_payer_exchange
+from cm_fhir.mapping.registry import default_registry
+from cm_fhir.profiles import default_validator, error_issues
+from cm_fhir.settings import load_settings
+from cm_fhir.store.case_tables import cases, outbox
+from cm_fhir.store.case_writes import PayerRoute
+from cm_fhir.store.payer_reviews import payer_reviews
+from cm_fhir.sync.config import PayerEndpointSettings
+from cm_fhir.sync.runner import SyncWorker
+from worker_fixtures import ingest, rows, settle_worker
+from workflow_messages import Visit, hours
+
+SPEC = default_payer_exchange()
+BASE = default_registry().canonical_base
+PAYER = "http://payer.test/fhir"
+ALERTS = "http://hl7.org/fhir/us/davinci-alerts/CodeSystem/notification-event"
+Json = dict[str, Any]
+
+
+@dataclass
+class Payer:
+    """A payer answering with cm-fhir's own PAS code; ``decide`` is what its reviewer decided."""
+
+    received: list[tuple[str, Json]] = field(default_factory=list)
+    decide: dict[str, Any] | None = None
+    fail: int | None = None
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/fhir/")
+        body: Json = json.loads(request.content)
+        self.received.append((path, body))
+        if self.fail is not None:
+            issue = {"severity": "error", "code": "transient" if self.fail >= 500 else "invalid"}
+            return httpx.Response(
+                self.fail, json={"resourceType": "OperationOutcome", "issue": [issue]}
+            )
+        if path == "$process-message":
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "message"})
+        now = datetime.now(UTC)
+        asked = parse_pas_request(body, SPEC, "p1")
+        review = asked.review
+        if self.decide is not None:
+            review = review.decide(at=now, **self.decide)
+        answer = claim_response(review, asked.patient, SPEC, BASE, now)
+        return httpx.Response(200, json=pas_response_bundle(answer, SPEC, now))
+
+
+def visit(tag: str) -> Visit:
+    return Visit(mrn=f"MRN-{tag}", visit=f"V-{tag}")
+
+
+async def admit(engine: AsyncEngine, v: Visit, *events: str) -> str:
+    """Ingest the events of ``v`` and run a worker that tells the payer; the case id."""
+    messages = [v.raw(e, f"{v.visit}-{e}", hours(n)) for n, e in enumerate(events)]
+    await ingest(engine, messages)
+    await settle_worker(engine, payers=(PayerRoute("payer", PAYER),))
+    async with engine.connect() as connection:
+        found = (await connection.execute(select(cases.c.case_id))).scalars().all()
+    assert len(found) == 1
+    return str(found[0])
+
+
+def sync(engine: AsyncEngine, payer: Payer, **options: Any) -> SyncWorker:
+    options.setdefault("inquire_interval", 0)
+    endpoint = PayerEndpointSettings(name="payer", base_url=PAYER, **options)
+    return SyncWorker(engine, [], payers=[endpoint], transport=httpx.MockTransport(payer.handle))
+
+
+@pytest.fixture
+async def hospital(worker_engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
+    settings = load_settings(overrides={"api_keys": API_KEY, "payer_url": PAYER})
+    app = create_app(settings, engine=worker_engine)
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app),
+        base_url="http://cm-fhir.test",
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    ) as http:
+        yield http
+
+
+async def messages(engine: AsyncEngine) -> list[Any]:
+    return [r for r in await rows(engine, outbox) if r.operation is not None]
+
+
+async def test_admission_transfer_and_discharge_of_a_member_are_told_to_the_payer(
+    worker_engine: AsyncEngine,
+) -> None:
+    await admit(worker_engine, visit("a1"), "A01", "A08", "A02", "A03")
+    sent = await messages(worker_engine)
+    assert [r.operation for r in sent] == ["$process-message"] * 3
+    assert {r.endpoint for r in sent} == {"payer"}
+    bundles = [json.loads(r.bundle) for r in sent]
+    codes = [b["entry"][0]["resource"]["eventCoding"] for b in bundles]
+    assert codes == [
+        {"system": ALERTS, "code": f"notification-{e}"} for e in ("admit", "transfer", "discharge")
+    ]
+    for bundle in bundles:
+        validate_bundle(bundle)
+        assert error_issues(default_validator().validate(bundle)) == []
+        kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+        assert kinds >= {"MessageHeader", "Encounter", "Patient", "Coverage"}
+        encounter = bundle["entry"][1]["resource"]
+        assert encounter["identifier"][0]["value"] == "V-a1"
+        coverage = next(e["resource"] for e in bundle["entry"] if "subscriberId" in e["resource"])
+        assert coverage["subscriberId"] == "MEM-778"
+    payer = Payer()
+    async with sync(worker_engine, payer) as worker:
+        assert await worker.drain() == 3
+    assert [p for p, _ in payer.received] == ["$process-message"] * 3
+    assert [b["identifier"] for _, b in payer.received] == [b["identifier"] for b in bundles]
+    assert {r.state for r in await messages(worker_engine)} == {"sent"}
+
+
+async def test_no_coverage_or_no_payer_endpoint_for_its_payer_tells_nobody(
+    worker_engine: AsyncEngine,
+) -> None:
+    await ingest(
+        worker_engine, [Visit(mrn="MRN-n1", visit="V-n1", payer=None).raw("A01", "n1", hours(0))]
+    )
+    await ingest(worker_engine, [visit("n2").raw("A01", "n2", hours(0))])
+    elsewhere = PayerRoute("other", PAYER, frozenset({"ANOTHER-PAYER"}))
+    await settle_worker(worker_engine, payers=(elsewhere,))
+    assert await messages(worker_engine) == []
+    assert len(await rows(worker_engine, cases)) == 2
+
+
+async def test_a_review_is_sent_answered_pended_then_approved_by_inquiry(
+    worker_engine: AsyncEngine, hospital: httpx.AsyncClient
+) -> None:
+    case_id = await admit(worker_engine, visit("r1"), "A01")
+    asked = await hospital.post(
+        f"/api/cases/{case_id}/utilization-reviews",
+        json={"review_type": "concurrent", "level_of_care": "inpatient", "requested_days": 5},
+    )
+    assert asked.status_code == 200, asked.text
+    url = f"/api/cases/{case_id}/utilization-reviews/ur1"
+    queued = (await hospital.get(url)).json()
+    assert queued["payer_exchange"]["state"] == "queued"
+    assert queued["claim_response"] is None
+    submit = [r for r in await messages(worker_engine) if r.operation == "Claim/$submit"]
+    assert len(submit) == 1
+    request = json.loads(submit[0].bundle)
+    assert request["entry"][0]["resource"]["use"] == "preauthorization"
+    assert error_issues(default_validator().validate(request)) == []
+
+    payer = Payer()
+    async with sync(worker_engine, payer, inquire_interval=0.01) as worker:
+        await worker.drain()
+        pended = (await hospital.get(url)).json()
+        assert pended["decision"] == "pended"
+        assert pended["payer_exchange"]["state"] == "pended"
+        assert pended["payer_exchange"]["next_inquiry"] is not None
+        assert pended["claim_response"]["resourceType"] == "ClaimResponse"
+        assert pended["claim_response"]["outcome"] == "queued"
+
+        payer.decide = {
+            "decision": ReviewDecision.APPROVED,
+            "authorized_quantity": 3,
+            "authorization_number": "AUTH-778-1",
+            "next_review": date(2026, 3, 5),
+        }
+        # the answer to $submit was pended: the review is asked about again when due
+        assert await worker.payers[0].inquire_due() == 1
+    assert [p for p, _ in payer.received] == [
+        "$process-message",
+        "Claim/$submit",
+        "Claim/$inquire",
+    ]
+    inquiry = payer.received[-1][1]
+    assert (
+        inquiry["entry"][0]["resource"]["identifier"]
+        == request["entry"][0]["resource"]["identifier"]
+    )
+    decided = (await hospital.get(url)).json()
+    assert decided["decision"] == "approved"
+    assert decided["authorized_quantity"] == 3
+    assert decided["authorization_number"] == "AUTH-778-1"
+    assert decided["next_review"] == "2026-03-05"
+    assert decided["payer_exchange"]["state"] == "decided"
+    assert decided["payer_exchange"]["next_inquiry"] is None
+    kept = decided["claim_response"]
+    assert kept["preAuthRef"] == "AUTH-778-1"
+    assert kept["outcome"] == "complete"
+    async with worker_engine.connect() as connection:
+        row = (await connection.execute(select(payer_reviews))).one()
+    assert json.loads(row.claim_response) == kept
+
+
+async def test_a_payer_away_is_retried_and_a_refusal_is_kept(
+    worker_engine: AsyncEngine, hospital: httpx.AsyncClient
+) -> None:
+    case_id = await admit(worker_engine, visit("f1"), "A01")
+    asked = await hospital.post(
+        f"/api/cases/{case_id}/utilization-reviews",
+        json={"review_type": "admission", "level_of_care": "inpatient", "requested_days": 2},
+    )
+    assert asked.status_code == 200, asked.text
+    payer = Payer(fail=503)
+    async with sync(worker_engine, payer) as worker:
+        await worker.drain()
+        waiting = await messages(worker_engine)
+        assert {r.state for r in waiting} == {"pending"}
+        assert all(r.next_attempt_at is not None for r in waiting)
+        assert len(payer.received) == 1  # the patient's later message waits behind the first
+        payer.fail = 400
+        async with worker_engine.begin() as connection:
+            await connection.execute(update(outbox).values(next_attempt_at=None))
+        await worker.drain()
+    states = {r.operation: r.state for r in await messages(worker_engine)}
+    assert states == {"$process-message": "failed", "Claim/$submit": "failed"}
+    failed = await hospital.get(f"/api/cases/{case_id}/utilization-reviews/ur1")
+    exchange = failed.json()["payer_exchange"]
+    assert exchange["state"] == "failed"
+    assert "400" in exchange["last_error"]
+    assert failed.json()["decision"] == "pended"
+
+
+async def test_without_a_payer_endpoint_a_review_is_recorded_and_nothing_is_sent(
+    worker_engine: AsyncEngine, worker_http: httpx.AsyncClient
+) -> None:
+    case_id = await admit(worker_engine, visit("w1"), "A01")
+    asked = await worker_http.post(
+        f"/api/cases/{case_id}/utilization-reviews",
+        json={"review_type": "concurrent", "level_of_care": "inpatient", "requested_days": 1},
+    )
+    assert asked.status_code == 200, asked.text
+    assert [r.operation for r in await messages(worker_engine)] == ["$process-message"]
+    read = (await worker_http.get(f"/api/cases/{case_id}/utilization-reviews/ur1")).json()
+    assert read["payer_exchange"] is None
+    assert read["decision"] == "pended"
