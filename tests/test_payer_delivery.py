@@ -22,6 +22,7 @@ from api_fixtures import API_KEY
 from cm_fhir.api.app import create_app
 from cm_fhir.domain import ReviewDecision
 from cm_fhir.fhir.models import validate_bundle
+from cm_fhir.fhir.notification import parse_notification
 from cm_fhir.fhir.pas_intake import parse_pas_request
 from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
@@ -96,11 +97,14 @@ def sync(engine: AsyncEngine, payer: Payer, **options: Any) -> SyncWorker:
 async def hospital(worker_engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
     settings = load_settings(overrides={"api_keys": API_KEY, "payer_url": PAYER})
     app = create_app(settings, engine=worker_engine)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app),
-        base_url="http://cm-fhir.test",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://cm-fhir.test",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as http,
+    ):
         yield http
 
 
@@ -129,6 +133,18 @@ async def test_admission_transfer_and_discharge_of_a_member_are_told_to_the_paye
         assert encounter["identifier"][0]["value"] == "V-a1"
         coverage = next(e["resource"] for e in bundle["entry"] if "subscriberId" in e["resource"])
         assert coverage["subscriberId"] == "MEM-778"
+        read = parse_notification(bundle, SPEC)  # what the payer side reads of it
+        assert read.patient.identifiers[0].value == "MRN-a1"
+        assert read.encounter.value == "V-a1"
+        assert read.member_id == "MEM-778"
+        assert read.payer is not None
+        assert read.payer.display == "Example Health Plan"
+        assert read.source == BASE
+    assert [parse_notification(b, SPEC).kind.value for b in bundles] == [
+        "admit",
+        "transfer",
+        "discharge",
+    ]
     payer = Payer()
     async with sync(worker_engine, payer) as worker:
         assert await worker.drain() == 3

@@ -242,14 +242,6 @@ class CriteriaSet(StrEnum):
     LOCAL = "local"
 
 
-class NotificationEvent(StrEnum):
-    """An encounter event a member's payer is notified of (Da Vinci Unsolicited Notifications)."""
-
-    ADMIT = "admit"
-    TRANSFER = "transfer"
-    DISCHARGE = "discharge"
-
-
 class ReviewDecision(StrEnum):
     """The payer's decision on a utilization review."""
 

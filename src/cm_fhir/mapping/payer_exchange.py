@@ -16,15 +16,16 @@ from typing import Annotated, Final
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from cm_fhir.domain.codes import LevelOfCare, NotificationEvent, ReviewDecision
+from cm_fhir.domain.codes import LevelOfCare, ReviewDecision
 from cm_fhir.domain.common import PartyRef
+from cm_fhir.domain.events import NoticeKind
 from cm_fhir.mapping.loader import load_with_overrides
 from cm_fhir.mapping.registry import absolute_uri, default_registry, load_registry
 
 __all__ = [
     "PAYER_EXCHANGE_FILE",
-    "AlertsSpec",
     "AutoDecision",
+    "Notifications",
     "PasSpec",
     "PayerExchange",
     "ReviewActions",
@@ -94,33 +95,6 @@ class ReviewActions(_Spec):
         return self.codes.get(code, self.default)
 
 
-class AlertProfiles(_Spec):
-    bundle: Uri
-    message_header: Uri
-    encounter: Uri
-
-
-class AlertsSpec(_Spec):
-    """The ``alerts`` section: Da Vinci Unsolicited Notifications of admission, transfer and
-    discharge (event code system, event -> code, profiles, the Bundle identifier system)."""
-
-    event_system: Uri
-    events: dict[NotificationEvent, Token]
-    profiles: AlertProfiles
-    identifier_system: Uri
-
-    @model_validator(mode="after")
-    def _every_event_has_a_code(self) -> AlertsSpec:
-        missing = set(NotificationEvent) - set(self.events)
-        if missing:
-            raise ValueError(f"alerts.events: no code for {sorted(e.value for e in missing)}")
-        return self
-
-    def event_of(self, code: str) -> NotificationEvent | None:
-        """The event a notification-event code stands for (None: not one of ours)."""
-        return next((e for e, c in self.events.items() if c == code), None)
-
-
 class PayerCodeSystems(_Spec):
     level_of_care: Uri
     review_type: Uri
@@ -143,17 +117,39 @@ class AutoDecision(_Spec):
         return self
 
 
+class Notifications(_Spec):
+    """The ``notifications`` section: Da Vinci Unsolicited Notifications a payer receives."""
+
+    event_system: Uri
+    events: dict[Token, NoticeKind] = Field(min_length=1)
+    """MessageHeader.eventCoding code -> what happened to the stay."""
+    bundle_profile: Uri | None = None
+    concurrent_review_every: int = Field(default=1, ge=1, le=30)
+    """Days from an admission (and from each review) to the next concurrent review."""
+    message_header_profile: Uri | None = None
+    encounter_profile: Uri | None = None
+    identifier_system: Uri | None = None
+    """The system of the Bundle identifier of the notifications a hospital sends."""
+
+    def code_of(self, kind: NoticeKind) -> str:
+        """The event code a notice of ``kind`` is sent with (the first listed)."""
+        for code, meaning in self.events.items():
+            if meaning == kind:
+                return code
+        raise ValueError(f"notifications.events: no code for {kind.value}")
+
+
 class PayerExchange(_Spec):
     """``mappings/payer-exchange.yaml``."""
 
     pas: PasSpec
-    alerts: AlertsSpec
     review_actions: ReviewActions
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
     payer_programme: Token
     provider: PartyRef | None = None
     """Hospital side: the requester and sender when a case names no managing organisation."""
+    notifications: Notifications
     auto_decisions: tuple[AutoDecision, ...] = ()
 
     @model_validator(mode="after")
@@ -175,16 +171,14 @@ def _resolved(spec: PayerExchange, base: str) -> PayerExchange:
             "identifier_systems": PasIdentifierSystems(**resolve(spec.pas.identifier_systems)),
         }
     )
-    alerts = spec.alerts.model_copy(
-        update={
-            "profiles": AlertProfiles(**resolve(spec.alerts.profiles)),
-            "identifier_system": absolute_uri(base, spec.alerts.identifier_system),
-        }
-    )
+    notifications = spec.notifications
+    if notifications.identifier_system is not None:
+        system = absolute_uri(base, notifications.identifier_system)
+        notifications = notifications.model_copy(update={"identifier_system": system})
     return spec.model_copy(
         update={
             "pas": pas,
-            "alerts": alerts,
+            "notifications": notifications,
             "code_systems": PayerCodeSystems(**resolve(spec.code_systems)),
         }
     )

@@ -2,7 +2,7 @@
 
 Declared on the inbox's :data:`~cm_fhir.store.tables.metadata` so one comparison test covers every
 table against the hand-written migrations (``0002_cases_outbox``, ``0004_worker_fidelity``,
-``0007_outbox_delivery``, ``0009_payer_exchange``).
+``0007_outbox_delivery``, ``0010_payer_exchange``).
 ``patient_states`` holds the workflow's :class:`~cm_fhir.workflow.PatientState` document per
 patient key (a merged-away key is a row with ``alias_of`` set and no document) and when the worker
 next checks its cases for closing (``close_check_at``); ``cases`` is the queryable projection of
@@ -91,6 +91,7 @@ cases = Table(
 )
 Index("ix_cases_patient_key", cases.c.patient_key)
 Index("ix_cases_status", cases.c.status, cases.c.team)
+Index("ix_cases_programme", cases.c.programme, cases.c.status)
 
 outbox = Table(
     "outbox",

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cm_fhir.domain.case import Case, Coverage
-from cm_fhir.domain.codes import NotificationEvent
 from cm_fhir.domain.common import Identifier
+from cm_fhir.domain.events import EncounterNotice, NoticeKind
 from cm_fhir.fhir import dumps
-from cm_fhir.fhir.alerts import EncounterNotice, notification_bundle
+from cm_fhir.fhir.notification import notification_bundle
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.rules import DischargeRules
@@ -32,10 +32,10 @@ __all__ = ["PROCESS_MESSAGE", "TRIGGERS", "PayerNotifier"]
 
 PROCESS_MESSAGE = "$process-message"
 #: The trigger events a payer is told of.
-TRIGGERS: dict[str, NotificationEvent] = {
-    "A01": NotificationEvent.ADMIT,
-    "A02": NotificationEvent.TRANSFER,
-    "A03": NotificationEvent.DISCHARGE,
+TRIGGERS: dict[str, NoticeKind] = {
+    "A01": NoticeKind.ADMIT,
+    "A02": NoticeKind.TRANSFER,
+    "A03": NoticeKind.DISCHARGE,
 }
 #: HL7 v2 patient class (PV1-2) -> v3 ActCode encounter class.
 _CLASSES = {"I": "IMP", "E": "EMER", "O": "AMB", "P": "PRENC", "R": "AMB", "B": "IMP"}
@@ -60,7 +60,8 @@ class PayerNotifier:
     routes: Sequence[PayerRoute]
     spec: PayerExchange
     canonical_base: str
-    events: Collection[NotificationEvent] = tuple(NotificationEvent)
+    """Where the notifications say they come from (MessageHeader.source.endpoint)."""
+    events: Collection[NoticeKind] = tuple(NoticeKind)
 
     def messages(
         self,
@@ -90,8 +91,8 @@ class PayerNotifier:
                     if key in told:
                         continue
                     told.add(key)
-                    notice = self._notice(event, kind, encounter, rules, now)
-                    out.append(self._entry(case, coverage, notice, route, patient_key, inbox_id))
+                    notice = self._notice(event, kind, case, coverage, encounter, rules, now)
+                    out.append(self._entry(case, notice, route, patient_key, inbox_id))
         return out
 
     def _routes_for(self, coverage: Coverage) -> list[PayerRoute]:
@@ -101,45 +102,53 @@ class PayerNotifier:
     def _notice(
         self,
         event: AdtEvent,
-        kind: NotificationEvent,
+        kind: NoticeKind,
+        case: Case,
+        coverage: Coverage,
         encounter: Identifier,
         rules: DischargeRules,
         now: datetime,
     ) -> EncounterNotice:
         visit = event.visit
-        when = event_time(event, rules, now)
         patient_class = visit.patient_class.source if visit and visit.patient_class else None
+        payer = hashlib.sha256(coverage.payer.model_dump_json().encode()).hexdigest()[:12]
+        sender = f"{event.sending_facility or ''}|{event.message_control_id}"
         return EncounterNotice(
-            event=kind,
-            message_id=f"{event.sending_facility or ''}|{event.message_control_id}",
-            occurred=when,
+            message_id=f"{sender[:150]}|{kind.value}|{payer}",
+            source=self.canonical_base,
+            kind=kind,
+            at=event_time(event, rules, now),
+            patient=case.patient,
             encounter=encounter,
-            encounter_class=_CLASSES.get(patient_class or "I", "IMP"),
             admitted=visit.admit_time if visit is not None else None,
             discharged=visit.discharge_time if visit is not None else None,
-            location=_location(event) if kind != NotificationEvent.DISCHARGE else None,
+            encounter_class=_CLASSES.get(patient_class or "I", "IMP"),
+            location=_location(event) if kind != NoticeKind.DISCHARGE else None,
+            facility=case.managing_organization or self.spec.provider,
+            payer=coverage.payer,
+            member_id=coverage.member_id,
         )
 
     def _entry(
         self,
         case: Case,
-        coverage: Coverage,
         notice: EncounterNotice,
         route: PayerRoute,
         patient_key: str,
         inbox_id: int | None,
     ) -> OutboxEntry:
         bundle = notification_bundle(
-            case, coverage, notice, self.spec, self.canonical_base, route.base_url
+            notice, self.spec, timestamp=notice.at, destination=route.base_url
         )
         data = dumps(bundle)
         ident = bundle["identifier"]
+        key = f"{ident.get('system', '')}|{ident['value']}"
         return OutboxEntry(
             case_id=case.id,
             patient_key=patient_key,
             inbox_message_id=inbox_id,
-            case_identifier=f"{ident['system']}|{ident['value']}"[:500],
-            identifiers=(f"Bundle|{ident['system']}|{ident['value']}",),
+            case_identifier=key[:500],
+            identifiers=(f"Bundle|{key}",),
             bundle_sha256=hashlib.sha256(data).hexdigest(),
             bundle=data,
             endpoint=route.name,

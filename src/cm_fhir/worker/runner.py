@@ -24,7 +24,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.domain.codes import NotificationEvent
+from cm_fhir.domain.events import NoticeKind
 from cm_fhir.errors import StoreError
 from cm_fhir.ingest import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
@@ -39,7 +39,7 @@ from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
-from cm_fhir.workflow import PatientState, apply_event
+from cm_fhir.workflow import PatientState
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -63,7 +63,7 @@ class WorkerConfig:
     apply_processing_ids: frozenset[str] = frozenset(_DEFAULTS.apply_processing_ids)
     routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES  # the endpoints outbox Bundles go to
     payers: tuple[PayerRoute, ...] = ()  # the payers told of members' admissions and discharges
-    notify_events: frozenset[NotificationEvent] = frozenset(NotificationEvent)
+    notify_events: frozenset[NoticeKind] = frozenset(NoticeKind)
 
     @classmethod
     def from_settings(
@@ -71,7 +71,7 @@ class WorkerConfig:
         worker: WorkerSettings,
         routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES,
         payers: tuple[PayerRoute, ...] = (),
-        notify_events: Collection[str] = tuple(NotificationEvent),
+        notify_events: Collection[str] = tuple(NoticeKind),
     ) -> WorkerConfig:
         """The configuration of the ``worker`` settings, enqueuing for ``routes`` and telling
         ``payers`` of ``notify_events``."""
@@ -84,7 +84,7 @@ class WorkerConfig:
             apply_processing_ids=frozenset(worker.apply_processing_ids),
             routes=routes,
             payers=payers,
-            notify_events=frozenset(NotificationEvent(e) for e in notify_events),
+            notify_events=frozenset(NoticeKind(e) for e in notify_events),
         )
 
 
@@ -108,7 +108,7 @@ class Worker:
         rules: DischargeRules | None = None,
         maps: AdtConceptMaps | None = None,
         registry: MappingRegistry | None = None,
-        apply: ApplyEvent = apply_event,
+        apply: ApplyEvent | None = None,
         payer_exchange: PayerExchange | None = None,
     ) -> None:
         self.engine = engine
@@ -128,6 +128,7 @@ class Worker:
             apply_processing_ids=self.config.apply_processing_ids,
             cache=decoded,
             routes=self.config.routes,
+            payer=payer_exchange,
             notifier=PayerNotifier(
                 self.config.payers,
                 payer_exchange or default_payer_exchange(),

@@ -100,7 +100,14 @@ def _record(
             review,
             read.member_id,
         )
-        create_case(connection, case.add_utilization_review(decided), registry, now, routes=routes)
+        create_case(
+            connection,
+            case.add_utilization_review(decided),
+            registry,
+            now,
+            routes=routes,
+            in_state=True,
+        )
         return case, decided
 
     def add(case: Case) -> Case:

@@ -6,8 +6,8 @@ utilization review sent to a payer, where it went, its state, when to ask again
 (``Claim/$inquire``) and the payer's last ClaimResponse as received (see
 :mod:`cm_fhir.store.payer_reviews`).
 
-Revision ID: 0009_payer_exchange
-Revises: 0008_status_back
+Revision ID: 0010_payer_exchange
+Revises: 0009_inbox_fhir
 Create Date: 2026-12-01
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009_payer_exchange"
-down_revision: str | None = "0008_status_back"
+revision = "0010_payer_exchange"
+down_revision: str | None = "0009_inbox_fhir"
 branch_labels: str | None = None
 depends_on: str | None = None
 
