@@ -14,7 +14,7 @@ Functions run in the caller's transaction.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -98,6 +98,11 @@ class PayerReview:
     last_error: str | None
 
 
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite gives back naive datetimes: they were written in UTC."""
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
 def _review(row: Any) -> PayerReview:
     return PayerReview(
         case_id=row.case_id,
@@ -105,11 +110,11 @@ def _review(row: Any) -> PayerReview:
         endpoint=row.endpoint,
         request_key=row.request_key,
         state=PayerReviewState(row.state),
-        submitted_at=row.submitted_at,
-        next_inquiry_at=row.next_inquiry_at,
+        submitted_at=_aware(row.submitted_at),
+        next_inquiry_at=_aware(row.next_inquiry_at),
         inquiries=int(row.inquiries),
         claim_response=orjson.loads(row.claim_response) if row.claim_response else None,
-        received_at=row.received_at,
+        received_at=_aware(row.received_at),
         last_error=row.last_error,
     )
 

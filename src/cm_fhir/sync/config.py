@@ -176,6 +176,12 @@ class PayerSettings(_Section):
     """The payers of the ``sync`` worker role."""
 
     endpoints: tuple[PayerEndpointSettings, ...] = ()
+    token: SecretStr | None = Field(
+        None, description="Bearer token the payer endpoint of payer_url is called with."
+    )
+    inquire_interval: float = Field(
+        300.0, ge=0, description="inquire_interval of the payer endpoint of payer_url."
+    )
     notify_events: tuple[Literal["admit", "transfer", "discharge"], ...] = Field(
         ("admit", "transfer", "discharge"),
         description="The ADT events a member's payer is notified of (Da Vinci Alerts).",
@@ -199,7 +205,14 @@ def configured_payers(
             raise ValueError(
                 "payer_url configures the payer endpoint 'payer'; rename the other one"
             )
-        out.insert(0, PayerEndpointSettings(name=PAYER_ENDPOINT, base_url=payer_url))
+        auth = EndpointAuth(kind="bearer", token=payer.token) if payer.token else EndpointAuth()
+        simple = PayerEndpointSettings(
+            name=PAYER_ENDPOINT,
+            base_url=payer_url,
+            auth=auth,
+            inquire_interval=payer.inquire_interval,
+        )
+        out.insert(0, simple)
     clash = {e.name for e in out} & {e.name for e in ehr}
     if clash:
         raise ValueError(f"a payer endpoint and an ehr endpoint share the name {sorted(clash)[0]}")

@@ -252,9 +252,11 @@ class PayerDelivery:
         try:
             response = await self.client.request("POST", INQUIRE, body=bundle)
             answer = response.json()
-        except Exception as exc:
+        except Exception as exc:  # asked again later, backing off while it keeps failing
             now = datetime.now(UTC)
-            later = self._next_inquiry(review, now) or now + timedelta(hours=1)
+            step = max(self.endpoint.inquire_interval, self.config.retry_base)
+            wait = min(step * 2 ** min(sent.inquiries, 16), max(self.config.retry_max, step))
+            later = now + timedelta(seconds=wait)
             async with self.engine.begin() as connection:
                 await connection.run_sync(
                     record_refusal,
