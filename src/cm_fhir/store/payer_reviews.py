@@ -6,7 +6,8 @@ that records the review and enqueues its PAS request (``Claim/$submit``) in the 
 review is never asked for twice or forgotten. ``state`` is ``queued`` until the payer has taken
 the request, then ``pended`` while it has not decided, ``decided`` once it has, or ``failed`` when
 the payer refused the request for good. A pended review is asked about again
-(``Claim/$inquire``) at ``next_inquiry_at``. ``claim_response`` is the payer's last
+(``Claim/$inquire``) at ``next_inquiry_at``; ``inquiries`` counts the inquiries that failed in a
+row (they back off). ``claim_response`` is the payer's last
 ClaimResponse exactly as received (JSON text), kept for audit and for the review's readers.
 Functions run in the caller's transaction.
 """
@@ -183,6 +184,7 @@ def record_answer(
             received_at=now,
             next_inquiry_at=None if decided else next_inquiry,
             last_error=error,
+            inquiries=0,
             updated_at=now,
         )
     )

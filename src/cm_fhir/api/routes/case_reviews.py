@@ -189,7 +189,7 @@ class PayerExchangeView(BaseModel):
     state: str = Field(description="queued, pended, decided or failed")
     submitted: datetime | None
     next_inquiry: datetime | None
-    inquiries: int
+    inquiries: int = Field(description="Inquiries that failed in a row")
     received: datetime | None
     last_error: str | None
 
