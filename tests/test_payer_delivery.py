@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from api_fixtures import API_KEY
 from cm_fhir.api.app import create_app
 from cm_fhir.domain import ReviewDecision
+from cm_fhir.errors import ConfigError
 from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.notification import parse_notification
 from cm_fhir.fhir.pas_intake import parse_pas_request
@@ -28,7 +29,8 @@ from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.profiles import default_validator, error_issues
-from cm_fhir.settings import load_settings
+from cm_fhir.service import Service
+from cm_fhir.settings import Role, load_settings
 from cm_fhir.store.case_tables import cases, outbox
 from cm_fhir.store.case_writes import PayerRoute
 from cm_fhir.store.payer_reviews import payer_reviews
@@ -270,3 +272,31 @@ async def test_without_a_payer_endpoint_a_review_is_recorded_and_nothing_is_sent
     read = (await worker_http.get(f"/api/cases/{case_id}/utilization-reviews/ur1")).json()
     assert read["payer_exchange"] is None
     assert read["decision"] == "pended"
+
+
+def test_payer_url_is_one_endpoint_with_its_token_and_the_sync_role_runs_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CM_FHIR_PAYER__TOKEN", "payer-secret-0123456789")
+    monkeypatch.setenv("CM_FHIR_PAYER__INQUIRE_INTERVAL", "12.5")
+    settings = load_settings(overrides={"api_keys": API_KEY, "payer_url": PAYER})
+    (payer,) = settings.payer_endpoints
+    assert (payer.name, payer.base_url, payer.inquire_interval) == ("payer", PAYER, 12.5)
+    assert payer.auth.kind == "bearer"
+    assert payer.auth.token is not None
+    assert payer.auth.token.get_secret_value() == "payer-secret-0123456789"
+    assert settings.endpoints == ()
+    assert Role.SYNC in Service(settings).roles
+    assert Role.SYNC not in Service(load_settings(overrides={"api_keys": API_KEY})).roles
+
+
+def test_a_payer_endpoint_may_not_share_an_ehr_endpoints_name() -> None:
+    settings = load_settings(
+        overrides={
+            "api_keys": API_KEY,
+            "payer_url": PAYER,
+            "ehr": {"endpoints": [{"name": "payer", "base_url": "http://ehr.test/fhir"}]},
+        }
+    )
+    with pytest.raises(ConfigError, match="share the name payer"):
+        Service(settings)
