@@ -35,6 +35,7 @@ from cm_fhir.store.case_tables import cases, outbox
 from cm_fhir.store.case_writes import PayerRoute
 from cm_fhir.store.payer_reviews import payer_reviews
 from cm_fhir.sync.config import PayerEndpointSettings
+from cm_fhir.sync.notifications import read_notification
 from cm_fhir.sync.runner import SyncWorker
 from worker_fixtures import ingest, rows, settle_worker
 from workflow_messages import Visit, hours
@@ -300,3 +301,104 @@ def test_a_payer_endpoint_may_not_share_an_ehr_endpoints_name() -> None:
     )
     with pytest.raises(ConfigError, match="share the name payer"):
         Service(settings)
+
+
+def backport(number: int, focus: str, resource: Json | None = None) -> Json:
+    """An R4 Subscription notification (R5 Backport) of one event, full-resource or id-only."""
+    parameters = [
+        {"name": "subscription", "valueReference": {"reference": f"{PAYER}/Subscription/s1"}},
+        {"name": "type", "valueCode": "event-notification"},
+        {"name": "events-since-subscription-start", "valueString": str(number)},
+        {
+            "name": "notification-event",
+            "part": [
+                {"name": "event-number", "valueString": str(number)},
+                {"name": "focus", "valueReference": {"reference": focus}},
+            ],
+        },
+    ]
+    entries: list[Json] = [{"resource": {"resourceType": "Parameters", "parameter": parameters}}]
+    if resource is not None:
+        entries.append({"fullUrl": focus, "resource": resource})
+    return {"resourceType": "Bundle", "type": "history", "entry": entries}
+
+
+async def test_a_payer_that_notifies_brings_the_decision_without_polling(
+    worker_engine: AsyncEngine,
+) -> None:
+    secret = "payer-notification-secret-0123"
+    settings = load_settings(
+        overrides={
+            "api_keys": API_KEY,
+            "payer": {
+                "endpoints": [{"name": "payer", "base_url": PAYER, "notification_secret": secret}]
+            },
+        }
+    )
+    app = create_app(settings, engine=worker_engine)
+    case_id = await admit(worker_engine, visit("s1"), "A01")
+    async with app.router.lifespan_context(app), httpx.AsyncClient(
+        transport=httpx.ASGITransport(app), base_url="http://cm-fhir.test"
+    ) as http:
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        asked = await http.post(
+            f"/api/cases/{case_id}/utilization-reviews",
+            json={
+                "review_type": "concurrent",
+                "level_of_care": "inpatient",
+                "requested_days": 4,
+            },
+            headers=auth,
+        )
+        assert asked.status_code == 200, asked.text
+        payer = Payer()
+        async with sync(worker_engine, payer) as worker:  # no polling: interval 0
+            await worker.drain()
+        url = f"/api/cases/{case_id}/utilization-reviews/ur1"
+        assert (await http.get(url, headers=auth)).json()["payer_exchange"]["state"] == "pended"
+        request = payer.received[-1][1]
+        asked_review = parse_pas_request(request, SPEC, "p1")
+        now = datetime.now(UTC)
+        approved = asked_review.review.decide(
+            ReviewDecision.APPROVED, now, authorized_quantity=2, authorization_number="N-77"
+        )
+        answer = claim_response(approved, asked_review.patient, SPEC, BASE, now)
+        path = "/fhir/subscription-notification/payer"
+        refused = await http.post(path, json=backport(1, f"{PAYER}/ClaimResponse/c1", answer))
+        assert refused.status_code == 401
+        notified = await http.post(
+            path,
+            json=backport(1, f"{PAYER}/ClaimResponse/c1", answer),
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert notified.status_code == 200, notified.text
+        assert "applied 1" in notified.json()["issue"][0]["details"]["text"]
+        read = (await http.get(url, headers=auth)).json()
+        assert read["decision"] == "approved"
+        assert read["authorized_quantity"] == 2
+        assert read["authorization_number"] == "N-77"
+        assert read["claim_response"] == answer
+        assert read["payer_exchange"]["state"] == "decided"
+
+
+async def test_an_id_only_notification_makes_pended_reviews_due_for_an_inquiry(
+    worker_engine: AsyncEngine, hospital: httpx.AsyncClient
+) -> None:
+    case_id = await admit(worker_engine, visit("s2"), "A01")
+    asked = await hospital.post(
+        f"/api/cases/{case_id}/utilization-reviews",
+        json={"review_type": "concurrent", "level_of_care": "inpatient", "requested_days": 4},
+    )
+    assert asked.status_code == 200, asked.text
+    payer = Payer()
+    async with sync(worker_engine, payer) as worker:
+        await worker.drain()
+        delivery = worker.payers[0]
+        assert await delivery.inquire_due() == 0  # no polling configured
+        result = await delivery.notify(read_notification(backport(1, f"{PAYER}/ClaimResponse/c9")))
+        assert result.counts == {"inquire": 1}
+        payer.decide = {"decision": ReviewDecision.DENIED, "reason": "Not medically necessary."}
+        assert await delivery.inquire_due() == 1
+    read = (await hospital.get(f"/api/cases/{case_id}/utilization-reviews/ur1")).json()
+    assert read["decision"] == "denied"
+    assert read["decision_reason"] == "Not medically necessary."

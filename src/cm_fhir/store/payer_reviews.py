@@ -40,6 +40,8 @@ __all__ = [
     "PayerReview",
     "PayerReviewState",
     "due_inquiries",
+    "find_by_request",
+    "inquire_now",
     "payer_reviews",
     "read_payer_review",
     "record_answer",
@@ -226,3 +228,21 @@ def due_inquiries(
         .limit(limit)
     )
     return [_review(row) for row in connection.execute(query)]
+
+
+def find_by_request(connection: Connection, endpoint: str, request_key: str) -> PayerReview | None:
+    """The review sent to ``endpoint`` whose PAS Claim identifier is ``request_key``."""
+    row = connection.execute(
+        select(_t).where(_t.c.endpoint == endpoint, _t.c.request_key == request_key).limit(1)
+    ).first()
+    return _review(row) if row is not None else None
+
+
+def inquire_now(connection: Connection, endpoint: str, now: datetime) -> int:
+    """Make every pended review at ``endpoint`` due for an inquiry now; how many."""
+    result = connection.execute(
+        update(_t)
+        .where(_t.c.endpoint == endpoint, _t.c.state == PayerReviewState.PENDED.value)
+        .values(next_inquiry_at=now, updated_at=now)
+    )
+    return int(result.rowcount)

@@ -12,8 +12,12 @@ through the one case write path, in the transaction that settles the row, and ke
 (``payer_reviews``). A pended answer is asked about again: :meth:`PayerDelivery.inquire_due`
 posts a PAS inquiry to ``Claim/$inquire`` for each pended review whose time has come (every
 ``inquire_interval`` seconds, never later than the review's deadline) and applies the answer the
-same way. An answer that contradicts an earlier decision changes nothing and is noted on the
-review's row; errors name types and statuses, never content.
+same way. Where the payer notifies (an R4 Subscription notification, R5 Backport, received at
+``/fhir/subscription-notification/{endpoint}``), :meth:`PayerDelivery.notify` applies each
+ClaimResponse the notification carries to the review it answers, and makes the endpoint's pended
+reviews due for an inquiry at once when it carries only references. An answer that contradicts an
+earlier decision changes nothing and is noted on the review's row; errors name types and
+statuses, never content.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from cm_fhir.store.outbox import CaseWrite, claim_patients, settle_failed, settl
 from cm_fhir.store.payer_reviews import (
     PayerReview,
     due_inquiries,
+    find_by_request,
+    inquire_now,
     read_payer_review,
     record_answer,
     record_refusal,
@@ -49,6 +55,8 @@ from cm_fhir.store.payer_reviews import (
 )
 from cm_fhir.sync.config import EhrSettings, PayerEndpointSettings
 from cm_fhir.sync.deliver import DeliveryStats, error_text, is_retryable, outcome_bytes
+from cm_fhir.sync.notifications import Notification
+from cm_fhir.sync.status_back import PassResult
 
 __all__ = ["INQUIRE", "SUBMIT", "PayerDelivery"]
 
@@ -270,3 +278,35 @@ class PayerDelivery:
         now = datetime.now(UTC)
         async with self.engine.begin() as connection:
             await connection.run_sync(self._apply_answer, sent, answer, now)
+
+    # -- subscription notifications -------------------------------------------------------
+
+    async def notify(self, notification: Notification) -> PassResult:
+        """Apply the ClaimResponses a notification carries; ask at once about the rest."""
+        result = PassResult()
+        if not notification.carries_events:
+            return result
+        now = datetime.now(UTC)
+        ask = False
+        async with self.engine.begin() as connection:
+            for event in notification.events:
+                resource = event.resource
+                if (
+                    not isinstance(resource, dict)
+                    or resource.get("resourceType") != "ClaimResponse"
+                ):
+                    ask = True  # id-only, or not the answer itself: read it with $inquire
+                    continue
+                request = (resource.get("request") or {}).get("identifier") or {}
+                key = f"{request.get('system', '')}|{request.get('value', '')}"
+                sent = await connection.run_sync(find_by_request, self.endpoint.name, key)
+                if sent is None:
+                    result.counts["unknown"] = result.counts.get("unknown", 0) + 1
+                    continue
+                await connection.run_sync(self._apply_answer, sent, resource, now)
+                result.counts["applied"] = result.counts.get("applied", 0) + 1
+                result.cases.add(sent.case_id)
+            if ask:
+                asked = await connection.run_sync(inquire_now, self.endpoint.name, now)
+                result.counts["inquire"] = asked
+        return result
