@@ -4,6 +4,8 @@ what a payer refuses (with the element named); the R4 check of what is received 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,6 +14,7 @@ from cm_fhir.domain.events import NoticeKind
 from cm_fhir.errors import MappingError, ValidationError
 from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.notification import notification_bundle, parse_notification, read_header
+from cm_fhir.fhir.pas_request import pas_inquiry_bundle
 from notification_samples import ADMITTED, SPEC, bundle, notice
 
 Json = dict[str, Any]
@@ -127,3 +130,14 @@ def test_a_resource_that_is_not_r4_is_refused_with_its_operation_outcome() -> No
     assert issues
     assert all(i["severity"] == "error" for i in issues)
     assert ["Bundle.entry[1].resource.priority"] in [i.get("expression") for i in issues]
+
+
+def test_the_shipped_examples_are_what_the_code_builds_today() -> None:
+    folder = Path(__file__).resolve().parents[1] / "examples" / "pas"
+    shipped = {p.name: json.loads(p.read_text()) for p in folder.glob("*.json")}
+    assert shipped["admit-notification.json"] == bundle(NoticeKind.ADMIT)
+    assert shipped["discharge-notification.json"] == bundle(NoticeKind.DISCHARGE)
+    request = shipped["irf-admission-request.json"]
+    assert shipped["irf-admission-inquiry.json"] == pas_inquiry_bundle(request)
+    for document in shipped.values():
+        validate_bundle(document)

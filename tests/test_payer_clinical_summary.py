@@ -198,11 +198,14 @@ async def hospital(
 ) -> AsyncIterator[httpx.AsyncClient]:
     settings = load_settings(overrides={"api_keys": API_KEY, "ehr_url": fhir_server})
     app = create_app(settings, engine=worker_engine)
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app),
-        base_url="http://cm-fhir.test",
-        headers={"Authorization": f"Bearer {API_KEY}"},
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://cm-fhir.test",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as http,
+    ):
         yield http
 
 

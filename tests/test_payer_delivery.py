@@ -337,9 +337,12 @@ async def test_a_payer_that_notifies_brings_the_decision_without_polling(
     )
     app = create_app(settings, engine=worker_engine)
     case_id = await admit(worker_engine, visit("s1"), "A01")
-    async with app.router.lifespan_context(app), httpx.AsyncClient(
-        transport=httpx.ASGITransport(app), base_url="http://cm-fhir.test"
-    ) as http:
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app), base_url="http://cm-fhir.test"
+        ) as http,
+    ):
         auth = {"Authorization": f"Bearer {API_KEY}"}
         asked = await http.post(
             f"/api/cases/{case_id}/utilization-reviews",

@@ -305,3 +305,36 @@ def _member_id(entries: list[Json], claim: Json) -> str | None:
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
             return str(ident["value"])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class PasInquiry:
+    """What a PAS inquiry (``Claim/$inquire``) asks about: the request and its patient."""
+
+    request: Identifier
+    patient: PatientRef
+
+
+def parse_pas_inquiry(bundle: Any) -> PasInquiry:
+    """The request a PAS inquiry Bundle asks about; MappingError naming what is unusable.
+
+    The inquiry's Claim carries the identifier of the Claim first submitted and names its patient
+    (in the Bundle or by a logical identifier); the Claim must be valid R4 (ValidationError)."""
+    entries = _entries(bundle)
+    _, claim = _claim(entries)
+    claim_ids = identifiers_of(claim, None, "Claim")
+    if not claim_ids:
+        raise MappingError(
+            "the inquiry's Claim needs the identifier of the request asked about",
+            path="Claim.identifier",
+        )
+    patient_ref = claim.get("patient")
+    patient_ids = identifiers_of(
+        resolve_reference(entries, patient_ref), patient_ref, "Claim.patient"
+    )
+    if not patient_ids:
+        raise MappingError(
+            "the Claim's patient has no identifier with a system", path="Claim.patient"
+        )
+    validate_resource(claim)
+    return PasInquiry(claim_ids[0], PatientRef(identifiers=tuple(patient_ids)))

@@ -7,6 +7,7 @@ requesting provider. The Claim carries the requested level of care and quantity 
 ``priority`` and the review type as ``subType``.
 
 The other way, what a payer receives, is :mod:`cm_fhir.fhir.pas_intake`.
+:func:`pas_inquiry_bundle` builds the ``Claim/$inquire`` Bundle for a submitted request.
 """
 
 from __future__ import annotations
@@ -212,19 +213,33 @@ def _coding(system: str, code: str) -> Json:
     return {"system": system, "code": str(code)}
 
 
-def pas_inquiry_bundle(
-    case: Case, review: UtilizationReview, spec: PayerExchange, canonical_base: str
-) -> Json:
-    """The PAS inquiry Bundle for ``Claim/$inquire``: the request's Claim, Patient, Coverage and
-    parties, stamped with the inquiry profiles; the payer finds the request by the Claim's
-    identifier and answers with its current ClaimResponse."""
-    bundle = pas_request_bundle(case, review, spec, canonical_base)
-    pas = spec.pas
-    bundle["meta"] = {"profile": [pas.profiles.inquiry_request_bundle]}
-    bundle["identifier"] = {
-        **bundle["identifier"],
-        "value": f"{bundle['identifier']['value']}.inquiry",
+def pas_inquiry_bundle(request: Json, spec: PayerExchange | None = None) -> Json:
+    """The ``Claim/$inquire`` Bundle asking where a submitted request stands.
+
+    Its Claim repeats the submitted Claim's identifier, type, patient, provider, insurer,
+    priority, insurance and creation time (what a payer matches the request by), without the
+    items and supporting information; the entries it refers to (the Patient, the Coverage, the
+    parties) go along unchanged. With ``spec``, the Bundle and the Claim are stamped with the PAS
+    inquiry profiles and the Bundle gets the request's identifier, ``.inquiry`` appended."""
+    entries = request.get("entry") or []
+    if not entries or entries[0].get("resource", {}).get("resourceType") != "Claim":
+        raise MappingError("a PAS request starts with its Claim", path="Bundle.entry[0]")
+    claim = entries[0]["resource"]
+    keep: tuple[str, ...] = ("identifier", "status", "type", "use", "patient", "created", "insurer")
+    keep += ("provider", "priority", "insurance")
+    asked = {"resourceType": "Claim", **{k: claim[k] for k in keep if k in claim}}
+    inquiry: Json = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{**entries[0], "resource": asked}, *entries[1:]],
     }
-    claim = bundle["entry"][0]["resource"]
-    claim["meta"] = {"profile": [pas.profiles.claim_inquiry]}
-    return bundle
+    if "timestamp" in request:
+        inquiry["timestamp"] = request["timestamp"]
+    ident = request.get("identifier")
+    if spec is not None:
+        profiles = spec.pas.profiles
+        inquiry["meta"] = {"profile": [profiles.inquiry_request_bundle]}
+        asked["meta"] = {"profile": [profiles.claim_inquiry]}
+        if isinstance(ident, dict) and ident.get("value"):
+            inquiry["identifier"] = {**ident, "value": f"{ident['value']}.inquiry"}
+    return inquiry

@@ -63,6 +63,7 @@ class TraceSource:
     rule: str = "api"
     event: str | None = None
     message_key: str | None = None
+    inbox_message_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,9 @@ def _write(
     trace = TraceEntry(
         rule=source.rule, event=source.event, action=action, case_id=case.id, target=target
     )
-    changes.trace.append(TraceRecord(None, place.patient_key, trace, source.message_key))
+    changes.trace.append(
+        TraceRecord(source.inbox_message_id, place.patient_key, trace, source.message_key)
+    )
     for key, state in place.documents.items():
         cases_after = tuple(case if c.id == case.id else c for c in state.cases)
         changes.states[key] = state.model_copy(update={"cases": cases_after}).model_dump_json()
@@ -209,6 +212,7 @@ def create_case(
     *,
     routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
     in_state: bool = False,
+    source: TraceSource | None = None,
 ) -> StoredCase:
     """Store a new case (DomainError, answered 409, if the id is taken).
 
@@ -232,7 +236,15 @@ def create_case(
     team = case.care_team.id if case.care_team is not None else None
     place = _Placement(key, team, None, None, documents)
     _write(
-        connection, case, registry, place, now=now, action="case.create", target=None, routes=routes
+        connection,
+        case,
+        registry,
+        place,
+        now=now,
+        action="case.create",
+        target=None,
+        routes=routes,
+        source=source,
     )
     return _must_read(connection, case.id)
 

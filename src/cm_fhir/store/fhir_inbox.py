@@ -90,9 +90,11 @@ def store_fhir_message(connection: Connection, message: NewMessage) -> StoredMes
 
 
 def record_answer(connection: Connection, row_id: int, answer: bytes) -> None:
-    """Keep the answer given for a row stored before it was known (a decided PAS request)."""
+    """Keep the first answer given for a row stored before it was known (a PAS request); a
+    resend's answer does not replace it."""
+    t = inbox_messages
     connection.execute(
-        update(inbox_messages).where(inbox_messages.c.id == row_id).values(ack_bytes=answer)
+        update(t).where(t.c.id == row_id, t.c.ack_bytes.is_(None)).values(ack_bytes=answer)
     )
 
 

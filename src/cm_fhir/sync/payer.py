@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.domain.codes import ReviewDecision
 from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.errors import CmFhirError, MappingError
-from cm_fhir.fhir.pas_request import pas_inquiry_bundle
+from cm_fhir.fhir.pas_request import pas_inquiry_bundle, pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
 from cm_fhir.fhir_client import FhirClient
 from cm_fhir.mapping.payer_exchange import PayerExchange
@@ -255,7 +255,8 @@ class PayerDelivery:
             return
         case = stored.case
         review = case.utilization_review(sent.review_id)
-        bundle = pas_inquiry_bundle(case, review, self.spec, self.registry.canonical_base)
+        base = self.registry.canonical_base
+        bundle = pas_inquiry_bundle(pas_request_bundle(case, review, self.spec, base), self.spec)
         self.inquiries += 1
         try:
             response = await self.client.request("POST", INQUIRE, body=bundle)
