@@ -11,6 +11,7 @@ the payer case moves to transition.
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -68,26 +69,44 @@ def api(serve: ServeProcess) -> httpx.AsyncClient:
     )
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 async def send_adt(serve: ServeProcess, message: str) -> None:
     async with await MllpClient.connect("127.0.0.1", serve.mllp_port) as client:
         ack = read_ack(await client.send(message))
     assert ack[0].code == "AA", ack
 
 
+@pytest.mark.slow  # two serve processes start: 20 to 50 s on the loaded 2-core test machine
 async def test_admission_review_decision_and_discharge_between_two_processes(
     stores: tuple[list[str], list[str]],
 ) -> None:
     payer_store, hospital_store = stores
-    payer = await start_serve(None, *payer_store)
-    hospital: ServeProcess | None = None
-    try:
-        hospital = await start_serve(
+    port, key = free_port(), "payer-api-key-" + uuid.uuid4().hex
+    started = await asyncio.gather(  # both at once: start-up is most of the time
+        start_serve(None, *payer_store, "--http-port", str(port), env={"CM_FHIR_API_KEYS": key}),
+        start_serve(
             None,
             *hospital_store,
             "--payer-url",
-            f"{payer.url}/fhir",
-            env={"CM_FHIR_PAYER__TOKEN": payer.key, "CM_FHIR_PAYER__INQUIRE_INTERVAL": "0.3"},
-        )
+            f"http://127.0.0.1:{port}/fhir",
+            env={"CM_FHIR_PAYER__TOKEN": key, "CM_FHIR_PAYER__INQUIRE_INTERVAL": "0.3"},
+        ),
+        return_exceptions=True,
+    )
+    running = [s for s in started if isinstance(s, ServeProcess)]
+    if len(running) < 2:
+        for serve in running:
+            await serve.stop()
+        raise next(e for e in started if isinstance(e, BaseException))
+    payer, hospital = running
+    payer.key = key
+    try:
+        assert payer.url == f"http://127.0.0.1:{port}"
         assert hospital.endpoints == "payer"
         visit = Visit(mrn="MRN-RT1", visit="V-RT1", payer=PAYER_ID)
         async with api(payer) as at_payer, api(hospital) as at_hospital:
@@ -174,6 +193,4 @@ async def test_admission_review_decision_and_discharge_between_two_processes(
 
             await eventually(in_transition, "the payer case in transition")
     finally:
-        if hospital is not None:
-            await hospital.stop()
-        await payer.stop()
+        await asyncio.gather(hospital.stop(), payer.stop())
