@@ -42,6 +42,7 @@ __all__ = [
     "due_inquiries",
     "find_by_request",
     "inquire_now",
+    "keep_answer",
     "payer_reviews",
     "read_payer_review",
     "record_answer",
@@ -246,3 +247,33 @@ def inquire_now(connection: Connection, endpoint: str, now: datetime) -> int:
         .values(next_inquiry_at=now, updated_at=now)
     )
     return int(result.rowcount)
+
+
+def keep_answer(
+    connection: Connection,
+    case_id: str,
+    review_id: str,
+    claim_response: bytes,
+    *,
+    decided: bool,
+    now: datetime,
+) -> None:
+    """Keep an answer received another way (posted to the API): on the review's row, or on a
+    new one without an endpoint (nothing is sent or asked for it)."""
+    sent = read_payer_review(connection, case_id, review_id)
+    if sent is None:
+        connection.execute(
+            _t.insert().values(
+                case_id=case_id,
+                review_id=review_id,
+                endpoint="",
+                request_key="",
+                state=PayerReviewState.QUEUED.value,
+                inquiries=0,
+                updated_at=now,
+            )
+        )
+    keep = sent.next_inquiry_at if sent is not None and not decided else None
+    record_answer(
+        connection, case_id, review_id, claim_response, decided=decided, now=now, next_inquiry=keep
+    )

@@ -42,6 +42,7 @@ from cm_fhir.domain import (
     Identifier,
     LevelOfCare,
     PartyRef,
+    ReviewDecision,
     ReviewType,
     ReviewUrgency,
     ServiceUnit,
@@ -53,7 +54,12 @@ from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
 from cm_fhir.store.case_repo import StoredCase, read_case
 from cm_fhir.store.outbox import OutboxEntry, enqueue
-from cm_fhir.store.payer_reviews import PayerReview, read_payer_review, record_request
+from cm_fhir.store.payer_reviews import (
+    PayerReview,
+    keep_answer,
+    read_payer_review,
+    record_request,
+)
 from cm_fhir.sync.clinical import read_clinical_summary
 from cm_fhir.sync.endpoints import RequestCount, open_client
 from cm_fhir.sync.payer import SUBMIT
@@ -185,7 +191,7 @@ async def post_review(
 class PayerExchangeView(BaseModel):
     """Where the review's exchange with its payer stands."""
 
-    endpoint: str
+    endpoint: str = Field(description="The payer endpoint; empty: an answer posted to the API")
     state: str = Field(description="queued, pended, decided or failed")
     submitted: datetime | None
     next_inquiry: datetime | None
@@ -288,4 +294,9 @@ async def post_claim_response(request: Request, review_id: str, write: ChangeDep
     def change(case: Case) -> Case:
         return case.with_utilization_review(outcome.apply(case.utilization_review(review_id), now))
 
-    return await write.apply(change, "utilization-review.decision", review_id)
+    def keep(connection: Connection, stored: StoredCase) -> None:
+        decided = outcome.decision != ReviewDecision.PENDED
+        raw = dumps(claim_response_of(answer))
+        keep_answer(connection, stored.case.id, review_id, raw, decided=decided, now=now)
+
+    return await write.apply(change, "utilization-review.decision", review_id, then=keep)
