@@ -192,9 +192,12 @@ class PayerDelivery:
     ) -> None:
         """Apply the payer's answer to the review (the one write path) and keep it as is."""
         stored = read_case(connection, sent.case_id)
-        if stored is None:
+        found = (
+            [r for r in stored.case.utilization_reviews if r.id == sent.review_id] if stored else []
+        )
+        if not found:  # the case or review is gone (retention): nothing to apply it to
             return
-        review = stored.case.utilization_review(sent.review_id)
+        review = found[0]
         try:
             response = claim_response_of(answer)
             outcome = parse_claim_response(response, self.spec)
@@ -251,10 +254,20 @@ class PayerDelivery:
     async def _inquire(self, sent: PayerReview) -> None:
         async with self.engine.connect() as connection:
             stored = await connection.run_sync(read_case, sent.case_id)
-        if stored is None:
+        found = (
+            [r for r in stored.case.utilization_reviews if r.id == sent.review_id] if stored else []
+        )
+        if stored is None or not found:  # gone (retention): no more inquiries
+            async with self.engine.begin() as connection:
+                await connection.run_sync(
+                    record_refusal,
+                    sent.case_id,
+                    sent.review_id,
+                    "the review is gone",
+                    datetime.now(UTC),
+                )
             return
-        case = stored.case
-        review = case.utilization_review(sent.review_id)
+        case, review = stored.case, found[0]
         base = self.registry.canonical_base
         bundle = pas_inquiry_bundle(pas_request_bundle(case, review, self.spec, base), self.spec)
         self.inquiries += 1
