@@ -192,5 +192,14 @@ async def test_admission_review_decision_and_discharge_between_two_processes(
                 return case if case is not None and case["status"] == "transition" else None
 
             await eventually(in_transition, "the payer case in transition")
+
+            # the hospital's payer endpoint, as operators see it
+            (endpoint,) = (await at_hospital.get("/api/outbox/endpoints")).json()
+            assert (endpoint["name"], endpoint["kind"]) == ("payer", "payer")
+            assert endpoint["counts"] == {"sent": 3}  # admit, review request, discharge
+            assert endpoint["delivery"]["sent"] == 3
+            metrics = (await at_hospital.get("/metrics")).text
+            assert 'cm_fhir_sync_requests_total{endpoint="payer"}' in metrics
+            assert 'cm_fhir_sync_writes_total{endpoint="payer",result="sent"} 3.0' in metrics
     finally:
         await asyncio.gather(hospital.stop(), payer.stop())
