@@ -20,9 +20,10 @@ from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.audit import list_audit
 from cm_fhir.store.case_tables import trace
+from cm_fhir.store.queue import replay
 from cm_fhir.store.tables import inbox_messages
 from pas_samples import review, stroke_case
-from worker_fixtures import rows
+from worker_fixtures import rows, settle_worker
 
 __all__ = ["case_app"]
 
@@ -62,8 +63,8 @@ async def test_a_submitted_request_is_kept_in_the_inbox_with_its_trace(
     assert (row.format, row.state, row.message_type, row.trigger_event) == (
         "fhir",
         "processed",
-        "Claim",
-        "submit",
+        "CLAIM",
+        "SUBMIT",
     )
     assert row.sending_facility == "test:claim-token"
     assert json.loads(row.raw) == body
@@ -160,3 +161,33 @@ async def test_the_capability_statement_names_the_payer_operations(case_app: Fas
     claim = next(r for r in rest["resource"] if r["type"] == "Claim")
     assert sorted(o["name"] for o in claim["operation"]) == ["inquire", "submit"]
     assert [o["name"] for o in rest["operation"]] == ["process-message"]
+
+
+async def test_the_messages_api_lists_fhir_messages_by_format_and_type(
+    case_app: FastAPI,
+) -> None:
+    assert (
+        await post(case_app, "/fhir/Claim/$submit", request(), "claim-token")
+    ).status_code == 200
+    async with client(case_app, "reader-token") as http:
+        listed = (await http.get("/api/messages", params={"format": "fhir"})).json()
+        by_type = (
+            await http.get("/api/messages", params={"message_type": "claim", "event": "submit"})
+        ).json()
+        hl7 = (await http.get("/api/messages", params={"format": "hl7v2"})).json()
+    assert [(m["format"], m["message_type"]) for m in listed["items"]] == [("fhir", "CLAIM")]
+    assert [m["id"] for m in by_type["items"]] == [m["id"] for m in listed["items"]]
+    assert hl7["items"] == []
+
+
+async def test_a_replayed_request_is_ignored_not_failed(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
+    assert (
+        await post(case_app, "/fhir/Claim/$submit", request(), "claim-token")
+    ).status_code == 200
+    assert await replay(worker_engine) == 1
+    await settle_worker(worker_engine)
+    (row,) = await rows(worker_engine, inbox_messages)
+    assert row.state == "ignored"
+    assert row.reason.startswith("not applied: a CLAIM message")

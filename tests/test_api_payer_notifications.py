@@ -66,7 +66,7 @@ async def test_an_admission_opens_a_payer_case_with_a_concurrent_review(
     assert outcome["issue"][0]["severity"] == "information"
     stored = await rows(worker_engine, inbox_messages)
     assert [(r.format, r.state, r.message_type, r.trigger_event) for r in stored] == [
-        ("fhir", "received", "notification", "admit")
+        ("fhir", "received", "NOTIFICATION", "ADMIT")
     ]
     assert json.loads(stored[0].raw) == bundle(NoticeKind.ADMIT)  # kept as received
     assert stored[0].sending_facility == "test:message-token"  # the authenticated client

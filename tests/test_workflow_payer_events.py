@@ -8,6 +8,7 @@ from typing import Any
 
 from cm_fhir.domain import CaseStatus, Identifier, LevelOfCare, ReviewDecision
 from cm_fhir.domain.events import NoticeKind, ReviewDecided
+from cm_fhir.fhir.pas_response import claim_response, review_decided
 from cm_fhir.mapping.rules import load_discharge_rules
 from cm_fhir.workflow import (
     DomainEvent,
@@ -119,3 +120,25 @@ def test_a_decision_for_no_known_review_is_flagged() -> None:
     outcome = _apply(unknown, _with_review())
     assert outcome.changed_cases == ()
     assert Flag.UNKNOWN_REVIEW in outcome.flags
+
+
+def test_a_claim_response_read_as_an_event_decides_the_review_as_the_payer_did() -> None:
+    state = _with_review()
+    (case,) = state.cases
+    asked = case.utilization_review("ur1")
+    payer_side = asked.decide(
+        ReviewDecision.APPROVED,
+        NOW,
+        authorized_quantity=4,
+        authorization_number="AUTH-9",
+        next_review=date(2026, 3, 13),
+        reason="meets criteria",
+    )
+    response = claim_response(payer_side, case.patient, SPEC, "http://cm-fhir.org/fhir", NOW)
+    event = review_decided(response, SPEC, received=NOW + timedelta(hours=1))
+    assert event.request_identifier == REQUEST
+    assert event.at == NOW  # the payer's created time, not when it was read
+    outcome = _apply(event, state)
+    (changed,) = outcome.changed_cases
+    assert changed.utilization_review("ur1") == payer_side
+    assert review_decided(response, SPEC, received=NOW).message_id == event.message_id

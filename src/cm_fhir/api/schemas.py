@@ -59,6 +59,9 @@ class MessageSummary(_Out):
     batch_control_id: str | None = None
     peer: str | None = None
     ack_code: str | None = None
+    format: str = Field(
+        "hl7v2", description="hl7v2, or fhir for a FHIR message Bundle (notification, PAS request)."
+    )
     raw_purged_at: UtcDatetime | None = Field(
         None, description="When retention blanked the raw message (it can no longer be replayed)."
     )

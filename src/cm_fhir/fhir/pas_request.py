@@ -225,8 +225,8 @@ def pas_inquiry_bundle(request: Json, spec: PayerExchange | None = None) -> Json
     if not entries or entries[0].get("resource", {}).get("resourceType") != "Claim":
         raise MappingError("a PAS request starts with its Claim", path="Bundle.entry[0]")
     claim = entries[0]["resource"]
-    keep: tuple[str, ...] = ("identifier", "status", "type", "use", "patient", "created", "insurer")
-    keep += ("provider", "priority", "insurance")
+    keep: tuple[str, ...] = ("identifier", "status", "type", "use", "patient", "created")
+    keep += ("insurer", "provider", "priority", "insurance")
     asked = {"resourceType": "Claim", **{k: claim[k] for k in keep if k in claim}}
     inquiry: Json = {
         "resourceType": "Bundle",

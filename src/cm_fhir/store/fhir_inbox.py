@@ -11,8 +11,9 @@ A FHIR message Bundle (a notification at ``$process-message``, a PAS request at
 - ``content_sha256`` is the SHA-256 of the Bundle's canonical JSON (keys sorted, no spaces), so
   a resend that only re-indents or reorders keys is the same message; other content under a
   known identifier is stored and flagged ``control_id_reused``.
-- ``message_type`` is ``notification`` or ``Claim``, ``trigger_event`` the event (``admit``,
-  ``transfer``, ``discharge``, ``submit``), ``ack_bytes`` the answer given, which a resend gets
+- ``message_type`` is ``NOTIFICATION`` or ``CLAIM``, ``trigger_event`` the event (``ADMIT``,
+  ``TRANSFER``, ``DISCHARGE``, ``SUBMIT``), upper case like HL7v2 codes, so the messages API's
+  filters find them alike; ``ack_bytes`` the answer given, which a resend gets
   again. ``raw`` is the body as received.
 
 A notification is stored ``received``: the worker applies it. A PAS request is decided in the
@@ -74,8 +75,8 @@ def fhir_message(
         sending_application=source,
         sending_facility=client,
         control_id=message_id,
-        message_type=message_type,
-        trigger_event=event,
+        message_type=message_type.upper(),
+        trigger_event=event.upper(),
         version_id="4.0.1",
         patient_key=patient_key,
         peer=peer,

@@ -73,6 +73,7 @@ class ClaimedMessage:
     control_id: str | None = None
     format: str = InboxFormat.HL7V2.value
     """``hl7v2``, or ``fhir`` for a FHIR message Bundle (JSON)."""
+    message_type: str | None = None
 
     @property
     def message_key(self) -> str:
@@ -146,6 +147,7 @@ _COLUMNS = (
     _t.c.sending_facility,
     _t.c.control_id,
     _t.c.format,
+    _t.c.message_type,
 )
 
 
@@ -185,6 +187,7 @@ def claim_batch(
             sending_facility=row.sending_facility,
             control_id=row.control_id,
             format=row.format,
+            message_type=row.message_type,
         )
         for row in connection.execute(query)
     ]

@@ -90,6 +90,8 @@ __all__ = [
 ]
 
 ApplyEvent = Callable[..., Outcome]
+#: The message type of the FHIR rows the worker applies (``$process-message`` notifications).
+NOTIFICATION = "NOTIFICATION"
 
 
 @dataclass(slots=True)
@@ -326,7 +328,12 @@ class BatchProcessor:
         return Parsed(row, settled=settled)
 
     def _parse_fhir(self, row: ClaimedMessage) -> Parsed:
-        """A FHIR message Bundle (a notification accepted at ``$process-message``)."""
+        """A FHIR message Bundle (a notification accepted at ``$process-message``).
+
+        A PAS request was applied by the request that submitted it: replayed, it is ignored."""
+        if row.message_type != NOTIFICATION:
+            reason = f"not applied: a {row.message_type or '-'} message is applied when received"
+            return Parsed(row, settled=InboxOutcome(row.id, InboxState.IGNORED, reason))
         try:
             notice = parse_notification(json.loads(row.raw), self.payer)
             return Parsed(row, event=notice, keys=event_keys(notice, self.rules))

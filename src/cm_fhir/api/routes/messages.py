@@ -41,7 +41,7 @@ from cm_fhir.api.schemas import (
 from cm_fhir.mllp_client import read_ack
 from cm_fhir.store import queue
 from cm_fhir.store.case_tables import outbox, trace
-from cm_fhir.store.tables import InboxState, inbox_messages
+from cm_fhir.store.tables import InboxFormat, InboxState, inbox_messages
 
 __all__ = ["router"]
 
@@ -69,7 +69,12 @@ async def list_messages(
     event: Annotated[
         str | None, Query(max_length=16, description="Trigger event, e.g. A01.")
     ] = None,
-    message_type: Annotated[str | None, Query(max_length=16, description="e.g. ADT.")] = None,
+    message_type: Annotated[
+        str | None, Query(max_length=16, description="e.g. ADT, NOTIFICATION, CLAIM.")
+    ] = None,
+    format: Annotated[
+        InboxFormat | None, Query(description="hl7v2, or fhir (FHIR message Bundles).")
+    ] = None,
     control_id: Annotated[
         str | None, Query(max_length=199, description="MSH-10, the message control id.")
     ] = None,
@@ -100,6 +105,8 @@ async def list_messages(
         where.append(_t.c.trigger_event == event.upper())
     if message_type is not None:
         where.append(_t.c.message_type == message_type.upper())
+    if format is not None:
+        where.append(_t.c.format == format.value)
     if control_id is not None:
         where.append(_t.c.control_id == control_id)
     if sender is not None:
