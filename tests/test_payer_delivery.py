@@ -186,6 +186,9 @@ async def test_a_review_is_sent_answered_pended_then_approved_by_inquiry(
     assert len(submit) == 1
     request = json.loads(submit[0].bundle)
     assert request["entry"][0]["resource"]["use"] == "preauthorization"
+    claim_id = request["entry"][0]["resource"]["identifier"][0]
+    ours = queued["request_identifier"]
+    assert (ours["system"], ours["value"]) == (claim_id["system"], claim_id["value"])
     assert error_issues(default_validator().validate(request)) == []
 
     payer = Payer()

@@ -50,6 +50,7 @@ from cm_fhir.domain import (
 )
 from cm_fhir.errors import DomainError, MappingError
 from cm_fhir.fhir import dumps
+from cm_fhir.fhir.ids import local_value
 from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
 from cm_fhir.store.case_repo import StoredCase, read_case
@@ -159,20 +160,24 @@ async def post_review(
             stored = await connection.run_sync(read_case, case_id)
         if stored is not None:
             summary = await _summary_from_ehr(request, stored.case, body)
-    review_id: list[str] = []
+    asked: list[str] = []
     spec = get_payer_exchange(request)
 
     def change(case: Case) -> Case:
         payer = body.payer or (case.coverage[0].payer if case.coverage else None)
         if payer is None:
             raise DomainError(f"case '{case.id}' has no coverage: name the payer")
+        review_id = _next_id(case)
         review = UtilizationReview(
-            id=_next_id(case),
+            id=review_id,
             review_type=body.review_type,
             urgency=body.urgency,
             requested=now,
             payer=payer,
             requester=body.requester or case.managing_organization or spec.provider,
+            request_identifier=Identifier(
+                system=spec.pas.identifier_systems.claim, value=local_value(case.id, review_id)
+            ),
             encounter=body.encounter or (case.encounters[-1] if case.encounters else None),
             admitted=body.admitted,
             requested_level_of_care=body.level_of_care,
@@ -181,10 +186,10 @@ async def post_review(
             clinical_summary=summary,
             criteria_set=body.criteria_set,
         )
-        review_id[:] = [review.id]
+        asked[:] = [review.id]
         return case.add_utilization_review(review)
 
-    then = _send_request(request, review_id)
+    then = _send_request(request, asked)
     return await write.apply(change, "utilization-review.request", then=then)
 
 
