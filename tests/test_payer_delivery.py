@@ -34,6 +34,7 @@ from cm_fhir.settings import Role, load_settings
 from cm_fhir.store.case_tables import cases, outbox
 from cm_fhir.store.case_writes import PayerRoute
 from cm_fhir.store.payer_reviews import payer_reviews
+from cm_fhir.store.tables import inbox_messages
 from cm_fhir.sync.config import PayerEndpointSettings
 from cm_fhir.sync.notifications import read_notification
 from cm_fhir.sync.runner import SyncWorker
@@ -219,6 +220,11 @@ async def test_a_review_is_sent_answered_pended_then_approved_by_inquiry(
         inquiry["entry"][0]["resource"]["identifier"]
         == request["entry"][0]["resource"]["identifier"]
     )
+    answer = (await hospital.get(url)).json()
+    assert answer["decision"] == "pended"  # kept at once; the worker applies it
+    assert answer["payer_exchange"]["state"] == "decided"
+    applied = await settle_worker(worker_engine)
+    assert applied.processed == 1
     decided = (await hospital.get(url)).json()
     assert decided["decision"] == "approved"
     assert decided["authorized_quantity"] == 3
@@ -378,13 +384,33 @@ async def test_a_payer_that_notifies_brings_the_decision_without_polling(
             headers={"Authorization": f"Bearer {secret}"},
         )
         assert notified.status_code == 200, notified.text
-        assert "applied 1" in notified.json()["issue"][0]["details"]["text"]
+        assert "received 1" in notified.json()["issue"][0]["details"]["text"]
+        await settle_worker(worker_engine)
         read = (await http.get(url, headers=auth)).json()
         assert read["decision"] == "approved"
         assert read["authorized_quantity"] == 2
         assert read["authorization_number"] == "N-77"
         assert read["claim_response"] == answer
         assert read["payer_exchange"]["state"] == "decided"
+        # a change of mind is refused: kept as received, flagged, the decision stands
+        later = datetime.now(UTC)
+        denied = asked_review.review.decide(ReviewDecision.DENIED, later, reason="No.")
+        other = claim_response(denied, asked_review.patient, SPEC, BASE, later)
+        again = await http.post(
+            path,
+            json=backport(2, f"{PAYER}/ClaimResponse/c1", other),
+            headers={"Authorization": f"Bearer {secret}"},
+        )
+        assert again.status_code == 200, again.text
+        await settle_worker(worker_engine)
+        read = (await http.get(url, headers=auth)).json()
+        assert read["decision"] == "approved"
+        assert read["claim_response"] == other
+    fhir_rows = [r for r in await rows(worker_engine, inbox_messages) if r.format == "fhir"]
+    assert [(r.message_type, r.state) for r in fhir_rows] == [
+        ("CLAIMRESPONSE", "processed"),
+        ("CLAIMRESPONSE", "needs_attention"),
+    ]
 
 
 async def test_an_id_only_notification_makes_pended_reviews_due_for_an_inquiry(
@@ -405,6 +431,7 @@ async def test_an_id_only_notification_makes_pended_reviews_due_for_an_inquiry(
         assert result.counts == {"inquire": 1}
         payer.decide = {"decision": ReviewDecision.DENIED, "reason": "Not medically necessary."}
         assert await delivery.inquire_due() == 1
+    await settle_worker(worker_engine)
     read = (await hospital.get(f"/api/cases/{case_id}/utilization-reviews/ur1")).json()
     assert read["decision"] == "denied"
     assert read["decision_reason"] == "Not medically necessary."

@@ -7,17 +7,19 @@ request). Each write settles in its own transaction: ``sent``; ``failed`` with t
 OperationOutcome when refused for good; or retried later (transport, 5xx, 429, 401/403), the
 patient's later messages waiting behind it so they arrive in order.
 
-The answer to ``Claim/$submit`` (a Bundle with the ClaimResponse first) is applied to the review
-through the one case write path, in the transaction that settles the row, and kept as received
-(``payer_reviews``). A pended answer is asked about again: :meth:`PayerDelivery.inquire_due`
-posts a PAS inquiry to ``Claim/$inquire`` for each pended review whose time has come (every
-``inquire_interval`` seconds, never later than the review's deadline) and applies the answer the
-same way. Where the payer notifies (an R4 Subscription notification, R5 Backport, received at
-``/fhir/subscription-notification/{endpoint}``), :meth:`PayerDelivery.notify` applies each
-ClaimResponse the notification carries to the review it answers, and makes the endpoint's pended
-reviews due for an inquiry at once when it carries only references. An answer that contradicts an
-earlier decision changes nothing and is noted on the review's row; errors name types and
-statuses, never content.
+The answer to ``Claim/$submit`` (a Bundle with the ClaimResponse first) is kept as received
+(``payer_reviews``) in the transaction that settles the row and, when it decides, stored in the
+inbox as a ClaimResponse message (format ``fhir``, deduplicated by its identifier and creation
+time): the worker applies it to the review as a ``ReviewDecided`` domain event through the one
+write path, as it applies ADT events. A pended answer is asked about again:
+:meth:`PayerDelivery.inquire_due` posts a PAS inquiry to ``Claim/$inquire`` for each pended
+review whose time has come (every ``inquire_interval`` seconds, never later than the review's
+deadline) and takes the answer the same way. Where the payer notifies (an R4 Subscription
+notification, R5 Backport, received at ``/fhir/subscription-notification/{endpoint}``),
+:meth:`PayerDelivery.notify` takes each ClaimResponse the notification carries the same way, and
+makes the endpoint's pended reviews due for an inquiry at once when it carries only references.
+An answer that contradicts an earlier decision changes nothing and is flagged by the worker;
+errors name types and statuses, never content.
 """
 
 from __future__ import annotations
@@ -34,14 +36,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.domain.codes import ReviewDecision
 from cm_fhir.domain.review import UtilizationReview
-from cm_fhir.errors import CmFhirError, MappingError
+from cm_fhir.errors import MappingError
 from cm_fhir.fhir.pas_request import pas_inquiry_bundle, pas_request_bundle
-from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
+from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response, review_decided
 from cm_fhir.fhir_client import FhirClient
 from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
-from cm_fhir.store.case_repo import change_case, read_case
+from cm_fhir.store.case_repo import read_case
 from cm_fhir.store.case_writes import OutboxRoute
+from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
 from cm_fhir.store.outbox import CaseWrite, claim_patients, settle_failed, settle_retry, settle_sent
 from cm_fhir.store.payer_reviews import (
     PayerReview,
@@ -53,10 +56,12 @@ from cm_fhir.store.payer_reviews import (
     record_refusal,
     record_submitted,
 )
+from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.config import EhrSettings, PayerEndpointSettings
 from cm_fhir.sync.deliver import DeliveryStats, error_text, is_retryable, outcome_bytes
 from cm_fhir.sync.notifications import Notification
 from cm_fhir.sync.status_back import PassResult
+from cm_fhir.workflow.facts import patient_key
 
 __all__ = ["INQUIRE", "SUBMIT", "PayerDelivery"]
 
@@ -190,7 +195,9 @@ class PayerDelivery:
     def _apply_answer(
         self, connection: Connection, sent: PayerReview, answer: Any, now: datetime
     ) -> None:
-        """Apply the payer's answer to the review (the one write path) and keep it as is."""
+        """Keep the payer's answer as received and, when it decides, store it in the inbox as a
+        ClaimResponse message: the worker applies it to the review as a ``ReviewDecided``
+        event (the one write path; a contradiction is flagged there)."""
         stored = read_case(connection, sent.case_id)
         found = (
             [r for r in stored.case.utilization_reviews if r.id == sent.review_id] if stored else []
@@ -201,6 +208,7 @@ class PayerDelivery:
         try:
             response = claim_response_of(answer)
             outcome = parse_claim_response(response, self.spec)
+            event = review_decided(response, self.spec, now)
         except MappingError as exc:
             record_refusal(
                 connection,
@@ -211,33 +219,31 @@ class PayerDelivery:
                 next_inquiry=self._next_inquiry(review, now) or now + timedelta(hours=1),
             )
             return
-        error = None
-        try:
-            change_case(
-                connection,
-                sent.case_id,
-                lambda case: case.with_utilization_review(
-                    outcome.apply(case.utilization_review(sent.review_id), now)
-                ),
-                self.registry,
-                expected_version=None,
-                now=now,
-                action="utilization-review.decision",
-                target=sent.review_id,
-                routes=self.routes,
-            )
-        except CmFhirError as exc:  # it contradicts an earlier decision: kept, not applied
-            error = f"{type(exc).__name__}: {exc}"[:500]
+        raw = orjson.dumps(response)
         decided = outcome.decision != ReviewDecision.PENDED
+        if decided:  # a pended answer changes nothing on the review
+            message = fhir_message(
+                raw,
+                response,
+                message_id=event.message_id,
+                source=self.endpoint.base_url[:255],
+                client=f"payer:{self.endpoint.name}",
+                message_type=CLAIM_RESPONSE,
+                event=outcome.decision.value,
+                state=InboxState.RECEIVED,
+                answer=None,
+                patient_key=patient_key(stored.case.patient) if stored else None,
+                received_at=now,
+            )
+            store_fhir_message(connection, message)
         record_answer(
             connection,
             sent.case_id,
             sent.review_id,
-            orjson.dumps(response),
+            raw,
             decided=decided,
             now=now,
             next_inquiry=None if decided else self._next_inquiry(review, now),
-            error=error,
         )
 
     # -- inquiries --------------------------------------------------------------------------
@@ -318,7 +324,7 @@ class PayerDelivery:
                     result.counts["unknown"] = result.counts.get("unknown", 0) + 1
                     continue
                 await connection.run_sync(self._apply_answer, sent, resource, now)
-                result.counts["applied"] = result.counts.get("applied", 0) + 1
+                result.counts["received"] = result.counts.get("received", 0) + 1
                 result.cases.add(sent.case_id)
             if ask:
                 asked = await connection.run_sync(inquire_now, self.endpoint.name, now)
