@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +19,8 @@ from api_case_helpers import TOKENS, case_app, client
 from cm_fhir.domain import Case, CaseStatus
 from cm_fhir.domain.events import NoticeKind
 from cm_fhir.fhir.pas_request import pas_request_bundle
+from cm_fhir.service import make_workers
+from cm_fhir.settings import Settings
 from cm_fhir.store.audit import list_audit
 from cm_fhir.store.case_tables import cases, trace
 from cm_fhir.store.tables import inbox_messages
@@ -170,3 +173,15 @@ async def test_scopes_and_audit(case_app: FastAPI, worker_engine: AsyncEngine) -
     mine = [(e["action"], e["outcome"]) for e in events]
     assert ("process-message", "success") in mine
     assert ("process-message", "failure") in mine
+
+
+async def test_the_worker_follows_the_site_payer_exchange(
+    case_app: FastAPI, worker_engine: AsyncEngine, api_settings: Settings, tmp_path: Path
+) -> None:
+    (tmp_path / "payer-exchange.yaml").write_text("notifications:\n  concurrent_review_every: 3\n")
+    settings = api_settings.model_copy(update={"mappings_dir": tmp_path})
+    (worker,) = make_workers(worker_engine, settings, count=1)
+    assert (await send(case_app, bundle(NoticeKind.ADMIT))).status_code == 200
+    await worker.run_once()  # type: ignore[attr-defined]
+    (case,) = await payer_cases(worker_engine)
+    assert case.next_review == ADMITTED.date() + timedelta(days=3)

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from api_case_helpers import check_resource
 from cm_fhir.domain import Period, ReviewDecision
 from cm_fhir.domain.events import NoticeKind
 from cm_fhir.fhir import map_case
@@ -99,6 +100,7 @@ def test_a_payer_case_with_its_next_review_is_accepted_and_reads_back(
     (case,) = opened.changed_cases
     assert case.next_review is not None
     episode = map_case(case)["entry"][0]["resource"]
+    check_resource(episode)  # our EpisodeOfCare profile, its next-review slice included
     stored = create(client, episode)
     url = default_registry().extension("next_review")
     (ext,) = [e for e in stored["extension"] if e["url"] == url]

@@ -42,7 +42,7 @@ from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
-from cm_fhir.mapping.payer_exchange import load_payer_exchange
+from cm_fhir.mapping.payer_exchange import PayerExchange, load_payer_exchange
 from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
@@ -126,6 +126,7 @@ class SiteMappings:
     maps: AdtConceptMaps
     registry: MappingRegistry
     programmes: ProgrammesSpec
+    payer: PayerExchange
 
 
 def site_mappings(settings: Settings) -> SiteMappings:
@@ -137,7 +138,8 @@ def site_mappings(settings: Settings) -> SiteMappings:
     maps, registry = load_adt_concept_maps(folder), site_registry(settings)
     programmes = load_programmes(folder)
     check_vocabulary(registry, rules, maps, folder, programmes)
-    return SiteMappings(rules, maps, registry, programmes)
+    payer = load_payer_exchange(folder)
+    return SiteMappings(rules, maps, registry, programmes, payer)
 
 
 def worker_available() -> bool:
@@ -172,7 +174,7 @@ def make_workers(
             rules=mappings.rules,
             maps=mappings.maps,
             registry=mappings.registry,
-            payer_exchange=load_payer_exchange(settings.mappings_dir),
+            payer=mappings.payer,
         )
         for _ in range(count)
     ]

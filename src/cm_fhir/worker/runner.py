@@ -109,7 +109,7 @@ class Worker:
         maps: AdtConceptMaps | None = None,
         registry: MappingRegistry | None = None,
         apply: ApplyEvent | None = None,
-        payer_exchange: PayerExchange | None = None,
+        payer: PayerExchange | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or WorkerConfig()
@@ -128,10 +128,10 @@ class Worker:
             apply_processing_ids=self.config.apply_processing_ids,
             cache=decoded,
             routes=self.config.routes,
-            payer=payer_exchange,
+            payer=payer,
             notifier=PayerNotifier(
                 self.config.payers,
-                payer_exchange or default_payer_exchange(),
+                payer or default_payer_exchange(),
                 registry.canonical_base,
                 self.config.notify_events,
             )

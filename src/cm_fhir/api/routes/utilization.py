@@ -51,6 +51,7 @@ from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import TraceSource, change_case, create_case
 from cm_fhir.store.case_writes import OutboxRoute
+from cm_fhir.store.cases import lock_states
 from cm_fhir.store.fhir_inbox import (
     fhir_message,
     record_answer,
@@ -61,6 +62,7 @@ from cm_fhir.store.inbox import NewMessage
 from cm_fhir.store.payer_cases import find_review, payer_cases
 from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.routing import outbox_routes
+from cm_fhir.workflow.facts import patient_key
 from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_case_id, review_id_for
 
 __all__ = ["router"]
@@ -95,6 +97,9 @@ def _record(
     )
     review = read.review
     primary = read.patient.primary
+    # The member's state first, as the worker takes it: a notice being applied now cannot open
+    # a second payer case beside the one this request finds or opens.
+    lock_states(connection, [patient_key(read.patient)])
     cases = payer_cases(connection, spec.payer_programme, (primary.system, primary.value))
     for stored in cases:
         if any(r.id == review.id for r in stored.case.utilization_reviews):
@@ -175,7 +180,6 @@ async def submit_claim(
         await audit.record("submit", "Claim", None, outcome="failure")
         return error_response(request, 400, str(exc), outcome=exc.outcome)
     now = datetime.now(UTC)
-    primary = read.patient.primary
     message = fhir_message(
         raw,
         body,
@@ -186,7 +190,7 @@ async def submit_claim(
         event="submit",
         state=InboxState.PROCESSED,
         answer=None,
-        patient_key=f"{primary.system}|{primary.value}",
+        patient_key=patient_key(read.patient),
         received_at=now,
         peer=request.client.host if request.client else None,
     )
