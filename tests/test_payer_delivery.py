@@ -435,3 +435,19 @@ async def test_an_id_only_notification_makes_pended_reviews_due_for_an_inquiry(
     read = (await hospital.get(f"/api/cases/{case_id}/utilization-reviews/ur1")).json()
     assert read["decision"] == "denied"
     assert read["decision_reason"] == "Not medically necessary."
+
+
+async def test_a_taken_message_whose_answer_is_not_json_is_sent_not_resent(
+    worker_engine: AsyncEngine,
+) -> None:
+    await admit(worker_engine, visit("j1"), "A01")
+
+    def plain(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text="accepted")
+
+    endpoint = PayerEndpointSettings(name="payer", base_url=PAYER, inquire_interval=0)
+    async with SyncWorker(
+        worker_engine, [], payers=[endpoint], transport=httpx.MockTransport(plain)
+    ) as worker:
+        assert await worker.drain() == 1
+    assert [r.state for r in await messages(worker_engine)] == ["sent"]

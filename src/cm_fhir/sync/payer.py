@@ -129,7 +129,6 @@ class PayerDelivery:
         operation = write.operation or SUBMIT
         try:
             response = await self.client.request("POST", operation, body=orjson.loads(write.bundle))
-            answer = response.json() if response.content else None
         except Exception as exc:
             now = datetime.now(UTC)
             if is_retryable(exc):
@@ -160,6 +159,10 @@ class PayerDelivery:
                 "payer %s refused outbox row %d (%s)", self.endpoint.name, write.id, error_text(exc)
             )
             return True
+        try:  # taken: what comes back is read (a $submit answer), never a reason to resend
+            answer = orjson.loads(response.content) if response.content else None
+        except orjson.JSONDecodeError:
+            answer = None
         now = datetime.now(UTC)
         async with self.engine.begin() as connection:
             await connection.run_sync(settle_sent, [write], now)
