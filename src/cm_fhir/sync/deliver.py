@@ -60,7 +60,13 @@ from cm_fhir.sync.case_send import CaseSender, patient_identifier
 from cm_fhir.sync.config import EhrSettings, EndpointSettings
 from cm_fhir.sync.patients import PatientResolver
 
-__all__ = ["DeliveryStats", "EndpointDelivery"]
+__all__ = [
+    "DeliveryStats",
+    "EndpointDelivery",
+    "error_text",
+    "is_retryable",
+    "outcome_bytes",
+]
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
@@ -92,7 +98,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """Status and class only: an OperationOutcome may quote what was sent (PHI)."""
     if isinstance(exc, RemoteFhirError):
         status = f"HTTP {exc.status} " if exc.status is not None else ""
@@ -100,9 +106,20 @@ def _error_text(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _outcome(exc: BaseException) -> bytes | None:
+def outcome_bytes(exc: BaseException) -> bytes | None:
+    """The OperationOutcome an endpoint answered with, as JSON bytes (None: none)."""
     outcome = getattr(exc, "outcome", None)
     return orjson.dumps(outcome) if isinstance(outcome, dict) else None
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a write may succeed later: transport, 5xx, 429, an open circuit, 401/403 while
+    credentials are fixed, a 412 to re-read, or the database away."""
+    if isinstance(exc, RemoteFhirError):
+        return exc.retryable or isinstance(
+            exc, RemoteAuthError | RemotePreconditionFailed | RemoteUnavailable
+        )
+    return isinstance(exc, SQLAlchemyError | OSError)
 
 
 class EndpointDelivery:
@@ -169,7 +186,7 @@ class EndpointDelivery:
             try:
                 patient_ids, found = await self.patients.resolve_many(identifiers, held)
             except Exception as exc:  # no literal references this time
-                log.warning("patient look-up failed (%s)", _error_text(exc))
+                log.warning("patient look-up failed (%s)", error_text(exc))
         queues = {w.patient_key: list(w.writes) for w in work}
         while True:
             # one write per patient per round: a patient's writes go in order
@@ -244,12 +261,12 @@ class EndpointDelivery:
                 if self._retryable(exc):
                     self._retry_later(settled[key], queues[key], write, exc)
                     continue
-                settled[key].failed.append((write, _error_text(exc), _outcome(exc)))
+                settled[key].failed.append((write, error_text(exc), outcome_bytes(exc)))
                 log.warning(
                     "outbox row %d refused by endpoint %s (%s)",
                     write.id,
                     self.endpoint.name,
-                    _error_text(exc),
+                    error_text(exc),
                 )
                 continue
             settled[key].sent.append(write)
@@ -259,7 +276,7 @@ class EndpointDelivery:
     ) -> None:
         """The patient's write and every later one wait (their order holds)."""
         settled.retry = [write, *queue]
-        settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
+        settled.retry_error = (error_text(exc), outcome_bytes(exc), self._delay(exc, write))
         queue.clear()
 
     async def _held(self, work: list[PatientWork]) -> dict[SyncKey, SyncRecord]:
@@ -278,11 +295,7 @@ class EndpointDelivery:
         return found
 
     def _retryable(self, exc: Exception) -> bool:
-        if isinstance(exc, RemoteFhirError):
-            return exc.retryable or isinstance(
-                exc, RemoteAuthError | RemotePreconditionFailed | RemoteUnavailable
-            )
-        return isinstance(exc, SQLAlchemyError | OSError)
+        return is_retryable(exc)
 
     def _delay(self, exc: Exception, write: CaseWrite) -> float:
         base = min(self.config.retry_max, self.config.retry_base * 2 ** min(write.attempts, 16))

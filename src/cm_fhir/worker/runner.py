@@ -23,25 +23,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cm_fhir.domain.events import NoticeKind
 from cm_fhir.errors import StoreError
 from cm_fhir.ingest_door import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
-from cm_fhir.mapping.payer_exchange import PayerExchange
+from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
-from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
+from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute, PayerRoute
 from cm_fhir.store.queue import mark_waiting
 from cm_fhir.store.wakeup import Wakeup, idle
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
+from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
 from cm_fhir.workflow import PatientState
 
@@ -69,12 +72,19 @@ class WorkerConfig:
     close_check_seconds: float = _DEFAULTS.close_check_seconds  # between closing passes
     apply_processing_ids: frozenset[str] = frozenset(_DEFAULTS.apply_processing_ids)
     routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES  # the endpoints outbox Bundles go to
+    payers: tuple[PayerRoute, ...] = ()  # the payers told of members' admissions and discharges
+    notify_events: frozenset[NoticeKind] = frozenset(NoticeKind)
 
     @classmethod
     def from_settings(
-        cls, worker: WorkerSettings, routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES
+        cls,
+        worker: WorkerSettings,
+        routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES,
+        payers: tuple[PayerRoute, ...] = (),
+        notify_events: Collection[str] = tuple(NoticeKind),
     ) -> WorkerConfig:
-        """The configuration of the ``worker`` settings, enqueuing for ``routes``."""
+        """The configuration of the ``worker`` settings, enqueuing for ``routes`` and telling
+        ``payers`` of ``notify_events``."""
         return cls(
             batch_size=worker.batch_size,
             batch_seconds=worker.batch_seconds,
@@ -84,6 +94,8 @@ class WorkerConfig:
             close_check_seconds=worker.close_check_seconds,
             apply_processing_ids=frozenset(worker.apply_processing_ids),
             routes=routes,
+            payers=payers,
+            notify_events=frozenset(NoticeKind(e) for e in notify_events),
         )
 
 
@@ -128,6 +140,14 @@ class Worker:
             cache=decoded,
             routes=self.config.routes,
             payer=payer,
+            notifier=PayerNotifier(
+                self.config.payers,
+                payer or default_payer_exchange(),
+                registry.canonical_base,
+                self.config.notify_events,
+            )
+            if self.config.payers
+            else None,
         )
         self.closer = CaseCloser(rules, registry, decoded, routes=self.config.routes)
         self.totals = BatchResult()
