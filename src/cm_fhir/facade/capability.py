@@ -2,7 +2,7 @@
 
 It states exactly what ``/fhir`` answers: the served types with their profiles (from the mapping
 registry's ``profiles``), the ``read`` and ``search-type`` interactions, each type's search
-parameters (:data:`~cm_fhir.facade.search.SEARCH_PARAMETERS`), JSON only, and SMART backend
+parameters (:data:`~cm_fhir.facade.parameters.SEARCH_PARAMETERS`), JSON only, and SMART backend
 services scopes (``system/*.read`` or ``system/<Type>.read``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm_fhir.facade.search import INCLUDES, RESOURCE_TYPES, SEARCH_PARAMETERS
+from cm_fhir.facade.parameters import INCLUDES, RESOURCE_TYPES, SEARCH_PARAMETERS
 from cm_fhir.mapping.registry import MappingRegistry
 
 __all__ = ["FHIR_VERSION", "PROFILE_KEYS", "capability_statement", "read_scopes"]

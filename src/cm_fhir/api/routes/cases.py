@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api import case_changes as changes
@@ -33,6 +34,7 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
 from cm_fhir.domain import (
     CarePlan,
     Case,
@@ -61,6 +63,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/cases", tags=["cases"])
 
+_CURSOR = "cases"
+
 IfMatch = Annotated[str | None, Header(description='W/"<version>" from a previous ETag')]
 
 
@@ -86,9 +90,10 @@ class CaseSummary(BaseModel):
     updated_at: datetime
 
 
-class CasePage(BaseModel):
+class CasePage(PageLinks):
+    """A page of cases in case-id order (paged as every list: :mod:`cm_fhir.api.paging`)."""
+
     items: list[CaseSummary]
-    next: str | None = Field(None, description="The next page, or null")
 
 
 def _etag(version: int) -> str:
@@ -145,8 +150,9 @@ async def get_cases(
     opened_to: Annotated[datetime | None, Query(description="Opened before")] = None,
     updated_since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    after: Annotated[str | None, Query(description="Case id the page starts after")] = None,
+    cursor: CursorQuery = None,
 ) -> CasePage:
+    start = decode_cursor(_CURSOR, cursor, (str,))
     patient_token: tuple[str | None, str] | None = None
     if patient:
         system, sep, value = patient.rpartition("|")
@@ -162,7 +168,9 @@ async def get_cases(
         updated_since=_utc(updated_since),
     )
     async with engine.connect() as connection:
-        found, more = await connection.run_sync(list_cases, filters, limit=limit, after=after)
+        found, more = await connection.run_sync(
+            lambda c: list_cases(c, filters, limit=limit, after=str(start[0]) if start else None)
+        )
     audited: list[str | None] = [s.case.id for s in found] or [None]
     await audit.record_many("search", "case", audited)
     items = [
@@ -177,10 +185,8 @@ async def get_cases(
         )
         for s in found
     ]
-    next_url = None
-    if more and items:
-        next_url = str(request.url.include_query_params(after=items[-1].id))
-    return CasePage(items=items, next=next_url)
+    paged = links(request, _CURSOR, (items[-1].id,) if more and items else None)
+    return CasePage(items=items, next=paged.next, next_cursor=paged.next_cursor)
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -235,10 +241,16 @@ class CaseChange:
     if_match: str | None
 
     async def apply(
-        self, change: Callable[[Case], Case], action: str, target: str | None = None
+        self,
+        change: Callable[[Case], Case],
+        action: str,
+        target: str | None = None,
+        *,
+        then: Callable[[Connection, StoredCase], None] | None = None,
     ) -> Response:
         """Run ``change`` on the case in one transaction (see :func:`change_case`), then add the
-        recurring contacts the case's models ask for (:func:`with_contacts`)."""
+        recurring contacts the case's models ask for (:func:`with_contacts`); ``then`` runs in
+        the same transaction on the stored result (a message to enqueue with it, say)."""
         now = datetime.now(UTC)
         programmes = get_context(self.request).programmes
 
@@ -258,6 +270,8 @@ class CaseChange:
                     target=target,
                     routes=outbox_routes(get_settings(self.request)),
                 )
+                if then is not None:
+                    await connection.run_sync(then, stored)
                 await self.audit.record("update", "case", self.case_id, connection=connection)
         except (RecordConflict, RecordNotFound) as exc:
             return _record_error(self.request, exc)

@@ -1,7 +1,8 @@
 """The payer side of utilization review. I/O (database, through the case repository).
 
 ``POST /fhir/Claim/$submit`` (Da Vinci PAS), the reviewer's queue ``GET /api/utilization-reviews``
-and ``POST /api/utilization-reviews/{id}/decision``.
+(pended first, then soonest deadline; paged by ``cursor`` as every list) and
+``POST /api/utilization-reviews/{id}/decision``.
 
 ``$submit`` reads a PAS request Bundle (:mod:`cm_fhir.fhir.pas_intake`), records the review on the
 member's payer case (opening one if needed) through the one case write path, decides it at once
@@ -36,6 +37,7 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
 from cm_fhir.domain import (
     Case,
     Identifier,
@@ -68,6 +70,7 @@ from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_cas
 __all__ = ["router"]
 
 router = APIRouter(tags=["utilization review"])
+_CURSOR = "utilization-reviews"
 
 
 async def require_claim_create(principal: PrincipalDep) -> Principal:
@@ -239,13 +242,22 @@ class QueueItem(BaseModel):
     review: UtilizationReview
 
 
-class Queue(BaseModel):
+class Queue(PageLinks):
+    """A page of the reviewer's queue (paged as every list: :mod:`cm_fhir.api.paging`)."""
+
     items: list[QueueItem]
+
+
+def _queue_key(item: QueueItem) -> tuple[int, str, str, str]:
+    """Pended reviews first, then by deadline (soonest first), case and review id."""
+    pended = item.review.decision == ReviewDecision.PENDED
+    return (0 if pended else 1, item.deadline.isoformat(), item.case_id, item.review.id)
 
 
 @router.get(
     "/api/utilization-reviews",
-    summary="Utilization reviews on payer cases (the reviewer's queue), soonest deadline first",
+    summary="Utilization reviews on payer cases (the reviewer's queue): pended first, "
+    "then soonest deadline first",
     response_model=Queue,
 )
 async def get_reviews(
@@ -257,7 +269,10 @@ async def get_reviews(
     overdue: Annotated[
         bool | None, Query(description="true: only reviews past their decision deadline")
     ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: CursorQuery = None,
 ) -> Queue:
+    start = decode_cursor(_CURSOR, cursor, (int, str, str, str))
     now = datetime.now(UTC)
     async with engine.connect() as connection:
         cases = await connection.run_sync(
@@ -270,9 +285,13 @@ async def get_reviews(
         if (status is None or r.decision == status)
         and (overdue is None or r.is_overdue(now) == overdue)
     ]
-    items.sort(key=lambda i: (i.deadline, i.review.id))
-    await audit.record_many("search", "utilization-review", [i.review.id for i in items] or [None])
-    return Queue(items=items)
+    items.sort(key=_queue_key)
+    if start is not None:
+        items = [i for i in items if _queue_key(i) > start]
+    page = items[:limit]
+    await audit.record_many("search", "utilization-review", [i.review.id for i in page] or [None])
+    paged = links(request, _CURSOR, _queue_key(page[-1]) if len(items) > limit else None)
+    return Queue(items=page, next=paged.next, next_cursor=paged.next_cursor)
 
 
 class DecisionRequest(BaseModel):
