@@ -52,10 +52,14 @@ NoSpace = Annotated[str, StringConstraints(pattern=r"^\S+$")]
 
 
 class Rules(BaseModel):
+    """A part of a rules file: frozen, and no key it does not know."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class IdentifierSpec(Rules):
+    """A business identifier of a team or organisation: its system and value."""
+
     system: NoSpace
     value: Annotated[str, StringConstraints(pattern=r"^\S(.*\S)?$")]
 

@@ -15,6 +15,8 @@ __all__ = ["PREFIX_SYSTEMS", "AgeRange", "Criterion", "DiagnosisCriterion"]
 
 
 class AgeRange(Rules):
+    """An age criterion: at least ``min`` and at most ``max`` whole years (one may be open)."""
+
     min: int | None = Field(default=None, ge=0, le=150)
     max: int | None = Field(default=None, ge=0, le=150)
 
