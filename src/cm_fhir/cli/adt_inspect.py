@@ -29,14 +29,11 @@ import typer
 
 from cm_fhir.cli._app import adt_app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
     MappingsOption,
+    StoreOptions,
     TimezoneOption,
     database_label,
-    settings_from,
+    store_options,
 )
 from cm_fhir.errors import (
     Hl7ParseError,
@@ -245,6 +242,7 @@ def _print_dry_run(files: list[InspectedFile], settings: Settings) -> None:
 
 
 @adt_app.command("inspect")
+@store_options
 def inspect(
     files: list[Path] = typer.Argument(..., help="HL7v2 files (messages or batches)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -253,17 +251,10 @@ def inspect(
     ),
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the ADT event(s) each file holds, or the errors with their positions."""
-    settings = settings_from(
-        config,
-        database_url=database_url,
-        data_dir=data_dir,
-        database_schema=database_schema,
+    settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,
     )

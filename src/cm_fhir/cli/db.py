@@ -18,14 +18,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from cm_fhir.cli._app import db_app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, fail
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
+    StoreOptions,
     cannot_open,
     database_label,
     existing_database,
-    settings_from,
+    store_options,
 )
 from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
@@ -41,16 +38,12 @@ __all__ = ["current", "history", "upgrade"]
 
 
 @db_app.command("upgrade")
+@store_options
 def upgrade(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Apply the database migrations shipped with cm-fhir (idempotent)."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
     label = database_label(settings)
 
     async def _run() -> list[str]:
@@ -82,16 +75,12 @@ async def _revision(settings: Settings) -> str | None:
 
 
 @db_app.command("current")
+@store_options
 def current(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the revision the database is at; exit 1 unless it is the latest."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
     revision = asyncio.run(_revision(settings))
     head = revision_history()[-1][0]
     label = database_label(settings)
@@ -117,16 +106,12 @@ async def _applied(settings: Settings) -> str | None:
 
 
 @db_app.command("history")
+@store_options
 def history(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """List the shipped revisions, oldest first, and which ones the database has."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
     revision = asyncio.run(_applied(settings))
     revisions = revision_history()
     names = [name for name, _ in revisions]

@@ -4,15 +4,21 @@ Every command that touches the database, the mappings or the service takes the s
 (``--config``, ``--database-url``, ``--data-dir``, ``--database-schema``; ``--mappings`` and
 ``--timezone`` where messages are read; ``--log-level`` where a service runs) and builds its
 :class:`~cm_fhir.settings.Settings` with :func:`settings_from`: flags > ``CM_FHIR_`` environment >
-config file > defaults. So ``serve``, ``listen``, ``worker``, ``replay``, ``db ...`` and
+config file > defaults. A command that opens the database declares the first four once, as a
+``store: StoreOptions`` parameter under :func:`store_options`, and builds its settings with
+:meth:`StoreOptions.settings`. So ``serve``, ``listen``, ``worker``, ``replay``, ``db ...`` and
 ``adt inspect --dry-run`` all find the same database. :func:`existing_database` opens it for
 commands that only read or repair it, refusing (in one line) a database that is not there.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,12 +38,14 @@ __all__ = [
     "LogFormatOption",
     "LogLevelOption",
     "MappingsOption",
+    "StoreOptions",
     "TimezoneOption",
     "cannot_open",
     "configure_logging",
     "database_label",
     "existing_database",
     "settings_from",
+    "store_options",
 ]
 
 _PANEL = "Settings (flags > CM_FHIR_ environment > --config file > defaults)"
@@ -138,6 +146,66 @@ def settings_from(config: Path | None, **flags: Any) -> Settings:
     exits 2 naming the setting.
     """
     return load_settings(config, _given(flags))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """The flags that find the database (``--config``, ``--database-url``, ``--data-dir``,
+    ``--database-schema``), as one value; None means not given."""
+
+    config: Path | None = None
+    database_url: str | None = None
+    data_dir: Path | None = None
+    database_schema: str | None = None
+
+    def settings(self, **flags: Any) -> Settings:
+        """:func:`settings_from` with these flags and the command's own ``flags``."""
+        return settings_from(
+            self.config,
+            database_url=self.database_url,
+            data_dir=self.data_dir,
+            database_schema=self.database_schema,
+            **flags,
+        )
+
+
+_STORE_ANNOTATIONS: dict[str, Any] = {
+    "config": ConfigOption,
+    "database_url": DatabaseUrlOption,
+    "data_dir": DataDirOption,
+    "database_schema": DatabaseSchemaOption,
+}
+_R = TypeVar("_R")
+
+
+def store_options(command: Callable[..., _R]) -> Callable[..., _R]:
+    """Give a typer command the :class:`StoreOptions` flags in place of its ``store`` parameter.
+
+    Put it under ``@app.command()``. The command declares ``store: StoreOptions`` where the four
+    flags belong on its help screen, and receives them in one :class:`StoreOptions`.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    if "store" not in signature.parameters:
+        raise TypeError(f"{command.__name__} has no `store` parameter")
+    names = [f.name for f in fields(StoreOptions)]
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        if param.name == "store":
+            params += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+                for name, a in _STORE_ANNOTATIONS.items()
+            ]
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_store(**values: Any) -> _R:
+        store = StoreOptions(**{name: values.pop(name) for name in names})
+        return command(store=store, **values)
+
+    with_store.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    with_store.__annotations__ = {p.name: p.annotation for p in params}
+    return with_store
 
 
 def configure_logging(settings: Settings) -> None:

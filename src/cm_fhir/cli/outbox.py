@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -23,9 +22,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import fail
+from cm_fhir.cli.options import StoreOptions, store_options
 from cm_fhir.errors import CmFhirError
 from cm_fhir.service import check_database
-from cm_fhir.settings import Settings, load_settings
+from cm_fhir.settings import Settings
 from cm_fhir.store.engine import engine_for
 from cm_fhir.store.outbox import mark_for_resend
 from cm_fhir.sync.runner import SyncWorker
@@ -102,6 +102,7 @@ async def _deliver(
 
 
 @outbox_app.command("resend")
+@store_options
 def resend(
     every: Annotated[
         bool, typer.Option("--all", help="Every case, not only those whose write failed.")
@@ -114,25 +115,12 @@ def resend(
     send: Annotated[
         bool, typer.Option("--send/--no-send", help="Deliver here, or only mark them.")
     ] = True,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", envvar="CM_FHIR_CONFIG", help="TOML or YAML config file."),
-    ] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Embedded data folder.")] = None,
+    store: StoreOptions = StoreOptions(),
     ehr_url: Annotated[str | None, typer.Option(help="FHIR base URL of the EHR.")] = None,
 ) -> None:
     """Send outbox Bundles again (failed ones; every case with --all)."""
-    overrides: dict[str, Any] = {}
-    for key, value in (
-        ("database_url", database_url),
-        ("data_dir", data_dir),
-        ("ehr_url", ehr_url),
-    ):
-        if value is not None:
-            overrides[key] = value
     try:
-        settings = load_settings(config, overrides)
+        settings = store.settings(ehr_url=ehr_url)
         if endpoint is not None and endpoint not in {e.name for e in settings.endpoints}:
             fail(f"--endpoint: no endpoint named {endpoint[:64]!r} in the settings")
         marked, totals = asyncio.run(

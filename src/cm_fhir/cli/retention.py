@@ -18,12 +18,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.cli._app import db_app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
+    StoreOptions,
     existing_database,
-    settings_from,
+    store_options,
 )
 from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
@@ -33,19 +30,15 @@ __all__ = ["purge_command"]
 
 
 @db_app.command("purge")
+@store_options
 def purge_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would be purged; change nothing.")
     ] = False,
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Purge PHI older than the retention ages: raw messages, trace, audit, sent outbox."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
     counts = asyncio.run(_purge(settings, dry_run))
     verb = "would purge" if dry_run else "purged"
     typer.echo(f"{verb}: {counts.describe()}")

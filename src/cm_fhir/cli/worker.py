@@ -26,17 +26,14 @@ import typer
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, EXIT_UNUSABLE, fail
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
     LogFormatOption,
     LogLevelOption,
     MappingsOption,
+    StoreOptions,
     TimezoneOption,
     configure_logging,
     existing_database,
-    settings_from,
+    store_options,
 )
 from cm_fhir.retention import RetentionJob
 from cm_fhir.service import check_database, make_workers
@@ -99,6 +96,7 @@ def _child(settings: Settings, once: bool) -> None:
 
 
 @app.command()
+@store_options
 def worker(
     once: bool = typer.Option(False, "--once", help="Stop when nothing is left to claim."),
     concurrency: int | None = typer.Option(
@@ -120,10 +118,7 @@ def worker(
     migrate: bool = typer.Option(
         False, "--migrate", help="Upgrade a PostgreSQL database on start (SQLite always is)."
     ),
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
     log_level: LogLevelOption = None,
@@ -133,11 +128,7 @@ def worker(
 
     Without ``--once`` it also purges PHI past the ``retention`` ages.
     """
-    settings = settings_from(
-        config,
-        database_url=database_url,
-        data_dir=data_dir,
-        database_schema=database_schema,
+    settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,
         log={"level": log_level, "format": log_format},
@@ -176,23 +167,19 @@ def worker(
 
 
 @app.command("replay")
+@store_options
 def replay_command(
     ids: list[int] | None = typer.Argument(None, help="Inbox row ids to process again."),
     all_rows: bool = typer.Option(False, "--all", help="Every inbox row."),
     dead_letter: int | None = typer.Option(
         None, "--dead-letter", help="A dead letter to retry; releases the rows behind it."
     ),
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Put inbox rows back to ``received``; the worker processes them again (idempotently)."""
     if sum(bool(x) for x in (ids, all_rows, dead_letter is not None)) != 1:
         fail("give row ids, --all or --dead-letter ID", EXIT_UNUSABLE)
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
 
     async def _replay() -> str | None:
         engine = await existing_database(settings)
