@@ -1,10 +1,13 @@
 """The flags that find the database are declared once (:func:`cm_fhir.cli.options.store_options`):
 every command that takes one of them takes all four, and a command receives them as one
-:class:`~cm_fhir.cli.options.StoreOptions` whose settings honour each flag."""
+:class:`~cm_fhir.cli.options.StoreOptions` whose settings honour each flag. The CLI starts without
+importing the heavy libraries; the commands import them when they run."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,9 @@ import typer
 from typer.testing import CliRunner
 
 from cm_fhir.cli import app
+from cm_fhir.cli.cases import CliWriteMode
 from cm_fhir.cli.options import StoreOptions, store_options
+from cm_fhir.fhir import WriteMode
 
 STORE_FLAGS = {"--config", "--database-url", "--data-dir", "--database-schema"}
 _NO_FLAGS = StoreOptions()
@@ -83,3 +88,27 @@ def test_a_command_without_a_store_parameter_is_refused() -> None:
 
     with pytest.raises(TypeError, match="no `store` parameter"):
         store_options(plain)
+
+
+def test_the_cli_starts_without_the_heavy_libraries() -> None:
+    """``cm-fhir --help`` loads no FHIR model, database, web or HL7 library: the commands
+    import them when they run."""
+    code = (
+        "import sys, cm_fhir.cli; print(' '.join(sorted({m.split('.')[0] for m in sys.modules})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for heavy in ("fhir", "sqlalchemy", "fastapi", "hl7apy", "httpx", "alembic", "uvicorn"):
+        assert heavy not in loaded, heavy
+    help_screen = subprocess.run(
+        [sys.executable, "-m", "cm_fhir.cli", "map", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "conditional-create" in help_screen
+
+
+def test_the_write_modes_on_the_command_line_are_those_of_the_mapper() -> None:
+    assert [m.value for m in CliWriteMode] == [m.value for m in WriteMode]

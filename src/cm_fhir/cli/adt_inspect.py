@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import typer
@@ -40,12 +40,12 @@ from cm_fhir.errors import (
     InboundMessageError,
     MappingError,
 )
-from cm_fhir.hl7v2.adt import parse_adt
-from cm_fhir.hl7v2.events import AdtEvent, Location, MappedCode, PersonName, UnsupportedMessage
-from cm_fhir.hl7v2.normalise import split_batch
-from cm_fhir.hl7v2.structures import event_description
-from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.settings import Settings
+
+if TYPE_CHECKING:
+    from cm_fhir.hl7v2.events import AdtEvent, Location, MappedCode, PersonName, UnsupportedMessage
+    from cm_fhir.mapping.adt_maps import AdtConceptMaps
+
 
 __all__ = ["InspectedFile", "InspectedMessage", "inspect_files"]
 
@@ -73,6 +73,9 @@ def inspect_files(
     paths: list[Path], maps: AdtConceptMaps, default_tz: tzinfo | None = None
 ) -> list[InspectedFile]:
     """Read and parse every message of every file; errors are collected, not raised."""
+    from cm_fhir.hl7v2.adt import parse_adt
+    from cm_fhir.hl7v2.normalise import split_batch
+
     inspected: list[InspectedFile] = []
     for path in paths:
         try:
@@ -142,6 +145,8 @@ def _place(location: Location | None) -> str:
 
 
 def _event_lines(event: AdtEvent) -> list[str]:
+    from cm_fhir.hl7v2.structures import event_description
+
     patient = event.patient
     ids = ", ".join(
         f"{i.value} ({i.assigning_authority or '-'}, {i.type_code or '-'})"
@@ -188,6 +193,8 @@ def _event_lines(event: AdtEvent) -> list[str]:
 
 
 def _print_text(files: list[InspectedFile]) -> None:
+    from cm_fhir.hl7v2.events import UnsupportedMessage
+
     for item in files:
         if item.unreadable is not None:
             typer.echo(f"{item.path}: cannot read file ({item.unreadable})", err=True)
@@ -254,6 +261,8 @@ def inspect(
     store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the ADT event(s) each file holds, or the errors with their positions."""
+    from cm_fhir.mapping.adt_maps import load_adt_concept_maps
+
     settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,

@@ -13,7 +13,6 @@ import asyncio
 from pathlib import Path
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.cli._app import db_app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, fail
@@ -26,13 +25,6 @@ from cm_fhir.cli.options import (
 )
 from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import (
-    async_url,
-    current_revision,
-    engine_for,
-    revision_history,
-    upgrade_database,
-)
 
 __all__ = ["current", "history", "upgrade"]
 
@@ -43,6 +35,8 @@ def upgrade(
     store: StoreOptions = StoreOptions(),
 ) -> None:
     """Apply the database migrations shipped with cm-fhir (idempotent)."""
+    from cm_fhir.store.engine import engine_for, revision_history, upgrade_database
+
     settings = store.settings()
     label = database_label(settings)
 
@@ -67,6 +61,8 @@ def upgrade(
 
 
 async def _revision(settings: Settings) -> str | None:
+    from cm_fhir.store.engine import current_revision
+
     engine = await existing_database(settings)
     try:
         return await current_revision(engine)
@@ -80,6 +76,8 @@ def current(
     store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the revision the database is at; exit 1 unless it is the latest."""
+    from cm_fhir.store.engine import revision_history
+
     settings = store.settings()
     revision = asyncio.run(_revision(settings))
     head = revision_history()[-1][0]
@@ -93,6 +91,10 @@ def current(
 
 async def _applied(settings: Settings) -> str | None:
     """The database's revision; None when it has none yet (a missing SQLite file included)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cm_fhir.store.engine import async_url, current_revision, engine_for
+
     url = async_url(settings.effective_database_url)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).is_file():
         return None
@@ -111,6 +113,8 @@ def history(
     store: StoreOptions = StoreOptions(),
 ) -> None:
     """List the shipped revisions, oldest first, and which ones the database has."""
+    from cm_fhir.store.engine import revision_history
+
     settings = store.settings()
     revision = asyncio.run(_applied(settings))
     revisions = revision_history()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -22,10 +23,12 @@ from cm_fhir.cli.options import (
     configure_logging,
     store_options,
 )
-from cm_fhir.cli.serve import run_service
 from cm_fhir.logs import LogFormat, console_json
-from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role
+
+if TYPE_CHECKING:
+    from cm_fhir.service import ServiceInfo
+
 
 __all__ = ["listen"]
 
@@ -82,6 +85,9 @@ def listen(
     Unset options come from the environment (CM_FHIR_MLLP__...), the config file, then the
     defaults in brackets.
     """
+    from cm_fhir.cli.serve import run_service
+    from cm_fhir.service import Service
+
     given = {
         "host": host,
         "port": port,

@@ -18,17 +18,18 @@ import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import ConfigError
 from cm_fhir.logs import LEVELS, LogFormat
 from cm_fhir.logs import configure_logging as configure_log_lines
 from cm_fhir.settings import Settings, load_settings
-from cm_fhir.store.engine import async_url, current_revision, engine_for
+
+if TYPE_CHECKING:  # the database layer is imported by the commands that open one
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 
 __all__ = [
     "ConfigOption",
@@ -216,6 +217,8 @@ def configure_logging(settings: Settings) -> None:
 
 def database_label(settings: Settings) -> str:
     """The database for messages: the SQLite file, or the URL without its password."""
+    from cm_fhir.store.engine import async_url
+
     url = async_url(settings.effective_database_url)
     if url.get_backend_name() == "sqlite":
         return str(url.database)
@@ -238,6 +241,10 @@ async def existing_database(settings: Settings) -> AsyncEngine:
         ConfigError: no SQLite file there, the server cannot be reached, or no cm-fhir schema;
             the message names the database and the command that fixes it.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cm_fhir.store.engine import async_url, current_revision, engine_for
+
     url = async_url(settings.effective_database_url)
     label = database_label(settings)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).is_file():

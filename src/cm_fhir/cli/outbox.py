@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import fail
 from cm_fhir.cli.options import StoreOptions, store_options
 from cm_fhir.errors import CmFhirError
-from cm_fhir.service import check_database
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import engine_for
-from cm_fhir.store.outbox import mark_for_resend
-from cm_fhir.sync.runner import SyncWorker
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 
 __all__ = ["outbox_app"]
 
@@ -58,6 +57,10 @@ async def _resend(
     since: datetime | None,
     send: bool,
 ) -> tuple[int, dict[str, int]]:
+    from cm_fhir.service import check_database
+    from cm_fhir.store.engine import engine_for
+    from cm_fhir.store.outbox import mark_for_resend
+
     engine = engine_for(settings)
     try:
         await check_database(engine, settings, migrate=False)
@@ -83,6 +86,8 @@ async def _resend(
 async def _deliver(
     engine: AsyncEngine, settings: Settings, endpoints: list[Any], marked: int
 ) -> dict[str, int]:
+    from cm_fhir.sync.runner import SyncWorker
+
     async with SyncWorker(engine, endpoints, settings.ehr) as sync:
         with typer.progressbar(length=marked, label="resending", file=None) as bar:
             done = 0

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.cli._app import db_app
 from cm_fhir.cli.options import (
@@ -24,7 +21,12 @@ from cm_fhir.cli.options import (
 )
 from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
-from cm_fhir.store.retention import PurgeCounts, purge
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from cm_fhir.store.retention import PurgeCounts
+
 
 __all__ = ["purge_command"]
 
@@ -45,6 +47,12 @@ def purge_command(
 
 
 async def _purge(settings: Settings, dry_run: bool) -> PurgeCounts:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cm_fhir.store.retention import purge
+
     engine = await existing_database(settings)  # names a missing or unmigrated database
     console = Console(stderr=True)
     try:

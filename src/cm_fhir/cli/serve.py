@@ -13,7 +13,7 @@ import asyncio
 import functools
 import signal
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -28,8 +28,11 @@ from cm_fhir.cli.options import (
     store_options,
 )
 from cm_fhir.logs import LogFormat, console_json
-from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role
+
+if TYPE_CHECKING:
+    from cm_fhir.service import Service, ServiceInfo
+
 
 __all__ = ["print_ready", "run_service", "serve"]
 
@@ -113,6 +116,8 @@ def serve(
     ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
+    from cm_fhir.service import Service
+
     settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,

@@ -20,6 +20,7 @@ import multiprocessing
 import os
 import signal
 from multiprocessing.context import SpawnProcess
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -35,11 +36,11 @@ from cm_fhir.cli.options import (
     existing_database,
     store_options,
 )
-from cm_fhir.retention import RetentionJob
-from cm_fhir.service import check_database, make_workers
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import async_url, engine_for
-from cm_fhir.worker import BatchResult, Worker, replay, replay_dead_letter
+
+if TYPE_CHECKING:
+    from cm_fhir.worker import BatchResult
+
 
 __all__ = ["replay_command", "worker"]
 
@@ -57,6 +58,9 @@ def _summary(result: BatchResult) -> str:
 
 
 async def _migrate(settings: Settings, migrate: bool) -> None:
+    from cm_fhir.service import check_database
+    from cm_fhir.store.engine import engine_for
+
     engine = engine_for(settings, pool_size=1)
     try:
         await check_database(engine, settings, migrate=migrate)
@@ -65,6 +69,11 @@ async def _migrate(settings: Settings, migrate: bool) -> None:
 
 
 async def _run(settings: Settings, once: bool) -> BatchResult:
+    from cm_fhir.retention import RetentionJob
+    from cm_fhir.service import make_workers
+    from cm_fhir.store.engine import engine_for
+    from cm_fhir.worker import Worker
+
     engine = engine_for(settings)
     try:
         worker = make_workers(engine, settings, count=1)[0]
@@ -128,6 +137,9 @@ def worker(
 
     Without ``--once`` it also purges PHI past the ``retention`` ages.
     """
+    from cm_fhir.store.engine import async_url
+    from cm_fhir.worker import BatchResult
+
     settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,
@@ -177,6 +189,8 @@ def replay_command(
     store: StoreOptions = StoreOptions(),
 ) -> None:
     """Put inbox rows back to ``received``; the worker processes them again (idempotently)."""
+    from cm_fhir.worker import replay, replay_dead_letter
+
     if sum(bool(x) for x in (ids, all_rows, dead_letter is not None)) != 1:
         fail("give row ids, --all or --dead-letter ID", EXIT_UNUSABLE)
     settings = store.settings()
