@@ -112,3 +112,16 @@ def test_the_cli_starts_without_the_heavy_libraries() -> None:
 
 def test_the_write_modes_on_the_command_line_are_those_of_the_mapper() -> None:
     assert [m.value for m in CliWriteMode] == [m.value for m in WriteMode]
+
+
+def test_the_help_screens_show_the_defaults_in_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("TERMINAL_WIDTH", "200")
+    shown = CliRunner().invoke(app, ["serve", "--help"]).output
+    for default in (
+        "[cm-fhir.sqlite3 in the data dir]",
+        "[cm-fhir-data]",
+        "[the server's search_path]",
+        "[discharge-rules.yaml: UTC]",
+    ):
+        assert default in shown, default

@@ -49,6 +49,7 @@ __all__ = [
     "store_options",
 ]
 
+# Help texts end with the default in brackets, escaped: rich would take "[word]" for markup.
 _PANEL = "Settings (flags > CM_FHIR_ environment > --config file > defaults)"
 
 ConfigOption = Annotated[
@@ -65,7 +66,7 @@ DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="sqlite:///file.db or postgresql://user@host/db [cm-fhir.sqlite3 in the data dir].",
+        help="sqlite:///file.db or postgresql://user@host/db \\[cm-fhir.sqlite3 in the data dir].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -74,7 +75,7 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Folder of the embedded SQLite database [cm-fhir-data].",
+        help="Folder of the embedded SQLite database \\[cm-fhir-data].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -83,7 +84,7 @@ DatabaseSchemaOption = Annotated[
     str | None,
     typer.Option(
         "--database-schema",
-        help="PostgreSQL schema cm-fhir lives in [the server's search_path].",
+        help="PostgreSQL schema cm-fhir lives in \\[the server's search_path].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -101,7 +102,7 @@ TimezoneOption = Annotated[
     str | None,
     typer.Option(
         "--timezone",
-        help="IANA zone of HL7 times without an offset [discharge-rules.yaml: UTC].",
+        help="IANA zone of HL7 times without an offset \\[discharge-rules.yaml: UTC].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -110,7 +111,7 @@ LogLevelOption = Annotated[
     str | None,
     typer.Option(
         "--log-level",
-        help=f"{', '.join(LEVELS)} [INFO].",
+        help=f"{', '.join(LEVELS)} \\[INFO].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -120,7 +121,7 @@ LogFormatOption = Annotated[
     LogFormat | None,
     typer.Option(
         "--log-format",
-        help="text, or json: one JSON object per line [text].",
+        help="text, or json: one JSON object per line \\[text].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
