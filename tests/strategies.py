@@ -391,4 +391,5 @@ def cases(draw: Draw) -> Case:
         referrals=tuple(draw(referrals(i, present)) for i in draw(unique_ids(3))),
         discharge_plan=discharge_plan,
         outcome=draw(maybe(outcomes())),
+        next_review=draw(maybe(days)),
     )

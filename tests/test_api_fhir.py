@@ -59,7 +59,7 @@ async def test_metadata_is_open_and_valid(case_app: FastAPI) -> None:
     statement = response.json()
     CapabilityStatement.model_validate(statement)
     served = [r["type"] for r in statement["rest"][0]["resource"]]
-    assert served == list(RESOURCE_TYPES)
+    assert served == [*RESOURCE_TYPES, "Claim"]  # Claim: the payer operations only
     assert statement["implementation"]["url"] == f"{BASE_URL}/fhir"
 
 

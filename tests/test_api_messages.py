@@ -75,7 +75,7 @@ async def test_filters_and_paging(api_client: httpx.AsyncClient) -> None:
     assert await ids(received_from="2000-01-01T00:00:00Z") == ["F-2", "F-1", "F-0"]
     first = (await api_client.get("/api/messages", params={"limit": 2})).json()
     assert [m["control_id"] for m in first["items"]] == ["F-2", "F-1"]
-    assert await ids(before=first["next_before"]) == ["F-0"]
+    assert await ids(cursor=first["next_cursor"]) == ["F-0"]
     following = (await api_client.get(first["next"])).json()  # every list pages by `next`
     assert [m["control_id"] for m in following["items"]] == ["F-0"]
     assert following["next"] is None

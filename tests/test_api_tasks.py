@@ -68,7 +68,7 @@ async def test_paging_walks_every_task_once_in_due_order(case_app: FastAPI) -> N
             seen += [f"{i['case_id']}/{i['id']}" for i in page["items"]]
             dues += [i["due"] for i in page["items"]]
             url = page["next"]
-        bad = await http.get("/api/tasks", params={"after": "!!not-a-cursor"})
+        bad = await http.get("/api/tasks", params={"cursor": "!!not-a-cursor"})
     assert len(seen) == len(set(seen)) == sum(len(example(n).tasks) for n in CASES)
     assert dues == sorted(dues)
     assert bad.status_code == 422

@@ -26,7 +26,7 @@ from workflow_messages import Visit, hours
 
 __all__ = ["case_app"]
 
-PAGES = ["", "/messages", "/dead-letters", "/outbox", "/worklist", "/cases"]
+PAGES = ["", "/messages", "/dead-letters", "/outbox", "/worklist", "/cases", "/reviews"]
 MRN = "MRN-CONSOLE-7"
 
 

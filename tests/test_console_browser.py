@@ -2,8 +2,9 @@
 ``cm-fhir serve`` fed over MLLP.
 
 Covers signing in with the keyboard, the navigation's accessible names, finding a message by
-control id and opening its trace, replaying a dead letter (its state changes), working a task
-from the worklist (its status changes in the API), labels on every control, that no request
+control id and opening its trace, replaying a dead letter (its state changes), resending an
+outbox entry the EHR refused (its state changes), the Reviews page, working a task from the
+worklist (its status changes in the API), labels on every control, that no request
 leaves the service, and the redirect to sign-in without a session. Screenshots go to
 ``test-artifacts/console/`` (or ``$CM_FHIR_TEST_ARTIFACTS``). Skips, saying why, where Chromium
 or Playwright is missing; Playwright's own browser download is never used.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import sqlite3
 import time
@@ -25,9 +27,13 @@ import pytest
 
 from api_case_helpers import case_json, example
 from cm_fhir.demo_feed import demo_feed
+from cm_fhir.fhir.pas_request import pas_request_bundle
+from cm_fhir.mapping.payer_exchange import default_payer_exchange
+from cm_fhir.mapping.registry import default_registry
 from cm_fhir.mllp_client import MllpClient, read_ack
 from cm_fhir.settings import SQLITE_FILE_NAME
 from live_api import ServeProcess, start_serve
+from pas_samples import review, stroke_case
 
 playwright_api = pytest.importorskip(
     "playwright.async_api", reason="Playwright for Python is not installed (pip install -e .[dev])"
@@ -49,6 +55,7 @@ ARTIFACTS = (
     / "console"
 )
 OWNER = "Dana Whitfield, RN CCM"
+NAVIGATION = ("Overview", "Messages", "Dead letters", "Outbox", "Worklist", "Cases", "Reviews")
 
 
 @pytest.fixture
@@ -104,6 +111,18 @@ def _dead_letter(data_dir: Path, message_id: int) -> None:
         )
 
 
+def _refuse_outbox_entry(data_dir: Path) -> int:
+    """Leave the newest outbox entry as the sync role leaves a write the EHR refused."""
+    with sqlite3.connect(data_dir / SQLITE_FILE_NAME, timeout=30) as db:
+        (row_id,) = db.execute("SELECT max(id) FROM outbox").fetchone()
+        db.execute(
+            "UPDATE outbox SET state = 'failed', attempts = 1, "
+            "last_error = '422 Unprocessable Entity' WHERE id = ?",
+            (row_id,),
+        )
+    return int(row_id)
+
+
 async def _shot(page: object, name: str) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)  # type: ignore[attr-defined]
@@ -154,11 +173,11 @@ async def test_console_journey_in_chromium(
         await _shot(page, "sign-in")
         await page.keyboard.press("Enter")
         await page.wait_for_url(serve.url + "/console")
-        for name in ("Overview", "Messages", "Dead letters", "Outbox", "Worklist", "Cases"):
+        for name in NAVIGATION:
             assert await page.get_by_role("link", name=name, exact=True).count() == 1
         assert await page.locator("svg[role=img]").count() >= 1
         assert await _labelled_controls(page) == []
-        await _shot(page, "overview")
+        await _shot(page, "overview-no-ehr")
 
         # Find a message by its control id and open its trace.
         await page.get_by_role("link", name="Messages", exact=True).click()
@@ -191,6 +210,35 @@ async def test_console_journey_in_chromium(
             assert time.monotonic() < deadline
             await _sleep()
 
+        # Resend an entry the EHR refused: its state changes, here and in the API.
+        refused = _refuse_outbox_entry(tmp_path / "data")
+        await page.get_by_role("link", name="Outbox", exact=True).click()
+        entry = page.locator(f'tr[data-outbox-entry="{refused}"]')
+        assert await entry.locator("td.state-failed").count() == 1
+        assert await _labelled_controls(page) == []
+        await _shot(page, "outbox")
+        await entry.get_by_role("button", name="Resend").click()
+        await page.wait_for_load_state()
+        assert "1 entry marked for resending." in await page.content()
+        entry = page.locator(f'tr[data-outbox-entry="{refused}"]')
+        assert await entry.locator("td.state-pending").count() == 1
+        listed = (await http.get("/api/outbox/items", params={"limit": 200})).json()["items"]
+        assert {r["id"]: r["state"] for r in listed}[refused] == "pending"
+
+        # Reviews: a payer's pended request in the reviewer's queue, reached by its link.
+        body = pas_request_bundle(
+            stroke_case(), review(), default_payer_exchange(), default_registry().canonical_base
+        )
+        submitted = await http.post("/fhir/Claim/$submit", json=body)
+        assert submitted.status_code == 200, submitted.text
+        await page.get_by_role("link", name="Reviews", exact=True).click()
+        await page.wait_for_load_state()
+        table = page.get_by_role("table", name=re.compile("^Reviews"))
+        assert await table.locator("tr[data-review]").count() == 1
+        assert "(overdue)" in await table.inner_text()
+        assert await _labelled_controls(page) == []
+        await _shot(page, "reviews")
+
         # Work a task from the worklist: the API shows its new status.
         await page.get_by_role("link", name="Worklist", exact=True).click()
         await page.get_by_label("Owner", exact=True).fill(OWNER)
@@ -220,6 +268,57 @@ async def test_console_journey_in_chromium(
     outside = [u for u in requests if urlsplit(u).netloc != origin.netloc]
     assert outside == [], outside
     assert len(requests) > 10
+
+
+async def _sign_in(serve: ServeProcess, page: object) -> None:
+    await page.goto(serve.url + "/console")  # type: ignore[attr-defined]
+    await page.get_by_label("API key").fill(serve.key)  # type: ignore[attr-defined]
+    await page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+    await page.wait_for_url(serve.url + "/console")  # type: ignore[attr-defined]
+
+
+async def _outbox_states(http: httpx.AsyncClient) -> dict[int, str]:
+    rows = (await http.get("/api/outbox/items", params={"limit": 200})).json()["items"]
+    return {int(r["id"]): str(r["state"]) for r in rows}
+
+
+async def test_a_resent_entry_reaches_the_ehr_and_the_overview_shows_its_circuit(
+    tmp_path: Path, browser: object, fhir_server: str
+) -> None:
+    serve = await start_serve(tmp_path / "data", "--ehr-url", fhir_server)
+    try:
+        await _feed(serve, 2)
+        headers = {"Authorization": f"Bearer {serve.key}"}
+        async with httpx.AsyncClient(base_url=serve.url, headers=headers) as http:
+            deadline = time.monotonic() + 60
+            while set((await _outbox_states(http)).values()) != {"sent"}:
+                assert time.monotonic() < deadline, await _outbox_states(http)
+                await _sleep()
+            refused = _refuse_outbox_entry(tmp_path / "data")
+
+            context = await browser.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+            page = await context.new_page()
+            await _sign_in(serve, page)
+            endpoint = page.locator('tr[data-endpoint="default"]')
+            assert await endpoint.locator("td.circuit-closed").inner_text() == "closed"
+            assert "sent" in await endpoint.inner_text()  # what the sync role delivered
+            await _shot(page, "overview")
+
+            await page.get_by_role("link", name="Outbox", exact=True).click()
+            entry = page.locator(f'tr[data-outbox-entry="{refused}"]')
+            await entry.get_by_role("button", name="Resend").click()
+            await page.wait_for_load_state()
+            assert "1 entry marked for resending." in await page.content()
+            deadline = time.monotonic() + 60
+            while (await _outbox_states(http))[refused] != "sent":
+                assert time.monotonic() < deadline, await _outbox_states(http)
+                await _sleep()
+            await page.reload()
+            entry = page.locator(f'tr[data-outbox-entry="{refused}"]')
+            assert await entry.locator("td.state-sent").count() == 1
+            await context.close()
+    finally:
+        await serve.stop()
 
 
 async def test_without_a_session_the_browser_lands_on_sign_in_and_sees_no_data(

@@ -89,6 +89,9 @@ def test_capability_statement_lists_exactly_the_table() -> None:
     CapabilityStatement.model_validate(statement)
     (rest,) = statement["rest"]
     served = {r["type"]: r for r in rest["resource"]}
+    claim = served.pop("Claim")  # the payer operations only: no interaction, no search
+    assert "interaction" not in claim
+    assert "searchParam" not in claim
     assert set(served) == set(SEARCH_PARAMETERS)
     for resource_type, resource in served.items():
         names = [p["name"] for p in resource["searchParam"]]

@@ -12,12 +12,20 @@ from typing import Any
 import httpx
 import pytest
 
+from api_case_helpers import check_resource
 from cm_fhir.domain import Period, ReviewDecision
+from cm_fhir.domain.events import NoticeKind
+from cm_fhir.fhir import map_case
+from cm_fhir.fhir.notification import parse_notification
 from cm_fhir.fhir.pas_intake import parse_pas_request
 from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response, parse_claim_response
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
+from cm_fhir.workflow import PatientState
+from cm_fhir.workflow.payer_events import apply_notice
+from notification_samples import bundle as notification_bundle_of
+from notification_samples import notice
 from pas_samples import REQUESTED, review, stroke_case
 
 FHIR_JSON = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
@@ -72,3 +80,28 @@ def test_every_decision_as_a_claim_response_is_accepted_and_reads_back(
         decided = pended.review.decide(decision, at, **grant)
         stored = create(client, claim_response(decided, pended.patient, SPEC, BASE, at))
         assert parse_claim_response(stored, SPEC).apply(pended.review, at) == decided
+
+
+@pytest.mark.parametrize("kind", list(NoticeKind))
+def test_each_notification_bundle_and_its_resources_are_accepted_and_read_back(
+    client: httpx.Client, kind: NoticeKind
+) -> None:
+    document = notification_bundle_of(kind)
+    stored = create(client, document)
+    assert parse_notification(stored, SPEC) == parse_notification(document, SPEC)
+    for entry in document["entry"]:
+        create(client, entry["resource"])
+
+
+def test_a_payer_case_with_its_next_review_is_accepted_and_reads_back(
+    client: httpx.Client,
+) -> None:
+    opened = apply_notice(notice(), PatientState(), SPEC, now=REQUESTED)
+    (case,) = opened.changed_cases
+    assert case.next_review is not None
+    episode = map_case(case)["entry"][0]["resource"]
+    check_resource(episode)  # our EpisodeOfCare profile, its next-review slice included
+    stored = create(client, episode)
+    url = default_registry().extension("next_review")
+    (ext,) = [e for e in stored["extension"] if e["url"] == url]
+    assert ext["valueDate"] == case.next_review.isoformat()

@@ -39,7 +39,7 @@ def by_id(elements: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_committed_snapshots_are_current(registry: ConformanceRegistry) -> None:
     own = registry.own_profiles()
     fresh = generate_snapshots(own, registry.structure_definition)
-    assert len(own) == 16
+    assert len(own) == 17
     for sd in own:
         assert sd["snapshot"]["element"] == fresh[sd["url"]], sd["url"]
 

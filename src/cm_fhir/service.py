@@ -42,6 +42,7 @@ from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.payer_exchange import PayerExchange, load_payer_exchange
 from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
@@ -125,6 +126,7 @@ class SiteMappings:
     maps: AdtConceptMaps
     registry: MappingRegistry
     programmes: ProgrammesSpec
+    payer: PayerExchange
 
 
 def site_mappings(settings: Settings) -> SiteMappings:
@@ -136,7 +138,8 @@ def site_mappings(settings: Settings) -> SiteMappings:
     maps, registry = load_adt_concept_maps(folder), site_registry(settings)
     programmes = load_programmes(folder)
     check_vocabulary(registry, rules, maps, folder, programmes)
-    return SiteMappings(rules, maps, registry, programmes)
+    payer = load_payer_exchange(folder)
+    return SiteMappings(rules, maps, registry, programmes, payer)
 
 
 def worker_available() -> bool:
@@ -161,7 +164,12 @@ def make_workers(
         count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
     return [
         module.Worker(
-            engine, config, rules=mappings.rules, maps=mappings.maps, registry=mappings.registry
+            engine,
+            config,
+            rules=mappings.rules,
+            maps=mappings.maps,
+            registry=mappings.registry,
+            payer=mappings.payer,
         )
         for _ in range(count)
     ]

@@ -10,9 +10,10 @@ entry) read only queued rows through the indexes on state; outbox rows are count
 and state (the outbox stays small: sent entries are purged). The sync role's figures of this
 process (each endpoint's circuit breaker state, writes by result, requests, lag) are added when it
 runs here, and so are Tasks read back from each EHR endpoint by outcome
-(:mod:`cm_fhir.api.status_back_metrics`). The listener's connection counters of this process
-are added when it runs here. Labels hold codes only (event, state, ACK code), never
-patient data. Needs the ``read`` scope like the rest of /api.
+(:mod:`cm_fhir.api.status_back_metrics`). Utilization reviews on payer cases still pended, and
+those past their decision deadline, are counted from the payer's cases. The listener's
+connection counters of this process are added when it runs here. Labels hold codes only (event,
+state, ACK code), never patient data. Needs the ``read`` scope like the rest of /api.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from cm_fhir.store.case_tables import OutboxState, outbox
 from cm_fhir.store.caseload import Caseload, caseloads
 from cm_fhir.store.counters import LATENCY_BOUNDS, fold_if_large, read_counters
 from cm_fhir.store.ehr_status import EndpointCursor, read_cursors
+from cm_fhir.store.payer_cases import review_counts
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import INBOX_STATES, InboxState, inbox_messages
 from cm_fhir.sync.runner import EndpointStatus
@@ -69,6 +71,8 @@ class _Snapshot:
     caseloads: list[Caseload] = field(default_factory=list)
     sync: list[EndpointStatus] = field(default_factory=list)
     status_back: list[EndpointCursor] = field(default_factory=list)
+    reviews_pended: int = 0
+    reviews_overdue: int = 0
 
 
 def _age(oldest: datetime | None, now: datetime) -> float:
@@ -230,6 +234,16 @@ class _SnapshotCollector(Collector):
             limits.add_metric([load.owner], load.limit)
         yield open_cases
         yield limits
+        yield GaugeMetricFamily(
+            "cm_fhir_utilization_reviews_pended",
+            "Utilization reviews on payer cases waiting for a decision.",
+            value=snap.reviews_pended,
+        )
+        yield GaugeMetricFamily(
+            "cm_fhir_utilization_reviews_overdue",
+            "Pended utilization reviews past their decision deadline (72 h expedited, 7 days).",
+            value=snap.reviews_overdue,
+        )
         yield from status_back_metrics(snap.status_back, datetime.now(UTC))
         if snap.listener is not None:
             stats = snap.listener
@@ -252,6 +266,9 @@ async def metrics(context: ContextDep, _: ReadPrincipal) -> Response:
     async with context.engine.connect() as connection:
         snap = await snapshot(connection)
         snap.caseloads = await caseloads(connection, context.programmes)
+        snap.reviews_pended, snap.reviews_overdue = await connection.run_sync(
+            review_counts, context.payer_exchange.payer_programme, datetime.now(UTC)
+        )
     snap.listener = context.listener.stats if context.listener is not None else None
     snap.sync = context.sync.status() if context.sync is not None else []
     registry = CollectorRegistry(auto_describe=False)

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import orjson
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from cm_fhir.api.paging import PageLinks
+
 __all__ = [
     "MessageDetail",
     "MessagePage",
@@ -59,17 +61,18 @@ class MessageSummary(_Out):
     batch_control_id: str | None = None
     peer: str | None = None
     ack_code: str | None = None
+    format: str = Field(
+        "hl7v2", description="hl7v2, or fhir for a FHIR message Bundle (notification, PAS request)."
+    )
     raw_purged_at: UtcDatetime | None = Field(
         None, description="When retention blanked the raw message (it can no longer be replayed)."
     )
 
 
-class MessagePage(BaseModel):
-    """A page of inbox rows, newest first; ``next`` is the next page's URL (as on every list)."""
+class MessagePage(PageLinks):
+    """A page of inbox rows, newest first (paged as every list: :mod:`cm_fhir.api.paging`)."""
 
     items: list[MessageSummary]
-    next: str | None = Field(None, description="The next (older) page, or null")
-    next_before: int | None = Field(None, description="Cursor for the next (older) page.")
 
 
 class TraceItem(_Out):
@@ -156,12 +159,10 @@ class OutboxSummary(BaseModel):
     counts: list[OutboxCount]
 
 
-class OutboxPage(BaseModel):
-    """A page of outbox rows, newest first; ``next`` is the next page's URL (as on every list)."""
+class OutboxPage(PageLinks):
+    """A page of outbox rows, newest first (paged as every list: :mod:`cm_fhir.api.paging`)."""
 
     items: list[OutboxItem]
-    next: str | None = Field(None, description="The next (older) page, or null")
-    next_before: int | None = None
 
 
 def outbox_item(row: Any) -> OutboxItem:

@@ -62,6 +62,7 @@ NAVIGATION: tuple[tuple[str, str], ...] = (
     ("Outbox", "/outbox"),
     ("Worklist", "/worklist"),
     ("Cases", "/cases"),
+    ("Reviews", "/reviews"),
 )
 
 

@@ -10,6 +10,7 @@ are final: they take no new work. Every change returns a new :class:`Case`.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import date
 from itertools import pairwise
 from typing import Self, TypeVar
 
@@ -173,6 +174,9 @@ class Case(DomainModel):
     """The outcome evaluation, once made."""
     utilization_reviews: tuple[UtilizationReview, ...] = ()
     """Utilization reviews asked of the payer for this stay, with their decisions, oldest first."""
+    next_review: date | None = None
+    """Payer case management: when the stay is next reviewed (the concurrent-review schedule an
+    admission starts and a discharge ends)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
@@ -308,6 +312,21 @@ class Case(DomainModel):
         """Move one task through the Task state machine."""
         changed = self.task(task_id).transition(target)
         return self._changed(tasks=tuple(changed if t.id == task_id else t for t in self.tasks))
+
+    def with_encounter(self, encounter: Identifier) -> Case:
+        """A copy that names ``encounter`` among its visits (unchanged when it already does)."""
+        if encounter in self.encounters:
+            return self
+        self._require_open("encounters")
+        return self._changed(encounters=(*self.encounters, encounter))
+
+    def with_next_review(self, day: date | None) -> Case:
+        """A copy whose next review is ``day`` (None: no review scheduled)."""
+        if day == self.next_review:
+            return self
+        if day is not None:
+            self._require_open("review schedule")
+        return self._changed(next_review=day)
 
     def _changed(self, **update: object) -> Case:
         # Re-validate the whole aggregate so no change can break an invariant.

@@ -8,12 +8,10 @@ Pure: no I/O. The routes in :mod:`cm_fhir.api.routes.fhir` parse a request with
 from cm_fhir.facade.capability import capability_statement, read_scopes
 from cm_fhir.facade.dates import DateBound, DatePrefix, parse_date_bound
 from cm_fhir.facade.paging import Cursor, Direction, Page, page_links, parse_cursor, searchset
+from cm_fhir.facade.parameters import RESOURCE_TYPES, SEARCH_PARAMETERS, Field
 from cm_fhir.facade.search import (
-    RESOURCE_TYPES,
-    SEARCH_PARAMETERS,
     Criterion,
     DateCriterion,
-    Field,
     IdCriterion,
     ReferenceCriterion,
     SearchQuery,

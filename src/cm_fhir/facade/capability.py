@@ -2,7 +2,7 @@
 
 It states exactly what ``/fhir`` answers: the served types with their profiles (from the mapping
 registry's ``profiles``), the ``read`` and ``search-type`` interactions, each type's search
-parameters (:data:`~cm_fhir.facade.search.SEARCH_PARAMETERS`), JSON only, and SMART backend
+parameters (:data:`~cm_fhir.facade.parameters.SEARCH_PARAMETERS`), JSON only, and SMART backend
 services scopes (``system/*.read`` or ``system/<Type>.read``).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm_fhir.facade.search import INCLUDES, RESOURCE_TYPES, SEARCH_PARAMETERS
+from cm_fhir.facade.parameters import INCLUDES, RESOURCE_TYPES, SEARCH_PARAMETERS
 from cm_fhir.mapping.registry import MappingRegistry
 
 __all__ = ["FHIR_VERSION", "PROFILE_KEYS", "capability_statement", "read_scopes"]
@@ -74,6 +74,12 @@ def _resource(registry: MappingRegistry, resource_type: str) -> Json:
     return out
 
 
+#: The operations the payer side serves.
+PAS_SUBMIT = "http://hl7.org/fhir/us/davinci-pas/OperationDefinition/Claim-submit"
+PAS_INQUIRE = "http://hl7.org/fhir/us/davinci-pas/OperationDefinition/Claim-inquiry"
+PROCESS_MESSAGE = "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"
+
+
 def capability_statement(
     base_url: str, registry: MappingRegistry, *, software_version: str, date: str
 ) -> Json:
@@ -118,10 +124,36 @@ def capability_statement(
                     ],
                     "description": (
                         "Bearer tokens with SMART backend services scopes: system/*.read reads "
-                        "every type, system/<Type>.read one type."
+                        "every type, system/<Type>.read one type. The payer operations take "
+                        "system/Claim.c ($submit), system/ClaimResponse.r ($inquire) and "
+                        "system/MessageHeader.c ($process-message); v1 .read/.write and v2 "
+                        "permission letters alike."
                     ),
                 },
-                "resource": [_resource(registry, t) for t in RESOURCE_TYPES],
+                "resource": [
+                    *(_resource(registry, t) for t in RESOURCE_TYPES),
+                    {
+                        "type": "Claim",
+                        "documentation": (
+                            "Payer side of Da Vinci Prior Authorization Support: no REST "
+                            "interactions, only the operations."
+                        ),
+                        "operation": [
+                            {"name": "submit", "definition": PAS_SUBMIT},
+                            {"name": "inquire", "definition": PAS_INQUIRE},
+                        ],
+                    },
+                ],
+                "operation": [
+                    {
+                        "name": "process-message",
+                        "definition": PROCESS_MESSAGE,
+                        "documentation": (
+                            "Da Vinci Unsolicited Notifications (admit, transfer, discharge): "
+                            "stored before they are answered, applied by the worker."
+                        ),
+                    }
+                ],
             }
         ],
     }

@@ -1,7 +1,8 @@
-"""FHIR search parameters of the read-only facade: what each type supports, and the parser. Pure.
+"""The parser of the read-only facade's FHIR searches. Pure.
 
-:data:`SEARCH_PARAMETERS` is the one table of what the facade answers; the parser, the store query
-and the CapabilityStatement are all driven by it, so they cannot disagree. :func:`parse_search`
+What each type supports is the table in :mod:`cm_fhir.facade.parameters`
+(:data:`~cm_fhir.facade.parameters.SEARCH_PARAMETERS`); this parser, the store query and the
+CapabilityStatement are all driven by it, so they cannot disagree. :func:`parse_search`
 turns the query parameters of ``GET /fhir/<Type>`` into a :class:`SearchQuery`: typed criteria
 (repeated parameters are ANDed, comma-separated values ORed) plus ``_count`` and the page cursor.
 Result parameters: ``_count``, ``_page`` (the cursor), ``_format``, ``_summary=count`` (the
@@ -32,24 +33,27 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from cm_fhir.errors import SearchParameterError
 from cm_fhir.facade.dates import DateBound, parse_date_bound
 from cm_fhir.facade.paging import Cursor, parse_cursor
+from cm_fhir.facade.parameters import (
+    INCLUDES,
+    RESOURCE_TYPES,
+    SEARCH_PARAMETERS,
+    SORTS,
+    Field,
+    SearchParam,
+)
 
 __all__ = [
     "MAX_PARAMETERS",
     "MAX_VALUES",
     "MAX_VALUE_LENGTH",
-    "RESOURCE_TYPES",
-    "SEARCH_PARAMETERS",
     "Criterion",
     "DateCriterion",
-    "Field",
     "IdCriterion",
     "ReferenceCriterion",
-    "SearchParam",
     "SearchQuery",
     "Token",
     "TokenCriterion",
@@ -66,127 +70,10 @@ MAX_VALUES = 100
 #: Characters in one parameter's value.
 MAX_VALUE_LENGTH = 8192
 
-_HL7_SP = "http://hl7.org/fhir/SearchParameter/"
-_CM_SP = "http://cm-fhir.org/fhir/SearchParameter/"
 _ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _FORMATS = frozenset({"json", "application/json", "application/fhir+json"})
 _TOTALS = frozenset({"none", "estimate", "accurate"})
 _ELEMENT = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
-
-
-class Field(StrEnum):
-    """What a criterion compares: the columns the store keeps for every served resource."""
-
-    ID = "id"
-    IDENTIFIER = "identifier"
-    PATIENT = "patient"
-    STATUS = "status"
-    LAST_UPDATED = "last_updated"
-    TARGET = "target"
-    OWNER = "owner"
-    DUE = "due"
-
-
-@dataclass(frozen=True, slots=True)
-class SearchParam:
-    """One supported search parameter of one resource type."""
-
-    name: str
-    type: str  # FHIR search parameter type: token, reference, date
-    field: Field
-    definition: str
-    documentation: str
-    modifiers: frozenset[str] = frozenset()
-
-
-def _common(
-    identifier: str | None, patient: str, status: tuple[str, str] | None
-) -> list[SearchParam]:
-    params = [
-        SearchParam("_id", "token", Field.ID, _HL7_SP + "Resource-id", "Logical id(s)"),
-        SearchParam(
-            "_lastUpdated",
-            "date",
-            Field.LAST_UPDATED,
-            _HL7_SP + "Resource-lastUpdated",
-            "When the resource last changed; prefixes eq, gt, ge, lt, le; no offset means UTC",
-        ),
-        SearchParam(
-            "patient",
-            "reference",
-            Field.PATIENT,
-            _HL7_SP + patient,
-            "The patient, by identifier: patient:identifier=system|value (or patient=system|value)",
-            frozenset({"identifier"}),
-        ),
-    ]
-    if identifier is not None:
-        params.append(
-            SearchParam(
-                "identifier",
-                "token",
-                Field.IDENTIFIER,
-                _HL7_SP + identifier,
-                "Business identifier: system|value, |value, system| or value",
-            )
-        )
-    if status is not None:
-        name, definition = status
-        params.append(
-            SearchParam(name, "token", Field.STATUS, _HL7_SP + definition, "Status code(s)")
-        )
-    return params
-
-
-#: Every searchable type and its parameters (besides ``_count``, ``_page`` and ``_format``).
-SEARCH_PARAMETERS: dict[str, tuple[SearchParam, ...]] = {
-    "EpisodeOfCare": tuple(
-        _common("clinical-identifier", "clinical-patient", ("status", "EpisodeOfCare-status"))
-    ),
-    "CarePlan": tuple(
-        _common("clinical-identifier", "clinical-patient", ("status", "CarePlan-status"))
-    ),
-    "Goal": tuple(
-        _common(
-            "clinical-identifier", "clinical-patient", ("lifecycle-status", "Goal-lifecycle-status")
-        )
-    ),
-    "Task": (
-        *_common("Task-identifier", "Task-patient", ("status", "Task-status")),
-        SearchParam(
-            "owner",
-            "reference",
-            Field.OWNER,
-            _HL7_SP + "Task-owner",
-            "Who does the task: Type/id, or owner:identifier=system|value",
-            frozenset({"identifier"}),
-        ),
-        SearchParam(
-            "due",
-            "date",
-            Field.DUE,
-            _CM_SP + "Task-due",
-            "When the task is due (restriction.period.end); prefixes eq, gt, ge, lt, le",
-        ),
-    ),
-    "CareTeam": tuple(
-        _common("clinical-identifier", "clinical-patient", ("status", "CareTeam-status"))
-    ),
-    "ServiceRequest": tuple(
-        _common("clinical-identifier", "clinical-patient", ("status", "ServiceRequest-status"))
-    ),
-    "Provenance": (
-        *_common(None, "Provenance-patient", None),
-        SearchParam(
-            "target",
-            "reference",
-            Field.TARGET,
-            _HL7_SP + "Provenance-target",
-            "A changed resource, as Type/id",
-        ),
-    ),
-}
-RESOURCE_TYPES: tuple[str, ...] = tuple(SEARCH_PARAMETERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,12 +226,6 @@ class _Result:
     elements: tuple[str, ...] = ()
     sort: tuple[Field, bool] | None = None
     include: tuple[str, ...] = ()
-
-
-#: ``_sort`` keys per type (besides ``_lastUpdated``, which every type takes).
-SORTS: dict[str, dict[str, Field]] = {"Task": {"due": Field.DUE}}
-#: ``_include`` values per type and the element each follows.
-INCLUDES: dict[str, dict[str, str]] = {"Task": {"Task:focus": "focus", "Task:based-on": "basedOn"}}
 
 
 def _sort(value: str, result: _Result) -> bool:

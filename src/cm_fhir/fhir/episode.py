@@ -123,6 +123,8 @@ def episode_of_care(ctx: CaseContext, case: Case) -> Json:
         }
         for e in case.encounters
     ]
+    if case.next_review is not None:
+        ext.append({"url": reg.extension("next_review"), "valueDate": dt.day(case.next_review)})
     out["extension"] = ext
     out["identifier"] = [ctx.identifier("case")]
     out["status"] = reg.case_status_to_fhir[case.status]
@@ -308,6 +310,8 @@ def _parse_extensions(ctx: CaseContext, eoc: Json) -> dict[str, Any]:
         dt.parse_identifier(ext["valueReference"]["identifier"], "encounter")
         for ext in extensions(eoc, reg.extension("encounter"))
     )
+    for ext in extensions(eoc, reg.extension("next_review")):
+        out["next_review"] = dt.parse_day(ext.get("valueDate"), "next-review")
     return out
 
 

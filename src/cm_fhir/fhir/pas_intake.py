@@ -83,7 +83,7 @@ def _claim(entries: list[Json]) -> tuple[int, Json]:
     )
 
 
-def _resolve(entries: list[Json], ref: Any) -> Json | None:
+def resolve_reference(entries: list[Json], ref: Any) -> Json | None:
     if not isinstance(ref, dict) or not isinstance(ref.get("reference"), str):
         return None
     target = ref["reference"]
@@ -100,7 +100,7 @@ def _resolve(entries: list[Json], ref: Any) -> Json | None:
     return None
 
 
-def _identifiers(resource: Json | None, ref: Any, path: str) -> list[Identifier]:
+def identifiers_of(resource: Json | None, ref: Any, path: str) -> list[Identifier]:
     found: list[Identifier] = []
     raw = list((resource or {}).get("identifier") or [])
     if isinstance(ref, dict) and isinstance(ref.get("identifier"), dict):
@@ -111,9 +111,9 @@ def _identifiers(resource: Json | None, ref: Any, path: str) -> list[Identifier]
     return found
 
 
-def _party(entries: list[Json], ref: Any, path: str, default: PartyKind) -> PartyRef | None:
-    resource = _resolve(entries, ref)
-    idents = _identifiers(resource, ref, path)
+def party_of(entries: list[Json], ref: Any, path: str, default: PartyKind) -> PartyRef | None:
+    resource = resolve_reference(entries, ref)
+    idents = identifiers_of(resource, ref, path)
     kind = default
     rtype = (resource or {}).get("resourceType") or (ref or {}).get("type")
     if rtype in {k.value for k in PartyKind}:
@@ -205,7 +205,7 @@ def claim_identifier(bundle: Any) -> Identifier | None:
     """The business identifier of the request's Claim, or None when there is no usable one."""
     try:
         _, claim = _claim(_entries(bundle))
-        found = _identifiers(claim, None, "Claim")
+        found = identifiers_of(claim, None, "Claim")
     except MappingError:
         return None
     return found[0] if found else None
@@ -217,23 +217,25 @@ def parse_pas_request(bundle: Any, spec: PayerExchange, review_id: str) -> PasRe
     index, claim = _claim(entries)
     if claim.get("use") != "preauthorization":
         raise MappingError("the Claim's use must be 'preauthorization'", path="Claim.use")
-    claim_ids = _identifiers(claim, None, "Claim")
+    claim_ids = identifiers_of(claim, None, "Claim")
     if not claim_ids:
         raise MappingError(
             "the Claim needs a business identifier (system and value)", path="Claim.identifier"
         )
     patient_ref = claim.get("patient")
-    patient_ids = _identifiers(_resolve(entries, patient_ref), patient_ref, "Claim.patient")
+    patient_ids = identifiers_of(
+        resolve_reference(entries, patient_ref), patient_ref, "Claim.patient"
+    )
     if not patient_ids:
         raise MappingError(
             "the Claim's patient has no identifier with a system", path="Claim.patient"
         )
-    payer = _party(entries, claim.get("insurer"), "Claim.insurer", PartyKind.ORGANIZATION)
+    payer = party_of(entries, claim.get("insurer"), "Claim.insurer", PartyKind.ORGANIZATION)
     if payer is None:
         raise MappingError(
             "the Claim names no insurer with an identifier or name", path="Claim.insurer"
         )
-    requester = _party(entries, claim.get("provider"), "Claim.provider", PartyKind.ORGANIZATION)
+    requester = party_of(entries, claim.get("provider"), "Claim.provider", PartyKind.ORGANIZATION)
     if "created" not in claim:
         raise MappingError("the Claim has no 'created' time", path="Claim.created")
     created = parse_instant(claim["created"], "Claim.created")
@@ -246,7 +248,7 @@ def parse_pas_request(bundle: Any, spec: PayerExchange, review_id: str) -> PasRe
     quantity, unit = _quantity(item, "Claim.item[0]")
     encounters = [e for e in item.get("encounter") or [] if isinstance(e, dict)]
     encounter = (
-        _identifiers(None, encounters[0], "Claim.item[0].encounter[0]") if encounters else []
+        identifiers_of(None, encounters[0], "Claim.item[0].encounter[0]") if encounters else []
     )
     priority = _codes(claim.get("priority"))
     urgent = any(code == "stat" for _, code in priority)
@@ -293,7 +295,7 @@ def _member_id(entries: list[Json], claim: Json) -> str | None:
     focal = next(
         (i for i in insurance if i.get("focal") is True), insurance[0] if insurance else None
     )
-    coverage = _resolve(entries, (focal or {}).get("coverage"))
+    coverage = resolve_reference(entries, (focal or {}).get("coverage"))
     if coverage is None:
         return None
     subscriber = coverage.get("subscriberId")
@@ -303,3 +305,36 @@ def _member_id(entries: list[Json], claim: Json) -> str | None:
         if isinstance(ident, dict) and isinstance(ident.get("value"), str):
             return str(ident["value"])
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class PasInquiry:
+    """What a PAS inquiry (``Claim/$inquire``) asks about: the request and its patient."""
+
+    request: Identifier
+    patient: PatientRef
+
+
+def parse_pas_inquiry(bundle: Any) -> PasInquiry:
+    """The request a PAS inquiry Bundle asks about; MappingError naming what is unusable.
+
+    The inquiry's Claim carries the identifier of the Claim first submitted and names its patient
+    (in the Bundle or by a logical identifier); the Claim must be valid R4 (ValidationError)."""
+    entries = _entries(bundle)
+    _, claim = _claim(entries)
+    claim_ids = identifiers_of(claim, None, "Claim")
+    if not claim_ids:
+        raise MappingError(
+            "the inquiry's Claim needs the identifier of the request asked about",
+            path="Claim.identifier",
+        )
+    patient_ref = claim.get("patient")
+    patient_ids = identifiers_of(
+        resolve_reference(entries, patient_ref), patient_ref, "Claim.patient"
+    )
+    if not patient_ids:
+        raise MappingError(
+            "the Claim's patient has no identifier with a system", path="Claim.patient"
+        )
+    validate_resource(claim)
+    return PasInquiry(claim_ids[0], PatientRef(identifiers=tuple(patient_ids)))

@@ -7,6 +7,7 @@ requesting provider. The Claim carries the requested level of care and quantity 
 ``priority`` and the review type as ``subType``.
 
 The other way, what a payer receives, is :mod:`cm_fhir.fhir.pas_intake`.
+:func:`pas_inquiry_bundle` builds the ``Claim/$inquire`` Bundle for a submitted request.
 """
 
 from __future__ import annotations
@@ -202,3 +203,27 @@ def pas_request_bundle(
 
 def _coding(system: str, code: str) -> Json:
     return {"system": system, "code": str(code)}
+
+
+def pas_inquiry_bundle(request: Json) -> Json:
+    """The ``Claim/$inquire`` Bundle asking where a submitted request stands.
+
+    Its Claim repeats the submitted Claim's identifier, type, patient, provider, insurer,
+    priority, insurance and creation time (what a payer matches the request by), without the
+    items and supporting information; the entries it refers to (the Patient, the Coverage, the
+    parties) go along unchanged."""
+    entries = request.get("entry") or []
+    if not entries or entries[0].get("resource", {}).get("resourceType") != "Claim":
+        raise MappingError("a PAS request starts with its Claim", path="Bundle.entry[0]")
+    claim = entries[0]["resource"]
+    keep: tuple[str, ...] = ("identifier", "status", "type", "use", "patient", "created")
+    keep += ("insurer", "provider", "priority", "insurance")
+    asked = {"resourceType": "Claim", **{k: claim[k] for k in keep if k in claim}}
+    inquiry: Json = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [{**entries[0], "resource": asked}, *entries[1:]],
+    }
+    if "timestamp" in request:
+        inquiry["timestamp"] = request["timestamp"]
+    return inquiry

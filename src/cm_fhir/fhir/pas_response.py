@@ -11,6 +11,8 @@ extension, since PAS has no element for it.
 item adjudication (STU2, sub-extension or the 2.2 ``reviewActionCode`` directly), on the item or on
 the ClaimResponse itself (earlier versions), or none. Codes go through the configurable map in
 ``mappings/payer-exchange.yaml``; an unknown code or none gives its neutral default (pended).
+:func:`review_decided` turns a ClaimResponse into the workflow's
+:class:`~cm_fhir.domain.events.ReviewDecided` event.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ from typing import Any
 
 from cm_fhir.domain.codes import ReviewDecision
 from cm_fhir.domain.common import PatientRef, Period
+from cm_fhir.domain.events import ReviewDecided
 from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.errors import MappingError
-from cm_fhir.fhir.datatypes import day, identifier, instant, parse_day, parse_instant
+from cm_fhir.fhir.datatypes import (
+    day,
+    identifier,
+    instant,
+    parse_day,
+    parse_identifier,
+    parse_instant,
+)
 from cm_fhir.fhir.ids import resource_id
 from cm_fhir.mapping.payer_exchange import PayerExchange
 
@@ -264,3 +274,33 @@ def claim_response_of(bundle: Any) -> Json:
             "the answer's first entry is not a ClaimResponse", path="Bundle.entry[0]"
         )
     return first
+
+
+def review_decided(resource: Any, spec: PayerExchange, received: datetime) -> ReviewDecided:
+    """The domain event a ClaimResponse carries: the decision on the request it answers.
+
+    The request is ``ClaimResponse.request.identifier``, the patient ``patient.identifier``; the
+    event is named by the ClaimResponse's identifier (else id) and its ``created`` time, so the
+    same response read twice is the same event. MappingError names what is missing."""
+    read = parse_claim_response(resource, spec)
+    request = (resource.get("request") or {}).get("identifier")
+    if not isinstance(request, dict):
+        raise MappingError("the request it answers has no identifier", path="ClaimResponse.request")
+    patient = (resource.get("patient") or {}).get("identifier")
+    if not isinstance(patient, dict):
+        raise MappingError("the patient has no identifier", path="ClaimResponse.patient")
+    names = [i.get("value") for i in resource.get("identifier") or [] if isinstance(i, dict)]
+    name = next((n for n in names if isinstance(n, str) and n), None) or resource.get("id") or "-"
+    at = read.created or received
+    return ReviewDecided(
+        message_id=f"{name}|{instant(at)}"[:199],
+        patient=PatientRef(identifiers=(parse_identifier(patient, "ClaimResponse.patient"),)),
+        request_identifier=parse_identifier(request, "ClaimResponse.request.identifier"),
+        decision=read.decision,
+        at=at,
+        authorized_quantity=read.authorized_quantity,
+        authorized_period=read.authorized_period,
+        authorization_number=read.authorization_number,
+        next_review=read.next_review,
+        reason=read.disposition,
+    )

@@ -17,12 +17,14 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cm_fhir.domain.codes import LevelOfCare, ReviewDecision
+from cm_fhir.domain.events import NoticeKind
 from cm_fhir.mapping.loader import load_with_overrides
 from cm_fhir.mapping.registry import absolute_uri, default_registry, load_registry
 
 __all__ = [
     "PAYER_EXCHANGE_FILE",
     "AutoDecision",
+    "Notifications",
     "PasSpec",
     "PayerExchange",
     "ReviewActions",
@@ -112,6 +114,17 @@ class AutoDecision(_Spec):
         return self
 
 
+class Notifications(_Spec):
+    """The ``notifications`` section: Da Vinci Unsolicited Notifications a payer receives."""
+
+    event_system: Uri
+    events: dict[Token, NoticeKind] = Field(min_length=1)
+    """MessageHeader.eventCoding code -> what happened to the stay."""
+    bundle_profile: Uri | None = None
+    concurrent_review_every: int = Field(default=1, ge=1, le=30)
+    """Days from an admission (and from each review) to the next concurrent review."""
+
+
 class PayerExchange(_Spec):
     """``mappings/payer-exchange.yaml``."""
 
@@ -120,6 +133,7 @@ class PayerExchange(_Spec):
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
     payer_programme: Token
+    notifications: Notifications
     auto_decisions: tuple[AutoDecision, ...] = ()
 
     @model_validator(mode="after")

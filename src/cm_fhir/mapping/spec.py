@@ -52,6 +52,7 @@ class Extensions(Spec):
     encounter: UriOrPath
     discharge_plan: UriOrPath
     goal_qualitative_reason: UriOrPath
+    next_review: UriOrPath
     episode_of_care: UriOrPath
 
 

@@ -63,6 +63,7 @@ class TraceSource:
     rule: str = "api"
     event: str | None = None
     message_key: str | None = None
+    inbox_message_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +195,9 @@ def _write(
     trace = TraceEntry(
         rule=source.rule, event=source.event, action=action, case_id=case.id, target=target
     )
-    changes.trace.append(TraceRecord(None, place.patient_key, trace, source.message_key))
+    changes.trace.append(
+        TraceRecord(source.inbox_message_id, place.patient_key, trace, source.message_key)
+    )
     for key, state in place.documents.items():
         cases_after = tuple(case if c.id == case.id else c for c in state.cases)
         changes.states[key] = state.model_copy(update={"cases": cases_after}).model_dump_json()
@@ -208,14 +211,40 @@ def create_case(
     now: datetime,
     *,
     routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
+    in_state: bool = False,
+    source: TraceSource | None = None,
 ) -> StoredCase:
-    """Store a new case (DomainError, answered 409, if the id is taken)."""
+    """Store a new case (DomainError, answered 409, if the id is taken).
+
+    With ``in_state``, the case is also filed in its patient's state document (created if the
+    patient has none), so events the workflow applies later see it: a payer case opened by a
+    prior-authorization request takes the member's admission and discharge notifications.
+    """
+    key = patient_key(case.patient)
+    documents: dict[str, PatientState] = {}
+    if in_state:
+        row = lock_states(connection, [key]).get(key)
+        if row is None or row.alias_of is None:
+            state = (
+                PatientState.model_validate_json(row.document)
+                if row is not None and row.document is not None
+                else PatientState(patient_keys=(key,), patient=case.patient)
+            )
+            documents[key] = state.model_copy(update={"cases": (*state.cases, case)})
     if read_case(connection, case.id) is not None:
         raise DomainError(f"case '{case.id}' already exists")
     team = case.care_team.id if case.care_team is not None else None
-    place = _Placement(patient_key(case.patient), team, None, None, {})
+    place = _Placement(key, team, None, None, documents)
     _write(
-        connection, case, registry, place, now=now, action="case.create", target=None, routes=routes
+        connection,
+        case,
+        registry,
+        place,
+        now=now,
+        action="case.create",
+        target=None,
+        routes=routes,
+        source=source,
     )
     return _must_read(connection, case.id)
 

@@ -91,6 +91,7 @@ cases = Table(
 )
 Index("ix_cases_patient_key", cases.c.patient_key)
 Index("ix_cases_status", cases.c.status, cases.c.team)
+Index("ix_cases_programme", cases.c.programme, cases.c.status)
 
 outbox = Table(
     "outbox",

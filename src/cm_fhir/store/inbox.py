@@ -1,5 +1,8 @@
 """The inbox repository: store inbound messages with race-safe dedup, claim them in order. I/O.
 
+HL7v2 messages and FHIR message Bundles share it (``format``); what follows says MSH-3/4 and
+MSH-10, which for a FHIR row are its sender and its Bundle identifier.
+
 :func:`store_messages` writes a group of messages in one transaction. A retransmission (same
 MSH-3/4 sender, MSH-10 and content hash) is not stored again: its result carries the row id and
 ACK of the original. A reused MSH-10 with other content is stored and flagged
@@ -33,7 +36,7 @@ from cm_fhir.store.inbox_sql import (
     Inserted,
     SqliteInboxSql,
 )
-from cm_fhir.store.tables import inbox_messages
+from cm_fhir.store.tables import InboxFormat, inbox_messages
 
 __all__ = [
     "NewMessage",
@@ -99,6 +102,9 @@ class NewMessage:
     batch_control_id: str | None = None
     peer: str | None = None
     received_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    format: str = InboxFormat.HL7V2.value
+    """``hl7v2``, or ``fhir`` for a FHIR message Bundle (its header fields: see
+    :mod:`cm_fhir.store.fhir_inbox`)."""
 
     def __post_init__(self) -> None:
         for name, length in _CLEANED:
@@ -141,6 +147,7 @@ class NewMessage:
             "ack_bytes": self.ack_bytes,
             "raw": self.raw,
             "raw_purged_at": None,
+            "format": self.format,
         }
 
 

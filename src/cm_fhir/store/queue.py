@@ -38,7 +38,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from cm_fhir.store.tables import InboxState, inbox_messages
+from cm_fhir.store.tables import InboxFormat, InboxState, inbox_messages
 
 __all__ = [
     "WAITING_PREFIX",
@@ -71,6 +71,9 @@ class ClaimedMessage:
     sending_application: str | None = None
     sending_facility: str | None = None
     control_id: str | None = None
+    format: str = InboxFormat.HL7V2.value
+    """``hl7v2``, or ``fhir`` for a FHIR message Bundle (JSON)."""
+    message_type: str | None = None
 
     @property
     def message_key(self) -> str:
@@ -143,6 +146,8 @@ _COLUMNS = (
     _t.c.sending_application,
     _t.c.sending_facility,
     _t.c.control_id,
+    _t.c.format,
+    _t.c.message_type,
 )
 
 
@@ -181,6 +186,8 @@ def claim_batch(
             sending_application=row.sending_application,
             sending_facility=row.sending_facility,
             control_id=row.control_id,
+            format=row.format,
+            message_type=row.message_type,
         )
         for row in connection.execute(query)
     ]

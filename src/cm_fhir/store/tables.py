@@ -1,6 +1,7 @@
 """Table definitions of the store (SQLAlchemy Core). Declarations only; no I/O at import.
 
-The inbox keeps every inbound HL7v2 message as received, before it is acknowledged. A worker
+The inbox keeps every inbound HL7v2 message, and every FHIR message Bundle (``format``), as
+received, before it is acknowledged. A worker
 claims rows in arrival order (``id``) per patient (``patient_key``); the unique dedup index makes
 a retransmission (same sender, MSH-10 and content) land on the row that already holds its ACK.
 Migrations in ``cm_fhir.store.migrations`` create the same schema by hand; a test compares them.
@@ -25,7 +26,7 @@ from sqlalchemy import (
     false,
 )
 
-__all__ = ["INBOX_STATES", "InboxState", "inbox_messages", "metadata"]
+__all__ = ["INBOX_STATES", "InboxFormat", "InboxState", "inbox_messages", "metadata"]
 
 metadata = MetaData(
     naming_convention={
@@ -49,6 +50,13 @@ class InboxState(StrEnum):
     DEAD_LETTERED = "dead_lettered"
     NEEDS_ATTENTION = "needs_attention"
     REFUSED = "refused"
+
+
+class InboxFormat(StrEnum):
+    """What an inbox row holds: an HL7v2 message, or a FHIR message Bundle (JSON)."""
+
+    HL7V2 = "hl7v2"
+    FHIR = "fhir"
 
 
 INBOX_STATES = tuple(state.value for state in InboxState)
@@ -79,6 +87,8 @@ inbox_messages = Table(
     Column("raw", LargeBinary, nullable=False),
     # Set when retention blanked ``raw`` (cm_fhir.store.retention); the row itself stays.
     Column("raw_purged_at", DateTime(timezone=True), nullable=True),
+    # "hl7v2", or "fhir" for a FHIR message Bundle (``0009_inbox_fhir``).
+    Column("format", String(8), nullable=False, server_default="hl7v2"),
     CheckConstraint(
         "state IN ('received', 'processed', 'ignored', 'failed', 'dead_lettered', "
         "'needs_attention', 'refused')",

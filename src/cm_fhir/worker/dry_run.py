@@ -34,7 +34,7 @@ from cm_fhir.store.tables import InboxState
 from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
 from cm_fhir.worker.processor import Applied, BatchProcessor, keys_of
 from cm_fhir.worker.states import PatientBook
-from cm_fhir.workflow import TraceEntry
+from cm_fhir.workflow import TraceEntry, event_id, event_label
 
 __all__ = ["CaseChange", "MessageEffect", "ResourceChange", "dry_run", "render"]
 
@@ -155,10 +155,10 @@ async def dry_run(
 def _effect(item: Applied, registry: MappingRegistry) -> MessageEffect:
     event = item.parsed.event
     trace = item.trace
-    control_id = event.message_control_id if event is not None else "-"
+    control_id = event_id(event) if event is not None else "-"
     if event is None and trace:
         control_id = trace[0].message_control_id or control_id
-    name = event.event if event is not None else (trace[0].event if trace else None) or "-"
+    name = event_label(event) if event is not None else (trace[0].event if trace else None) or "-"
     cases: tuple[CaseChange, ...] = ()
     if item.outcome is not None:
         before = {c.id: c for c in item.before}

@@ -30,7 +30,11 @@ __all__ = [
 ]
 
 #: Workflow flags that put a message in ``needs_attention``, with the position each concerns.
-ATTENTION_FLAGS: dict[Flag, str] = {Flag.NO_VISIT_NUMBER: "PV1-19"}
+ATTENTION_FLAGS: dict[Flag, str] = {
+    Flag.NO_VISIT_NUMBER: "PV1-19",
+    Flag.UNKNOWN_REVIEW: "ClaimResponse.request",
+    Flag.DECISION_CONFLICT: "ClaimResponse.outcome",
+}
 DEFAULT_PROCESSING_IDS = frozenset({"P"})
 #: The trace rule of a message not applied because of its processing id.
 NOT_APPLIED_RULE = "worker.apply_processing_ids"
@@ -56,4 +60,4 @@ def attention_reason(flags: Iterable[Flag]) -> str | None:
     if not found:
         return None
     named = ", ".join(f"{f.value} ({ATTENTION_FLAGS[f]})" for f in found)
-    return f"needs attention: {named}; the event was not applied to a visit"
+    return f"needs attention: {named}; the event was not applied"

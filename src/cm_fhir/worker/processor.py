@@ -19,22 +19,32 @@ is asked to compress the batch's large values with lz4 where it can.
 from __future__ import annotations
 
 import gc
+import json
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from cm_fhir.domain.case import Case
-from cm_fhir.errors import CmFhirError, Hl7ParseError, MappingError, UnsupportedEventError
+from cm_fhir.errors import (
+    CmFhirError,
+    Hl7ParseError,
+    MappingError,
+    UnsupportedEventError,
+    ValidationError,
+)
+from cm_fhir.fhir.notification import parse_notification
 from cm_fhir.hl7v2.adt import parse_adt_message
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.hl7v2.normalise import normalise_message
 from cm_fhir.hl7v2.parse import parse_er7
 from cm_fhir.mapping.adt_maps import AdtConceptMaps
+from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.store.case_writes import (
@@ -46,7 +56,7 @@ from cm_fhir.store.case_writes import (
 from cm_fhir.store.cases import lock_states
 from cm_fhir.store.outbox import last_bundle_hashes
 from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settle
-from cm_fhir.store.tables import InboxState
+from cm_fhir.store.tables import InboxFormat, InboxState
 from cm_fhir.store.trace import TraceRecord
 from cm_fhir.worker.changes import file_outcome, write_changes
 from cm_fhir.worker.journal import outcome_lines
@@ -58,7 +68,15 @@ from cm_fhir.worker.policy import (
     processing_id,
 )
 from cm_fhir.worker.states import PatientBook
-from cm_fhir.workflow import Outcome, PatientState, TraceEntry, apply_event, patient_keys
+from cm_fhir.workflow import (
+    DomainEvent,
+    Outcome,
+    PatientState,
+    TraceEntry,
+    apply_domain_event,
+    event_keys,
+    patient_keys,
+)
 
 __all__ = [
     "Applied",
@@ -71,6 +89,8 @@ __all__ = [
 ]
 
 ApplyEvent = Callable[..., Outcome]
+#: The message type of the FHIR rows the worker applies (``$process-message`` notifications).
+NOTIFICATION = "NOTIFICATION"
 
 
 @dataclass(slots=True)
@@ -109,7 +129,7 @@ class Parsed:
     """One claimed row, parsed: its event and patient keys, or already settled (with trace)."""
 
     row: ClaimedMessage
-    event: AdtEvent | None = None
+    event: DomainEvent | None = None
     settled: InboxOutcome | None = None
     keys: tuple[str, ...] = ()
     trace: tuple[TraceRecord, ...] = ()
@@ -180,17 +200,19 @@ class BatchProcessor:
         registry: MappingRegistry,
         *,
         max_attempts: int = 5,
-        apply: ApplyEvent = apply_event,
+        apply: ApplyEvent | None = None,
         apply_processing_ids: Collection[str] = DEFAULT_PROCESSING_IDS,
         cache: dict[str, tuple[str, PatientState]] | None = None,
         routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
+        payer: PayerExchange | None = None,
     ) -> None:
         self.rules = rules
+        self.payer = payer or default_payer_exchange()
         self.routes = tuple(routes)
         self.maps = maps
         self.registry = registry
         self.max_attempts = max_attempts
-        self.workflow = apply
+        self.workflow = apply or partial(apply_domain_event, payer=self.payer)
         self.apply_processing_ids = frozenset(p.upper() for p in apply_processing_ids)
         self.last_claimed: list[ClaimedMessage] = []
         self.last_outcomes: list[dict[str, Any]] = []  # logged once the batch commits
@@ -279,6 +301,8 @@ class BatchProcessor:
     # -- stages ----------------------------------------------------------------------------
 
     def _parse(self, row: ClaimedMessage) -> Parsed:
+        if row.format == InboxFormat.FHIR.value:
+            return self._parse_fhir(row)
         try:
             message = parse_er7(normalise_message(row.raw))
             result = parse_adt_message(message, self.maps)
@@ -295,6 +319,22 @@ class BatchProcessor:
         except UnsupportedEventError as exc:
             settled = InboxOutcome(row.id, InboxState.IGNORED, describe_error(exc))
         except (Hl7ParseError, MappingError) as exc:
+            settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
+        except Exception as exc:  # anything else is retried, then dead-lettered
+            settled = self._failure(row, exc)
+        return Parsed(row, settled=settled)
+
+    def _parse_fhir(self, row: ClaimedMessage) -> Parsed:
+        """A FHIR message Bundle (a notification accepted at ``$process-message``).
+
+        A PAS request was applied by the request that submitted it: replayed, it is ignored."""
+        if row.message_type != NOTIFICATION:
+            reason = f"not applied: a {row.message_type or '-'} message is applied when received"
+            return Parsed(row, settled=InboxOutcome(row.id, InboxState.IGNORED, reason))
+        try:
+            notice = parse_notification(json.loads(row.raw), self.payer)
+            return Parsed(row, event=notice, keys=event_keys(notice, self.rules))
+        except (MappingError, ValidationError, ValueError) as exc:
             settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
         except Exception as exc:  # anything else is retried, then dead-lettered
             settled = self._failure(row, exc)

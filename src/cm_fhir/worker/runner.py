@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.errors import StoreError
 from cm_fhir.ingest import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
+from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
@@ -35,7 +36,7 @@ from cm_fhir.store.queue import mark_waiting
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
-from cm_fhir.workflow import PatientState, apply_event
+from cm_fhir.workflow import PatientState
 
 __all__ = ["Worker", "WorkerConfig"]
 
@@ -95,7 +96,8 @@ class Worker:
         rules: DischargeRules | None = None,
         maps: AdtConceptMaps | None = None,
         registry: MappingRegistry | None = None,
-        apply: ApplyEvent = apply_event,
+        apply: ApplyEvent | None = None,
+        payer: PayerExchange | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or WorkerConfig()
@@ -114,6 +116,7 @@ class Worker:
             apply_processing_ids=self.config.apply_processing_ids,
             cache=decoded,
             routes=self.config.routes,
+            payer=payer,
         )
         self.closer = CaseCloser(rules, registry, decoded, routes=self.config.routes)
         self.totals = BatchResult()

@@ -1,4 +1,8 @@
-"""The discharge-planning workflow: ADT events drive cases, care plans and tasks. Pure: no I/O.
+"""The case workflow: domain events drive cases, care plans and tasks. Pure: no I/O.
+
+Events come from any source (:mod:`.events`): HL7v2 ADT, FHIR admit/transfer/discharge
+notifications, payers' review decisions. :func:`apply_domain_event` takes any of them; ADT events go
+to :func:`apply_event` (below), the others to :mod:`.payer_events`.
 
 The seam between this package and the worker that runs it::
 
@@ -31,6 +35,13 @@ replaying an inbox gives identical cases.
 
 from cm_fhir.workflow.closing import close_due_cases
 from cm_fhir.workflow.engine import apply_event
+from cm_fhir.workflow.events import (
+    DomainEvent,
+    apply_domain_event,
+    event_id,
+    event_keys,
+    event_label,
+)
 from cm_fhir.workflow.facts import case_id, patient_key, patient_keys, visit_identity, visit_slug
 from cm_fhir.workflow.screening import ScreeningFacts, ScreeningResult, screen
 from cm_fhir.workflow.state import (
@@ -46,6 +57,7 @@ from cm_fhir.workflow.state import (
 )
 
 __all__ = [
+    "DomainEvent",
     "EffectKind",
     "EventEffect",
     "Flag",
@@ -57,9 +69,13 @@ __all__ = [
     "TraceEntry",
     "TransferFrame",
     "VisitMemory",
+    "apply_domain_event",
     "apply_event",
     "case_id",
     "close_due_cases",
+    "event_id",
+    "event_keys",
+    "event_label",
     "patient_key",
     "patient_keys",
     "screen",

@@ -225,6 +225,8 @@ class Flag(StrEnum):
     NO_LONGER_QUALIFIED = "no-longer-qualified"
     PRE_DISCHARGE_WORK_OPEN = "pre-discharge-work-open"
     LATE_REFERRAL = "late-referral"
+    UNKNOWN_REVIEW = "unknown-review"
+    DECISION_CONFLICT = "decision-conflict"
 
 
 class TraceEntry(_State):

@@ -13,16 +13,14 @@ from datetime import datetime
 
 from cm_fhir.domain import (
     Case,
-    CaseStatus,
     Code,
-    Coverage,
     Identifier,
     PatientRef,
     ReviewDecision,
-    StatusChange,
     UtilizationReview,
 )
 from cm_fhir.mapping.payer_exchange import AutoDecision
+from cm_fhir.workflow.payer_events import new_payer_case
 
 __all__ = ["auto_decide", "open_payer_case", "payer_case_id", "review_id_for"]
 
@@ -50,17 +48,7 @@ def open_payer_case(
 ) -> Case:
     """A new, active case of the payer's ``programme`` for the member, opened when ``review``
     came."""
-    coverage = (Coverage(payer=review.payer, member_id=member_id),) if member_id else ()
-    at = review.requested
-    return Case(
-        id=case_id,
-        patient=patient,
-        programme=programme,
-        status=CaseStatus.ACTIVE,
-        status_history=(StatusChange(status=CaseStatus.ACTIVE, start=at),),
-        managing_organization=review.payer,
-        coverage=coverage,
-    )
+    return new_payer_case(case_id, programme, patient, review.requested, review.payer, member_id)
 
 
 def _matches(rule: AutoDecision, review: UtilizationReview, diagnoses: tuple[Code, ...]) -> bool:

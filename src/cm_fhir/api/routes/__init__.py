@@ -24,6 +24,8 @@ ROUTE_MODULES = (
     "case_managers",
     "tasks",
     "utilization",
+    "claim_inquiry",
+    "payer_messages",
     "fhir",
     "ehr_notifications",
 )

@@ -33,6 +33,7 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
 from cm_fhir.domain import (
     CarePlan,
     Case,
@@ -61,6 +62,8 @@ __all__ = ["router"]
 
 router = APIRouter(prefix="/api/cases", tags=["cases"])
 
+_CURSOR = "cases"
+
 IfMatch = Annotated[str | None, Header(description='W/"<version>" from a previous ETag')]
 
 
@@ -86,9 +89,10 @@ class CaseSummary(BaseModel):
     updated_at: datetime
 
 
-class CasePage(BaseModel):
+class CasePage(PageLinks):
+    """A page of cases in case-id order (paged as every list: :mod:`cm_fhir.api.paging`)."""
+
     items: list[CaseSummary]
-    next: str | None = Field(None, description="The next page, or null")
 
 
 def _etag(version: int) -> str:
@@ -145,8 +149,9 @@ async def get_cases(
     opened_to: Annotated[datetime | None, Query(description="Opened before")] = None,
     updated_since: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    after: Annotated[str | None, Query(description="Case id the page starts after")] = None,
+    cursor: CursorQuery = None,
 ) -> CasePage:
+    start = decode_cursor(_CURSOR, cursor, (str,))
     patient_token: tuple[str | None, str] | None = None
     if patient:
         system, sep, value = patient.rpartition("|")
@@ -162,7 +167,9 @@ async def get_cases(
         updated_since=_utc(updated_since),
     )
     async with engine.connect() as connection:
-        found, more = await connection.run_sync(list_cases, filters, limit=limit, after=after)
+        found, more = await connection.run_sync(
+            lambda c: list_cases(c, filters, limit=limit, after=str(start[0]) if start else None)
+        )
     audited: list[str | None] = [s.case.id for s in found] or [None]
     await audit.record_many("search", "case", audited)
     items = [
@@ -177,10 +184,8 @@ async def get_cases(
         )
         for s in found
     ]
-    next_url = None
-    if more and items:
-        next_url = str(request.url.include_query_params(after=items[-1].id))
-    return CasePage(items=items, next=next_url)
+    paged = links(request, _CURSOR, (items[-1].id,) if more and items else None)
+    return CasePage(items=items, next=paged.next, next_cursor=paged.next_cursor)
 
 
 def _utc(value: datetime | None) -> datetime | None:

@@ -1,9 +1,9 @@
 """The inbox over HTTP: list, inspect, ingest, dead letters and replay. I/O (database).
 
 ``GET /api/messages`` filters by state, event, control id, sender, patient, date, ACK code and
-error text, newest first, with a keyset cursor. ``GET /api/messages/{id}`` adds the ACK, the
-workflow trace and the FHIR writes the message caused (and, with ``include_raw=true``, the
-message itself: audited).
+error text, newest first, paged by ``cursor`` (:mod:`cm_fhir.api.paging`).
+``GET /api/messages/{id}`` adds the ACK, the workflow trace and the FHIR writes the message
+caused (and, with ``include_raw=true``, the message itself: audited).
 ``POST /api/hl7v2`` takes one message (or a batch) as the body and answers with the ACK, through
 the listener's own persist-before-ACK path. Replays go through the worker's queue functions, which
 put rows back to ``received`` and release rows waiting behind a dead letter. Every row a list or
@@ -29,6 +29,7 @@ from cm_fhir.api.deps import (
     ReadPrincipal,
     WritePrincipal,
 )
+from cm_fhir.api.paging import CursorQuery, decode_cursor, links
 from cm_fhir.api.schemas import (
     MessageDetail,
     MessagePage,
@@ -41,7 +42,7 @@ from cm_fhir.api.schemas import (
 from cm_fhir.mllp_client import read_ack
 from cm_fhir.store import queue
 from cm_fhir.store.case_tables import outbox, trace
-from cm_fhir.store.tables import InboxState, inbox_messages
+from cm_fhir.store.tables import InboxFormat, InboxState, inbox_messages
 
 __all__ = ["router"]
 
@@ -50,6 +51,7 @@ _t = inbox_messages
 HL7_MEDIA_TYPE = "x-application/hl7-v2+er7"
 _SUMMARY_COLUMNS = [c for c in _t.columns if c.name not in ("raw", "ack_bytes")]
 _MAX_ID = 2**63 - 1
+_CURSOR = "messages"
 
 
 def _utc(value: datetime) -> datetime:
@@ -69,7 +71,12 @@ async def list_messages(
     event: Annotated[
         str | None, Query(max_length=16, description="Trigger event, e.g. A01.")
     ] = None,
-    message_type: Annotated[str | None, Query(max_length=16, description="e.g. ADT.")] = None,
+    message_type: Annotated[
+        str | None, Query(max_length=16, description="e.g. ADT, NOTIFICATION, CLAIM.")
+    ] = None,
+    format: Annotated[
+        InboxFormat | None, Query(description="hl7v2, or fhir (FHIR message Bundles).")
+    ] = None,
     control_id: Annotated[
         str | None, Query(max_length=199, description="MSH-10, the message control id.")
     ] = None,
@@ -90,7 +97,7 @@ async def list_messages(
     has_error: Annotated[
         bool | None, Query(description="Only rows with (true) or without (false) a reason.")
     ] = None,
-    before: Annotated[int | None, Query(ge=1, le=_MAX_ID, description="Cursor.")] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> MessagePage:
     where: list[Any] = []
@@ -100,6 +107,8 @@ async def list_messages(
         where.append(_t.c.trigger_event == event.upper())
     if message_type is not None:
         where.append(_t.c.message_type == message_type.upper())
+    if format is not None:
+        where.append(_t.c.format == format.value)
     if control_id is not None:
         where.append(_t.c.control_id == control_id)
     if sender is not None:
@@ -119,7 +128,7 @@ async def list_messages(
         where.append(_t.c.reason.contains(error, autoescape=True))
     if has_error is not None:
         where.append(_t.c.reason.is_not(None) if has_error else _t.c.reason.is_(None))
-    return await _page(request, engine, audit, where, before, limit)
+    return await _page(request, engine, audit, where, cursor, limit)
 
 
 @router.get("/dead-letters", summary="Dead-lettered messages (newest first)")
@@ -128,11 +137,11 @@ async def list_dead_letters(
     engine: EngineDep,
     audit: AuditDep,
     _: ReadPrincipal,
-    before: Annotated[int | None, Query(ge=1, le=_MAX_ID)] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> MessagePage:
     dead = _t.c.state == InboxState.DEAD_LETTERED.value
-    return await _page(request, engine, audit, [dead], before, limit)
+    return await _page(request, engine, audit, [dead], cursor, limit)
 
 
 async def _page(
@@ -140,20 +149,21 @@ async def _page(
     engine: EngineDep,
     audit: Auditor,
     where: list[Any],
-    before: int | None,
+    cursor: str | None,
     limit: int,
 ) -> MessagePage:
     """One page of inbox rows, newest first; each row listed is audited (none found: once)."""
+    start = decode_cursor(_CURSOR, cursor, (int,))
     query = select(*_SUMMARY_COLUMNS).where(*where).order_by(_t.c.id.desc()).limit(limit + 1)
-    if before is not None:
-        query = query.where(_t.c.id < before)
+    if start is not None:
+        query = query.where(_t.c.id < start[0])
     async with engine.connect() as connection:
         rows = (await connection.execute(query)).mappings().all()
     items = [MessageSummary.model_validate(dict(row)) for row in rows[:limit]]
     await audit.record_many("search", "message", [str(m.id) for m in items] or [None])
-    cursor = items[-1].id if len(rows) > limit else None
-    following = str(request.url.include_query_params(before=cursor)) if cursor else None
-    return MessagePage(items=items, next=following, next_before=cursor)
+    last = (items[-1].id,) if len(rows) > limit else None
+    paged = links(request, _CURSOR, last)
+    return MessagePage(items=items, next=paged.next, next_cursor=paged.next_cursor)
 
 
 async def _trace_of(connection: AsyncConnection, message_id: int) -> list[TraceItem]:

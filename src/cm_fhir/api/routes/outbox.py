@@ -1,33 +1,37 @@
 """The outbox over HTTP: pending, sent and failed FHIR writes. I/O (database).
 
 ``GET /api/outbox`` counts rows per endpoint and state with the oldest row of each group;
-``GET /api/outbox/items`` lists rows (newest first, keyset cursor) by state, endpoint or case,
+``GET /api/outbox/items`` lists rows (newest first, paged by ``cursor``) by state, endpoint or case,
 without the Bundle bodies but with the endpoint's last error and OperationOutcome; every row
 listed is audited (``search``, ``outbox``, its id). ``GET /api/outbox/endpoints`` describes each
 configured FHIR endpoint (never its credentials) with its circuit breaker's state and the
 delivery counts of the ``sync`` role when this process runs it. The counts hold no patient data
-and are not audited.
+and are not audited. ``POST /api/outbox/resend`` (``write`` scope, audited) makes Bundles pending
+again by the rules of ``cm-fhir outbox resend``, through the same store function.
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Query, Request
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
-from cm_fhir.api.deps import AuditDep, ContextDep, EngineDep, ReadPrincipal
+from cm_fhir.api.deps import AuditDep, ContextDep, EngineDep, ReadPrincipal, WritePrincipal
+from cm_fhir.api.paging import CursorQuery, decode_cursor, links
 from cm_fhir.api.routes.messages import outbox_columns
 from cm_fhir.api.schemas import OutboxCount, OutboxItem, OutboxPage, OutboxSummary
 from cm_fhir.store.case_tables import outbox
-from cm_fhir.store.outbox import DEFAULT_ENDPOINT
+from cm_fhir.store.outbox import DEFAULT_ENDPOINT, mark_for_resend
 
 __all__ = ["DEFAULT_ENDPOINT", "router"]
 
 router = APIRouter(prefix="/api/outbox", tags=["outbox"])
 OutboxStateName = Literal["pending", "sent", "failed", "superseded"]
 _STATES = ("pending", "sent", "failed", "superseded")
+_CURSOR = "outbox"
 
 
 class EndpointDelivery(BaseModel):
@@ -132,9 +136,10 @@ async def outbox_items(
     state: Annotated[OutboxStateName | None, Query()] = None,
     endpoint: Annotated[str | None, Query(max_length=64)] = None,
     case_id: Annotated[str | None, Query(max_length=64)] = None,
-    before: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> OutboxPage:
+    start = decode_cursor(_CURSOR, cursor, (int,))
     query = (
         select(*outbox_columns())  # type: ignore[call-overload]
         .order_by(outbox.c.id.desc())
@@ -146,12 +151,58 @@ async def outbox_items(
         query = query.where(outbox.c.endpoint == endpoint)
     if case_id is not None:
         query = query.where(outbox.c.case_id == case_id)
-    if before is not None:
-        query = query.where(outbox.c.id < before)
+    if start is not None:
+        query = query.where(outbox.c.id < start[0])
     async with engine.connect() as connection:
         rows = (await connection.execute(query)).mappings().all()
     items = [OutboxItem.model_validate(dict(row)) for row in rows[:limit]]
     await audit.record_many("search", "outbox", [str(i.id) for i in items] or [None])
-    cursor = items[-1].id if len(rows) > limit else None
-    following = str(request.url.include_query_params(before=cursor)) if cursor else None
-    return OutboxPage(items=items, next=following, next_before=cursor)
+    paged = links(request, _CURSOR, (items[-1].id,) if len(rows) > limit else None)
+    return OutboxPage(items=items, next=paged.next, next_cursor=paged.next_cursor)
+
+
+class ResendRequest(BaseModel):
+    """Which outbox rows to send again: the rules of ``cm-fhir outbox resend``."""
+
+    model_config = ConfigDict(extra="forbid")
+    all: bool = Field(False, description="Every matching case, not only those whose write failed")
+    endpoint: str | None = Field(None, min_length=1, max_length=64, description="Only this one")
+    case_id: str | None = Field(None, min_length=1, max_length=64, description="Only this case")
+    since: datetime | None = Field(None, description="Only Bundles enqueued since")
+
+
+class ResendResult(BaseModel):
+    marked: int = Field(description="Rows made pending again (the sync role delivers them)")
+
+
+@router.post("/resend", summary="Send outbox Bundles again (failed ones; every case with all)")
+async def resend(
+    body: ResendRequest, context: ContextDep, audit: AuditDep, _: WritePrincipal
+) -> ResendResult:
+    """Mark the newest row of each matching case and endpoint ``pending``, due now.
+
+    The rules are the CLI's (``cm-fhir outbox resend --no-send``): only the newest Bundle of a
+    case is sent, so an older snapshot never overwrites a newer one; without ``all`` only the
+    cases whose newest write failed. A running ``sync`` role delivers them. Audited (``resend``,
+    ``outbox``, the case id when one is named).
+    """
+    known = [e.name for e in context.settings.endpoints] or [DEFAULT_ENDPOINT]
+    if body.endpoint is not None and body.endpoint not in known:
+        raise HTTPException(422, f"no endpoint named {body.endpoint!r} in the settings")
+    since = body.since
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    now = datetime.now(UTC)
+    async with context.engine.begin() as connection:
+        marked: int = await connection.run_sync(
+            lambda c: mark_for_resend(
+                c,
+                now,
+                every_state=body.all,
+                endpoint=body.endpoint,
+                case_id=body.case_id,
+                since=since,
+            )
+        )
+        await audit.record("resend", "outbox", body.case_id, connection=connection)
+    return ResendResult(marked=marked)

@@ -5,7 +5,7 @@ Tasks live inside their case (the case document is the unit of change), so the s
 cases that the case-level filters (``team``, ``programme``, ``patient``) select, then keeps the
 tasks that match the task-level ones (``owner``, ``status``, ``due_before``, ``due_after``,
 ``overdue``). Tasks come in due-date order (then case id, then task id); paging is the cases
-API's: ``limit`` and an opaque ``after`` cursor, with the ``next`` page's URL in the answer. A
+API's (every list's: :mod:`cm_fhir.api.paging`): ``limit`` and an opaque ``cursor``. A
 task is changed through its case (``/api/cases/{case_id}/tasks/...``, with the case's ETag), so
 each item carries the case's version. Every case a search returns tasks of is audited
 (``search``, ``case``, its id); the filters, which may hold an identifier, are never recorded.
@@ -13,18 +13,17 @@ each item carries the case's version. Every case a search returns tasks of is au
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
 from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal
+from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
 from cm_fhir.domain import CaseStatus, ProgrammeCode, Task, TaskStatus
 from cm_fhir.domain.common import PartyRef
 from cm_fhir.store.case_repo import CaseFilter, StoredCase, list_cases
@@ -34,6 +33,7 @@ __all__ = ["TaskFilter", "TaskItem", "TaskPage", "matching_tasks", "router"]
 router = APIRouter(prefix="/api/tasks", tags=["tasks"])
 
 _SCAN_PAGE = 200
+_CURSOR = "tasks"
 
 
 class TaskItem(BaseModel):
@@ -56,9 +56,10 @@ class TaskItem(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
-class TaskPage(BaseModel):
+class TaskPage(PageLinks):
+    """A page of tasks in due-date order (paged as every list: :mod:`cm_fhir.api.paging`)."""
+
     items: list[TaskItem]
-    next: str | None = Field(None, description="The next page, or null")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,20 +146,6 @@ def matching_tasks(
     return sorted(found, key=_sort_key)
 
 
-def encode_cursor(item: TaskItem) -> str:
-    text = "\x1f".join(_sort_key(item))
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[str, str, str] | None:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    parts = text.split("\x1f")
-    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else None
-
-
 def _utc(value: datetime | None) -> datetime | None:
     if value is None:
         return None
@@ -191,13 +178,9 @@ async def get_tasks(
         str | None, Query(max_length=255, description="system|value, or value (any system)")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
-    after: Annotated[str | None, Query(max_length=400, description="Cursor from `next`")] = None,
+    cursor: CursorQuery = None,
 ) -> TaskPage:
-    start: tuple[str, str, str] | None = None
-    if after is not None:
-        start = decode_cursor(after)
-        if start is None:
-            raise HTTPException(422, "'after' is not a cursor this API gave out")
+    start = decode_cursor(_CURSOR, cursor, (str, str, str))
     patient_token: tuple[str | None, str] | None = None
     if patient:
         system, sep, value = patient.rpartition("|")
@@ -218,7 +201,5 @@ async def get_tasks(
     items = found[:limit]
     cases_listed: list[str | None] = list(dict.fromkeys(i.case_id for i in items))
     await audit.record_many("search", "case", cases_listed or [None])
-    next_url = None
-    if len(found) > limit:
-        next_url = str(request.url.include_query_params(after=encode_cursor(items[-1])))
-    return TaskPage(items=items, next=next_url)
+    paged = links(request, _CURSOR, _sort_key(items[-1]) if len(found) > limit else None)
+    return TaskPage(items=items, next=paged.next, next_cursor=paged.next_cursor)

@@ -1,7 +1,8 @@
 """The payer side of utilization review. I/O (database, through the case repository).
 
 ``POST /fhir/Claim/$submit`` (Da Vinci PAS), the reviewer's queue ``GET /api/utilization-reviews``
-and ``POST /api/utilization-reviews/{id}/decision``.
+(pended first, then soonest deadline; paged by ``cursor`` as every list) and
+``POST /api/utilization-reviews/{id}/decision``.
 
 ``$submit`` reads a PAS request Bundle (:mod:`cm_fhir.fhir.pas_intake`), records the review on the
 member's payer case (opening one if needed) through the one case write path, decides it at once
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
@@ -36,21 +37,40 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
-from cm_fhir.domain import Case, LevelOfCare, Period, ReviewDecision, UtilizationReview
+from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
+from cm_fhir.domain import (
+    Case,
+    Identifier,
+    LevelOfCare,
+    Period,
+    ReviewDecision,
+    UtilizationReview,
+)
 from cm_fhir.errors import MappingError, RecordNotFound, ValidationError
 from cm_fhir.fhir.pas_intake import PasRequest, claim_identifier, parse_pas_request
 from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
 from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
-from cm_fhir.store.case_repo import CaseFilter, StoredCase, change_case, create_case, list_cases
+from cm_fhir.store.case_repo import TraceSource, change_case, create_case
 from cm_fhir.store.case_writes import OutboxRoute
+from cm_fhir.store.cases import lock_states
+from cm_fhir.store.fhir_inbox import (
+    fhir_message,
+    record_answer,
+    store_fhir_message,
+    stored_message_key,
+)
+from cm_fhir.store.inbox import NewMessage
+from cm_fhir.store.payer_cases import find_review, payer_cases
+from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.routing import outbox_routes
+from cm_fhir.workflow.facts import patient_key
 from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_case_id, review_id_for
 
 __all__ = ["router"]
 
 router = APIRouter(tags=["utilization review"])
-_PAGE = 200
+_CURSOR = "utilization-reviews"
 
 
 async def require_claim_create(principal: PrincipalDep) -> Principal:
@@ -60,20 +80,6 @@ async def require_claim_create(principal: PrincipalDep) -> Principal:
     return principal
 
 
-def _payer_cases(
-    connection: Connection, programme: str, patient: tuple[str, str] | None
-) -> list[StoredCase]:
-    found: list[StoredCase] = []
-    after: str | None = None
-    filters = CaseFilter(patient=patient, programme=programme)
-    while True:
-        page, more = list_cases(connection, filters, limit=_PAGE, after=after)
-        found += page
-        if not more or not page:
-            return found
-        after = page[-1].case.id
-
-
 def _record(
     connection: Connection,
     read: PasRequest,
@@ -81,14 +87,26 @@ def _record(
     spec: PayerExchange,
     now: datetime,
     routes: Sequence[OutboxRoute],
-) -> tuple[Case, UtilizationReview]:
-    """Store the request's review on the member's payer case; the review as stored."""
+    message: NewMessage,
+) -> tuple[Case, UtilizationReview, int]:
+    """Store the request in the inbox and its review on the member's payer case; the case, the
+    review as stored and the inbox row."""
+    row = store_fhir_message(connection, message)
+    source = TraceSource(
+        rule="pas.submit",
+        event="claim-submit",
+        message_key=stored_message_key(message),
+        inbox_message_id=row.id,
+    )
     review = read.review
     primary = read.patient.primary
-    cases = _payer_cases(connection, spec.payer_programme, (primary.system, primary.value))
+    # The member's state first, as the worker takes it: a notice being applied now cannot open
+    # a second payer case beside the one this request finds or opens.
+    lock_states(connection, [patient_key(read.patient)])
+    cases = payer_cases(connection, spec.payer_programme, (primary.system, primary.value))
     for stored in cases:
         if any(r.id == review.id for r in stored.case.utilization_reviews):
-            return stored.case, stored.case.utilization_review(review.id)  # a resend
+            return stored.case, stored.case.utilization_review(review.id), row.id  # a resend
     decided = auto_decide(review, read.diagnoses, spec.auto_decisions, now)
     open_case = next((s.case for s in cases if not s.case.is_final), None)
     if open_case is None:
@@ -100,8 +118,16 @@ def _record(
             review,
             read.member_id,
         )
-        create_case(connection, case.add_utilization_review(decided), registry, now, routes=routes)
-        return case, decided
+        create_case(
+            connection,
+            case.add_utilization_review(decided),
+            registry,
+            now,
+            routes=routes,
+            in_state=True,
+            source=source,
+        )
+        return case, decided, row.id
 
     def add(case: Case) -> Case:
         # Under the case lock: a resend that raced this one may have added the review already.
@@ -119,8 +145,9 @@ def _record(
         action="utilization-review.submit",
         target=decided.id,
         routes=routes,
+        source=source,
     )
-    return stored.case, stored.case.utilization_review(decided.id)
+    return stored.case, stored.case.utilization_review(decided.id), row.id
 
 
 @router.post(
@@ -132,14 +159,17 @@ async def submit_claim(
     request: Request,
     engine: EngineDep,
     audit: AuditDep,
-    _: Annotated[Principal, Depends(require_claim_create)],
+    principal: Annotated[Principal, Depends(require_claim_create)],
 ) -> Response:
     spec = get_payer_exchange(request)
+    raw = await request.body()
     try:
-        body = json.loads(await request.body())
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
+        await audit.record("submit", "Claim", None, outcome="failure")
         return error_response(request, 400, "the body is not JSON", fields=[("Bundle", "not JSON")])
     review_id = "pending"
+    identifier = None
     try:
         identifier = claim_identifier(body)
         if identifier is not None:
@@ -153,19 +183,56 @@ async def submit_claim(
         await audit.record("submit", "Claim", None, outcome="failure")
         return error_response(request, 400, str(exc), outcome=exc.outcome)
     now = datetime.now(UTC)
+    message = fhir_message(
+        raw,
+        body,
+        message_id=_request_id(body, identifier),
+        source=_requester(read),
+        client=principal.subject,
+        message_type="Claim",
+        event="submit",
+        state=InboxState.PROCESSED,
+        answer=None,
+        patient_key=patient_key(read.patient),
+        received_at=now,
+        peer=request.client.host if request.client else None,
+    )
+    base = get_registry(request).canonical_base
     async with engine.begin() as connection:
-        case, review = await connection.run_sync(
+        case, review, row_id = await connection.run_sync(
             _record,
             read,
             get_registry(request),
             spec,
             now,
             outbox_routes(get_settings(request)),
+            message,
         )
+        response = claim_response(review, case.patient, spec, base, now)
+        answer = json.dumps(pas_response_bundle(response, spec, now))
+        await connection.run_sync(record_answer, row_id, answer.encode())
         await audit.record("submit", "utilization-review", review.id, connection=connection)
-    base = get_registry(request).canonical_base
-    answer = pas_response_bundle(claim_response(review, case.patient, spec, base, now), spec, now)
-    return Response(json.dumps(answer), 200, media_type=FHIR_JSON)
+    return Response(answer, 200, media_type=FHIR_JSON)
+
+
+def _request_id(body: Any, claim: Identifier | None) -> str:
+    """The request's identity: the Bundle identifier, else the Claim's business identifier."""
+    ident = body.get("identifier") if isinstance(body, dict) else None
+    value = ident.get("value") if isinstance(ident, dict) else None
+    if isinstance(value, str) and value.strip():
+        return value
+    assert claim is not None  # parse_pas_request refused a Claim without one
+    return f"{claim.system}|{claim.value}"
+
+
+def _requester(read: PasRequest) -> str | None:
+    """Who asked, for the inbox row: the requester's identifier (``system|value``) or name."""
+    party = read.review.requester
+    if party is None:
+        return None
+    if party.identifier is not None:
+        return f"{party.identifier.system}|{party.identifier.value}"
+    return party.display
 
 
 class QueueItem(BaseModel):
@@ -175,13 +242,22 @@ class QueueItem(BaseModel):
     review: UtilizationReview
 
 
-class Queue(BaseModel):
+class Queue(PageLinks):
+    """A page of the reviewer's queue (paged as every list: :mod:`cm_fhir.api.paging`)."""
+
     items: list[QueueItem]
+
+
+def _queue_key(item: QueueItem) -> tuple[int, str, str, str]:
+    """Pended reviews first, then by deadline (soonest first), case and review id."""
+    pended = item.review.decision == ReviewDecision.PENDED
+    return (0 if pended else 1, item.deadline.isoformat(), item.case_id, item.review.id)
 
 
 @router.get(
     "/api/utilization-reviews",
-    summary="Utilization reviews on payer cases (the reviewer's queue), soonest deadline first",
+    summary="Utilization reviews on payer cases (the reviewer's queue): pended first, "
+    "then soonest deadline first",
     response_model=Queue,
 )
 async def get_reviews(
@@ -190,21 +266,32 @@ async def get_reviews(
     audit: AuditDep,
     _: ReadPrincipal,
     status: Annotated[ReviewDecision | None, Query(description="pended, approved...")] = None,
+    overdue: Annotated[
+        bool | None, Query(description="true: only reviews past their decision deadline")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    cursor: CursorQuery = None,
 ) -> Queue:
+    start = decode_cursor(_CURSOR, cursor, (int, str, str, str))
     now = datetime.now(UTC)
     async with engine.connect() as connection:
         cases = await connection.run_sync(
-            _payer_cases, get_payer_exchange(request).payer_programme, None
+            payer_cases, get_payer_exchange(request).payer_programme, None
         )
     items = [
         QueueItem(case_id=s.case.id, deadline=r.deadline, overdue=r.is_overdue(now), review=r)
         for s in cases
         for r in s.case.utilization_reviews
-        if status is None or r.decision == status
+        if (status is None or r.decision == status)
+        and (overdue is None or r.is_overdue(now) == overdue)
     ]
-    items.sort(key=lambda i: (i.deadline, i.review.id))
-    await audit.record_many("search", "utilization-review", [i.review.id for i in items] or [None])
-    return Queue(items=items)
+    items.sort(key=_queue_key)
+    if start is not None:
+        items = [i for i in items if _queue_key(i) > start]
+    page = items[:limit]
+    await audit.record_many("search", "utilization-review", [i.review.id for i in page] or [None])
+    paged = links(request, _CURSOR, _queue_key(page[-1]) if len(items) > limit else None)
+    return Queue(items=page, next=paged.next, next_cursor=paged.next_cursor)
 
 
 class DecisionRequest(BaseModel):
@@ -227,16 +314,10 @@ def _decide(
     now: datetime,
     routes: Sequence[OutboxRoute],
 ) -> UtilizationReview:
-    holder = next(
-        (
-            s.case
-            for s in _payer_cases(connection, programme, None)
-            if any(r.id == review_id for r in s.case.utilization_reviews)
-        ),
-        None,
-    )
-    if holder is None:
+    found = find_review(connection, programme, review_id)
+    if found is None:
         raise RecordNotFound(f"no utilization review '{review_id}' on a payer case")
+    holder = found[0]
     granting = body.decision in (ReviewDecision.APPROVED, ReviewDecision.PARTIALLY_APPROVED)
     number = body.authorization_number or (review_id if granting else None)
 

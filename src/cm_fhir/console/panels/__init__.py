@@ -22,6 +22,7 @@ PANELS = (
     "outbox",
     "worklist",
     "cases",
+    "reviews",
 )
 
 

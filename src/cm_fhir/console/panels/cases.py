@@ -1,19 +1,19 @@
 """Cases: a list by status, programme and team (and by patient, through a POSTed form, so the
 identifier stays out of the URL), and the case page: status history, screening, goals, plan,
-tasks, referrals, and the timeline of the messages and rules that shaped it (the trace).
-I/O (the cases API; the case's trace)."""
+tasks, referrals, utilization reviews (deadline, overdue, decision), and the timeline of the
+messages and rules that shaped it (the trace). I/O (the cases API; the case's trace)."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter
 from fastapi.responses import Response
 
 from cm_fhir.console import queries
 from cm_fhir.console.deps import ConsoleDep, FormError, api_message
-from cm_fhir.domain import CaseStatus
+from cm_fhir.domain import CaseStatus, UtilizationReview
 
 __all__ = ["router"]
 
@@ -25,12 +25,10 @@ PAGE_SIZE = 50
 async def _list(console: ConsoleDep, filters: dict[str, str], error: str | None) -> Response:
     answer = await console.api.get("/api/cases", limit=PAGE_SIZE, **filters)
     items: list[dict[str, Any]] = []
-    after = None
+    next_cursor = None
     if answer.status_code == 200:
         page = answer.json()
-        items = page["items"]
-        if page["next"]:
-            after = parse_qs(urlsplit(page["next"]).query).get("after", [None])[0]
+        items, next_cursor = page["items"], page["next_cursor"]
     else:
         error = error or api_message(answer)
     return console.page(
@@ -38,7 +36,7 @@ async def _list(console: ConsoleDep, filters: dict[str, str], error: str | None)
         title="Cases",
         current="Cases",
         items=items,
-        after=after,
+        next_cursor=next_cursor,
         filters={k: filters.get(k, "") for k in ("status", "programme", "team", "patient")},
         statuses=[s.value for s in CaseStatus],
         programmes=list(console.context.registry.code_systems["programme"].concepts),
@@ -52,11 +50,16 @@ async def cases(
     status: str | None = None,
     programme: str | None = None,
     team: str | None = None,
-    after: str | None = None,
+    cursor: str | None = None,
 ) -> Response:
     filters = {
         k: v
-        for k, v in (("status", status), ("programme", programme), ("team", team), ("after", after))
+        for k, v in (
+            ("status", status),
+            ("programme", programme),
+            ("team", team),
+            ("cursor", cursor),
+        )
         if v
     }
     return await _list(console, filters, None)
@@ -68,7 +71,7 @@ async def search_cases(console: ConsoleDep) -> Response:
         fields = await console.form()
     except FormError as exc:
         return await _list(console, {}, str(exc))
-    keep = ("status", "programme", "team", "patient", "after")
+    keep = ("status", "programme", "team", "patient", "cursor")
     return await _list(console, {k: fields[k] for k in keep if fields.get(k)}, None)
 
 
@@ -85,11 +88,23 @@ async def case(console: ConsoleDep, case_id: str) -> Response:
             error=api_message(answer),
         )
     timeline = await queries.case_timeline(console.context.engine, case_id)
+    body = answer.json()
     return console.page(
         "case.html",
         title=f"Case {case_id}",
         current="Cases",
-        case=answer.json(),
+        case=body,
         version=answer.headers.get("etag", ""),
+        reviews=_reviews(body, console.now()),
         timeline=timeline,
     )
+
+
+def _reviews(case: dict[str, Any], now: datetime) -> list[dict[str, Any]]:
+    """The case's utilization reviews with their decision deadline and whether it has passed."""
+    out = []
+    for shown in case.get("utilization_reviews", []):
+        review = UtilizationReview.model_validate(shown)
+        deadline = review.deadline.isoformat()
+        out.append({"review": shown, "deadline": deadline, "overdue": review.is_overdue(now)})
+    return out

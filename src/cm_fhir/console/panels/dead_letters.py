@@ -28,8 +28,8 @@ async def _held_back(console: ConsoleDep, message_id: int) -> list[dict[str, Any
 
 
 @router.get("", summary="Dead letters")
-async def dead_letters(console: ConsoleDep, before: int | None = None) -> Response:
-    answer = await console.api.get("/api/dead-letters", limit=PAGE_SIZE, before=before)
+async def dead_letters(console: ConsoleDep, cursor: str | None = None) -> Response:
+    answer = await console.api.get("/api/dead-letters", limit=PAGE_SIZE, cursor=cursor)
     if answer.status_code != 200:
         return console.page(
             "dead_letters.html",
@@ -37,7 +37,7 @@ async def dead_letters(console: ConsoleDep, before: int | None = None) -> Respon
             title="Dead letters",
             current="Dead letters",
             rows=[],
-            next_before=None,
+            next_cursor=None,
             error=api_message(answer),
         )
     page = answer.json()
@@ -47,7 +47,7 @@ async def dead_letters(console: ConsoleDep, before: int | None = None) -> Respon
         title="Dead letters",
         current="Dead letters",
         rows=rows,
-        next_before=page["next_before"],
+        next_cursor=page["next_cursor"],
         can_write=console.session.can("write"),
     )
 

@@ -39,13 +39,13 @@ STATES = [s.value for s in InboxState]
 
 async def _search(console: ConsoleDep, fields: dict[str, str], error: str | None) -> Response:
     params: dict[str, Any] = {api: fields.get(name) for name, api in FILTERS.items()}
-    before = fields.get("before") or None
-    answer = await console.api.get("/api/messages", limit=PAGE_SIZE, before=before, **params)
+    cursor = fields.get("cursor") or None
+    answer = await console.api.get("/api/messages", limit=PAGE_SIZE, cursor=cursor, **params)
     items: list[dict[str, Any]] = []
-    next_before = None
+    next_cursor = None
     if answer.status_code == 200:
         page = answer.json()
-        items, next_before = page["items"], page["next_before"]
+        items, next_cursor = page["items"], page["next_cursor"]
     else:
         error = error or api_message(answer)
     return console.page(
@@ -55,7 +55,7 @@ async def _search(console: ConsoleDep, fields: dict[str, str], error: str | None
         filters={name: fields.get(name, "") for name in FILTERS},
         states=STATES,
         items=items,
-        next_before=next_before,
+        next_cursor=next_cursor,
         error=error,
         searched=bool(fields),
     )

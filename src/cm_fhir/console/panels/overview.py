@@ -1,10 +1,13 @@
 """Overview: is the feed flowing? Message flow per hour and sender (an SVG chart made here),
-the inbox backlog, the outbox per endpoint, cases opened and closed today. Refreshes itself.
+the inbox backlog, the outbox and sync per endpoint (its circuit breaker and what the sync role
+delivered, from ``/api/outbox/endpoints``), cases opened and closed today. Refreshes itself.
 I/O (database reads; the outbox API)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import Response
@@ -30,6 +33,34 @@ def _age(delta: timedelta) -> str:
     return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
+@dataclass(slots=True)
+class EndpointRow:
+    """One endpoint on the overview: outbox counts, and the sync role's view of it."""
+
+    name: str
+    counts: dict[str, int] = field(default_factory=dict)
+    mode: str | None = None
+    breaker: str | None = None
+    delivery: dict[str, Any] | None = None
+
+
+def _endpoints(counts: list[dict[str, Any]], infos: list[dict[str, Any]]) -> list[EndpointRow]:
+    """Rows for every configured endpoint and every endpoint with outbox rows, by name."""
+    rows: dict[str, EndpointRow] = {}
+    for info in infos:
+        delivery = info.get("delivery")
+        rows[info["name"]] = EndpointRow(
+            info["name"],
+            mode=info["mode"],
+            breaker=delivery["breaker"] if delivery else None,
+            delivery=delivery,
+        )
+    for count in counts:
+        row = rows.setdefault(count["endpoint"], EndpointRow(count["endpoint"]))
+        row.counts[count["state"]] = int(count["count"])
+    return [rows[name] for name in sorted(rows)]
+
+
 @router.get("", summary="Overview")
 async def overview(console: ConsoleDep) -> Response:
     engine = console.context.engine
@@ -43,10 +74,11 @@ async def overview(console: ConsoleDep) -> Response:
     waiting = await queries.backlog(engine)
     opened, closed = await queries.cases_today(engine, now)
     answer = await console.api.get("/api/outbox")
+    described = await console.api.get("/api/outbox/endpoints")
     outbox = answer.json()["counts"] if answer.status_code == 200 else []
-    endpoints: dict[str, dict[str, int]] = {}
-    for count in outbox:
-        endpoints.setdefault(count["endpoint"], {})[count["state"]] = count["count"]
+    infos = described.json() if described.status_code == 200 else []
+    endpoints = _endpoints(outbox, infos)
+    failed = answer if answer.status_code != 200 else described
     return console.page(
         "overview.html",
         title="Overview",
@@ -55,7 +87,7 @@ async def overview(console: ConsoleDep) -> Response:
         backlog=waiting.waiting,
         oldest_age=_age(now - waiting.oldest) if waiting.oldest else None,
         endpoints=endpoints,
-        outbox_error=None if answer.status_code == 200 else api_message(answer),
+        outbox_error=None if failed.status_code == 200 else api_message(failed),
         opened=opened,
         closed=closed,
         refreshed=now,

@@ -28,6 +28,8 @@ __all__ = ["completion_path", "router"]
 router = APIRouter(prefix="/console/worklist")
 
 OPEN = sorted(s.value for s in OPEN_TASK_STATUSES)
+#: Tasks per section and page; a section with more has a "Next page" link (the API's cursor).
+PAGE_SIZE = 100
 ERRORS = {
     "stale": "This case changed since the worklist was shown; it is shown again as it is now.",
     "form": "The form has expired; please try again.",
@@ -66,27 +68,38 @@ async def worklist(
     programme: str | None = None,
     notice: str | None = None,
     error: str | None = None,
+    section: str | None = None,
+    cursor: str | None = None,
 ) -> Response:
     filters = _filters(owner, team, programme)
     now = console.now()
     tomorrow = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-    sections: list[tuple[str, list[dict[str, Any]]]] = []
+    sections: list[tuple[str, list[dict[str, Any]], str | None]] = []
     problem = None
-    queries: list[tuple[str, dict[str, Any]]] = [
-        ("Overdue", {"overdue": "true"}),
+    queries: list[tuple[str, str, dict[str, Any]]] = [
+        ("overdue", "Overdue", {"overdue": "true"}),
         (
+            "today",
             "Due today",
             {"status": OPEN, "due_after": now.isoformat(), "due_before": tomorrow.isoformat()},
         ),
-        ("Upcoming", {"status": OPEN, "due_after": tomorrow.isoformat()}),
+        ("upcoming", "Upcoming", {"status": OPEN, "due_after": tomorrow.isoformat()}),
     ]
-    for name, extra in queries:
-        answer = await console.api.get("/api/tasks", limit=100, **filters, **extra)
+    for key, name, extra in queries:
+        start = cursor if section == key else None
+        answer = await console.api.get(
+            "/api/tasks", limit=PAGE_SIZE, cursor=start, **filters, **extra
+        )
         if answer.status_code != 200:
             problem = api_message(answer)
-            sections.append((name, []))
+            sections.append((name, [], None))
             continue
-        sections.append((name, answer.json()["items"]))
+        page = answer.json()
+        following = None
+        if page["next_cursor"]:
+            query = urlencode({**filters, "section": key, "cursor": page["next_cursor"]})
+            following = f"{base_path(console.request)}/worklist?{query}"
+        sections.append((name, page["items"], following))
     case_params = {"status": "transition", "team": team, "programme": programme, "limit": 100}
     transition = await console.api.get("/api/cases", **case_params)
     in_transition = transition.json()["items"] if transition.status_code == 200 else []
