@@ -66,7 +66,7 @@ bench: $(STAMP)
 
 ## Ingest only: 4 lockstep senders, 5 rounds (run it a few times: the figures swing with load).
 bench-ingest: $(STAMP)
-	$(BIN)/python bench/bench_ingest.py --senders 4 --rounds 5
+	$(BIN)/python bench/bench_ingest.py --senders 4 --rounds 5 --with-worker
 
 ## Resolve pyproject's ranges afresh in a scratch venv and record the result in constraints.txt.
 lock:

@@ -19,8 +19,14 @@ message) so that it is not the bottleneck; every server gets the same one. Round
 servers, with an echo run just before each of ours: the ratio is taken round by round, and the
 median of the rounds is printed with their range.
 
+With ``--with-worker`` each database is measured once more with the inbox worker running in the
+server process, as in ``cm-fhir serve``: the lockstep run leaves a backlog, so the paced run's p99
+is the ACK latency while the worker processes (on SQLite its write transactions and ours take turns
+on the one write lock).
+
 Usage: ``python bench/bench_ingest.py [--senders 4] [--messages 1000] [--rounds 3]
-[--paced 1000]`` (messages per sender; paced messages in total, 0 skips the paced run).
+[--paced 1000] [--with-worker]`` (messages per sender; paced messages in total, 0 skips the paced
+run).
 """
 
 from __future__ import annotations
@@ -79,20 +85,28 @@ async def serve_echo() -> None:
     await asyncio.Event().wait()
 
 
-async def serve_cm(url: str, schema: str | None) -> None:
+async def serve_cm(url: str, schema: str | None, with_worker: bool) -> None:
     from cm_fhir.listener import ListenerConfig, MllpListener
     from cm_fhir.store.engine import make_engine, upgrade_database
     from cm_fhir.store.writer import InboxWriter
 
     engine = make_engine(url, search_path=schema)
     await upgrade_database(engine)
+    stop = asyncio.Event()
     async with InboxWriter(engine) as writer:
         listener = MllpListener(
             ListenerConfig(port=0, max_connections=1024, max_connections_per_peer=0), writer
         )
         await listener.start()
+        worker = None
+        if with_worker:  # as in ``cm-fhir serve``: the worker shares the process and its loop
+            from cm_fhir.worker import Worker
+
+            worker = asyncio.create_task(Worker(engine).run(stop))
         print(READY, listener.port, flush=True)
-        await asyncio.Event().wait()
+        await stop.wait()  # never set: the bench terminates this process
+        if worker is not None:
+            await worker
 
 
 # --- load generator ------------------------------------------------------------------------------
@@ -218,6 +232,8 @@ class Figures:
     cpu_us: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     failures: int = 0
+    missing: int = 0  # positively acknowledged, not found in the inbox afterwards
+    stores: bool = True
 
     def line(self) -> str:
         if not self.rates:
@@ -227,6 +243,8 @@ class Figures:
             f"  p50 {_median(self.p50):.2f} ms  p99 {_median(self.p99):.2f} ms"
             f"  cpu {_median(self.cpu_us):.0f} us/msg  non-AA {self.failures}"
         )
+        if self.stores:
+            text += f"  ACKed but not stored {self.missing}"
         if self.ratios:
             text += f"\n{'':<16} ratio to echo {_median(self.ratios):.2f}x"
             text += f" ({_span(self.ratios, '.2f')}; target >= 3x)"
@@ -257,13 +275,38 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+async def inbox_rows(args: list[str]) -> int | None:
+    """Rows in the inbox of the cm-fhir server started with ``args`` (None for the echo)."""
+    if "--serve-cm" not in args:
+        return None
+    from sqlalchemy import func, select
+
+    from cm_fhir.store.engine import make_engine, upgrade_database
+    from cm_fhir.store.tables import inbox_messages
+
+    url = args[args.index("--serve-cm") + 1]
+    schema = args[args.index("--schema") + 1] if "--schema" in args else None
+    engine = make_engine(url, search_path=schema)
+    try:
+        await upgrade_database(engine)
+        async with engine.connect() as connection:
+            count = select(func.count()).select_from(inbox_messages)
+            return int((await connection.execute(count)).scalar_one())
+    finally:
+        await engine.dispose()
+
+
 async def measure(
     figures: Figures, args: list[str], senders: int, messages: int, paced: int
 ) -> float:
-    """One round of one server: lockstep throughput, then (if ``paced``) the paced run."""
+    """One round of one server: lockstep throughput, then (if ``paced``) the paced run. For our
+    server, every positive ACK is checked against the inbox afterwards (durable: it is there)."""
+    rows_before = await inbox_rows(args)
+    acked = 0
     process, port = await start_server(*args)
     try:
         protocols = await connect(port, senders)
+        acked += senders - sum(p.failures for p in protocols)
         cpu_before = process_cpu_seconds(process.pid)
         elapsed, latencies, failures = await drive(protocols, messages)
         cpu_after = process_cpu_seconds(process.pid)
@@ -272,6 +315,7 @@ async def measure(
             _, slow, more = await drive(protocols, each, paced=True, offset=messages)
             figures.paced_p99.append(_percentile(slow, 99))
             failures += more
+            acked += len(slow)
         for protocol in protocols:
             assert protocol.transport is not None
             protocol.transport.close()
@@ -285,6 +329,10 @@ async def measure(
     figures.p50.append(_percentile(latencies, 50))
     figures.p99.append(_percentile(latencies, 99))
     figures.failures += failures
+    rows_after = await inbox_rows(args)
+    if rows_before is not None and rows_after is not None:
+        acked += len(latencies) - failures
+        figures.missing += max(0, acked - (rows_after - rows_before))
     return rate
 
 
@@ -323,13 +371,14 @@ async def pg_schema(action: str, schema: str) -> bool:
         await engine.dispose()
 
 
-async def main(senders: int, messages: int, rounds: int, paced: int) -> None:
+async def main(senders: int, messages: int, rounds: int, paced: int, with_worker: bool) -> None:
     print(
         f"{senders} lockstep senders x {messages} messages, loopback, {rounds} rounds; paced run"
         f" {paced} messages at {PACED_RATE:.0f}/s; load average {os.getloadavg()[0]:.1f}"
     )
-    echo = Figures("python-hl7 echo")
+    echo = Figures("python-hl7 echo", stores=False)
     ours = [Figures("cm-fhir sqlite"), Figures("cm-fhir postgres")]
+    busy = [Figures("sqlite + worker"), Figures("postgres + worker")] if with_worker else []
     schema = f"cmfhir_bench_{uuid.uuid4().hex[:10]}"
     postgres = await pg_schema("CREATE", schema)
     try:
@@ -344,11 +393,15 @@ async def main(senders: int, messages: int, rounds: int, paced: int) -> None:
                     baseline = await measure(echo, ["--serve-echo"], senders, messages, 0)
                     rate = await measure(figures, args, senders, messages, paced)
                     figures.ratios.append(rate / baseline)
+                for figures, (_, args) in zip(busy, servers, strict=False):
+                    # The lockstep run leaves a backlog: the paced run is answered while the
+                    # worker, in the same process, processes it (and then the paced messages).
+                    await measure(figures, [*args, "--with-worker"], senders, messages, paced)
             floors.append(commit_floor(folder))
     finally:
         if postgres:
             await pg_schema("DROP", schema)
-    for figures in (echo, *ours):
+    for figures in (echo, *ours, *busy):
         print(figures.line())
     before, after = floors
     print(
@@ -365,6 +418,11 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--paced", type=int, default=1000)
+    parser.add_argument(
+        "--with-worker",
+        action="store_true",
+        help="also measure each database with the inbox worker running in the server process",
+    )
     parser.add_argument("--serve-echo", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve-cm", metavar="URL", help=argparse.SUPPRESS)
     parser.add_argument("--schema", help=argparse.SUPPRESS)
@@ -372,6 +430,7 @@ if __name__ == "__main__":
     if options.serve_echo:
         asyncio.run(serve_echo())
     elif options.serve_cm:
-        asyncio.run(serve_cm(options.serve_cm, options.schema))
+        asyncio.run(serve_cm(options.serve_cm, options.schema, options.with_worker))
     else:
-        asyncio.run(main(options.senders, options.messages, options.rounds, options.paced))
+        run = (options.senders, options.messages, options.rounds, options.paced)
+        asyncio.run(main(*run, options.with_worker))

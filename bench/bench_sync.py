@@ -28,7 +28,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -239,17 +238,64 @@ async def throughput(cases: int) -> None:
         naive_server.terminate()
 
 
-async def latency(rate: float, seconds: float) -> None:
+async def _sent_at(
+    database: str, schema: str | None
+) -> list[tuple[str, datetime, datetime, datetime]]:
+    """(control id, received, outbox row created, sent) of every A01 whose case write is on the
+    server."""
+    from sqlalchemy import select
+
+    from cm_fhir.store.case_tables import outbox
+    from cm_fhir.store.engine import make_engine
+    from cm_fhir.store.tables import inbox_messages
+
+    engine = make_engine(database, search_path=schema)
+    query = (
+        select(
+            inbox_messages.c.control_id,
+            inbox_messages.c.received_at,
+            outbox.c.created_at,
+            outbox.c.sent_at,
+        )
+        .join(outbox, outbox.c.inbox_message_id == inbox_messages.c.id)
+        .where(outbox.c.state == "sent")
+    )
+    async with engine.connect() as connection:
+        rows = [(str(c), r, o, s) for c, r, o, s in (await connection.execute(query)).all()]
+    await engine.dispose()
+    return rows
+
+
+async def _reset_pg(url: str) -> None:
+    from sqlalchemy import text
+
+    from cm_fhir.store.engine import make_engine
+
+    engine = make_engine(url)
+    async with engine.begin() as connection:
+        await connection.execute(text("DROP SCHEMA IF EXISTS bench_sync CASCADE"))
+        await connection.execute(text("CREATE SCHEMA bench_sync"))
+    await engine.dispose()
+
+
+async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
     from cm_fhir.mllp_client import MllpClient
 
     server, base_url = start_server()
     with tempfile.TemporaryDirectory() as folder:
         data = Path(folder) / "data"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CM_FHIR_")}
+        database = f"sqlite+aiosqlite:///{data / 'cm-fhir.sqlite3'}"
+        where = ["--data-dir", str(data)]
+        if pg_url is not None:
+            await _reset_pg(pg_url)
+            database = pg_url
+            env["CM_FHIR_DATABASE_SCHEMA"] = "bench_sync"
+            where = ["--data-dir", str(data), "--database-url", pg_url, "--migrate"]
         process = await asyncio.create_subprocess_exec(
-            CLI, "serve", "--http-port", "0", "--mllp-port", "0", "--data-dir", str(data),
+            CLI, "serve", "--http-port", "0", "--mllp-port", "0", *where,
             "--ehr-url", base_url, "--log-level", "WARNING",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=None, env=env,
         )  # fmt: skip
         assert process.stdout is not None
         port = 0
@@ -274,27 +320,39 @@ async def latency(rate: float, seconds: float) -> None:
         await asyncio.sleep(5)  # let the last writes go out
         process.terminate()
         await process.wait()
-        database = sqlite3.connect(data / "cm-fhir.sqlite3")
-        rows = database.execute(
-            "SELECT i.control_id, o.sent_at FROM outbox o JOIN inbox_message i "
-            "ON i.id = o.inbox_message_id WHERE o.state = 'sent'"
-        ).fetchall()
-        database.close()
+        rows = await _sent_at(database, "bench_sync" if pg_url is not None else None)
     server.terminate()
-    delays = []
-    for control, sent_at in rows:
+    delays, parts = [], []
+
+    def stamp(value: datetime) -> float:
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+    for control, received_at, enqueued_at, sent_at in rows:
         if control in sent and sent_at:
-            at = datetime.fromisoformat(str(sent_at)).replace(tzinfo=UTC).timestamp()
-            delays.append(at - sent[control])
+            delays.append(stamp(sent_at) - sent[control])
+            parts.append(
+                (
+                    stamp(received_at) - sent[control],
+                    stamp(enqueued_at) - stamp(received_at),
+                    stamp(sent_at) - stamp(enqueued_at),
+                )
+            )
+    store = "PostgreSQL" if pg_url is not None else "SQLite"
     if len(delays) < 20:
-        print(f"A01 -> written on the FHIR server: only {len(delays)} of {count} measured")
+        print(f"A01 -> on the FHIR server ({store}): only {len(delays)} of {count} measured")
         return
     cut = statistics.quantiles(delays, n=20)
     print(
-        f"A01 over MLLP -> its case written on the FHIR server, {rate:.0f} msg/s, "
+        f"A01 over MLLP -> its case written on the FHIR server ({store}), {rate:.0f} msg/s, "
         f"{len(delays)}/{count} messages: p50 {statistics.median(delays) * 1000:.0f} ms, "
         f"p95 {cut[18] * 1000:.0f} ms (target <= 500 ms)"
     )
+    for i, name in enumerate(("MLLP -> inbox", "inbox -> outbox", "outbox -> server")):
+        values = [p[i] for p in parts]
+        print(
+            f"  {name:17}: p50 {statistics.median(values) * 1000:6.0f} ms, "
+            f"p95 {statistics.quantiles(values, n=20)[18] * 1000:6.0f} ms"
+        )
 
 
 def main() -> None:
@@ -302,9 +360,19 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=200)
     parser.add_argument("--rate", type=float, default=50.0)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--pg-url",
+        default=os.environ.get("CM_FHIR_TEST_PG_URL"),
+        help="PostgreSQL URL for the latency run on PostgreSQL too (schema bench_sync); "
+        "default: CM_FHIR_TEST_PG_URL",
+    )
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args()
-    asyncio.run(throughput(args.cases))
-    asyncio.run(latency(args.rate, args.seconds))
+    if not args.skip_throughput:
+        asyncio.run(throughput(args.cases))
+    asyncio.run(latency(args.rate, args.seconds, None))
+    if args.pg_url:
+        asyncio.run(latency(args.rate, args.seconds, args.pg_url))
 
 
 if __name__ == "__main__":

@@ -81,6 +81,9 @@ async def test_a_review_goes_to_the_payer_and_its_decision_comes_back(case_app: 
     assert read["authorized_quantity"] == 3
     assert read["authorization_number"] == payer_review
     assert read["next_review"] == "2026-03-05"
+    assert read["claim_response"] == answer["entry"][0]["resource"]  # kept as received
+    assert read["payer_exchange"]["state"] == "decided"
+    assert read["payer_exchange"]["endpoint"] == ""  # posted to the API, not sent by cm-fhir
 
 
 async def test_the_hospital_side_refuses_what_it_cannot_use(case_app: FastAPI) -> None:

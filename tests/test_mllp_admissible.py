@@ -32,7 +32,7 @@ from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.hl7v2.header import read_header
 from cm_fhir.hl7v2.normalise import decode, normalise_message, split_batch
 from cm_fhir.hl7v2.parse import parse_dtm
-from cm_fhir.ingest import check_key_room
+from cm_fhir.ingest_door import check_key_room
 from cm_fhir.listener import ListenerConfig
 from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.mllp_client import MllpClient, read_ack

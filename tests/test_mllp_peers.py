@@ -95,7 +95,7 @@ def test_content_error_names_the_first_problem_position() -> None:
 def test_every_listener_counter_is_exported_as_a_metric() -> None:
     import dataclasses
 
-    from cm_fhir.ingest import LISTENER_COUNTERS, IntakeStats
+    from cm_fhir.ingest_door import LISTENER_COUNTERS, IntakeStats
 
     fields = {f.name for f in dataclasses.fields(IntakeStats)} - {"discarded_bytes"}
     assert set(LISTENER_COUNTERS) == fields

@@ -97,7 +97,8 @@ async def test_a_poll_follows_pages_and_moves_the_watermark(
         result = await back.poll()
         first_query = router.calls[0].request.url.params
     assert result.counts == {"applied": 2}
-    assert first_query["identifier"] == f"{SYSTEM}|"
+    assessments = default_registry().system("assessment")
+    assert first_query["identifier"] == f"{SYSTEM}|,{assessments}|"  # case and assessment Tasks
     assert "_lastUpdated" not in first_query
     assert await status_of(engine, "t-auth") is TaskStatus.COMPLETED
     assert await status_of(engine, "t-bp-call") is TaskStatus.COMPLETED

@@ -21,7 +21,7 @@ from cm_fhir.fhir import datatypes as dt
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.store.ehr_status import EndpointCursor
 from cm_fhir.sync.notifications import read_notification, type_and_id
-from cm_fhir.sync.status_back import _events_seen
+from cm_fhir.sync.status_parts import events_seen as _events_seen
 from cm_fhir.sync.task_states import Outcome, apply_remote_task, read_remote_task
 
 S = TaskStatus

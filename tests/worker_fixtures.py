@@ -40,6 +40,7 @@ _TABLES = (
     "trace",
     "fhir_resources",
     "sync_state",
+    "payer_reviews",
 )
 
 

@@ -9,9 +9,9 @@ gets the stored ACK of its original back; a storage failure gets AR (CE in enhan
 ERR 207, built fresh and never stored. A batch is answered by one batch of ACKs; its messages are
 stored one row each, as UTF-8 text (a single-message frame is stored byte for byte).
 
-At the door (:class:`IntakeRules`): a sender outside the MSH-3/MSH-4 allowlist is answered AR
-(CR) with ERR 207 and its message body is never stored (a body-less ``refused`` row records the
-refusal, a bounded number per minute); a message the store could not hold
+At the door (:class:`~cm_fhir.ingest_door.IntakeRules`): a sender outside the MSH-3/MSH-4 allowlist
+is answered AR (CR) with ERR 207 and its message body is never stored (a body-less ``refused`` row
+records the refusal, a bounded number per minute); a message the store could not hold
 (:func:`~cm_fhir.hl7v2.admissible.content_error`: NUL, over-long keys, bytes invalid in the UTF-8
 MSH-18 names) is answered AR (CR) with ERR 102 naming the position, and an ADT event the worker
 could not read (:func:`~cm_fhir.hl7v2.admissible.processing_error`) AE (CE) with ERR 100/101/102;
@@ -25,22 +25,14 @@ listener can throttle a peer that sends garbage.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import logging
-import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from cm_fhir.errors import ConfigError, Hl7ParseError, StoreError
+from cm_fhir.errors import Hl7ParseError, StoreError
 from cm_fhir.hl7v2 import ack as acks
-from cm_fhir.hl7v2.admissible import (
-    KeyLimits,
-    content_error,
-    key_room_error,
-    processing_error,
-    sender_allowed,
-)
+from cm_fhir.hl7v2.admissible import content_error, processing_error, sender_allowed
 from cm_fhir.hl7v2.framing import FrameTooLarge
 from cm_fhir.hl7v2.header import (
     BatchHeader,
@@ -50,22 +42,13 @@ from cm_fhir.hl7v2.header import (
     read_patient_key,
 )
 from cm_fhir.hl7v2.normalise import decode, split_batch
-from cm_fhir.mapping.rules import DISCHARGE_RULES_FILE, IdentityRules
+from cm_fhir.ingest_door import IntakeRules, IntakeStats, new_control_id
 from cm_fhir.mllp_peers import RefusalLog
-from cm_fhir.store.case_tables import patient_states
 from cm_fhir.store.inbox import NewMessage, StoredMessage
-from cm_fhir.store.tables import InboxState, inbox_messages
+from cm_fhir.store.tables import InboxState
 from cm_fhir.store.writer import InboxWriter
 
-__all__ = [
-    "LISTENER_COUNTERS",
-    "FrameAnswer",
-    "FrameIntake",
-    "IntakeRules",
-    "IntakeStats",
-    "check_key_room",
-    "new_control_id",
-]
+__all__ = ["FrameAnswer", "FrameIntake"]
 
 log = logging.getLogger(__name__)
 _RECEIVED = InboxState.RECEIVED.value
@@ -75,86 +58,6 @@ _SENDER_REFUSED = acks.AckError(
     "207", "MSH-3/MSH-4 name a sender this interface does not accept", "MSH-3"
 )
 _SENDER_REASON = "MSH-3/MSH-4 outside mllp.allowed_senders; the message body is not kept"
-_CONTROL_ID_PREFIX = secrets.token_hex(4)
-_control_ids = itertools.count(1)
-
-
-def new_control_id() -> str:
-    """A fresh MSH-10 for an ACK: 8 random hex digits per process + a counter (20 characters)."""
-    return f"{_CONTROL_ID_PREFIX}{next(_control_ids):012d}"
-
-
-@dataclass(slots=True)
-class IntakeStats:
-    """Counters for health checks, metrics and tests (no message content)."""
-
-    connections: int = 0
-    refused_connections: int = 0  # every refusal at accept, whatever the reason below
-    refused_not_allowed: int = 0  # address outside the allowlist
-    refused_peer_limit: int = 0  # per-address or per-TLS-identity limit reached
-    refused_cooling_down: int = 0  # peer cooling down after unreadable frames
-    cooldowns: int = 0  # cool-downs started
-    frames: int = 0
-    oversize_frames: int = 0
-    unreadable_messages: int = 0  # MSH unreadable: answered AE, stored capped
-    refused_senders: int = 0  # MSH-3/MSH-4 outside the allowlist: answered AR, body not stored
-    refused_content: int = 0  # NUL, over-long key, bad encoding: answered AR with ERR 102
-    refused_unreadable_adt: int = 0  # an ADT event the worker could not read: answered AE
-    incomplete_frames: int = 0  # a frame begun but not ended when the connection closed
-    frame_timeouts: int = 0  # a frame not finished within the frame deadline
-    idle_closes: int = 0  # connections closed for sending no whole frame in time
-    unacknowledged: int = 0  # frames stored after the peer had gone (no ACK could be sent)
-    discarded_bytes: int = 0
-    store_failures: int = 0
-
-
-LISTENER_COUNTERS = {
-    "connections": "MLLP connections accepted",
-    "refused_connections": "MLLP connections refused at accept (any reason)",
-    "refused_not_allowed": "MLLP connections refused: address outside the allowlist",
-    "refused_peer_limit": "MLLP connections refused: per-address or per-identity limit",
-    "refused_cooling_down": "MLLP connections refused: peer cooling down",
-    "cooldowns": "MLLP peer cool-downs started after unreadable frames",
-    "frames": "MLLP frames received",
-    "oversize_frames": "MLLP frames over the size limit",
-    "unreadable_messages": "MLLP messages with an unreadable MSH (answered AE, stored capped)",
-    "refused_senders": "MLLP messages refused: MSH-3/MSH-4 outside the allowlist",
-    "refused_content": "MLLP messages refused: content the store cannot hold (ERR 102)",
-    "refused_unreadable_adt": "MLLP messages refused: an ADT event the worker cannot read (AE)",
-    "incomplete_frames": "MLLP frames cut off by a closed or timed-out connection",
-    "frame_timeouts": "MLLP connections closed: a frame not finished in time",
-    "idle_closes": "MLLP connections closed: no whole frame within the idle timeout",
-    "unacknowledged": "MLLP frames stored after their sender had gone (no ACK sent)",
-    "store_failures": "MLLP frames answered AR/CE: the inbox could not commit",
-}
-"""The :class:`IntakeStats` counters exported as ``cm_fhir_listener_<name>`` metrics."""
-
-_LENGTH = {c.name: getattr(c.type, "length", None) for c in inbox_messages.columns}
-_COLUMN_LIMITS = KeyLimits(
-    control_id=_LENGTH["control_id"] or 199,
-    sender=_LENGTH["sending_application"] or 255,
-    patient_key=getattr(patient_states.c.patient_key.type, "length", None) or 255,
-)
-
-
-def check_key_room(identity: IdentityRules) -> None:
-    """Refuse, at startup, patient identifier systems too long for the patient key.
-
-    Raises:
-        ConfigError: one line naming the setting (``identity.default_patient_system`` or an
-            entry of ``identity.patient_systems`` in ``discharge-rules.yaml``).
-    """
-    if error := key_room_error(identity, _COLUMN_LIMITS):
-        raise ConfigError(f"{DISCHARGE_RULES_FILE}: {error}")
-
-
-@dataclass(frozen=True, slots=True)
-class IntakeRules:
-    """What the door accepts besides readable ADT: senders, stored bytes of garbage, key sizes."""
-
-    allowed_senders: tuple[str, ...] = ()  # "APP|FACILITY", "APP", "*|FACILITY"; empty: all
-    unreadable_keep_bytes: int = 4096
-    key_limits: KeyLimits = _COLUMN_LIMITS
 
 
 @dataclass(frozen=True, slots=True)

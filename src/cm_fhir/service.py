@@ -51,8 +51,9 @@ from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
+from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
-from cm_fhir.sync.routing import outbox_routes
+from cm_fhir.sync.routing import outbox_routes, payer_routes
 from cm_fhir.sync.runner import SyncWorker
 
 __all__ = [
@@ -148,9 +149,16 @@ def worker_available() -> bool:
 
 
 class WorkerRole(Protocol):
-    """What the service needs of a worker: run until ``stop`` is set, committing what it began."""
+    """What the service needs of a worker: run until ``stop`` is set, committing what it began;
+    woken by ``arrived`` (inbox rows committed), notifying ``committed`` (cases committed)."""
 
-    async def run(self, stop: asyncio.Event) -> Any: ...
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        arrived: Wakeup | None = None,
+        committed: Wakeup | None = None,
+    ) -> Any: ...
 
 
 def make_workers(
@@ -158,7 +166,12 @@ def make_workers(
 ) -> list[WorkerRole]:
     """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL."""
     module = importlib.import_module("cm_fhir.worker")
-    config = module.WorkerConfig.from_settings(settings.worker, outbox_routes(settings))
+    config = module.WorkerConfig.from_settings(
+        settings.worker,
+        outbox_routes(settings),
+        payer_routes(settings),
+        settings.payer.notify_events,
+    )
     mappings = site_mappings(settings)
     if count is None:
         count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
@@ -213,16 +226,18 @@ class Service:
         roles = roles or {Role.ALL}
         try:
             self.endpoints = settings.endpoints
+            self.payers = settings.payer_endpoints
         except ValueError as exc:
             raise ConfigError(f"invalid settings: {exc}") from exc
         if Role.ALL in roles:
             roles = {Role.API, Role.LISTENER, Role.WORKER}
-            if self.endpoints:
+            if self.endpoints or self.payers:
                 roles.add(Role.SYNC)
-        if Role.SYNC in roles and not self.endpoints:
+        if Role.SYNC in roles and not (self.endpoints or self.payers):
             raise ConfigError(
-                "the sync role needs an EHR endpoint: --ehr-url URL (CM_FHIR_EHR_URL) or "
-                "[[ehr.endpoints]] in the config file"
+                "the sync role needs an EHR or payer endpoint: --ehr-url URL (CM_FHIR_EHR_URL), "
+                "--payer-url URL (CM_FHIR_PAYER_URL), or [[ehr.endpoints]] / [[payer.endpoints]] "
+                "in the config file"
             )
         self.roles = roles
         self.migrate = migrate
@@ -266,6 +281,7 @@ class Service:
                 [k.get_secret_value() for k in settings.api_keys], settings.auth
             ),
             registry=site_registry(settings),
+            payer_exchange=load_payer_exchange(settings.mappings_dir),
             programmes=load_programmes(settings.mappings_dir),
         )
         try:
@@ -286,8 +302,9 @@ class Service:
     ) -> None:
         settings = self.settings
         writer: InboxWriter | None = None
+        arrived, committed = Wakeup(), Wakeup()  # inbox -> worker -> sync, in this process
         if Role.API in self.roles or Role.LISTENER in self.roles:
-            writer = await stack.enter_async_context(InboxWriter(engine))
+            writer = await stack.enter_async_context(InboxWriter(engine, committed=arrived))
         listener: MllpListener | None = None
         server: _QuietServer | None = None
         server_task: asyncio.Task[None] | None = None
@@ -299,7 +316,10 @@ class Service:
                 context.roles["worker"] = "running"
                 workers = make_workers(engine, settings)
                 worker_tasks = [
-                    asyncio.create_task(w.run(worker_stop), name=f"worker-{n}")
+                    asyncio.create_task(
+                        w.run(worker_stop, arrived=arrived, committed=committed),
+                        name=f"worker-{n}",
+                    )
                     for n, w in enumerate(workers)
                 ]
                 purger = RetentionJob(engine, settings.retention)
@@ -309,11 +329,18 @@ class Service:
                 self.info.notes.append("worker: not in this build; messages stay queued")
         sync_task: asyncio.Task[None] | None = None
         if Role.SYNC in self.roles:
-            sync = SyncWorker(engine, self.endpoints, settings.ehr)
+            sync = SyncWorker(
+                engine,
+                self.endpoints,
+                settings.ehr,
+                payers=self.payers,
+                registry=context.registry,
+                payer_exchange=context.payer_exchange,
+            )
             context.sync = sync
             context.roles["sync"] = "running"
-            sync_task = asyncio.create_task(sync.run(worker_stop), name="sync")
-            self.info.endpoints = tuple(e.name for e in self.endpoints)
+            sync_task = asyncio.create_task(sync.run(worker_stop, committed=committed), name="sync")
+            self.info.endpoints = tuple(e.name for e in (*self.endpoints, *self.payers))
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp

@@ -39,7 +39,14 @@ from cm_fhir.errors import ConfigError
 from cm_fhir.logs import LEVELS, LogFormat
 from cm_fhir.mllp_peers import parse_networks
 from cm_fhir.retention_policy import RetentionSettings
-from cm_fhir.sync.config import EhrSettings, EndpointSettings, configured_endpoints
+from cm_fhir.sync.config import (
+    EhrSettings,
+    EndpointSettings,
+    PayerEndpointSettings,
+    PayerSettings,
+    configured_endpoints,
+    configured_payers,
+)
 
 __all__ = [
     "DATABASE_DRIVERS",
@@ -167,6 +174,12 @@ class WorkerSettings(_Section):
         2, gt=0, description="Worker loops on PostgreSQL (SQLite always runs one)."
     )
     batch_size: int = Field(200, gt=0, description="Inbox rows claimed per transaction.")
+    batch_seconds: float = Field(
+        0.005,
+        ge=0,
+        description="Seconds a batch's work should take: the worker claims fewer rows per "
+        "transaction when its batches took longer (0: always batch_size).",
+    )
     max_attempts: int = Field(5, gt=0, description="Attempts before a row is dead-lettered.")
     retry_delay: float = Field(5.0, ge=0, description="Seconds between attempts of a row.")
     poll_interval: float = Field(0.5, gt=0, description="Seconds between polls when idle.")
@@ -287,6 +300,13 @@ class Settings(BaseSettings):
         None, pattern=r"^https?://", description="FHIR base URL of the EHR (endpoint 'default')."
     )
     ehr: EhrSettings = EhrSettings()
+    payer_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="FHIR base URL of the payer notified of admissions and asked for reviews "
+        "(payer endpoint 'payer').",
+    )
+    payer: PayerSettings = PayerSettings()
 
     @field_validator("database_url")
     @classmethod
@@ -356,6 +376,11 @@ class Settings(BaseSettings):
     def endpoints(self) -> tuple[EndpointSettings, ...]:
         """The FHIR endpoints the outbox is delivered to (``ehr_url`` is ``default``)."""
         return configured_endpoints(self.ehr_url, self.ehr)
+
+    @property
+    def payer_endpoints(self) -> tuple[PayerEndpointSettings, ...]:
+        """The payers messages go to (``payer_url`` is ``payer``)."""
+        return configured_payers(self.payer_url, self.payer, self.endpoints)
 
     @property
     def credentials_configured(self) -> bool:

@@ -58,7 +58,8 @@ export class Faults {
   }
 
   resetCounts() {
-    this.counts = { total: 0, by_method: {}, by_type: {}, by_request: {}, faults: {} };
+    this.counts = { total: 0, by_method: {}, by_type: {}, by_request: {}, faults: {}, at_ms: [] };
+    this.countedSince = performance.now();
   }
 
   count(method, kind) {
@@ -68,6 +69,10 @@ export class Faults {
     c.by_type[kind] = (c.by_type[kind] ?? 0) + 1;
     const key = `${method} ${kind}`;
     c.by_request[key] = (c.by_request[key] ?? 0) + 1;
+    if (c.at_ms.length < 10000) {
+      // arrival times (ms since the reset), for rate checks on the server side
+      c.at_ms.push(Math.round(performance.now() - this.countedSince));
+    }
   }
 
   countFault(name) {

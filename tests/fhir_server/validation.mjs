@@ -111,13 +111,24 @@ export function makeExpander({ codeSystems, valueSets }) {
   };
 }
 
-/** Issues for values that break a required binding whose value set expands locally. */
-export function requiredBindingIssues(resource, expand) {
+/**
+ * One typed walk over the resource: the issues for values that break a required binding whose
+ * value set expands locally, and the relative literal references ("Type/id") it makes, with the
+ * resource types its definition allows there (null: any). Absolute, contained ("#") and urn:
+ * references are left out. (One walk, not one per check: the typed walk is the costly part.)
+ */
+export function typedChecks(resource, expand) {
   const issues = [];
+  const references = [];
   const issue = (path, text) => issues.push(error('code-invalid', text, path));
   crawlTypedValue(toTypedValue(resource), {
     visitProperty(_parent, key, _path, propertyValues, schema) {
-      const binding = schema.elements[key]?.binding;
+      const element = schema.elements[key];
+      const types = element?.type ?? [];
+      if (types.some((type) => type.code === 'Reference')) {
+        collectReferences(types, propertyValues, references);
+      }
+      const binding = element?.binding;
       if (binding?.strength !== 'required' || !binding.valueSet) {
         return;
       }
@@ -150,9 +161,25 @@ export function requiredBindingIssues(resource, expand) {
       }
     },
   });
-  return issues;
+  return { issues, references };
 }
 
+function collectReferences(types, propertyValues, references) {
+  const targets = types.flatMap((type) =>
+    type.code === 'Reference' ? (type.targetProfile ?? []) : [],
+  );
+  const allowed =
+    targets.length && !targets.includes(ANY_RESOURCE)
+      ? new Set(targets.map((url) => url.split('/').pop()))
+      : null;
+  for (const value of propertyValues.flat()) {
+    const reference = value?.type === 'Reference' ? value.value?.reference : undefined;
+    const match = typeof reference === 'string' ? RELATIVE_REFERENCE.exec(reference) : null;
+    if (match) {
+      references.push({ path: value.path, resourceType: match[1], id: match[2], allowed });
+    }
+  }
+}
 
 /**
  * Empty strings, empty arrays and empty objects are not valid FHIR JSON; nor is an element holding
@@ -187,32 +214,4 @@ export function jsonShapeIssues(resource) {
   };
   walk(resource, resource.resourceType);
   return issues;
-}
-
-/**
- * The relative literal references ("Type/id") a resource makes, with the resource types its
- * definition allows there (null: any). Absolute, contained ("#") and urn: references are left out.
- */
-export function relativeReferences(resource) {
-  const references = [];
-  crawlTypedValue(toTypedValue(resource), {
-    visitProperty(_parent, key, _path, propertyValues, schema) {
-      const types = schema.elements[key]?.type ?? [];
-      const targets = types.flatMap((type) =>
-        type.code === 'Reference' ? (type.targetProfile ?? []) : [],
-      );
-      const allowed =
-        targets.length && !targets.includes(ANY_RESOURCE)
-          ? new Set(targets.map((url) => url.split('/').pop()))
-          : null;
-      for (const value of propertyValues.flat()) {
-        const reference = value?.type === 'Reference' ? value.value?.reference : undefined;
-        const match = typeof reference === 'string' ? RELATIVE_REFERENCE.exec(reference) : null;
-        if (match) {
-          references.push({ path: value.path, resourceType: match[1], id: match[2], allowed });
-        }
-      }
-    },
-  });
-  return references;
 }

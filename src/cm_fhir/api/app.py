@@ -188,7 +188,13 @@ def create_app(
             ctx.ingest = MllpListener(
                 ListenerConfig(max_message_bytes=settings.mllp.max_message_bytes), writer
             )
-            ctx.notifications = await open_receivers(settings, active, stack)
+            ctx.notifications = await open_receivers(
+                settings,
+                active,
+                stack,
+                registry=ctx.registry,
+                payer_exchange=ctx.payer_exchange,
+            )
             ctx.schema_current = await schema_is_current(active)
             ctx.roles.setdefault("api", "running")
             ctx.roles["api"] = "running"

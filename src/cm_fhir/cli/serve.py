@@ -114,6 +114,10 @@ def serve(
         str | None,
         typer.Option(help="FHIR base URL of the EHR to deliver the outbox to (no auth)."),
     ] = None,
+    payer_url: Annotated[
+        str | None,
+        typer.Option(help="FHIR base URL of the payer to notify and ask for reviews (no auth)."),
+    ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
     from cm_fhir.service import Service
@@ -123,6 +127,7 @@ def serve(
         timezone=timezone,
         log={"level": log_level, "format": log_format},
         ehr_url=ehr_url,
+        payer_url=payer_url,
         http={"host": http_host, "port": http_port},
         mllp={"host": mllp_host, "port": mllp_port},
     )

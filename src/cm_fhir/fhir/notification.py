@@ -22,6 +22,7 @@ from typing import Any
 
 import pydantic
 
+from cm_fhir.domain.case import Coverage
 from cm_fhir.domain.codes import PartyKind
 from cm_fhir.domain.common import PartyRef, PatientRef
 from cm_fhir.domain.events import EncounterNotice, NoticeKind
@@ -29,6 +30,7 @@ from cm_fhir.errors import MappingError
 from cm_fhir.fhir.datatypes import identifier, instant, parse_instant
 from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.pas_intake import identifiers_of, party_of, resolve_reference
+from cm_fhir.fhir.pas_request import coverage_resource, party_resource
 from cm_fhir.mapping.payer_exchange import PayerExchange
 
 __all__ = ["NotificationHeader", "notification_bundle", "parse_notification", "read_header"]
@@ -208,22 +210,24 @@ def parse_notification(bundle: Any, spec: PayerExchange) -> EncounterNotice:
         raise MappingError(f"the notification cannot be read ({field})", path="Bundle") from exc
 
 
-def _party(party: PartyRef, full_url: str) -> Json:
-    resource: Json = {"resourceType": party.kind.value}
-    if party.identifier is not None:
-        resource["identifier"] = [identifier(party.identifier)]
-    if party.display is not None:
-        resource["name"] = party.display
-    return {"fullUrl": full_url, "resource": resource}
-
-
 def notification_bundle(
-    notice: EncounterNotice, spec: PayerExchange, *, event_code: str, timestamp: datetime
+    notice: EncounterNotice,
+    spec: PayerExchange,
+    *,
+    timestamp: datetime,
+    event_code: str | None = None,
+    destination: str | None = None,
 ) -> Json:
-    """The notification message Bundle for ``notice`` (its ``message_id`` is the identifier)."""
+    """The notification message Bundle a sender builds for ``notice``: the MessageHeader first
+    (``eventCoding`` of the notice's kind, ``focus`` the Encounter, ``sender`` and ``author`` the
+    facility, ``destination`` the payer's endpoint when given), then the Encounter, the Patient,
+    the facility, and the Coverage with its payer when the notice names them. The Bundle
+    identifier is the notice's ``message_id`` (in ``notifications.identifier_system``); entry
+    URLs follow from it, so the same notice builds the same Bundle."""
     notifications = spec.notifications
-    if notifications.events.get(event_code) != notice.kind:
-        raise MappingError(f"'{event_code}' is not a {notice.kind.value} event", path="eventCoding")
+    code = event_code or notifications.code_of(notice.kind)
+    if notifications.events.get(code) != notice.kind:
+        raise MappingError(f"'{code}' is not a {notice.kind.value} event", path="eventCoding")
     urls = {
         k: f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{notice.message_id}#{k}')}"
         for k in ("header", "patient", "encounter", "coverage", "payer", "org")
@@ -235,22 +239,21 @@ def notification_bundle(
         "class": {"system": _V3_ACT_CODE, "code": notice.encounter_class or "IMP"},
         "subject": {"reference": urls["patient"]},
     }
-    period = {
-        key: instant(value)
-        for key, value in (("start", notice.admitted), ("end", notice.discharged))
-        if value is not None
-    }
+    start, end = notice.admitted, notice.discharged
+    if start is not None and end is not None and end < start:
+        end = start  # a discharge stamped before its admission: the period never runs backwards
+    period = {k: instant(v) for k, v in (("start", start), ("end", end)) if v is not None}
     if period:
         encounter["period"] = period
     if notice.location:
         encounter["location"] = [{"location": {"display": notice.location}}]
     header: Json = {
         "resourceType": "MessageHeader",
-        "eventCoding": {"system": notifications.event_system, "code": event_code},
+        "eventCoding": {"system": notifications.event_system, "code": code},
         "source": {"endpoint": notice.source or "urn:unknown"},
         "focus": [{"reference": urls["encounter"]}],
     }
-    entries = [
+    entries: list[Json] = [
         {"fullUrl": urls["header"], "resource": header},
         {"fullUrl": urls["encounter"], "resource": encounter},
         {
@@ -263,20 +266,41 @@ def notification_bundle(
     ]
     if notice.facility is not None:
         encounter["serviceProvider"] = {"reference": urls["org"]}
-        entries.append(_party(notice.facility, urls["org"]))
+        header["sender"] = header["author"] = {"reference": urls["org"]}
+        entries.append(
+            {"fullUrl": urls["org"], "resource": party_resource(notice.facility, urls["org"])}
+        )
     if notice.payer is not None and notice.member_id:
-        entries.append(_party(notice.payer, urls["payer"]))
-        coverage = {
-            "resourceType": "Coverage",
-            "status": "active",
-            "subscriberId": notice.member_id,
-            "beneficiary": {"reference": urls["patient"]},
-            "payor": [{"reference": urls["payer"]}],
-        }
-        entries.append({"fullUrl": urls["coverage"], "resource": coverage})
+        coverage = Coverage(payer=notice.payer, member_id=notice.member_id)
+        entries.append(
+            {"fullUrl": urls["payer"], "resource": party_resource(notice.payer, urls["payer"])}
+        )
+        entries.append(
+            {
+                "fullUrl": urls["coverage"],
+                "resource": coverage_resource(
+                    coverage, urls["coverage"], urls["patient"], urls["payer"]
+                ),
+            }
+        )
+        if destination is not None:
+            header["destination"] = [
+                {"endpoint": destination, "receiver": {"reference": urls["payer"]}}
+            ]
+    elif destination is not None:
+        header["destination"] = [{"endpoint": destination}]
+    if notifications.message_header_profile:
+        header["meta"] = {"profile": [notifications.message_header_profile]}
+    if notifications.encounter_profile:
+        encounter["meta"] = {"profile": [notifications.encounter_profile]}
+    for entry in entries:
+        entry["resource"]["id"] = str(entry["fullUrl"]).rsplit(":", 1)[1]
+    ident: Json = {"value": notice.message_id}
+    if notifications.identifier_system:
+        ident = {"system": notifications.identifier_system, **ident}
     bundle: Json = {
         "resourceType": "Bundle",
-        "identifier": {"value": notice.message_id},
+        "identifier": ident,
         "type": "message",
         "timestamp": instant(timestamp),
         "entry": entries,

@@ -31,11 +31,12 @@ _PRIORITY = {ReviewUrgency.EXPEDITED: "stat", ReviewUrgency.STANDARD: "normal"}
 UCUM_UNITS = {ServiceUnit.DAY: ("d", "days"), ServiceUnit.VISIT: ("{visit}", "visits")}
 
 
-def _urn(spec_base: str, rtype: str, system: str, value: str) -> str:
+def urn(spec_base: str, rtype: str, system: str, value: str) -> str:
     return f"urn:uuid:{resource_id(spec_base, rtype, system, value)}"
 
 
-def _party_resource(party: PartyRef, full_url: str) -> Json:
+def party_resource(party: PartyRef, full_url: str) -> Json:
+    """An Organization or Practitioner with the party's identifier and name, id from its URN."""
     out: Json = {"resourceType": party.kind.value, "id": full_url.rsplit(":", 1)[1]}
     if party.identifier is not None:
         out["identifier"] = [identifier(party.identifier)]
@@ -46,7 +47,8 @@ def _party_resource(party: PartyRef, full_url: str) -> Json:
     return out
 
 
-def _party_key(party: PartyRef) -> str:
+def party_key(party: PartyRef) -> str:
+    """What tells parties apart in their URNs: the identifier, else the name."""
     if party.identifier is not None:
         return f"{party.identifier.system}|{party.identifier.value}"
     return f"display|{party.display}"
@@ -57,6 +59,46 @@ def _coverage_for(case: Case, payer: PartyRef) -> Coverage:
         if coverage.payer == payer:
             return coverage
     raise MappingError("the case has no coverage with this review's payer", path="coverage")
+
+
+def coverage_resource(coverage: Coverage, full_url: str, patient_url: str, payer_url: str) -> Json:
+    """The Coverage: member id (identifier and subscriberId), beneficiary, payer, plan."""
+    coverage_json: Json = {
+        "resourceType": "Coverage",
+        "id": full_url.rsplit(":", 1)[1],
+        "identifier": [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
+                            "code": IdentifierKind.MEMBER_ID.value,
+                        }
+                    ]
+                },
+                "value": coverage.member_id,
+            }
+        ],
+        "status": "active",
+        "subscriberId": coverage.member_id,
+        "beneficiary": {"reference": patient_url},
+        "payor": [{"reference": payer_url}],
+    }
+    if coverage.plan is not None:
+        coverage_json["class"] = [
+            {
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://terminology.hl7.org/CodeSystem/coverage-class",
+                            "code": "plan",
+                        }
+                    ]
+                },
+                "value": coverage.plan,
+            }
+        ]
+    return coverage_json
 
 
 def _supporting(seq: int, system: str, category: str, **value: Any) -> Json:
@@ -77,13 +119,13 @@ def pas_request_bundle(
     coverage = _coverage_for(case, review.payer)
     claim_value = local_value(case.id, review.id)
     claim_system = pas.identifier_systems.claim
-    claim_url = _urn(canonical_base, "Claim", claim_system, claim_value)
+    claim_url = urn(canonical_base, "Claim", claim_system, claim_value)
     primary = case.patient.primary
-    patient_url = _urn(canonical_base, "Patient", primary.system, primary.value)
-    coverage_url = _urn(canonical_base, "Coverage", claim_system, f"{claim_value}.coverage")
-    payer_url = _urn(canonical_base, review.payer.kind.value, "party", _party_key(review.payer))
+    patient_url = urn(canonical_base, "Patient", primary.system, primary.value)
+    coverage_url = urn(canonical_base, "Coverage", claim_system, f"{claim_value}.coverage")
+    payer_url = urn(canonical_base, review.payer.kind.value, "party", party_key(review.payer))
     req = review.requester
-    requester_url = _urn(canonical_base, req.kind.value, "party", _party_key(req))
+    requester_url = urn(canonical_base, req.kind.value, "party", party_key(req))
 
     infos: list[Json] = []
     cats = pas.supporting_info
@@ -149,47 +191,13 @@ def pas_request_bundle(
         "id": patient_url.rsplit(":", 1)[1],
         "identifier": [identifier(i) for i in case.patient.identifiers],
     }
-    coverage_json: Json = {
-        "resourceType": "Coverage",
-        "id": coverage_url.rsplit(":", 1)[1],
-        "identifier": [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/v2-0203",
-                            "code": IdentifierKind.MEMBER_ID.value,
-                        }
-                    ]
-                },
-                "value": coverage.member_id,
-            }
-        ],
-        "status": "active",
-        "subscriberId": coverage.member_id,
-        "beneficiary": {"reference": patient_url},
-        "payor": [{"reference": payer_url}],
-    }
-    if coverage.plan is not None:
-        coverage_json["class"] = [
-            {
-                "type": {
-                    "coding": [
-                        {
-                            "system": "http://terminology.hl7.org/CodeSystem/coverage-class",
-                            "code": "plan",
-                        }
-                    ]
-                },
-                "value": coverage.plan,
-            }
-        ]
+    coverage_json = coverage_resource(coverage, coverage_url, patient_url, payer_url)
     resources = [
         (claim_url, {k: v for k, v in claim.items() if v is not None}),
         (patient_url, patient),
         (coverage_url, coverage_json),
-        (payer_url, _party_resource(review.payer, payer_url)),
-        (requester_url, _party_resource(req, requester_url)),
+        (payer_url, party_resource(review.payer, payer_url)),
+        (requester_url, party_resource(req, requester_url)),
     ]
     return {
         "resourceType": "Bundle",
@@ -205,13 +213,14 @@ def _coding(system: str, code: str) -> Json:
     return {"system": system, "code": str(code)}
 
 
-def pas_inquiry_bundle(request: Json) -> Json:
+def pas_inquiry_bundle(request: Json, spec: PayerExchange | None = None) -> Json:
     """The ``Claim/$inquire`` Bundle asking where a submitted request stands.
 
     Its Claim repeats the submitted Claim's identifier, type, patient, provider, insurer,
     priority, insurance and creation time (what a payer matches the request by), without the
     items and supporting information; the entries it refers to (the Patient, the Coverage, the
-    parties) go along unchanged."""
+    parties) go along unchanged. With ``spec``, the Bundle and the Claim are stamped with the PAS
+    inquiry profiles and the Bundle gets the request's identifier, ``.inquiry`` appended."""
     entries = request.get("entry") or []
     if not entries or entries[0].get("resource", {}).get("resourceType") != "Claim":
         raise MappingError("a PAS request starts with its Claim", path="Bundle.entry[0]")
@@ -226,4 +235,11 @@ def pas_inquiry_bundle(request: Json) -> Json:
     }
     if "timestamp" in request:
         inquiry["timestamp"] = request["timestamp"]
+    ident = request.get("identifier")
+    if spec is not None:
+        profiles = spec.pas.profiles
+        inquiry["meta"] = {"profile": [profiles.inquiry_request_bundle]}
+        asked["meta"] = {"profile": [profiles.claim_inquiry]}
+        if isinstance(ident, dict) and ident.get("value"):
+            inquiry["identifier"] = {**ident, "value": f"{ident['value']}.inquiry"}
     return inquiry

@@ -17,6 +17,7 @@ from typing import Annotated, Final
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from cm_fhir.domain.codes import LevelOfCare, ReviewDecision
+from cm_fhir.domain.common import PartyRef
 from cm_fhir.domain.events import NoticeKind
 from cm_fhir.mapping.loader import load_with_overrides
 from cm_fhir.mapping.registry import absolute_uri, default_registry, load_registry
@@ -47,6 +48,8 @@ class PasProfiles(_Spec):
     response_bundle: Uri
     claim: Uri
     claim_response: Uri
+    inquiry_request_bundle: Uri
+    claim_inquiry: Uri
 
 
 class PasExtensions(_Spec):
@@ -123,6 +126,17 @@ class Notifications(_Spec):
     bundle_profile: Uri | None = None
     concurrent_review_every: int = Field(default=1, ge=1, le=30)
     """Days from an admission (and from each review) to the next concurrent review."""
+    message_header_profile: Uri | None = None
+    encounter_profile: Uri | None = None
+    identifier_system: Uri | None = None
+    """The system of the Bundle identifier of the notifications a hospital sends."""
+
+    def code_of(self, kind: NoticeKind) -> str:
+        """The event code a notice of ``kind`` is sent with (the first listed)."""
+        for code, meaning in self.events.items():
+            if meaning == kind:
+                return code
+        raise ValueError(f"notifications.events: no code for {kind.value}")
 
 
 class PayerExchange(_Spec):
@@ -133,6 +147,8 @@ class PayerExchange(_Spec):
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
     payer_programme: Token
+    provider: PartyRef | None = None
+    """Hospital side: the requester and sender when a case names no managing organisation."""
     notifications: Notifications
     auto_decisions: tuple[AutoDecision, ...] = ()
 
@@ -155,8 +171,16 @@ def _resolved(spec: PayerExchange, base: str) -> PayerExchange:
             "identifier_systems": PasIdentifierSystems(**resolve(spec.pas.identifier_systems)),
         }
     )
+    notifications = spec.notifications
+    if notifications.identifier_system is not None:
+        system = absolute_uri(base, notifications.identifier_system)
+        notifications = notifications.model_copy(update={"identifier_system": system})
     return spec.model_copy(
-        update={"pas": pas, "code_systems": PayerCodeSystems(**resolve(spec.code_systems))}
+        update={
+            "pas": pas,
+            "notifications": notifications,
+            "code_systems": PayerCodeSystems(**resolve(spec.code_systems)),
+        }
     )
 
 

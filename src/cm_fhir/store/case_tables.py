@@ -2,7 +2,7 @@
 
 Declared on the inbox's :data:`~cm_fhir.store.tables.metadata` so one comparison test covers every
 table against the hand-written migrations (``0002_cases_outbox``, ``0004_worker_fidelity``,
-``0007_outbox_delivery``).
+``0007_outbox_delivery``, ``0010_payer_exchange``).
 ``patient_states`` holds the workflow's :class:`~cm_fhir.workflow.PatientState` document per
 patient key (a merged-away key is a row with ``alias_of`` set and no document) and when the worker
 next checks its cases for closing (``close_check_at``); ``cases`` is the queryable projection of
@@ -116,6 +116,7 @@ outbox = Table(
     Column("sent_at", DateTime(timezone=True), nullable=True),
     Column("last_error", String(500), nullable=True),
     Column("last_outcome", Text, nullable=True),
+    Column("operation", String(64), nullable=True),
     CheckConstraint("state IN ('pending', 'sent', 'failed', 'superseded')", name="state"),
 )
 Index("ix_outbox_state", outbox.c.state, outbox.c.id)

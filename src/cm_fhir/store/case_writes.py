@@ -48,6 +48,7 @@ __all__ = [
     "CaseChanges",
     "CommitResult",
     "OutboxRoute",
+    "PayerRoute",
     "Placement",
     "build_case",
     "commit_case_changes",
@@ -67,6 +68,19 @@ class OutboxRoute:
 
     def receives(self, case: Case) -> bool:
         return self.programmes is None or case.programme in self.programmes
+
+
+@dataclass(frozen=True, slots=True)
+class PayerRoute:
+    """A payer endpoint that receives messages: every payer's, or those with these identifier
+    values; ``base_url`` is where they go (named in the messages)."""
+
+    name: str
+    base_url: str
+    payers: frozenset[str] | None = None
+
+    def serves(self, payer: str | None) -> bool:
+        return self.payers is None or payer in self.payers
 
 
 #: With no endpoint configured, Bundles wait for the one ``--ehr-url`` configures.
@@ -158,6 +172,8 @@ class CaseChanges:
     trace: list[TraceRecord] = field(default_factory=list)
     outcomes: list[InboxOutcome] = field(default_factory=list)
     sync: list[SyncRecord] = field(default_factory=list)
+    messages: list[OutboxEntry] = field(default_factory=list)
+    """Messages to enqueue with the cases (a payer's notification of an admission, say)."""
 
     def add_case(
         self,
@@ -241,7 +257,7 @@ def commit_case_changes(
     rows = [_case_row(b, changes.placements[cid]) for cid, b in changes.cases.items()]
     upsert_cases(connection, rows, now)
     entries = outbox_entries(changes.versions, routes)
-    enqueue(connection, entries, now)
+    enqueue(connection, [*entries, *changes.messages], now)
     record_trace(connection, changes.trace, now)
     current: dict[str, list[ResourceRow]] = {}
     for case_id, built in changes.cases.items():
@@ -252,4 +268,4 @@ def commit_case_changes(
     written, removed = sync_resources(connection, current, now)
     record_sync(connection, changes.sync, now)
     settle(connection, changes.outcomes, now)
-    return CommitResult(written, removed, len(entries))
+    return CommitResult(written, removed, len(entries) + len(changes.messages))

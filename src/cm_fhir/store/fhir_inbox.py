@@ -34,12 +34,17 @@ from cm_fhir.store.queue import message_key
 from cm_fhir.store.tables import InboxFormat, InboxState, inbox_messages
 
 __all__ = [
+    "CLAIM_RESPONSE",
     "canonical_sha256",
     "fhir_message",
     "record_answer",
     "store_fhir_message",
     "stored_message_key",
 ]
+
+#: The message type of a payer's ClaimResponse to one of the hospital's reviews, stored by the
+#: sync worker (:mod:`cm_fhir.sync.payer`) for the worker to apply as a ``ReviewDecided`` event.
+CLAIM_RESPONSE = "CLAIMRESPONSE"
 
 
 def canonical_sha256(body: Any) -> str:

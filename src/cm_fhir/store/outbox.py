@@ -12,7 +12,9 @@ their endpoint, due (``next_attempt_at``) and not leased, locked ``FOR UPDATE SK
 PostgreSQL; it leases them and the patient's later pending rows (``lease_until``,
 ``leased_by``), so one patient's writes go out in order and by one worker at a time, while other
 patients go on. Every Bundle is a whole snapshot of its case, so only the newest pending Bundle
-of each case is sent and the older ones end ``superseded``. :func:`settle_sent`,
+of each case is sent and the older ones end ``superseded``. A row with an ``operation`` is a
+message (a payer notification, a PAS request) posted to that operation: each is sent, in order,
+none supersedes another. :func:`settle_sent`,
 :func:`settle_failed` (non-retryable: the endpoint's OperationOutcome is kept and the patient's
 other rows go on) and :func:`settle_retry` (back off; the patient waits) end a lease.
 Functions run in the caller's transaction.
@@ -63,6 +65,7 @@ class OutboxEntry:
     bundle_sha256: str
     bundle: bytes
     endpoint: str = DEFAULT_ENDPOINT
+    operation: str | None = None  # a message posted to this operation; None: a case write
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +81,7 @@ class CaseWrite:
     attempts: int
     older: tuple[int, ...]  # pending rows of the case this Bundle supersedes
     created_at: datetime | None = None  # of the oldest row it stands for (delivery lag)
+    operation: str | None = None  # a message posted to this operation; None: a case write
 
     @property
     def row_ids(self) -> tuple[int, ...]:
@@ -122,6 +126,7 @@ def enqueue(connection: Connection, entries: Sequence[OutboxEntry], now: datetim
                 "bundle_sha256": e.bundle_sha256,
                 "bundle": e.bundle,
                 "endpoint": e.endpoint,
+                "operation": e.operation,
             }
             for e in entries
         ],
@@ -183,6 +188,7 @@ def claim_patients(
             o.bundle,
             o.attempts,
             o.created_at,
+            o.operation,
         )
         .where(o.endpoint == endpoint, o.state == _PENDING, o.patient_key.in_(keys))
         .order_by(o.id)
@@ -208,7 +214,8 @@ def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
     first: dict[str, datetime] = {}
     order: list[str] = []
     for row in chain:
-        case_id = str(row.case_id)
+        # a message is its own write: only a case's snapshots stand for one another
+        case_id = str(row.case_id) if row.operation is None else f"{row.case_id}#{row.id}"
         if case_id in newest:
             older[case_id].append(int(newest[case_id].id))
         else:
@@ -222,7 +229,7 @@ def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
         writes.append(
             CaseWrite(
                 id=int(r.id),
-                case_id=case_id,
+                case_id=str(r.case_id),
                 case_identifier=r.case_identifier,
                 identifiers=tuple(orjson.loads(r.identifiers)),
                 bundle_sha256=r.bundle_sha256,
@@ -230,6 +237,7 @@ def _patient_work(endpoint: str, key: str, chain: list[Any]) -> PatientWork:
                 attempts=int(r.attempts),
                 older=tuple(older[case_id]),
                 created_at=first[case_id],
+                operation=r.operation,
             )
         )
     return PatientWork(endpoint, key, tuple(writes))
@@ -321,17 +329,25 @@ def mark_for_resend(
 
     Without ``every_state`` only cases whose newest row ``failed`` are sent again; with it, every
     matching case (a resend after restoring an EHR's database, say). Only the newest Bundle of a
-    case is sent, so an older snapshot never overwrites a newer one. The number of rows marked.
+    case is sent, so an older snapshot never overwrites a newer one; every matching message is.
+    The number of rows marked.
     """
     o = outbox.c
-    newest = select(func.max(o.id).label("id")).group_by(o.case_id, o.endpoint)
+    newest = (
+        select(func.max(o.id).label("id"))
+        .where(o.operation.is_(None))
+        .group_by(o.case_id, o.endpoint)
+    )
+    messages = select(o.id).where(o.operation.is_not(None))  # each message is its own
+    filters = []
     if endpoint is not None:
-        newest = newest.where(o.endpoint == endpoint)
+        filters.append(o.endpoint == endpoint)
     if case_id is not None:
-        newest = newest.where(o.case_id == case_id)
+        filters.append(o.case_id == case_id)
     if since is not None:
-        newest = newest.where(o.created_at >= since)
-    ids = [row.id for row in connection.execute(newest)]
+        filters.append(o.created_at >= since)
+    newest, messages = newest.where(*filters), messages.where(*filters)
+    ids = [row.id for query in (newest, messages) for row in connection.execute(query)]
     marked = 0
     for start in range(0, len(ids), 500):
         statement = (

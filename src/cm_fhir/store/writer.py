@@ -1,17 +1,18 @@
 """Group commit for the inbox: many concurrent submitters, few transactions. I/O (asyncio).
 
-Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to
-be committed. Behind it, writer tasks take whatever has queued up while the previous commit was
-running (up to ``max_batch``) and store it as one group, so one fsync serves many messages.
-Senders that wait for each ACK before the next message come back a little apart, so a writer
-that committed a group of N waits for up to N again before its next commit, but never longer
-than half its recent commit time (0.2 to 2 ms): with four such senders, one fsync then serves
-four messages instead of two. A writer whose last group was a single message does not wait; after
-a short group it expects half as many. One writer by default on either database (a second one
-would split those groups in two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ...
-``COMMIT`` on a plain sqlite3 connection) runs whole in a dedicated thread, so the event loop
-never waits on the disk or on a lock held by another process. PostgreSQL: the writer keeps one
-pooled asyncpg connection. If a group fails, each of its waiters gets
+Every connection of the listener calls :meth:`InboxWriter.store` and waits for *its own* row to be
+committed. Behind it, writer tasks take whatever has queued up while the previous commit was
+running (up to ``max_batch``) and store it as one group, so one fsync serves many messages. Senders
+that wait for each ACK before the next message come back a little apart, so a writer that committed
+a group of N waits for up to N again before its next commit, but never longer than half its recent
+commit time (0.2 to 2 ms): with four such senders, one fsync then serves four messages instead of
+two. A writer whose last group was a single message does not wait; after a short group it expects
+half as many. One writer by default on either database (a second one would split those groups in
+two). SQLite: the writer's transaction (``BEGIN IMMEDIATE`` ... ``COMMIT`` on a plain sqlite3
+connection) runs whole in a dedicated thread, so the event loop never waits on the disk or on the
+write lock while another connection (the worker's) holds it; the thread tries for the lock every
+few hundred microseconds (:func:`begin_immediate`), not on SQLite's coarse back-off. PostgreSQL:
+the writer keeps one pooled asyncpg connection. If a group fails, each of its waiters gets
 :class:`~cm_fhir.errors.StoreError` and none is acknowledged positively. An in-memory SQLite
 database falls back to plain SQLAlchemy.
 """
@@ -22,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +41,7 @@ from cm_fhir.store.inbox import (
     store_messages_asyncpg,
     store_messages_sqlite3,
 )
+from cm_fhir.store.wakeup import Wakeup
 
 __all__ = ["InboxWriter"]
 
@@ -67,13 +70,49 @@ class _Job:
 
 _LINGER_FLOOR = 0.0002  # seconds
 _LINGER_CAP = 0.002
+_BUSY_TIMEOUT = 30.0  # seconds the SQLite writer waits for the write lock
+_BUSY_POLL_CAP = 0.0005  # seconds between its tries, at most
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
+def begin_immediate(connection: sqlite3.Connection, timeout: float = _BUSY_TIMEOUT) -> None:
+    """``BEGIN IMMEDIATE``, trying again every few hundred microseconds while another connection
+    holds the write lock (SQLite's own busy handler sleeps 1, 2, 5, 10 ... ms between tries, so
+    an ACK would wait up to that long after the lock is free).
+
+    Raises:
+        sqlite3.OperationalError: still locked after ``timeout`` seconds, or another error.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.0001
+    connection.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                connection.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if exc.sqlite_errorcode not in _BUSY_CODES or time.monotonic() >= deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(pause * 2, _BUSY_POLL_CAP)
+    finally:
+        connection.execute(f"PRAGMA busy_timeout={int(_BUSY_TIMEOUT * 1000)}")
 
 
 class InboxWriter:
     """Batches inbox inserts across connections; each caller still waits for its own commit."""
 
-    def __init__(self, engine: AsyncEngine, *, writers: int | None = None, max_batch: int = 256):
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        writers: int | None = None,
+        max_batch: int = 256,
+        committed: Wakeup | None = None,
+    ):
         self._engine = engine
+        self._committed = committed  # notified after each commit (wakes the worker)
         self._writer_count = writers or 1
         self._max_batch = max_batch
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
@@ -197,7 +236,7 @@ class InboxWriter:
     def _commit_sqlite(self, messages: list[NewMessage]) -> list[StoredMessage]:
         connection = self._sqlite
         assert connection is not None
-        connection.execute("BEGIN IMMEDIATE")
+        begin_immediate(connection)
         try:
             results = store_messages_sqlite3(connection, messages)
             connection.execute("COMMIT")
@@ -249,6 +288,8 @@ class InboxWriter:
             raise
         self.batches += 1
         self.messages += len(jobs)
+        if self._committed is not None:
+            self._committed.notify()
         for job, result in zip(jobs, results, strict=True):
             if not job.done.done():
                 job.done.set_result(result)

@@ -5,6 +5,12 @@ the endpoint ``default`` without auth, receiving everything. ``[ehr]`` in the co
 the delivery loop's settings and any number of ``[[ehr.endpoints]]``, each with its own base URL,
 auth (none, a static bearer token, OAuth2 client secret, or SMART Backend Services with a private
 key), the resource types and programmes it receives, how Bundles are sent and a rate limit.
+
+Payers are configured the same way: ``--payer-url URL`` (``CM_FHIR_PAYER_URL``) is the payer
+endpoint ``payer``, receiving every payer's messages; ``[[payer.endpoints]]`` adds more, each
+naming the payer identifiers it serves. A payer endpoint receives messages (Da Vinci Alerts
+notifications, PAS ``Claim/$submit``), never the case Bundles an EHR endpoint receives, so its
+name must differ from every EHR endpoint's.
 """
 
 from __future__ import annotations
@@ -14,7 +20,19 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-__all__ = ["EhrSettings", "EndpointAuth", "EndpointSettings", "configured_endpoints"]
+__all__ = [
+    "PAYER_ENDPOINT",
+    "EhrSettings",
+    "EndpointAuth",
+    "EndpointSettings",
+    "PayerEndpointSettings",
+    "PayerSettings",
+    "configured_endpoints",
+    "configured_payers",
+]
+
+#: The payer endpoint ``--payer-url`` configures.
+PAYER_ENDPOINT = "payer"
 
 AuthKind = Literal["none", "bearer", "client-secret", "smart-backend"]
 SendMode = Literal["auto", "transaction", "batch", "individual"]
@@ -91,6 +109,17 @@ class EndpointSettings(_Section):
         description="Status back: the bearer secret the endpoint's Subscription notifications "
         "carry (POST /fhir/subscription-notification/<name>); unset: none accepted.",
     )
+    subscriptions: tuple[str, ...] = Field(
+        (),
+        description="Status back: the endpoint's Subscriptions (ids or Subscription/<id>) whose "
+        "notifications are accepted; empty: any Subscription of this endpoint (a relative "
+        "reference or one under its base URL). Others are refused (403).",
+    )
+    reread_notified_tasks: bool = Field(
+        True,
+        description="Status back: read each notified Task from the endpoint before applying it, "
+        "also when the notification carries the full resource (a payload is not trusted).",
+    )
 
 
 class EhrSettings(_Section):
@@ -103,6 +132,12 @@ class EhrSettings(_Section):
         gt=0,
         description="Cases of different patients written in one transaction (a refused one is "
         "then sent alone, so it fails only itself).",
+    )
+    concurrent_requests: int = Field(
+        4,
+        gt=0,
+        description="Transactions of different patients in flight at once per endpoint (one "
+        "patient's writes always go one after the other).",
     )
     poll_interval: float = Field(0.2, gt=0, description="Seconds between polls when idle.")
     lease_seconds: float = Field(
@@ -133,4 +168,69 @@ def configured_endpoints(ehr_url: str | None, ehr: EhrSettings) -> tuple[Endpoin
         if any(e.name == "default" for e in out):
             raise ValueError("ehr_url configures the endpoint 'default'; rename the other one")
         out.insert(0, EndpointSettings(name="default", base_url=ehr_url))
+    return tuple(out)
+
+
+class PayerEndpointSettings(EndpointSettings):
+    """One payer (or its utilization-management organisation) cm-fhir sends messages to."""
+
+    payers: tuple[str, ...] = Field(
+        (),
+        description="Identifier values of the payers it serves (a coverage's payer); empty: all.",
+    )
+    inquire_interval: float = Field(
+        300.0,
+        ge=0,
+        description="Seconds between Claim/$inquire polls of a pended review (no later than the "
+        "review's deadline); 0: no polling (the payer notifies).",
+    )
+
+    def serves(self, payer: str | None) -> bool:
+        return not self.payers or payer in self.payers
+
+
+class PayerSettings(_Section):
+    """The payers of the ``sync`` worker role."""
+
+    endpoints: tuple[PayerEndpointSettings, ...] = ()
+    token: SecretStr | None = Field(
+        None, description="Bearer token the payer endpoint of payer_url is called with."
+    )
+    inquire_interval: float = Field(
+        300.0, ge=0, description="inquire_interval of the payer endpoint of payer_url."
+    )
+    notify_events: tuple[Literal["admit", "transfer", "discharge"], ...] = Field(
+        ("admit", "transfer", "discharge"),
+        description="The ADT events a member's payer is notified of (Da Vinci Alerts).",
+    )
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> PayerSettings:
+        names = [e.name for e in self.endpoints]
+        if len(names) != len(set(names)):
+            raise ValueError("every payer endpoint needs its own name")
+        return self
+
+
+def configured_payers(
+    payer_url: str | None, payer: PayerSettings, ehr: tuple[EndpointSettings, ...] = ()
+) -> tuple[PayerEndpointSettings, ...]:
+    """The payer endpoints: ``payer`` for ``payer_url``, then ``payer.endpoints``."""
+    out = list(payer.endpoints)
+    if payer_url is not None:
+        if any(e.name == PAYER_ENDPOINT for e in out):
+            raise ValueError(
+                "payer_url configures the payer endpoint 'payer'; rename the other one"
+            )
+        auth = EndpointAuth(kind="bearer", token=payer.token) if payer.token else EndpointAuth()
+        simple = PayerEndpointSettings(
+            name=PAYER_ENDPOINT,
+            base_url=payer_url,
+            auth=auth,
+            inquire_interval=payer.inquire_interval,
+        )
+        out.insert(0, simple)
+    clash = {e.name for e in out} & {e.name for e in ehr}
+    if clash:
+        raise ValueError(f"a payer endpoint and an ehr endpoint share the name {sorted(clash)[0]}")
     return tuple(out)

@@ -4,18 +4,18 @@
 (:func:`~cm_fhir.store.outbox.claim_patients`), reads what the endpoint holds of them at once,
 looks their Patients up (:mod:`cm_fhir.sync.patients`), and writes in rounds: one case per
 patient per round, so each patient's cases go in order. One case write is the case's newest
-Bundle, adapted to the endpoint (:func:`~cm_fhir.sync.prepare.prepare_bundle`: resource types,
-the resolved Patient, ``ifMatch`` for resources the endpoint already holds). Up to
+Bundle, adapted to the endpoint (:class:`~cm_fhir.sync.case_send.CaseSender`). Up to
 ``cases_per_transaction`` cases of different patients go in one transaction through
-:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`; a refused one is sent again in halves
-(the smaller size is kept: some servers refuse conditional transactions beyond a few entries)
-down to single cases, so one bad case fails only itself. Then one transaction settles the
-batch's rows and records what the server holds (``sync_state``: server id, version, hash sent):
+:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`, and up to ``concurrent_requests`` such
+transactions of a round are in flight at once (different patients only: a patient's next case
+waits for the next round); a refused one is sent again in halves (the smaller size is kept: some
+servers refuse conditional transactions beyond a few entries) down to single cases, so one bad
+case fails only itself. Then one transaction settles the batch's rows and records what the
+server holds (``sync_state``: server id, version, hash sent):
 
 - written: ``sent`` (older rows of the case ``superseded``);
-- 412 (someone changed a resource in the EHR since our last write): the rest of the Bundle is
-  written, then each resource sent with ``ifMatch`` is re-read and only the elements we own are
-  applied onto the server's version (:func:`~cm_fhir.fhir_client.update_owned`);
+- 412 (someone changed a resource in the EHR since our last write): the case is re-applied
+  (:meth:`~cm_fhir.sync.case_send.CaseSender.send`);
 - refused for good (400/404/409/422, an OperationOutcome): ``failed`` with that OperationOutcome,
   and the patient's next case goes on;
 - retryable (transport, 5xx, 429, an open circuit, 401/403 while credentials are fixed): the
@@ -25,7 +25,7 @@ batch's rows and records what the server holds (``sync_state``: server id, versi
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import logging
 import random
 from collections.abc import Sequence
@@ -46,8 +46,7 @@ from cm_fhir.errors import (
     RemoteRateLimited,
     RemoteUnavailable,
 )
-from cm_fhir.fhir_client import EntryResult, FhirClient, update_owned
-from cm_fhir.fhir_client.responses import version_of_etag
+from cm_fhir.fhir_client import FhirClient
 from cm_fhir.store.outbox import (
     CaseWrite,
     PatientWork,
@@ -57,17 +56,17 @@ from cm_fhir.store.outbox import (
     settle_sent,
 )
 from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync, record_sync
+from cm_fhir.sync.case_send import CaseSender, patient_identifier
 from cm_fhir.sync.config import EhrSettings, EndpointSettings
 from cm_fhir.sync.patients import PatientResolver
-from cm_fhir.sync.prepare import (
-    KnownResource,
-    PreparedBundle,
-    owned_elements,
-    prepare_bundle,
-    server_id_of,
-)
 
-__all__ = ["DeliveryStats", "EndpointDelivery"]
+__all__ = [
+    "DeliveryStats",
+    "EndpointDelivery",
+    "error_text",
+    "is_retryable",
+    "outcome_bytes",
+]
 
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
@@ -99,7 +98,7 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
-def _error_text(exc: BaseException) -> str:
+def error_text(exc: BaseException) -> str:
     """Status and class only: an OperationOutcome may quote what was sent (PHI)."""
     if isinstance(exc, RemoteFhirError):
         status = f"HTTP {exc.status} " if exc.status is not None else ""
@@ -107,33 +106,20 @@ def _error_text(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _outcome(exc: BaseException) -> bytes | None:
+def outcome_bytes(exc: BaseException) -> bytes | None:
+    """The OperationOutcome an endpoint answered with, as JSON bytes (None: none)."""
     outcome = getattr(exc, "outcome", None)
     return orjson.dumps(outcome) if isinstance(outcome, dict) else None
 
 
-def _patient_identifier(write: CaseWrite, bundle: Json | None = None) -> Json | None:
-    """The patient's identifier the case's resources name (on its first entry)."""
-    data = bundle if bundle is not None else orjson.loads(write.bundle)
-    entries: list[Json] = data.get("entry") or []
-    if not entries:
-        return None
-    found = (entries[0]["resource"].get("patient") or {}).get("identifier")
-    return found if isinstance(found, dict) else None
-
-
-def _literal(value: Any, ids: dict[str, str]) -> None:
-    """Rewrite ``urn:uuid`` references named in ``ids`` to ``Type/id``, in place."""
-    if isinstance(value, dict):
-        ref = value.get("reference")
-        if isinstance(ref, str) and ref in ids:
-            value["reference"] = ids[ref]
-        for item in value.values():
-            if isinstance(item, dict | list):
-                _literal(item, ids)
-    elif isinstance(value, list):
-        for item in value:
-            _literal(item, ids)
+def is_retryable(exc: BaseException) -> bool:
+    """Whether a write may succeed later: transport, 5xx, 429, an open circuit, 401/403 while
+    credentials are fixed, a 412 to re-read, or the database away."""
+    if isinstance(exc, RemoteFhirError):
+        return exc.retryable or isinstance(
+            exc, RemoteAuthError | RemotePreconditionFailed | RemoteUnavailable
+        )
+    return isinstance(exc, SQLAlchemyError | OSError)
 
 
 class EndpointDelivery:
@@ -157,6 +143,11 @@ class EndpointDelivery:
         #: Cases per transaction; halved when the server refuses a combined transaction (some
         #: refuse conditional transactions beyond a few entries), kept for later batches.
         self.group_size = config.cases_per_transaction
+        self.sender = CaseSender(endpoint, client, self.patients.key, self._conflict)
+        self._in_flight = asyncio.Semaphore(config.concurrent_requests)
+
+    def _conflict(self) -> None:
+        self.stats.conflicts += 1
 
     async def run_once(self) -> int:
         """Claim and deliver one batch of patients; the number of case writes settled.
@@ -190,21 +181,25 @@ class EndpointDelivery:
         found: list[SyncRecord] = []
         if self.endpoint.patient_references == "resolve":
             identifiers = [
-                i for w in work for c in w.writes if (i := _patient_identifier(c)) is not None
+                i for w in work for c in w.writes if (i := patient_identifier(c)) is not None
             ]
             try:
                 patient_ids, found = await self.patients.resolve_many(identifiers, held)
             except Exception as exc:  # no literal references this time
-                log.warning("patient look-up failed (%s)", _error_text(exc))
+                log.warning("patient look-up failed (%s)", error_text(exc))
         queues = {w.patient_key: list(w.writes) for w in work}
         while True:
             # one write per patient per round: a patient's writes go in order
             round_ = [(key, queue.pop(0)) for key, queue in queues.items() if queue]
             if not round_:
                 break
+            groups = []
             while round_:
                 group, round_ = round_[: self.group_size], round_[self.group_size :]
-                await self._send_group(group, held, patient_ids, settled, queues)
+                groups.append(group)
+            await asyncio.gather(
+                *(self._send_group(g, held, patient_ids, settled, queues) for g in groups)
+            )
         batch = list(settled.values())
         batch[0].sync += found
         try:
@@ -227,12 +222,15 @@ class EndpointDelivery:
     ) -> None:
         """Several patients' cases in one transaction; on a refusal or a conflict, each alone
         (so one bad case fails only itself)."""
-        prepared = [(key, write, self._prepare(write, held, patient_ids)) for key, write in group]
+        prepared = [
+            (key, write, self.sender.prepare(write, held, patient_ids)) for key, write in group
+        ]
         if len(prepared) > 1:
             entries = [e for _, _, p in prepared for e in p.bundle["entry"]]
             combined = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
             try:
-                results = await self.client.write_bundle(combined)
+                async with self._in_flight:
+                    results = await self.client.write_bundle(combined)
             except Exception as exc:
                 if self._retryable(exc) and not isinstance(exc, RemotePreconditionFailed):
                     for key, write, _ in prepared:
@@ -241,29 +239,34 @@ class EndpointDelivery:
                 if isinstance(exc, RemoteInvalid):  # too big for this server, or a bad case
                     half = max(1, len(group) // 2)
                     self.group_size = min(self.group_size, half)
-                    for part in (group[:half], group[half:]):
-                        await self._send_group(part, held, patient_ids, settled, queues)
+                    await asyncio.gather(
+                        *(
+                            self._send_group(part, held, patient_ids, settled, queues)
+                            for part in (group[:half], group[half:])
+                        )
+                    )
                     return
             else:
                 by_url = {r.full_url: r for r in results}
                 for key, write, p in prepared:
                     mine = [by_url[u] for u in p.identifiers if u in by_url]
-                    settled[key].sync += self._records(p, mine)
+                    settled[key].sync += self.sender.records(p, mine)
                     settled[key].sent.append(write)
                 return
         for key, write, p in prepared:
             try:
-                settled[key].sync += await self._send(p)
+                async with self._in_flight:
+                    settled[key].sync += await self.sender.send(p)
             except Exception as exc:
                 if self._retryable(exc):
                     self._retry_later(settled[key], queues[key], write, exc)
                     continue
-                settled[key].failed.append((write, _error_text(exc), _outcome(exc)))
+                settled[key].failed.append((write, error_text(exc), outcome_bytes(exc)))
                 log.warning(
                     "outbox row %d refused by endpoint %s (%s)",
                     write.id,
                     self.endpoint.name,
-                    _error_text(exc),
+                    error_text(exc),
                 )
                 continue
             settled[key].sent.append(write)
@@ -273,7 +276,7 @@ class EndpointDelivery:
     ) -> None:
         """The patient's write and every later one wait (their order holds)."""
         settled.retry = [write, *queue]
-        settled.retry_error = (_error_text(exc), _outcome(exc), self._delay(exc, write))
+        settled.retry_error = (error_text(exc), outcome_bytes(exc), self._delay(exc, write))
         queue.clear()
 
     async def _held(self, work: list[PatientWork]) -> dict[SyncKey, SyncRecord]:
@@ -284,7 +287,7 @@ class EndpointDelivery:
                 for text in write.identifiers:
                     rtype, _, ident = text.partition("|")
                     keys.append(SyncKey(self.endpoint.name, rtype, ident))
-                identifier = _patient_identifier(write)
+                identifier = patient_identifier(write)
                 if identifier is not None:
                     keys.append(self.patients.key(identifier))
         async with self.engine.connect() as connection:
@@ -292,11 +295,7 @@ class EndpointDelivery:
         return found
 
     def _retryable(self, exc: Exception) -> bool:
-        if isinstance(exc, RemoteFhirError):
-            return exc.retryable or isinstance(
-                exc, RemoteAuthError | RemotePreconditionFailed | RemoteUnavailable
-            )
-        return isinstance(exc, SQLAlchemyError | OSError)
+        return is_retryable(exc)
 
     def _delay(self, exc: Exception, write: CaseWrite) -> float:
         base = min(self.config.retry_max, self.config.retry_base * 2 ** min(write.attempts, 16))
@@ -332,103 +331,3 @@ class EndpointDelivery:
                 lag = max(0.0, (now - _aware(write.created_at)).total_seconds())
                 stats.lag_seconds_sum += lag
                 stats.last_lag_seconds = lag
-
-    # -- one case ---------------------------------------------------------------------------
-
-    def _prepare(
-        self,
-        write: CaseWrite,
-        held: dict[SyncKey, SyncRecord],
-        patient_ids: dict[str, str | None],
-    ) -> PreparedBundle:
-        bundle: Json = orjson.loads(write.bundle)
-        patient_identifier = _patient_identifier(write, bundle)
-        patient_id = None
-        if patient_identifier is not None:
-            patient_id = patient_ids.get(self.patients.key(patient_identifier).identifier)
-        return prepare_bundle(
-            bundle,
-            resource_types=self.endpoint.resource_types,
-            patient_identifier=patient_identifier,
-            patient_id=patient_id,
-            known=self._known(write.identifiers, held),
-        )
-
-    async def _send(self, prepared: PreparedBundle) -> list[SyncRecord]:
-        """One case's Bundle; on a 412, re-read and re-apply the elements we own."""
-        try:
-            results = await self.client.write_bundle(prepared.bundle)
-        except RemotePreconditionFailed:
-            if not prepared.if_matched:
-                raise
-            self.stats.conflicts += 1
-            results = await self._reapply(prepared)
-        return self._records(prepared, results)
-
-    def _known(
-        self, identifiers: Sequence[str], held: dict[SyncKey, SyncRecord]
-    ) -> dict[str, KnownResource]:
-        known = {}
-        for text in identifiers:
-            rtype, _, ident = text.partition("|")
-            record = held.get(SyncKey(self.endpoint.name, rtype, ident))
-            if record is not None and record.server_id is not None:
-                known[text] = KnownResource(record.server_id, record.version_id)
-        return known
-
-    async def _reapply(self, prepared: PreparedBundle) -> list[EntryResult]:
-        """After a 412: the entries without ``ifMatch`` as a Bundle, then each matched resource
-        re-read and updated with only the elements we own."""
-        entries: list[Json] = prepared.bundle["entry"]
-        ids = {
-            url: f"{e['resource']['resourceType']}/{held.server_id}"
-            for e in entries
-            if (url := str(e["fullUrl"])) in prepared.if_matched
-            for held in [prepared.if_matched[url]]
-        }
-        rest = [e for e in entries if str(e["fullUrl"]) not in prepared.if_matched]
-        for entry in rest:
-            _literal(entry["resource"], ids)
-        results: list[EntryResult] = []
-        if rest:
-            part = {"resourceType": "Bundle", "type": "transaction", "entry": rest}
-            results = await self.client.write_bundle(part)
-        for result in results:
-            server_id, _ = server_id_of(result.location)
-            if result.full_url and server_id:
-                rtype = next(
-                    e["resource"]["resourceType"] for e in rest if e["fullUrl"] == result.full_url
-                )
-                ids[result.full_url] = f"{rtype}/{server_id}"
-        for entry in entries:
-            url = str(entry["fullUrl"])
-            held = prepared.if_matched.get(url)
-            if held is None:
-                continue
-            ours = entry["resource"]
-            _literal(ours, ids)
-            response = await update_owned(
-                self.client, ours, owned_elements(ours), if_match=held.version_id
-            )
-            location = response.location or (
-                f"{ours['resourceType']}/{held.server_id}/_history/{response.version_id}"
-                if response.version_id
-                else None
-            )
-            results.append(EntryResult(url, response.status, location, response.etag, None))
-        return results
-
-    def _records(self, prepared: PreparedBundle, results: list[EntryResult]) -> list[SyncRecord]:
-        sent = {str(e["fullUrl"]): e["resource"] for e in prepared.bundle["entry"]}
-        records = []
-        for result in results:
-            if result.full_url is None or result.full_url not in prepared.identifiers:
-                continue
-            server_id, version = server_id_of(result.location)
-            version = version or version_of_etag(result.etag)
-            rtype, _, ident = prepared.identifiers[result.full_url].partition("|")
-            resource = sent.get(result.full_url)
-            digest = hashlib.sha256(orjson.dumps(resource)).hexdigest() if resource else None
-            key = SyncKey(self.endpoint.name, rtype, ident)
-            records.append(SyncRecord(key, server_id, version, digest))
-        return records

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cm_fhir.settings import Settings
-from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
+from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute, PayerRoute
 
-__all__ = ["outbox_routes"]
+__all__ = ["outbox_routes", "payer_routes"]
 
 
 def outbox_routes(settings: Settings) -> tuple[OutboxRoute, ...]:
@@ -15,3 +15,11 @@ def outbox_routes(settings: Settings) -> tuple[OutboxRoute, ...]:
         for e in settings.endpoints
     )
     return routes or DEFAULT_ROUTES
+
+
+def payer_routes(settings: Settings) -> tuple[PayerRoute, ...]:
+    """One route per payer endpoint (the payers it serves, or all); none when none is set."""
+    return tuple(
+        PayerRoute(e.name, e.base_url, frozenset(e.payers) if e.payers else None)
+        for e in settings.payer_endpoints
+    )

@@ -8,13 +8,13 @@ settled (a write cut off by the service's grace period is sent again after its l
 writes are idempotent). :meth:`SyncWorker.drain` delivers until nothing is claimable (the
 ``outbox resend`` command and the tests). :meth:`SyncWorker.status` is what ``/metrics`` and
 ``/api/outbox/endpoints`` report: per endpoint, the circuit breaker's state, the counts of this
-process and the requests made.
+process and the requests made. Payer endpoints (:mod:`cm_fhir.sync.payer`) run alongside: their
+messages, then their due ``Claim/$inquire`` polls.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -27,11 +27,15 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.fhir_client import FhirClient, RetryPolicy
-from cm_fhir.mapping.registry import default_registry
+from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
+from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.store.case_tables import outbox
-from cm_fhir.sync.config import EhrSettings, EndpointSettings
+from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
+from cm_fhir.store.wakeup import Wakeup, idle
+from cm_fhir.sync.config import EhrSettings, EndpointSettings, PayerEndpointSettings
 from cm_fhir.sync.deliver import DeliveryStats, EndpointDelivery
 from cm_fhir.sync.endpoints import RequestCount, open_client
+from cm_fhir.sync.payer import PayerDelivery
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint, poll_until_stopped
 
 __all__ = ["EndpointStatus", "SyncWorker"]
@@ -61,25 +65,45 @@ class SyncWorker:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
+        payers: Sequence[PayerEndpointSettings] = (),
+        registry: MappingRegistry | None = None,
+        payer_exchange: PayerExchange | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or EhrSettings()
         self.worker_id = f"{socket.gethostname()[:40]}:{os.getpid()}:{id(self) % 10_000}"
-        self.counts = {e.name: RequestCount() for e in endpoints}
+        self.counts = {e.name: RequestCount() for e in (*endpoints, *payers)}
         self.clients: dict[str, FhirClient] = {
             e.name: open_client(
                 e, self.counts[e.name], self.config, retry=retry, transport=transport
             )
-            for e in endpoints
+            for e in (*endpoints, *payers)
         }
         self.deliveries = [
             EndpointDelivery(engine, e, self.clients[e.name], self.config, self.worker_id)
             for e in endpoints
         ]
-        registry = default_registry()
+        registry = registry or default_registry()
         self.status_backs = [
             StatusBack(engine, registry, StatusBackEndpoint.of(e), self.clients[e.name])
             for e in endpoints
+        ]
+        routes = tuple(
+            OutboxRoute(e.name, frozenset(e.programmes) if e.programmes else None)
+            for e in endpoints
+        )
+        self.payers = [
+            PayerDelivery(
+                engine,
+                e,
+                self.clients[e.name],
+                self.config,
+                self.worker_id,
+                registry=registry,
+                spec=payer_exchange or default_payer_exchange(),
+                routes=routes or DEFAULT_ROUTES,
+            )
+            for e in payers
         ]
 
     async def aclose(self) -> None:
@@ -92,6 +116,9 @@ class SyncWorker:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _all(self) -> list[EndpointDelivery | PayerDelivery]:
+        return [*self.deliveries, *self.payers]
+
     def status(self) -> list[EndpointStatus]:
         return [
             EndpointStatus(
@@ -101,7 +128,7 @@ class SyncWorker:
                 self.counts[d.endpoint.name].requests,
                 d.stats,
             )
-            for d in self.deliveries
+            for d in self._all()
         ]
 
     async def drain(self, *, timeout: float | None = None, settle_backoff: bool = False) -> int:
@@ -110,7 +137,7 @@ class SyncWorker:
         deadline = time.monotonic() + timeout if timeout is not None else None
         total = 0
         while True:
-            done = sum(await asyncio.gather(*(d.run_once() for d in self.deliveries)))
+            done = sum(await asyncio.gather(*(d.run_once() for d in self._all())))
             total += done
             if done:
                 continue
@@ -121,25 +148,31 @@ class SyncWorker:
             await asyncio.sleep(self.config.poll_interval)
 
     async def _nothing_pending(self) -> bool:
-        names = [d.endpoint.name for d in self.deliveries]
+        names = [d.endpoint.name for d in self._all()]
         query = select(func.count()).where(
             outbox.c.state == "pending", outbox.c.endpoint.in_(names)
         )
         async with self.engine.connect() as connection:
             return int((await connection.execute(query)).scalar_one()) == 0
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Deliver until ``stop`` is set; each loop settles its batch in flight first. Task
-        status back polls each endpoint with a ``task_poll_interval`` alongside."""
+    async def run(self, stop: asyncio.Event, *, committed: Wakeup | None = None) -> None:
+        """Deliver until ``stop`` is set; each loop settles its batch in flight first. When idle,
+        a loop waits for the poll interval or until ``committed`` is notified (the worker of this
+        process committed cases). Task status back polls each endpoint with a
+        ``task_poll_interval`` alongside."""
         try:
             await asyncio.gather(
-                *(self._loop(d, stop) for d in self.deliveries),
+                *(self._loop(d, stop, committed) for d in self.deliveries),
+                *(self._payer_loop(p, stop, committed) for p in self.payers),
                 poll_until_stopped(self.status_backs, stop),
             )
         finally:
             await self.aclose()
 
-    async def _loop(self, delivery: EndpointDelivery, stop: asyncio.Event) -> None:
+    async def _loop(
+        self, delivery: EndpointDelivery, stop: asyncio.Event, committed: Wakeup | None
+    ) -> None:
+        woken = committed.listen() if committed is not None else None
         while not stop.is_set():
             try:
                 done = await delivery.run_once()
@@ -151,5 +184,23 @@ class SyncWorker:
                 )
                 done = 0
             if done == 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.poll_interval)
+                await idle(stop, self.config.poll_interval, woken)
+
+    async def _payer_loop(
+        self, payer: PayerDelivery, stop: asyncio.Event, committed: Wakeup | None
+    ) -> None:
+        """A payer's messages, then its due inquiries, until ``stop`` is set."""
+        woken = committed.listen() if committed is not None else None
+        while not stop.is_set():
+            try:
+                done = await payer.run_once()
+                done += await payer.inquire_due()
+            except Exception as exc:  # the database is away: try again after a poll
+                log.warning(
+                    "payer pass for endpoint %s failed (%s)",
+                    payer.endpoint.name,
+                    type(exc).__name__,
+                )
+                done = 0
+            if done == 0:
+                await idle(stop, self.config.poll_interval, woken)

@@ -14,14 +14,18 @@ EHR endpoint as its author and source. A move the state machine forbids is logge
 statuses, never patient data) and ignored. A case whose follow-up work is now done is checked
 by the closing scheduler at once (the change makes its patient state due).
 
-:meth:`~StatusBack.poll` asks ``Task?identifier=<our task system>|&_lastUpdated=gt<watermark>``
-page by page (the watermark less an overlap, since servers stamp ``lastUpdated`` when a write
-begins, not when it commits; re-reading a Task changes nothing) and moves the endpoint's
+:meth:`~StatusBack.poll` asks for our Tasks changed since the watermark, case and assessment
+Tasks (``Task?identifier=<task system>|,<assessment system>|&_lastUpdated=gt<watermark>``), page
+by page (the watermark less an overlap, since servers stamp ``lastUpdated`` when a write begins,
+not when it commits; re-reading a Task changes nothing) and moves the endpoint's
 watermark forward once the pass is through. :meth:`~StatusBack.notify` handles an R4 Subscription
-notification (Backport IG): ``full-resource`` events are applied as sent, ``id-only`` events are
-read from the endpoint (a Task id that is not a FHIR id is skipped; more than :data:`MAX_READS` of
-them make one poll instead), handshakes and heartbeats only record the subscription, and a gap in
-``eventsSinceSubscriptionStart`` (events the endpoint counted but never delivered) makes it poll.
+notification (Backport IG) of a Subscription the endpoint accepts
+(:meth:`~cm_fhir.sync.status_parts.StatusBackEndpoint.accepts`): each event's Task is read from
+the endpoint before it is applied, ``full-resource`` payloads included (``reread``, on by
+default: a payload is not trusted; off, they are applied as sent); a focus that is not a Task
+of this endpoint is skipped; more than :data:`MAX_READS` reads make one poll instead. Handshakes
+and heartbeats only record the subscription, and a gap in ``eventsSinceSubscriptionStart``
+(events the endpoint counted but never delivered) makes it poll.
 """
 
 from __future__ import annotations
@@ -29,9 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -46,10 +49,10 @@ from cm_fhir.fhir_client.responses import version_of_etag
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.audit import AuditRecord, record_audit
 from cm_fhir.store.case_repo import StoredCase, TraceSource, change_case, read_case
-from cm_fhir.store.ehr_status import EndpointCursor, add_counts, lock_cursor, save_cursor
+from cm_fhir.store.ehr_status import add_counts, lock_cursor, save_cursor
 from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync
-from cm_fhir.sync.config import EndpointSettings
-from cm_fhir.sync.notifications import Notification, type_and_id
+from cm_fhir.sync.notifications import Notification, NotificationEvent, type_and_id
+from cm_fhir.sync.status_parts import FHIR_ID, PassResult, StatusBackEndpoint, events_seen
 from cm_fhir.sync.task_states import (
     Applied,
     Outcome,
@@ -71,7 +74,6 @@ Json = dict[str, Any]
 RULE = "ehr.status_back"
 #: id-only events read one by one per notification; more make one poll instead.
 MAX_READS = 50
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
 
 
 def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> bool:
@@ -85,40 +87,6 @@ def our_own_write(connection: Connection, endpoint: str, remote: RemoteTask) -> 
         and remote.version_id is not None
         and version_of_etag(record.version_id) == version_of_etag(remote.version_id)
     )
-
-
-@dataclass(frozen=True, slots=True)
-class StatusBackEndpoint:
-    """One endpoint's status-back settings."""
-
-    name: str
-    base_url: str
-    poll_interval: float = 60.0  # seconds between polls; 0: no polling
-    overlap: float = 2.0  # seconds the poll reaches back behind the watermark
-    page_size: int = 100
-
-    @classmethod
-    def of(cls, endpoint: EndpointSettings) -> StatusBackEndpoint:
-        return cls(endpoint.name, endpoint.base_url, endpoint.task_poll_interval)
-
-
-@dataclass(slots=True)
-class PassResult:
-    """What one poll, notification or batch of Tasks did."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    cases: set[str] = field(default_factory=set)
-    gap: bool = False
-    polled: bool = False
-
-    def count(self, name: str, n: int = 1) -> None:
-        self.counts[name] = self.counts.get(name, 0) + n
-
-    def merge(self, other: PassResult) -> None:
-        for name, n in other.counts.items():
-            self.count(name, n)
-        self.cases |= other.cases
-        self.polled = self.polled or other.polled
 
 
 class StatusBack:
@@ -136,6 +104,7 @@ class StatusBack:
         self.endpoint = endpoint
         self.client = client
         self.task_system = registry.system("task")
+        self.assessment_system = registry.system("assessment")
 
     # -- applying Tasks ---------------------------------------------------------------------------
 
@@ -146,7 +115,9 @@ class StatusBack:
             await connection.run_sync(lock_cursor, self.endpoint.name, datetime.now(UTC))
         for resource in resources:
             try:
-                remote = read_remote_task(resource, self.task_system, self.endpoint.base_url)
+                remote = read_remote_task(
+                    resource, self.task_system, self.endpoint.base_url, self.assessment_system
+                )
             except MappingError as exc:
                 log.warning(
                     "endpoint %s: unreadable Task %s (%s)",
@@ -246,7 +217,8 @@ class StatusBack:
         """Read the Tasks of ours changed since the watermark, apply them, move the watermark."""
         async with self.engine.begin() as connection:
             cursor = await connection.run_sync(lock_cursor, self.endpoint.name, datetime.now(UTC))
-        params = {"identifier": f"{self.task_system}|", "_count": str(self.endpoint.page_size)}
+        ours = f"{self.task_system}|,{self.assessment_system}|"  # case and assessment Tasks
+        params = {"identifier": ours, "_count": str(self.endpoint.page_size)}
         params["_sort"] = "_lastUpdated"
         if cursor.watermark is not None:
             since = cursor.watermark - timedelta(seconds=self.endpoint.overlap)
@@ -282,32 +254,45 @@ class StatusBack:
         """Handle one notification; poll when events were missed (see the module docstring)."""
         gap = await self._record_events(notification)
         result = PassResult(gap=gap)
-        reads = sum(e.resource is None for e in notification.events)
+        reads = sum(e.resource is None or self.endpoint.reread for e in notification.events)
         if reads > MAX_READS:  # cheaper and bounded: one poll instead of many reads
             gap = result.gap = True
         elif notification.carries_events:
             for event in notification.events:
-                resource = event.resource
-                if resource is None and event.focus is not None:
-                    kind, _, rid = type_and_id(event.focus).partition("/")
-                    if kind != "Task" or not FHIR_ID.fullmatch(rid):
-                        continue
-                    try:
-                        resource = (await self.client.read("Task", rid)).resource
-                    except RemoteNotFound:
-                        continue  # gone since (deleted): nothing to apply
-                if isinstance(resource, dict) and resource.get("resourceType") == "Task":
+                resource = await self._event_task(event)
+                if resource is not None:
                     result.merge(await self.apply([resource], "status-back:notification"))
         if gap:
             result.merge(await self.poll())
         return result
+
+    async def _event_task(self, event: NotificationEvent) -> Json | None:
+        """The Task an event is about: read from the endpoint (id-only events, and every event
+        when ``reread`` is on), or the payload as sent when ``reread`` is off. None: not a Task
+        of this endpoint, or gone."""
+        payload = event.resource
+        if payload is not None and not self.endpoint.reread:
+            return payload if payload.get("resourceType") == "Task" else None
+        focus = event.focus
+        if focus is None and payload is not None and isinstance(payload.get("id"), str):
+            focus = f"{payload.get('resourceType')}/{payload['id']}"
+        if focus is None or not self.endpoint.owns(focus):
+            return None
+        kind, _, rid = type_and_id(focus).partition("/")
+        if kind != "Task" or not FHIR_ID.fullmatch(rid):
+            return None
+        try:
+            found = (await self.client.read("Task", rid)).resource
+        except RemoteNotFound:
+            return None  # gone since (deleted): nothing to apply
+        return found if isinstance(found, dict) and found.get("resourceType") == "Task" else None
 
     async def _record_events(self, notification: Notification) -> bool:
         """Store the subscription's event count; True when events were missed."""
         now = datetime.now(UTC)
         async with self.engine.begin() as connection:
             cursor = await connection.run_sync(lock_cursor, self.endpoint.name, now)
-            gap, updated = _events_seen(cursor, notification)
+            gap, updated = events_seen(cursor, notification)
             await connection.run_sync(save_cursor, updated, now)
         if gap:
             log.warning(
@@ -336,28 +321,6 @@ async def poll_until_stopped(backs: Sequence[StatusBack], stop: asyncio.Event) -
                 await asyncio.wait_for(stop.wait(), interval)
 
     await asyncio.gather(*(loop(b) for b in backs if b.endpoint.poll_interval > 0))
-
-
-def _events_seen(cursor: EndpointCursor, notification: Notification) -> tuple[bool, EndpointCursor]:
-    """Whether ``notification`` shows missed events, and the cursor after it.
-
-    Every event numbered from the last count seen (exclusive) to this notification's
-    ``eventsSinceSubscriptionStart`` (inclusive) should have reached us; those not in this
-    notification were missed. A new subscription (another reference) starts counting afresh.
-    """
-    total = notification.events_since_start
-    same = cursor.subscription == notification.subscription
-    seen = cursor.events_seen if same else None
-    if total is None:
-        return False, replace(cursor, subscription=notification.subscription, events_seen=seen)
-    numbers = {e.number for e in notification.events if e.number is not None}
-    expected_from = (seen or 0) + 1
-    if seen is not None and total <= seen:  # a replay or an old notification: nothing new
-        return False, cursor
-    missing = any(n not in numbers for n in range(expected_from, total + 1))
-    if not notification.carries_events:  # a heartbeat or handshake delivers no events itself
-        missing = total > (seen or 0)
-    return missing, replace(cursor, subscription=notification.subscription, events_seen=total)
 
 
 def _last_updated(resource: Json) -> datetime | None:

@@ -12,6 +12,8 @@ even through statuses in between (a poll sees only the latest version), leaves t
 unchanged (:attr:`Applied.outcome` ``illegal``); otherwise the status, the status reason, the
 business status, the owner and the completion time follow the EHR. A referral's fulfilment Task
 moves the referral's fulfilment status and business status (the performer stays the referral's).
+An assessment's Task (identifier in the assessment system) moves the assessment
+(:mod:`cm_fhir.sync.assessment_states`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cm_fhir.errors import MappingError
 from cm_fhir.fhir import datatypes as dt
 from cm_fhir.fhir.ids import SEPARATOR
 from cm_fhir.fhir.work import FULFILMENT
+from cm_fhir.sync.assessment_states import apply_assessment
 from cm_fhir.workflow.actions import revalidated
 
 __all__ = ["Applied", "Outcome", "RemoteTask", "apply_remote_task", "read_remote_task"]
@@ -52,6 +55,8 @@ class RemoteTask:
     status_reason: str | None
     business_status: str | None
     ended_at: datetime | None
+    assessment: bool = False  # an assessment's Task (identifier in the assessment system)
+    summary: str | None = None  # an assessment Task's output "summary"
 
     @property
     def reference(self) -> str:
@@ -96,26 +101,47 @@ def _instant(value: Any, path: str) -> datetime | None:
     return dt.parse_instant(value, path) if value else None
 
 
-def read_remote_task(resource: Json, task_system: str, base_url: str) -> RemoteTask | None:
-    """The Task as a :class:`RemoteTask`; None if it carries no identifier of ours.
+def _our_value(resource: Json, system: str | None) -> str | None:
+    if system is None:
+        return None
+    return next(
+        (
+            str(i.get("value"))
+            for i in resource.get("identifier") or []
+            if isinstance(i, dict) and i.get("system") == system and i.get("value")
+        ),
+        None,
+    )
+
+
+def _summary(resource: Json) -> str | None:
+    for output in resource.get("output") or []:
+        if isinstance(output, dict) and (output.get("type") or {}).get("text") == "summary":
+            value = output.get("valueString")
+            return str(value) if isinstance(value, str) and value.strip() else None
+    return None
+
+
+def read_remote_task(
+    resource: Json, task_system: str, base_url: str, assessment_system: str | None = None
+) -> RemoteTask | None:
+    """The Task as a :class:`RemoteTask`; None if it carries no identifier of ours (in the task
+    system, or in ``assessment_system``: an assessment's Task).
 
     Raises :class:`~cm_fhir.errors.MappingError` (naming the element, not the value) when it is
     ours but unreadable: an unknown status, an owner that names no one, a bad instant.
     """
     if resource.get("resourceType") != "Task":
         raise MappingError("not a Task", path="resourceType")
-    value = next(
-        (
-            str(i.get("value"))
-            for i in resource.get("identifier") or []
-            if isinstance(i, dict) and i.get("system") == task_system and i.get("value")
-        ),
-        None,
-    )
+    system, value = task_system, _our_value(resource, task_system)
+    assessment = False
+    if value is None:
+        system, value = assessment_system or "", _our_value(resource, assessment_system)
+        assessment = True
     if value is None:
         return None
     parts = value.split(SEPARATOR)
-    fulfilment = len(parts) == 3 and parts[2] == FULFILMENT
+    fulfilment = not assessment and len(parts) == 3 and parts[2] == FULFILMENT
     if len(parts) != 2 and not fulfilment:
         return None
     if not resource.get("id"):
@@ -133,7 +159,7 @@ def read_remote_task(resource: Json, task_system: str, base_url: str) -> RemoteT
         server_id=str(resource["id"]),
         version_id=str(meta["versionId"]) if meta.get("versionId") else None,
         last_updated=last_updated,
-        identifier=f"{task_system}|{value}",
+        identifier=f"{system}|{value}",
         case_id=parts[0],
         local_id=parts[1],
         fulfilment=fulfilment,
@@ -142,6 +168,8 @@ def read_remote_task(resource: Json, task_system: str, base_url: str) -> RemoteT
         status_reason=_text(resource.get("statusReason")),
         business_status=_text(resource.get("businessStatus")),
         ended_at=ended if status in TERMINAL_TASK_STATUSES else None,
+        assessment=assessment,
+        summary=_summary(resource) if assessment else None,
     )
 
 
@@ -168,6 +196,8 @@ def apply_remote_task(case: Case, remote: RemoteTask) -> Applied:
     """Apply what the EHR says of one task or referral fulfilment to ``case`` (see the module)."""
     if remote.fulfilment:
         return _apply_fulfilment(case, remote)
+    if remote.assessment:
+        return apply_assessment(case, remote)
     task = next((t for t in case.tasks if t.id == remote.local_id), None)
     if task is None:
         return Applied(case, Outcome.UNKNOWN)

@@ -31,6 +31,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
 from cm_fhir.domain.case import Case
+from cm_fhir.domain.events import EncounterNotice, ReviewDecided
 from cm_fhir.errors import (
     CmFhirError,
     Hl7ParseError,
@@ -39,6 +40,7 @@ from cm_fhir.errors import (
     ValidationError,
 )
 from cm_fhir.fhir.notification import parse_notification
+from cm_fhir.fhir.pas_response import review_decided
 from cm_fhir.hl7v2.adt import parse_adt_message
 from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.hl7v2.normalise import normalise_message
@@ -54,12 +56,14 @@ from cm_fhir.store.case_writes import (
     build_case,
 )
 from cm_fhir.store.cases import lock_states
+from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE
 from cm_fhir.store.outbox import last_bundle_hashes
 from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settle
 from cm_fhir.store.tables import InboxFormat, InboxState
 from cm_fhir.store.trace import TraceRecord
 from cm_fhir.worker.changes import file_outcome, write_changes
 from cm_fhir.worker.journal import outcome_lines
+from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.policy import (
     DEFAULT_PROCESSING_IDS,
     NOT_APPLIED_RULE,
@@ -89,7 +93,8 @@ __all__ = [
 ]
 
 ApplyEvent = Callable[..., Outcome]
-#: The message type of the FHIR rows the worker applies (``$process-message`` notifications).
+#: The message types of the FHIR rows the worker applies: ``$process-message`` notifications
+#: (payer side) and the payer's ClaimResponses to the hospital's reviews (hospital side).
 NOTIFICATION = "NOTIFICATION"
 
 
@@ -204,9 +209,11 @@ class BatchProcessor:
         apply_processing_ids: Collection[str] = DEFAULT_PROCESSING_IDS,
         cache: dict[str, tuple[str, PatientState]] | None = None,
         routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
+        notifier: PayerNotifier | None = None,
         payer: PayerExchange | None = None,
     ) -> None:
         self.rules = rules
+        self.notifier = notifier
         self.payer = payer or default_payer_exchange()
         self.routes = tuple(routes)
         self.maps = maps
@@ -325,15 +332,21 @@ class BatchProcessor:
         return Parsed(row, settled=settled)
 
     def _parse_fhir(self, row: ClaimedMessage) -> Parsed:
-        """A FHIR message Bundle (a notification accepted at ``$process-message``).
+        """A FHIR message: a notification accepted at ``$process-message``, or a payer's
+        ClaimResponse to one of our reviews (a :class:`ReviewDecided` event).
 
         A PAS request was applied by the request that submitted it: replayed, it is ignored."""
-        if row.message_type != NOTIFICATION:
+        if row.message_type not in (NOTIFICATION, CLAIM_RESPONSE):
             reason = f"not applied: a {row.message_type or '-'} message is applied when received"
             return Parsed(row, settled=InboxOutcome(row.id, InboxState.IGNORED, reason))
         try:
-            notice = parse_notification(json.loads(row.raw), self.payer)
-            return Parsed(row, event=notice, keys=event_keys(notice, self.rules))
+            body = json.loads(row.raw)
+            event: EncounterNotice | ReviewDecided
+            if row.message_type == CLAIM_RESPONSE:
+                event = review_decided(body, self.payer, row.received_at)
+            else:
+                event = parse_notification(body, self.payer)
+            return Parsed(row, event=event, keys=event_keys(event, self.rules))
         except (MappingError, ValidationError, ValueError) as exc:
             settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
         except Exception as exc:  # anything else is retried, then dead-lettered
@@ -379,6 +392,13 @@ class BatchProcessor:
             merged = book.merged(keys[0], keys[1:])
             outcome = self.workflow(event, state, self.rules, now=row.received_at, merged=merged)
             built = [build_case(case, self.registry) for case in outcome.changed_cases]
+            messages = (
+                self.notifier.messages(
+                    event, outcome.state, self.rules, keys[0], row.id, row.received_at
+                )
+                if self.notifier is not None and isinstance(event, AdtEvent)
+                else []
+            )
         except Exception as exc:
             failure = self._failure(row, exc)
             changes.outcomes.append(failure)
@@ -388,6 +408,7 @@ class BatchProcessor:
         file_outcome(
             changes, outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key
         )
+        changes.messages += messages
         if attention is None:
             changes.outcomes.append(InboxOutcome(row.id, InboxState.PROCESSED))
         else:

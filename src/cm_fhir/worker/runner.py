@@ -9,32 +9,42 @@ an attempt. :meth:`Worker.run` polls until its stop event is set and always fini
 flight before returning; :meth:`Worker.run_once` stops when nothing is claimable. ``run`` also
 closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at start and then every
 ``close_check_seconds``, in its own transactions between batches.
+
+A batch's work is bounded in time as well as in rows: the worker keeps a moving average of the time
+a claimed row takes and claims no more than fit in ``batch_seconds`` (5 ms by default; at least 8
+rows, as a batch's fixed cost can exceed that on a slow machine), so that neither the event loop it
+shares with the listener in ``cm-fhir serve`` nor, on SQLite, the one write lock the inbox writer
+needs for every ACK is held long (a batch of 200 held both for most of a second). On SQLite the
+worker also leaves a millisecond between batches, the waiting writer's turn at the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cm_fhir.domain.events import NoticeKind
 from cm_fhir.errors import StoreError
-from cm_fhir.ingest import check_key_room
+from cm_fhir.ingest_door import check_key_room
 from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
-from cm_fhir.mapping.payer_exchange import PayerExchange
+from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
-from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
+from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute, PayerRoute
 from cm_fhir.store.queue import mark_waiting
+from cm_fhir.store.wakeup import Wakeup, idle
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
+from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
 from cm_fhir.workflow import PatientState
 
@@ -43,6 +53,8 @@ __all__ = ["Worker", "WorkerConfig"]
 log = logging.getLogger(__name__)
 _MAX_CLOSING_PASSES = 50  # per close_due call: a bound, even if a state were due again at once
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
+_FEWEST_BOUNDED_ROWS = 8  # rows a batch bounded in time may still claim (also the first one's)
+_SQLITE_TURN = 0.001  # seconds between SQLite batches: the inbox writer's turn at the write lock
 
 
 _DEFAULTS = WorkerSettings()  # the defaults live in the settings model only
@@ -53,26 +65,37 @@ class WorkerConfig:
     """How the worker claims, retries, closes due cases and which processing ids it applies."""
 
     batch_size: int = _DEFAULTS.batch_size
+    batch_seconds: float = _DEFAULTS.batch_seconds  # work per transaction aimed at; 0: no bound
     max_attempts: int = _DEFAULTS.max_attempts
     retry_delay: float = _DEFAULTS.retry_delay  # seconds between attempts of a failing row
     poll_interval: float = _DEFAULTS.poll_interval  # seconds to wait when nothing is claimable
     close_check_seconds: float = _DEFAULTS.close_check_seconds  # between closing passes
     apply_processing_ids: frozenset[str] = frozenset(_DEFAULTS.apply_processing_ids)
     routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES  # the endpoints outbox Bundles go to
+    payers: tuple[PayerRoute, ...] = ()  # the payers told of members' admissions and discharges
+    notify_events: frozenset[NoticeKind] = frozenset(NoticeKind)
 
     @classmethod
     def from_settings(
-        cls, worker: WorkerSettings, routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES
+        cls,
+        worker: WorkerSettings,
+        routes: tuple[OutboxRoute, ...] = DEFAULT_ROUTES,
+        payers: tuple[PayerRoute, ...] = (),
+        notify_events: Collection[str] = tuple(NoticeKind),
     ) -> WorkerConfig:
-        """The configuration of the ``worker`` settings, enqueuing for ``routes``."""
+        """The configuration of the ``worker`` settings, enqueuing for ``routes`` and telling
+        ``payers`` of ``notify_events``."""
         return cls(
             batch_size=worker.batch_size,
+            batch_seconds=worker.batch_seconds,
             max_attempts=worker.max_attempts,
             retry_delay=worker.retry_delay,
             poll_interval=worker.poll_interval,
             close_check_seconds=worker.close_check_seconds,
             apply_processing_ids=frozenset(worker.apply_processing_ids),
             routes=routes,
+            payers=payers,
+            notify_events=frozenset(NoticeKind(e) for e in notify_events),
         )
 
 
@@ -117,22 +140,51 @@ class Worker:
             cache=decoded,
             routes=self.config.routes,
             payer=payer,
+            notifier=PayerNotifier(
+                self.config.payers,
+                payer or default_payer_exchange(),
+                registry.canonical_base,
+                self.config.notify_events,
+            )
+            if self.config.payers
+            else None,
         )
         self.closer = CaseCloser(rules, registry, decoded, routes=self.config.routes)
         self.totals = BatchResult()
         self.closings = ClosingResult()
         self._one_at_a_time = 0
+        self._row_seconds = 0.0  # recent work per claimed row (moving average)
+        self._sqlite = engine.dialect.name == "sqlite"
+
+    @property
+    def batch_limit(self) -> int:
+        """Rows the next batch claims: ``batch_size``, or as many as recent rows say fit in
+        ``batch_seconds``, but never fewer than a few (a batch has a fixed cost too)."""
+        if self._one_at_a_time > 0:
+            return 1
+        size, budget = self.config.batch_size, self.config.batch_seconds
+        if budget <= 0:
+            return size
+        fit = int(budget / self._row_seconds) if self._row_seconds > 0 else 0
+        return min(size, max(_FEWEST_BOUNDED_ROWS, fit))
 
     async def run_batch(self) -> BatchResult:
         """Claim, process and commit one batch; an empty result when nothing was claimable."""
-        limit = 1 if self._one_at_a_time > 0 else self.config.batch_size
+        limit = self.batch_limit
         self._one_at_a_time = max(0, self._one_at_a_time - 1)
         retry_before = datetime.now(UTC) - timedelta(seconds=self.config.retry_delay)
         try:
             async with self.engine.begin() as connection:
+                started = time.perf_counter()
                 result = await connection.run_sync(self.processor.process, limit, retry_before)
+                worked = time.perf_counter() - started
         except SQLAlchemyError as exc:
             return await self._after_failure(exc)
+        if result.claimed:
+            per_row = worked / result.claimed
+            self._row_seconds = (
+                per_row if self._row_seconds <= 0 else (0.7 * self._row_seconds + 0.3 * per_row)
+            )
         log_outcomes(self.processor.last_outcomes)
         self.totals.add(result)
         return result
@@ -191,21 +243,37 @@ class Worker:
                 break
         return total
 
-    async def run(self, stop: asyncio.Event) -> BatchResult:
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        arrived: Wakeup | None = None,
+        committed: Wakeup | None = None,
+    ) -> BatchResult:
         """Process until ``stop`` is set; the batch in flight always commits first. Due cases
-        are closed at start and every ``close_check_seconds``."""
+        are closed at start and every ``close_check_seconds``. When idle, waits for the poll
+        interval or until ``arrived`` is notified (the inbox writer of this process committed);
+        notifies ``committed`` after each batch that changed something (wakes the sync role)."""
         total = BatchResult()
+        woken = arrived.listen() if arrived is not None else None
         next_close = time.monotonic()
         while not stop.is_set():
             if time.monotonic() >= next_close:
                 await self.close_due()
                 next_close = time.monotonic() + self.config.close_check_seconds
+                if committed is not None:
+                    committed.notify()
             result = await self.run_batch()
             total.add(result)
+            if result.claimed and committed is not None:
+                committed.notify()
             if result.claimed == 0:
                 await self._mark_waiting()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.config.poll_interval)
+                await idle(stop, self.config.poll_interval, woken)
+            elif self._sqlite:
+                # SQLite has one write lock: a writer waiting for it (the inbox, whose ACKs wait
+                # on its commit) gets it now, not after the next batch.
+                await asyncio.sleep(_SQLITE_TURN)
         return total
 
     async def _mark_waiting(self) -> None:

@@ -2,25 +2,38 @@
 (database, through the case repository).
 
 ``POST /api/cases/{id}/utilization-reviews`` records a pended review on the case (through the
-cases API's change path: If-Match, 409/422 refusals, audit). ``GET .../{review_id}`` reads it
-(decision, authorization number, authorized days, next review). ``GET .../{review_id}/pas-request``
-is the Da Vinci PAS request Bundle for the payer's ``Claim/$submit``, and ``POST .../{review_id}/
-claim-response`` applies the payer's answer (a Bundle with the ClaimResponse first, or the
-ClaimResponse alone, any PAS version). Sending through the outbox is not done here yet: the
-Bundle is for a caller to send.
+cases API's change path: If-Match, 409/422 refusals, audit) and, where a payer endpoint serves the
+review's payer, enqueues its Da Vinci PAS request for the payer's ``Claim/$submit`` in the same
+transaction (the sync worker sends it, applies the answer and asks again with ``Claim/$inquire``
+while it is pended; :mod:`cm_fhir.sync.payer`). Without a clinical summary in the request, and
+with an EHR endpoint configured, the summary is read from the EHR's Conditions, Observations and
+MedicationRequests of the encounter (:mod:`cm_fhir.sync.clinical`). ``GET .../{review_id}`` reads
+the review (decision, authorization number, authorized days, next review) with the payer's last
+ClaimResponse as received and where the exchange stands. ``GET .../{review_id}/pas-request`` is
+the request Bundle, and ``POST .../{review_id}/claim-response`` applies an answer received
+another way (a Bundle with the ClaimResponse first, or the ClaimResponse alone, any PAS version).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from datetime import UTC, date, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection
 
-from cm_fhir.api.deps import EngineDep, ReadPrincipal, get_payer_exchange, get_registry
+from cm_fhir.api.deps import (
+    EngineDep,
+    ReadPrincipal,
+    get_payer_exchange,
+    get_registry,
+    get_settings,
+)
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.api.routes.cases import ChangeDep
 from cm_fhir.domain import (
@@ -29,19 +42,35 @@ from cm_fhir.domain import (
     Identifier,
     LevelOfCare,
     PartyRef,
+    ReviewDecision,
     ReviewType,
     ReviewUrgency,
     ServiceUnit,
     UtilizationReview,
 )
 from cm_fhir.errors import DomainError, MappingError
+from cm_fhir.fhir import dumps
+from cm_fhir.fhir.ids import local_value
 from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
-from cm_fhir.store.case_repo import read_case
+from cm_fhir.store.case_repo import StoredCase, read_case
+from cm_fhir.store.outbox import OutboxEntry, enqueue
+from cm_fhir.store.payer_reviews import (
+    PayerReview,
+    keep_answer,
+    read_payer_review,
+    record_request,
+)
+from cm_fhir.sync.clinical import read_clinical_summary
+from cm_fhir.sync.endpoints import RequestCount, open_client
+from cm_fhir.sync.payer import SUBMIT
+from cm_fhir.sync.routing import payer_routes
+from cm_fhir.workflow.facts import patient_key
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/cases", tags=["utilization review"])
+log = logging.getLogger(__name__)
 
 
 class ReviewRequest(BaseModel):
@@ -55,7 +84,10 @@ class ReviewRequest(BaseModel):
     admitted: date | None = None
     criteria_set: CriteriaSet | None = None
     payer: PartyRef | None = Field(None, description="Default: the payer of the case's coverage")
-    requester: PartyRef | None = Field(None, description="Default: the managing organisation")
+    requester: PartyRef | None = Field(
+        None,
+        description="Default: the managing organisation, else the provider in payer-exchange.yaml",
+    )
     encounter: Identifier | None = Field(None, description="Default: the case's latest visit")
 
 
@@ -64,32 +96,139 @@ def _next_id(case: Case) -> str:
     return next(f"ur{n}" for n in range(1, len(taken) + 2) if f"ur{n}" not in taken)
 
 
+async def _summary_from_ehr(request: Request, case: Case, body: ReviewRequest) -> str | None:
+    """The clinical summary read from the first EHR endpoint; None without one, without an
+    encounter, or when the EHR cannot be read (the review is asked for all the same)."""
+    settings = get_settings(request)
+    encounter = body.encounter or (case.encounters[-1] if case.encounters else None)
+    if not settings.endpoints or encounter is None:
+        return None
+    endpoint = settings.endpoints[0]
+    try:
+        async with open_client(endpoint, RequestCount(), settings.ehr) as client:
+            return await read_clinical_summary(client, encounter)
+    except Exception as exc:  # the EHR is away or refuses: no summary, named by type only
+        log.warning("clinical summary from %s not read (%s)", endpoint.name, type(exc).__name__)
+        return None
+
+
+def _send_request(request: Request, review_id: list[str]) -> Any:
+    """Enqueue the new review's PAS request for the first payer endpoint serving its payer (with
+    its ``payer_reviews`` row), in the transaction that records the review."""
+    routes = payer_routes(get_settings(request))
+    spec, base = get_payer_exchange(request), get_registry(request).canonical_base
+
+    def then(connection: Connection, stored: StoredCase) -> None:
+        if not review_id:
+            return
+        case_id = stored.case.id
+        review = stored.case.utilization_review(review_id[0])
+        payer = review.payer.identifier.value if review.payer.identifier else None
+        route = next((r for r in routes if r.serves(payer)), None)
+        if route is None:
+            return
+        bundle = pas_request_bundle(stored.case, review, spec, base)
+        data = dumps(bundle)
+        ident = bundle["identifier"]
+        request_key = f"{ident['system']}|{ident['value']}"[:500]
+        now = datetime.now(UTC)
+        entry = OutboxEntry(
+            case_id=case_id,
+            patient_key=patient_key(stored.case.patient),
+            inbox_message_id=None,
+            case_identifier=request_key,
+            identifiers=(f"UtilizationReview|{review.id}",),
+            bundle_sha256=hashlib.sha256(data).hexdigest(),
+            bundle=data,
+            endpoint=route.name,
+            operation=SUBMIT,
+        )
+        enqueue(connection, [entry], now)
+        record_request(connection, case_id, review.id, route.name, request_key, now)
+
+    return then
+
+
 @router.post("/{case_id}/utilization-reviews", summary="Ask the payer for a utilization review")
-async def post_review(body: ReviewRequest, write: ChangeDep) -> Response:
+async def post_review(
+    request: Request, case_id: str, body: ReviewRequest, engine: EngineDep, write: ChangeDep
+) -> Response:
     now = datetime.now(UTC)
+    summary = body.clinical_summary
+    if summary is None:
+        async with engine.connect() as connection:
+            stored = await connection.run_sync(read_case, case_id)
+        if stored is not None:
+            summary = await _summary_from_ehr(request, stored.case, body)
+    asked: list[str] = []
+    spec = get_payer_exchange(request)
 
     def change(case: Case) -> Case:
         payer = body.payer or (case.coverage[0].payer if case.coverage else None)
         if payer is None:
             raise DomainError(f"case '{case.id}' has no coverage: name the payer")
+        review_id = _next_id(case)
         review = UtilizationReview(
-            id=_next_id(case),
+            id=review_id,
             review_type=body.review_type,
             urgency=body.urgency,
             requested=now,
             payer=payer,
-            requester=body.requester or case.managing_organization,
+            requester=body.requester or case.managing_organization or spec.provider,
+            request_identifier=Identifier(
+                system=spec.pas.identifier_systems.claim, value=local_value(case.id, review_id)
+            ),
             encounter=body.encounter or (case.encounters[-1] if case.encounters else None),
             admitted=body.admitted,
             requested_level_of_care=body.level_of_care,
             requested_quantity=body.requested_days,
             unit=body.unit,
-            clinical_summary=body.clinical_summary,
+            clinical_summary=summary,
             criteria_set=body.criteria_set,
         )
+        asked[:] = [review.id]
         return case.add_utilization_review(review)
 
-    return await write.apply(change, "utilization-review.request")
+    then = _send_request(request, asked)
+    return await write.apply(change, "utilization-review.request", then=then)
+
+
+class PayerExchangeView(BaseModel):
+    """Where the review's exchange with its payer stands."""
+
+    endpoint: str = Field(description="The payer endpoint; empty: an answer posted to the API")
+    state: str = Field(description="queued, pended, decided or failed")
+    submitted: datetime | None
+    next_inquiry: datetime | None
+    inquiries: int = Field(description="Inquiries that failed in a row")
+    received: datetime | None
+    last_error: str | None
+
+
+class ReviewView(UtilizationReview):
+    """A review with the payer's last ClaimResponse, as received, and the exchange's state."""
+
+    claim_response: dict[str, Any] | None = None
+    payer_exchange: PayerExchangeView | None = None
+
+
+def _view(review: UtilizationReview, sent: PayerReview | None) -> dict[str, Any]:
+    out = review.model_dump(mode="json")
+    out["claim_response"] = sent.claim_response if sent is not None else None
+    out["payer_exchange"] = (
+        PayerExchangeView(
+            endpoint=sent.endpoint,
+            state=sent.state.value,
+            submitted=sent.submitted_at,
+            next_inquiry=sent.next_inquiry_at,
+            inquiries=sent.inquiries,
+            received=sent.received_at,
+            last_error=sent.last_error,
+        ).model_dump(mode="json")
+        if sent is not None
+        else None
+    )
+    return out
 
 
 async def _review(
@@ -107,14 +246,19 @@ async def _review(
 
 @router.get(
     "/{case_id}/utilization-reviews/{review_id}",
-    summary="A utilization review: decision, authorization number, authorized days, next review",
-    response_model=UtilizationReview,
+    summary="A utilization review: decision, authorization number, authorized days, next review "
+    "and the payer's ClaimResponse",
+    response_model=ReviewView,
 )
 async def get_review(
     request: Request, case_id: str, review_id: str, engine: EngineDep, _: ReadPrincipal
 ) -> Any:
     found = await _review(request, engine, case_id, review_id)
-    return found if isinstance(found, Response) else found[1]
+    if isinstance(found, Response):
+        return found
+    async with engine.connect() as connection:
+        sent = await connection.run_sync(read_payer_review, case_id, review_id)
+    return _view(found[1], sent)
 
 
 @router.get(
@@ -155,4 +299,9 @@ async def post_claim_response(request: Request, review_id: str, write: ChangeDep
     def change(case: Case) -> Case:
         return case.with_utilization_review(outcome.apply(case.utilization_review(review_id), now))
 
-    return await write.apply(change, "utilization-review.decision", review_id)
+    def keep(connection: Connection, stored: StoredCase) -> None:
+        decided = outcome.decision != ReviewDecision.PENDED
+        raw = dumps(claim_response_of(answer))
+        keep_answer(connection, stored.case.id, review_id, raw, decided=decided, now=now)
+
+    return await write.apply(change, "utilization-review.decision", review_id, then=keep)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api import case_changes as changes
@@ -240,10 +241,16 @@ class CaseChange:
     if_match: str | None
 
     async def apply(
-        self, change: Callable[[Case], Case], action: str, target: str | None = None
+        self,
+        change: Callable[[Case], Case],
+        action: str,
+        target: str | None = None,
+        *,
+        then: Callable[[Connection, StoredCase], None] | None = None,
     ) -> Response:
         """Run ``change`` on the case in one transaction (see :func:`change_case`), then add the
-        recurring contacts the case's models ask for (:func:`with_contacts`)."""
+        recurring contacts the case's models ask for (:func:`with_contacts`); ``then`` runs in
+        the same transaction on the stored result (a message to enqueue with it, say)."""
         now = datetime.now(UTC)
         programmes = get_context(self.request).programmes
 
@@ -263,6 +270,8 @@ class CaseChange:
                     target=target,
                     routes=outbox_routes(get_settings(self.request)),
                 )
+                if then is not None:
+                    await connection.run_sync(then, stored)
                 await self.audit.record("update", "case", self.case_id, connection=connection)
         except (RecordConflict, RecordNotFound) as exc:
             return _record_error(self.request, exc)

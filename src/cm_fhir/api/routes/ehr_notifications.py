@@ -1,10 +1,14 @@
-"""``POST /fhir/subscription-notification/{endpoint}``: an EHR's R4 Subscription notifications
-(Subscriptions R5 Backport IG) bringing Task status back. I/O.
+"""``POST /fhir/subscription-notification/{endpoint}``: R4 Subscription notifications
+(Subscriptions R5 Backport IG) from an EHR, bringing Task status back, or from a payer, bringing
+its ClaimResponses (:meth:`cm_fhir.sync.payer.PayerDelivery.notify`). I/O.
 
 The EHR authenticates with the bearer secret configured for its endpoint (not an API key: the
 front door leaves this path to the route), compared in constant time; a wrong or missing secret
 is 401 (audited), and so is an endpoint that is unknown or has no secret (endpoint names cannot
-be probed); a body that is not a notification Bundle is 400, all as OperationOutcome. An endpoint
+be probed); a body that is not a notification Bundle is 400; a notification of a Subscription the
+endpoint does not accept (another server's, or not in its ``subscriptions``) is 403 (audited),
+all as OperationOutcome. Each notified Task is read from the endpoint before it is applied
+(``reread_notified_tasks``, on by default), so a forged payload changes nothing. An endpoint
 that cannot be read meanwhile (an ``id-only`` Task, the gap poll) answers 503, so the EHR sends
 the notification again. Handshakes and heartbeats are acknowledged;
 events are applied (:meth:`cm_fhir.sync.status_back.StatusBack.notify`), reading ``id-only``
@@ -28,10 +32,13 @@ from cm_fhir.api.deps import get_context, record_denial
 from cm_fhir.api.errors import FHIR_JSON, error_response
 from cm_fhir.errors import RemoteFhirError, ValidationError
 from cm_fhir.fhir.outcome import Issue, operation_outcome
-from cm_fhir.mapping.registry import default_registry
+from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
+from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.sync.endpoints import RequestCount, open_client
 from cm_fhir.sync.notifications import read_notification
+from cm_fhir.sync.payer import PayerDelivery
+from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
 
 __all__ = ["NOTIFICATION_PREFIX", "NotificationReceiver", "open_receivers", "router"]
@@ -43,17 +50,23 @@ router = APIRouter(tags=["ehr"])
 
 @dataclass(frozen=True, slots=True)
 class NotificationReceiver:
-    """Status back of one endpoint and the bearer secret its notifications carry."""
+    """What applies one endpoint's notifications (an EHR's status back, a payer's answers) and
+    the bearer secret they carry."""
 
-    status_back: StatusBack
+    status_back: StatusBack | PayerDelivery
     secret: str
 
 
 async def open_receivers(
-    settings: Settings, engine: AsyncEngine, stack: AsyncExitStack
+    settings: Settings,
+    engine: AsyncEngine,
+    stack: AsyncExitStack,
+    *,
+    registry: MappingRegistry | None = None,
+    payer_exchange: PayerExchange | None = None,
 ) -> dict[str, NotificationReceiver]:
-    """A receiver per endpoint with a ``notification_secret``; their clients close with
-    ``stack``."""
+    """A receiver per EHR or payer endpoint with a ``notification_secret``; their clients close
+    with ``stack``."""
     out = {}
     for endpoint in settings.endpoints:
         if endpoint.notification_secret is None:
@@ -63,6 +76,26 @@ async def open_receivers(
         back = StatusBack(engine, default_registry(), StatusBackEndpoint.of(endpoint), client)
         out[endpoint.name] = NotificationReceiver(
             back, endpoint.notification_secret.get_secret_value()
+        )
+    spec = payer_exchange or default_payer_exchange()
+    routes = outbox_routes(settings)
+    for payer in settings.payer_endpoints:
+        if payer.notification_secret is None:
+            continue
+        client = open_client(payer, RequestCount(), settings.ehr)
+        stack.push_async_callback(client.aclose)
+        delivery = PayerDelivery(
+            engine,
+            payer,
+            client,
+            settings.ehr,
+            "notifications",
+            registry=registry or default_registry(),
+            spec=spec,
+            routes=routes,
+        )
+        out[payer.name] = NotificationReceiver(
+            delivery, payer.notification_secret.get_secret_value()
         )
     return out
 
@@ -95,6 +128,16 @@ async def subscription_notification(request: Request, endpoint: str) -> Response
         notification = read_notification(body)
     except ValidationError as exc:
         return error_response(request, 400, str(exc), outcome=exc.outcome)
+    endpoint_of = receiver.status_back.endpoint
+    taken = (
+        endpoint_of
+        if isinstance(endpoint_of, StatusBackEndpoint)
+        else StatusBackEndpoint.of(endpoint_of)
+    )
+    if not taken.accepts(notification.subscription):
+        subject = f"ehr:{endpoint}"[:255]
+        await record_denial(request.scope, subject, "ehr", 403, "unknown subscription")
+        return error_response(request, 403, "not a subscription of this endpoint")
     try:
         result = await receiver.status_back.notify(notification)
     except RemoteFhirError as exc:  # an id-only Task or the gap poll could not be read: retry

@@ -50,6 +50,7 @@ class EndpointInfo(BaseModel):
     """One configured FHIR endpoint (its credentials are never shown)."""
 
     name: str
+    kind: str = Field("ehr", description="ehr (case Bundles) or payer (messages)")
     base_url: str
     auth: str
     mode: str
@@ -97,7 +98,11 @@ async def outbox_endpoints(context: ContextDep, _: ReadPrincipal) -> list[Endpoi
     found = await _counts(context.engine)
     running = {s.name: s for s in context.sync.status()} if context.sync is not None else {}
     out = []
-    for e in context.settings.endpoints:
+    settings = context.settings
+    kinds = [("ehr", e) for e in settings.endpoints] + [
+        ("payer", e) for e in settings.payer_endpoints
+    ]
+    for kind, e in kinds:
         status = running.get(e.name)
         delivery = None
         if status is not None:
@@ -114,6 +119,7 @@ async def outbox_endpoints(context: ContextDep, _: ReadPrincipal) -> list[Endpoi
         out.append(
             EndpointInfo(
                 name=e.name,
+                kind=kind,
                 base_url=e.base_url,
                 auth=e.auth.kind,
                 mode=e.mode,

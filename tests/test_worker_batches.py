@@ -1,0 +1,47 @@
+"""How much a worker batch takes on: bounded in time (so that a listener sharing the process, or
+the SQLite write lock, waits little), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from cm_fhir.worker import Worker, WorkerConfig
+from worker_fixtures import inbox_messages, ingest, rows
+from workflow_messages import Visit, hours
+
+
+async def _backlog(engine: AsyncEngine, patients: int) -> None:
+    await ingest(
+        engine,
+        [
+            Visit(mrn=f"MRN-B{n}", visit=f"VB{n}").raw("A01", f"B{n}", hours(0))
+            for n in range(patients)
+        ],
+    )
+
+
+async def test_batches_shrink_to_the_time_they_may_take(worker_engine: AsyncEngine) -> None:
+    await _backlog(worker_engine, 21)
+    # No row is processed in a nanosecond: batches stay at the fewest rows a bounded batch takes.
+    worker = Worker(worker_engine, WorkerConfig(batch_size=20, batch_seconds=1e-9, retry_delay=0))
+    assert worker.batch_limit == 8
+    assert (await worker.run_batch()).claimed == 8
+    assert worker.batch_limit == 8
+    assert (await worker.run_batch()).claimed == 8
+    assert (await worker.run_once()).claimed == 5
+    states = {r.state for r in await rows(worker_engine, inbox_messages)}
+    assert states == {"processed"}
+    small = Worker(worker_engine, WorkerConfig(batch_size=3, batch_seconds=1e-9))
+    assert small.batch_limit == 3  # never more than batch_size
+
+
+async def test_batches_take_batch_size_when_they_may_take_long(worker_engine: AsyncEngine) -> None:
+    await _backlog(worker_engine, 30)
+    roomy = Worker(worker_engine, WorkerConfig(batch_size=12, batch_seconds=60.0, retry_delay=0))
+    assert (await roomy.run_batch()).claimed == 8  # the first bounded batch is short
+    assert roomy.batch_limit == 12
+    assert (await roomy.run_batch()).claimed == 12
+    unbounded = Worker(worker_engine, WorkerConfig(batch_size=7, batch_seconds=0, retry_delay=0))
+    assert unbounded.batch_limit == 7
+    assert (await unbounded.run_batch()).claimed == 7
+    assert (await unbounded.run_once()).claimed == 3
