@@ -2,7 +2,7 @@
 aggregate over the rows after every kind of write (ingest, processing, replay, purge, outbox
 changes), folding changes no figure, writers never wait on a counter row, the migration seeds the
 counters from rows already stored, and TRUNCATE resets them. The outbox is counted once, from its
-rows by endpoint and state: its writes add no counter row, and revision 0010 drops (and its
+rows by endpoint and state: its writes add no counter row, and revision 0011 drops (and its
 downgrade restores) the per-state outbox counters."""
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from cm_fhir.store.counters import metric_delta, metric_total
 from cm_fhir.store.engine import _alembic_config, make_engine, upgrade_database
 from inbox_fixtures import Database, _pg_admin
 
-_BEFORE = "0009_inbox_fhir"
-_HEAD = "0010_outbox_counted_once"
+_BEFORE = "0010_payer_exchange"
+_HEAD = "0011_outbox_counted_once"
 
 
 def _row(n: int, state: str, endpoint: str = "default") -> dict[str, Any]:

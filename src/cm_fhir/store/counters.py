@@ -5,7 +5,7 @@ Database triggers (created by the ``0006_retention_metrics`` migration) append a
 state (``inbox``: message type, event, ACK code and state, +1/-1), an inbox row settled
 (``latency``: its processing-time bucket, with the seconds in ``total``), a trace row carrying
 workflow flags (``flags``). The outbox is not counted here: ``/metrics`` groups its rows by
-endpoint and state (revision ``0010_outbox_counted_once`` dropped its triggers). Every
+endpoint and state (revision ``0011_outbox_counted_once`` dropped its triggers). Every
 writer is counted, whichever code path or process it is, and writers only ever insert delta rows,
 so concurrent transactions never wait on a shared counter row. :func:`fold` moves the deltas into
 ``metric_total`` (one row per metric and labels); :func:`read_counters` sums both, so a reading is

@@ -7,8 +7,8 @@ drops those triggers (and their PostgreSQL functions) and the ``outbox`` rows of
 and ``metric_total``; the inbox, latency and flag counters stay. The downgrade creates the
 triggers again from revision 0006's own statements and seeds the counters from the stored rows.
 
-Revision ID: 0010_outbox_counted_once
-Revises: 0009_inbox_fhir
+Revision ID: 0011_outbox_counted_once
+Revises: 0010_payer_exchange
 Create Date: 2026-12-01
 """
 
@@ -19,8 +19,8 @@ from typing import Any
 
 from alembic import op
 
-revision = "0010_outbox_counted_once"
-down_revision: str | None = "0009_inbox_fhir"
+revision = "0011_outbox_counted_once"
+down_revision: str | None = "0010_payer_exchange"
 branch_labels: str | None = None
 depends_on: str | None = None
 
