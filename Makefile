@@ -45,8 +45,12 @@ $(FHIR_SERVER)/node_modules/.installed: $(FHIR_SERVER)/package-lock.json
 	npm ci --prefix $(FHIR_SERVER) --no-audit --no-fund
 	touch $@
 
+## One pytest worker per core (pytest-xdist), a test file per worker at a time: tests use ephemeral
+## ports and their own temp folders; each worker has its own PostgreSQL schema and test FHIR server.
+## PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= auto
 unit: $(STAMP) $(if $(shell command -v npm 2>/dev/null),fhir-server-deps)
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile
 
 ## Long soak and fuzz runs, on demand (the kill soak prints its figures per database).
 soak: $(STAMP)

@@ -81,7 +81,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
 
 
 async def raw_exchange(
-    port: int, head: bytes, body_parts: tuple[bytes, ...] = (), *, timeout: float = 5.0
+    port: int, head: bytes, body_parts: tuple[bytes, ...] = (), *, timeout: float = 20.0
 ) -> RawResponse:
     """Send ``head`` then ``body_parts`` (without finishing a promised body) and read the answer.
 

@@ -149,11 +149,11 @@ def test_validate_names_the_file_and_position_of_bad_json(
 def test_an_unexpected_failure_is_one_line_without_a_traceback(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from cm_fhir.cli import db
+    from cm_fhir.store import engine
 
     def broken() -> list[tuple[str, str]]:
         raise RuntimeError("the revision list is broken")
 
-    monkeypatch.setattr(db, "revision_history", broken)
+    monkeypatch.setattr(engine, "revision_history", broken)
     line = _one_error(runner.invoke(app, ["db", "history"]), 1)
     assert "unexpected failure: the revision list is broken" in line

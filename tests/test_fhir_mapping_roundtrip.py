@@ -8,6 +8,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 
 from cm_fhir.domain import Case
@@ -17,7 +18,8 @@ from cm_fhir.mapping.registry import default_registry
 from strategies import cases
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroke-inpatient-rehab.json"
-PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SOAK = settings(PROPERTY, max_examples=300)  # `make soak`
 
 
 def _stroke() -> Case:
@@ -27,6 +29,17 @@ def _stroke() -> Case:
 @PROPERTY
 @given(cases())
 def test_case_survives_the_round_trip(case: Case) -> None:
+    _round_trip(case)
+
+
+@pytest.mark.slow
+@SOAK
+@given(cases())
+def test_case_survives_the_round_trip_soak(case: Case) -> None:
+    _round_trip(case)
+
+
+def _round_trip(case: Case) -> None:
     bundle = map_case(case)
     back = case_from_bundle(bundle)
     assert back == case

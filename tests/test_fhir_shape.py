@@ -25,7 +25,8 @@ from strategies import cases
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "stroke-inpatient-rehab.json"
 BASE = "http://cm-fhir.org/fhir/StructureDefinition"
-PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SOAK = settings(PROPERTY, max_examples=300)  # `make soak`
 Json = dict[str, Any]
 
 
@@ -36,6 +37,17 @@ def _stroke(**changes: Any) -> Case:
 @PROPERTY
 @given(cases())
 def test_no_resource_of_any_case_has_an_empty_element(case: Case) -> None:
+    _no_empty_element(case)
+
+
+@pytest.mark.slow
+@SOAK
+@given(cases())
+def test_no_resource_of_any_case_has_an_empty_element_soak(case: Case) -> None:
+    _no_empty_element(case)
+
+
+def _no_empty_element(case: Case) -> None:
     registry = default_registry()
     bundle = map_case(case, validate=False)
     assert shape_problems(bundle) == []

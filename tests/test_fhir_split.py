@@ -24,7 +24,8 @@ from cm_fhir.fhir.split import split_transaction
 from strategies import cases
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "examples").glob("*.json"))
-PROPERTY = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROPERTY = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SOAK = settings(PROPERTY, max_examples=300)  # `make soak`
 Json = dict[str, Any]
 Key = tuple[str, str]  # resource type, identifier query
 
@@ -90,6 +91,15 @@ def check_split(bundle: Json, cap: int) -> list[Json]:
 @PROPERTY
 @given(cases(), st.sampled_from(list(WriteMode)), st.integers(min_value=1, max_value=8))
 def test_split_parts_write_what_the_whole_transaction_writes(
+    case: Case, mode: WriteMode, cap: int
+) -> None:
+    check_split(map_case(case, mode=mode, validate=False), cap)
+
+
+@pytest.mark.slow
+@SOAK
+@given(cases(), st.sampled_from(list(WriteMode)), st.integers(min_value=1, max_value=8))
+def test_split_parts_write_what_the_whole_transaction_writes_soak(
     case: Case, mode: WriteMode, cap: int
 ) -> None:
     check_split(map_case(case, mode=mode, validate=False), cap)

@@ -67,15 +67,25 @@ def _check(value: str) -> None:
         assert (found, found.utcoffset()) == (expected, expected.utcoffset())
 
 
-@settings(max_examples=1500, deadline=None)
+_DIGITS_AND_SIGNS = st.text("0123456789+-. ", min_size=4, max_size=24)
+
+
+@settings(max_examples=300, deadline=None)
 @given(_shaped)
 def test_dtm_shaped_values_read_as_hl7apy_reads_them(value: str) -> None:
     _check(value)
 
 
-@settings(max_examples=800, deadline=None)
-@given(st.text("0123456789+-. ", min_size=4, max_size=24))
+@settings(max_examples=200, deadline=None)
+@given(_DIGITS_AND_SIGNS)
 def test_any_digits_and_signs_read_as_hl7apy_reads_them(value: str) -> None:
+    _check(value)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, deadline=None)
+@given(st.one_of(_shaped, _DIGITS_AND_SIGNS))
+def test_dtm_values_read_as_hl7apy_reads_them_soak(value: str) -> None:
     _check(value)
 
 

@@ -1,7 +1,9 @@
 """``/metrics`` from write-time counters, on SQLite and PostgreSQL: the counters agree with an
 aggregate over the rows after every kind of write (ingest, processing, replay, purge, outbox
 changes), folding changes no figure, writers never wait on a counter row, the migration seeds the
-counters from rows already stored, and TRUNCATE resets them."""
+counters from rows already stored, and TRUNCATE resets them. The outbox is counted once, from its
+rows by endpoint and state: its writes add no counter row, and revision 0011 drops (and its
+downgrade restores) the per-state outbox counters."""
 
 from __future__ import annotations
 
@@ -44,8 +46,9 @@ async def _from_rows(engine: AsyncEngine) -> dict[str, Any]:
             func.count(),
         ).group_by(t.c.message_type, t.c.trigger_event, t.c.ack_code, t.c.state)
         inbox = {tuple(r[:4]): int(r[4]) for r in (await connection.execute(grouped)).all()}
-        boxes = select(outbox.c.state, func.count()).group_by(outbox.c.state)
-        out = {str(s): int(n) for s, n in (await connection.execute(boxes)).all()}
+        boxes = select(outbox.c.endpoint, outbox.c.state, func.count())
+        boxes = boxes.group_by(outbox.c.endpoint, outbox.c.state)
+        out = {(str(e), str(s)): int(n) for e, s, n in (await connection.execute(boxes)).all()}
         flagged = select(trace.c.flags).where(trace.c.flags.is_not(None))
         flags: Counter[str] = Counter()
         for (value,) in (await connection.execute(flagged)).all():
@@ -58,9 +61,10 @@ async def _from_rows(engine: AsyncEngine) -> dict[str, Any]:
 async def _from_counters(engine: AsyncEngine) -> dict[str, Any]:
     async with engine.connect() as connection:
         counters = await read_counters(connection)
+        snap = await snapshot(connection)
     return {
         "inbox": counters.inbox,
-        "outbox": {k: v for k, v in counters.outbox.items() if v},
+        "outbox": snap.outbox_states,
         "flags": {k: v for k, v in counters.flags.items() if v},
         "latency": sum(counters.latency.values()),
     }

@@ -22,33 +22,30 @@ import json
 from dataclasses import dataclass, field
 from datetime import tzinfo
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import typer
 
 from cm_fhir.cli._app import adt_app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
     MappingsOption,
+    StoreOptions,
     TimezoneOption,
     database_label,
-    settings_from,
+    store_options,
 )
 from cm_fhir.errors import (
     Hl7ParseError,
     InboundMessageError,
     MappingError,
 )
-from cm_fhir.hl7v2.adt import parse_adt
-from cm_fhir.hl7v2.events import AdtEvent, Location, MappedCode, PersonName, UnsupportedMessage
-from cm_fhir.hl7v2.normalise import split_batch
-from cm_fhir.hl7v2.structures import event_description
-from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
 from cm_fhir.settings import Settings
+
+if TYPE_CHECKING:
+    from cm_fhir.hl7v2.events import AdtEvent, Location, MappedCode, PersonName, UnsupportedMessage
+    from cm_fhir.mapping.adt_maps import AdtConceptMaps
+
 
 __all__ = ["InspectedFile", "InspectedMessage", "inspect_files"]
 
@@ -76,6 +73,9 @@ def inspect_files(
     paths: list[Path], maps: AdtConceptMaps, default_tz: tzinfo | None = None
 ) -> list[InspectedFile]:
     """Read and parse every message of every file; errors are collected, not raised."""
+    from cm_fhir.hl7v2.adt import parse_adt
+    from cm_fhir.hl7v2.normalise import split_batch
+
     inspected: list[InspectedFile] = []
     for path in paths:
         try:
@@ -145,6 +145,8 @@ def _place(location: Location | None) -> str:
 
 
 def _event_lines(event: AdtEvent) -> list[str]:
+    from cm_fhir.hl7v2.structures import event_description
+
     patient = event.patient
     ids = ", ".join(
         f"{i.value} ({i.assigning_authority or '-'}, {i.type_code or '-'})"
@@ -191,6 +193,8 @@ def _event_lines(event: AdtEvent) -> list[str]:
 
 
 def _print_text(files: list[InspectedFile]) -> None:
+    from cm_fhir.hl7v2.events import UnsupportedMessage
+
     for item in files:
         if item.unreadable is not None:
             typer.echo(f"{item.path}: cannot read file ({item.unreadable})", err=True)
@@ -245,6 +249,7 @@ def _print_dry_run(files: list[InspectedFile], settings: Settings) -> None:
 
 
 @adt_app.command("inspect")
+@store_options
 def inspect(
     files: list[Path] = typer.Argument(..., help="HL7v2 files (messages or batches)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of text."),
@@ -253,17 +258,12 @@ def inspect(
     ),
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the ADT event(s) each file holds, or the errors with their positions."""
-    settings = settings_from(
-        config,
-        database_url=database_url,
-        data_dir=data_dir,
-        database_schema=database_schema,
+    from cm_fhir.mapping.adt_maps import load_adt_concept_maps
+
+    settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,
     )

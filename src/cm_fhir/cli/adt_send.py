@@ -21,6 +21,7 @@ import os
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -28,10 +29,11 @@ from cm_fhir.cli._app import adt_app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, EXIT_UNUSABLE, fail
 from cm_fhir.cli.options import ConfigOption, settings_from
 from cm_fhir.errors import Hl7ParseError
-from cm_fhir.hl7v2 import ack as acks
-from cm_fhir.hl7v2.header import MessageHeader, read_batch_header, read_header
-from cm_fhir.hl7v2.normalise import decode, split_batch
-from cm_fhir.mllp_client import AckSummary, MllpClient, read_ack
+
+if TYPE_CHECKING:
+    from cm_fhir.hl7v2.header import MessageHeader
+    from cm_fhir.mllp_client import AckSummary, MllpClient
+
 
 __all__ = ["send"]
 
@@ -63,6 +65,8 @@ class _File:
 
 
 def _header(text: str) -> MessageHeader | None:
+    from cm_fhir.hl7v2.header import read_header
+
     try:
         return read_header(text.lstrip("\ufeff\r\n\t ").replace("\n", "\r"))
     except Hl7ParseError:
@@ -70,6 +74,8 @@ def _header(text: str) -> MessageHeader | None:
 
 
 def _item(label: str, payload: bytes, messages: list[str], *, batch: bool) -> _Item:
+    from cm_fhir.hl7v2 import ack as acks
+
     headers = [_header(m) for m in messages] or [None]
     control_ids = [h.control_id if h else "" for h in headers]
     first = headers[0]
@@ -90,6 +96,9 @@ def _item(label: str, payload: bytes, messages: list[str], *, batch: bool) -> _I
 
 
 def _read_file(path: Path, raw: bool) -> _File:
+    from cm_fhir.hl7v2.header import read_batch_header
+    from cm_fhir.hl7v2.normalise import decode, split_batch
+
     entry = _File(path)
     try:
         data = path.read_bytes()
@@ -123,6 +132,8 @@ class _Sender:
         self.waiting: list[tuple[_File, _Item]] = []  # sent; an ACK may still come (ER)
 
     async def connect(self) -> MllpClient:
+        from cm_fhir.mllp_client import MllpClient
+
         if self.client is None:
             self.client = await MllpClient.connect(
                 self.host, self.port, ssl_context=self.context, timeout=self.timeout
@@ -142,6 +153,8 @@ class _Sender:
         return None
 
     def record(self, entry: _File, item: _Item, reply: bytes) -> None:
+        from cm_fhir.mllp_client import AckSummary, read_ack
+
         item.answered = True
         for summary in read_ack(reply) or [AckSummary("??", "")]:
             error = f" ERR {summary.error_code}" if summary.error_code else ""
@@ -152,6 +165,8 @@ class _Sender:
                 entry.failed += 1
 
     async def send(self, entry: _File, item: _Item) -> None:
+        from cm_fhir.mllp_client import read_ack
+
         client = await self.connect()
         await client.send_only(item.payload)
         control_id = item.control_ids[0] if item.control_ids else "-"
@@ -195,6 +210,8 @@ class _Sender:
 
     async def collect(self) -> None:
         """Half-close and read the ACKs still due (ER messages) until the listener closes."""
+        from cm_fhir.mllp_client import read_ack
+
         if self.client is None or not self.waiting:
             return
         client = self.client

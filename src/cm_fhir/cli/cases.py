@@ -11,7 +11,7 @@ import json
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import pydantic
 import typer
@@ -19,13 +19,19 @@ import typer
 from cm_fhir.cli._app import app, mappings_app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, fail, read_json, report_validation
 from cm_fhir.cli.options import ConfigOption, MappingsOption, settings_from
-from cm_fhir.domain import Case
 from cm_fhir.errors import CmFhirError, MappingSpecError, ValidationError
-from cm_fhir.fhir import WriteMode, map_case_json
-from cm_fhir.fhir.code_systems import code_system_json, code_system_resources
-from cm_fhir.mapping.catalog import check_mappings
-from cm_fhir.mapping.registry import MappingRegistry, default_registry, load_registry
-from cm_fhir.profiles import default_validator, error_issues
+
+if TYPE_CHECKING:
+    from cm_fhir.domain import Case
+    from cm_fhir.mapping.registry import MappingRegistry
+
+
+class CliWriteMode(StrEnum):
+    """The values of :class:`cm_fhir.fhir.WriteMode`, so that ``--help`` loads no FHIR model."""
+
+    CONDITIONAL_UPDATE = "conditional-update"
+    CONDITIONAL_CREATE = "conditional-create"
+    UPDATE = "update"
 
 
 class SchemaName(StrEnum):
@@ -34,6 +40,8 @@ class SchemaName(StrEnum):
 
 def load_case(path: Path) -> Case:
     """Read and validate a case document; problems exit 2 with the JSON path."""
+    from cm_fhir.domain import Case
+
     data = read_json(path)
     try:
         return Case.model_validate(data)
@@ -42,6 +50,8 @@ def load_case(path: Path) -> Case:
 
 
 def registry_for(mappings: Path | None) -> MappingRegistry:
+    from cm_fhir.mapping.registry import default_registry, load_registry
+
     try:
         return load_registry(mappings) if mappings is not None else default_registry()
     except MappingSpecError as exc:
@@ -54,8 +64,8 @@ def map_command(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write here instead of stdout.")
     ] = None,
-    mode: Annotated[WriteMode, typer.Option(help="How entries write.")] = (
-        WriteMode.CONDITIONAL_UPDATE
+    mode: Annotated[CliWriteMode, typer.Option(help="How entries write.")] = (
+        CliWriteMode.CONDITIONAL_UPDATE
     ),
     validate: Annotated[
         bool,
@@ -72,11 +82,14 @@ def map_command(
     config: ConfigOption = None,
 ) -> None:
     """Print the FHIR R4 transaction Bundle for a case document."""
+    from cm_fhir.fhir import WriteMode, map_case_json
+    from cm_fhir.profiles import default_validator, error_issues
+
     settings = settings_from(config, mappings_dir=mappings)
     case = load_case(case_file)
     registry = registry_for(settings.mappings_dir)
     try:
-        data = map_case_json(case, registry, validate=validate, mode=mode)
+        data = map_case_json(case, registry, validate=validate, mode=WriteMode(mode.value))
     except ValidationError as exc:
         for issue in exc.outcome.get("issue", []):
             where = ", ".join(issue.get("expression", []))
@@ -111,6 +124,8 @@ def schema_command(
     name: Annotated[SchemaName, typer.Argument(help="Which document.")] = SchemaName.case,
 ) -> None:
     """Print the JSON Schema of the case document."""
+    from cm_fhir.domain import Case
+
     schema = Case.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     typer.echo(json.dumps(schema, indent=2))
@@ -126,6 +141,8 @@ def mappings_check(
     config: ConfigOption = None,
 ) -> None:
     """Load every mapping file and report problems (file, key path, reason)."""
+    from cm_fhir.mapping.catalog import check_mappings
+
     if site_dir is not None and mappings is not None and site_dir != mappings:
         fail("give the site folder once: as an argument or as --mappings")
     folder = site_dir or mappings
@@ -146,6 +163,8 @@ def mappings_code_systems(
     config: ConfigOption = None,
 ) -> None:
     """Write the CodeSystem resources of code-systems.yaml (bundled plus a site's overrides)."""
+    from cm_fhir.fhir.code_systems import code_system_json, code_system_resources
+
     folder = settings_from(config, mappings_dir=mappings).mappings_dir
     resources = code_system_resources(registry_for(folder))
     if not output.is_dir():

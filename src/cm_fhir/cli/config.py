@@ -16,12 +16,9 @@ from pydantic import BaseModel, SecretStr
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
+    StoreOptions,
     database_label,
-    settings_from,
+    store_options,
 )
 from cm_fhir.settings import Settings
 
@@ -84,16 +81,12 @@ def config_example() -> None:
 
 
 @config_app.command("show")
+@store_options
 def config_show(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the settings in effect (flags, environment, config file, defaults) as JSON."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
     shown = settings.model_dump(mode="json")
     shown["api_keys"] = ["**********" for _ in settings.api_keys]
     if settings.database_url is not None:

@@ -13,44 +13,31 @@ import asyncio
 from pathlib import Path
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.cli._app import db_app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, fail
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
+    StoreOptions,
     cannot_open,
     database_label,
     existing_database,
-    settings_from,
+    store_options,
 )
 from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import (
-    async_url,
-    current_revision,
-    engine_for,
-    revision_history,
-    upgrade_database,
-)
 
 __all__ = ["current", "history", "upgrade"]
 
 
 @db_app.command("upgrade")
+@store_options
 def upgrade(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Apply the database migrations shipped with cm-fhir (idempotent)."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    from cm_fhir.store.engine import engine_for, revision_history, upgrade_database
+
+    settings = store.settings()
     label = database_label(settings)
 
     async def _run() -> list[str]:
@@ -74,6 +61,8 @@ def upgrade(
 
 
 async def _revision(settings: Settings) -> str | None:
+    from cm_fhir.store.engine import current_revision
+
     engine = await existing_database(settings)
     try:
         return await current_revision(engine)
@@ -82,16 +71,14 @@ async def _revision(settings: Settings) -> str | None:
 
 
 @db_app.command("current")
+@store_options
 def current(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Print the revision the database is at; exit 1 unless it is the latest."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    from cm_fhir.store.engine import revision_history
+
+    settings = store.settings()
     revision = asyncio.run(_revision(settings))
     head = revision_history()[-1][0]
     label = database_label(settings)
@@ -104,6 +91,10 @@ def current(
 
 async def _applied(settings: Settings) -> str | None:
     """The database's revision; None when it has none yet (a missing SQLite file included)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cm_fhir.store.engine import async_url, current_revision, engine_for
+
     url = async_url(settings.effective_database_url)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).is_file():
         return None
@@ -117,16 +108,14 @@ async def _applied(settings: Settings) -> str | None:
 
 
 @db_app.command("history")
+@store_options
 def history(
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """List the shipped revisions, oldest first, and which ones the database has."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    from cm_fhir.store.engine import revision_history
+
+    settings = store.settings()
     revision = asyncio.run(_applied(settings))
     revisions = revision_history()
     names = [name for name, _ in revisions]

@@ -19,26 +19,21 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from sqlalchemy import select
 
 from cm_fhir.bundled import bundled_dir
 from cm_fhir.cli._app import app
-from cm_fhir.cli.cases import load_case
 from cm_fhir.cli.errors import EXIT_PROBLEMS, fail
-from cm_fhir.demo_feed import demo_feed
-from cm_fhir.domain import Case
 from cm_fhir.errors import CmFhirError
-from cm_fhir.fhir import case_from_bundle, dumps, map_case
-from cm_fhir.mapping.registry import default_registry
-from cm_fhir.mllp_client import MllpClient, read_ack
-from cm_fhir.service import Service, ServiceInfo, worker_available
 from cm_fhir.settings import load_settings
-from cm_fhir.store.case_tables import cases as cases_table
-from cm_fhir.store.engine import make_engine
+
+if TYPE_CHECKING:
+    import httpx
+
+    from cm_fhir.service import ServiceInfo
+
 
 __all__ = ["demo_command"]
 
@@ -46,6 +41,10 @@ _SETTLE_TIMEOUT = 30.0
 
 
 def _mapping_section(folder: Path, out_dir: Path | None) -> int:
+    from cm_fhir.cli.cases import load_case
+    from cm_fhir.fhir import case_from_bundle, dumps, map_case
+    from cm_fhir.mapping.registry import default_registry
+
     files = sorted(folder.glob("*.json"))
     if not files:
         fail(f"{folder}: no case documents (*.json)")
@@ -73,6 +72,9 @@ def _mapping_section(folder: Path, out_dir: Path | None) -> int:
 
 
 async def _play(info: ServiceInfo) -> int:
+    from cm_fhir.demo_feed import demo_feed
+    from cm_fhir.mllp_client import MllpClient, read_ack
+
     assert info.mllp_address is not None
     host, port = info.mllp_address
     feed = demo_feed()
@@ -107,6 +109,12 @@ async def _wait_settled(client: httpx.AsyncClient) -> bool:
 
 
 async def _show_cases(database_url: str) -> int:
+    from sqlalchemy import select
+
+    from cm_fhir.domain import Case
+    from cm_fhir.store.case_tables import cases as cases_table
+    from cm_fhir.store.engine import make_engine
+
     engine = make_engine(database_url)
     try:
         async with engine.connect() as connection:
@@ -149,6 +157,10 @@ def _where_to_look(info: ServiceInfo, key: str) -> None:
 
 
 async def _service_section(once: bool, data_dir: Path) -> int:
+    import httpx
+
+    from cm_fhir.service import Service, worker_available
+
     key = secrets.token_urlsafe(24)
     settings = load_settings(
         overrides={

@@ -11,24 +11,24 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
     LogFormatOption,
     LogLevelOption,
+    StoreOptions,
     configure_logging,
-    settings_from,
+    store_options,
 )
-from cm_fhir.cli.serve import run_service
 from cm_fhir.logs import LogFormat, console_json
-from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role
+
+if TYPE_CHECKING:
+    from cm_fhir.service import ServiceInfo
+
 
 __all__ = ["listen"]
 
@@ -44,6 +44,7 @@ def _print_listening(info: ServiceInfo, fmt: LogFormat = LogFormat.TEXT) -> None
 
 
 @app.command()
+@store_options
 def listen(
     host: str | None = typer.Option(None, help="Address to bind [127.0.0.1]."),
     port: int | None = typer.Option(None, help="TCP port, 0 picks a free one [2575]."),
@@ -75,10 +76,7 @@ def listen(
     migrate: bool = typer.Option(
         False, "--migrate", help="Upgrade a PostgreSQL database on start (SQLite always is)."
     ),
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
     log_level: LogLevelOption = None,
     log_format: LogFormatOption = None,
 ) -> None:
@@ -87,6 +85,9 @@ def listen(
     Unset options come from the environment (CM_FHIR_MLLP__...), the config file, then the
     defaults in brackets.
     """
+    from cm_fhir.cli.serve import run_service
+    from cm_fhir.service import Service
+
     given = {
         "host": host,
         "port": port,
@@ -102,11 +103,7 @@ def listen(
         "allowed_senders": tuple(allow_sender) if allow_sender else None,
         "allow_public_bind": allow_public_bind or None,
     }
-    settings = settings_from(
-        config,
-        database_url=database_url,
-        data_dir=data_dir,
-        database_schema=database_schema,
+    settings = store.settings(
         log={"level": log_level, "format": log_format},
         mllp=given,
     )

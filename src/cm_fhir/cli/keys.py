@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import fail
-from cm_fhir.fhir_client.keys import Algorithm, generate_private_key, jwks, write_private_key
+
+if TYPE_CHECKING:
+    from cm_fhir.fhir_client.keys import Algorithm
+
 
 keys_app = typer.Typer(help="Key pairs for SMART Backend Services.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -30,6 +34,8 @@ def generate_command(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing key file."),
 ) -> None:
     """Write a private key (0600) and print the public JWKS to register with the EHR."""
+    from cm_fhir.fhir_client.keys import generate_private_key, jwks, write_private_key
+
     if alg not in ("ES384", "RS384"):
         fail(f"--alg {alg}: use ES384 or RS384")
     algorithm: Algorithm = "ES384" if alg == "ES384" else "RS384"

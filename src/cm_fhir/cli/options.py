@@ -4,25 +4,32 @@ Every command that touches the database, the mappings or the service takes the s
 (``--config``, ``--database-url``, ``--data-dir``, ``--database-schema``; ``--mappings`` and
 ``--timezone`` where messages are read; ``--log-level`` where a service runs) and builds its
 :class:`~cm_fhir.settings.Settings` with :func:`settings_from`: flags > ``CM_FHIR_`` environment >
-config file > defaults. So ``serve``, ``listen``, ``worker``, ``replay``, ``db ...`` and
+config file > defaults. A command that opens the database declares the first four once, as a
+``store: StoreOptions`` parameter under :func:`store_options`, and builds its settings with
+:meth:`StoreOptions.settings`. So ``serve``, ``listen``, ``worker``, ``replay``, ``db ...`` and
 ``adt inspect --dry-run`` all find the same database. :func:`existing_database` opens it for
 commands that only read or repair it, refusing (in one line) a database that is not there.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.errors import ConfigError
 from cm_fhir.logs import LEVELS, LogFormat
 from cm_fhir.logs import configure_logging as configure_log_lines
 from cm_fhir.settings import Settings, load_settings
-from cm_fhir.store.engine import async_url, current_revision, engine_for
+
+if TYPE_CHECKING:  # the database layer is imported by the commands that open one
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 
 __all__ = [
     "ConfigOption",
@@ -32,14 +39,17 @@ __all__ = [
     "LogFormatOption",
     "LogLevelOption",
     "MappingsOption",
+    "StoreOptions",
     "TimezoneOption",
     "cannot_open",
     "configure_logging",
     "database_label",
     "existing_database",
     "settings_from",
+    "store_options",
 ]
 
+# Help texts end with the default in brackets, escaped: rich would take "[word]" for markup.
 _PANEL = "Settings (flags > CM_FHIR_ environment > --config file > defaults)"
 
 ConfigOption = Annotated[
@@ -56,7 +66,7 @@ DatabaseUrlOption = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="sqlite:///file.db or postgresql://user@host/db [cm-fhir.sqlite3 in the data dir].",
+        help="sqlite:///file.db or postgresql://user@host/db \\[cm-fhir.sqlite3 in the data dir].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -65,7 +75,7 @@ DataDirOption = Annotated[
     Path | None,
     typer.Option(
         "--data-dir",
-        help="Folder of the embedded SQLite database [cm-fhir-data].",
+        help="Folder of the embedded SQLite database \\[cm-fhir-data].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -74,7 +84,7 @@ DatabaseSchemaOption = Annotated[
     str | None,
     typer.Option(
         "--database-schema",
-        help="PostgreSQL schema cm-fhir lives in [the server's search_path].",
+        help="PostgreSQL schema cm-fhir lives in \\[the server's search_path].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -92,7 +102,7 @@ TimezoneOption = Annotated[
     str | None,
     typer.Option(
         "--timezone",
-        help="IANA zone of HL7 times without an offset [discharge-rules.yaml: UTC].",
+        help="IANA zone of HL7 times without an offset \\[discharge-rules.yaml: UTC].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -101,7 +111,7 @@ LogLevelOption = Annotated[
     str | None,
     typer.Option(
         "--log-level",
-        help=f"{', '.join(LEVELS)} [INFO].",
+        help=f"{', '.join(LEVELS)} \\[INFO].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -111,7 +121,7 @@ LogFormatOption = Annotated[
     LogFormat | None,
     typer.Option(
         "--log-format",
-        help="text, or json: one JSON object per line [text].",
+        help="text, or json: one JSON object per line \\[text].",
         rich_help_panel=_PANEL,
         show_default=False,
     ),
@@ -140,6 +150,66 @@ def settings_from(config: Path | None, **flags: Any) -> Settings:
     return load_settings(config, _given(flags))
 
 
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """The flags that find the database (``--config``, ``--database-url``, ``--data-dir``,
+    ``--database-schema``), as one value; None means not given."""
+
+    config: Path | None = None
+    database_url: str | None = None
+    data_dir: Path | None = None
+    database_schema: str | None = None
+
+    def settings(self, **flags: Any) -> Settings:
+        """:func:`settings_from` with these flags and the command's own ``flags``."""
+        return settings_from(
+            self.config,
+            database_url=self.database_url,
+            data_dir=self.data_dir,
+            database_schema=self.database_schema,
+            **flags,
+        )
+
+
+_STORE_ANNOTATIONS: dict[str, Any] = {
+    "config": ConfigOption,
+    "database_url": DatabaseUrlOption,
+    "data_dir": DataDirOption,
+    "database_schema": DatabaseSchemaOption,
+}
+_R = TypeVar("_R")
+
+
+def store_options(command: Callable[..., _R]) -> Callable[..., _R]:
+    """Give a typer command the :class:`StoreOptions` flags in place of its ``store`` parameter.
+
+    Put it under ``@app.command()``. The command declares ``store: StoreOptions`` where the four
+    flags belong on its help screen, and receives them in one :class:`StoreOptions`.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    if "store" not in signature.parameters:
+        raise TypeError(f"{command.__name__} has no `store` parameter")
+    names = [f.name for f in fields(StoreOptions)]
+    params: list[inspect.Parameter] = []
+    for param in signature.parameters.values():
+        if param.name == "store":
+            params += [
+                inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
+                for name, a in _STORE_ANNOTATIONS.items()
+            ]
+        else:
+            params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+
+    @functools.wraps(command)
+    def with_store(**values: Any) -> _R:
+        store = StoreOptions(**{name: values.pop(name) for name in names})
+        return command(store=store, **values)
+
+    with_store.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+    with_store.__annotations__ = {p.name: p.annotation for p in params}
+    return with_store
+
+
 def configure_logging(settings: Settings) -> None:
     """Log lines on stderr per the ``log`` settings (level, text or JSON); Alembic's and
     uvicorn's chatter only at DEBUG."""
@@ -148,6 +218,8 @@ def configure_logging(settings: Settings) -> None:
 
 def database_label(settings: Settings) -> str:
     """The database for messages: the SQLite file, or the URL without its password."""
+    from cm_fhir.store.engine import async_url
+
     url = async_url(settings.effective_database_url)
     if url.get_backend_name() == "sqlite":
         return str(url.database)
@@ -170,6 +242,10 @@ async def existing_database(settings: Settings) -> AsyncEngine:
         ConfigError: no SQLite file there, the server cannot be reached, or no cm-fhir schema;
             the message names the database and the command that fixes it.
     """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cm_fhir.store.engine import async_url, current_revision, engine_for
+
     url = async_url(settings.effective_database_url)
     label = database_label(settings)
     if url.get_backend_name() == "sqlite" and not Path(str(url.database)).is_file():

@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date, datetime
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import fail
+from cm_fhir.cli.options import StoreOptions, store_options
 from cm_fhir.errors import CmFhirError
-from cm_fhir.service import check_database
-from cm_fhir.settings import Settings, load_settings
-from cm_fhir.store.engine import engine_for
-from cm_fhir.store.outbox import mark_for_resend
-from cm_fhir.sync.runner import SyncWorker
+from cm_fhir.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
 
 __all__ = ["outbox_app"]
 
@@ -58,6 +57,10 @@ async def _resend(
     since: datetime | None,
     send: bool,
 ) -> tuple[int, dict[str, int]]:
+    from cm_fhir.service import check_database
+    from cm_fhir.store.engine import engine_for
+    from cm_fhir.store.outbox import mark_for_resend
+
     engine = engine_for(settings)
     try:
         await check_database(engine, settings, migrate=False)
@@ -83,6 +86,8 @@ async def _resend(
 async def _deliver(
     engine: AsyncEngine, settings: Settings, endpoints: list[Any], marked: int
 ) -> dict[str, int]:
+    from cm_fhir.sync.runner import SyncWorker
+
     async with SyncWorker(engine, endpoints, settings.ehr) as sync:
         with typer.progressbar(length=marked, label="resending", file=None) as bar:
             done = 0
@@ -102,6 +107,7 @@ async def _deliver(
 
 
 @outbox_app.command("resend")
+@store_options
 def resend(
     every: Annotated[
         bool, typer.Option("--all", help="Every case, not only those whose write failed.")
@@ -114,25 +120,12 @@ def resend(
     send: Annotated[
         bool, typer.Option("--send/--no-send", help="Deliver here, or only mark them.")
     ] = True,
-    config: Annotated[
-        Path | None,
-        typer.Option("--config", envvar="CM_FHIR_CONFIG", help="TOML or YAML config file."),
-    ] = None,
-    database_url: Annotated[str | None, typer.Option(help="SQLAlchemy URL.")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="Embedded data folder.")] = None,
+    store: StoreOptions = StoreOptions(),
     ehr_url: Annotated[str | None, typer.Option(help="FHIR base URL of the EHR.")] = None,
 ) -> None:
     """Send outbox Bundles again (failed ones; every case with --all)."""
-    overrides: dict[str, Any] = {}
-    for key, value in (
-        ("database_url", database_url),
-        ("data_dir", data_dir),
-        ("ehr_url", ehr_url),
-    ):
-        if value is not None:
-            overrides[key] = value
     try:
-        settings = load_settings(config, overrides)
+        settings = store.settings(ehr_url=ehr_url)
         if endpoint is not None and endpoint not in {e.name for e in settings.endpoints}:
             fail(f"--endpoint: no endpoint named {endpoint[:64]!r} in the settings")
         marked, totals = asyncio.run(

@@ -9,49 +9,50 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
-from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.cli._app import db_app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
+    StoreOptions,
     existing_database,
-    settings_from,
+    store_options,
 )
 from cm_fhir.errors import StoreError
 from cm_fhir.settings import Settings
-from cm_fhir.store.retention import PurgeCounts, purge
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from cm_fhir.store.retention import PurgeCounts
+
 
 __all__ = ["purge_command"]
 
 
 @db_app.command("purge")
+@store_options
 def purge_command(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Count what would be purged; change nothing.")
     ] = False,
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Purge PHI older than the retention ages: raw messages, trace, audit, sent outbox."""
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
     counts = asyncio.run(_purge(settings, dry_run))
     verb = "would purge" if dry_run else "purged"
     typer.echo(f"{verb}: {counts.describe()}")
 
 
 async def _purge(settings: Settings, dry_run: bool) -> PurgeCounts:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from cm_fhir.store.retention import purge
+
     engine = await existing_database(settings)  # names a missing or unmigrated database
     console = Console(stderr=True)
     try:

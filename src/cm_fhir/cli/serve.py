@@ -13,26 +13,26 @@ import asyncio
 import functools
 import signal
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
     LogFormatOption,
     LogLevelOption,
     MappingsOption,
+    StoreOptions,
     TimezoneOption,
     configure_logging,
-    settings_from,
+    store_options,
 )
 from cm_fhir.logs import LogFormat, console_json
-from cm_fhir.service import Service, ServiceInfo
 from cm_fhir.settings import Role
+
+if TYPE_CHECKING:
+    from cm_fhir.service import Service, ServiceInfo
+
 
 __all__ = ["print_ready", "run_service", "serve"]
 
@@ -89,6 +89,7 @@ async def _run_until_signal(service: Service, on_ready: Callable[[ServiceInfo], 
 
 
 @app.command("serve")
+@store_options
 def serve(
     role: Annotated[
         list[Role] | None,
@@ -104,10 +105,7 @@ def serve(
         bool,
         typer.Option("--migrate", help="Upgrade a PostgreSQL database on start (SQLite is)."),
     ] = False,
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
     log_level: LogLevelOption = None,
@@ -122,11 +120,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run the HTTP API, the MLLP listener and the workers until Ctrl-C or SIGTERM."""
-    settings = settings_from(
-        config,
-        database_url=database_url,
-        data_dir=data_dir,
-        database_schema=database_schema,
+    from cm_fhir.service import Service
+
+    settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,
         log={"level": log_level, "format": log_format},

@@ -11,21 +11,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import read_json
 from cm_fhir.errors import ProfileError
-from cm_fhir.profiles import (
-    ConformanceRegistry,
-    ProfileValidator,
-    bundled_profiles_dir,
-    default_validator,
-    error_issues,
-    generate_snapshots,
-)
+
+if TYPE_CHECKING:
+    from cm_fhir.profiles import (
+        ProfileValidator,
+    )
+
 
 profiles_app = typer.Typer(help="Profiles: regenerate snapshots.", no_args_is_help=True)
 app.add_typer(profiles_app, name="profiles")
@@ -46,6 +44,8 @@ def _summary(path: Path, errors: int, warnings: int, hidden: int) -> str:
 
 
 def _validator(profiles_dir: Path | None) -> ProfileValidator:
+    from cm_fhir.profiles import ProfileValidator, default_validator
+
     try:
         return ProfileValidator.load(profiles_dir) if profiles_dir else default_validator()
     except ProfileError as exc:
@@ -71,6 +71,8 @@ def validate_command(
     Prints each error, then one summary line per file; exit status 0 when no file has errors,
     1 when one has, 2 when a file or the profiles cannot be read.
     """
+    from cm_fhir.profiles import error_issues
+
     documents = [(path, _read(path)) for path in files]
     validator = _validator(profiles_dir)
     failed = False
@@ -111,6 +113,8 @@ def snapshot_command(
     check: bool = typer.Option(False, "--check", help="Only report stale snapshots (exit 1)."),
 ) -> None:
     """Regenerate the snapshots of our StructureDefinitions from their differentials."""
+    from cm_fhir.profiles import ConformanceRegistry, bundled_profiles_dir, generate_snapshots
+
     folder = profiles_dir or bundled_profiles_dir()
     try:
         registry = ConformanceRegistry.from_directory(folder)

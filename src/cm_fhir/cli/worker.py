@@ -20,29 +20,27 @@ import multiprocessing
 import os
 import signal
 from multiprocessing.context import SpawnProcess
+from typing import TYPE_CHECKING
 
 import typer
 
 from cm_fhir.cli._app import app
 from cm_fhir.cli.errors import EXIT_PROBLEMS, EXIT_UNUSABLE, fail
 from cm_fhir.cli.options import (
-    ConfigOption,
-    DatabaseSchemaOption,
-    DatabaseUrlOption,
-    DataDirOption,
     LogFormatOption,
     LogLevelOption,
     MappingsOption,
+    StoreOptions,
     TimezoneOption,
     configure_logging,
     existing_database,
-    settings_from,
+    store_options,
 )
-from cm_fhir.retention import RetentionJob
-from cm_fhir.service import check_database, make_workers
 from cm_fhir.settings import Settings
-from cm_fhir.store.engine import async_url, engine_for
-from cm_fhir.worker import BatchResult, Worker, replay, replay_dead_letter
+
+if TYPE_CHECKING:
+    from cm_fhir.worker import BatchResult
+
 
 __all__ = ["replay_command", "worker"]
 
@@ -60,6 +58,9 @@ def _summary(result: BatchResult) -> str:
 
 
 async def _migrate(settings: Settings, migrate: bool) -> None:
+    from cm_fhir.service import check_database
+    from cm_fhir.store.engine import engine_for
+
     engine = engine_for(settings, pool_size=1)
     try:
         await check_database(engine, settings, migrate=migrate)
@@ -68,6 +69,11 @@ async def _migrate(settings: Settings, migrate: bool) -> None:
 
 
 async def _run(settings: Settings, once: bool) -> BatchResult:
+    from cm_fhir.retention import RetentionJob
+    from cm_fhir.service import make_workers
+    from cm_fhir.store.engine import engine_for
+    from cm_fhir.worker import Worker
+
     engine = engine_for(settings)
     try:
         worker = make_workers(engine, settings, count=1)[0]
@@ -99,6 +105,7 @@ def _child(settings: Settings, once: bool) -> None:
 
 
 @app.command()
+@store_options
 def worker(
     once: bool = typer.Option(False, "--once", help="Stop when nothing is left to claim."),
     concurrency: int | None = typer.Option(
@@ -120,10 +127,7 @@ def worker(
     migrate: bool = typer.Option(
         False, "--migrate", help="Upgrade a PostgreSQL database on start (SQLite always is)."
     ),
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
     mappings: MappingsOption = None,
     timezone: TimezoneOption = None,
     log_level: LogLevelOption = None,
@@ -133,11 +137,10 @@ def worker(
 
     Without ``--once`` it also purges PHI past the ``retention`` ages.
     """
-    settings = settings_from(
-        config,
-        database_url=database_url,
-        data_dir=data_dir,
-        database_schema=database_schema,
+    from cm_fhir.store.engine import async_url
+    from cm_fhir.worker import BatchResult
+
+    settings = store.settings(
         mappings_dir=mappings,
         timezone=timezone,
         log={"level": log_level, "format": log_format},
@@ -176,23 +179,21 @@ def worker(
 
 
 @app.command("replay")
+@store_options
 def replay_command(
     ids: list[int] | None = typer.Argument(None, help="Inbox row ids to process again."),
     all_rows: bool = typer.Option(False, "--all", help="Every inbox row."),
     dead_letter: int | None = typer.Option(
         None, "--dead-letter", help="A dead letter to retry; releases the rows behind it."
     ),
-    config: ConfigOption = None,
-    database_url: DatabaseUrlOption = None,
-    data_dir: DataDirOption = None,
-    database_schema: DatabaseSchemaOption = None,
+    store: StoreOptions = StoreOptions(),
 ) -> None:
     """Put inbox rows back to ``received``; the worker processes them again (idempotently)."""
+    from cm_fhir.worker import replay, replay_dead_letter
+
     if sum(bool(x) for x in (ids, all_rows, dead_letter is not None)) != 1:
         fail("give row ids, --all or --dead-letter ID", EXIT_UNUSABLE)
-    settings = settings_from(
-        config, database_url=database_url, data_dir=data_dir, database_schema=database_schema
-    )
+    settings = store.settings()
 
     async def _replay() -> str | None:
         engine = await existing_database(settings)

@@ -4,7 +4,8 @@ Database triggers (created by the ``0006_retention_metrics`` migration) append a
 ``metric_delta`` for every change the metrics count: an inbox row inserted, deleted or changing
 state (``inbox``: message type, event, ACK code and state, +1/-1), an inbox row settled
 (``latency``: its processing-time bucket, with the seconds in ``total``), a trace row carrying
-workflow flags (``flags``), an outbox row inserted, deleted or changing state (``outbox``). Every
+workflow flags (``flags``). The outbox is not counted here: ``/metrics`` groups its rows by
+endpoint and state (revision ``0011_outbox_counted_once`` dropped its triggers). Every
 writer is counted, whichever code path or process it is, and writers only ever insert delta rows,
 so concurrent transactions never wait on a shared counter row. :func:`fold` moves the deltas into
 ``metric_total`` (one row per metric and labels); :func:`read_counters` sums both, so a reading is
@@ -73,13 +74,12 @@ metric_total = Table(
 @dataclass(slots=True)
 class Counters:
     """The counters as read: ``inbox[(type, event, ack, state)]``, latency per bucket bound
-    (``"+Inf"`` last; per bucket, not cumulative), flags per flag, outbox rows per state."""
+    (``"+Inf"`` last; per bucket, not cumulative), flags per flag."""
 
     inbox: dict[tuple[str, str, str, str], int] = field(default_factory=dict)
     latency: dict[str, int] = field(default_factory=dict)
     latency_sum: float = 0.0
     flags: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    outbox: dict[str, int] = field(default_factory=dict)
 
     def states(self) -> dict[str, int]:
         """Inbox rows per state."""
@@ -121,8 +121,6 @@ async def read_counters(connection: AsyncConnection) -> Counters:
         elif metric == "flags":
             for flag in str(labels).split(","):
                 counters.flags[flag] += value
-        elif metric == "outbox":
-            counters.outbox[str(labels)] = value
     return counters
 
 

@@ -1,0 +1,5 @@
+"""``python -m cm_fhir.cli``: the ``cm-fhir`` command."""
+
+from cm_fhir.cli import main
+
+main()
