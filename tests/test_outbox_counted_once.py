@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from alembic import command
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.api.metrics import snapshot
@@ -129,3 +129,29 @@ async def test_the_downgrade_restores_the_outbox_counters_and_the_upgrade_drops_
         snap = await snapshot(connection)
     expected = {("default", "pending"): 1, ("default", "sent"): 3, ("north", "pending"): 2}
     assert snap.outbox_states == expected
+
+
+async def _triggers(engine: AsyncEngine) -> set[tuple[str, str]]:
+    """(trigger, table) of the database's own triggers."""
+    if engine.dialect.name == "sqlite":
+        query = "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'"
+    else:
+        query = (
+            "SELECT DISTINCT trigger_name, event_object_table FROM information_schema.triggers"
+            " WHERE trigger_schema = current_schema()"
+        )
+    async with engine.connect() as connection:
+        return {(str(a), str(b)) for a, b in (await connection.execute(text(query))).all()}
+
+
+async def test_a_downgrade_through_the_table_rebuilds_keeps_every_metric_trigger(
+    fresh_engine: AsyncEngine,
+) -> None:
+    """SQLite rebuilds ``inbox_message`` and ``outbox`` when 0009 and 0010 drop their columns,
+    which drops their triggers silently: back at 0008, every trigger that revision had is there."""
+    await upgrade_database(fresh_engine, "0008_status_back")
+    before = await _triggers(fresh_engine)
+    assert {t for _, t in before} >= {"inbox_message", "outbox", "trace"}
+    await upgrade_database(fresh_engine, "head")
+    await _downgrade(fresh_engine, "0008_status_back")
+    assert await _triggers(fresh_engine) == before

@@ -92,6 +92,17 @@ _SQLITE_DROP = (
 )
 
 
+def restore_sqlite_triggers(table: str) -> None:
+    """Create this revision's SQLite metric triggers on ``table`` again. SQLite rebuilds a table
+    that a later revision alters in a batch (a check constraint, a dropped column), and the
+    rebuild drops the table's triggers silently; PostgreSQL alters in place and keeps them."""
+    if op.get_bind().dialect.name != "sqlite":
+        return
+    for statement in _SQLITE_TRIGGERS:
+        if f" ON {table} " in statement or f" ON {table}\n" in statement:
+            op.execute(statement)
+
+
 def _pg_function(name: str, body: str) -> str:
     return (
         f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "

@@ -32,12 +32,9 @@ _STATES_AFTER = f"{_STATES_BEFORE}, 'superseded'"
 def _restore_sqlite_outbox_triggers() -> None:
     """SQLite rebuilds ``outbox`` for the check constraint, which drops its metric triggers
     (``0006_retention_metrics``): create them again, from that revision's own statements."""
-    if op.get_bind().dialect.name != "sqlite":
-        return  # PostgreSQL alters the table in place; its triggers stay
-    metrics = import_module("cm_fhir.store.migrations.versions.0006_retention_metrics")
-    for statement in metrics._SQLITE_TRIGGERS:
-        if " ON outbox" in statement:
-            op.execute(statement)
+    import_module(
+        "cm_fhir.store.migrations.versions.0006_retention_metrics"
+    ).restore_sqlite_triggers("outbox")
 
 
 def upgrade() -> None:

@@ -13,6 +13,8 @@ Create Date: 2026-12-01
 
 from __future__ import annotations
 
+from importlib import import_module
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -33,3 +35,7 @@ def downgrade() -> None:
     op.execute("DELETE FROM inbox_message WHERE format <> 'hl7v2'")
     with op.batch_alter_table("inbox_message") as batch:
         batch.drop_column("format")
+    # The batch rebuilds the table on SQLite, dropping its metric triggers: create them again.
+    import_module(
+        "cm_fhir.store.migrations.versions.0006_retention_metrics"
+    ).restore_sqlite_triggers("inbox_message")
