@@ -122,6 +122,8 @@ async def test_503_while_another_writer_holds_the_inbox(
     assert blocked.json()["checks"]["database"] is True  # it answers; it cannot take a write
     assert blocked.json()["checks"]["inbox_writable"] is False
     assert any("cannot be written" in r for r in blocked.json()["reasons"]), blocked.text
+    # Reading the inbox's age takes no write lock, so the held lock does not fail it.
+    assert blocked.json()["checks"]["inbox_age"] is True, blocked.text
     assert again.status_code == 200
 
 

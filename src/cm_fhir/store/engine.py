@@ -28,6 +28,7 @@ from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.settings import DATABASE_DRIVERS, Settings
 
 __all__ = [
+    "READ_ONLY_OPTION",
     "async_url",
     "current_revision",
     "engine_for",
@@ -112,6 +113,10 @@ def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
     return connection
 
 
+#: Execution option for a connection that only reads: on SQLite its transactions begin deferred
+#: (``connection.execution_options(**{READ_ONLY_OPTION: True})``); it must not write.
+READ_ONLY_OPTION = "cm_fhir_read_only"
+
 _SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
@@ -134,7 +139,10 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
 
     @event.listens_for(target, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the lock at BEGIN; a connection marked READ_ONLY reads in a deferred
+        # transaction, so a held write lock never makes it wait.
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:

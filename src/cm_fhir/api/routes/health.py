@@ -32,6 +32,7 @@ from sqlalchemy import Connection, false, or_, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from cm_fhir.api.deps import AppContext, ContextDep
+from cm_fhir.store.engine import READ_ONLY_OPTION
 from cm_fhir.store.queue import WAITING_PREFIX
 from cm_fhir.store.tables import InboxState, inbox_messages
 
@@ -124,7 +125,8 @@ async def _inbox_age_problem(context: AppContext) -> str | None:
     )
     try:
         async with asyncio.timeout(_DB_TIMEOUT), context.engine.connect() as connection:
-            received = (await connection.execute(oldest)).scalar()
+            reader = await connection.execution_options(**{READ_ONLY_OPTION: True})
+            received = (await reader.execute(oldest)).scalar()
     except _FAILURES as exc:
         return f"the inbox age cannot be read ({type(exc).__name__})"
     if received is None:
