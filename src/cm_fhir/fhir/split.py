@@ -25,7 +25,7 @@ import copy
 from collections.abc import Container
 from typing import Any
 
-__all__ = ["server_reference", "split_transaction"]
+__all__ = ["rewrite_references", "server_reference", "split_transaction"]
 
 Json = dict[str, Any]
 
@@ -111,18 +111,20 @@ def _entry(entry: Json, written: dict[str, str], drop: set[str] | None = None) -
                         del resource[key]
                 elif _targets(value, drop):
                     del resource[key]
-        _rewrite(resource, written)
+        rewrite_references(resource, written)
     return {**entry, "resource": resource}
 
 
-def _rewrite(value: Any, written: dict[str, str]) -> None:
+def rewrite_references(value: Any, written: dict[str, str]) -> None:
+    """Rewrite, in place, every ``reference`` in ``value`` that ``written`` names (a bundle's
+    ``urn:uuid`` full URLs) to what it maps it to (``Type/id`` on the server)."""
     if isinstance(value, dict):
         ref = value.get("reference")
         if isinstance(ref, str) and ref in written:
             value["reference"] = written[ref]
         for item in value.values():
             if isinstance(item, dict | list):
-                _rewrite(item, written)
+                rewrite_references(item, written)
     elif isinstance(value, list):
         for item in value:
-            _rewrite(item, written)
+            rewrite_references(item, written)

@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 
 from cm_fhir.errors import RemotePreconditionFailed
+from cm_fhir.fhir.split import rewrite_references
 from cm_fhir.fhir_client import EntryResult, FhirClient, update_owned
 from cm_fhir.fhir_client.responses import version_of_etag
 from cm_fhir.store.outbox import CaseWrite
@@ -46,20 +47,6 @@ def patient_identifier(write: CaseWrite, bundle: Json | None = None) -> Json | N
         return None
     found = (entries[0]["resource"].get("patient") or {}).get("identifier")
     return found if isinstance(found, dict) else None
-
-
-def _literal(value: Any, ids: dict[str, str]) -> None:
-    """Rewrite ``urn:uuid`` references named in ``ids`` to ``Type/id``, in place."""
-    if isinstance(value, dict):
-        ref = value.get("reference")
-        if isinstance(ref, str) and ref in ids:
-            value["reference"] = ids[ref]
-        for item in value.values():
-            if isinstance(item, dict | list):
-                _literal(item, ids)
-    elif isinstance(value, list):
-        for item in value:
-            _literal(item, ids)
 
 
 class CaseSender:
@@ -130,7 +117,7 @@ class CaseSender:
         }
         rest = [e for e in entries if str(e["fullUrl"]) not in prepared.if_matched]
         for entry in rest:
-            _literal(entry["resource"], ids)
+            rewrite_references(entry["resource"], ids)
         results: list[EntryResult] = []
         if rest:
             part = {"resourceType": "Bundle", "type": "transaction", "entry": rest}
@@ -148,7 +135,7 @@ class CaseSender:
             if held is None:
                 continue
             ours = entry["resource"]
-            _literal(ours, ids)
+            rewrite_references(ours, ids)
             response = await update_owned(
                 self.client, ours, owned_elements(ours), if_match=held.version_id
             )

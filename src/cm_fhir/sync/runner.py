@@ -19,7 +19,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -172,35 +172,34 @@ class SyncWorker:
     async def _loop(
         self, delivery: EndpointDelivery, stop: asyncio.Event, committed: Wakeup | None
     ) -> None:
-        woken = committed.listen() if committed is not None else None
-        while not stop.is_set():
-            try:
-                done = await delivery.run_once()
-            except Exception as exc:  # the database is away: try again after a poll
-                log.warning(
-                    "sync pass for endpoint %s failed (%s)",
-                    delivery.endpoint.name,
-                    type(exc).__name__,
-                )
-                done = 0
-            if done == 0:
-                await idle(stop, self.config.poll_interval, woken)
+        await self._passes("sync", delivery.endpoint.name, delivery.run_once, stop, committed)
 
     async def _payer_loop(
         self, payer: PayerDelivery, stop: asyncio.Event, committed: Wakeup | None
     ) -> None:
         """A payer's messages, then its due inquiries, until ``stop`` is set."""
+
+        async def one_pass() -> int:
+            return await payer.run_once() + await payer.inquire_due()
+
+        await self._passes("payer", payer.endpoint.name, one_pass, stop, committed)
+
+    async def _passes(
+        self,
+        kind: str,
+        name: str,
+        one_pass: Callable[[], Awaitable[int]],
+        stop: asyncio.Event,
+        committed: Wakeup | None,
+    ) -> None:
+        """Run ``one_pass`` until ``stop`` is set; when it did nothing, wait for the poll
+        interval or a commit of this process's worker."""
         woken = committed.listen() if committed is not None else None
         while not stop.is_set():
             try:
-                done = await payer.run_once()
-                done += await payer.inquire_due()
+                done = await one_pass()
             except Exception as exc:  # the database is away: try again after a poll
-                log.warning(
-                    "payer pass for endpoint %s failed (%s)",
-                    payer.endpoint.name,
-                    type(exc).__name__,
-                )
+                log.warning("%s pass for endpoint %s failed (%s)", kind, name, type(exc).__name__)
                 done = 0
             if done == 0:
                 await idle(stop, self.config.poll_interval, woken)
