@@ -126,3 +126,30 @@ async def test_every_console_list_pages_through_every_item_once(
     for path, seen in listed.items():
         assert len(seen) == len(set(seen)), (path, seen)
         assert len(seen) == await _api_count(case_app, path) >= 3, (path, seen)
+
+
+async def test_the_worklists_cases_in_transition_page_through_every_case_once(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
+    visits = [Visit(mrn=f"MRN-TR-{n}", visit=f"VTR{n}") for n in range(5)]
+    admits = [v.raw("A01", f"TRA-{n}", hours(0)) for n, v in enumerate(visits)]
+    discharges = [v.raw("A03", f"TRD-{n}", hours(30)) for n, v in enumerate(visits)]
+    await ingest(worker_engine, admits + discharges)
+    await settle_worker(worker_engine)
+    transition = re.compile(r'data-transition-case="([^"]+)"')
+    seen: list[str] = []
+    pages = 0
+    async with signed_in(case_app, API_KEY) as http:
+        url: str | None = "/console/worklist"
+        while url is not None:
+            pages += 1
+            page = await http.get(url)
+            assert page.status_code == 200, page.text[:300]
+            part = page.text.split('<section aria-labelledby="transition-heading">')[1]
+            seen += transition.findall(part)
+            found = PAGER_LINK.search(part)
+            url = html.unescape(found.group(1)) if found else None
+            assert len(seen) < 50
+    assert len(seen) == len(set(seen)), seen
+    assert len(seen) == await _api_count(case_app, "/api/cases?status=transition") == 5
+    assert pages == 3  # two cases a page (the page size is made small above)

@@ -28,7 +28,8 @@ __all__ = ["completion_path", "router"]
 router = APIRouter(prefix="/console/worklist")
 
 OPEN = sorted(s.value for s in OPEN_TASK_STATUSES)
-#: Tasks per section and page; a section with more has a "Next page" link (the API's cursor).
+#: Tasks (and cases in transition) per section and page; a section with more has a "Next page"
+#: link (the API's cursor).
 PAGE_SIZE = 100
 ERRORS = {
     "stale": "This case changed since the worklist was shown; it is shown again as it is now.",
@@ -100,9 +101,19 @@ async def worklist(
             query = urlencode({**filters, "section": key, "cursor": page["next_cursor"]})
             following = f"{base_path(console.request)}/worklist?{query}"
         sections.append((name, page["items"], following))
-    case_params = {"status": "transition", "team": team, "programme": programme, "limit": 100}
-    transition = await console.api.get("/api/cases", **case_params)
-    in_transition = transition.json()["items"] if transition.status_code == 200 else []
+    case_params = {"status": "transition", "team": team, "programme": programme}
+    start = cursor if section == "transition" else None
+    transition = await console.api.get("/api/cases", limit=PAGE_SIZE, cursor=start, **case_params)
+    in_transition: list[dict[str, Any]] = []
+    transition_next = None
+    if transition.status_code == 200:
+        page = transition.json()
+        in_transition = page["items"]
+        if page["next_cursor"]:
+            query = urlencode({**filters, "section": "transition", "cursor": page["next_cursor"]})
+            transition_next = f"{base_path(console.request)}/worklist?{query}"
+    else:
+        problem = problem or api_message(transition)
     return console.page(
         "worklist.html",
         title="Worklist",
@@ -111,6 +122,7 @@ async def worklist(
         programmes=list(console.context.registry.code_systems["programme"].concepts),
         sections=sections,
         in_transition=in_transition,
+        transition_next=transition_next,
         can_write=console.session.can("write"),
         notice=NOTICES.get(notice or ""),
         error=problem or ERRORS.get(error or ""),
