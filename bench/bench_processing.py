@@ -96,7 +96,9 @@ def naive(messages: list[str]) -> float:
     return len(messages) / (time.process_time() - start)
 
 
-async def worker_run(url: str, schema: str | None, messages: list[str], batch: int) -> tuple:
+async def worker_run(
+    url: str, schema: str | None, messages: list[str], batch: int, budget: float | None
+) -> tuple:
     engine = make_engine(url, search_path=schema)
     try:
         await upgrade_database(engine)
@@ -107,7 +109,7 @@ async def worker_run(url: str, schema: str | None, messages: list[str], batch: i
         ]  # fmt: skip
         async with engine.begin() as connection:
             await store_messages(connection, rows)
-        worker = Worker(engine, WorkerConfig(batch_size=batch, retry_delay=0))
+        worker = Worker(engine, WorkerConfig(batch_size=batch, batch_seconds=budget, retry_delay=0))
         wall, cpu = time.perf_counter(), time.process_time()
         result = await worker.run_once()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -144,21 +146,33 @@ def main() -> None:
     parser.add_argument("--per-patient", type=int, default=10)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--naive-sample", type=int, default=400)
+    parser.add_argument(
+        "--batch-seconds",
+        type=float,
+        default=None,
+        help="work per transaction the worker aims at (worker.batch_seconds; 0: always --batch "
+        "rows; unset: the service's default for each database)",
+    )
     args = parser.parse_args()
     messages = workload(args.patients, args.per_patient)
     baseline = naive(messages[: args.naive_sample])
-    print(f"messages: {len(messages)} ({args.patients} patients), batch {args.batch}")
+    print(
+        f"messages: {len(messages)} ({args.patients} patients), batch {args.batch}, "
+        f"batch_seconds {args.batch_seconds}"
+    )
     print(f"naive (hl7apy + workflow + R4B-validated map_case): {baseline:8.0f} msgs/s per core")
     with tempfile.TemporaryDirectory() as folder:
         url = f"sqlite+aiosqlite:///{Path(folder) / 'bench.sqlite3'}"
-        wall, cpu, out = asyncio.run(worker_run(url, None, messages, args.batch))
+        run = worker_run(url, None, messages, args.batch, args.batch_seconds)
+        wall, cpu, out = asyncio.run(run)
         print(f"worker, SQLite:     {wall:8.0f} msgs/s wall, {cpu:8.0f} msgs/s per core CPU; "
               f"{out} bundles; ratio to naive {wall / baseline:5.1f}x (wall), "
               f"{cpu / baseline:5.1f}x (CPU)")  # fmt: skip
     schema = asyncio.run(pg_schema())
     if schema is not None:
         try:
-            wall, cpu, out = asyncio.run(worker_run(PG_URL, schema, messages, args.batch))
+            run = worker_run(PG_URL, schema, messages, args.batch, args.batch_seconds)
+            wall, cpu, out = asyncio.run(run)
             print(f"worker, PostgreSQL: {wall:8.0f} msgs/s wall, {cpu:8.0f} msgs/s per core CPU; "
                   f"{out} bundles; ratio to naive {wall / baseline:5.1f}x (wall), "
                   f"{cpu / baseline:5.1f}x (CPU)")  # fmt: skip

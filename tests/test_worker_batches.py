@@ -45,3 +45,16 @@ async def test_batches_take_batch_size_when_they_may_take_long(worker_engine: As
     assert unbounded.batch_limit == 7
     assert (await unbounded.run_batch()).claimed == 7
     assert (await unbounded.run_once()).claimed == 3
+
+
+async def test_unset_the_bound_is_sqlites_only(worker_engine: AsyncEngine) -> None:
+    """Unset, batches are bounded in time on SQLite (whose one write lock the inbox's ACKs wait
+    on) and take batch_size on PostgreSQL (small batches only cost throughput there)."""
+    await _backlog(worker_engine, 30)
+    worker = Worker(worker_engine, WorkerConfig(batch_size=20, retry_delay=0))
+    assert WorkerConfig().batch_seconds is None
+    first = (await worker.run_batch()).claimed
+    if worker_engine.dialect.name == "sqlite":
+        assert first == 8  # the first bounded batch is short
+    else:
+        assert first == 20

@@ -174,11 +174,13 @@ class WorkerSettings(_Section):
         2, gt=0, description="Worker loops on PostgreSQL (SQLite always runs one)."
     )
     batch_size: int = Field(200, gt=0, description="Inbox rows claimed per transaction.")
-    batch_seconds: float = Field(
-        0.005,
+    batch_seconds: float | None = Field(
+        None,
         ge=0,
         description="Seconds a batch's work should take: the worker claims fewer rows per "
-        "transaction when its batches took longer (0: always batch_size).",
+        "transaction when its batches took longer, so the inbox writer's ACKs wait less behind "
+        "it, at a cost in throughput (0: always batch_size; unset: 0.005 on SQLite, whose one "
+        "write lock ACKs wait on, and 0 on PostgreSQL).",
     )
     max_attempts: int = Field(5, gt=0, description="Attempts before a row is dead-lettered.")
     retry_delay: float = Field(5.0, ge=0, description="Seconds between attempts of a row.")

@@ -11,11 +11,12 @@ closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at st
 ``close_check_seconds``, in its own transactions between batches.
 
 A batch's work is bounded in time as well as in rows: the worker keeps a moving average of the time
-a claimed row takes and claims no more than fit in ``batch_seconds`` (5 ms by default; at least 8
-rows, as a batch's fixed cost can exceed that on a slow machine), so that neither the event loop it
-shares with the listener in ``cm-fhir serve`` nor, on SQLite, the one write lock the inbox writer
-needs for every ACK is held long (a batch of 200 held both for most of a second). On SQLite the
-worker also leaves a millisecond between batches, the waiting writer's turn at the lock.
+a claimed row takes and claims no more than fit in ``batch_seconds`` (unset: 5 ms on SQLite, no
+bound on PostgreSQL; at least 8 rows, as a batch's fixed cost can exceed that on a slow machine),
+so that on SQLite the one write lock the inbox writer needs for every ACK is not held long (a batch
+of 200 held it for most of a second). Small batches cost throughput (each has a fixed cost), so
+PostgreSQL, where the inbox writer does not wait on the worker, takes ``batch_size`` rows. On
+SQLite the worker also leaves a millisecond between batches, the waiting writer's turn at the lock.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ __all__ = ["Worker", "WorkerConfig"]
 log = logging.getLogger(__name__)
 _MAX_CLOSING_PASSES = 50  # per close_due call: a bound, even if a state were due again at once
 _TRANSIENT_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock timeout
+#: ``batch_seconds`` when unset, on SQLite (on PostgreSQL: no bound).
+SQLITE_BATCH_SECONDS = 0.005
 _FEWEST_BOUNDED_ROWS = 8  # rows a batch bounded in time may still claim (also the first one's)
 _SQLITE_TURN = 0.001  # seconds between SQLite batches: the inbox writer's turn at the write lock
 
@@ -65,7 +68,7 @@ class WorkerConfig:
     """How the worker claims, retries, closes due cases and which processing ids it applies."""
 
     batch_size: int = _DEFAULTS.batch_size
-    batch_seconds: float = _DEFAULTS.batch_seconds  # work per transaction aimed at; 0: no bound
+    batch_seconds: float | None = _DEFAULTS.batch_seconds  # work per transaction; 0: no bound
     max_attempts: int = _DEFAULTS.max_attempts
     retry_delay: float = _DEFAULTS.retry_delay  # seconds between attempts of a failing row
     poll_interval: float = _DEFAULTS.poll_interval  # seconds to wait when nothing is claimable
@@ -155,6 +158,10 @@ class Worker:
         self._one_at_a_time = 0
         self._row_seconds = 0.0  # recent work per claimed row (moving average)
         self._sqlite = engine.dialect.name == "sqlite"
+        budget = self.config.batch_seconds
+        self._budget = (
+            budget if budget is not None else (SQLITE_BATCH_SECONDS if self._sqlite else 0)
+        )
 
     @property
     def batch_limit(self) -> int:
@@ -162,7 +169,7 @@ class Worker:
         ``batch_seconds``, but never fewer than a few (a batch has a fixed cost too)."""
         if self._one_at_a_time > 0:
             return 1
-        size, budget = self.config.batch_size, self.config.batch_seconds
+        size, budget = self.config.batch_size, self._budget
         if budget <= 0:
             return size
         fit = int(budget / self._row_seconds) if self._row_seconds > 0 else 0
