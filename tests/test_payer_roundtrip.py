@@ -81,7 +81,8 @@ async def send_adt(serve: ServeProcess, message: str) -> None:
     assert ack[0].code == "AA", ack
 
 
-@pytest.mark.slow  # two serve processes start: 20 to 50 s on the loaded 2-core test machine
+# Two serve processes start: about 6 s per database on a quiet 2-core machine. It proves the whole
+# exchange end to end, so it runs in the default suite.
 async def test_admission_review_decision_and_discharge_between_two_processes(
     stores: tuple[list[str], list[str]],
 ) -> None:
