@@ -188,8 +188,8 @@ class RemoteFhirError(CmFhirError):
         super().__init__(f"HTTP {status}: {message}" if status is not None else message)
 
 
-class RemoteUnavailable(RemoteFhirError):
-    """Transport errors, timeouts and 5xx: the server may answer later."""
+class _RemoteRetryLater(RemoteFhirError):
+    """A remote failure worth trying again, after ``retry_after`` seconds when the server said."""
 
     retryable = True
 
@@ -203,6 +203,10 @@ class RemoteUnavailable(RemoteFhirError):
     ) -> None:
         self.retry_after = retry_after
         super().__init__(status, message, outcome)
+
+
+class RemoteUnavailable(_RemoteRetryLater):
+    """Transport errors, timeouts and 5xx: the server may answer later."""
 
 
 class CircuitOpen(RemoteUnavailable):
@@ -213,21 +217,8 @@ class CircuitOpen(RemoteUnavailable):
         super().__init__(None, f"circuit open for {endpoint}", retry_after=retry_after)
 
 
-class RemoteRateLimited(RemoteFhirError):
+class RemoteRateLimited(_RemoteRetryLater):
     """429: the server asks to slow down; ``retry_after`` seconds when it said so."""
-
-    retryable = True
-
-    def __init__(
-        self,
-        status: int | None,
-        message: str,
-        outcome: dict[str, Any] | None = None,
-        *,
-        retry_after: float | None = None,
-    ) -> None:
-        self.retry_after = retry_after
-        super().__init__(status, message, outcome)
 
 
 class RemoteAuthError(RemoteFhirError):

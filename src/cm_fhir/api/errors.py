@@ -10,17 +10,18 @@ audited like every refusal.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cm_fhir.api.auth import AuthError
-from cm_fhir.api.deps import record_denial, route_path
+from cm_fhir.api.deps import Auditor, record_denial, route_path
 from cm_fhir.errors import (
     CmFhirError,
     ConfigError,
@@ -105,6 +106,19 @@ def error_response(
     if fields:
         body["fields"] = [{"field": where, "message": text} for where, text in fields]
     return JSONResponse({"error": body}, status, headers=headers)
+
+
+async def json_bundle(
+    request: Request, audit: Auditor, action: str, resource_type: str
+) -> tuple[bytes, Any] | Response:
+    """The request's raw body and its JSON; or, for a body that is not JSON, the 400 answer
+    (the attempt audited as a failed ``action`` on ``resource_type``)."""
+    raw = await request.body()
+    try:
+        return raw, json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        await audit.record(action, resource_type, None, outcome="failure")
+        return error_response(request, 400, "the body is not JSON", fields=[("Bundle", "not JSON")])
 
 
 def _field_name(loc: Sequence[int | str]) -> str:

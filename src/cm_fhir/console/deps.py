@@ -40,6 +40,7 @@ __all__ = [
     "FormError",
     "SignInRequired",
     "api_message",
+    "api_page",
     "base_path",
     "environment",
     "not_found",
@@ -113,6 +114,18 @@ async def not_found(request: Request, exc: Exception) -> Response:
     """A page the console does not have (or a malformed id in its path): a plain 404 page that
     echoes nothing of the request."""
     return render(request, "not_found.html", {"title": "Not found", "signed_in": False}, 404)
+
+
+async def api_page(
+    console: Console, path: str, **params: Any
+) -> tuple[list[dict[str, Any]], str | None, str | None]:
+    """One page of an API list: its items, the next page's cursor, and the API's error message
+    when it refused (then no items)."""
+    answer = await console.api.get(path, **params)
+    if answer.status_code != 200:
+        return [], None, api_message(answer)
+    page = answer.json()
+    return page["items"], page["next_cursor"], None
 
 
 def api_message(response: httpx.Response) -> str:

@@ -63,6 +63,7 @@ from cm_fhir.sync.patients import PatientResolver
 __all__ = [
     "DeliveryStats",
     "EndpointDelivery",
+    "claim_work",
     "error_text",
     "is_retryable",
     "outcome_bytes",
@@ -122,6 +123,20 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, SQLAlchemyError | OSError)
 
 
+async def claim_work(
+    engine: AsyncEngine, endpoint: str, worker_id: str, config: EhrSettings, now: datetime
+) -> list[PatientWork]:
+    """Lease the next patients' pending rows of ``endpoint`` (one transaction), oldest first."""
+    lease = timedelta(seconds=config.lease_seconds)
+    async with engine.begin() as connection:
+        work: list[PatientWork] = await connection.run_sync(
+            lambda c: claim_patients(
+                c, endpoint, worker_id, now, lease=lease, limit=config.batch_patients
+            )
+        )
+    return work
+
+
 class EndpointDelivery:
     """Delivers the outbox rows of one endpoint; see the module docstring."""
 
@@ -157,18 +172,7 @@ class EndpointDelivery:
         transaction settles the whole batch.
         """
         now = datetime.now(UTC)
-        lease = timedelta(seconds=self.config.lease_seconds)
-        async with self.engine.begin() as connection:
-            work: list[PatientWork] = await connection.run_sync(
-                lambda c: claim_patients(
-                    c,
-                    self.endpoint.name,
-                    self.worker_id,
-                    now,
-                    lease=lease,
-                    limit=self.config.batch_patients,
-                )
-            )
+        work = await claim_work(self.engine, self.endpoint.name, self.worker_id, self.config, now)
         if not work:
             return 0
         try:

@@ -45,7 +45,7 @@ from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import read_case
 from cm_fhir.store.case_writes import OutboxRoute
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
-from cm_fhir.store.outbox import CaseWrite, claim_patients, settle_failed, settle_retry, settle_sent
+from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
 from cm_fhir.store.payer_reviews import (
     PayerReview,
     due_inquiries,
@@ -58,7 +58,13 @@ from cm_fhir.store.payer_reviews import (
 )
 from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.config import EhrSettings, PayerEndpointSettings
-from cm_fhir.sync.deliver import DeliveryStats, error_text, is_retryable, outcome_bytes
+from cm_fhir.sync.deliver import (
+    DeliveryStats,
+    claim_work,
+    error_text,
+    is_retryable,
+    outcome_bytes,
+)
 from cm_fhir.sync.notifications import Notification
 from cm_fhir.sync.status_back import PassResult
 from cm_fhir.workflow.facts import patient_key
@@ -102,18 +108,7 @@ class PayerDelivery:
     async def run_once(self) -> int:
         """Claim and post one batch of messages; the number of rows settled."""
         now = datetime.now(UTC)
-        lease = timedelta(seconds=self.config.lease_seconds)
-        async with self.engine.begin() as connection:
-            work = await connection.run_sync(
-                lambda c: claim_patients(
-                    c,
-                    self.endpoint.name,
-                    self.worker_id,
-                    now,
-                    lease=lease,
-                    limit=self.config.batch_patients,
-                )
-            )
+        work = await claim_work(self.engine, self.endpoint.name, self.worker_id, self.config, now)
         settled = 0
         for patient in work:
             writes = list(patient.writes)

@@ -23,7 +23,7 @@ from sqlalchemy import Connection
 
 from cm_fhir.api.auth import AuthError, Principal, grants_fhir
 from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, get_payer_exchange, get_registry
-from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.api.errors import FHIR_JSON, error_response, json_bundle
 from cm_fhir.domain import Case, UtilizationReview
 from cm_fhir.errors import MappingError, ValidationError
 from cm_fhir.fhir.pas_intake import PasInquiry, parse_pas_inquiry
@@ -68,11 +68,10 @@ async def inquire_claim(
     _: Annotated[Principal, Depends(require_claim_response_read)],
 ) -> Response:
     spec = get_payer_exchange(request)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        await audit.record("inquire", "Claim", None, outcome="failure")
-        return error_response(request, 400, "the body is not JSON", fields=[("Bundle", "not JSON")])
+    got = await json_bundle(request, audit, "inquire", "Claim")
+    if isinstance(got, Response):
+        return got
+    body = got[1]
     try:
         inquiry = parse_pas_inquiry(body)
     except MappingError as exc:

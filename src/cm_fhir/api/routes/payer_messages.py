@@ -22,7 +22,7 @@ from fastapi.responses import Response
 
 from cm_fhir.api.auth import AuthError, Principal, grants_fhir
 from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, get_payer_exchange
-from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.api.errors import FHIR_JSON, error_response, json_bundle
 from cm_fhir.errors import MappingError, ValidationError
 from cm_fhir.fhir.notification import parse_notification, read_header
 from cm_fhir.fhir.outcome import Issue, operation_outcome
@@ -56,12 +56,10 @@ async def process_message(
     principal: Annotated[Principal, Depends(require_message_create)],
 ) -> Response:
     spec = get_payer_exchange(request)
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        await audit.record("process-message", "MessageHeader", None, outcome="failure")
-        return error_response(request, 400, "the body is not JSON", fields=[("Bundle", "not JSON")])
+    got = await json_bundle(request, audit, "process-message", "MessageHeader")
+    if isinstance(got, Response):
+        return got
+    raw, body = got
     try:
         header = read_header(body, spec)
         notice = parse_notification(body, spec)

@@ -36,7 +36,7 @@ from cm_fhir.api.deps import (
     get_registry,
     get_settings,
 )
-from cm_fhir.api.errors import FHIR_JSON, error_response
+from cm_fhir.api.errors import FHIR_JSON, error_response, json_bundle
 from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
 from cm_fhir.domain import (
     Case,
@@ -162,12 +162,10 @@ async def submit_claim(
     principal: Annotated[Principal, Depends(require_claim_create)],
 ) -> Response:
     spec = get_payer_exchange(request)
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        await audit.record("submit", "Claim", None, outcome="failure")
-        return error_response(request, 400, "the body is not JSON", fields=[("Bundle", "not JSON")])
+    got = await json_bundle(request, audit, "submit", "Claim")
+    if isinstance(got, Response):
+        return got
+    raw, body = got
     review_id = "pending"
     identifier = None
     try:

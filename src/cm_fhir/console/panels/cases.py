@@ -12,7 +12,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from cm_fhir.console import queries
-from cm_fhir.console.deps import ConsoleDep, FormError, api_message
+from cm_fhir.console.deps import ConsoleDep, FormError, api_message, api_page
 from cm_fhir.domain import CaseStatus, UtilizationReview
 
 __all__ = ["router"]
@@ -23,14 +23,8 @@ PAGE_SIZE = 50
 
 
 async def _list(console: ConsoleDep, filters: dict[str, str], error: str | None) -> Response:
-    answer = await console.api.get("/api/cases", limit=PAGE_SIZE, **filters)
-    items: list[dict[str, Any]] = []
-    next_cursor = None
-    if answer.status_code == 200:
-        page = answer.json()
-        items, next_cursor = page["items"], page["next_cursor"]
-    else:
-        error = error or api_message(answer)
+    items, next_cursor, refused = await api_page(console, "/api/cases", limit=PAGE_SIZE, **filters)
+    error = error or refused
     return console.page(
         "cases.html",
         title="Cases",

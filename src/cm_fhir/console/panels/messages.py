@@ -15,7 +15,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from cm_fhir.console import queries
-from cm_fhir.console.deps import ConsoleDep, FormError, api_message
+from cm_fhir.console.deps import ConsoleDep, FormError, api_message, api_page
 from cm_fhir.console.diff import bundle_diff
 from cm_fhir.store.tables import InboxState
 
@@ -40,14 +40,10 @@ STATES = [s.value for s in InboxState]
 async def _search(console: ConsoleDep, fields: dict[str, str], error: str | None) -> Response:
     params: dict[str, Any] = {api: fields.get(name) for name, api in FILTERS.items()}
     cursor = fields.get("cursor") or None
-    answer = await console.api.get("/api/messages", limit=PAGE_SIZE, cursor=cursor, **params)
-    items: list[dict[str, Any]] = []
-    next_cursor = None
-    if answer.status_code == 200:
-        page = answer.json()
-        items, next_cursor = page["items"], page["next_cursor"]
-    else:
-        error = error or api_message(answer)
+    items, next_cursor, refused = await api_page(
+        console, "/api/messages", limit=PAGE_SIZE, cursor=cursor, **params
+    )
+    error = error or refused
     return console.page(
         "messages.html",
         title="Messages",

@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
-from cm_fhir.console.deps import ConsoleDep, FormError, api_message, base_path
+from cm_fhir.console.deps import ConsoleDep, FormError, api_message, api_page, base_path
 from cm_fhir.domain import TaskStatus
 from cm_fhir.domain.task import OPEN_TASK_STATUSES, TASK_TRANSITIONS
 
@@ -86,34 +86,26 @@ async def worklist(
         ),
         ("upcoming", "Upcoming", {"status": OPEN, "due_after": tomorrow.isoformat()}),
     ]
-    for key, name, extra in queries:
+
+    async def section_page(
+        key: str, path: str, params: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A section's page of ``path`` and the link to its next page."""
+        nonlocal problem
         start = cursor if section == key else None
-        answer = await console.api.get(
-            "/api/tasks", limit=PAGE_SIZE, cursor=start, **filters, **extra
+        items, following, refused = await api_page(
+            console, path, limit=PAGE_SIZE, cursor=start, **params
         )
-        if answer.status_code != 200:
-            problem = api_message(answer)
-            sections.append((name, [], None))
-            continue
-        page = answer.json()
-        following = None
-        if page["next_cursor"]:
-            query = urlencode({**filters, "section": key, "cursor": page["next_cursor"]})
-            following = f"{base_path(console.request)}/worklist?{query}"
-        sections.append((name, page["items"], following))
+        problem = problem or refused
+        if following is None:
+            return items, None
+        query = urlencode({**filters, "section": key, "cursor": following})
+        return items, f"{base_path(console.request)}/worklist?{query}"
+
+    for key, name, extra in queries:
+        sections.append((name, *await section_page(key, "/api/tasks", {**filters, **extra})))
     case_params = {"status": "transition", "team": team, "programme": programme}
-    start = cursor if section == "transition" else None
-    transition = await console.api.get("/api/cases", limit=PAGE_SIZE, cursor=start, **case_params)
-    in_transition: list[dict[str, Any]] = []
-    transition_next = None
-    if transition.status_code == 200:
-        page = transition.json()
-        in_transition = page["items"]
-        if page["next_cursor"]:
-            query = urlencode({**filters, "section": "transition", "cursor": page["next_cursor"]})
-            transition_next = f"{base_path(console.request)}/worklist?{query}"
-    else:
-        problem = problem or api_message(transition)
+    in_transition, transition_next = await section_page("transition", "/api/cases", case_params)
     return console.page(
         "worklist.html",
         title="Worklist",
