@@ -41,6 +41,9 @@ _TABLES = (
     "fhir_resources",
     "sync_state",
     "payer_reviews",
+    "payer_subscriptions",
+    "payer_review_submitters",
+    "payer_subscribed",
 )
 
 

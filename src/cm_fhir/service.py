@@ -55,6 +55,7 @@ from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.sync.routing import outbox_routes, payer_routes
 from cm_fhir.sync.runner import SyncWorker
+from cm_fhir.sync.subscription_delivery import SubscriptionDelivery
 
 __all__ = [
     "Service",
@@ -336,11 +337,19 @@ class Service:
                 payers=self.payers,
                 registry=context.registry,
                 payer_exchange=context.payer_exchange,
+                public_url=settings.payer.public_url,
             )
             context.sync = sync
             context.roles["sync"] = "running"
             sync_task = asyncio.create_task(sync.run(worker_stop, committed=committed), name="sync")
             self.info.endpoints = tuple(e.name for e in (*self.endpoints, *self.payers))
+        if Role.API in self.roles or Role.SYNC in self.roles:  # payer side: PAS subscriptions
+            notifier = SubscriptionDelivery(engine, settings.ehr, f"subscriptions:{os.getpid()}")
+            worker_tasks.append(
+                asyncio.create_task(
+                    notifier.run(worker_stop, context.subscription_events), name="subscriptions"
+                )
+            )
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp

@@ -72,9 +72,12 @@ class AuthError(Exception):
         return value
 
 
-def grants_fhir(scopes: frozenset[str], resource_type: str, action: Literal["r", "c", "u"]) -> bool:
+def grants_fhir(
+    scopes: frozenset[str], resource_type: str, action: Literal["r", "c", "u", "d"]
+) -> bool:
     """Whether SMART system scopes allow ``action`` on ``resource_type``: v1 ``.read`` (for
-    ``r``), ``.write`` (for ``c`` and ``u``) or ``.*``; v2 permission letters (``cruds``)."""
+    ``r``), ``.write`` (for ``c``, ``u`` and ``d``) or ``.*``; v2 permission letters
+    (``cruds``)."""
     v1 = "read" if action == "r" else "write"
     for scope in scopes:
         context, _, rest = scope.partition("/")

@@ -41,6 +41,7 @@ from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import AuditGroupWriter, AuditRecord, record_audit
+from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.sync.runner import SyncWorker
 
 __all__ = [
@@ -90,6 +91,8 @@ class AppContext:
     programmes: ProgrammesSpec = field(default_factory=load_programmes)  # programmes.yaml
     # EHR endpoint name -> its status back and notification secret (routes/ehr_notifications.py)
     notifications: dict[str, Any] = field(default_factory=dict)
+    # notified after a commit that put subscription notifications in the outbox
+    subscription_events: Wakeup = field(default_factory=Wakeup)
 
 
 def get_context(request: Request) -> AppContext:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from cm_fhir.facade.parameters import INCLUDES, RESOURCE_TYPES, SEARCH_PARAMETERS
+from cm_fhir.fhir.subscription import PAS_TOPIC, SUBSCRIPTION_PROFILE
 from cm_fhir.mapping.registry import MappingRegistry
 
 __all__ = ["FHIR_VERSION", "PROFILE_KEYS", "capability_statement", "read_scopes"]
@@ -78,6 +79,13 @@ def _resource(registry: MappingRegistry, resource_type: str) -> Json:
 PAS_SUBMIT = "http://hl7.org/fhir/us/davinci-pas/OperationDefinition/Claim-submit"
 PAS_INQUIRE = "http://hl7.org/fhir/us/davinci-pas/OperationDefinition/Claim-inquiry"
 PROCESS_MESSAGE = "http://hl7.org/fhir/OperationDefinition/MessageHeader-process-message"
+SUBSCRIPTION_STATUS = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/OperationDefinition/backport-subscription-status"
+)
+TOPIC_CANONICAL = (
+    "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition/"
+    "capabilitystatement-subscriptiontopic-canonical"
+)
 
 
 def capability_statement(
@@ -125,8 +133,9 @@ def capability_statement(
                     "description": (
                         "Bearer tokens with SMART backend services scopes: system/*.read reads "
                         "every type, system/<Type>.read one type. The payer operations take "
-                        "system/Claim.c ($submit), system/ClaimResponse.r ($inquire) and "
-                        "system/MessageHeader.c ($process-message); v1 .read/.write and v2 "
+                        "system/Claim.c ($submit), system/ClaimResponse.r ($inquire), "
+                        "system/MessageHeader.c ($process-message) and system/Subscription.c, "
+                        ".r, .d (Subscription); v1 .read/.write and v2 "
                         "permission letters alike."
                     ),
                 },
@@ -142,6 +151,18 @@ def capability_statement(
                             {"name": "submit", "definition": PAS_SUBMIT},
                             {"name": "inquire", "definition": PAS_INQUIRE},
                         ],
+                    },
+                    {
+                        "type": "Subscription",
+                        "profile": SUBSCRIPTION_PROFILE,
+                        "extension": [{"url": TOPIC_CANONICAL, "valueCanonical": PAS_TOPIC}],
+                        "documentation": (
+                            "Subscriptions R5 Backport to the Da Vinci PAS topic: rest-hook, "
+                            "id-only or full-resource, optionally filtered by orgIdentifier; a "
+                            "subscription hears only of the reviews its owner submitted."
+                        ),
+                        "interaction": [{"code": "create"}, {"code": "read"}, {"code": "delete"}],
+                        "operation": [{"name": "status", "definition": SUBSCRIPTION_STATUS}],
                     },
                 ],
                 "operation": [

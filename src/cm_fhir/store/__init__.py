@@ -8,3 +8,5 @@ from cm_fhir.store import case_tables as _case_tables  # noqa: F401
 from cm_fhir.store import counters as _counters  # noqa: F401
 from cm_fhir.store import ehr_status as _ehr_status  # noqa: F401
 from cm_fhir.store import payer_reviews as _payer_reviews  # noqa: F401
+from cm_fhir.store import payer_subscribed as _payer_subscribed  # noqa: F401
+from cm_fhir.store import subscriptions as _subscriptions  # noqa: F401

@@ -185,6 +185,18 @@ class PayerEndpointSettings(EndpointSettings):
         "review's deadline); 0: no polling (the payer notifies).",
     )
 
+    subscribe: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Subscribe at the payer to results of pended reviews (Da Vinci PAS topic) "
+        "when payer.public_url is set: auto when its CapabilityStatement lists Subscription, "
+        "always without asking, never (Claim/$inquire polling only).",
+    )
+    subscription_payload: Literal["id-only", "full-resource"] = Field(
+        "id-only",
+        description="What the payer's notifications carry: id-only (the decision is then read "
+        "with Claim/$inquire) or full-resource (the ClaimResponse itself).",
+    )
+
     def serves(self, payer: str | None) -> bool:
         return not self.payers or payer in self.payers
 
@@ -198,6 +210,14 @@ class PayerSettings(_Section):
     )
     inquire_interval: float = Field(
         300.0, ge=0, description="inquire_interval of the payer endpoint of payer_url."
+    )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="The base URL at which payers reach this service's API (e.g. "
+        "https://cm.example.org): payers that offer Subscriptions are asked to post notifications "
+        "to <public_url>/fhir/subscription-notification/<endpoint>; unset: no subscription, "
+        "pended reviews are followed with Claim/$inquire only.",
     )
     notify_events: tuple[Literal["admit", "transfer", "discharge"], ...] = Field(
         ("admit", "transfer", "discharge"),

@@ -67,6 +67,7 @@ __all__ = [
     "error_text",
     "is_retryable",
     "outcome_bytes",
+    "retry_delay",
 ]
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,18 @@ def is_retryable(exc: BaseException) -> bool:
             exc, RemoteAuthError | RemotePreconditionFailed | RemoteUnavailable
         )
     return isinstance(exc, SQLAlchemyError | OSError)
+
+
+def retry_delay(config: EhrSettings, exc: BaseException, attempts: int) -> float:
+    """Seconds before a write that failed ``attempts`` times is tried again: exponential from
+    ``retry_base`` with jitter (patients do not return in step), at least what a 429 or 503
+    asked for, at most ``retry_max``."""
+    base = min(config.retry_max, config.retry_base * 2 ** min(attempts, 16))
+    delay = base * (0.5 + random.random() / 2)
+    asked = getattr(exc, "retry_after", None)
+    if isinstance(exc, RemoteRateLimited | RemoteUnavailable) and asked:
+        delay = max(delay, float(asked))
+    return float(min(delay, config.retry_max))
 
 
 async def claim_work(
@@ -302,12 +315,7 @@ class EndpointDelivery:
         return is_retryable(exc)
 
     def _delay(self, exc: Exception, write: CaseWrite) -> float:
-        base = min(self.config.retry_max, self.config.retry_base * 2 ** min(write.attempts, 16))
-        delay = base * (0.5 + random.random() / 2)  # jitter: patients do not return in step
-        asked = getattr(exc, "retry_after", None)
-        if isinstance(exc, RemoteRateLimited | RemoteUnavailable) and asked:
-            delay = max(delay, float(asked))
-        return float(min(delay, self.config.retry_max))
+        return retry_delay(self.config, exc, write.attempts)
 
     def _settle(self, connection: Connection, batch: Sequence[_Settled]) -> None:
         now = datetime.now(UTC)

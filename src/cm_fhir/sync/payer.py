@@ -17,7 +17,8 @@ review whose time has come (every ``inquire_interval`` seconds, never later than
 deadline) and takes the answer the same way. Where the payer notifies (an R4 Subscription
 notification, R5 Backport, received at ``/fhir/subscription-notification/{endpoint}``),
 :meth:`PayerDelivery.notify` takes each ClaimResponse the notification carries the same way, and
-makes the endpoint's pended reviews due for an inquiry at once when it carries only references.
+makes the endpoint's pended reviews due for an inquiry at once when it carries only references
+or when its ``eventsSinceSubscriptionStart`` shows events that never arrived.
 An answer that contradicts an earlier decision changes nothing and is flagged by the worker;
 errors name types and statuses, never content.
 """
@@ -25,7 +26,6 @@ errors name types and statuses, never content.
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +44,7 @@ from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import read_case
 from cm_fhir.store.case_writes import OutboxRoute
+from cm_fhir.store.ehr_status import lock_cursor, save_cursor
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
 from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
 from cm_fhir.store.payer_reviews import (
@@ -64,9 +65,10 @@ from cm_fhir.sync.deliver import (
     error_text,
     is_retryable,
     outcome_bytes,
+    retry_delay,
 )
 from cm_fhir.sync.notifications import Notification
-from cm_fhir.sync.status_back import PassResult
+from cm_fhir.sync.status_parts import PassResult, events_seen
 from cm_fhir.workflow.facts import patient_key
 
 __all__ = ["INQUIRE", "SUBMIT", "PayerDelivery"]
@@ -127,7 +129,7 @@ class PayerDelivery:
         except Exception as exc:
             now = datetime.now(UTC)
             if is_retryable(exc):
-                delay = self._delay(exc, write)
+                delay = retry_delay(self.config, exc, write.attempts)
                 async with self.engine.begin() as connection:
                     await connection.run_sync(
                         settle_retry,
@@ -174,12 +176,6 @@ class PayerDelivery:
     def _review_of(self, connection: Connection, write: CaseWrite) -> PayerReview | None:
         review_id = write.identifiers[0].rsplit("|", 1)[1] if write.identifiers else ""
         return read_payer_review(connection, write.case_id, review_id)
-
-    def _delay(self, exc: Exception, write: CaseWrite) -> float:
-        base = min(self.config.retry_max, self.config.retry_base * 2 ** min(write.attempts, 16))
-        delay = base * (0.5 + random.random() / 2)
-        asked = getattr(exc, "retry_after", None)
-        return float(min(max(delay, float(asked or 0)), self.config.retry_max))
 
     # -- answers ----------------------------------------------------------------------------
 
@@ -302,12 +298,13 @@ class PayerDelivery:
     async def notify(self, notification: Notification) -> PassResult:
         """Apply the ClaimResponses a notification carries; ask at once about the rest."""
         result = PassResult()
-        if not notification.carries_events:
-            return result
         now = datetime.now(UTC)
-        ask = False
         async with self.engine.begin() as connection:
-            for event in notification.events:
+            cursor = await connection.run_sync(lock_cursor, self.endpoint.name, now)
+            ask, cursor = events_seen(cursor, notification)  # missed events: ask about all
+            await connection.run_sync(save_cursor, cursor, now)
+            result.gap = ask
+            for event in notification.events if notification.carries_events else ():
                 resource = event.resource
                 if (
                     not isinstance(resource, dict)

@@ -9,6 +9,7 @@ writes are idempotent). :meth:`SyncWorker.drain` delivers until nothing is claim
 ``outbox resend`` command and the tests). :meth:`SyncWorker.status` is what ``/metrics`` and
 ``/api/outbox/endpoints`` report: per endpoint, the circuit breaker's state, the counts of this
 process and the requests made. Payer endpoints (:mod:`cm_fhir.sync.payer`) run alongside: their
+Subscription (:mod:`cm_fhir.sync.payer_subscribe`, where ``public_url`` is given), their
 messages, then their due ``Claim/$inquire`` polls.
 """
 
@@ -36,6 +37,7 @@ from cm_fhir.sync.config import EhrSettings, EndpointSettings, PayerEndpointSett
 from cm_fhir.sync.deliver import DeliveryStats, EndpointDelivery
 from cm_fhir.sync.endpoints import RequestCount, open_client
 from cm_fhir.sync.payer import PayerDelivery
+from cm_fhir.sync.payer_subscribe import PayerSubscriber
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint, poll_until_stopped
 
 __all__ = ["EndpointStatus", "SyncWorker"]
@@ -68,6 +70,7 @@ class SyncWorker:
         payers: Sequence[PayerEndpointSettings] = (),
         registry: MappingRegistry | None = None,
         payer_exchange: PayerExchange | None = None,
+        public_url: str | None = None,
     ) -> None:
         self.engine = engine
         self.config = config or EhrSettings()
@@ -105,6 +108,9 @@ class SyncWorker:
             )
             for e in payers
         ]
+        self.subscribers = {
+            e.name: PayerSubscriber(engine, e, self.clients[e.name], public_url) for e in payers
+        }
 
     async def aclose(self) -> None:
         for client in self.clients.values():
@@ -177,9 +183,12 @@ class SyncWorker:
     async def _payer_loop(
         self, payer: PayerDelivery, stop: asyncio.Event, committed: Wakeup | None
     ) -> None:
-        """A payer's messages, then its due inquiries, until ``stop`` is set."""
+        """A payer's subscription (checked when due), its messages, then its due inquiries,
+        until ``stop`` is set."""
+        subscriber = self.subscribers[payer.endpoint.name]
 
         async def one_pass() -> int:
+            await subscriber.ensure()
             return await payer.run_once() + await payer.inquire_due()
 
         await self._passes("payer", payer.endpoint.name, one_pass, stop, committed)

@@ -26,6 +26,7 @@ ROUTE_MODULES = (
     "utilization",
     "claim_inquiry",
     "payer_messages",
+    "subscriptions",
     "fhir",
     "ehr_notifications",
 )

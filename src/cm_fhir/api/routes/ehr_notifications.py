@@ -3,7 +3,9 @@
 its ClaimResponses (:meth:`cm_fhir.sync.payer.PayerDelivery.notify`). I/O.
 
 The EHR authenticates with the bearer secret configured for its endpoint (not an API key: the
-front door leaves this path to the route), compared in constant time; a wrong or missing secret
+front door leaves this path to the route), compared in constant time; a payer may instead carry
+the secret of the Subscription this side made there (:mod:`cm_fhir.sync.payer_subscribe`,
+compared by digest), and is then taken for that Subscription only; a wrong or missing secret
 is 401 (audited), and so is an endpoint that is unknown or has no secret (endpoint names cannot
 be probed); a body that is not a notification Bundle is 400; a notification of a Subscription the
 endpoint does not accept (another server's, or not in its ``subscriptions``) is 403 (audited),
@@ -35,8 +37,9 @@ from cm_fhir.fhir.outcome import Issue, operation_outcome
 from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.settings import Settings
+from cm_fhir.store.payer_subscribed import read_subscribed
 from cm_fhir.sync.endpoints import RequestCount, open_client
-from cm_fhir.sync.notifications import read_notification
+from cm_fhir.sync.notifications import read_notification, type_and_id
 from cm_fhir.sync.payer import PayerDelivery
 from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.sync.status_back import StatusBack, StatusBackEndpoint
@@ -54,7 +57,8 @@ class NotificationReceiver:
     the bearer secret they carry."""
 
     status_back: StatusBack | PayerDelivery
-    secret: str
+    secret: str | None
+    subscribed: bool = False  # a payer's: also its Subscription's own secret (payer_subscribed)
 
 
 async def open_receivers(
@@ -79,8 +83,10 @@ async def open_receivers(
         )
     spec = payer_exchange or default_payer_exchange()
     routes = outbox_routes(settings)
+    subscribing = settings.payer.public_url is not None
     for payer in settings.payer_endpoints:
-        if payer.notification_secret is None:
+        subscribed = subscribing and payer.subscribe != "never"
+        if payer.notification_secret is None and not subscribed:
             continue
         client = open_client(payer, RequestCount(), settings.ehr)
         stack.push_async_callback(client.aclose)
@@ -94,15 +100,34 @@ async def open_receivers(
             spec=spec,
             routes=routes,
         )
+        secret = payer.notification_secret
         out[payer.name] = NotificationReceiver(
-            delivery, payer.notification_secret.get_secret_value()
+            delivery, secret.get_secret_value() if secret else None, subscribed
         )
     return out
 
 
-def _authorised(request: Request, secret: str) -> bool:
+def _token(request: Request) -> str | None:
     scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.encode(), secret.encode())
+    return token if scheme.lower() == "bearer" and token else None
+
+
+async def _authorised(
+    request: Request, endpoint: str, receiver: NotificationReceiver | None
+) -> tuple[bool, str | None]:
+    """Whether the request carries the endpoint's secret; and, when it is the secret of our
+    Subscription at a payer, that Subscription's id (only its notifications are taken)."""
+    token = _token(request)
+    if receiver is None or token is None:
+        return False, None
+    if receiver.secret and hmac.compare_digest(token.encode(), receiver.secret.encode()):
+        return True, None
+    if receiver.subscribed:
+        async with get_context(request).engine.connect() as connection:
+            held = await connection.run_sync(read_subscribed, endpoint)
+        if held is not None and held.subscription_id and held.carries_secret(token):
+            return True, held.subscription_id
+    return False, None
 
 
 @router.post(
@@ -113,7 +138,8 @@ def _authorised(request: Request, secret: str) -> bool:
 async def subscription_notification(request: Request, endpoint: str) -> Response:
     receivers: dict[str, NotificationReceiver] = get_context(request).notifications
     receiver = receivers.get(endpoint)
-    if receiver is None or not _authorised(request, receiver.secret):
+    authorised, ours = await _authorised(request, endpoint, receiver)
+    if receiver is None or not authorised:
         subject = f"ehr:{endpoint}"[:255]
         await record_denial(request.scope, subject, "ehr", 401, "wrong notification secret")
         headers = {"WWW-Authenticate": 'Bearer realm="cm-fhir"'}
@@ -134,7 +160,9 @@ async def subscription_notification(request: Request, endpoint: str) -> Response
         if isinstance(endpoint_of, StatusBackEndpoint)
         else StatusBackEndpoint.of(endpoint_of)
     )
-    if not taken.accepts(notification.subscription):
+    if not taken.accepts(notification.subscription) or (
+        ours is not None and type_and_id(notification.subscription) != f"Subscription/{ours}"
+    ):
         subject = f"ehr:{endpoint}"[:255]
         await record_denial(request.scope, subject, "ehr", 403, "unknown subscription")
         return error_response(request, 403, "not a subscription of this endpoint")

@@ -25,6 +25,7 @@ from cm_fhir.api.routes.messages import outbox_columns
 from cm_fhir.api.schemas import OutboxCount, OutboxItem, OutboxPage, OutboxSummary
 from cm_fhir.store.case_tables import outbox
 from cm_fhir.store.outbox import DEFAULT_ENDPOINT, mark_for_resend
+from cm_fhir.store.payer_subscribed import Subscribed, read_subscribed
 
 __all__ = ["DEFAULT_ENDPOINT", "router"]
 
@@ -61,6 +62,11 @@ class EndpointInfo(BaseModel):
     delivery: EndpointDelivery | None = Field(
         None, description="Null when the sync role does not run in this process."
     )
+    subscription: str | None = Field(
+        None,
+        description="A payer's: the Subscription this side holds there (Subscription/<id>), "
+        "null when none (polling with Claim/$inquire only).",
+    )
 
 
 async def _counts(engine: Any) -> dict[tuple[str, str], Any]:
@@ -93,9 +99,19 @@ async def outbox_summary(context: ContextDep, _: ReadPrincipal) -> OutboxSummary
     return OutboxSummary(counts=counts)
 
 
+def _subscription(held: Subscribed | None) -> str | None:
+    if held is None or held.subscription_id is None:
+        return None
+    return f"Subscription/{held.subscription_id}"
+
+
 @router.get("/endpoints", summary="The FHIR endpoints, their circuit breakers and deliveries")
 async def outbox_endpoints(context: ContextDep, _: ReadPrincipal) -> list[EndpointInfo]:
     found = await _counts(context.engine)
+    async with context.engine.connect() as connection:
+        held = await connection.run_sync(
+            lambda c: {e.name: read_subscribed(c, e.name) for e in context.settings.payer_endpoints}
+        )
     running = {s.name: s for s in context.sync.status()} if context.sync is not None else {}
     out = []
     settings = context.settings
@@ -128,6 +144,7 @@ async def outbox_endpoints(context: ContextDep, _: ReadPrincipal) -> list[Endpoi
                 rate_limit=e.rate_limit,
                 counts={s: int(found[e.name, s].n) for s in _STATES if (e.name, s) in found},
                 delivery=delivery,
+                subscription=_subscription(held.get(e.name)),
             )
         )
     return out

@@ -32,6 +32,7 @@ from cm_fhir.api.deps import (
     PrincipalDep,
     ReadPrincipal,
     WritePrincipal,
+    get_context,
     get_payer_exchange,
     get_registry,
     get_settings,
@@ -62,6 +63,7 @@ from cm_fhir.store.fhir_inbox import (
 )
 from cm_fhir.store.inbox import NewMessage
 from cm_fhir.store.payer_cases import find_review, payer_cases
+from cm_fhir.store.subscriptions import notify_review_change, record_submitter
 from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.routing import outbox_routes
 from cm_fhir.workflow.facts import patient_key
@@ -206,6 +208,7 @@ async def submit_claim(
             outbox_routes(get_settings(request)),
             message,
         )
+        await connection.run_sync(record_submitter, review.id, principal.subject, now)
         response = claim_response(review, case.patient, spec, base, now)
         answer = json.dumps(pas_response_bundle(response, spec, now))
         await connection.run_sync(record_answer, row_id, answer.encode())
@@ -308,11 +311,11 @@ def _decide(
     review_id: str,
     body: DecisionRequest,
     registry: MappingRegistry,
-    programme: str,
+    spec: PayerExchange,
     now: datetime,
     routes: Sequence[OutboxRoute],
 ) -> UtilizationReview:
-    found = find_review(connection, programme, review_id)
+    found = find_review(connection, spec.payer_programme, review_id)
     if found is None:
         raise RecordNotFound(f"no utilization review '{review_id}' on a payer case")
     holder = found[0]
@@ -343,7 +346,9 @@ def _decide(
         target=review_id,
         routes=routes,
     )
-    return stored.case.utilization_review(review_id)
+    review = stored.case.utilization_review(review_id)
+    notify_review_change(connection, stored.case, review, registry.canonical_base, spec, now)
+    return review
 
 
 @router.post(
@@ -366,9 +371,10 @@ async def post_decision(
             review_id,
             body,
             get_registry(request),
-            get_payer_exchange(request).payer_programme,
+            get_payer_exchange(request),
             now,
             outbox_routes(get_settings(request)),
         )
         await audit.record("decide", "utilization-review", review_id, connection=connection)
+    get_context(request).subscription_events.notify()
     return review
