@@ -78,7 +78,11 @@ async def test_the_decision_arrives_by_notification_before_any_inquiry_is_due(
             case_id = await eventually(hospital_case, "the hospital case opened")
             asked = await at_hospital.post(
                 f"/api/cases/{case_id}/utilization-reviews",
-                json={"review_type": "concurrent", "level_of_care": "inpatient", "requested_days": 5},
+                json={
+                    "review_type": "concurrent",
+                    "level_of_care": "inpatient",
+                    "requested_days": 5,
+                },
             )
             assert asked.status_code == 200, asked.text
             review_url = f"/api/cases/{case_id}/utilization-reviews/ur1"

@@ -162,7 +162,10 @@ def _filter(value: str) -> Json:
         ({"_criteria": _filter("Claim?orgIdentifier=a|b")}, "Subscription.criteria.extension"),
         ({"end": "2026-13-01"}, "Subscription.end"),
         ({"channel": {"type": "websocket"}}, "Subscription.channel.type"),
-        ({"channel": {"type": "rest-hook", "endpoint": "ftp://x"}}, "Subscription.channel.endpoint"),
+        (
+            {"channel": {"type": "rest-hook", "endpoint": "ftp://x"}},
+            "Subscription.channel.endpoint",
+        ),
         (
             {
                 "channel": {
