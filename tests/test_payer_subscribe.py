@@ -60,23 +60,27 @@ async def test_the_hospital_subscribes_once_and_again_when_the_payer_lost_it(
         subscriber(worker_engine, f"http://127.0.0.1:{port}/fhir") as side,
     ):
         held = await side.ensure()
-        assert held is not None and held.subscription_id is not None
+        assert held is not None
+        assert held.subscription_id is not None
         (row,) = await held_at_payer(worker_engine)
         assert row.id == held.subscription_id
         assert row.endpoint_url == f"{PUBLIC}/fhir/subscription-notification/payer"
         assert row.payload == "id-only"
         (header,) = orjson.loads(row.headers)
         scheme, _, secret = header.removeprefix("Authorization:").strip().partition(" ")
-        assert scheme == "Bearer" and held.carries_secret(secret)  # what the payer will send
+        assert scheme == "Bearer"
+        assert held.carries_secret(secret)
         assert await side.ensure() is None  # not due: no request
         later = datetime.now(UTC) + timedelta(seconds=CHECK_EVERY + 1)
         again = await side.ensure(later)
-        assert again is not None and again.subscription_id == held.subscription_id
+        assert again is not None
+        assert again.subscription_id == held.subscription_id
         assert len(await held_at_payer(worker_engine)) == 1  # still there: kept
         async with worker_engine.begin() as connection:  # the payer loses it
             await connection.execute(delete(payer_subscriptions))
         renewed = await side.ensure(later + timedelta(seconds=CHECK_EVERY + 1))
-        assert renewed is not None and renewed.subscription_id not in (None, row.id)
+        assert renewed is not None
+        assert renewed.subscription_id not in (None, row.id)
         (new_row,) = await held_at_payer(worker_engine)
         assert new_row.id == renewed.subscription_id
         assert not renewed.carries_secret(secret)  # a new secret with it
@@ -107,7 +111,8 @@ async def test_a_payer_without_subscriptions_is_polled_only_unless_told_otherwis
         assert posted == []
         async with subscriber(worker_engine, base, subscribe="always") as always:
             held = await always.ensure()
-        assert held is not None and held.subscription_id == "s1"
+        assert held is not None
+        assert held.subscription_id == "s1"
         assert posted[0]["channel"]["endpoint"].startswith(PUBLIC)
 
 
