@@ -59,7 +59,8 @@ async def test_metadata_is_open_and_valid(case_app: FastAPI) -> None:
     statement = response.json()
     CapabilityStatement.model_validate(statement)
     served = [r["type"] for r in statement["rest"][0]["resource"]]
-    assert served == [*RESOURCE_TYPES, "Claim"]  # Claim: the payer operations only
+    # Claim: the payer operations only; Subscription: to the PAS topic
+    assert served == [*RESOURCE_TYPES, "Claim", "Subscription"]
     assert statement["implementation"]["url"] == f"{BASE_URL}/fhir"
 
 

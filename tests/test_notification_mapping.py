@@ -12,9 +12,10 @@ import pytest
 
 from cm_fhir.domain.events import NoticeKind
 from cm_fhir.errors import MappingError, ValidationError
-from cm_fhir.fhir.models import validate_bundle
+from cm_fhir.fhir.models import validate_bundle, validate_resource
 from cm_fhir.fhir.notification import notification_bundle, parse_notification, read_header
 from cm_fhir.fhir.pas_request import pas_inquiry_bundle
+from cm_fhir.fhir.subscription import read_subscription, subscription_request
 from notification_samples import ADMITTED, SPEC, bundle, notice
 
 Json = dict[str, Any]
@@ -139,5 +140,11 @@ def test_the_shipped_examples_are_what_the_code_builds_today() -> None:
     assert shipped["discharge-notification.json"] == bundle(NoticeKind.DISCHARGE)
     request = shipped["irf-admission-request.json"]
     assert shipped["irf-admission-inquiry.json"] == pas_inquiry_bundle(request)
+    subscription = shipped.pop("subscription.json")
+    endpoint = "https://provider.example.org/fhir/subscription-notification/payer"
+    secret = "replace-with-a-long-random-secret"
+    assert subscription == subscription_request(endpoint, secret, "id-only")
+    validate_resource(subscription)
+    assert read_subscription(subscription).endpoint == endpoint
     for document in shipped.values():
         validate_bundle(document)

@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request, Response
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api_case_helpers import TOKENS, case_app, client
+from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.pas_request import pas_request_bundle
 from cm_fhir.fhir.subscription import FILTER_CRITERIA, PAS_TOPIC, PAYLOAD_CONTENT
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
@@ -212,6 +213,7 @@ async def test_a_decision_is_notified_to_the_submitters_subscriptions_only(
     (got,) = receiver.got
     path, authorization, bundle = got
     assert (path, authorization) == ("a", "Bearer subscriber-secret")
+    validate_bundle(bundle)  # R4: a history Bundle, the status as Parameters
     notification = read_notification(bundle)
     assert notification.subscription == f"Subscription/{mine['id']}"
     assert notification.events_since_start == 1

@@ -154,7 +154,7 @@ def capability_statement(
                     },
                     {
                         "type": "Subscription",
-                        "profile": SUBSCRIPTION_PROFILE,
+                        "supportedProfile": [SUBSCRIPTION_PROFILE],
                         "extension": [{"url": TOPIC_CANONICAL, "valueCanonical": PAS_TOPIC}],
                         "documentation": (
                             "Subscriptions R5 Backport to the Da Vinci PAS topic: rest-hook, "
