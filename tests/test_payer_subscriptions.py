@@ -273,3 +273,17 @@ async def test_the_capability_statement_offers_subscriptions_to_the_pas_topic(
     (resource,) = [r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription"]
     assert resource["extension"][0]["valueCanonical"] == PAS_TOPIC
     assert {i["code"] for i in resource["interaction"]} == {"create", "read", "delete"}
+
+
+async def test_a_refused_notification_ends_the_subscription_in_error(
+    case_app: FastAPI, worker_engine: AsyncEngine, receiver: Receiver
+) -> None:
+    receiver.statuses = [401]  # the subscriber no longer knows this secret
+    created = await subscribe(case_app, "hospital-a", subscription(receiver.url("a")))
+    await submit_and_decide(case_app, "hospital-a")
+    await deliver(worker_engine)
+    (row,) = await notifications(worker_engine)
+    assert (row.state, row.last_error) == ("failed", "HTTP 401 RemoteAuthError")
+    async with client(case_app, "hospital-a") as http:
+        read = await http.get(f"/fhir/Subscription/{created['id']}")
+    assert read.json()["status"] == "error"  # what the subscriber reads to subscribe again

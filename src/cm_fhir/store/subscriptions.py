@@ -52,6 +52,7 @@ __all__ = [
     "StoredSubscription",
     "create_subscription",
     "delete_subscription",
+    "end_subscription",
     "enqueue_review_event",
     "notify_review_change",
     "payer_review_submitters",
@@ -168,6 +169,15 @@ def subscription_of_endpoint(connection: Connection, endpoint: str) -> StoredSub
     if not endpoint.startswith(ENDPOINT_PREFIX):
         return None
     return read_subscription_row(connection, endpoint.removeprefix(ENDPOINT_PREFIX))
+
+
+def end_subscription(
+    connection: Connection, subscription_id: str, status: str, now: datetime
+) -> None:
+    """Set the subscription's status (``error`` when its endpoint refused a notification)."""
+    connection.execute(
+        update(_s).where(_s.c.id == subscription_id).values(status=status, updated_at=now)
+    )
 
 
 def delete_subscription(connection: Connection, subscription_id: str) -> None:

@@ -10,7 +10,8 @@ secret generated here) and keeps the id the payer gave and the secret's digest
 (:mod:`cm_fhir.store.payer_subscribed`); notifications are then taken by the notification route
 with that secret, only for that Subscription. Every :data:`CHECK_EVERY` seconds it reads the
 Subscription back and creates a new one when the payer has lost it (404/410) or ended it
-(``off``, ``error``). A payer that cannot be reached is asked again sooner, backing off. Pended
+(``off``, ``error``); its pended reviews are then asked about at once, as notifications may have
+been lost meanwhile. A payer that cannot be reached is asked again sooner, backing off. Pended
 reviews are still asked about with ``Claim/$inquire`` on their own interval, and at once when a
 notification shows missed events (:meth:`cm_fhir.sync.payer.PayerDelivery.notify`).
 """
@@ -27,6 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.errors import RemoteNotFound
 from cm_fhir.fhir.subscription import subscription_request
 from cm_fhir.fhir_client import FhirClient
+from cm_fhir.store.payer_reviews import inquire_now
 from cm_fhir.store.payer_subscribed import (
     Subscribed,
     read_subscribed,
@@ -125,7 +127,11 @@ class PayerSubscriber:
             text = "the payer's CapabilityStatement lists no Subscription"
             await self._save(Subscribed(self.endpoint.name, None, None, None, now, text))
             return None
-        return await self._create(now)
+        created = await self._create(now)
+        if held is not None and held.subscription_id is not None:  # events may have been lost
+            async with self.engine.begin() as connection:
+                await connection.run_sync(inquire_now, self.endpoint.name, now)
+        return created
 
     async def _alive(self, subscription_id: str) -> bool:
         try:

@@ -7,9 +7,12 @@ notifications waiting, leases them per patient and in order as for any endpoint
 (:func:`~cm_fhir.sync.deliver.claim_work`) and posts each Bundle to the subscription's channel
 endpoint with its header lines, through a :class:`~cm_fhir.fhir_client.FhirClient` per
 subscription (its own circuit breaker). Each post settles in its own transaction: ``sent``;
-``failed`` when refused for good (4xx) or when the subscription is gone; otherwise retried
-later, backing off (:func:`~cm_fhir.sync.deliver.retry_delay`), the patient's later
-notifications waiting behind it so events arrive in order. Nothing of the content is logged.
+``failed`` when the subscription is gone or no longer active; ``failed`` when refused for good
+(4xx, 401 and 403 included: the headers will not change), and the subscription's status becomes
+``error`` (its later notifications end ``failed``; the subscriber sees the status and subscribes
+again); otherwise (transport, 5xx, 429) retried later, backing off
+(:func:`~cm_fhir.sync.deliver.retry_delay`), the patient's later notifications waiting behind it
+so events arrive in order. Nothing of the content is logged.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from cm_fhir.errors import RemoteAuthError
 from cm_fhir.fhir_client import FhirClient, RetryPolicy
 from cm_fhir.fhir_client.breaker import CircuitBreaker
 from cm_fhir.store.case_tables import OutboxState, outbox
@@ -30,6 +34,7 @@ from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_
 from cm_fhir.store.subscriptions import (
     ENDPOINT_PREFIX,
     StoredSubscription,
+    end_subscription,
     subscription_of_endpoint,
 )
 from cm_fhir.store.wakeup import Wakeup, idle
@@ -149,7 +154,7 @@ class SubscriptionDelivery:
             subscription = await connection.run_sync(subscription_of_endpoint, endpoint)
         if subscription is None or subscription.status != "active":
             async with self.engine.begin() as connection:
-                gone = "the subscription is gone"
+                gone = "the subscription is gone" if subscription is None else "it is not active"
                 await connection.run_sync(settle_failed, write, gone, None, datetime.now(UTC))
             self.stats.failed += 1
             return True
@@ -163,7 +168,7 @@ class SubscriptionDelivery:
             )
         except Exception as exc:
             now = datetime.now(UTC)
-            if is_retryable(exc):
+            if is_retryable(exc) and not isinstance(exc, RemoteAuthError):
                 delay = retry_delay(self.config, exc, write.attempts)
                 async with self.engine.begin() as connection:
                     await connection.run_sync(
@@ -176,10 +181,11 @@ class SubscriptionDelivery:
                     )
                 self.stats.retried += 1 + len(later)
                 return False
-            async with self.engine.begin() as connection:
+            async with self.engine.begin() as connection:  # refused: the subscription ends
                 await connection.run_sync(
                     settle_failed, write, error_text(exc), outcome_bytes(exc), now
                 )
+                await connection.run_sync(end_subscription, subscription.id, "error", now)
             self.stats.failed += 1
             log.warning("subscription %s refused a notification (%s)", endpoint, error_text(exc))
             return True
