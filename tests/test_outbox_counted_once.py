@@ -121,7 +121,7 @@ async def test_the_downgrade_restores_the_outbox_counters_and_the_upgrade_drops_
     deltas, per_state = await _outbox_counters(fresh_engine)
     assert deltas > 0
     assert per_state == {"pending": 2, "sent": 2}
-    assert await upgrade_database(fresh_engine) == [_HEAD]
+    assert (await upgrade_database(fresh_engine))[0] == _HEAD  # then any later revision
     assert await _outbox_counters(fresh_engine) == (0, {})
     await _write_outbox(fresh_engine)  # the triggers are gone again
     assert await _outbox_counters(fresh_engine) == (0, {})

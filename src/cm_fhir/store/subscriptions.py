@@ -42,6 +42,7 @@ from cm_fhir.domain import Case, UtilizationReview
 from cm_fhir.fhir.pas_response import claim_response
 from cm_fhir.fhir.subscription import EventFocus, SubscriptionRequest, notification_bundle
 from cm_fhir.mapping.payer_exchange import PayerExchange
+from cm_fhir.store.case_tables import OutboxState, outbox
 from cm_fhir.store.outbox import OutboxEntry, enqueue
 from cm_fhir.store.tables import metadata
 from cm_fhir.workflow.facts import patient_key
@@ -50,6 +51,7 @@ __all__ = [
     "ENDPOINT_PREFIX",
     "NOTIFY",
     "StoredSubscription",
+    "active_endpoints",
     "create_subscription",
     "delete_subscription",
     "end_subscription",
@@ -171,18 +173,39 @@ def subscription_of_endpoint(connection: Connection, endpoint: str) -> StoredSub
     return read_subscription_row(connection, endpoint.removeprefix(ENDPOINT_PREFIX))
 
 
-def end_subscription(
-    connection: Connection, subscription_id: str, status: str, now: datetime
-) -> None:
-    """Set the subscription's status (``error`` when its endpoint refused a notification)."""
+def _fail_waiting(connection: Connection, subscription_id: str, why: str, now: datetime) -> None:
+    """The subscription's notifications still waiting will not be sent: ``failed``."""
+    o = outbox.c
     connection.execute(
-        update(_s).where(_s.c.id == subscription_id).values(status=status, updated_at=now)
+        update(outbox)
+        .where(
+            o.endpoint == ENDPOINT_PREFIX + subscription_id, o.state == OutboxState.PENDING.value
+        )
+        .values(state=OutboxState.FAILED.value, reason=why, last_error=why, updated_at=now)
     )
 
 
-def delete_subscription(connection: Connection, subscription_id: str) -> None:
-    """Forget the subscription; its notifications still waiting end ``failed`` when claimed."""
+def end_subscription(
+    connection: Connection, subscription_id: str, status: str, now: datetime
+) -> None:
+    """Set the subscription's status (``error`` when its endpoint refused a notification); its
+    notifications still waiting end ``failed``."""
+    connection.execute(
+        update(_s).where(_s.c.id == subscription_id).values(status=status, updated_at=now)
+    )
+    _fail_waiting(connection, subscription_id, f"the subscription is {status}", now)
+
+
+def delete_subscription(connection: Connection, subscription_id: str, now: datetime) -> None:
+    """Forget the subscription; its notifications still waiting end ``failed``."""
     connection.execute(delete(_s).where(_s.c.id == subscription_id))
+    _fail_waiting(connection, subscription_id, "the subscription is gone", now)
+
+
+def active_endpoints(connection: Connection) -> list[str]:
+    """The outbox endpoints of the active subscriptions."""
+    query = select(_s.c.id).where(_s.c.status == ACTIVE).order_by(_s.c.id)
+    return [ENDPOINT_PREFIX + str(sid) for sid in connection.execute(query).scalars()]
 
 
 def record_submitter(connection: Connection, review_id: str, owner: str, now: datetime) -> None:

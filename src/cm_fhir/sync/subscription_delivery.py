@@ -32,8 +32,8 @@ from cm_fhir.fhir_client.breaker import CircuitBreaker
 from cm_fhir.store.case_tables import OutboxState, outbox
 from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
 from cm_fhir.store.subscriptions import (
-    ENDPOINT_PREFIX,
     StoredSubscription,
+    active_endpoints,
     end_subscription,
     subscription_of_endpoint,
 )
@@ -122,14 +122,18 @@ class SubscriptionDelivery:
             await self.aclose()
 
     async def waiting(self) -> list[str]:
-        """The subscription endpoints with notifications pending."""
-        o = outbox.c
-        query = (
-            select(o.endpoint)
-            .where(o.state == OutboxState.PENDING.value, o.endpoint.startswith(ENDPOINT_PREFIX))
-            .distinct()
-        )
+        """The active subscriptions' endpoints with notifications pending (two indexed reads:
+        the few active subscriptions, then their pending rows)."""
         async with self.engine.connect() as connection:
+            endpoints = await connection.run_sync(active_endpoints)
+            if not endpoints:
+                return []
+            o = outbox.c
+            query = (
+                select(o.endpoint)
+                .where(o.state == OutboxState.PENDING.value, o.endpoint.in_(endpoints))
+                .distinct()
+            )
             return [str(row[0]) for row in await connection.execute(query)]
 
     async def run_once(self) -> int:

@@ -167,6 +167,6 @@ async def remove(
     if isinstance(found, Response):
         return found
     async with engine.begin() as connection:
-        await connection.run_sync(delete_subscription, found.id)
+        await connection.run_sync(delete_subscription, found.id, datetime.now(UTC))
         await audit.record("delete", _ENTITY, found.id, connection=connection)
     return Response(status_code=204)
