@@ -92,6 +92,8 @@ def test_capability_statement_lists_exactly_the_table() -> None:
     claim = served.pop("Claim")  # the payer operations only: no interaction, no search
     assert "interaction" not in claim
     assert "searchParam" not in claim
+    subscription = served.pop("Subscription")  # the PAS topic: create, read, delete only
+    assert "searchParam" not in subscription
     assert set(served) == set(SEARCH_PARAMETERS)
     for resource_type, resource in served.items():
         names = [p["name"] for p in resource["searchParam"]]

@@ -101,7 +101,7 @@ async def create(
             create_subscription, sid, principal.subject, asked, datetime.now(UTC)
         )
         await audit.record("create", _ENTITY, sid, connection=connection)
-    location = str(request.url_for("read", subscription_id=sid))
+    location = str(request.url_for("subscription-read", subscription_id=sid))
     return Response(_resource(stored), 201, media_type=FHIR_JSON, headers={"Location": location})
 
 
@@ -109,6 +109,7 @@ async def create(
     "/fhir/Subscription/{subscription_id}",
     summary="Read one of the caller's Subscriptions",
     response_class=Response,
+    name="subscription-read",
 )
 async def read(
     request: Request,

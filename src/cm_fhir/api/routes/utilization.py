@@ -10,7 +10,9 @@ when a rule in ``mappings/payer-exchange.yaml`` matches, and answers a Bundle wh
 the ClaimResponse. The same request sent again gets the same answer and adds nothing. A Bundle
 without a usable Claim is answered 400 with an OperationOutcome naming the element. Scopes: SMART
 ``system/Claim.c`` (or ``.write``/``.*``) for ``$submit``; ``read`` for the queue and ``write``
-to decide. Every exchange is audited.
+to decide. Every exchange is audited. ``$submit`` records who submitted each review, and a
+decision is notified, in its transaction, through the outbox, to that client's PAS subscriptions
+(:func:`~cm_fhir.store.subscriptions.notify_review_change`).
 """
 
 from __future__ import annotations
