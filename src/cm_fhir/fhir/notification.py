@@ -6,7 +6,9 @@ MessageHeader whose ``eventCoding`` is one of the notification events of
 ``mappings/payer-exchange.yaml`` (``notifications``), whose ``source.endpoint`` names the sender
 and whose ``focus`` is the Encounter in the Bundle; the Encounter names the stay (an identifier
 with a system) and its Patient (in the Bundle, with an identifier with a system); a Coverage,
-when present, names the payer and the member id. Every resource is checked against the R4 models.
+when present, names the payer and the member id. The Patient's member ids lead its identifiers
+(:func:`~cm_fhir.fhir.members.member_patient`): the payer knows the member by them. Every resource
+is checked against the R4 models.
 What is unusable raises :class:`~cm_fhir.errors.MappingError` whose ``path`` names the element, or
 :class:`~cm_fhir.errors.ValidationError` with the OperationOutcome of what is not R4.
 
@@ -24,10 +26,11 @@ import pydantic
 
 from cm_fhir.domain.case import Coverage
 from cm_fhir.domain.codes import PartyKind
-from cm_fhir.domain.common import PartyRef, PatientRef
+from cm_fhir.domain.common import PartyRef
 from cm_fhir.domain.events import EncounterNotice, NoticeKind
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir.datatypes import identifier, instant, parse_instant
+from cm_fhir.fhir.members import member_patient
 from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.pas_intake import identifiers_of, party_of, resolve_reference
 from cm_fhir.fhir.pas_request import coverage_resource, party_resource
@@ -194,7 +197,7 @@ def parse_notification(bundle: Any, spec: PayerExchange) -> EncounterNotice:
             source=read.source[:255],
             kind=read.kind,
             at=at or read.timestamp,
-            patient=PatientRef(identifiers=tuple(patient_ids)),
+            patient=member_patient(patient_ids, member_id, spec),
             encounter=stay[0],
             admitted=admitted,
             discharged=discharged,

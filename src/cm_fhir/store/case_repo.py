@@ -35,7 +35,7 @@ from cm_fhir.store.case_writes import (
     build_case,
     commit_case_changes,
 )
-from cm_fhir.store.cases import StateRow, lock_states
+from cm_fhir.store.cases import StateRow, lock_states, row_resolver
 from cm_fhir.store.sync_state import SyncRecord
 from cm_fhir.store.trace import TraceRecord
 from cm_fhir.workflow import PatientState, TraceEntry
@@ -217,20 +217,22 @@ def create_case(
     """Store a new case (DomainError, answered 409, if the id is taken).
 
     With ``in_state``, the case is also filed in its patient's state document (created if the
-    patient has none), so events the workflow applies later see it: a payer case opened by a
-    prior-authorization request takes the member's admission and discharge notifications.
+    patient has none; through an alias, the document it points at), so events the workflow
+    applies later see it: a payer case opened by a prior-authorization request takes the member's
+    admission and discharge notifications.
     """
     key = patient_key(case.patient)
     documents: dict[str, PatientState] = {}
     if in_state:
-        row = lock_states(connection, [key]).get(key)
-        if row is None or row.alias_of is None:
-            state = (
-                PatientState.model_validate_json(row.document)
-                if row is not None and row.document is not None
-                else PatientState(patient_keys=(key,), patient=case.patient)
-            )
-            documents[key] = state.model_copy(update={"cases": (*state.cases, case)})
+        rows = lock_states(connection, [key])
+        filed = row_resolver(rows)(key)  # a key linked to another (merged, a member's id)
+        row = rows.get(filed)
+        state = (
+            PatientState.model_validate_json(row.document)
+            if row is not None and row.document is not None
+            else PatientState(patient_keys=(filed,), patient=case.patient)
+        )
+        documents[filed] = state.model_copy(update={"cases": (*state.cases, case)})
     if read_case(connection, case.id) is not None:
         raise DomainError(f"case '{case.id}' already exists")
     team = case.care_team.id if case.care_team is not None else None
