@@ -342,11 +342,15 @@ class BatchProcessor:
         try:
             body = json.loads(row.raw)
             event: EncounterNotice | ReviewDecided
+            keys: tuple[str, ...] = ()
             if row.message_type == CLAIM_RESPONSE:
                 event = review_decided(body, self.payer, row.received_at)
+                # Filed by whoever stored it under the key of the case the review is on: the
+                # payer may name the patient by another identifier (its member id).
+                keys = (row.patient_key,) if row.patient_key else ()
             else:
                 event = parse_notification(body, self.payer)
-            return Parsed(row, event=event, keys=event_keys(event, self.rules))
+            return Parsed(row, event=event, keys=keys or event_keys(event, self.rules))
         except (MappingError, ValidationError, ValueError) as exc:
             settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
         except Exception as exc:  # anything else is retried, then dead-lettered
