@@ -86,7 +86,7 @@ BROKEN = {
     "Bundle.type": lambda d: d.update(type="collection"),
     "Bundle.entry": lambda d: d.update(entry=[]),
     "Bundle.entry[0]": lambda d: d["entry"].reverse(),
-    "Bundle.identifier": lambda d: (d.pop("identifier"), _resource(d, "MessageHeader").pop("id")),
+    "MessageHeader.id": lambda d: _resource(d, "MessageHeader").pop("id"),
     "Bundle.timestamp": lambda d: d.pop("timestamp"),
     "MessageHeader.event": lambda d: _resource(d, "MessageHeader").pop("eventCoding"),
     "MessageHeader.eventCoding": lambda d: _resource(d, "MessageHeader")["eventCoding"].update(
