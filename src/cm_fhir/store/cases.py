@@ -29,6 +29,7 @@ __all__ = [
     "load_states",
     "lock_states",
     "resource_row",
+    "state_versions",
     "sync_resources",
     "upsert_cases",
     "write_states",
@@ -118,6 +119,19 @@ def load_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateR
             found[row.patient_key] = row
         wanted = {r.alias_of for r in found.values() if r.alias_of and r.alias_of not in found}
     return found
+
+
+def state_versions(connection: Connection, keys: Iterable[str]) -> dict[str, int]:
+    """The version of each ``patient_states`` row filed under ``keys`` (absent keys: no entry).
+
+    Every write of a row raises its version, so two equal answers mean nothing was written in
+    between (the worker's read half of a batch on SQLite checks this before its write half).
+    """
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    query = select(_s.c.patient_key, _s.c.version).where(_s.c.patient_key.in_(wanted))
+    return {row.patient_key: row.version for row in connection.execute(query)}
 
 
 def write_states(

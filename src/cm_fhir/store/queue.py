@@ -45,6 +45,8 @@ __all__ = [
     "ClaimedMessage",
     "InboxOutcome",
     "claim_batch",
+    "claims_unchanged",
+    "inbox_top",
     "mark_waiting",
     "message_key",
     "replay",
@@ -151,6 +153,14 @@ _COLUMNS = (
 )
 
 
+_TOP = select(func.max(_t.c.id))
+
+
+def inbox_top(connection: Connection) -> int:
+    """The id of the newest inbox row (0 when empty): it grows while messages arrive."""
+    return int(connection.execute(_TOP).scalar() or 0)
+
+
 def claim_batch(
     connection: Connection, limit: int, retry_before: datetime | None = None
 ) -> list[ClaimedMessage]:
@@ -191,6 +201,32 @@ def claim_batch(
         )
         for row in connection.execute(query)
     ]
+
+
+def claims_unchanged(connection: Connection, rows: Sequence[ClaimedMessage]) -> bool:
+    """Whether ``rows``, claimed in an earlier read, may still be processed as claimed: each is
+    still ``received`` with the attempts it was claimed with, and no row of their patients before
+    the last one claimed is ``received`` or dead-lettered besides them (a replay in between)."""
+    if not rows:
+        return True
+    claimed = {r.id: r.attempts for r in rows}
+    query = select(_t.c.id, _t.c.attempts).where(_t.c.id.in_(claimed), _t.c.state == _RECEIVED)
+    if {row.id: row.attempts for row in connection.execute(query)} != claimed:
+        return False
+    last: dict[str, int] = {}
+    for r in rows:
+        if r.patient_key is not None:
+            last[r.patient_key] = max(r.id, last.get(r.patient_key, 0))
+    if not last:
+        return True
+    others = select(_t.c.id, _t.c.patient_key).where(
+        _t.c.patient_key.in_(sorted(last)),
+        _t.c.state.in_((_RECEIVED, _DEAD)),
+        _t.c.id < max(last.values()),
+    )
+    return all(
+        row.id in claimed or row.id > last[row.patient_key] for row in connection.execute(others)
+    )
 
 
 def _aware(value: datetime) -> datetime:

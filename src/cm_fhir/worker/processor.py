@@ -54,14 +54,21 @@ from cm_fhir.store.case_writes import (
     CaseChanges,
     OutboxRoute,
     build_case,
+    commit_case_changes,
 )
-from cm_fhir.store.cases import lock_states
+from cm_fhir.store.cases import load_states, lock_states, state_versions
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE
 from cm_fhir.store.outbox import last_bundle_hashes
-from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settle
+from cm_fhir.store.queue import (
+    ClaimedMessage,
+    InboxOutcome,
+    claim_batch,
+    claims_unchanged,
+    settle,
+)
 from cm_fhir.store.tables import InboxFormat, InboxState
 from cm_fhir.store.trace import TraceRecord
-from cm_fhir.worker.changes import file_outcome, write_changes
+from cm_fhir.worker.changes import file_outcome, finish_changes
 from cm_fhir.worker.journal import outcome_lines
 from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.policy import (
@@ -88,6 +95,7 @@ __all__ = [
     "BatchProcessor",
     "BatchResult",
     "Parsed",
+    "PreparedBatch",
     "describe_error",
     "keys_of",
 ]
@@ -138,6 +146,17 @@ class Parsed:
     settled: InboxOutcome | None = None
     keys: tuple[str, ...] = ()
     trace: tuple[TraceRecord, ...] = ()
+
+
+@dataclass(slots=True)
+class PreparedBatch:
+    """A batch worked out and not yet written: its claimed rows, what to write, and (when read
+    without locks) the versions of the patient states it read."""
+
+    rows: list[ClaimedMessage]
+    changes: CaseChanges
+    now: datetime
+    versions: dict[str, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,27 +250,63 @@ class BatchProcessor:
     ) -> BatchResult:
         """Claim up to ``limit`` rows and commit-ready write their results (caller commits)."""
         with collection_paused():
-            return self._process(connection, limit, retry_before)
+            return self._write(connection, self._prepare(connection, limit, retry_before))
 
-    def _process(
-        self, connection: Connection, limit: int, retry_before: datetime | None
-    ) -> BatchResult:
+    def prepare(
+        self, connection: Connection, limit: int, retry_before: datetime | None = None
+    ) -> PreparedBatch:
+        """The read half of a batch: claim, parse, read the states and apply, writing nothing
+        and locking nothing (SQLite, where one worker claims: the write lock is then held for
+        :meth:`write_prepared` only)."""
+        with collection_paused():
+            return self._prepare(connection, limit, retry_before, lock=False)
+
+    def write_prepared(self, connection: Connection, prepared: PreparedBatch) -> BatchResult | None:
+        """The write half of :meth:`prepare`'s batch; None, writing nothing, when a claimed row
+        or a patient state it read changed in between (the caller then runs the batch whole)."""
+        rows, versions = prepared.rows, prepared.versions or {}
+        if not claims_unchanged(connection, rows) or state_versions(connection, versions) != {
+            k: v for k, v in versions.items() if v >= 0
+        }:
+            return None
+        with collection_paused():
+            return self._write(connection, prepared)
+
+    def _prepare(
+        self,
+        connection: Connection,
+        limit: int,
+        retry_before: datetime | None,
+        *,
+        lock: bool = True,
+    ) -> PreparedBatch:
         self.last_claimed, self.last_outcomes = [], []
         if connection.dialect.name == "postgresql" and self._toast_lz4 is not False:
             self._toast_lz4 = _prefer_lz4(connection, probe=self._toast_lz4 is None)
         rows = claim_batch(connection, limit, retry_before)
         self.last_claimed = rows
+        prepared = PreparedBatch(rows, CaseChanges(), datetime.now(UTC))
+        if not rows:
+            return prepared
+        parsed = self.parse(rows)
+        keys = keys_of(parsed)
+        states = lock_states(connection, keys) if lock else load_states(connection, keys)
+        if not lock:  # absent keys as -1: a row filed under one in between is a change too
+            found = state_versions(connection, states)
+            prepared.versions = {k: found.get(k, -1) for k in keys | set(states)}
+        book = PatientBook(states, self._decoded)
+        book.decode_all()
+        hashes = last_bundle_hashes(connection, book.case_ids())
+        self.apply(parsed, book, hashes, prepared.changes)
+        finish_changes(book, prepared.changes, self.rules, prepared.now)
+        return prepared
+
+    def _write(self, connection: Connection, prepared: PreparedBatch) -> BatchResult:
+        rows, changes = prepared.rows, prepared.changes
         result = BatchResult(claimed=len(rows))
         if not rows:
             return result
-        now = datetime.now(UTC)
-        parsed = self.parse(rows)
-        book = PatientBook(lock_states(connection, keys_of(parsed)), self._decoded)
-        book.decode_all()
-        hashes = last_bundle_hashes(connection, book.case_ids())
-        changes = CaseChanges()
-        self.apply(parsed, book, hashes, changes)
-        committed = write_changes(connection, book, changes, self.rules, now, self.routes)
+        committed = commit_case_changes(connection, changes, prepared.now, routes=self.routes)
         self.last_outcomes = outcome_lines(changes, rows)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
