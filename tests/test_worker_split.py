@@ -17,7 +17,7 @@ from cm_fhir.store.engine import READ_ONLY_OPTION
 from cm_fhir.store.queue import InboxOutcome, replay, settle
 from cm_fhir.store.tables import InboxState
 from cm_fhir.worker import BatchResult, Worker, WorkerConfig
-from cm_fhir.worker.processor import PreparedBatch
+from cm_fhir.worker.batch import PreparedBatch
 from cm_fhir.workflow import apply_domain_event
 from worker_fixtures import inbox_messages, ingest, outbox, patient_states, rows, settle_worker
 from workflow_messages import Visit, hours

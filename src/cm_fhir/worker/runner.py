@@ -1,8 +1,12 @@
-"""The async worker loop: batches of inbox rows, one transaction each, until stopped. I/O.
+"""The async worker loop: batches of inbox rows, one writing transaction each, until stopped. I/O.
 
-:class:`Worker` runs :class:`~cm_fhir.worker.processor.BatchProcessor` in a transaction per batch
-(``run_sync`` on the async connection: one greenlet switch per statement on asyncpg, no thread per
-message). When a batch's transaction fails in the database, the rows are rolled back and the next
+:class:`Worker` runs :class:`~cm_fhir.worker.processor.BatchProcessor`. On PostgreSQL (and an
+in-memory SQLite database) a batch is one transaction on the async connection (``run_sync``: one
+greenlet switch per statement on asyncpg). On a SQLite file the batch runs in the worker's own
+thread on a plain sqlite3 connection, in two halves: claim, read and apply in a read transaction,
+then write under the one write lock, which the inbox writer's ACKs wait on only for the writes; if
+a claimed row or a patient state changed in between, the batch runs whole under the lock (ADR
+0022). When a batch's transaction fails in the database, the rows are rolled back and the next
 claims take one row at a time, so one bad row is found and counted instead of failing its
 neighbours; lock conflicts and lost connections (``OperationalError``) are retried without counting
 an attempt. :meth:`Worker.run` polls until its stop event is set and always finishes the batch in
@@ -10,13 +14,14 @@ flight before returning; :meth:`Worker.run_once` stops when nothing is claimable
 closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at start and then every
 ``close_check_seconds``, in its own transactions between batches.
 
-A batch's work is bounded in time as well as in rows: the worker keeps a moving average of the time
-a claimed row takes and claims no more than fit in ``batch_seconds`` (unset: 5 ms on SQLite, no
-bound on PostgreSQL; at least 8 rows, as a batch's fixed cost can exceed that on a slow machine),
-so that on SQLite the one write lock the inbox writer needs for every ACK is not held long (a batch
-of 200 held it for most of a second). Small batches cost throughput (each has a fixed cost), so
-PostgreSQL, where the inbox writer does not wait on the worker, takes ``batch_size`` rows. On
-SQLite the worker also leaves a millisecond between batches, the waiting writer's turn at the lock.
+While messages arrive (the inbox grew since the batch before), a batch's writing is bounded in
+time as well as in rows: the worker keeps a moving average of the time a claimed row takes under
+the lock and claims no more than fit in ``batch_seconds`` (unset: 5 ms on SQLite, no bound on
+PostgreSQL; at least 8 rows, as a batch's fixed cost can exceed that on a slow machine), so that
+on SQLite the one write lock the inbox writer needs for every ACK is not held long. With nothing
+arriving (a backlog after an outage or a bulk load) no ACK waits, and a batch takes
+``batch_size`` rows: small batches cost throughput, each has a fixed cost. On SQLite the worker
+also leaves a millisecond between batches, the waiting writer's turn at the lock.
 """
 
 from __future__ import annotations
@@ -49,10 +54,11 @@ from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute, PayerRoute
 from cm_fhir.store.engine import READ_ONLY_OPTION, sqlite_thread_engine
 from cm_fhir.store.queue import inbox_top, mark_waiting
 from cm_fhir.store.wakeup import Wakeup, idle
+from cm_fhir.worker.batch import BatchResult
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
 from cm_fhir.worker.notify import PayerNotifier
-from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
+from cm_fhir.worker.processor import ApplyEvent, BatchProcessor
 from cm_fhir.workflow import PatientState
 
 __all__ = ["Worker", "WorkerConfig"]
