@@ -128,6 +128,7 @@ def _first_received() -> Any:
     )
 
 
+_NOT_BEHIND_A_DEAD_LETTER = ~_older((_DEAD,))
 # A head has no older received row of its patient (it is that patient's first received row, or
 # it has no patient key) and no older dead letter.
 _HEADS = (
@@ -135,7 +136,7 @@ _HEADS = (
     .where(
         _t.c.state == _RECEIVED,
         or_(_t.c.patient_key.is_(None), _t.c.id.in_(_first_received())),
-        ~_older((_DEAD,)),
+        _NOT_BEHIND_A_DEAD_LETTER,
     )
     .order_by(_t.c.id)
 )
@@ -181,7 +182,7 @@ def claim_batch(
     keys = sorted({row.patient_key for row in heads if row.patient_key is not None})
     condition: ColumnElement[bool] = _t.c.id.in_(head_ids)
     if keys:
-        followers = and_(_t.c.patient_key.in_(keys), ~_older((_DEAD,)))
+        followers = and_(_t.c.patient_key.in_(keys), _NOT_BEHIND_A_DEAD_LETTER)
         condition = or_(condition, followers)
     query = (
         select(*_COLUMNS).where(_t.c.state == _RECEIVED, condition).order_by(_t.c.id).limit(limit)
