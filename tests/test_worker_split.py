@@ -10,10 +10,12 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from sqlalchemy import Connection, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from cm_fhir.store.engine import READ_ONLY_OPTION
+from cm_fhir.errors import ConfigError
+from cm_fhir.store.engine import READ_ONLY_OPTION, sibling_engine
 from cm_fhir.store.queue import InboxOutcome, replay, settle
 from cm_fhir.store.tables import InboxState
 from cm_fhir.worker import BatchResult, Worker, WorkerConfig
@@ -166,3 +168,35 @@ async def test_the_sqlite_worker_reads_off_the_loop_and_redoes_a_changed_batch(
     async with worker_engine.connect() as connection:
         bundles = (await connection.execute(select(outbox.c.case_id))).scalars().all()
     assert len(bundles) == len(set(bundles)) + 1  # the admission's and the transfer's, one case
+
+
+async def test_a_worker_with_its_own_loop_leaves_the_callers_loop_free(
+    worker_engine: AsyncEngine,
+) -> None:
+    """``own_loop`` (``cm-fhir serve``, beside the listener): on PostgreSQL too the batch's
+    Python work runs elsewhere than on the loop that awaits it, and the result comes back."""
+    await ingest(
+        worker_engine, [ADMIT.raw("A01", "S1", hours(0)), OTHER.raw("A01", "S2", hours(0))]
+    )
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return apply_domain_event(*args, **kwargs)
+
+    worker = Worker(worker_engine, WorkerConfig(retry_delay=0), apply=apply, own_loop=True)
+    try:
+        assert (await worker.run_once()).processed == 2
+        assert (await worker.close_due()).checked >= 0
+    finally:
+        await worker.aclose()
+    assert len(threads) == 2
+    assert loop_thread not in threads
+    assert set((await _states(worker_engine)).values()) == {"processed"}
+
+
+def test_a_sibling_engine_needs_an_engine_of_make_engine() -> None:
+    foreign = create_async_engine("sqlite+aiosqlite://")
+    with pytest.raises(ConfigError, match="make_engine"):
+        sibling_engine(foreign)

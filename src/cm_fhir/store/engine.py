@@ -13,6 +13,7 @@ schema first) and returns the revisions it applied; :func:`revision_history` lis
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from importlib.resources import files
 from typing import Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "make_engine",
     "open_sqlite_writer",
     "revision_history",
+    "sibling_engine",
     "sqlite_thread_engine",
     "upgrade_database",
 ]
@@ -75,6 +77,11 @@ def engine_for(settings: Settings, *, pool_size: int = 5) -> AsyncEngine:
     )
 
 
+_MADE: weakref.WeakKeyDictionary[AsyncEngine, tuple[str, str | None, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def make_engine(url: str, *, search_path: str | None = None, pool_size: int = 5) -> AsyncEngine:
     """Create an async engine for ``url`` with the settings the inbox relies on."""
     target = async_url(url)
@@ -82,15 +89,31 @@ def make_engine(url: str, *, search_path: str | None = None, pool_size: int = 5)
         if target.get_backend_name() == "sqlite":
             engine = create_async_engine(target, connect_args={"timeout": 30})
             _configure_sqlite(engine.sync_engine)
-            return engine
-        connect_args: dict[str, Any] = {}
-        if search_path:
-            connect_args["server_settings"] = {"search_path": search_path}
-        return create_async_engine(
-            target, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
-        )
+        else:
+            connect_args: dict[str, Any] = {}
+            if search_path:
+                connect_args["server_settings"] = {"search_path": search_path}
+            engine = create_async_engine(
+                target, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+            )
     except (SQLAlchemyError, ImportError, ValueError, TypeError) as exc:
         raise ConfigError(f"database_url cannot be used: {exc}") from exc
+    _MADE[engine] = (url, search_path, pool_size)
+    return engine
+
+
+def sibling_engine(engine: AsyncEngine) -> AsyncEngine:
+    """A new engine to the same database with the same settings (URL, schema, pool), for use
+    on another event loop: an async engine's connections belong to the loop that opened them.
+
+    Raises:
+        ConfigError: ``engine`` was not made by :func:`make_engine`.
+    """
+    made = _MADE.get(engine)
+    if made is None:
+        raise ConfigError("this engine was not made by make_engine: its settings are not known")
+    url, search_path, pool_size = made
+    return make_engine(url, search_path=search_path, pool_size=pool_size)
 
 
 def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:

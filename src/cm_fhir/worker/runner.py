@@ -51,12 +51,13 @@ from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
 from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute, PayerRoute
-from cm_fhir.store.engine import READ_ONLY_OPTION, sqlite_thread_engine
+from cm_fhir.store.engine import READ_ONLY_OPTION, sibling_engine, sqlite_thread_engine
 from cm_fhir.store.queue import inbox_top, mark_waiting
 from cm_fhir.store.wakeup import Wakeup, idle
 from cm_fhir.worker.batch import BatchResult
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
+from cm_fhir.worker.loop_thread import LoopThread
 from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.processor import ApplyEvent, BatchProcessor
 from cm_fhir.workflow import PatientState
@@ -137,6 +138,7 @@ class Worker:
         registry: MappingRegistry | None = None,
         apply: ApplyEvent | None = None,
         payer: PayerExchange | None = None,
+        own_loop: bool = False,
     ) -> None:
         self.engine = engine
         self.config = config or WorkerConfig()
@@ -179,6 +181,13 @@ class Worker:
         if self._thread_engine is not None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="cm-fhir-worker")
             weakref.finalize(self, _release, self._thread, self._thread_engine)
+        # A loop of its own (``own_loop``, elsewhere than a SQLite file): the worker's Python work
+        # leaves the caller's loop, which answers senders in ``cm-fhir serve``; see aclose().
+        self._loop: LoopThread | None = None
+        self._loop_engine: AsyncEngine | None = None
+        if own_loop and self._thread is None:
+            self._loop_engine = sibling_engine(engine)
+            self._loop = LoopThread("cm-fhir-worker")
         budget = self.config.batch_seconds
         self._budget = (
             budget if budget is not None else (SQLITE_BATCH_SECONDS if self._sqlite else 0)
@@ -191,10 +200,19 @@ class Worker:
         sqlite3 connection: no thread hop per statement, and the batch's Python work leaves the
         event loop (and the listener's ACKs) free. Elsewhere it runs on the async connection.
         """
-        if self._thread is None:
-            async with self.engine.begin() as connection:
-                return await connection.run_sync(work, *args)
-        return await self._in_thread(_in_transaction, work, *args)
+        if self._thread is not None:
+            return await self._in_thread(_in_transaction, work, *args)
+        if self._loop is not None and self._loop_engine is not None:
+            return await self._loop.run(_async_transaction(self._loop_engine, work, *args))
+        return await _async_transaction(self.engine, work, *args)
+
+    async def aclose(self) -> None:
+        """Release the worker's own thread, loop and connections (the engine given stays open)."""
+        if self._loop is not None and self._loop_engine is not None:
+            await self._loop.close(self._loop_engine.dispose())
+        if self._thread is not None and self._thread_engine is not None:
+            self._thread.shutdown(wait=True)
+            self._thread_engine.dispose()
 
     async def _in_thread(self, work: Callable[..., _T], *args: Any) -> _T:
         """``work(engine, *args)`` in the worker's thread, on its SQLite engine."""
@@ -365,6 +383,11 @@ class Worker:
             await self.transact(mark_waiting, datetime.now(UTC))
         except SQLAlchemyError as exc:
             log.warning("could not mark rows waiting behind dead letters: %s", type(exc).__name__)
+
+
+async def _async_transaction(engine: AsyncEngine, work: Callable[..., _T], *args: Any) -> _T:
+    async with engine.begin() as connection:
+        return await connection.run_sync(work, *args)
 
 
 def _in_transaction(engine: Engine, work: Callable[..., _T], *args: Any) -> _T:
