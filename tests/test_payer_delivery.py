@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api_case_helpers import case_json, example
 from api_fixtures import API_KEY
 from cm_fhir.api.app import create_app
 from cm_fhir.domain import ReviewDecision
@@ -455,3 +456,24 @@ async def test_a_taken_message_whose_answer_is_not_json_is_sent_not_resent(
     ) as worker:
         assert await worker.drain() == 1
     assert [r.state for r in await messages(worker_engine)] == ["sent"]
+
+
+async def test_a_decision_on_a_case_made_through_the_api_is_applied_by_the_worker(
+    worker_engine: AsyncEngine, hospital: httpx.AsyncClient
+) -> None:
+    # a case made through the cases API is in no patient state until a decision is stored for it
+    made = await hospital.post("/api/cases", json=case_json(example("stroke-inpatient-rehab")))
+    assert made.status_code == 201, made.text
+    url = "/api/cases/HOSP-2026-0412/utilization-reviews"
+    asked = await hospital.post(
+        url, json={"review_type": "concurrent", "level_of_care": "irf", "requested_days": 10}
+    )
+    assert asked.status_code == 200, asked.text
+    payer = Payer(decide={"decision": ReviewDecision.APPROVED, "authorized_quantity": 4})
+    async with sync(worker_engine, payer) as worker:
+        await worker.drain()
+    assert [p for p, _ in payer.received] == ["Claim/$submit"]
+    applied = await settle_worker(worker_engine)
+    assert (applied.processed, applied.needs_attention) == (1, 0)
+    decided = (await hospital.get(f"{url}/ur1")).json()
+    assert (decided["decision"], decided["authorized_quantity"]) == ("approved", 4)

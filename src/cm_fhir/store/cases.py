@@ -11,7 +11,7 @@ with one statement each (executemany). Every function runs in the caller's trans
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,7 +28,9 @@ __all__ = [
     "dialect_insert",
     "load_states",
     "lock_states",
+    "member_filing",
     "resource_row",
+    "row_resolver",
     "state_versions",
     "sync_resources",
     "upsert",
@@ -136,6 +138,33 @@ def lock_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateR
             found[row.patient_key] = row
         wanted = {r.alias_of for r in found.values() if r.alias_of and r.alias_of not in found}
     return found
+
+
+def member_filing(
+    keys: Sequence[str], resolve: Callable[[str], str], filed: Callable[[str], bool]
+) -> tuple[str, dict[str, str]]:
+    """Where a payer's member, known by several keys (one per member id), is filed, and the
+    aliases that link to it the keys holding nothing of their own.
+
+    The member's state is the document the first key leads to (``resolve`` follows aliases,
+    ``filed`` says whether a key holds a document), else the first key's. A key leading to
+    another document keeps it: two states are never merged here."""
+    primary = next((resolve(k) for k in keys if filed(resolve(k))), keys[0])
+    aliases = {k: primary for k in keys if k != primary and resolve(k) == k and not filed(k)}
+    return primary, aliases
+
+
+def row_resolver(rows: Mapping[str, StateRow]) -> Callable[[str], str]:
+    """``resolve`` over locked or loaded rows: the key a key's document is filed under."""
+
+    def resolve(key: str) -> str:
+        seen = {key}
+        while (row := rows.get(key)) is not None and row.alias_of and row.alias_of not in seen:
+            key = row.alias_of
+            seen.add(key)
+        return key
+
+    return resolve
 
 
 def load_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateRow]:

@@ -42,7 +42,7 @@ from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response, r
 from cm_fhir.fhir_client import FhirClient
 from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
-from cm_fhir.store.case_repo import read_case
+from cm_fhir.store.case_repo import file_in_state, read_case
 from cm_fhir.store.case_writes import OutboxRoute
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
 from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
@@ -234,6 +234,7 @@ class PayerDelivery:
                 received_at=now,
             )
             store_fhir_message(connection, message)
+            file_in_state(connection, sent.case_id, now)  # a case made through the API too
         record_answer(
             connection,
             sent.case_id,

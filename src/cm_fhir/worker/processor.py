@@ -51,7 +51,7 @@ from cm_fhir.store.case_writes import (
     build_case,
     commit_case_changes,
 )
-from cm_fhir.store.cases import load_states, lock_states, state_versions
+from cm_fhir.store.cases import load_states, lock_states, member_filing, state_versions
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE
 from cm_fhir.store.outbox import last_bundle_hashes
 from cm_fhir.store.queue import (
@@ -284,11 +284,15 @@ class BatchProcessor:
         try:
             body = json.loads(row.raw)
             event: EncounterNotice | ReviewDecided
+            keys: tuple[str, ...] = ()
             if row.message_type == CLAIM_RESPONSE:
                 event = review_decided(body, self.payer, row.received_at)
+                # Filed by whoever stored it under the key of the case the review is on: the
+                # payer may name the patient by another identifier (its member id).
+                keys = (row.patient_key,) if row.patient_key else ()
             else:
                 event = parse_notification(body, self.payer)
-            return Parsed(row, event=event, keys=event_keys(event, self.rules))
+            return Parsed(row, event=event, keys=keys or event_keys(event, self.rules))
         except (MappingError, ValidationError, ValueError) as exc:
             settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
         except Exception as exc:  # anything else is retried, then dead-lettered
@@ -329,14 +333,16 @@ class BatchProcessor:
         event, row = item.event, item.row
         assert event is not None
         keys = item.keys
+        member = isinstance(event, EncounterNotice)  # keys: the member's ids, any may hold it
+        key = member_filing(keys, book.resolve, book.has_document)[0] if member else keys[0]
         try:
-            state = book.state(keys[0])
-            merged = book.merged(keys[0], keys[1:])
+            state = book.state(key)
+            merged = [] if member else book.merged(key, keys[1:])
             outcome = self.workflow(event, state, self.rules, now=row.received_at, merged=merged)
             built = [build_case(case, self.registry) for case in outcome.changed_cases]
             messages = (
                 self.notifier.messages(
-                    event, outcome.state, self.rules, keys[0], row.id, row.received_at
+                    event, outcome.state, self.rules, key, row.id, row.received_at
                 )
                 if self.notifier is not None and isinstance(event, AdtEvent)
                 else []
@@ -346,7 +352,9 @@ class BatchProcessor:
             changes.outcomes.append(failure)
             return None, ()
         attention = attention_reason(outcome.flags)
-        primary = book.file(keys[0], outcome.state, outcome.retired_keys)
+        primary = book.file(key, outcome.state, outcome.retired_keys)
+        if member:  # the member's ids that led nowhere now lead to its state
+            book.link(member_filing(keys, book.resolve, book.has_document)[1])
         file_outcome(
             changes, outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key
         )

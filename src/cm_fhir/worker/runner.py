@@ -6,7 +6,7 @@ greenlet switch per statement on asyncpg). On a SQLite file the batch runs in th
 thread on a plain sqlite3 connection, in two halves: claim, read and apply in a read transaction,
 then write under the one write lock, which the inbox writer's ACKs wait on only for the writes; if
 a claimed row or a patient state changed in between, the batch runs whole under the lock (ADR
-0022). When a batch's transaction fails in the database, the rows are rolled back and the next
+0023). When a batch's transaction fails in the database, the rows are rolled back and the next
 claims take one row at a time, so one bad row is found and counted instead of failing its
 neighbours; lock conflicts and lost connections (``OperationalError``) are retried without counting
 an attempt. :meth:`Worker.run` polls until its stop event is set and always finishes the batch in
