@@ -57,6 +57,7 @@ class Payer:
     received: list[tuple[str, Json]] = field(default_factory=list)
     decide: dict[str, Any] | None = None
     fail: int | None = None
+    reply: str | None = None  # the response code of its answer to a notification
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.removeprefix("/fhir/")
@@ -68,7 +69,11 @@ class Payer:
                 self.fail, json={"resourceType": "OperationOutcome", "issue": [issue]}
             )
         if path == "$process-message":
-            return httpx.Response(200, json={"resourceType": "Bundle", "type": "message"})
+            if self.reply is None:
+                return httpx.Response(200, json={"resourceType": "Bundle", "type": "message"})
+            header = {"resourceType": "MessageHeader", "response": {"code": self.reply}}
+            answer = {"resourceType": "Bundle", "type": "message", "entry": [{"resource": header}]}
+            return httpx.Response(200, json=answer)
         now = datetime.now(UTC)
         asked = parse_pas_request(body, SPEC, "p1")
         review = asked.review
@@ -477,3 +482,32 @@ async def test_a_decision_on_a_case_made_through_the_api_is_applied_by_the_worke
     assert (applied.processed, applied.needs_attention) == (1, 0)
     decided = (await hospital.get(f"{url}/ur1")).json()
     assert (decided["decision"], decided["authorized_quantity"]) == ("approved", 4)
+
+
+async def test_a_notification_the_payer_answers_with_an_error_is_not_counted_sent(
+    worker_engine: AsyncEngine,
+) -> None:
+    """200 with a response message is the payer's answer, not its acceptance: ``transient-error``
+    is sent again later, ``fatal-error`` ends ``failed`` with the reply kept; ``ok`` is sent."""
+    await admit(worker_engine, visit("r1"), "A01")
+    payer = Payer(reply="transient-error")
+    async with sync(worker_engine, payer) as worker:
+        await worker.drain()
+        [row] = await messages(worker_engine)
+        assert row.state == "pending"
+        assert row.next_attempt_at is not None
+        assert "transient-error" in row.last_error
+        payer.reply = "fatal-error"
+        async with worker_engine.begin() as connection:
+            await connection.execute(update(outbox).values(next_attempt_at=None))
+        await worker.drain()
+        [row] = await messages(worker_engine)
+        assert row.state == "failed"
+        assert "fatal-error" in row.last_outcome
+    ok = Payer(reply="ok")
+    await ingest(worker_engine, [visit("r1").raw("A03", "V-r1-A03", hours(5))])
+    await settle_worker(worker_engine, payers=(PayerRoute("payer", PAYER),))
+    async with sync(worker_engine, ok) as worker:
+        await worker.drain()
+    states = [r.state for r in await messages(worker_engine)]
+    assert states == ["failed", "sent"]

@@ -43,6 +43,7 @@ __all__ = [
     "notification_bundle",
     "parse_notification",
     "read_header",
+    "response_code",
     "response_message",
 ]
 
@@ -353,3 +354,16 @@ def response_message(
         "timestamp": instant(timestamp),
         "entry": [{"fullUrl": f"urn:uuid:{header_id}", "resource": header}],
     }
+
+
+def response_code(answer: Any) -> str | None:
+    """The ``MessageHeader.response.code`` of a response message (``ok``, ``transient-error``,
+    ``fatal-error``); None when ``answer`` is not one (no body, an OperationOutcome, ...)."""
+    if not isinstance(answer, dict) or answer.get("type") != "message":
+        return None
+    entries = answer.get("entry")
+    first = entries[0] if isinstance(entries, list) and entries else None
+    header = first.get("resource") if isinstance(first, dict) else None
+    response = header.get("response") if isinstance(header, dict) else None
+    code = response.get("code") if isinstance(response, dict) else None
+    return code if isinstance(code, str) else None

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.domain.codes import ReviewDecision
 from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.errors import MappingError
+from cm_fhir.fhir.notification import response_code
 from cm_fhir.fhir.pas_request import pas_inquiry_bundle, pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response, review_decided
 from cm_fhir.fhir_client import FhirClient
@@ -76,6 +77,8 @@ __all__ = ["INQUIRE", "SUBMIT", "PayerDelivery"]
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 SUBMIT = "Claim/$submit"
+_TRANSIENT = "transient-error"
+_NOT_TAKEN = (_TRANSIENT, "fatal-error")  # response codes of a notification not taken
 INQUIRE = "Claim/$inquire"
 
 
@@ -161,6 +164,9 @@ class PayerDelivery:
         except orjson.JSONDecodeError:
             answer = None
         now = datetime.now(UTC)
+        replied = response_code(answer) if operation != SUBMIT else None
+        if replied in _NOT_TAKEN:  # the payer's response message says it did not take it
+            return await self._not_taken(write, later, replied, response.content, now)
         async with self.engine.begin() as connection:
             await connection.run_sync(settle_sent, [write], now)
             if operation == SUBMIT:
@@ -171,6 +177,27 @@ class PayerDelivery:
                     )
                     await connection.run_sync(self._apply_answer, review, answer, now)
         self.stats.sent += 1
+        return True
+
+    async def _not_taken(
+        self, write: CaseWrite, later: list[CaseWrite], code: str, body: bytes, now: datetime
+    ) -> bool:
+        """A notification answered ``transient-error`` is sent again later (its patient's
+        later messages wait); ``fatal-error`` ends it ``failed``, kept with the reply."""
+        error = f"the payer answered the notification with {code}"
+        async with self.engine.begin() as connection:
+            if code == _TRANSIENT:
+                delay = self._delay(Exception(error), write)
+                await connection.run_sync(
+                    settle_retry, [write, *later], error, body, now, now + timedelta(seconds=delay)
+                )
+            else:
+                await connection.run_sync(settle_failed, write, error, body, now)
+        log.warning("payer %s did not take outbox row %d (%s)", self.endpoint.name, write.id, code)
+        if code == _TRANSIENT:
+            self.stats.retried += 1 + len(later)
+            return False
+        self.stats.failed += 1
         return True
 
     def _review_of(self, connection: Connection, write: CaseWrite) -> PayerReview | None:

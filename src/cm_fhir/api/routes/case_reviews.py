@@ -21,6 +21,7 @@ contradiction of the decision made is flagged ``needs_attention``, never applied
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -107,14 +108,18 @@ def _next_id(case: Case) -> str:
 
 async def _summary_from_ehr(request: Request, case: Case, body: ReviewRequest) -> str | None:
     """The clinical summary read from the first EHR endpoint; None without one, without an
-    encounter, or when the EHR cannot be read (the review is asked for all the same)."""
+    encounter, or when the EHR cannot be read within the endpoint's ``timeout`` for the whole
+    read, retries included (the review is asked for all the same, without waiting longer)."""
     settings = get_settings(request)
     encounter = body.encounter or (case.encounters[-1] if case.encounters else None)
     if not settings.endpoints or encounter is None:
         return None
     endpoint = settings.endpoints[0]
     try:
-        async with open_client(endpoint, RequestCount(), settings.ehr) as client:
+        async with (
+            asyncio.timeout(endpoint.timeout),
+            open_client(endpoint, RequestCount(), settings.ehr) as client,
+        ):
             return await read_clinical_summary(client, encounter)
     except Exception as exc:  # the EHR is away or refuses: no summary, named by type only
         log.warning("clinical summary from %s not read (%s)", endpoint.name, type(exc).__name__)

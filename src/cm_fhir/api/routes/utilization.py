@@ -41,7 +41,7 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response, json_bundle
-from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
+from cm_fhir.api.paging import CursorQuery, PageLinks, RetiredPaging, decode_cursor, links
 from cm_fhir.domain import (
     Case,
     Identifier,
@@ -262,6 +262,7 @@ def _queue_key(item: QueueItem) -> tuple[int, str, str, str]:
     summary="Utilization reviews on payer cases (the reviewer's queue): pended first, "
     "then soonest deadline first",
     response_model=Queue,
+    dependencies=[RetiredPaging],
 )
 async def get_reviews(
     request: Request,
