@@ -187,7 +187,7 @@ class PayerDelivery:
         error = f"the payer answered the notification with {code}"
         async with self.engine.begin() as connection:
             if code == _TRANSIENT:
-                delay = self._delay(Exception(error), write)
+                delay = retry_delay(self.config, Exception(error), write.attempts)
                 await connection.run_sync(
                     settle_retry, [write, *later], error, body, now, now + timedelta(seconds=delay)
                 )
