@@ -203,6 +203,13 @@ async def _close_workers(workers: list[WorkerRole]) -> None:
         await worker.aclose()
 
 
+async def _cancel(task: asyncio.Task[None]) -> None:
+    """End ``task`` when the roles stop without the orderly shutdown (a role failed to start)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class _QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the service decides when to stop."""
 
@@ -364,11 +371,11 @@ class Service:
             self.info.endpoints = tuple(e.name for e in (*self.endpoints, *self.payers))
         if Role.API in self.roles or Role.SYNC in self.roles:  # payer side: PAS subscriptions
             notifier = SubscriptionDelivery(engine, settings.ehr, f"subscriptions:{os.getpid()}")
-            worker_tasks.append(
-                asyncio.create_task(
-                    notifier.run(worker_stop, context.subscription_events), name="subscriptions"
-                )
+            notifying = asyncio.create_task(
+                notifier.run(worker_stop, context.subscription_events), name="subscriptions"
             )
+            stack.push_async_callback(_cancel, notifying)
+            worker_tasks.append(notifying)
         if Role.LISTENER in self.roles:
             assert writer is not None
             mllp = settings.mllp
