@@ -3,7 +3,7 @@
 ``cm-fhir serve`` and ``cm-fhir listen`` spend much of each MLLP message in the event loop itself
 (socket reads and writes, callbacks, timers); uvloop (libuv, the loop uvicorn uses) does that work
 in C and takes a good part of it off every message. It is a dependency on CPython outside Windows;
-where it is not installed the standard asyncio loop runs the same code. See ADR 0022.
+where it is not installed the standard asyncio loop runs the same code. See ADR 0024.
 """
 
 from __future__ import annotations
