@@ -150,15 +150,9 @@ def worker_available() -> bool:
 
 class WorkerRole(Protocol):
     """What the service needs of a worker: run until ``stop`` is set, committing what it began;
-    woken by ``arrived`` (inbox rows committed), notifying ``committed`` (cases committed)."""
+    woken by ``arrived`` (inbox rows committed)."""
 
-    async def run(
-        self,
-        stop: asyncio.Event,
-        *,
-        arrived: Wakeup | None = None,
-        committed: Wakeup | None = None,
-    ) -> Any: ...
+    async def run(self, stop: asyncio.Event, *, arrived: Wakeup | None = None) -> Any: ...
 
 
 def make_workers(
@@ -302,7 +296,7 @@ class Service:
     ) -> None:
         settings = self.settings
         writer: InboxWriter | None = None
-        arrived, committed = Wakeup(), Wakeup()  # inbox -> worker -> sync, in this process
+        arrived = Wakeup()  # inbox -> worker, in this process (outbox -> sync: outbox_wakeup)
         if Role.API in self.roles or Role.LISTENER in self.roles:
             writer = await stack.enter_async_context(InboxWriter(engine, committed=arrived))
         listener: MllpListener | None = None
@@ -317,7 +311,7 @@ class Service:
                 workers = make_workers(engine, settings)
                 worker_tasks = [
                     asyncio.create_task(
-                        w.run(worker_stop, arrived=arrived, committed=committed),
+                        w.run(worker_stop, arrived=arrived),
                         name=f"worker-{n}",
                     )
                     for n, w in enumerate(workers)
@@ -339,7 +333,7 @@ class Service:
             )
             context.sync = sync
             context.roles["sync"] = "running"
-            sync_task = asyncio.create_task(sync.run(worker_stop, committed=committed), name="sync")
+            sync_task = asyncio.create_task(sync.run(worker_stop), name="sync")
             self.info.endpoints = tuple(e.name for e in (*self.endpoints, *self.payers))
         if Role.LISTENER in self.roles:
             assert writer is not None

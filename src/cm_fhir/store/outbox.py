@@ -32,6 +32,7 @@ from sqlalchemy import Connection, and_, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from cm_fhir.store.case_tables import OutboxState, cases, outbox
+from cm_fhir.store.outbox_signal import mark_enqueued
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -107,9 +108,11 @@ def last_bundle_hashes(connection: Connection, case_ids: Iterable[str]) -> dict[
 
 
 def enqueue(connection: Connection, entries: Sequence[OutboxEntry], now: datetime) -> None:
-    """Insert the entries as ``pending`` rows (one executemany)."""
+    """Insert the entries as ``pending`` rows (one executemany); the sync role is woken when the
+    caller commits (:func:`~cm_fhir.store.outbox_signal.mark_enqueued`)."""
     if not entries:
         return
+    mark_enqueued(connection)
     connection.execute(
         outbox.insert(),
         [
@@ -365,4 +368,6 @@ def mark_for_resend(
         if not every_state:
             statement = statement.where(o.state == OutboxState.FAILED.value)
         marked += connection.execute(statement).rowcount
+    if marked:
+        mark_enqueued(connection)
     return marked

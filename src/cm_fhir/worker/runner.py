@@ -255,12 +255,12 @@ class Worker:
         stop: asyncio.Event,
         *,
         arrived: Wakeup | None = None,
-        committed: Wakeup | None = None,
     ) -> BatchResult:
         """Process until ``stop`` is set; the batch in flight always commits first. Due cases
         are closed at start and every ``close_check_seconds``. When idle, waits for the poll
-        interval or until ``arrived`` is notified (the inbox writer of this process committed);
-        notifies ``committed`` after each batch that changed something (wakes the sync role)."""
+        interval or until ``arrived`` is notified (the inbox writer of this process committed).
+        The outbox rows it commits wake the sync role by themselves
+        (:func:`~cm_fhir.store.outbox_signal.outbox_wakeup`)."""
         total = BatchResult()
         woken = arrived.listen() if arrived is not None else None
         next_close = time.monotonic()
@@ -268,12 +268,8 @@ class Worker:
             if time.monotonic() >= next_close:
                 await self.close_due()
                 next_close = time.monotonic() + self.config.close_check_seconds
-                if committed is not None:
-                    committed.notify()
             result = await self.run_batch()
             total.add(result)
-            if result.claimed and committed is not None:
-                committed.notify()
             if result.claimed == 0:
                 await self._mark_waiting()
                 await idle(stop, self.config.poll_interval, woken)
