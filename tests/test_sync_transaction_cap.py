@@ -8,34 +8,13 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.fhir_client.status import stated_cap
 from cm_fhir.sync.runner import SyncWorker
-from sync_fixtures import FAST, FAST_RETRY, endpoint, expected_identifiers, on_server
+from sync_fixtures import FAST, FAST_RETRY, Observed, endpoint, expected_identifiers, on_server
 from worker_fixtures import ingest, settle_worker
 from workflow_messages import Visit, hours
-
-
-class Observed(httpx.AsyncBaseTransport):
-    """The real transport; each transaction POST's status is recorded with its entry count."""
-
-    def __init__(self) -> None:
-        self.inner = httpx.AsyncHTTPTransport()
-        self.transactions: list[int] = []
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self.inner.handle_async_request(request)
-        if request.method == "POST" and request.url.path.endswith("/fhir"):
-            self.transactions.append(response.status_code)
-        return response
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-    def refused(self) -> int:
-        return sum(1 for status in self.transactions if status == 400)
 
 
 async def _admit(engine: AsyncEngine, patients: int) -> None:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import aliased
 
 from cm_fhir.store.case_tables import OutboxState, cases, outbox
 from cm_fhir.store.outbox_signal import mark_enqueued
+from cm_fhir.store.sync_state import SyncKey, forget_sent
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -331,8 +332,10 @@ def mark_for_resend(
     """Make the newest row of each matching case and endpoint ``pending`` again, due now.
 
     Without ``every_state`` only cases whose newest row ``failed`` are sent again; with it, every
-    matching case (a resend after restoring an EHR's database, say). Only the newest Bundle of a
-    case is sent, so an older snapshot never overwrites a newer one; every matching message is.
+    matching case (a resend after restoring an EHR's database, say), every resource of it: what
+    the endpoint acknowledged is forgotten (:func:`~cm_fhir.store.sync_state.forget_sent`).
+    Only the newest Bundle of a case is sent, so an older snapshot never overwrites a newer one;
+    every matching message is.
     The number of rows marked.
     """
     o = outbox.c
@@ -370,4 +373,14 @@ def mark_for_resend(
         marked += connection.execute(statement).rowcount
     if marked:
         mark_enqueued(connection)
+    if every_state and ids:  # everything again, also what the endpoint acknowledged unchanged
+        found = connection.execute(select(o.endpoint, o.identifiers).where(o.id.in_(ids)))
+        forget_sent(
+            connection,
+            (
+                SyncKey(row.endpoint, *text.split("|", 1))
+                for row in found
+                for text in orjson.loads(row.identifiers)
+            ),
+        )
     return marked
