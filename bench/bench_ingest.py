@@ -102,7 +102,8 @@ async def serve_cm(url: str, schema: str | None, with_worker: bool) -> None:
         if with_worker:  # as in ``cm-fhir serve``: the worker shares the process and its loop
             from cm_fhir.worker import Worker
 
-            worker = asyncio.create_task(Worker(engine).run(stop))
+            sys.setswitchinterval(0.0005)  # as serve sets it beside a worker
+            worker = asyncio.create_task(Worker(engine, own_loop=True).run(stop))
         print(READY, listener.port, flush=True)
         await stop.wait()  # never set: the bench terminates this process
         if worker is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from cm_fhir.domain import Identifier, PartyKind, PartyRef
+from cm_fhir.domain import Identifier, PartyKind, PartyRef, PatientRef
 from cm_fhir.domain.events import EncounterNotice, NoticeKind
 from cm_fhir.fhir.notification import notification_bundle
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
@@ -50,6 +50,13 @@ def notice(kind: NoticeKind = NoticeKind.ADMIT, **changes: Any) -> EncounterNoti
     }
     fields.update(changes)
     return EncounterNotice(**fields)
+
+
+def as_read_by_the_payer(sent: EncounterNotice) -> EncounterNotice:
+    """``sent`` as the payer reads it back: the stroke member's id (typed MB, second in the
+    hospital's list) leads the patient's identifiers, the MRN follows."""
+    mrn, member = sent.patient.identifiers
+    return sent.model_copy(update={"patient": PatientRef(identifiers=(member, mrn))})
 
 
 def bundle(kind: NoticeKind = NoticeKind.ADMIT, **changes: Any) -> Json:

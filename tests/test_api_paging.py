@@ -199,3 +199,28 @@ async def test_the_review_queue_lists_pended_reviews_first(case_app: FastAPI) ->
     assert again[-1]["review"]["id"] == soonest
     deadlines = [i["deadline"] for i in again[:2]]
     assert deadlines == sorted(deadlines)
+
+
+async def test_a_paging_parameter_of_earlier_versions_is_refused_by_name(
+    case_app: FastAPI,
+) -> None:
+    """Ignored, ``after`` or ``before`` would give a client that pages with them the first page
+    for ever; every list names the parameter and the one to use."""
+    await _case(case_app, None)  # type: ignore[arg-type]
+    lists = (
+        "/api/cases",
+        "/api/tasks",
+        "/api/messages",
+        "/api/dead-letters",
+        "/api/outbox/items",
+        "/api/utilization-reviews",
+    )
+    async with client(case_app) as http:
+        for path in lists:
+            for retired in ("after", "before", "next_before"):
+                refused = await http.get(path, params={retired: "x"})
+                assert refused.status_code == 400, (path, retired, refused.text)
+                message = refused.json()["error"]["message"]
+                assert f"'{retired}'" in message
+                assert "cursor" in message
+            assert (await http.get(path, params={"limit": 1})).status_code == 200

@@ -1,7 +1,8 @@
 """``POST /fhir/$process-message`` over HTTP, on SQLite and PostgreSQL: a notification is stored
-in the inbox (format ``fhir``) before it is answered, the worker opens or updates the member's
-payer case (admission: concurrent review scheduled; discharge: transition), a resend changes
-nothing, a bad Bundle gets a 400 OperationOutcome naming the element, scopes and audit."""
+in the inbox (format ``fhir``) before it is answered (a response message), the worker opens or
+updates the member's payer case (admission: concurrent review scheduled; discharge: transition),
+a resend changes nothing, a bad Bundle gets a 400 OperationOutcome naming the element, scopes
+and audit."""
 
 from __future__ import annotations
 
@@ -64,9 +65,13 @@ async def test_an_admission_opens_a_payer_case_with_a_concurrent_review(
     answer = await send(case_app, bundle(NoticeKind.ADMIT))
     assert answer.status_code == 200, answer.text
     assert answer.headers["content-type"].startswith("application/fhir+json")
-    outcome = answer.json()
-    assert outcome["resourceType"] == "OperationOutcome"
-    assert outcome["issue"][0]["severity"] == "information"
+    reply = answer.json()  # a response message: the payer has the notification
+    assert (reply["resourceType"], reply["type"]) == ("Bundle", "message")
+    sent_header = bundle(NoticeKind.ADMIT)["entry"][0]["resource"]
+    assert reply["entry"][0]["resource"]["response"] == {
+        "identifier": sent_header["id"],
+        "code": "ok",
+    }
     stored = await rows(worker_engine, inbox_messages)
     assert [(r.format, r.state, r.message_type, r.trigger_event) for r in stored] == [
         ("fhir", "received", "NOTIFICATION", "ADMIT")

@@ -2,7 +2,8 @@
 PostgreSQL: the hospital asks for a review on its case, sends the PAS request it gets from the API
 to ``Claim/$submit``, the payer's reviewer approves 3 days, and the payer's answer applied to the
 hospital case shows the decision, the 3 authorized days, the authorization number and the next
-review date. (One app plays both sides here; the outbox does not send reviews yet.)"""
+review date once the worker has applied it (posted by hand: stored in the inbox, answered 202).
+(One app plays both sides here; no payer endpoint is configured.)"""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ from typing import Any
 
 import pytest
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api_case_helpers import TOKENS, case_app, case_json, client, example
 from cm_fhir.fhir.models import validate_bundle
+from worker_fixtures import settle_worker
 
 __all__ = ["case_app"]
 
@@ -35,7 +38,9 @@ async def _ask(app: FastAPI, **body: Any) -> Json:
     return case
 
 
-async def test_a_review_goes_to_the_payer_and_its_decision_comes_back(case_app: FastAPI) -> None:
+async def test_a_review_goes_to_the_payer_and_its_decision_comes_back(
+    case_app: FastAPI, worker_engine: AsyncEngine
+) -> None:
     case = await _ask(
         case_app,
         review_type="concurrent",
@@ -72,10 +77,13 @@ async def test_a_review_goes_to_the_payer_and_its_decision_comes_back(case_app: 
     async with client(case_app, "payer-client-token") as http:
         answer = (await http.post("/fhir/Claim/$submit", json=bundle)).json()
     async with client(case_app, "writer-token") as http:
-        applied = await http.post(f"{base}/claim-response", json=answer)
-        assert applied.status_code == 200, applied.text
+        taken = await http.post(f"{base}/claim-response", json=answer)
+        assert taken.status_code == 202, taken.text
         again = await http.post(f"{base}/claim-response", json=answer)  # the same answer twice
-        assert again.status_code == 200, again.text
+        assert again.status_code == 202, again.text
+        assert again.headers["location"] == taken.headers["location"]  # stored once
+    await settle_worker(worker_engine)  # the worker applies it
+    async with client(case_app, "writer-token") as http:
         read = (await http.get(base)).json()
     assert read["decision"] == "approved"
     assert read["authorized_quantity"] == 3

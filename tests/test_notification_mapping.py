@@ -15,7 +15,7 @@ from cm_fhir.errors import MappingError, ValidationError
 from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.notification import notification_bundle, parse_notification, read_header
 from cm_fhir.fhir.pas_request import pas_inquiry_bundle
-from notification_samples import ADMITTED, SPEC, bundle, notice
+from notification_samples import ADMITTED, SPEC, as_read_by_the_payer, bundle, notice
 
 Json = dict[str, Any]
 
@@ -26,7 +26,7 @@ def test_every_field_survives_the_round_trip(kind: NoticeKind) -> None:
     document = bundle(kind)
     validate_bundle(document)  # what we send is R4
     assert document["meta"]["profile"] == [SPEC.notifications.bundle_profile]
-    assert parse_notification(document, SPEC) == sent
+    assert parse_notification(document, SPEC) == as_read_by_the_payer(sent)
 
 
 def test_the_header_names_the_message_sender_and_event() -> None:
@@ -86,7 +86,7 @@ BROKEN = {
     "Bundle.type": lambda d: d.update(type="collection"),
     "Bundle.entry": lambda d: d.update(entry=[]),
     "Bundle.entry[0]": lambda d: d["entry"].reverse(),
-    "Bundle.identifier": lambda d: (d.pop("identifier"), _resource(d, "MessageHeader").pop("id")),
+    "MessageHeader.id": lambda d: _resource(d, "MessageHeader").pop("id"),
     "Bundle.timestamp": lambda d: d.pop("timestamp"),
     "MessageHeader.event": lambda d: _resource(d, "MessageHeader").pop("eventCoding"),
     "MessageHeader.eventCoding": lambda d: _resource(d, "MessageHeader")["eventCoding"].update(

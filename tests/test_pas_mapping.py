@@ -19,6 +19,7 @@ import pytest
 
 from cm_fhir.domain import (
     LevelOfCare,
+    PatientRef,
     Period,
     ReviewDecision,
     ReviewType,
@@ -121,7 +122,8 @@ def test_a_request_reads_back_as_the_review_it_was_built_from(changes: Json) -> 
         == claim["identifier"][0]["value"]
         == "HOSP-2026-0412.ur1"
     )
-    assert read.patient == stroke_case().patient
+    mrn, member = stroke_case().patient.identifiers
+    assert read.patient == PatientRef(identifiers=(member, mrn))  # the member id leads
     assert read.member_id == "MBR-55512309"
     assert read.claim_entry == 0
 

@@ -21,7 +21,7 @@ from cm_fhir.fhir.pas_request import pas_inquiry_bundle, pas_request_bundle
 from cm_fhir.mapping.payer_exchange import default_payer_exchange
 from cm_fhir.mapping.registry import default_registry
 from cm_fhir.profiles import default_validator, error_issues
-from notification_samples import ADMITTED, notice
+from notification_samples import ADMITTED, as_read_by_the_payer, notice
 from pas_samples import review, stroke_case
 
 SPEC = default_payer_exchange()
@@ -83,7 +83,7 @@ def test_each_event_is_a_message_bundle_with_its_event_code_and_the_encounter_as
     urls = [e["fullUrl"] for e in bundle["entry"]]
     assert len(urls) == len(set(urls))
     assert all(e["fullUrl"] == f"urn:uuid:{e['resource']['id']}" for e in bundle["entry"])
-    assert parse_notification(bundle, SPEC) == notice(kind)
+    assert parse_notification(bundle, SPEC) == as_read_by_the_payer(notice(kind))
 
 
 def test_the_hospital_side_fields_sender_destination_and_coverage() -> None:

@@ -5,6 +5,7 @@ PostgreSQL)."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from cm_fhir.fhir.clinical_summary import MAX_SUMMARY, clinical_summary
 from cm_fhir.fhir_client import FhirClient
 from cm_fhir.settings import load_settings
 from cm_fhir.sync.clinical import read_clinical_summary
+from fhir_server_fixture import FhirFaults
 from worker_fixtures import ingest, settle_worker
 from workflow_messages import Visit, hours
 
@@ -239,3 +241,34 @@ async def test_a_review_without_a_summary_gets_the_ehrs(
     assert given.status_code == 200, given.text
     second = (await hospital.get(f"/api/cases/{case_id}/utilization-reviews/ur2")).json()
     assert second["clinical_summary"] == "As written by the case manager."
+
+
+async def test_an_ehr_that_does_not_answer_in_time_does_not_hold_the_review(
+    worker_engine: AsyncEngine, faulty_fhir_server: FhirFaults
+) -> None:
+    """The summary read as a whole, retries included, gets the endpoint's ``timeout``; then the
+    review is asked for without one (before, a down EHR held the request for its retries)."""
+    tag = uuid.uuid4().hex[:8]
+    visit = Visit(mrn=f"MRN-{tag}", visit=f"V-{tag}")
+    await ingest(worker_engine, [visit.raw("A01", f"{tag}-1", hours(0))])
+    await settle_worker(worker_engine)
+    endpoint = {"name": "ehr", "base_url": faulty_fhir_server.base_url, "timeout": 1.0}
+    settings = load_settings(overrides={"api_keys": API_KEY, "ehr": {"endpoints": [endpoint]}})
+    app = create_app(settings, engine=worker_engine)
+    faulty_fhir_server.set(fail_ratio_503=1.0, retry_after=5)
+    body = {"review_type": "concurrent", "level_of_care": "inpatient", "requested_days": 3}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app),
+            base_url="http://cm-fhir.test",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as http,
+    ):
+        case_id = (await http.get("/api/cases")).json()["items"][0]["id"]
+        async with asyncio.timeout(20):  # the retries alone would take longer than this
+            asked = await http.post(f"/api/cases/{case_id}/utilization-reviews", json=body)
+        assert asked.status_code == 200, asked.text
+        review = (await http.get(f"/api/cases/{case_id}/utilization-reviews/ur1")).json()
+    assert review["clinical_summary"] is None
+    assert faulty_fhir_server.requests()["total"] >= 1  # it was asked, and did not answer

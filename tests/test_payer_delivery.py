@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from api_case_helpers import case_json, example
 from api_fixtures import API_KEY
 from cm_fhir.api.app import create_app
 from cm_fhir.domain import ReviewDecision
@@ -56,6 +57,7 @@ class Payer:
     received: list[tuple[str, Json]] = field(default_factory=list)
     decide: dict[str, Any] | None = None
     fail: int | None = None
+    reply: str | None = None  # the response code of its answer to a notification
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path.removeprefix("/fhir/")
@@ -67,7 +69,11 @@ class Payer:
                 self.fail, json={"resourceType": "OperationOutcome", "issue": [issue]}
             )
         if path == "$process-message":
-            return httpx.Response(200, json={"resourceType": "Bundle", "type": "message"})
+            if self.reply is None:
+                return httpx.Response(200, json={"resourceType": "Bundle", "type": "message"})
+            header = {"resourceType": "MessageHeader", "response": {"code": self.reply}}
+            answer = {"resourceType": "Bundle", "type": "message", "entry": [{"resource": header}]}
+            return httpx.Response(200, json=answer)
         now = datetime.now(UTC)
         asked = parse_pas_request(body, SPEC, "p1")
         review = asked.review
@@ -455,3 +461,53 @@ async def test_a_taken_message_whose_answer_is_not_json_is_sent_not_resent(
     ) as worker:
         assert await worker.drain() == 1
     assert [r.state for r in await messages(worker_engine)] == ["sent"]
+
+
+async def test_a_decision_on_a_case_made_through_the_api_is_applied_by_the_worker(
+    worker_engine: AsyncEngine, hospital: httpx.AsyncClient
+) -> None:
+    # a case made through the cases API is in no patient state until a decision is stored for it
+    made = await hospital.post("/api/cases", json=case_json(example("stroke-inpatient-rehab")))
+    assert made.status_code == 201, made.text
+    url = "/api/cases/HOSP-2026-0412/utilization-reviews"
+    asked = await hospital.post(
+        url, json={"review_type": "concurrent", "level_of_care": "irf", "requested_days": 10}
+    )
+    assert asked.status_code == 200, asked.text
+    payer = Payer(decide={"decision": ReviewDecision.APPROVED, "authorized_quantity": 4})
+    async with sync(worker_engine, payer) as worker:
+        await worker.drain()
+    assert [p for p, _ in payer.received] == ["Claim/$submit"]
+    applied = await settle_worker(worker_engine)
+    assert (applied.processed, applied.needs_attention) == (1, 0)
+    decided = (await hospital.get(f"{url}/ur1")).json()
+    assert (decided["decision"], decided["authorized_quantity"]) == ("approved", 4)
+
+
+async def test_a_notification_the_payer_answers_with_an_error_is_not_counted_sent(
+    worker_engine: AsyncEngine,
+) -> None:
+    """200 with a response message is the payer's answer, not its acceptance: ``transient-error``
+    is sent again later, ``fatal-error`` ends ``failed`` with the reply kept; ``ok`` is sent."""
+    await admit(worker_engine, visit("r1"), "A01")
+    payer = Payer(reply="transient-error")
+    async with sync(worker_engine, payer) as worker:
+        await worker.drain()
+        [row] = await messages(worker_engine)
+        assert row.state == "pending"
+        assert row.next_attempt_at is not None
+        assert "transient-error" in row.last_error
+        payer.reply = "fatal-error"
+        async with worker_engine.begin() as connection:
+            await connection.execute(update(outbox).values(next_attempt_at=None))
+        await worker.drain()
+        [row] = await messages(worker_engine)
+        assert row.state == "failed"
+        assert "fatal-error" in row.last_outcome
+    ok = Payer(reply="ok")
+    await ingest(worker_engine, [visit("r1").raw("A03", "V-r1-A03", hours(5))])
+    await settle_worker(worker_engine, payers=(PayerRoute("payer", PAYER),))
+    async with sync(worker_engine, ok) as worker:
+        await worker.drain()
+    states = [r.state for r in await messages(worker_engine)]
+    assert states == ["failed", "sent"]

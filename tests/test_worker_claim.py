@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.store.inbox import NewMessage, store_messages
 from cm_fhir.store.queue import claim_batch
 from cm_fhir.store.tables import inbox_messages
-from cm_fhir.worker.processor import collection_paused
+from cm_fhir.worker.batch import collection_paused
 from worker_fixtures import rows
 
 

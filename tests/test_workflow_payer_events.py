@@ -34,7 +34,8 @@ def _apply(event: DomainEvent, state: PatientState) -> Outcome:
 
 def test_admission_then_discharge_then_readmission_of_another_stay() -> None:
     admit = notice(NoticeKind.ADMIT)
-    assert event_keys(admit, RULES) == (patient_key(admit.patient),)
+    # a payer files the member under its member id
+    assert event_keys(admit, RULES) == ("urn:oid:2.16.840.1.113883.3.9001.7|MBR-55512309",)
     first = _apply(admit, PatientState())
     (case,) = first.changed_cases
     assert case.id == notice_case_id(admit)

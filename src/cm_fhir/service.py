@@ -26,6 +26,7 @@ import logging
 import os
 import secrets
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
+from cm_fhir.store.outbox_signal import outbox_wakeup
 from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.sync.routing import outbox_routes, payer_routes
@@ -148,17 +150,30 @@ def worker_available() -> bool:
     return importlib.util.find_spec("cm_fhir.worker") is not None
 
 
+_SWITCH_INTERVAL = 0.0005  # seconds: see _run_roles
+
+
 class WorkerRole(Protocol):
     """What the service needs of a worker: run until ``stop`` is set, committing what it began;
-    woken by ``arrived`` (inbox rows committed)."""
+    woken by ``arrived`` (inbox rows committed), notifying ``committed`` (cases committed)."""
 
-    async def run(self, stop: asyncio.Event, *, arrived: Wakeup | None = None) -> Any: ...
+    async def run(
+        self,
+        stop: asyncio.Event,
+        *,
+        arrived: Wakeup | None = None,
+        committed: Wakeup | None = None,
+    ) -> Any: ...
+
+    async def aclose(self) -> None: ...
 
 
 def make_workers(
-    engine: AsyncEngine, settings: Settings, *, count: int | None = None
+    engine: AsyncEngine, settings: Settings, *, count: int | None = None, own_loop: bool = False
 ) -> list[WorkerRole]:
-    """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL."""
+    """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL;
+    with ``own_loop``, each does its transactions on an event loop of its own (beside a listener
+    or the API, whose loop then stays free to answer)."""
     module = importlib.import_module("cm_fhir.worker")
     config = module.WorkerConfig.from_settings(
         settings.worker,
@@ -177,9 +192,15 @@ def make_workers(
             maps=mappings.maps,
             registry=mappings.registry,
             payer=mappings.payer,
+            own_loop=own_loop,
         )
         for _ in range(count)
     ]
+
+
+async def _close_workers(workers: list[WorkerRole]) -> None:
+    for worker in workers:
+        await worker.aclose()
 
 
 class _QuietServer(uvicorn.Server):
@@ -296,7 +317,9 @@ class Service:
     ) -> None:
         settings = self.settings
         writer: InboxWriter | None = None
-        arrived = Wakeup()  # inbox -> worker, in this process (outbox -> sync: outbox_wakeup)
+        # inbox -> worker -> sync, in this process; every other commit of outbox rows on this
+        # engine notifies ``committed`` by itself (outbox_signal), the worker's own engines not
+        arrived, committed = Wakeup(), outbox_wakeup(engine)
         if Role.API in self.roles or Role.LISTENER in self.roles:
             writer = await stack.enter_async_context(InboxWriter(engine, committed=arrived))
         listener: MllpListener | None = None
@@ -308,10 +331,15 @@ class Service:
         if Role.WORKER in self.roles:
             if worker_available():
                 context.roles["worker"] = "running"
-                workers = make_workers(engine, settings)
+                workers = make_workers(engine, settings, own_loop=writer is not None)
+                stack.push_async_callback(_close_workers, workers)
+                if writer is not None:
+                    # The worker's thread (SQLite) is busy in Python while the loop waits to
+                    # answer a sender: hand the interpreter over every 0.5 ms, not every 5 ms.
+                    sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
                 worker_tasks = [
                     asyncio.create_task(
-                        w.run(worker_stop, arrived=arrived),
+                        w.run(worker_stop, arrived=arrived, committed=committed),
                         name=f"worker-{n}",
                     )
                     for n, w in enumerate(workers)

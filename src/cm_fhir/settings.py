@@ -177,10 +177,11 @@ class WorkerSettings(_Section):
     batch_seconds: float | None = Field(
         None,
         ge=0,
-        description="Seconds a batch's work should take: the worker claims fewer rows per "
-        "transaction when its batches took longer, so the inbox writer's ACKs wait less behind "
-        "it, at a cost in throughput (0: always batch_size; unset: 0.005 on SQLite, whose one "
-        "write lock ACKs wait on, and 0 on PostgreSQL).",
+        description="Seconds a batch's writing transaction should take while messages arrive: "
+        "the worker then claims fewer rows when its batches took longer, so the inbox writer's "
+        "ACKs wait less behind it; with nothing arriving it claims batch_size (0: always "
+        "batch_size; unset: 0.005 on SQLite, whose one write lock ACKs wait on, and 0 on "
+        "PostgreSQL).",
     )
     max_attempts: int = Field(5, gt=0, description="Attempts before a row is dead-lettered.")
     retry_delay: float = Field(5.0, ge=0, description="Seconds between attempts of a row.")

@@ -19,10 +19,18 @@ import json
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import HTTPException, Query, Request
+from fastapi import Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 
-__all__ = ["CursorQuery", "Key", "PageLinks", "decode_cursor", "encode_cursor", "links"]
+__all__ = [
+    "CursorQuery",
+    "Key",
+    "PageLinks",
+    "RetiredPaging",
+    "decode_cursor",
+    "encode_cursor",
+    "links",
+]
 
 #: One part of a sort key: a row id, or text (an id, an ISO date).
 Key = tuple[str | int, ...]
@@ -36,6 +44,25 @@ CursorQuery = Annotated[
         description="Where the page starts: the `next_cursor` of the page before (opaque).",
     ),
 ]
+
+
+_RETIRED = ("before", "next_before", "after")  # the paging parameters of earlier versions
+
+
+def refuse_retired_paging(request: Request) -> None:
+    """400 for a paging parameter of earlier versions: ignored, it would give a client that
+    pages with it the first page again and again."""
+    given = next((name for name in _RETIRED if name in request.query_params), None)
+    if given is not None:
+        raise HTTPException(
+            400,
+            f"'{given}' is no longer a parameter of this list: page with 'cursor' (the "
+            "'next_cursor' of the page before)",
+        )
+
+
+#: The dependency every list route declares (``dependencies=[RetiredPaging]``).
+RetiredPaging = Depends(refuse_retired_paging)
 
 
 class PageLinks(BaseModel):

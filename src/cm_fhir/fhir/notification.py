@@ -6,11 +6,15 @@ MessageHeader whose ``eventCoding`` is one of the notification events of
 ``mappings/payer-exchange.yaml`` (``notifications``), whose ``source.endpoint`` names the sender
 and whose ``focus`` is the Encounter in the Bundle; the Encounter names the stay (an identifier
 with a system) and its Patient (in the Bundle, with an identifier with a system); a Coverage,
-when present, names the payer and the member id. Every resource is checked against the R4 models.
+when present, names the payer and the member id. The Patient's member ids lead its identifiers
+(:func:`~cm_fhir.fhir.members.member_patient`): the payer knows the member by them. Every resource
+is checked against the R4 models.
 What is unusable raises :class:`~cm_fhir.errors.MappingError` whose ``path`` names the element, or
 :class:`~cm_fhir.errors.ValidationError` with the OperationOutcome of what is not R4.
 
 :func:`notification_bundle` is the other way: the Bundle a sender builds for a notice.
+:func:`response_message` is the receiver's answer (FHIR R4 messaging): a ``message`` Bundle whose
+MessageHeader's ``response`` names the notification's MessageHeader id with ``ok``.
 """
 
 from __future__ import annotations
@@ -24,16 +28,24 @@ import pydantic
 
 from cm_fhir.domain.case import Coverage
 from cm_fhir.domain.codes import PartyKind
-from cm_fhir.domain.common import PartyRef, PatientRef
+from cm_fhir.domain.common import PartyRef
 from cm_fhir.domain.events import EncounterNotice, NoticeKind
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir.datatypes import identifier, instant, parse_instant
+from cm_fhir.fhir.members import member_patient
 from cm_fhir.fhir.models import validate_bundle
 from cm_fhir.fhir.pas_intake import identifiers_of, party_of, resolve_reference
 from cm_fhir.fhir.pas_request import coverage_resource, party_resource
 from cm_fhir.mapping.payer_exchange import PayerExchange
 
-__all__ = ["NotificationHeader", "notification_bundle", "parse_notification", "read_header"]
+__all__ = [
+    "NotificationHeader",
+    "notification_bundle",
+    "parse_notification",
+    "read_header",
+    "response_code",
+    "response_message",
+]
 
 Json = dict[str, Any]
 _V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
@@ -45,8 +57,8 @@ class NotificationHeader:
 
     message_id: str
     """Bundle.identifier.value, else MessageHeader.id."""
-    header_id: str | None
-    """MessageHeader.id (answered in a response's ``response.identifier``)."""
+    header_id: str
+    """MessageHeader.id (answered in the response's ``response.identifier``)."""
     source: str
     """MessageHeader.source.endpoint."""
     event_code: str
@@ -92,14 +104,14 @@ def read_header(bundle: Any, spec: PayerExchange) -> NotificationHeader:
     endpoint = source.get("endpoint") if isinstance(source, dict) else None
     if not isinstance(endpoint, str) or not endpoint.strip():
         raise MappingError("the sender's endpoint is required", path=f"{path}.source.endpoint")
+    header_id = header.get("id")
+    if not isinstance(header_id, str) or not header_id.strip():
+        raise MappingError(
+            "the MessageHeader needs an id (the response names it)", path="MessageHeader.id"
+        )
     ident = bundle.get("identifier")
     value = ident.get("value") if isinstance(ident, dict) else None
-    header_id = header.get("id") if isinstance(header.get("id"), str) else None
     message_id = value if isinstance(value, str) and value.strip() else header_id
-    if not message_id:
-        raise MappingError(
-            "the Bundle needs an identifier (or its MessageHeader an id)", path="Bundle.identifier"
-        )
     if "timestamp" not in bundle:
         raise MappingError("the Bundle needs a timestamp", path="Bundle.timestamp")
     return NotificationHeader(
@@ -194,7 +206,7 @@ def parse_notification(bundle: Any, spec: PayerExchange) -> EncounterNotice:
             source=read.source[:255],
             kind=read.kind,
             at=at or read.timestamp,
-            patient=PatientRef(identifiers=tuple(patient_ids)),
+            patient=member_patient(patient_ids, member_id, spec),
             encounter=stay[0],
             admitted=admitted,
             discharged=discharged,
@@ -308,3 +320,50 @@ def notification_bundle(
     if notifications.bundle_profile:
         bundle["meta"] = {"profile": [notifications.bundle_profile]}
     return bundle
+
+
+def response_message(
+    read: NotificationHeader,
+    spec: PayerExchange,
+    *,
+    source: str,
+    timestamp: datetime,
+    code: str = "ok",
+) -> Json:
+    """The response message to the notification ``read``: a ``message`` Bundle whose only entry
+    is a MessageHeader with the same event, ``source`` our endpoint, ``destination`` the sender's,
+    and ``response`` the notification's MessageHeader id with ``code`` (``ok``,
+    ``transient-error``, ``fatal-error``). Its ids follow from the notification's, so the same
+    notification is answered with the same message."""
+    name = f"{read.source}#{read.message_id}#{read.header_id}#response"
+    bundle_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name))
+    header_id = str(uuid.uuid5(uuid.NAMESPACE_URL, name + "#header"))
+    header: Json = {
+        "resourceType": "MessageHeader",
+        "id": header_id,
+        "eventCoding": {"system": spec.notifications.event_system, "code": read.event_code},
+        "destination": [{"endpoint": read.source}],
+        "source": {"endpoint": source},
+        "response": {"identifier": read.header_id, "code": code},
+    }
+    return {
+        "resourceType": "Bundle",
+        "id": bundle_id,
+        "identifier": {"system": "urn:ietf:rfc:3986", "value": f"urn:uuid:{bundle_id}"},
+        "type": "message",
+        "timestamp": instant(timestamp),
+        "entry": [{"fullUrl": f"urn:uuid:{header_id}", "resource": header}],
+    }
+
+
+def response_code(answer: Any) -> str | None:
+    """The ``MessageHeader.response.code`` of a response message (``ok``, ``transient-error``,
+    ``fatal-error``); None when ``answer`` is not one (no body, an OperationOutcome, ...)."""
+    if not isinstance(answer, dict) or answer.get("type") != "message":
+        return None
+    entries = answer.get("entry")
+    first = entries[0] if isinstance(entries, list) and entries else None
+    header = first.get("resource") if isinstance(first, dict) else None
+    response = header.get("response") if isinstance(header, dict) else None
+    code = response.get("code") if isinstance(response, dict) else None
+    return code if isinstance(code, str) else None

@@ -5,7 +5,8 @@ Claim is the first entry or, failing that, the only preauthorization Claim; its 
 insurer and provider are resolved by ``fullUrl``, by ``Type/id`` or from the reference's logical
 identifier. Only what a review needs is read; entries it does not use (ServiceRequest,
 DeviceRequest, MedicationRequest, QuestionnaireResponse, Observation, Condition, PractitionerRole,
-Location...) are the caller's to keep. A Bundle without a usable Claim raises
+Location...) are the caller's to keep. The patient's member ids lead its identifiers
+(:func:`~cm_fhir.fhir.members.member_patient`). A Bundle without a usable Claim raises
 :class:`~cm_fhir.errors.MappingError` whose path names the element at fault; a Claim that is not
 valid R4 (checked with the R4B models) raises :class:`~cm_fhir.errors.ValidationError` with its
 OperationOutcome.
@@ -31,6 +32,7 @@ from cm_fhir.domain.common import Code, Identifier, PartyRef, PatientRef
 from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.errors import MappingError
 from cm_fhir.fhir.datatypes import parse_day, parse_identifier, parse_instant
+from cm_fhir.fhir.members import member_patient
 from cm_fhir.fhir.models import validate_resource
 from cm_fhir.fhir.pas_request import UCUM_UNITS
 from cm_fhir.mapping.payer_exchange import PayerExchange
@@ -285,9 +287,8 @@ def parse_pas_request(bundle: Any, spec: PayerExchange, review_id: str) -> PasRe
         first = exc.errors()[0] if isinstance(exc, pydantic.ValidationError) else None
         field = ".".join(str(p) for p in first["loc"]) if first else "?"
         raise MappingError(f"the Claim cannot be read as a review ({field})", path="Claim") from exc
-    return PasRequest(
-        review, PatientRef(identifiers=tuple(patient_ids)), member_id, diagnoses, index
-    )
+    patient = member_patient(patient_ids, member_id, spec)
+    return PasRequest(review, patient, member_id, diagnoses, index)
 
 
 def _member_id(entries: list[Json], claim: Json) -> str | None:
@@ -315,11 +316,12 @@ class PasInquiry:
     patient: PatientRef
 
 
-def parse_pas_inquiry(bundle: Any) -> PasInquiry:
+def parse_pas_inquiry(bundle: Any, spec: PayerExchange) -> PasInquiry:
     """The request a PAS inquiry Bundle asks about; MappingError naming what is unusable.
 
     The inquiry's Claim carries the identifier of the Claim first submitted and names its patient
-    (in the Bundle or by a logical identifier); the Claim must be valid R4 (ValidationError)."""
+    (in the Bundle or by a logical identifier), member ids first as for a request; the Claim must
+    be valid R4 (ValidationError)."""
     entries = _entries(bundle)
     _, claim = _claim(entries)
     claim_ids = identifiers_of(claim, None, "Claim")
@@ -337,4 +339,5 @@ def parse_pas_inquiry(bundle: Any) -> PasInquiry:
             "the Claim's patient has no identifier with a system", path="Claim.patient"
         )
     validate_resource(claim)
-    return PasInquiry(claim_ids[0], PatientRef(identifiers=tuple(patient_ids)))
+    patient = member_patient(patient_ids, _member_id(entries, claim), spec)
+    return PasInquiry(claim_ids[0], patient)

@@ -147,6 +147,9 @@ class PayerExchange(_Spec):
     decision_codes: dict[ReviewDecision, Token]
     code_systems: PayerCodeSystems
     payer_programme: Token
+    member_id_systems: tuple[Uri, ...] = ()
+    """Payer side: identifier systems whose Patient identifiers are member ids even when untyped
+    (an identifier typed ``MB``, or whose value is the Coverage's ``subscriberId``, is one too)."""
     provider: PartyRef | None = None
     """Hospital side: the requester and sender when a case names no managing organisation."""
     notifications: Notifications

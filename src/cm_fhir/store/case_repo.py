@@ -35,7 +35,7 @@ from cm_fhir.store.case_writes import (
     build_case,
     commit_case_changes,
 )
-from cm_fhir.store.cases import StateRow, lock_states
+from cm_fhir.store.cases import StateRow, lock_states, row_resolver, write_states
 from cm_fhir.store.sync_state import SyncRecord
 from cm_fhir.store.trace import TraceRecord
 from cm_fhir.workflow import PatientState, TraceEntry
@@ -47,6 +47,7 @@ __all__ = [
     "TraceSource",
     "change_case",
     "create_case",
+    "file_in_state",
     "list_cases",
     "read_case",
 ]
@@ -217,20 +218,12 @@ def create_case(
     """Store a new case (DomainError, answered 409, if the id is taken).
 
     With ``in_state``, the case is also filed in its patient's state document (created if the
-    patient has none), so events the workflow applies later see it: a payer case opened by a
-    prior-authorization request takes the member's admission and discharge notifications.
+    patient has none; through an alias, the document it points at), so events the workflow
+    applies later see it: a payer case opened by a prior-authorization request takes the member's
+    admission and discharge notifications.
     """
     key = patient_key(case.patient)
-    documents: dict[str, PatientState] = {}
-    if in_state:
-        row = lock_states(connection, [key]).get(key)
-        if row is None or row.alias_of is None:
-            state = (
-                PatientState.model_validate_json(row.document)
-                if row is not None and row.document is not None
-                else PatientState(patient_keys=(key,), patient=case.patient)
-            )
-            documents[key] = state.model_copy(update={"cases": (*state.cases, case)})
+    documents = _with_case(connection, case) if in_state else {}
     if read_case(connection, case.id) is not None:
         raise DomainError(f"case '{case.id}' already exists")
     team = case.care_team.id if case.care_team is not None else None
@@ -247,6 +240,36 @@ def create_case(
         source=source,
     )
     return _must_read(connection, case.id)
+
+
+def _with_case(connection: Connection, case: Case) -> dict[str, PatientState]:
+    """The patient's state document (locked; through an alias, the one it points at; created
+    if the patient has none) with ``case`` filed in it, by the key it is filed under; nothing
+    when the case is filed there already."""
+    key = patient_key(case.patient)
+    rows = lock_states(connection, [key])
+    filed = row_resolver(rows)(key)  # a key linked to another (merged, a member's id)
+    row = rows.get(filed)
+    state = (
+        PatientState.model_validate_json(row.document)
+        if row is not None and row.document is not None
+        else PatientState(patient_keys=(filed,), patient=case.patient)
+    )
+    if state.case(case.id) is not None:
+        return {}
+    return {filed: state.model_copy(update={"cases": (*state.cases, case)})}
+
+
+def file_in_state(connection: Connection, case_id: str, now: datetime) -> None:
+    """File a stored case in its patient's state document if it is not there (a case created
+    through the API is not), so an event the worker applies to it finds it: a payer's decision
+    on one of its reviews."""
+    stored = read_case(connection, case_id)
+    if stored is None:
+        raise RecordNotFound(f"case '{case_id}' does not exist")
+    documents = _with_case(connection, stored.case)
+    if documents:
+        write_states(connection, {k: d.model_dump_json() for k, d in documents.items()}, {}, now)
 
 
 def _lock_case_row(connection: Connection, case_id: str) -> Any:

@@ -11,7 +11,7 @@ with one statement each (executemany). Every function runs in the caller's trans
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,8 +28,12 @@ __all__ = [
     "dialect_insert",
     "load_states",
     "lock_states",
+    "member_filing",
     "resource_row",
+    "row_resolver",
+    "state_versions",
     "sync_resources",
+    "upsert",
     "upsert_cases",
     "write_states",
 ]
@@ -83,6 +87,33 @@ def dialect_insert(connection: Connection, table: Table) -> Any:
     return module.insert(table)
 
 
+_UPSERTS: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+
+
+def upsert(
+    connection: Connection, table: Table, keys: tuple[str, ...], columns: tuple[str, ...]
+) -> Any:
+    """``INSERT ... ON CONFLICT (keys) DO UPDATE`` setting ``columns`` from the new row and
+    raising the row's version column (``version`` or ``version_id``), if it has one.
+
+    Built once per dialect and shape: building it (the ``excluded`` alias and its columns) costs
+    more than running it for a few rows.
+    """
+    cache_key = (connection.dialect.name, table.name, (*keys, "|", *columns))
+    statement = _UPSERTS.get(cache_key)
+    if statement is None:
+        insert = dialect_insert(connection, table)
+        update: dict[str, Any] = {c: getattr(insert.excluded, c) for c in columns}
+        for version in ("version", "version_id"):
+            if version in table.c and version not in columns:
+                update[version] = table.c[version] + 1
+        index = [table.c[k] for k in keys]
+        statement = _UPSERTS[cache_key] = insert.on_conflict_do_update(
+            index_elements=index, set_=update
+        )
+    return statement
+
+
 def _read_states(connection: Connection, keys: Iterable[str], lock: bool) -> list[StateRow]:
     query = (
         select(_s.c.patient_key, _s.c.alias_of, _s.c.document)
@@ -109,6 +140,33 @@ def lock_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateR
     return found
 
 
+def member_filing(
+    keys: Sequence[str], resolve: Callable[[str], str], filed: Callable[[str], bool]
+) -> tuple[str, dict[str, str]]:
+    """Where a payer's member, known by several keys (one per member id), is filed, and the
+    aliases that link to it the keys holding nothing of their own.
+
+    The member's state is the document the first key leads to (``resolve`` follows aliases,
+    ``filed`` says whether a key holds a document), else the first key's. A key leading to
+    another document keeps it: two states are never merged here."""
+    primary = next((resolve(k) for k in keys if filed(resolve(k))), keys[0])
+    aliases = {k: primary for k in keys if k != primary and resolve(k) == k and not filed(k)}
+    return primary, aliases
+
+
+def row_resolver(rows: Mapping[str, StateRow]) -> Callable[[str], str]:
+    """``resolve`` over locked or loaded rows: the key a key's document is filed under."""
+
+    def resolve(key: str) -> str:
+        seen = {key}
+        while (row := rows.get(key)) is not None and row.alias_of and row.alias_of not in seen:
+            key = row.alias_of
+            seen.add(key)
+        return key
+
+    return resolve
+
+
 def load_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateRow]:
     """Read (without locking or creating rows) the states under ``keys`` and their aliases."""
     found: dict[str, StateRow] = {}
@@ -118,6 +176,19 @@ def load_states(connection: Connection, keys: Iterable[str]) -> dict[str, StateR
             found[row.patient_key] = row
         wanted = {r.alias_of for r in found.values() if r.alias_of and r.alias_of not in found}
     return found
+
+
+def state_versions(connection: Connection, keys: Iterable[str]) -> dict[str, int]:
+    """The version of each ``patient_states`` row filed under ``keys`` (absent keys: no entry).
+
+    Every write of a row raises its version, so two equal answers mean nothing was written in
+    between (the worker's read half of a batch on SQLite checks this before its write half).
+    """
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    query = select(_s.c.patient_key, _s.c.version).where(_s.c.patient_key.in_(wanted))
+    return {row.patient_key: row.version for row in connection.execute(query)}
 
 
 def write_states(
@@ -158,16 +229,11 @@ def write_states(
     ]
     if not rows:
         return
-    insert = dialect_insert(connection, _s)
-    statement = insert.on_conflict_do_update(
-        index_elements=[_s.c.patient_key],
-        set_={
-            "alias_of": insert.excluded.alias_of,
-            "document": insert.excluded.document,
-            "version": _s.c.version + 1,
-            "updated_at": insert.excluded.updated_at,
-            "close_check_at": insert.excluded.close_check_at,
-        },
+    statement = upsert(
+        connection,
+        _s,
+        ("patient_key",),
+        ("alias_of", "document", "updated_at", "close_check_at"),
     )
     connection.execute(statement, rows)
 
@@ -198,13 +264,8 @@ def upsert_cases(connection: Connection, rows: Sequence[CaseRow], now: datetime)
         }
         for r in rows
     ]
-    insert = dialect_insert(connection, cases)
-    columns = [c for c in values[0] if c not in ("case_id", "version")]
-    update = {c: getattr(insert.excluded, c) for c in columns}
-    update["version"] = cases.c.version + 1
-    connection.execute(
-        insert.on_conflict_do_update(index_elements=[cases.c.case_id], set_=update), values
-    )
+    columns = tuple(c for c in values[0] if c not in ("case_id", "version"))
+    connection.execute(upsert(connection, cases, ("case_id",), columns), values)
 
 
 def resource_row(
@@ -253,12 +314,9 @@ def sync_resources(
     changed = [r for key, r in wanted.items() if existing.get(key) != r.content_sha256]
     removed = [key for key in existing if key not in wanted]
     if changed:
-        insert = dialect_insert(connection, _r)
         columns = ("case_id", "identifier", "patient_identifier", "status", "content_sha256")
-        update = {c: getattr(insert.excluded, c) for c in (*columns, "resource", "last_updated")}
-        update["version_id"] = _r.c.version_id + 1
-        statement = insert.on_conflict_do_update(
-            index_elements=[_r.c.resource_type, _r.c.id], set_=update
+        statement = upsert(
+            connection, _r, ("resource_type", "id"), (*columns, "resource", "last_updated")
         )
         connection.execute(
             statement,

@@ -13,13 +13,14 @@ schema first) and returns the revisions it applied; :func:`revision_history` lis
 from __future__ import annotations
 
 import sqlite3
+import weakref
 from importlib.resources import files
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -35,6 +36,8 @@ __all__ = [
     "make_engine",
     "open_sqlite_writer",
     "revision_history",
+    "sibling_engine",
+    "sqlite_thread_engine",
     "upgrade_database",
 ]
 
@@ -74,22 +77,43 @@ def engine_for(settings: Settings, *, pool_size: int = 5) -> AsyncEngine:
     )
 
 
+_MADE: weakref.WeakKeyDictionary[AsyncEngine, tuple[str, str | None, int]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
 def make_engine(url: str, *, search_path: str | None = None, pool_size: int = 5) -> AsyncEngine:
     """Create an async engine for ``url`` with the settings the inbox relies on."""
     target = async_url(url)
     try:
         if target.get_backend_name() == "sqlite":
             engine = create_async_engine(target, connect_args={"timeout": 30})
-            _configure_sqlite(engine)
-            return engine
-        connect_args: dict[str, Any] = {}
-        if search_path:
-            connect_args["server_settings"] = {"search_path": search_path}
-        return create_async_engine(
-            target, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
-        )
+            _configure_sqlite(engine.sync_engine)
+        else:
+            connect_args: dict[str, Any] = {}
+            if search_path:
+                connect_args["server_settings"] = {"search_path": search_path}
+            engine = create_async_engine(
+                target, pool_size=pool_size, max_overflow=pool_size, connect_args=connect_args
+            )
     except (SQLAlchemyError, ImportError, ValueError, TypeError) as exc:
         raise ConfigError(f"database_url cannot be used: {exc}") from exc
+    _MADE[engine] = (url, search_path, pool_size)
+    return engine
+
+
+def sibling_engine(engine: AsyncEngine) -> AsyncEngine:
+    """A new engine to the same database with the same settings (URL, schema, pool), for use
+    on another event loop: an async engine's connections belong to the loop that opened them.
+
+    Raises:
+        ConfigError: ``engine`` was not made by :func:`make_engine`.
+    """
+    made = _MADE.get(engine)
+    if made is None:
+        raise ConfigError("this engine was not made by make_engine: its settings are not known")
+    url, search_path, pool_size = made
+    return make_engine(url, search_path=search_path, pool_size=pool_size)
 
 
 def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
@@ -113,6 +137,23 @@ def open_sqlite_writer(engine: AsyncEngine) -> sqlite3.Connection:
     return connection
 
 
+def sqlite_thread_engine(engine: AsyncEngine) -> Engine | None:
+    """A synchronous engine (the standard library's sqlite3) on the async engine's SQLite file,
+    for work that runs whole in one thread of its own; None for an in-memory database.
+
+    Same settings as :func:`make_engine` (WAL, ``synchronous=FULL``, ``BEGIN IMMEDIATE`` unless
+    :data:`READ_ONLY_OPTION`): a transaction of many statements then costs no thread hop per
+    statement, and its Python work does not run on the event loop.
+    """
+    path = engine.url.database
+    if engine.dialect.name != "sqlite" or path in (None, "", ":memory:"):
+        return None
+    url = engine.url.set(drivername="sqlite")
+    sync = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=1)
+    _configure_sqlite(sync)
+    return sync
+
+
 #: Execution option for a connection that only reads: on SQLite its transactions begin deferred
 #: (``connection.execution_options(**{READ_ONLY_OPTION: True})``); it must not write.
 READ_ONLY_OPTION = "cm_fhir_read_only"
@@ -124,9 +165,7 @@ _SQLITE_PRAGMAS = (
 )
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
-    target = engine.sync_engine
-
+def _configure_sqlite(target: Engine) -> None:
     @event.listens_for(target, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's "begin" event issue BEGIN itself (the driver's implicit BEGIN is

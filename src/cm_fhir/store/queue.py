@@ -45,6 +45,8 @@ __all__ = [
     "ClaimedMessage",
     "InboxOutcome",
     "claim_batch",
+    "claims_unchanged",
+    "inbox_top",
     "mark_waiting",
     "message_key",
     "replay",
@@ -126,6 +128,7 @@ def _first_received() -> Any:
     )
 
 
+_NOT_BEHIND_A_DEAD_LETTER = ~_older((_DEAD,))
 # A head has no older received row of its patient (it is that patient's first received row, or
 # it has no patient key) and no older dead letter.
 _HEADS = (
@@ -133,7 +136,7 @@ _HEADS = (
     .where(
         _t.c.state == _RECEIVED,
         or_(_t.c.patient_key.is_(None), _t.c.id.in_(_first_received())),
-        ~_older((_DEAD,)),
+        _NOT_BEHIND_A_DEAD_LETTER,
     )
     .order_by(_t.c.id)
 )
@@ -149,6 +152,14 @@ _COLUMNS = (
     _t.c.format,
     _t.c.message_type,
 )
+
+
+_TOP = select(func.max(_t.c.id))
+
+
+def inbox_top(connection: Connection) -> int:
+    """The id of the newest inbox row (0 when empty): it grows while messages arrive."""
+    return int(connection.execute(_TOP).scalar() or 0)
 
 
 def claim_batch(
@@ -171,7 +182,7 @@ def claim_batch(
     keys = sorted({row.patient_key for row in heads if row.patient_key is not None})
     condition: ColumnElement[bool] = _t.c.id.in_(head_ids)
     if keys:
-        followers = and_(_t.c.patient_key.in_(keys), ~_older((_DEAD,)))
+        followers = and_(_t.c.patient_key.in_(keys), _NOT_BEHIND_A_DEAD_LETTER)
         condition = or_(condition, followers)
     query = (
         select(*_COLUMNS).where(_t.c.state == _RECEIVED, condition).order_by(_t.c.id).limit(limit)
@@ -191,6 +202,32 @@ def claim_batch(
         )
         for row in connection.execute(query)
     ]
+
+
+def claims_unchanged(connection: Connection, rows: Sequence[ClaimedMessage]) -> bool:
+    """Whether ``rows``, claimed in an earlier read, may still be processed as claimed: each is
+    still ``received`` with the attempts it was claimed with, and no row of their patients before
+    the last one claimed is ``received`` or dead-lettered besides them (a replay in between)."""
+    if not rows:
+        return True
+    claimed = {r.id: r.attempts for r in rows}
+    query = select(_t.c.id, _t.c.attempts).where(_t.c.id.in_(claimed), _t.c.state == _RECEIVED)
+    if {row.id: row.attempts for row in connection.execute(query)} != claimed:
+        return False
+    last: dict[str, int] = {}
+    for r in rows:
+        if r.patient_key is not None:
+            last[r.patient_key] = max(r.id, last.get(r.patient_key, 0))
+    if not last:
+        return True
+    others = select(_t.c.id, _t.c.patient_key).where(
+        _t.c.patient_key.in_(sorted(last)),
+        _t.c.state.in_((_RECEIVED, _DEAD)),
+        _t.c.id < max(last.values()),
+    )
+    return all(
+        row.id in claimed or row.id > last[row.patient_key] for row in connection.execute(others)
+    )
 
 
 def _aware(value: datetime) -> datetime:

@@ -37,12 +37,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.domain.codes import ReviewDecision
 from cm_fhir.domain.review import UtilizationReview
 from cm_fhir.errors import MappingError
+from cm_fhir.fhir.notification import response_code
 from cm_fhir.fhir.pas_request import pas_inquiry_bundle, pas_request_bundle
 from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response, review_decided
 from cm_fhir.fhir_client import FhirClient
 from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
-from cm_fhir.store.case_repo import read_case
+from cm_fhir.store.case_repo import file_in_state, read_case
 from cm_fhir.store.case_writes import OutboxRoute
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
 from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
@@ -74,6 +75,8 @@ __all__ = ["INQUIRE", "SUBMIT", "PayerDelivery"]
 log = logging.getLogger(__name__)
 Json = dict[str, Any]
 SUBMIT = "Claim/$submit"
+_TRANSIENT = "transient-error"
+_NOT_TAKEN = (_TRANSIENT, "fatal-error")  # response codes of a notification not taken
 INQUIRE = "Claim/$inquire"
 
 
@@ -159,6 +162,9 @@ class PayerDelivery:
         except orjson.JSONDecodeError:
             answer = None
         now = datetime.now(UTC)
+        replied = response_code(answer) if operation != SUBMIT else None
+        if replied in _NOT_TAKEN:  # the payer's response message says it did not take it
+            return await self._not_taken(write, later, replied, response.content, now)
         async with self.engine.begin() as connection:
             await connection.run_sync(settle_sent, [write], now)
             if operation == SUBMIT:
@@ -169,6 +175,27 @@ class PayerDelivery:
                     )
                     await connection.run_sync(self._apply_answer, review, answer, now)
         self.stats.sent += 1
+        return True
+
+    async def _not_taken(
+        self, write: CaseWrite, later: list[CaseWrite], code: str, body: bytes, now: datetime
+    ) -> bool:
+        """A notification answered ``transient-error`` is sent again later (its patient's
+        later messages wait); ``fatal-error`` ends it ``failed``, kept with the reply."""
+        error = f"the payer answered the notification with {code}"
+        async with self.engine.begin() as connection:
+            if code == _TRANSIENT:
+                delay = self._delay(Exception(error), write)
+                await connection.run_sync(
+                    settle_retry, [write, *later], error, body, now, now + timedelta(seconds=delay)
+                )
+            else:
+                await connection.run_sync(settle_failed, write, error, body, now)
+        log.warning("payer %s did not take outbox row %d (%s)", self.endpoint.name, write.id, code)
+        if code == _TRANSIENT:
+            self.stats.retried += 1 + len(later)
+            return False
+        self.stats.failed += 1
         return True
 
     def _review_of(self, connection: Connection, write: CaseWrite) -> PayerReview | None:
@@ -234,6 +261,7 @@ class PayerDelivery:
                 received_at=now,
             )
             store_fhir_message(connection, message)
+            file_in_state(connection, sent.case_id, now)  # a case made through the API too
         record_answer(
             connection,
             sent.case_id,

@@ -17,9 +17,10 @@ and :mod:`cm_fhir.worker.closing` for the closing scheduler.
 """
 
 from cm_fhir.store.queue import replay, replay_dead_letter
+from cm_fhir.worker.batch import BatchResult, describe_error
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.policy import ATTENTION_FLAGS
-from cm_fhir.worker.processor import BatchProcessor, BatchResult, describe_error
+from cm_fhir.worker.processor import BatchProcessor
 from cm_fhir.worker.runner import Worker, WorkerConfig
 
 __all__ = [

@@ -32,7 +32,7 @@ from cm_fhir.worker.schedule import next_close_check
 from cm_fhir.worker.states import PatientBook
 from cm_fhir.workflow import Outcome
 
-__all__ = ["file_outcome", "write_changes"]
+__all__ = ["file_outcome", "finish_changes", "write_changes"]
 
 
 def file_outcome(
@@ -52,6 +52,21 @@ def file_outcome(
     changes.trace += [TraceRecord(inbox_id, primary, entry, message_key) for entry in outcome.trace]
 
 
+def finish_changes(
+    book: PatientBook, changes: CaseChanges, rules: DischargeRules, now: datetime
+) -> None:
+    """Add the book's changed states (with their next closing check) and each case's team to
+    ``changes``; nothing is written."""
+    changes.states, changes.aliases = book.dirty()
+    changes.close_checks = {
+        key: next_close_check(book.state(key), rules, now) for key in changes.states
+    }
+    for case_id, place in list(changes.placements.items()):
+        team = book.team_of(place.patient_key, case_id)
+        owner = rules.teams[team].display if team is not None and team in rules.teams else None
+        changes.placements[case_id] = Placement(place.patient_key, team, owner)
+
+
 def write_changes(
     connection: Connection,
     book: PatientBook,
@@ -61,12 +76,5 @@ def write_changes(
     routes: Sequence[OutboxRoute] = DEFAULT_ROUTES,
 ) -> CommitResult:
     """Add the book's changed states and each case's team to ``changes`` and commit them."""
-    changes.states, changes.aliases = book.dirty()
-    changes.close_checks = {
-        key: next_close_check(book.state(key), rules, now) for key in changes.states
-    }
-    for case_id, place in list(changes.placements.items()):
-        team = book.team_of(place.patient_key, case_id)
-        owner = rules.teams[team].display if team is not None and team in rules.teams else None
-        changes.placements[case_id] = Placement(place.patient_key, team, owner)
+    finish_changes(book, changes, rules, now)
     return commit_case_changes(connection, changes, now, routes=routes)

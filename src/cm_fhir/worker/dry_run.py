@@ -31,8 +31,9 @@ from cm_fhir.store.cases import StateRow, load_states
 from cm_fhir.store.engine import current_revision, make_engine
 from cm_fhir.store.queue import ClaimedMessage
 from cm_fhir.store.tables import InboxState
+from cm_fhir.worker.batch import Applied, keys_of
 from cm_fhir.worker.policy import DEFAULT_PROCESSING_IDS
-from cm_fhir.worker.processor import Applied, BatchProcessor, keys_of
+from cm_fhir.worker.processor import BatchProcessor
 from cm_fhir.worker.states import PatientBook
 from cm_fhir.workflow import TraceEntry, event_id, event_label
 

@@ -18,22 +18,17 @@ is asked to compress the batch's large values with lz4 where it can.
 
 from __future__ import annotations
 
-import gc
 import json
-from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
 
 from cm_fhir.domain.case import Case
 from cm_fhir.domain.events import EncounterNotice, ReviewDecided
 from cm_fhir.errors import (
-    CmFhirError,
     Hl7ParseError,
     MappingError,
     UnsupportedEventError,
@@ -54,14 +49,31 @@ from cm_fhir.store.case_writes import (
     CaseChanges,
     OutboxRoute,
     build_case,
+    commit_case_changes,
 )
-from cm_fhir.store.cases import lock_states
+from cm_fhir.store.cases import load_states, lock_states, member_filing, state_versions
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE
 from cm_fhir.store.outbox import last_bundle_hashes
-from cm_fhir.store.queue import ClaimedMessage, InboxOutcome, claim_batch, settle
+from cm_fhir.store.queue import (
+    ClaimedMessage,
+    InboxOutcome,
+    claim_batch,
+    claims_unchanged,
+    settle,
+)
 from cm_fhir.store.tables import InboxFormat, InboxState
 from cm_fhir.store.trace import TraceRecord
-from cm_fhir.worker.changes import file_outcome, write_changes
+from cm_fhir.worker.batch import (
+    Applied,
+    BatchResult,
+    Parsed,
+    PreparedBatch,
+    collection_paused,
+    describe_error,
+    keys_of,
+    prefer_lz4,
+)
+from cm_fhir.worker.changes import file_outcome, finish_changes
 from cm_fhir.worker.journal import outcome_lines
 from cm_fhir.worker.notify import PayerNotifier
 from cm_fhir.worker.policy import (
@@ -73,7 +85,6 @@ from cm_fhir.worker.policy import (
 )
 from cm_fhir.worker.states import PatientBook
 from cm_fhir.workflow import (
-    DomainEvent,
     Outcome,
     PatientState,
     TraceEntry,
@@ -82,117 +93,12 @@ from cm_fhir.workflow import (
     patient_keys,
 )
 
-__all__ = [
-    "Applied",
-    "ApplyEvent",
-    "BatchProcessor",
-    "BatchResult",
-    "Parsed",
-    "describe_error",
-    "keys_of",
-]
+__all__ = ["NOTIFICATION", "ApplyEvent", "BatchProcessor"]
 
 ApplyEvent = Callable[..., Outcome]
 #: The message types of the FHIR rows the worker applies: ``$process-message`` notifications
 #: (payer side) and the payer's ClaimResponses to the hospital's reviews (hospital side).
 NOTIFICATION = "NOTIFICATION"
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """Counts for one batch (or a whole run, summed)."""
-
-    claimed: int = 0
-    processed: int = 0
-    ignored: int = 0
-    failed: int = 0
-    needs_attention: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    outbox: int = 0
-    trace: int = 0
-    resources_written: int = 0
-    resources_removed: int = 0
-
-    def add(self, other: BatchResult) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-
-
-def describe_error(exc: BaseException) -> str:
-    """A reason without PHI: our errors name positions; others are named by type only."""
-    if isinstance(exc, Hl7ParseError | UnsupportedEventError):
-        where = f" at {exc.location}" if exc.location else ""
-        return f"{type(exc).__name__}{where}: {exc}"[:400]
-    if isinstance(exc, CmFhirError):
-        return f"{type(exc).__name__}: {exc}"[:400]
-    return f"{type(exc).__name__} while processing"
-
-
-@dataclass(slots=True)
-class Parsed:
-    """One claimed row, parsed: its event and patient keys, or already settled (with trace)."""
-
-    row: ClaimedMessage
-    event: DomainEvent | None = None
-    settled: InboxOutcome | None = None
-    keys: tuple[str, ...] = ()
-    trace: tuple[TraceRecord, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Applied:
-    """What one row came to: its inbox outcome, the workflow outcome if the workflow ran, the
-    cases of the states it was applied to (before), and its trace."""
-
-    parsed: Parsed
-    settled: InboxOutcome
-    outcome: Outcome | None
-    before: tuple[Case, ...]
-    trace: tuple[TraceEntry, ...]
-
-
-def keys_of(parsed: list[Parsed]) -> set[str]:
-    """Every patient key the parsed rows name (the states to load and lock)."""
-    return {k for p in parsed for k in p.keys}
-
-
-def _prefer_lz4(connection: Connection, *, probe: bool) -> bool:
-    """Have PostgreSQL compress this transaction's large values with lz4; False if it cannot.
-
-    Bundles and state documents are kilobytes each: lz4 stores them at a fraction of the server
-    CPU of the default pglz (each stored value records its method; reading is unchanged). The
-    first time runs in a savepoint, so a server without lz4 (or before 14) only loses the hint.
-    """
-    statement = "SET LOCAL default_toast_compression = 'lz4'"
-    if not probe:
-        connection.exec_driver_sql(statement)
-        return True
-    try:
-        with connection.begin_nested():
-            connection.exec_driver_sql(statement)
-    except DBAPIError:
-        return False
-    return True
-
-
-@contextmanager
-def collection_paused() -> Iterator[None]:
-    """Hold the cyclic garbage collector off for one batch; it catches up right after.
-
-    A batch allocates hundreds of thousands of short-lived model objects while the decoded states
-    of earlier batches stay alive, so the default thresholds run a young collection every few
-    hundred allocations and a full one over those states every few batches. Reference counting
-    still frees everything at once; only cycles wait for the collection that follows the batch.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class BatchProcessor:
@@ -231,27 +137,63 @@ class BatchProcessor:
     ) -> BatchResult:
         """Claim up to ``limit`` rows and commit-ready write their results (caller commits)."""
         with collection_paused():
-            return self._process(connection, limit, retry_before)
+            return self._write(connection, self._prepare(connection, limit, retry_before))
 
-    def _process(
-        self, connection: Connection, limit: int, retry_before: datetime | None
-    ) -> BatchResult:
+    def prepare(
+        self, connection: Connection, limit: int, retry_before: datetime | None = None
+    ) -> PreparedBatch:
+        """The read half of a batch: claim, parse, read the states and apply, writing nothing
+        and locking nothing (SQLite, where one worker claims: the write lock is then held for
+        :meth:`write_prepared` only)."""
+        with collection_paused():
+            return self._prepare(connection, limit, retry_before, lock=False)
+
+    def write_prepared(self, connection: Connection, prepared: PreparedBatch) -> BatchResult | None:
+        """The write half of :meth:`prepare`'s batch; None, writing nothing, when a claimed row
+        or a patient state it read changed in between (the caller then runs the batch whole)."""
+        rows, versions = prepared.rows, prepared.versions or {}
+        if not claims_unchanged(connection, rows) or state_versions(connection, versions) != {
+            k: v for k, v in versions.items() if v >= 0
+        }:
+            return None
+        with collection_paused():
+            return self._write(connection, prepared)
+
+    def _prepare(
+        self,
+        connection: Connection,
+        limit: int,
+        retry_before: datetime | None,
+        *,
+        lock: bool = True,
+    ) -> PreparedBatch:
         self.last_claimed, self.last_outcomes = [], []
         if connection.dialect.name == "postgresql" and self._toast_lz4 is not False:
-            self._toast_lz4 = _prefer_lz4(connection, probe=self._toast_lz4 is None)
+            self._toast_lz4 = prefer_lz4(connection, probe=self._toast_lz4 is None)
         rows = claim_batch(connection, limit, retry_before)
         self.last_claimed = rows
+        prepared = PreparedBatch(rows, CaseChanges(), datetime.now(UTC))
+        if not rows:
+            return prepared
+        parsed = self.parse(rows)
+        keys = keys_of(parsed)
+        states = lock_states(connection, keys) if lock else load_states(connection, keys)
+        if not lock:  # absent keys as -1: a row filed under one in between is a change too
+            found = state_versions(connection, states)
+            prepared.versions = {k: found.get(k, -1) for k in keys | set(states)}
+        book = PatientBook(states, self._decoded)
+        book.decode_all()
+        hashes = last_bundle_hashes(connection, book.case_ids())
+        self.apply(parsed, book, hashes, prepared.changes)
+        finish_changes(book, prepared.changes, self.rules, prepared.now)
+        return prepared
+
+    def _write(self, connection: Connection, prepared: PreparedBatch) -> BatchResult:
+        rows, changes = prepared.rows, prepared.changes
         result = BatchResult(claimed=len(rows))
         if not rows:
             return result
-        now = datetime.now(UTC)
-        parsed = self.parse(rows)
-        book = PatientBook(lock_states(connection, keys_of(parsed)), self._decoded)
-        book.decode_all()
-        hashes = last_bundle_hashes(connection, book.case_ids())
-        changes = CaseChanges()
-        self.apply(parsed, book, hashes, changes)
-        committed = write_changes(connection, book, changes, self.rules, now, self.routes)
+        committed = commit_case_changes(connection, changes, prepared.now, routes=self.routes)
         self.last_outcomes = outcome_lines(changes, rows)
         states = [o.state for o in changes.outcomes]
         result.processed += states.count(InboxState.PROCESSED)
@@ -342,11 +284,15 @@ class BatchProcessor:
         try:
             body = json.loads(row.raw)
             event: EncounterNotice | ReviewDecided
+            keys: tuple[str, ...] = ()
             if row.message_type == CLAIM_RESPONSE:
                 event = review_decided(body, self.payer, row.received_at)
+                # Filed by whoever stored it under the key of the case the review is on: the
+                # payer may name the patient by another identifier (its member id).
+                keys = (row.patient_key,) if row.patient_key else ()
             else:
                 event = parse_notification(body, self.payer)
-            return Parsed(row, event=event, keys=event_keys(event, self.rules))
+            return Parsed(row, event=event, keys=keys or event_keys(event, self.rules))
         except (MappingError, ValidationError, ValueError) as exc:
             settled = InboxOutcome(row.id, InboxState.FAILED, describe_error(exc))
         except Exception as exc:  # anything else is retried, then dead-lettered
@@ -387,14 +333,16 @@ class BatchProcessor:
         event, row = item.event, item.row
         assert event is not None
         keys = item.keys
+        member = isinstance(event, EncounterNotice)  # keys: the member's ids, any may hold it
+        key = member_filing(keys, book.resolve, book.has_document)[0] if member else keys[0]
         try:
-            state = book.state(keys[0])
-            merged = book.merged(keys[0], keys[1:])
+            state = book.state(key)
+            merged = [] if member else book.merged(key, keys[1:])
             outcome = self.workflow(event, state, self.rules, now=row.received_at, merged=merged)
             built = [build_case(case, self.registry) for case in outcome.changed_cases]
             messages = (
                 self.notifier.messages(
-                    event, outcome.state, self.rules, keys[0], row.id, row.received_at
+                    event, outcome.state, self.rules, key, row.id, row.received_at
                 )
                 if self.notifier is not None and isinstance(event, AdtEvent)
                 else []
@@ -404,7 +352,9 @@ class BatchProcessor:
             changes.outcomes.append(failure)
             return None, ()
         attention = attention_reason(outcome.flags)
-        primary = book.file(keys[0], outcome.state, outcome.retired_keys)
+        primary = book.file(key, outcome.state, outcome.retired_keys)
+        if member:  # the member's ids that led nowhere now lead to its state
+            book.link(member_filing(keys, book.resolve, book.has_document)[1])
         file_outcome(
             changes, outcome, built, primary, hashes, inbox_id=row.id, message_key=row.message_key
         )

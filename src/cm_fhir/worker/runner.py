@@ -1,8 +1,12 @@
-"""The async worker loop: batches of inbox rows, one transaction each, until stopped. I/O.
+"""The async worker loop: batches of inbox rows, one writing transaction each, until stopped. I/O.
 
-:class:`Worker` runs :class:`~cm_fhir.worker.processor.BatchProcessor` in a transaction per batch
-(``run_sync`` on the async connection: one greenlet switch per statement on asyncpg, no thread per
-message). When a batch's transaction fails in the database, the rows are rolled back and the next
+:class:`Worker` runs :class:`~cm_fhir.worker.processor.BatchProcessor`. On PostgreSQL (and an
+in-memory SQLite database) a batch is one transaction on the async connection (``run_sync``: one
+greenlet switch per statement on asyncpg). On a SQLite file the batch runs in the worker's own
+thread on a plain sqlite3 connection, in two halves: claim, read and apply in a read transaction,
+then write under the one write lock, which the inbox writer's ACKs wait on only for the writes; if
+a claimed row or a patient state changed in between, the batch runs whole under the lock (ADR
+0023). When a batch's transaction fails in the database, the rows are rolled back and the next
 claims take one row at a time, so one bad row is found and counted instead of failing its
 neighbours; lock conflicts and lost connections (``OperationalError``) are retried without counting
 an attempt. :meth:`Worker.run` polls until its stop event is set and always finishes the batch in
@@ -10,13 +14,14 @@ flight before returning; :meth:`Worker.run_once` stops when nothing is claimable
 closes due cases (:meth:`Worker.close_due`, :mod:`cm_fhir.worker.closing`) at start and then every
 ``close_check_seconds``, in its own transactions between batches.
 
-A batch's work is bounded in time as well as in rows: the worker keeps a moving average of the time
-a claimed row takes and claims no more than fit in ``batch_seconds`` (unset: 5 ms on SQLite, no
-bound on PostgreSQL; at least 8 rows, as a batch's fixed cost can exceed that on a slow machine),
-so that on SQLite the one write lock the inbox writer needs for every ACK is not held long (a batch
-of 200 held it for most of a second). Small batches cost throughput (each has a fixed cost), so
-PostgreSQL, where the inbox writer does not wait on the worker, takes ``batch_size`` rows. On
-SQLite the worker also leaves a millisecond between batches, the waiting writer's turn at the lock.
+While messages arrive (the inbox grew since the batch before), a batch's writing is bounded in
+time as well as in rows: the worker keeps a moving average of the time a claimed row takes under
+the lock and claims no more than fit in ``batch_seconds`` (unset: 5 ms on SQLite, no bound on
+PostgreSQL; at least 8 rows, as a batch's fixed cost can exceed that on a slow machine), so that
+on SQLite the one write lock the inbox writer needs for every ACK is not held long. With nothing
+arriving (a backlog after an outage or a bulk load) no ACK waits, and a batch takes
+``batch_size`` rows: small batches cost throughput, each has a fixed cost. On SQLite the worker
+also leaves a millisecond between batches, the waiting writer's turn at the lock.
 """
 
 from __future__ import annotations
@@ -24,10 +29,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Collection
+import weakref
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any, TypeVar
 
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -41,12 +51,15 @@ from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
 from cm_fhir.mapping.vocabulary import check_vocabulary
 from cm_fhir.settings import WorkerSettings
 from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute, PayerRoute
-from cm_fhir.store.queue import mark_waiting
+from cm_fhir.store.engine import READ_ONLY_OPTION, sibling_engine, sqlite_thread_engine
+from cm_fhir.store.queue import inbox_top, mark_waiting
 from cm_fhir.store.wakeup import Wakeup, idle
+from cm_fhir.worker.batch import BatchResult
 from cm_fhir.worker.closing import CaseCloser, ClosingResult
 from cm_fhir.worker.journal import log_outcomes
+from cm_fhir.worker.loop_thread import LoopThread
 from cm_fhir.worker.notify import PayerNotifier
-from cm_fhir.worker.processor import ApplyEvent, BatchProcessor, BatchResult
+from cm_fhir.worker.processor import ApplyEvent, BatchProcessor
 from cm_fhir.workflow import PatientState
 
 __all__ = ["Worker", "WorkerConfig"]
@@ -61,6 +74,7 @@ _SQLITE_TURN = 0.001  # seconds between SQLite batches: the inbox writer's turn 
 
 
 _DEFAULTS = WorkerSettings()  # the defaults live in the settings model only
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +138,7 @@ class Worker:
         registry: MappingRegistry | None = None,
         apply: ApplyEvent | None = None,
         payer: PayerExchange | None = None,
+        own_loop: bool = False,
     ) -> None:
         self.engine = engine
         self.config = config or WorkerConfig()
@@ -157,11 +172,55 @@ class Worker:
         self.closings = ClosingResult()
         self._one_at_a_time = 0
         self._row_seconds = 0.0  # recent work per claimed row (moving average)
+        self._top: int | None = None  # the newest inbox row when the last batch began
+        self._arriving = True  # rows arrived since the batch before (unknown at first: yes)
+        self._locked_seconds = 0.0  # how long the last batch's writing transaction worked
         self._sqlite = engine.dialect.name == "sqlite"
+        self._thread_engine = sqlite_thread_engine(engine)
+        self._thread: ThreadPoolExecutor | None = None
+        if self._thread_engine is not None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix="cm-fhir-worker")
+            weakref.finalize(self, _release, self._thread, self._thread_engine)
+        # A loop of its own (``own_loop``, elsewhere than a SQLite file): the worker's Python work
+        # leaves the caller's loop, which answers senders in ``cm-fhir serve``; see aclose().
+        self._loop: LoopThread | None = None
+        self._loop_engine: AsyncEngine | None = None
+        if own_loop and self._thread is None:
+            self._loop_engine = sibling_engine(engine)
+            self._loop = LoopThread("cm-fhir-worker")
         budget = self.config.batch_seconds
         self._budget = (
             budget if budget is not None else (SQLITE_BATCH_SECONDS if self._sqlite else 0)
         )
+
+    async def transact(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(connection, *args)`` in one transaction, committed when it returns.
+
+        On a SQLite file the whole transaction runs in the worker's own thread on a plain
+        sqlite3 connection: no thread hop per statement, and the batch's Python work leaves the
+        event loop (and the listener's ACKs) free. Elsewhere it runs on the async connection.
+        """
+        if self._thread is not None:
+            return await self._in_thread(_in_transaction, work, *args)
+        if self._loop is not None and self._loop_engine is not None:
+            return await self._loop.run(_async_transaction(self._loop_engine, work, *args))
+        return await _async_transaction(self.engine, work, *args)
+
+    async def aclose(self) -> None:
+        """Release the worker's own thread, loop and connections (the engine given stays open)."""
+        if self._loop is not None and self._loop_engine is not None:
+            await self._loop.close(self._loop_engine.dispose())
+        if self._thread is not None and self._thread_engine is not None:
+            self._thread.shutdown(wait=True)
+            self._thread_engine.dispose()
+
+    async def _in_thread(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(engine, *args)`` in the worker's thread, on its SQLite engine."""
+        assert self._thread is not None
+        assert self._thread_engine is not None
+        loop = asyncio.get_running_loop()
+        job = partial(work, self._thread_engine, *args)
+        return await loop.run_in_executor(self._thread, job)
 
     @property
     def batch_limit(self) -> int:
@@ -170,31 +229,71 @@ class Worker:
         if self._one_at_a_time > 0:
             return 1
         size, budget = self.config.batch_size, self._budget
-        if budget <= 0:
+        if budget <= 0 or not self._arriving:
             return size
         fit = int(budget / self._row_seconds) if self._row_seconds > 0 else 0
         return min(size, max(_FEWEST_BOUNDED_ROWS, fit))
 
     async def run_batch(self) -> BatchResult:
         """Claim, process and commit one batch; an empty result when nothing was claimable."""
-        limit = self.batch_limit
-        self._one_at_a_time = max(0, self._one_at_a_time - 1)
         retry_before = datetime.now(UTC) - timedelta(seconds=self.config.retry_delay)
         try:
-            async with self.engine.begin() as connection:
-                started = time.perf_counter()
-                result = await connection.run_sync(self.processor.process, limit, retry_before)
-                worked = time.perf_counter() - started
+            if self._thread is not None:
+                result = await self._in_thread(self._split_batch, retry_before)
+            else:
+                result = await self.transact(self._claim, retry_before)
         except SQLAlchemyError as exc:
             return await self._after_failure(exc)
         if result.claimed:
-            per_row = worked / result.claimed
+            per_row = self._locked_seconds / result.claimed
             self._row_seconds = (
                 per_row if self._row_seconds <= 0 else (0.7 * self._row_seconds + 0.3 * per_row)
             )
         log_outcomes(self.processor.last_outcomes)
         self.totals.add(result)
         return result
+
+    def _note_arrivals(self, connection: Connection) -> None:
+        top = inbox_top(connection)
+        self._arriving = self._top is None or top != self._top
+        self._top = top
+
+    def _claim(self, connection: Connection, retry_before: datetime) -> BatchResult:
+        """One batch in the caller's transaction, of :attr:`batch_limit` rows, once it is known
+        whether rows arrived since the batch before."""
+        if self._budget > 0:
+            self._note_arrivals(connection)
+        limit = self.batch_limit
+        self._one_at_a_time = max(0, self._one_at_a_time - 1)
+        started = time.perf_counter()
+        result = self.processor.process(connection, limit, retry_before)
+        self._locked_seconds = time.perf_counter() - started
+        return result
+
+    def _split_batch(self, engine: Engine, retry_before: datetime) -> BatchResult:
+        """On SQLite, a batch in two transactions: claim, read and apply in a read transaction
+        (the inbox writer commits meanwhile), then write under the lock, which is held for the
+        writes only. If a claimed row or a state read changed in between, the batch runs whole
+        under the lock instead."""
+        with engine.connect() as reader:
+            reader = reader.execution_options(**{READ_ONLY_OPTION: True})
+            with reader.begin():
+                if self._budget > 0:
+                    self._note_arrivals(reader)
+                limit = self.batch_limit
+                self._one_at_a_time = max(0, self._one_at_a_time - 1)
+                prepared = self.processor.prepare(reader, limit, retry_before)
+        if not prepared.rows:
+            return BatchResult()
+        with engine.begin() as writer:
+            started = time.perf_counter()
+            result = self.processor.write_prepared(writer, prepared)
+            self._locked_seconds = time.perf_counter() - started
+        if result is not None:
+            return result
+        log.info("batch changed while it was read; running it under the lock")
+        with engine.begin() as connection:
+            return self._claim(connection, retry_before)
 
     async def _after_failure(self, exc: SQLAlchemyError) -> BatchResult:
         claimed = self.processor.last_claimed
@@ -211,8 +310,7 @@ class Worker:
         log.error("inbox row %d could not be committed (%s)", row.id, name)
         store_error = StoreError(f"the database refused the changes ({name})")
         try:
-            async with self.engine.begin() as connection:
-                await connection.run_sync(self.processor.record_failure, row, store_error)
+            await self.transact(self.processor.record_failure, row, store_error)
         except SQLAlchemyError as again:
             raise StoreError(f"cannot record a failed attempt: {type(again).__name__}") from again
         result = BatchResult(claimed=1, retried=1)
@@ -236,10 +334,7 @@ class Worker:
         for _ in range(_MAX_CLOSING_PASSES):
             at = now or datetime.now(UTC)
             try:
-                async with self.engine.begin() as connection:
-                    result = await connection.run_sync(
-                        self.closer.close_due, at, self.config.batch_size
-                    )
+                result = await self.transact(self.closer.close_due, at, self.config.batch_size)
             except SQLAlchemyError as exc:
                 log.warning("closing pass rolled back (%s); next pass retries", type(exc).__name__)
                 return total
@@ -255,12 +350,14 @@ class Worker:
         stop: asyncio.Event,
         *,
         arrived: Wakeup | None = None,
+        committed: Wakeup | None = None,
     ) -> BatchResult:
         """Process until ``stop`` is set; the batch in flight always commits first. Due cases
         are closed at start and every ``close_check_seconds``. When idle, waits for the poll
-        interval or until ``arrived`` is notified (the inbox writer of this process committed).
-        The outbox rows it commits wake the sync role by themselves
-        (:func:`~cm_fhir.store.outbox_signal.outbox_wakeup`)."""
+        interval or until ``arrived`` is notified (the inbox writer of this process committed);
+        notifies ``committed`` after each batch that changed something: the worker commits on
+        an engine of its own (its thread or loop), which the engine-level outbox signal of the
+        process (:func:`~cm_fhir.store.outbox_signal.outbox_wakeup`) does not see."""
         total = BatchResult()
         woken = arrived.listen() if arrived is not None else None
         next_close = time.monotonic()
@@ -268,8 +365,12 @@ class Worker:
             if time.monotonic() >= next_close:
                 await self.close_due()
                 next_close = time.monotonic() + self.config.close_check_seconds
+                if committed is not None:
+                    committed.notify()
             result = await self.run_batch()
             total.add(result)
+            if result.claimed and committed is not None:
+                committed.notify()
             if result.claimed == 0:
                 await self._mark_waiting()
                 await idle(stop, self.config.poll_interval, woken)
@@ -281,7 +382,22 @@ class Worker:
 
     async def _mark_waiting(self) -> None:
         try:
-            async with self.engine.begin() as connection:
-                await connection.run_sync(mark_waiting, datetime.now(UTC))
+            await self.transact(mark_waiting, datetime.now(UTC))
         except SQLAlchemyError as exc:
             log.warning("could not mark rows waiting behind dead letters: %s", type(exc).__name__)
+
+
+async def _async_transaction(engine: AsyncEngine, work: Callable[..., _T], *args: Any) -> _T:
+    async with engine.begin() as connection:
+        return await connection.run_sync(work, *args)
+
+
+def _in_transaction(engine: Engine, work: Callable[..., _T], *args: Any) -> _T:
+    connection: Connection
+    with engine.begin() as connection:
+        return work(connection, *args)
+
+
+def _release(thread: ThreadPoolExecutor, engine: Engine) -> None:
+    thread.shutdown(wait=False)
+    engine.dispose()

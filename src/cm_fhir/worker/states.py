@@ -9,7 +9,7 @@ aliases of that key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from cm_fhir.store.cases import StateRow
 from cm_fhir.workflow import PatientState
@@ -53,6 +53,17 @@ class PatientBook:
                 break
             seen.add(key)
         return key
+
+    def has_document(self, key: str) -> bool:
+        """Whether a document is filed under ``key`` itself."""
+        return key in self._docs
+
+    def link(self, aliases: Mapping[str, str]) -> None:
+        """Make each key of ``aliases`` (holding no document) an alias of its value."""
+        for key, primary in aliases.items():
+            if key != primary and key not in self._docs:
+                self._alias[key] = primary
+                self._dirty_aliases.add(key)
 
     def state(self, key: str) -> PatientState:
         """The patient's current state; ``PatientState()`` for a patient not seen before."""

@@ -18,7 +18,7 @@ from cm_fhir.hl7v2.events import AdtEvent
 from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.rules import DischargeRules
 from cm_fhir.workflow.engine import apply_event
-from cm_fhir.workflow.facts import patient_key, patient_keys
+from cm_fhir.workflow.facts import member_keys, patient_key, patient_keys
 from cm_fhir.workflow.payer_events import apply_decision, apply_notice
 from cm_fhir.workflow.state import Outcome, PatientState
 
@@ -28,9 +28,13 @@ DomainEvent = AdtEvent | EncounterNotice | ReviewDecided
 
 
 def event_keys(event: DomainEvent, rules: DischargeRules) -> tuple[str, ...]:
-    """The patient keys to lock for ``event`` (an A40 names two patients; the others one)."""
+    """The patient keys to lock for ``event``: an A40 names two patients, a notice its member by
+    each member id (:func:`~cm_fhir.workflow.facts.member_keys`; the member's state may be filed
+    under any of them), a decision one patient."""
     if isinstance(event, AdtEvent):
         return patient_keys(event, rules)
+    if isinstance(event, EncounterNotice):
+        return member_keys(event.patient)
     return (patient_key(event.patient),)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "event_json",
     "event_time",
     "item_id",
+    "member_keys",
     "party",
     "patient_key",
     "patient_keys",
@@ -164,6 +165,15 @@ def patient_ref(ids: tuple[PatientIdentifier, ...], rules: DischargeRules) -> Pa
 def patient_key(ref: PatientRef) -> str:
     """The key the store locks and files a patient's state under: ``system|value`` of the MRN."""
     return f"{ref.primary.system}|{ref.primary.value}"
+
+
+def member_keys(ref: PatientRef) -> tuple[str, ...]:
+    """The keys a payer files and finds a member under: ``system|value`` of each member id of
+    ``ref`` (identifiers typed ``MB``), else of its primary identifier."""
+    members = tuple(
+        f"{i.system}|{i.value}" for i in ref.identifiers if i.kind == IdentifierKind.MEMBER_ID
+    )
+    return tuple(dict.fromkeys(members)) or (patient_key(ref),)
 
 
 def patient_keys(

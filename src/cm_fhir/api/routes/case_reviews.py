@@ -10,12 +10,18 @@ with an EHR endpoint configured, the summary is read from the EHR's Conditions, 
 MedicationRequests of the encounter (:mod:`cm_fhir.sync.clinical`). ``GET .../{review_id}`` reads
 the review (decision, authorization number, authorized days, next review) with the payer's last
 ClaimResponse as received and where the exchange stands. ``GET .../{review_id}/pas-request`` is
-the request Bundle, and ``POST .../{review_id}/claim-response`` applies an answer received
-another way (a Bundle with the ClaimResponse first, or the ClaimResponse alone, any PAS version).
+the request Bundle, and ``POST .../{review_id}/claim-response`` takes an answer received another
+way (a Bundle with the ClaimResponse first, or the ClaimResponse alone, any PAS version) as the
+sync worker takes one it fetched: stored in the inbox (a ``CLAIMRESPONSE`` FHIR message,
+deduplicated by the ClaimResponse's identifier and creation time, the client and the content) and
+kept on the review, in one transaction, then answered 202 with the message to poll
+(``Location``). The worker applies it to the review like any event (ADR 0018: traced; a
+contradiction of the decision made is flagged ``needs_attention``, never applied).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -28,8 +34,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Connection
 
 from cm_fhir.api.deps import (
+    AuditDep,
     EngineDep,
     ReadPrincipal,
+    WritePrincipal,
     get_payer_exchange,
     get_registry,
     get_settings,
@@ -52,8 +60,9 @@ from cm_fhir.errors import DomainError, MappingError
 from cm_fhir.fhir import dumps
 from cm_fhir.fhir.ids import local_value
 from cm_fhir.fhir.pas_request import pas_request_bundle
-from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response
-from cm_fhir.store.case_repo import StoredCase, read_case
+from cm_fhir.fhir.pas_response import claim_response_of, parse_claim_response, review_decided
+from cm_fhir.store.case_repo import StoredCase, file_in_state, read_case
+from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
 from cm_fhir.store.outbox import OutboxEntry, enqueue
 from cm_fhir.store.payer_reviews import (
     PayerReview,
@@ -61,6 +70,7 @@ from cm_fhir.store.payer_reviews import (
     read_payer_review,
     record_request,
 )
+from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.clinical import read_clinical_summary
 from cm_fhir.sync.endpoints import RequestCount, open_client
 from cm_fhir.sync.payer import SUBMIT
@@ -98,14 +108,18 @@ def _next_id(case: Case) -> str:
 
 async def _summary_from_ehr(request: Request, case: Case, body: ReviewRequest) -> str | None:
     """The clinical summary read from the first EHR endpoint; None without one, without an
-    encounter, or when the EHR cannot be read (the review is asked for all the same)."""
+    encounter, or when the EHR cannot be read within the endpoint's ``timeout`` for the whole
+    read, retries included (the review is asked for all the same, without waiting longer)."""
     settings = get_settings(request)
     encounter = body.encounter or (case.encounters[-1] if case.encounters else None)
     if not settings.endpoints or encounter is None:
         return None
     endpoint = settings.endpoints[0]
     try:
-        async with open_client(endpoint, RequestCount(), settings.ehr) as client:
+        async with (
+            asyncio.timeout(endpoint.timeout),
+            open_client(endpoint, RequestCount(), settings.ehr) as client,
+        ):
             return await read_clinical_summary(client, encounter)
     except Exception as exc:  # the EHR is away or refuses: no summary, named by type only
         log.warning("clinical summary from %s not read (%s)", endpoint.name, type(exc).__name__)
@@ -284,24 +298,65 @@ async def get_pas_request(
 
 @router.post(
     "/{case_id}/utilization-reviews/{review_id}/claim-response",
-    summary="Apply the payer's answer (a PAS response Bundle or a ClaimResponse)",
+    summary="Take the payer's answer (a PAS response Bundle or a ClaimResponse) for the worker "
+    "to apply",
+    status_code=202,
+    response_class=Response,
 )
-async def post_claim_response(request: Request, review_id: str, write: ChangeDep) -> Response:
+async def post_claim_response(
+    request: Request,
+    case_id: str,
+    review_id: str,
+    engine: EngineDep,
+    audit: AuditDep,
+    principal: WritePrincipal,
+) -> Response:
+    """Store the answer in the inbox (a ClaimResponse message, as the sync worker stores one it
+    fetched) and keep it on the review; the worker applies it as a ``ReviewDecided`` event."""
+    spec = get_payer_exchange(request)
+    now = datetime.now(UTC)
     try:
         answer = json.loads(await request.body())
-        outcome = parse_claim_response(claim_response_of(answer), get_payer_exchange(request))
     except ValueError:
         return error_response(request, 400, "the body is not JSON")
+    try:
+        response = claim_response_of(answer)
+        decision = parse_claim_response(response, spec).decision
+        event = review_decided(response, spec, now)
     except MappingError as exc:
-        return error_response(request, 422, str(exc))
-    now = datetime.now(UTC)
-
-    def change(case: Case) -> Case:
-        return case.with_utilization_review(outcome.apply(case.utilization_review(review_id), now))
-
-    def keep(connection: Connection, stored: StoredCase) -> None:
-        decided = outcome.decision != ReviewDecision.PENDED
-        raw = dumps(claim_response_of(answer))
-        keep_answer(connection, stored.case.id, review_id, raw, decided=decided, now=now)
-
-    return await write.apply(change, "utilization-review.decision", review_id, then=keep)
+        await audit.record("claim-response", "utilization-review", review_id, outcome="failure")
+        where = exc.path or "ClaimResponse"
+        return error_response(request, 422, str(exc), fields=[(where, str(exc))])
+    found = await _review(request, engine, case_id, review_id)
+    if isinstance(found, Response):
+        return found
+    case, review = found
+    if event.request_identifier != review.request_identifier:
+        await audit.record("claim-response", "utilization-review", review_id, outcome="failure")
+        text = "the answer is for another request"
+        return error_response(request, 422, text, fields=[("ClaimResponse.request", text)])
+    raw = dumps(response)
+    message = fhir_message(
+        raw,
+        response,
+        message_id=event.message_id,
+        source="api",
+        client=principal.subject,
+        message_type=CLAIM_RESPONSE,
+        event=decision.value,
+        state=InboxState.RECEIVED,
+        answer=None,
+        patient_key=patient_key(case.patient),
+        received_at=now,
+        peer=request.client.host if request.client else None,
+    )
+    decided = decision != ReviewDecision.PENDED
+    async with engine.begin() as connection:
+        stored = await connection.run_sync(store_fhir_message, message)
+        await connection.run_sync(file_in_state, case_id, now)
+        await connection.run_sync(keep_answer, case_id, review_id, raw, decided=decided, now=now)
+        await audit.record("claim-response", "utilization-review", review_id, connection=connection)
+    review_url = f"/api/cases/{case_id}/utilization-reviews/{review_id}"
+    body = {"message_id": stored.id, "duplicate": stored.duplicate, "review": review_url}
+    headers = {"Location": f"/api/messages/{stored.id}", "Content-Location": review_url}
+    return Response(json.dumps(body), 202, headers=headers, media_type="application/json")

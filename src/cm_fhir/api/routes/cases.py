@@ -34,7 +34,7 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response
-from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
+from cm_fhir.api.paging import CursorQuery, PageLinks, RetiredPaging, decode_cursor, links
 from cm_fhir.domain import (
     CarePlan,
     Case,
@@ -135,7 +135,9 @@ async def post_case(
     return _case_response(stored, 201)
 
 
-@router.get("", summary="List and search cases", response_model=CasePage)
+@router.get(
+    "", summary="List and search cases", response_model=CasePage, dependencies=[RetiredPaging]
+)
 async def get_cases(
     request: Request,
     engine: EngineDep,

@@ -5,8 +5,9 @@ first submitted to ``Claim/$submit`` and names the patient
 (:func:`~cm_fhir.fhir.pas_intake.parse_pas_inquiry`). The answer is a Bundle whose first entry is
 the current ClaimResponse of that request (pended, or the decision with its authorization
 number, period, quantity and next review), dated when the payer decided (when it asked, while
-pended), so asking again gives the same answer until something changes. A request the payer does
-not hold for that patient is 404, the same answer as for another patient's request. A Bundle
+pended), so asking again gives the same answer until something changes. The member is found by
+any of the patient's member ids (system and value). A request the payer does not hold for that
+member is 404, the same answer as for another patient's request. A Bundle
 without a usable Claim is 400 with an OperationOutcome naming the element. Scope: SMART
 ``system/ClaimResponse.r`` (``.read``, ``.*``). Every inquiry is audited.
 """
@@ -28,7 +29,8 @@ from cm_fhir.domain import Case, UtilizationReview
 from cm_fhir.errors import MappingError, ValidationError
 from cm_fhir.fhir.pas_intake import PasInquiry, parse_pas_inquiry
 from cm_fhir.fhir.pas_response import claim_response, pas_response_bundle
-from cm_fhir.store.payer_cases import find_review
+from cm_fhir.store.payer_cases import member_cases
+from cm_fhir.workflow.facts import member_keys
 from cm_fhir.workflow.utilization import review_id_for
 
 __all__ = ["router"]
@@ -49,10 +51,10 @@ def _held(
     connection: Connection, programme: str, inquiry: PasInquiry
 ) -> tuple[Case, UtilizationReview] | None:
     review_id = review_id_for(inquiry.request)
-    for ident in inquiry.patient.identifiers:
-        found = find_review(connection, programme, review_id, (ident.system, ident.value))
-        if found is not None:
-            return found
+    for stored in member_cases(connection, programme, member_keys(inquiry.patient)):
+        for review in stored.case.utilization_reviews:
+            if review.id == review_id:
+                return stored.case, review
     return None
 
 
@@ -73,7 +75,7 @@ async def inquire_claim(
         return got
     body = got[1]
     try:
-        inquiry = parse_pas_inquiry(body)
+        inquiry = parse_pas_inquiry(body, spec)
     except MappingError as exc:
         await audit.record("inquire", "Claim", None, outcome="failure")
         where = exc.path or "Bundle"

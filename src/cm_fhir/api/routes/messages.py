@@ -29,7 +29,7 @@ from cm_fhir.api.deps import (
     ReadPrincipal,
     WritePrincipal,
 )
-from cm_fhir.api.paging import CursorQuery, decode_cursor, links
+from cm_fhir.api.paging import CursorQuery, RetiredPaging, decode_cursor, links
 from cm_fhir.api.schemas import (
     MessageDetail,
     MessagePage,
@@ -61,7 +61,7 @@ def _utc(value: datetime) -> datetime:
 MessageId = Annotated[int, Path(ge=1, le=_MAX_ID, description="Inbox row id.")]
 
 
-@router.get("/messages", summary="List inbox messages (newest first)")
+@router.get("/messages", summary="List inbox messages (newest first)", dependencies=[RetiredPaging])
 async def list_messages(
     request: Request,
     engine: EngineDep,
@@ -131,7 +131,9 @@ async def list_messages(
     return await _page(request, engine, audit, where, cursor, limit)
 
 
-@router.get("/dead-letters", summary="Dead-lettered messages (newest first)")
+@router.get(
+    "/dead-letters", summary="Dead-lettered messages (newest first)", dependencies=[RetiredPaging]
+)
 async def list_dead_letters(
     request: Request,
     engine: EngineDep,

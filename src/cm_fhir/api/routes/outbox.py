@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from cm_fhir.api.deps import AuditDep, ContextDep, EngineDep, ReadPrincipal, WritePrincipal
-from cm_fhir.api.paging import CursorQuery, decode_cursor, links
+from cm_fhir.api.paging import CursorQuery, RetiredPaging, decode_cursor, links
 from cm_fhir.api.routes.messages import outbox_columns
 from cm_fhir.api.schemas import OutboxCount, OutboxItem, OutboxPage, OutboxSummary
 from cm_fhir.store.case_tables import outbox
@@ -133,7 +133,11 @@ async def outbox_endpoints(context: ContextDep, _: ReadPrincipal) -> list[Endpoi
     return out
 
 
-@router.get("/items", summary="Outbox rows (newest first), without the Bundle bodies")
+@router.get(
+    "/items",
+    summary="Outbox rows (newest first), without the Bundle bodies",
+    dependencies=[RetiredPaging],
+)
 async def outbox_items(
     request: Request,
     engine: EngineDep,

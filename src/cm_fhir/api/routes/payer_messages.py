@@ -5,10 +5,14 @@ The notification is read and checked in full at the door (:mod:`cm_fhir.fhir.not
 Bundle it cannot use is answered 400 with an OperationOutcome naming the element, and nothing is
 stored. A usable one is stored in the inbox (``format`` ``fhir``, see
 :mod:`cm_fhir.store.fhir_inbox`) before it is answered, so accepted means durable; the worker then
-applies it to the member's payer case like any other event. The answer is 200 with an
-OperationOutcome saying so (notifications ask for no response message); the same notification
-sent again by the same client gets the same answer and is not stored again. Scope: SMART
-``system/MessageHeader.c`` (or ``.write``/``.*``). Every exchange is audited, refusals too.
+applies it to the member's payer case like any other event. The answer follows FHIR R4 messaging
+(the ``$process-message`` operation): synchronously, 200 with a response message (a ``message``
+Bundle whose MessageHeader's ``response`` names the notification's MessageHeader id with code
+``ok``: the payer has taken custody; :func:`~cm_fhir.fhir.notification.response_message`); with
+``?async=true``, 200 without a body (a notification asks for no later response message). The
+same notification sent again by the same client gets the same answer and is not stored again.
+Scope: SMART ``system/MessageHeader.c`` (or ``.write``/``.*``). Every exchange is audited, refusals
+too.
 """
 
 from __future__ import annotations
@@ -17,15 +21,14 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from cm_fhir.api.auth import AuthError, Principal, grants_fhir
 from cm_fhir.api.deps import AuditDep, EngineDep, PrincipalDep, get_payer_exchange
 from cm_fhir.api.errors import FHIR_JSON, error_response, json_bundle
 from cm_fhir.errors import MappingError, ValidationError
-from cm_fhir.fhir.notification import parse_notification, read_header
-from cm_fhir.fhir.outcome import Issue, operation_outcome
+from cm_fhir.fhir.notification import parse_notification, read_header, response_message
 from cm_fhir.store.fhir_inbox import fhir_message, store_fhir_message
 from cm_fhir.store.tables import InboxState
 from cm_fhir.workflow.facts import patient_key
@@ -54,6 +57,9 @@ async def process_message(
     engine: EngineDep,
     audit: AuditDep,
     principal: Annotated[Principal, Depends(require_message_create)],
+    asynchronous: Annotated[
+        bool, Query(alias="async", description="true: answered without a response message")
+    ] = False,
 ) -> Response:
     spec = get_payer_exchange(request)
     got = await json_bundle(request, audit, "process-message", "MessageHeader")
@@ -70,8 +76,8 @@ async def process_message(
         await audit.record("process-message", "MessageHeader", None, outcome="failure")
         return error_response(request, 400, str(exc), outcome=exc.outcome)
     now = datetime.now(UTC)
-    text = f"accepted: notification-{notice.kind.value}, stored for processing"
-    answer = json.dumps(operation_outcome([Issue("information", "informational", text)]))
+    endpoint = f"{str(request.base_url).rstrip('/')}/fhir"
+    answer = json.dumps(response_message(header, spec, source=endpoint, timestamp=now))
     message = fhir_message(
         raw,
         body,
@@ -91,4 +97,6 @@ async def process_message(
         await audit.record(
             "process-message", "MessageHeader", str(stored.id), connection=connection
         )
+    if asynchronous:
+        return Response(status_code=200)
     return Response(stored.ack_bytes or answer.encode(), 200, media_type=FHIR_JSON)

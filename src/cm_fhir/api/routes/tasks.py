@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.engine import Connection
 
 from cm_fhir.api.deps import AuditDep, EngineDep, ReadPrincipal
-from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
+from cm_fhir.api.paging import CursorQuery, PageLinks, RetiredPaging, decode_cursor, links
 from cm_fhir.domain import CaseStatus, ProgrammeCode, Task, TaskStatus
 from cm_fhir.domain.common import PartyRef
 from cm_fhir.store.case_repo import CaseFilter, StoredCase, list_cases
@@ -157,7 +157,12 @@ def _statuses(values: Iterable[TaskStatus] | None) -> frozenset[TaskStatus] | No
     return chosen or None
 
 
-@router.get("", summary="Search tasks across cases (due-date order)", response_model=TaskPage)
+@router.get(
+    "",
+    summary="Search tasks across cases (due-date order)",
+    response_model=TaskPage,
+    dependencies=[RetiredPaging],
+)
 async def get_tasks(
     request: Request,
     engine: EngineDep,

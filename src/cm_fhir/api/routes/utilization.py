@@ -5,10 +5,11 @@
 ``POST /api/utilization-reviews/{id}/decision``.
 
 ``$submit`` reads a PAS request Bundle (:mod:`cm_fhir.fhir.pas_intake`), records the review on the
-member's payer case (opening one if needed) through the one case write path, decides it at once
-when a rule in ``mappings/payer-exchange.yaml`` matches, and answers a Bundle whose first entry is
-the ClaimResponse. The same request sent again gets the same answer and adds nothing. A Bundle
-without a usable Claim is answered 400 with an OperationOutcome naming the element. Scopes: SMART
+member's payer case (found by any of the member's ids; opening one if needed) through the one case
+write path, decides it at once when a rule in ``mappings/payer-exchange.yaml`` matches, and answers
+a Bundle whose first entry is the ClaimResponse. The same request sent again gets the same answer
+and adds nothing. A Bundle without a usable Claim is answered 400 with an OperationOutcome naming
+the element. Scopes: SMART
 ``system/Claim.c`` (or ``.write``/``.*``) for ``$submit``; ``read`` for the queue and ``write``
 to decide. Every exchange is audited.
 """
@@ -37,7 +38,7 @@ from cm_fhir.api.deps import (
     get_settings,
 )
 from cm_fhir.api.errors import FHIR_JSON, error_response, json_bundle
-from cm_fhir.api.paging import CursorQuery, PageLinks, decode_cursor, links
+from cm_fhir.api.paging import CursorQuery, PageLinks, RetiredPaging, decode_cursor, links
 from cm_fhir.domain import (
     Case,
     Identifier,
@@ -53,7 +54,6 @@ from cm_fhir.mapping.payer_exchange import PayerExchange
 from cm_fhir.mapping.registry import MappingRegistry
 from cm_fhir.store.case_repo import TraceSource, change_case, create_case
 from cm_fhir.store.case_writes import OutboxRoute
-from cm_fhir.store.cases import lock_states
 from cm_fhir.store.fhir_inbox import (
     fhir_message,
     record_answer,
@@ -61,10 +61,10 @@ from cm_fhir.store.fhir_inbox import (
     stored_message_key,
 )
 from cm_fhir.store.inbox import NewMessage
-from cm_fhir.store.payer_cases import find_review, payer_cases
+from cm_fhir.store.payer_cases import file_member, find_review, member_cases, payer_cases
 from cm_fhir.store.tables import InboxState
 from cm_fhir.sync.routing import outbox_routes
-from cm_fhir.workflow.facts import patient_key
+from cm_fhir.workflow.facts import member_keys, patient_key
 from cm_fhir.workflow.utilization import auto_decide, open_payer_case, payer_case_id, review_id_for
 
 __all__ = ["router"]
@@ -99,11 +99,11 @@ def _record(
         inbox_message_id=row.id,
     )
     review = read.review
-    primary = read.patient.primary
     # The member's state first, as the worker takes it: a notice being applied now cannot open
-    # a second payer case beside the one this request finds or opens.
-    lock_states(connection, [patient_key(read.patient)])
-    cases = payer_cases(connection, spec.payer_programme, (primary.system, primary.value))
+    # a second payer case beside the one this request finds or opens. Any of the member's ids
+    # finds it; the ids it did not know yet are linked to it.
+    filed = file_member(connection, member_keys(read.patient), now)
+    cases = member_cases(connection, spec.payer_programme, [filed])
     for stored in cases:
         if any(r.id == review.id for r in stored.case.utilization_reviews):
             return stored.case, stored.case.utilization_review(review.id), row.id  # a resend
@@ -257,6 +257,7 @@ def _queue_key(item: QueueItem) -> tuple[int, str, str, str]:
     summary="Utilization reviews on payer cases (the reviewer's queue): pended first, "
     "then soonest deadline first",
     response_model=Queue,
+    dependencies=[RetiredPaging],
 )
 async def get_reviews(
     request: Request,
@@ -273,9 +274,7 @@ async def get_reviews(
     start = decode_cursor(_CURSOR, cursor, (int, str, str, str))
     now = datetime.now(UTC)
     async with engine.connect() as connection:
-        cases = await connection.run_sync(
-            payer_cases, get_payer_exchange(request).payer_programme, None
-        )
+        cases = await connection.run_sync(payer_cases, get_payer_exchange(request).payer_programme)
     items = [
         QueueItem(case_id=s.case.id, deadline=r.deadline, overdue=r.is_overdue(now), review=r)
         for s in cases
