@@ -4,12 +4,13 @@ Every outbox row is enqueued by :func:`~cm_fhir.store.outbox.enqueue`, which cal
 :func:`mark_enqueued` in the caller's transaction. That marks the connection, and on PostgreSQL
 also issues ``NOTIFY cm_fhir_outbox`` (delivered by the server when, and only if, the transaction
 commits). :func:`outbox_wakeup` is the engine's one :class:`~cm_fhir.store.wakeup.Wakeup`: it is
-notified when a marked connection goes back to the pool after its commit (a rollback clears the
-mark), whoever committed (the worker, an API case write, a status read back, a resend), so the
-sync loops of this process wait for no poll. :func:`listen_across_processes` is the PostgreSQL
-half: one connection ``LISTEN``\\ s on the channel and notifies the same Wakeup, so a sync role
-started apart from the worker or the API (``cm-fhir serve --role sync``) wakes as promptly; while
-that connection is down, the loops still find rows by their poll interval.
+notified when a marked connection goes back to the pool after its transaction (after a rollback
+too: a wake that finds nothing costs one empty claim), whoever committed (an API case write, a
+status read back, a resend), so the sync loops of this process wait for no poll.
+:func:`listen_across_processes` is the PostgreSQL half: one connection ``LISTEN``\\ s on the
+channel and notifies the same Wakeup, so a sync role started apart from the worker or the API
+(``cm-fhir serve --role sync``) wakes as promptly; while that connection is down, the loops still
+find rows by their poll interval.
 """
 
 from __future__ import annotations
@@ -51,14 +52,10 @@ def outbox_wakeup(engine: AsyncEngine) -> Wakeup:
     wakeup = Wakeup()
     _wakeups[target] = wakeup
 
-    def _rolled_back(connection: Connection) -> None:
-        connection.info.pop(_MARK, None)
-
     def _returned(_dbapi_connection: Any, record: Any) -> None:
         if record is not None and record.info.pop(_MARK, False):
             wakeup.notify()
 
-    event.listen(target, "rollback", _rolled_back)
     event.listen(target.pool, "checkin", _returned)
     return wakeup
 
