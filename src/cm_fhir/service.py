@@ -52,6 +52,7 @@ from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
+from cm_fhir.store.outbox_signal import outbox_wakeup
 from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.sync.routing import outbox_routes, payer_routes
@@ -316,7 +317,9 @@ class Service:
     ) -> None:
         settings = self.settings
         writer: InboxWriter | None = None
-        arrived, committed = Wakeup(), Wakeup()  # inbox -> worker -> sync, in this process
+        # inbox -> worker -> sync, in this process; every other commit of outbox rows on this
+        # engine notifies ``committed`` by itself (outbox_signal), the worker's own engines not
+        arrived, committed = Wakeup(), outbox_wakeup(engine)
         if Role.API in self.roles or Role.LISTENER in self.roles:
             writer = await stack.enter_async_context(InboxWriter(engine, committed=arrived))
         listener: MllpListener | None = None
@@ -358,7 +361,7 @@ class Service:
             )
             context.sync = sync
             context.roles["sync"] = "running"
-            sync_task = asyncio.create_task(sync.run(worker_stop, committed=committed), name="sync")
+            sync_task = asyncio.create_task(sync.run(worker_stop), name="sync")
             self.info.endpoints = tuple(e.name for e in (*self.endpoints, *self.payers))
         if Role.LISTENER in self.roles:
             assert writer is not None
