@@ -198,7 +198,16 @@ def make_workers(
     ]
 
 
-async def _close_workers(workers: list[WorkerRole]) -> None:
+async def _close_workers(
+    workers: list[WorkerRole], stop: asyncio.Event, tasks: list[asyncio.Task[Any]], grace: float
+) -> None:
+    """Stop the workers (also when start-up failed after they began) and release them."""
+    stop.set()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     for worker in workers:
         await worker.aclose()
 
@@ -332,18 +341,24 @@ class Service:
             if worker_available():
                 context.roles["worker"] = "running"
                 workers = make_workers(engine, settings, own_loop=writer is not None)
-                stack.push_async_callback(_close_workers, workers)
+                stack.push_async_callback(
+                    _close_workers,
+                    workers,
+                    worker_stop,
+                    worker_tasks,
+                    settings.worker.shutdown_grace,
+                )
                 if writer is not None:
                     # The worker's thread (SQLite) is busy in Python while the loop waits to
                     # answer a sender: hand the interpreter over every 0.5 ms, not every 5 ms.
                     sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
-                worker_tasks = [
+                worker_tasks.extend(  # the same list _close_workers waits for
                     asyncio.create_task(
                         w.run(worker_stop, arrived=arrived, committed=committed),
                         name=f"worker-{n}",
                     )
                     for n, w in enumerate(workers)
-                ]
+                )
                 purger = RetentionJob(engine, settings.retention)
                 worker_tasks.append(asyncio.create_task(purger.run(worker_stop), name="retention"))
                 self.info.workers = len(workers)
