@@ -10,7 +10,8 @@ interface sees on an ordinary day). Servers measured in the same run:
 * baseline ``python-hl7 echo``: ``hl7.mllp.start_hl7_server`` answering each message with
   ``message.create_ack()`` (parses the message, no persistence);
 * ``cm-fhir sqlite``: our listener committing every message to a SQLite file (WAL,
-  synchronous=FULL: every commit is fsynced) before its ACK;
+  synchronous=FULL: every commit is fsynced) before its ACK, on the event loop ``cm-fhir serve``
+  runs on (:mod:`cm_fhir.event_loop`: uvloop's when installed; the header line names it);
 * ``cm-fhir postgres``: the same on PostgreSQL (``CM_FHIR_TEST_PG_URL``, a throw-away schema);
   skipped when the server is unreachable.
 
@@ -373,9 +374,12 @@ async def pg_schema(action: str, schema: str) -> bool:
 
 
 async def main(senders: int, messages: int, rounds: int, paced: int, with_worker: bool) -> None:
+    from cm_fhir.event_loop import loop_name
+
     print(
         f"{senders} lockstep senders x {messages} messages, loopback, {rounds} rounds; paced run"
-        f" {paced} messages at {PACED_RATE:.0f}/s; load average {os.getloadavg()[0]:.1f}"
+        f" {paced} messages at {PACED_RATE:.0f}/s; load average {os.getloadavg()[0]:.1f};"
+        f" our server on the {loop_name()} loop (as cm-fhir serve), the echo on asyncio's"
     )
     echo = Figures("python-hl7 echo", stores=False)
     ours = [Figures("cm-fhir sqlite"), Figures("cm-fhir postgres")]
@@ -431,7 +435,9 @@ if __name__ == "__main__":
     if options.serve_echo:
         asyncio.run(serve_echo())
     elif options.serve_cm:
-        asyncio.run(serve_cm(options.serve_cm, options.schema, options.with_worker))
+        from cm_fhir import event_loop  # the loop ``cm-fhir serve`` runs on
+
+        event_loop.run(serve_cm(options.serve_cm, options.schema, options.with_worker))
     else:
         run = (options.senders, options.messages, options.rounds, options.paced)
         asyncio.run(main(*run, options.with_worker))

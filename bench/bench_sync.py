@@ -10,14 +10,16 @@ their cases' newest Bundles are then delivered:
 * baseline ``naive loop``: one ``httpx`` POST per resource, one after the other, references
   rewritten to the ids the server gave (what a first integration usually does).
 
-It prints resources per second, HTTP requests made (counted by the servers) and the ratio, and
+It prints resources per second, HTTP requests made (counted by the servers), CPU time per resource
+of the client and of the server, and the ratio, and
 checks that both servers end with the same resources (compared by business identifier, without
 ids, meta and references).
 
 Then ``cm-fhir serve --ehr-url`` runs as a process; A01s of new patients are sent over MLLP at a
 steady rate (50 msg/s), and the time from sending each A01 to its case's write being committed on
 the FHIR server (the outbox row's ``sent_at``, set after the server answered) is reported as
-p50/p95.
+p50/p95, with the CPU time the serve process and the FHIR server spent per message (wall figures
+move with the machine's load; CPU time much less).
 
 Usage: ``python bench/bench_sync.py [--cases 200] [--rate 50] [--seconds 10]``
 """
@@ -65,6 +67,15 @@ def start_server() -> tuple[subprocess.Popen[str], str]:
         process.kill()
         sys.exit("the test FHIR server did not start")
     return process, f"http://127.0.0.1:{line[1]}/fhir"
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (Linux ``/proc``), or of this one."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def requests_made(base_url: str) -> int:
@@ -216,18 +227,27 @@ async def throughput(cases: int) -> None:
             resources = sum(len(b["entry"]) for b in bundles)
             reset_requests(ours_url)
             reset_requests(naive_url)
+            cpu = [cpu_seconds(), cpu_seconds(ours_server.pid), cpu_seconds(naive_server.pid)]
             ours = await deliver_ours(url, ours_url)
+            mid = cpu_seconds()
             naive = await deliver_naive(bundles, naive_url)
+            ours_cpu = (mid - cpu[0], cpu_seconds(ours_server.pid) - cpu[1])
+            naive_cpu = (cpu_seconds() - mid, cpu_seconds(naive_server.pid) - cpu[2])
             ours_requests = requests_made(ours_url)
             naive_requests = requests_made(naive_url)
             same = await same_state(bundles, ours_url, naive_url)
         print(
             f"cases {len(bundles)}, resources {resources} ({resources / len(bundles):.1f} per case)"
         )
-        print(f"cm-fhir sync : {resources / ours:8.0f} resources/s, {ours_requests} HTTP requests")
-        print(
-            f"naive loop   : {resources / naive:8.0f} resources/s, {naive_requests} HTTP requests"
-        )
+        for name, wall, made, (client, server) in (
+            ("cm-fhir sync", ours, ours_requests, ours_cpu),
+            ("naive loop  ", naive, naive_requests, naive_cpu),
+        ):
+            print(
+                f"{name} : {resources / wall:8.0f} resources/s, {made} HTTP requests; CPU per "
+                f"resource: client {client / resources * 1000:.2f} ms, "
+                f"server {server / resources * 1000:.2f} ms"
+            )
         print(
             f"ratio        : {naive / ours:.1f}x faster (target >= 5x), "
             f"{naive_requests / max(ours_requests, 1):.1f}x fewer requests; "
@@ -309,6 +329,7 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
                 break
         sent: dict[str, float] = {}
         count = int(rate * seconds)
+        before = cpu_seconds(process.pid), cpu_seconds(server.pid)
         async with await MllpClient.connect("127.0.0.1", port) as client:
             start = time.monotonic()
             for n in range(count):
@@ -318,6 +339,7 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
                 sent[control] = time.time()
                 await client.send(message, timeout=30)
         await asyncio.sleep(5)  # let the last writes go out
+        used = cpu_seconds(process.pid) - before[0], cpu_seconds(server.pid) - before[1]
         process.terminate()
         await process.wait()
         rows = await _sent_at(database, "bench_sync" if pg_url is not None else None)
@@ -346,6 +368,10 @@ async def latency(rate: float, seconds: float, pg_url: str | None) -> None:
         f"A01 over MLLP -> its case written on the FHIR server ({store}), {rate:.0f} msg/s, "
         f"{len(delays)}/{count} messages: p50 {statistics.median(delays) * 1000:.0f} ms, "
         f"p95 {cut[18] * 1000:.0f} ms (target <= 500 ms)"
+    )
+    print(
+        f"  CPU per message: serve {used[0] / count * 1000:.1f} ms (listener, worker, sync), "
+        f"FHIR server {used[1] / count * 1000:.1f} ms"
     )
     for i, name in enumerate(("MLLP -> inbox", "inbox -> outbox", "outbox -> server")):
         values = [p[i] for p in parts]

@@ -33,6 +33,27 @@ FAST_RETRY = RetryPolicy(
 )
 
 
+class Observed(httpx.AsyncBaseTransport):
+    """The real transport, recording each transaction POST: (its status, its entries)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.transactions: list[tuple[int, list[Json]]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.method == "POST" and request.url.path.endswith("/fhir"):
+            body = orjson.loads(request.content)
+            self.transactions.append((response.status_code, body.get("entry") or []))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+    def refused(self) -> int:
+        return sum(1 for status, _ in self.transactions if status == 400)
+
+
 def endpoint(base_url: str, **options: Any) -> EndpointSettings:
     return EndpointSettings(name=options.pop("name", "default"), base_url=base_url, **options)
 

@@ -130,6 +130,26 @@ async def test_bytes_that_make_no_frame_do_not_keep_a_connection_open(
     assert listener.stats.idle_closes == 1
 
 
+async def test_a_sender_of_whole_frames_outlives_the_idle_timeout(
+    inbox_engine: AsyncEngine, listener_config: ListenerConfig
+) -> None:
+    # The idle timer is not moved for every frame: when it fires it measures from the last one.
+    config = dataclasses.replace(listener_config, idle_timeout=0.5, frame_timeout=30)
+    async with (
+        listening(inbox_engine, config) as listener,
+        await connect(listener.port, EHR) as client,
+    ):
+        for number in range(8):  # a frame every 0.2 s for 1.6 s: never 0.5 s without one
+            [summary] = read_ack(await client.send(adt(f"KEEP-{number}"), timeout=10))
+            assert summary.code == "AA"
+            await asyncio.sleep(0.2)
+        assert listener.stats.idle_closes == 0
+        started = asyncio.get_running_loop().time()
+        assert await client.receive_or_end(timeout=5) is None  # then quiet: closed
+        assert asyncio.get_running_loop().time() - started < 2
+    assert listener.stats.idle_closes == 1
+
+
 async def test_address_allowlist_closes_others_at_accept(
     inbox_engine: AsyncEngine, listener_config: ListenerConfig
 ) -> None:

@@ -285,3 +285,21 @@ async def test_a_lone_sender_is_never_held_back(inbox_engine: AsyncEngine) -> No
         # after the burst, at most one short wait per halving of the expected group (8, 4, 2)
         assert writer.lingered <= 3
         assert writer.messages == 28
+
+
+async def test_row_ids_follow_arrival_order_within_a_group(inbox_engine: AsyncEngine) -> None:
+    # A message without a control id (an unreadable MSH) between two readable ones, one group.
+    unreadable = dataclasses.replace(message("ignored"), control_id=None, state="refused")
+    async with InboxWriter(inbox_engine) as writer:
+        first, between, last = await writer.store_many([message("O1"), unreadable, message("O2")])
+        again = await writer.store_many([message("O3"), unreadable, message("O1")])
+    assert first.id < between.id < last.id
+    assert again[0].id < again[1].id
+    assert (again[2].duplicate, again[2].id) == (True, first.id)  # dedup across the runs
+    async with inbox_engine.connect() as connection:
+        order = (
+            await connection.execute(
+                select(inbox_messages.c.control_id).order_by(inbox_messages.c.id)
+            )
+        ).scalars()
+        assert list(order) == ["O1", None, "O2", "O3", None]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from cm_fhir.hl7v2.framing import Frame, FrameTooLarge, MllpFramer, frame
 from cm_fhir.listener_config import tls_identity
@@ -39,6 +39,7 @@ class MllpConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._worker: asyncio.Task[None] | None = None
         self._idle: asyncio.TimerHandle | None = None
+        self._active_at = 0.0  # loop time of the last whole frame (or of the connection)
         self._deadline: asyncio.TimerHandle | None = None
         self._reading_paused = False
         self._admitted = False
@@ -59,14 +60,14 @@ class MllpConnection(asyncio.Protocol):
         return self._worker is not None and not self._worker.done()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        peer = transport.get_extra_info("peername")
+        # A stream transport (uvloop's are not asyncio.Transport subclasses, same interface).
+        self._transport = cast(asyncio.Transport, transport)
+        peer = self._transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.address, self.peer = str(peer[0]), f"{peer[0]}:{peer[1]}"
-        self.identity = tls_identity(transport)
+        self.identity = tls_identity(self._transport)
         if not self._listener.admit(self):
-            transport.abort()
+            self._transport.abort()
             self.closed.set()
             return
         self._admitted = True
@@ -178,20 +179,27 @@ class MllpConnection(asyncio.Protocol):
             self._transport.resume_reading()
 
     def _arm_idle_timer(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
+        """Idleness starts again now. The timer is not moved for every frame: when it fires, it
+        checks how long ago the last whole frame came and waits the rest."""
+        loop = asyncio.get_running_loop()
+        self._active_at = loop.time()
         timeout = self._listener.config.idle_timeout
-        if timeout > 0:
-            self._idle = asyncio.get_running_loop().call_later(timeout, self._check_idle)
+        if self._idle is None and timeout > 0:
+            self._idle = loop.call_at(self._active_at + timeout, self._check_idle)
 
     def _check_idle(self) -> None:
         self._idle = None
+        if self._lost:
+            return
         if self.busy or self._frames or self._framer.in_frame:
             self._arm_idle_timer()  # at work, or a frame is under way (its deadline applies)
             return
-        self._listener.stats.idle_closes += 1
+        loop = asyncio.get_running_loop()
         timeout = self._listener.config.idle_timeout
+        if self._active_at + timeout > loop.time():  # a frame came since the timer was set
+            self._idle = loop.call_at(self._active_at + timeout, self._check_idle)
+            return
+        self._listener.stats.idle_closes += 1
         log.info("closing connection from %s: no whole frame for %.0f s", self.peer, timeout)
         self.close()
 

@@ -52,6 +52,7 @@ from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
+from cm_fhir.store.outbox_signal import outbox_wakeup
 from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
 from cm_fhir.sync.routing import outbox_routes, payer_routes
@@ -198,7 +199,16 @@ def make_workers(
     ]
 
 
-async def _close_workers(workers: list[WorkerRole]) -> None:
+async def _close_workers(
+    workers: list[WorkerRole], stop: asyncio.Event, tasks: list[asyncio.Task[Any]], grace: float
+) -> None:
+    """Stop the workers (also when start-up failed after they began) and release them."""
+    stop.set()
+    if tasks:
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     for worker in workers:
         await worker.aclose()
 
@@ -324,7 +334,9 @@ class Service:
     ) -> None:
         settings = self.settings
         writer: InboxWriter | None = None
-        arrived, committed = Wakeup(), Wakeup()  # inbox -> worker -> sync, in this process
+        # inbox -> worker -> sync, in this process; every other commit of outbox rows on this
+        # engine notifies ``committed`` by itself (outbox_signal), the worker's own engines not
+        arrived, committed = Wakeup(), outbox_wakeup(engine)
         if Role.API in self.roles or Role.LISTENER in self.roles:
             writer = await stack.enter_async_context(InboxWriter(engine, committed=arrived))
         listener: MllpListener | None = None
@@ -337,18 +349,24 @@ class Service:
             if worker_available():
                 context.roles["worker"] = "running"
                 workers = make_workers(engine, settings, own_loop=writer is not None)
-                stack.push_async_callback(_close_workers, workers)
+                stack.push_async_callback(
+                    _close_workers,
+                    workers,
+                    worker_stop,
+                    worker_tasks,
+                    settings.worker.shutdown_grace,
+                )
                 if writer is not None:
                     # The worker's thread (SQLite) is busy in Python while the loop waits to
                     # answer a sender: hand the interpreter over every 0.5 ms, not every 5 ms.
                     sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
-                worker_tasks = [
+                worker_tasks.extend(  # the same list _close_workers waits for
                     asyncio.create_task(
                         w.run(worker_stop, arrived=arrived, committed=committed),
                         name=f"worker-{n}",
                     )
                     for n, w in enumerate(workers)
-                ]
+                )
                 purger = RetentionJob(engine, settings.retention)
                 worker_tasks.append(asyncio.create_task(purger.run(worker_stop), name="retention"))
                 self.info.workers = len(workers)
@@ -367,7 +385,7 @@ class Service:
             )
             context.sync = sync
             context.roles["sync"] = "running"
-            sync_task = asyncio.create_task(sync.run(worker_stop, committed=committed), name="sync")
+            sync_task = asyncio.create_task(sync.run(worker_stop), name="sync")
             self.info.endpoints = tuple(e.name for e in (*self.endpoints, *self.payers))
         if Role.API in self.roles or Role.SYNC in self.roles:  # payer side: PAS subscriptions
             notifier = SubscriptionDelivery(engine, settings.ehr, f"subscriptions:{os.getpid()}")

@@ -4,7 +4,8 @@
 picks a subset). Settings come from the flags, then the environment (``CM_FHIR_...``), then the
 config file (``--config`` or ``CM_FHIR_CONFIG``, TOML or YAML), then the defaults
 (:mod:`cm_fhir.cli.options`). SIGINT and SIGTERM stop it gracefully; a second signal stops at
-once. :func:`run_service` is shared with ``cm-fhir listen``.
+once. :func:`run_service` is shared with ``cm-fhir listen``; it runs on uvloop's event loop when
+uvloop is installed (:mod:`cm_fhir.event_loop`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from cm_fhir import event_loop
 from cm_fhir.cli._app import app
 from cm_fhir.cli.options import (
     LogFormatOption,
@@ -63,7 +65,7 @@ def print_ready(info: ServiceInfo, fmt: LogFormat = LogFormat.TEXT) -> None:
 def run_service(service: Service, on_ready: Callable[[ServiceInfo], None] = print_ready) -> None:
     """Run ``service`` until SIGINT/SIGTERM (exit 130 when a second signal cuts the stop)."""
     try:
-        asyncio.run(_run_until_signal(service, on_ready))
+        event_loop.run(_run_until_signal(service, on_ready))
     except (KeyboardInterrupt, asyncio.CancelledError):
         raise typer.Exit(130) from None
 

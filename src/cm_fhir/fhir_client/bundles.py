@@ -5,8 +5,8 @@ are all idempotent writes and whose references are ``urn:uuid:`` full URLs. The 
 the CapabilityStatement or the endpoint's configured mode:
 
 - **transaction**: one request; when the server caps a transaction's size (configured, or learnt
-  when the server refuses one as ``too-costly``: the part is cut in halves and the smaller cap kept
-  for later calls) the Bundle is cut by :func:`cm_fhir.fhir.split.split_transaction`, whose parts
+  when the server refuses one as ``too-costly``: the size it states, else half, kept for later
+  calls) the Bundle is cut by :func:`cm_fhir.fhir.split.split_transaction`, whose parts
   keep every reference resolvable;
 - **batch**: a batch does not resolve references between its entries and may process them in any
   order, so entries are written in waves: each wave is one batch whose entries reference only
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from cm_fhir.errors import RemoteTooCostly
 from cm_fhir.fhir.split import server_reference, split_transaction
 from cm_fhir.fhir_client.responses import EntryResult, FhirResponse, entry_results
-from cm_fhir.fhir_client.status import error_for
+from cm_fhir.fhir_client.status import error_for, stated_cap
 
 if TYPE_CHECKING:
     from cm_fhir.fhir_client.client import FhirClient
@@ -109,36 +109,37 @@ class BundleWriter:
             return "transaction"
         return "batch" if capabilities.batch else "individual"
 
-    async def write(self, bundle: Json) -> list[EntryResult]:
+    async def write(self, bundle: Json, *, split: bool = True) -> list[EntryResult]:
         if bundle.get("resourceType") != "Bundle" or bundle.get("type") != "transaction":
             raise ValueError("write_bundle takes a transaction Bundle")
         if not bundle.get("entry"):
             return []
         strategy = await self.strategy()
         if strategy == "transaction":
-            results = await self._transaction(bundle)
+            results = await self._transaction(bundle, split)
         elif strategy == "batch":
             results = await self._batch(bundle)
         else:
             results = await self._individual(bundle)
         return _collate(bundle, results)
 
-    async def _transaction(self, bundle: Json) -> list[EntryResult]:
+    async def _transaction(self, bundle: Json, split: bool) -> list[EntryResult]:
         cap = self._client.max_transaction_entries
-        parts = split_transaction(bundle, cap) if cap else [bundle]
+        parts = split_transaction(bundle, cap) if cap and split else [bundle]
         results: list[EntryResult] = []
         for part in parts:
-            results += await self._transaction_part(part)
+            results += await self._transaction_part(part, split)
         return results
 
-    async def _transaction_part(self, part: Json) -> list[EntryResult]:
+    async def _transaction_part(self, part: Json, split: bool = True) -> list[EntryResult]:
         try:
             answer = await self._client.transaction(part)
-        except RemoteTooCostly:
+        except RemoteTooCostly as exc:
             size = len(part["entry"])
-            if size <= 1:
+            if size <= 1 or not split:
                 raise
-            self._client.learn_transaction_cap(size // 2)
+            stated = stated_cap(exc.outcome)
+            self._client.learn_transaction_cap(min(stated or size // 2, size - 1))
             cap = self._client.max_transaction_entries or size // 2
             results: list[EntryResult] = []
             for smaller in split_transaction(part, cap):

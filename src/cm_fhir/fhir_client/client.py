@@ -250,7 +250,9 @@ class FhirClient:
             raise RemoteInvalid(None, f"POST {kind}: the answer is not a Bundle")
         return answer
 
-    async def write_bundle(self, bundle: Json) -> list[EntryResult]:
+    async def write_bundle(self, bundle: Json, *, split: bool = True) -> list[EntryResult]:
         """Write one of our transaction Bundles the way this server supports (see
-        :mod:`cm_fhir.fhir_client.bundles`); one result per entry of ``bundle``, in its order."""
-        return await self._writer.write(bundle)
+        :mod:`cm_fhir.fhir_client.bundles`); one result per entry of ``bundle``, in its order.
+        Without ``split``, a transaction is sent whole and a size refusal raised
+        (RemoteTooCostly) for the caller to regroup."""
+        return await self._writer.write(bundle, split=split)

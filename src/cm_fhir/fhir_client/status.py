@@ -37,6 +37,7 @@ __all__ = [
     "issue_codes",
     "raise_for_response",
     "retry_after_seconds",
+    "stated_cap",
 ]
 
 Json = dict[str, Any]
@@ -78,6 +79,20 @@ def issue_codes(outcome: Json | None) -> list[str]:
         if any(phrase in text.lower() for phrase in SIZE_REFUSALS):
             codes.append("too-costly")
     return codes
+
+
+_STATED_CAP = re.compile(r"at most (\d+)")
+
+
+def stated_cap(outcome: Json | None) -> int | None:
+    """The size a too-costly refusal says the server takes ("... accepts at most 8 entries"),
+    or None when it says no number."""
+    for issue in _issues(outcome):
+        text = f"{(issue.get('details') or {}).get('text', '')} {issue.get('diagnostics', '')}"
+        found = _STATED_CAP.search(text.lower())
+        if found is not None and int(found.group(1)) > 0:
+            return int(found.group(1))
+    return None
 
 
 def _describe(method: str, url: str) -> str:

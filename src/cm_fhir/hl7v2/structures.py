@@ -10,6 +10,7 @@ versions too; our extraction reads segments by name, so the structure is informa
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Final, Literal, get_args
 
 __all__ = [
@@ -155,6 +156,7 @@ SUPPORTED_VERSION_RANGE: Final[str] = "2.2-2.8"
 """The MSH-12 versions :func:`is_supported_version` accepts, for messages and error texts."""
 
 
+@lru_cache(maxsize=256)  # asked twice per message, of a handful of values
 def is_supported_version(version: str) -> bool:
     """True for MSH-12 values from 2.2 up to 2.8.x: the one test the door and the parser share."""
     key = version_key(version)

@@ -8,7 +8,9 @@ MSH-3/4 sender, MSH-10 and content hash) is not stored again: its result carries
 ACK of the original. A reused MSH-10 with other content is stored and flagged
 ``control_id_reused``. The unique dedup index makes this safe across processes: the insert is
 ``ON CONFLICT DO NOTHING`` (nothing is read before it), and only the rows that did not insert are
-read back, as duplicates. The decisions live in :class:`_StorePlan`; the statements come from
+read back, as duplicates. Row ids follow arrival order within a group too (a message without a
+control id is inserted between the runs of those with one). The decisions live in
+:class:`_StorePlan`; the statements come from
 :mod:`cm_fhir.store.inbox_sql` (SQLAlchemy, a raw sqlite3 connection for the SQLite writer
 thread, or asyncpg for PostgreSQL).
 
@@ -226,17 +228,38 @@ class _StorePlan:
         return [result for result in self._results if result is not None]
 
 
+def _in_order(messages: Sequence[NewMessage]) -> list[Sequence[NewMessage]]:
+    """The group in runs whose row ids follow arrival order: the messages with a control id go
+    in together, and each one without (inserted by a statement of its own) between them."""
+    if all(message.control_id is not None for message in messages):
+        return [messages]  # the usual group: one run
+    runs: list[Sequence[NewMessage]] = []
+    start = 0
+    for index, message in enumerate(messages):
+        if message.control_id is None:
+            if start < index:
+                runs.append(messages[start:index])
+            runs.append(messages[index : index + 1])
+            start = index + 1
+    if start < len(messages):
+        runs.append(messages[start:])
+    return runs
+
+
 def _run(sql: InboxSql, messages: Sequence[NewMessage]) -> list[StoredMessage]:
-    plan = _StorePlan(messages)
-    to_insert = plan.rows_to_insert()
-    if to_insert:
-        stored_before = plan.apply_inserted(sql.insert_keyed(to_insert))
-        if stored_before:
-            plan.apply_existing(sql.existing(stored_before))
-    for index in plan.unkeyed:
-        row = messages[index].row(control_id_reused=False)
-        plan.apply_unkeyed(index, sql.insert_unkeyed(row))
-    return plan.results()
+    results = []
+    for run in _in_order(messages):
+        plan = _StorePlan(run)
+        to_insert = plan.rows_to_insert()
+        if to_insert:
+            stored_before = plan.apply_inserted(sql.insert_keyed(to_insert))
+            if stored_before:
+                plan.apply_existing(sql.existing(stored_before))
+        for index in plan.unkeyed:
+            row = run[index].row(control_id_reused=False)
+            plan.apply_unkeyed(index, sql.insert_unkeyed(row))
+        results += plan.results()
+    return results
 
 
 def store_messages_sync(
@@ -272,13 +295,16 @@ async def store_messages_asyncpg(
     then recognised as a duplicate.
     """
     sql = AsyncpgInboxSql(connection)
-    plan = _StorePlan(messages)
-    to_insert = plan.rows_to_insert()
-    if to_insert:
-        stored_before = plan.apply_inserted(await sql.insert_keyed(to_insert))
-        if stored_before:
-            plan.apply_existing(await sql.existing(stored_before))
-    for index in plan.unkeyed:
-        row = messages[index].row(control_id_reused=False)
-        plan.apply_unkeyed(index, await sql.insert_unkeyed(row))
-    return plan.results()
+    results = []
+    for run in _in_order(messages):
+        plan = _StorePlan(run)
+        to_insert = plan.rows_to_insert()
+        if to_insert:
+            stored_before = plan.apply_inserted(await sql.insert_keyed(to_insert))
+            if stored_before:
+                plan.apply_existing(await sql.existing(stored_before))
+        for index in plan.unkeyed:
+            row = run[index].row(control_id_reused=False)
+            plan.apply_unkeyed(index, await sql.insert_unkeyed(row))
+        results += plan.results()
+    return results

@@ -32,6 +32,8 @@ from sqlalchemy import Connection, and_, exists, func, select, update
 from sqlalchemy.orm import aliased
 
 from cm_fhir.store.case_tables import OutboxState, cases, outbox
+from cm_fhir.store.outbox_signal import mark_enqueued
+from cm_fhir.store.sync_state import SyncKey, forget_sent
 
 __all__ = [
     "DEFAULT_ENDPOINT",
@@ -107,9 +109,11 @@ def last_bundle_hashes(connection: Connection, case_ids: Iterable[str]) -> dict[
 
 
 def enqueue(connection: Connection, entries: Sequence[OutboxEntry], now: datetime) -> None:
-    """Insert the entries as ``pending`` rows (one executemany)."""
+    """Insert the entries as ``pending`` rows (one executemany); the sync role is woken when the
+    caller commits (:func:`~cm_fhir.store.outbox_signal.mark_enqueued`)."""
     if not entries:
         return
+    mark_enqueued(connection)
     connection.execute(
         outbox.insert(),
         [
@@ -328,8 +332,10 @@ def mark_for_resend(
     """Make the newest row of each matching case and endpoint ``pending`` again, due now.
 
     Without ``every_state`` only cases whose newest row ``failed`` are sent again; with it, every
-    matching case (a resend after restoring an EHR's database, say). Only the newest Bundle of a
-    case is sent, so an older snapshot never overwrites a newer one; every matching message is.
+    matching case (a resend after restoring an EHR's database, say), every resource of it: what
+    the endpoint acknowledged is forgotten (:func:`~cm_fhir.store.sync_state.forget_sent`).
+    Only the newest Bundle of a case is sent, so an older snapshot never overwrites a newer one;
+    every matching message is.
     The number of rows marked.
     """
     o = outbox.c
@@ -365,4 +371,16 @@ def mark_for_resend(
         if not every_state:
             statement = statement.where(o.state == OutboxState.FAILED.value)
         marked += connection.execute(statement).rowcount
+    if marked:
+        mark_enqueued(connection)
+    if every_state and ids:  # everything again, also what the endpoint acknowledged unchanged
+        found = connection.execute(select(o.endpoint, o.identifiers).where(o.id.in_(ids)))
+        forget_sent(
+            connection,
+            (
+                SyncKey(row.endpoint, *text.split("|", 1))
+                for row in found
+                for text in orjson.loads(row.identifiers)
+            ),
+        )
     return marked

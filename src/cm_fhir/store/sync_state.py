@@ -13,12 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Connection, and_, or_, select
+from sqlalchemy import Connection, and_, or_, select, update
 
 from cm_fhir.store.case_tables import sync_state
 from cm_fhir.store.cases import dialect_insert
 
-__all__ = ["SyncKey", "SyncRecord", "read_sync", "record_sync"]
+__all__ = ["SyncKey", "SyncRecord", "forget_sent", "read_sync", "record_sync"]
 
 _t = sync_state
 
@@ -106,3 +106,21 @@ def record_sync(connection: Connection, records: Sequence[SyncRecord], now: date
             for r in latest.values()
         ],
     )
+
+
+def forget_sent(connection: Connection, keys: Iterable[SyncKey]) -> None:
+    """Forget what was last sent for ``keys``, so their next write sends every resource again
+    (a resend after an EHR's database was restored); server ids and versions stay."""
+    wanted = sorted(set(keys), key=lambda k: (k.endpoint, k.resource_type, k.identifier))
+    for start in range(0, len(wanted), 200):
+        condition = or_(
+            *(
+                and_(
+                    _t.c.endpoint == k.endpoint,
+                    _t.c.resource_type == k.resource_type,
+                    _t.c.identifier == k.identifier,
+                )
+                for k in wanted[start : start + 200]
+            )
+        )
+        connection.execute(update(_t).where(condition).values(last_sent_sha256=None))

@@ -1,9 +1,10 @@
 """Commit signals between the roles of one process: "rows are waiting", without a poll. I/O-free.
 
-The listener's inbox writer commits messages and the worker is waiting for them; the worker
-commits cases (and their outbox rows) and the sync role is waiting for those. When the roles run
-in one process (``cm-fhir serve``), the committer calls :meth:`Wakeup.notify` and each waiting
-loop wakes at once; across processes the loops still find the rows by their poll interval.
+The listener's inbox writer commits messages and the worker is waiting for them: when both run
+in one process (``cm-fhir serve``), the writer calls :meth:`Wakeup.notify` and each waiting loop
+wakes at once; across processes the worker finds the rows by its poll interval. Committed outbox
+rows wake the sync role through the engine's own Wakeup
+(:func:`~cm_fhir.store.outbox_signal.outbox_wakeup`; across processes on PostgreSQL too).
 :func:`idle` is the loops' wait: until notified, ``stop`` or the poll interval.
 """
 

@@ -13,7 +13,6 @@ sent).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,7 +101,9 @@ class CaseSender:
             rtype, _, ident = text.partition("|")
             record = held.get(SyncKey(self.endpoint.name, rtype, ident))
             if record is not None and record.server_id is not None:
-                known[text] = KnownResource(record.server_id, record.version_id)
+                known[text] = KnownResource(
+                    record.server_id, record.version_id, record.last_sent_sha256
+                )
         return known
 
     async def _reapply(self, prepared: PreparedBundle) -> list[EntryResult]:
@@ -149,7 +150,6 @@ class CaseSender:
 
     def records(self, prepared: PreparedBundle, results: list[EntryResult]) -> list[SyncRecord]:
         """What the endpoint now holds of the case's resources, from the server's answers."""
-        sent = {str(e["fullUrl"]): e["resource"] for e in prepared.bundle["entry"]}
         records = []
         for result in results:
             if result.full_url is None or result.full_url not in prepared.identifiers:
@@ -157,8 +157,7 @@ class CaseSender:
             server_id, version = server_id_of(result.location)
             version = version or version_of_etag(result.etag)
             rtype, _, ident = prepared.identifiers[result.full_url].partition("|")
-            resource = sent.get(result.full_url)
-            digest = hashlib.sha256(orjson.dumps(resource)).hexdigest() if resource else None
+            digest = prepared.digests.get(result.full_url)
             key = SyncKey(self.endpoint.name, rtype, ident)
             records.append(SyncRecord(key, server_id, version, digest))
         return records

@@ -130,16 +130,22 @@ class EhrSettings(_Section):
     cases_per_transaction: int = Field(
         10,
         gt=0,
-        description="Cases of different patients written in one transaction (a refused one is "
-        "then sent alone, so it fails only itself).",
+        description="Cases of different patients written in one transaction, within the "
+        "endpoint's transaction cap (learnt once from its first size refusal); a transaction "
+        "refused otherwise is sent again case by case, so a bad case fails only itself.",
     )
     concurrent_requests: int = Field(
         4,
         gt=0,
-        description="Transactions of different patients in flight at once per endpoint (one "
-        "patient's writes always go one after the other).",
+        description="Requests in flight at once per endpoint, and claimed batches being "
+        "written (one patient's writes always go one after the other).",
     )
-    poll_interval: float = Field(0.2, gt=0, description="Seconds between polls when idle.")
+    poll_interval: float = Field(
+        0.2,
+        gt=0,
+        description="Seconds between polls when idle; a commit of outbox rows wakes the role "
+        "sooner (in its process; from any process on PostgreSQL).",
+    )
     lease_seconds: float = Field(
         120.0, gt=0, description="How long claimed rows stay reserved for one sync worker."
     )

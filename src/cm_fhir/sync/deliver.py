@@ -6,11 +6,12 @@ looks their Patients up (:mod:`cm_fhir.sync.patients`), and writes in rounds: on
 patient per round, so each patient's cases go in order. One case write is the case's newest
 Bundle, adapted to the endpoint (:class:`~cm_fhir.sync.case_send.CaseSender`). Up to
 ``cases_per_transaction`` cases of different patients go in one transaction through
-:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`, and up to ``concurrent_requests`` such
-transactions of a round are in flight at once (different patients only: a patient's next case
-waits for the next round); a refused one is sent again in halves (the smaller size is kept: some
-servers refuse conditional transactions beyond a few entries) down to single cases, so one bad
-case fails only itself. Then one transaction settles the batch's rows and records what the
+:meth:`~cm_fhir.fhir_client.FhirClient.write_bundle`, within the endpoint's transaction cap
+(:mod:`cm_fhir.sync.transaction_size`: learnt once from the first refusal as too big, then every
+group is packed under it), and up to ``concurrent_requests`` requests are in flight at once
+(different patients only: a patient's next case waits for the next round); a combined
+transaction refused for another reason is sent again case by case, so one bad case fails only
+itself. Then one transaction settles the batch's rows and records what the
 server holds (``sync_state``: server id, version, hash sent):
 
 - written: ``sent`` (older rows of the case ``superseded``);
@@ -41,12 +42,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from cm_fhir.errors import (
     RemoteAuthError,
     RemoteFhirError,
-    RemoteInvalid,
     RemotePreconditionFailed,
     RemoteRateLimited,
+    RemoteTooCostly,
     RemoteUnavailable,
 )
-from cm_fhir.fhir_client import FhirClient
+from cm_fhir.fhir_client import EntryResult, FhirClient
 from cm_fhir.store.outbox import (
     CaseWrite,
     PatientWork,
@@ -59,6 +60,8 @@ from cm_fhir.store.sync_state import SyncKey, SyncRecord, read_sync, record_sync
 from cm_fhir.sync.case_send import CaseSender, patient_identifier
 from cm_fhir.sync.config import EhrSettings, EndpointSettings
 from cm_fhir.sync.patients import PatientResolver
+from cm_fhir.sync.prepare import PreparedBundle
+from cm_fhir.sync.transaction_size import TransactionSize
 
 __all__ = [
     "DeliveryStats",
@@ -94,6 +97,14 @@ class _Settled:
     retry: list[CaseWrite] = field(default_factory=list)
     retry_error: tuple[str, bytes | None, float] | None = None  # error, outcome, delay
     sync: list[SyncRecord] = field(default_factory=list)
+
+
+#: One case of a round: the patient, the write and its Bundle adapted to the endpoint.
+_Prepared = tuple[str, CaseWrite, PreparedBundle]
+
+
+def _entries(item: _Prepared) -> int:
+    return len(item[2].bundle["entry"])
 
 
 def _aware(value: datetime) -> datetime:
@@ -168,9 +179,8 @@ class EndpointDelivery:
         self.worker_id = worker_id
         self.stats = DeliveryStats()
         self.patients = PatientResolver(endpoint.name, client)
-        #: Cases per transaction; halved when the server refuses a combined transaction (some
-        #: refuse conditional transactions beyond a few entries), kept for later batches.
-        self.group_size = config.cases_per_transaction
+        #: Cases per transaction, under the endpoint's cap (learnt once, see transaction_size).
+        self.size = TransactionSize(client, config.cases_per_transaction)
         self.sender = CaseSender(endpoint, client, self.patients.key, self._conflict)
         self._in_flight = asyncio.Semaphore(config.concurrent_requests)
 
@@ -184,8 +194,16 @@ class EndpointDelivery:
         and patients, the HTTP writes run (patients concurrently, each in order), and one
         transaction settles the whole batch.
         """
+        return await self.deliver(await self.claim())
+
+    async def claim(self) -> list[PatientWork]:
+        """Lease the next patients' rows (one short transaction; empty: nothing is due)."""
         now = datetime.now(UTC)
-        work = await claim_work(self.engine, self.endpoint.name, self.worker_id, self.config, now)
+        return await claim_work(self.engine, self.endpoint.name, self.worker_id, self.config, now)
+
+    async def deliver(self, work: list[PatientWork]) -> int:
+        """Write the leased ``work`` (no transaction is open meanwhile) and settle it in one
+        transaction; the number of case writes settled."""
         if not work:
             return 0
         try:
@@ -207,15 +225,16 @@ class EndpointDelivery:
         queues = {w.patient_key: list(w.writes) for w in work}
         while True:
             # one write per patient per round: a patient's writes go in order
-            round_ = [(key, queue.pop(0)) for key, queue in queues.items() if queue]
+            round_ = [
+                (key, write, self.sender.prepare(write, held, patient_ids))
+                for key, queue in queues.items()
+                if queue
+                for write in [queue.pop(0)]
+            ]
             if not round_:
                 break
-            groups = []
-            while round_:
-                group, round_ = round_[: self.group_size], round_[self.group_size :]
-                groups.append(group)
             await asyncio.gather(
-                *(self._send_group(g, held, patient_ids, settled, queues) for g in groups)
+                *(self._send_group(g, settled, queues) for g in self.size.pack(round_, _entries))
             )
         batch = list(settled.values())
         batch[0].sync += found
@@ -231,46 +250,47 @@ class EndpointDelivery:
 
     async def _send_group(
         self,
-        group: list[tuple[str, CaseWrite]],
-        held: dict[SyncKey, SyncRecord],
-        patient_ids: dict[str, str | None],
+        group: list[_Prepared],
         settled: dict[str, _Settled],
         queues: dict[str, list[CaseWrite]],
     ) -> None:
-        """Several patients' cases in one transaction; on a refusal or a conflict, each alone
-        (so one bad case fails only itself)."""
-        prepared = [
-            (key, write, self.sender.prepare(write, held, patient_ids)) for key, write in group
-        ]
-        if len(prepared) > 1:
-            entries = [e for _, _, p in prepared for e in p.bundle["entry"]]
+        """Several patients' cases in one transaction under the endpoint's cap; refused as too
+        big: the cap is learnt and the group sent again in smaller ones; otherwise refused or in
+        conflict: each case alone (so one bad case fails only itself)."""
+        if len(group) > 1:
+            size = sum(_entries(g) for g in group)
+            entries = [e for _, _, p in group for e in p.bundle["entry"]]
             combined = {"resourceType": "Bundle", "type": "transaction", "entry": entries}
-            try:
-                async with self._in_flight:
-                    results = await self.client.write_bundle(combined)
-            except Exception as exc:
-                if self._retryable(exc) and not isinstance(exc, RemotePreconditionFailed):
-                    for key, write, _ in prepared:
-                        self._retry_later(settled[key], queues[key], write, exc)
-                    return
-                if isinstance(exc, RemoteInvalid):  # too big for this server, or a bad case
-                    half = max(1, len(group) // 2)
-                    self.group_size = min(self.group_size, half)
-                    await asyncio.gather(
-                        *(
-                            self._send_group(part, held, patient_ids, settled, queues)
-                            for part in (group[:half], group[half:])
-                        )
-                    )
-                    return
-            else:
-                by_url = {r.full_url: r for r in results}
-                for key, write, p in prepared:
-                    mine = [by_url[u] for u in p.identifiers if u in by_url]
-                    settled[key].sync += self.sender.records(p, mine)
-                    settled[key].sent.append(write)
+            failure: Exception | None = None
+            async with self.size.turn(size):
+                if self.size.fits(size):
+                    try:
+                        async with self._in_flight:
+                            results = await self.client.write_bundle(combined, split=False)
+                    except Exception as exc:
+                        failure = exc
+                        if isinstance(exc, RemoteTooCostly):
+                            self.size.refused(size, exc)
+                    else:
+                        self.size.took(size)
+                        self._combined_sent(group, results, settled)
+                        return
+            if (
+                failure is not None
+                and self._retryable(failure)
+                and not isinstance(failure, RemotePreconditionFailed)
+            ):
+                for key, write, _ in group:
+                    self._retry_later(settled[key], queues[key], write, failure)
                 return
-        for key, write, p in prepared:
+            if failure is None or isinstance(failure, RemoteTooCostly):  # smaller groups
+                parts = self.size.pack(group, _entries)
+                if len(parts) == 1:
+                    half = len(group) // 2
+                    parts = [group[:half], group[half:]]
+                await asyncio.gather(*(self._send_group(p, settled, queues) for p in parts))
+                return
+        for key, write, p in group:
             try:
                 async with self._in_flight:
                     settled[key].sync += await self.sender.send(p)
@@ -286,6 +306,15 @@ class EndpointDelivery:
                     error_text(exc),
                 )
                 continue
+            settled[key].sent.append(write)
+
+    def _combined_sent(
+        self, group: list[_Prepared], results: list[EntryResult], settled: dict[str, _Settled]
+    ) -> None:
+        by_url = {r.full_url: r for r in results}
+        for key, write, p in group:
+            mine = [by_url[u] for u in p.identifiers if u in by_url]
+            settled[key].sync += self.sender.records(p, mine)
             settled[key].sent.append(write)
 
     def _retry_later(

@@ -12,15 +12,22 @@ patient as a logical reference (``{"type": "Patient", "identifier": ...}``).
 - an entry whose resource the endpoint already holds (``sync_state``: server id and version) is
   written by id with ``ifMatch``, so a change made in the EHR since our last write is never
   overwritten blindly: the server answers 412 and the sync worker re-reads and re-applies only the
-  elements we own (:data:`EHR_OWNED` are the EHR's).
+  elements we own (:data:`EHR_OWNED` are the EHR's);
+- an entry the endpoint acknowledged with the same content (the hash of what was last sent) is
+  left out, and references to it become literal (``Type/<id>``): only what changed is written.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+import orjson
+
+from cm_fhir.fhir.split import rewrite_references
 
 __all__ = [
     "EHR_OWNED",
@@ -48,6 +55,7 @@ class KnownResource:
 
     server_id: str
     version_id: str | None
+    sent_sha256: str | None = None  # of what the endpoint last acknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,8 @@ class PreparedBundle:
     bundle: Json
     identifiers: dict[str, str]  # fullUrl -> Type|system|value
     if_matched: dict[str, KnownResource]  # fullUrl -> what ifMatch named
+    digests: dict[str, str] = field(default_factory=dict)  # fullUrl -> hash of its resource
+    unchanged: int = 0  # entries left out: the endpoint holds them as they are
 
 
 def identifier_key(resource: Json) -> str:
@@ -132,6 +142,8 @@ def prepare_bundle(
     out: list[Json] = []
     identifiers: dict[str, str] = {}
     if_matched: dict[str, KnownResource] = {}
+    digests: dict[str, str] = {}
+    held_ids: dict[str, str] = {}  # fullUrl -> Type/id of entries left out unchanged
     for entry in keep:
         resource = copy.deepcopy(entry["resource"])
         _rewrite_refs(resource, logical, patient)
@@ -141,7 +153,11 @@ def prepare_bundle(
         identifiers[full_url] = key
         request = dict(entry["request"])
         held = (known or {}).get(key)
+        digest = hashlib.sha256(orjson.dumps(resource)).hexdigest()
         if held is not None and held.version_id is not None and request.get("method") == "PUT":
+            if digest == held.sent_sha256:
+                held_ids[full_url] = f"{rtype}/{held.server_id}"
+                continue
             resource["id"] = held.server_id
             request = {
                 "method": "PUT",
@@ -149,6 +165,10 @@ def prepare_bundle(
                 "ifMatch": f'W/"{held.version_id}"',
             }
             if_matched[full_url] = held
+        digests[full_url] = digest
         out.append({"fullUrl": full_url, "resource": resource, "request": request})
+    if held_ids:
+        for entry in out:
+            rewrite_references(entry["resource"], held_ids)
     sent = {"resourceType": "Bundle", "type": "transaction", "entry": out}
-    return PreparedBundle(sent, identifiers, if_matched)
+    return PreparedBundle(sent, identifiers, if_matched, digests, len(held_ids))

@@ -32,6 +32,7 @@ from cm_fhir.mapping.payer_exchange import PayerExchange, default_payer_exchange
 from cm_fhir.mapping.registry import MappingRegistry, default_registry
 from cm_fhir.store.case_tables import outbox
 from cm_fhir.store.case_writes import DEFAULT_ROUTES, OutboxRoute
+from cm_fhir.store.outbox_signal import listen_across_processes, outbox_wakeup
 from cm_fhir.store.wakeup import Wakeup, idle
 from cm_fhir.sync.config import EhrSettings, EndpointSettings, PayerEndpointSettings
 from cm_fhir.sync.deliver import DeliveryStats, EndpointDelivery
@@ -143,7 +144,12 @@ class SyncWorker:
         deadline = time.monotonic() + timeout if timeout is not None else None
         total = 0
         while True:
-            done = sum(await asyncio.gather(*(d.run_once() for d in self._all())))
+            done = sum(
+                await asyncio.gather(
+                    *(self._pump(d, None, None) for d in self.deliveries),
+                    *(p.run_once() for p in self.payers),
+                )
+            )
             total += done
             if done:
                 continue
@@ -161,24 +167,76 @@ class SyncWorker:
         async with self.engine.connect() as connection:
             return int((await connection.execute(query)).scalar_one()) == 0
 
-    async def run(self, stop: asyncio.Event, *, committed: Wakeup | None = None) -> None:
-        """Deliver until ``stop`` is set; each loop settles its batch in flight first. When idle,
-        a loop waits for the poll interval or until ``committed`` is notified (the worker of this
-        process committed cases). Task status back polls each endpoint with a
-        ``task_poll_interval`` alongside."""
+    async def run(self, stop: asyncio.Event) -> None:
+        """Deliver until ``stop`` is set; the batches in flight are settled first. When idle, a
+        loop waits for the poll interval or until outbox rows are committed (by this process:
+        :func:`~cm_fhir.store.outbox_signal.outbox_wakeup`; by another, on PostgreSQL:
+        :func:`~cm_fhir.store.outbox_signal.listen_across_processes`). Task status back polls
+        each endpoint with a ``task_poll_interval`` alongside."""
+        committed = outbox_wakeup(self.engine)
         try:
             await asyncio.gather(
-                *(self._loop(d, stop, committed) for d in self.deliveries),
+                *(self._pump(d, stop, committed.listen()) for d in self.deliveries),
                 *(self._payer_loop(p, stop, committed) for p in self.payers),
                 poll_until_stopped(self.status_backs, stop),
+                listen_across_processes(self.engine, committed, stop),
             )
         finally:
             await self.aclose()
 
-    async def _loop(
-        self, delivery: EndpointDelivery, stop: asyncio.Event, committed: Wakeup | None
-    ) -> None:
-        await self._passes("sync", delivery.endpoint.name, delivery.run_once, stop, committed)
+    async def _pump(
+        self, delivery: EndpointDelivery, stop: asyncio.Event | None, woken: asyncio.Event | None
+    ) -> int:
+        """One endpoint's delivery: claim a batch of patients, and while it is being written claim
+        the next, up to ``concurrent_requests`` batches in flight (one patient's rows are in one
+        batch at a time, so its writes keep their order). Without ``stop``: until nothing is
+        claimable and every batch is settled. With it: until ``stop``, waiting when idle for the
+        poll interval or ``woken`` (set again whenever a batch settles: the patients it held
+        may have rows waiting behind it). The number of case writes settled."""
+        slots = asyncio.Semaphore(self.config.concurrent_requests)
+        flying: set[asyncio.Task[int]] = set()
+        settled = 0
+        name = delivery.endpoint.name
+
+        def _done(task: asyncio.Task[int]) -> None:
+            nonlocal settled
+            flying.discard(task)
+            slots.release()
+            if task.cancelled():
+                pass
+            elif task.exception() is not None:  # its leases run out and the rows go again
+                log.warning(
+                    "sync batch for endpoint %s failed (%s)", name, type(task.exception()).__name__
+                )
+            else:
+                settled += task.result()
+            if woken is not None:
+                woken.set()
+
+        try:
+            while stop is None or not stop.is_set():
+                await slots.acquire()
+                try:
+                    work = await delivery.claim()
+                except Exception as exc:  # the database is away: try again after a poll
+                    log.warning("sync claim for endpoint %s failed (%s)", name, type(exc).__name__)
+                    work = []
+                if work:
+                    task = asyncio.create_task(delivery.deliver(work), name=f"sync-{name}")
+                    flying.add(task)
+                    task.add_done_callback(_done)
+                    continue
+                slots.release()
+                if stop is None:
+                    if not flying:
+                        break
+                    await asyncio.wait(set(flying), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                await idle(stop, self.config.poll_interval, woken)
+        finally:
+            if flying:
+                await asyncio.gather(*flying, return_exceptions=True)
+        return settled
 
     async def _payer_loop(
         self, payer: PayerDelivery, stop: asyncio.Event, committed: Wakeup | None
@@ -202,7 +260,7 @@ class SyncWorker:
         committed: Wakeup | None,
     ) -> None:
         """Run ``one_pass`` until ``stop`` is set; when it did nothing, wait for the poll
-        interval or a commit of this process's worker."""
+        interval or a commit of outbox rows."""
         woken = committed.listen() if committed is not None else None
         while not stop.is_set():
             try:

@@ -355,7 +355,9 @@ class Worker:
         """Process until ``stop`` is set; the batch in flight always commits first. Due cases
         are closed at start and every ``close_check_seconds``. When idle, waits for the poll
         interval or until ``arrived`` is notified (the inbox writer of this process committed);
-        notifies ``committed`` after each batch that changed something (wakes the sync role)."""
+        notifies ``committed`` after each batch that changed something: the worker commits on
+        an engine of its own (its thread or loop), which the engine-level outbox signal of the
+        process (:func:`~cm_fhir.store.outbox_signal.outbox_wakeup`) does not see."""
         total = BatchResult()
         woken = arrived.listen() if arrived is not None else None
         next_close = time.monotonic()
