@@ -20,7 +20,7 @@ from api_case_helpers import TOKENS, case_app, client
 from cm_fhir.domain import Case, CaseStatus
 from cm_fhir.domain.events import NoticeKind
 from cm_fhir.fhir.pas_request import pas_request_bundle
-from cm_fhir.service import make_workers
+from cm_fhir.service_roles import make_workers
 from cm_fhir.settings import Settings
 from cm_fhir.store.audit import list_audit
 from cm_fhir.store.case_tables import cases, trace

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cm_fhir.cli import app
 from cm_fhir.errors import ConfigError
 from cm_fhir.listener_config import ListenerConfig
-from cm_fhir.service import site_mappings
+from cm_fhir.service_roles import site_mappings
 from cm_fhir.settings import MllpSettings, Settings, WorkerSettings, load_settings
 from cm_fhir.store.engine import async_url
 from cm_fhir.worker import WorkerConfig

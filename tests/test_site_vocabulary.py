@@ -21,7 +21,7 @@ from cm_fhir.errors import MappingError, MappingSpecError
 from cm_fhir.fhir import map_case_json
 from cm_fhir.mapping.catalog import check_mappings
 from cm_fhir.mapping.registry import default_registry, load_registry
-from cm_fhir.service import site_mappings
+from cm_fhir.service_roles import site_mappings
 from cm_fhir.settings import Settings
 from cm_fhir.worker import Worker, WorkerConfig
 from worker_fixtures import cases, fhir_resources, ingest, rows

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from cm_fhir.domain import Case, TaskStatus
 from cm_fhir.mapping.registry import default_registry
-from cm_fhir.service import make_workers
+from cm_fhir.service_roles import make_workers
 from cm_fhir.settings import load_settings
 from cm_fhir.store.case_repo import change_case
 from cm_fhir.store.engine import make_engine, upgrade_database

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import logging
 import os
 import secrets
@@ -30,7 +28,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import uvicorn
 from pydantic import SecretStr
@@ -42,33 +40,26 @@ from cm_fhir.api.auth import Authenticator
 from cm_fhir.api.deps import AppContext
 from cm_fhir.errors import ConfigError, StoreError
 from cm_fhir.listener import ListenerConfig, MllpListener, check_exposure
-from cm_fhir.mapping.adt_maps import AdtConceptMaps, load_adt_concept_maps
-from cm_fhir.mapping.payer_exchange import PayerExchange, load_payer_exchange
-from cm_fhir.mapping.programmes import ProgrammesSpec, load_programmes
-from cm_fhir.mapping.registry import MappingRegistry
-from cm_fhir.mapping.rules import DischargeRules, load_discharge_rules
-from cm_fhir.mapping.vocabulary import check_vocabulary
+from cm_fhir.mapping.payer_exchange import load_payer_exchange
+from cm_fhir.mapping.programmes import load_programmes
 from cm_fhir.mllp_peers import is_loopback
 from cm_fhir.retention import RetentionJob
+from cm_fhir.service_roles import (
+    SWITCH_INTERVAL,
+    cancel,
+    close_workers,
+    make_workers,
+    worker_available,
+)
 from cm_fhir.settings import Role, Settings
 from cm_fhir.store.engine import current_revision, engine_for, upgrade_database
 from cm_fhir.store.outbox_signal import outbox_wakeup
 from cm_fhir.store.wakeup import Wakeup
 from cm_fhir.store.writer import InboxWriter
-from cm_fhir.sync.routing import outbox_routes, payer_routes
 from cm_fhir.sync.runner import SyncWorker
 from cm_fhir.sync.subscription_delivery import SubscriptionDelivery
 
-__all__ = [
-    "Service",
-    "ServiceInfo",
-    "SiteMappings",
-    "WorkerRole",
-    "check_database",
-    "make_workers",
-    "site_mappings",
-    "worker_available",
-]
+__all__ = ["Service", "ServiceInfo", "check_database"]
 
 log = logging.getLogger(__name__)
 
@@ -120,104 +111,6 @@ async def check_database(engine: AsyncEngine, settings: Settings, *, migrate: bo
             f"the database {state}; this cm-fhir needs {head}. Run `cm-fhir db upgrade` with the "
             "same --database-url / --database-schema (or start with --migrate) first"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class SiteMappings:
-    """The mapping files in effect: bundled, merged with ``mappings_dir``; ``timezone`` applied."""
-
-    rules: DischargeRules
-    maps: AdtConceptMaps
-    registry: MappingRegistry
-    programmes: ProgrammesSpec
-    payer: PayerExchange
-
-
-def site_mappings(settings: Settings) -> SiteMappings:
-    """Load the mappings for ``settings`` (MappingSpecError names the file and key)."""
-    folder = settings.mappings_dir
-    rules = load_discharge_rules(folder)
-    if settings.timezone is not None:
-        rules = rules.model_copy(update={"timezone": settings.timezone})
-    maps, registry = load_adt_concept_maps(folder), site_registry(settings)
-    programmes = load_programmes(folder)
-    check_vocabulary(registry, rules, maps, folder, programmes)
-    payer = load_payer_exchange(folder)
-    return SiteMappings(rules, maps, registry, programmes, payer)
-
-
-def worker_available() -> bool:
-    """Whether this build ships the inbox worker (``cm_fhir.worker``)."""
-    return importlib.util.find_spec("cm_fhir.worker") is not None
-
-
-_SWITCH_INTERVAL = 0.0005  # seconds: see _run_roles
-
-
-class WorkerRole(Protocol):
-    """What the service needs of a worker: run until ``stop`` is set, committing what it began;
-    woken by ``arrived`` (inbox rows committed), notifying ``committed`` (cases committed)."""
-
-    async def run(
-        self,
-        stop: asyncio.Event,
-        *,
-        arrived: Wakeup | None = None,
-        committed: Wakeup | None = None,
-    ) -> Any: ...
-
-    async def aclose(self) -> None: ...
-
-
-def make_workers(
-    engine: AsyncEngine, settings: Settings, *, count: int | None = None, own_loop: bool = False
-) -> list[WorkerRole]:
-    """The worker loops for ``settings``: one on SQLite, ``worker.concurrency`` on PostgreSQL;
-    with ``own_loop``, each does its transactions on an event loop of its own (beside a listener
-    or the API, whose loop then stays free to answer)."""
-    module = importlib.import_module("cm_fhir.worker")
-    config = module.WorkerConfig.from_settings(
-        settings.worker,
-        outbox_routes(settings),
-        payer_routes(settings),
-        settings.payer.notify_events,
-    )
-    mappings = site_mappings(settings)
-    if count is None:
-        count = 1 if engine.dialect.name == "sqlite" else settings.worker.concurrency
-    return [
-        module.Worker(
-            engine,
-            config,
-            rules=mappings.rules,
-            maps=mappings.maps,
-            registry=mappings.registry,
-            payer=mappings.payer,
-            own_loop=own_loop,
-        )
-        for _ in range(count)
-    ]
-
-
-async def _close_workers(
-    workers: list[WorkerRole], stop: asyncio.Event, tasks: list[asyncio.Task[Any]], grace: float
-) -> None:
-    """Stop the workers (also when start-up failed after they began) and release them."""
-    stop.set()
-    if tasks:
-        _, pending = await asyncio.wait(tasks, timeout=grace)
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for worker in workers:
-        await worker.aclose()
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    """End ``task`` when the roles stop without the orderly shutdown (a role failed to start)."""
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 class _QuietServer(uvicorn.Server):
@@ -350,7 +243,7 @@ class Service:
                 context.roles["worker"] = "running"
                 workers = make_workers(engine, settings, own_loop=writer is not None)
                 stack.push_async_callback(
-                    _close_workers,
+                    close_workers,
                     workers,
                     worker_stop,
                     worker_tasks,
@@ -359,8 +252,8 @@ class Service:
                 if writer is not None:
                     # The worker's thread (SQLite) is busy in Python while the loop waits to
                     # answer a sender: hand the interpreter over every 0.5 ms, not every 5 ms.
-                    sys.setswitchinterval(min(sys.getswitchinterval(), _SWITCH_INTERVAL))
-                worker_tasks.extend(  # the same list _close_workers waits for
+                    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL))
+                worker_tasks.extend(  # the same list close_workers waits for
                     asyncio.create_task(
                         w.run(worker_stop, arrived=arrived, committed=committed),
                         name=f"worker-{n}",
@@ -392,7 +285,7 @@ class Service:
             notifying = asyncio.create_task(
                 notifier.run(worker_stop, context.subscription_events), name="subscriptions"
             )
-            stack.push_async_callback(_cancel, notifying)
+            stack.push_async_callback(cancel, notifying)
             worker_tasks.append(notifying)
         if Role.LISTENER in self.roles:
             assert writer is not None

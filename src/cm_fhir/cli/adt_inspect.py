@@ -217,7 +217,7 @@ def _print_text(files: list[InspectedFile]) -> None:
 
 
 def _print_dry_run(files: list[InspectedFile], settings: Settings) -> None:
-    from cm_fhir.service import site_mappings  # the store only when asked
+    from cm_fhir.service_roles import site_mappings  # the store only when asked
     from cm_fhir.store.engine import async_url
     from cm_fhir.worker.dry_run import dry_run, render
 

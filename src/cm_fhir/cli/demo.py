@@ -159,7 +159,8 @@ def _where_to_look(info: ServiceInfo, key: str) -> None:
 async def _service_section(once: bool, data_dir: Path) -> int:
     import httpx
 
-    from cm_fhir.service import Service, worker_available
+    from cm_fhir.service import Service
+    from cm_fhir.service_roles import worker_available
 
     key = secrets.token_urlsafe(24)
     settings = load_settings(

@@ -70,7 +70,7 @@ async def _migrate(settings: Settings, migrate: bool) -> None:
 
 async def _run(settings: Settings, once: bool) -> BatchResult:
     from cm_fhir.retention import RetentionJob
-    from cm_fhir.service import make_workers
+    from cm_fhir.service_roles import make_workers
     from cm_fhir.store.engine import engine_for
     from cm_fhir.worker import Worker
 
