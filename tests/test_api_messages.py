@@ -148,7 +148,9 @@ async def test_replay_of_a_dead_letter(
 
 async def test_outbox_summary_and_items(api_client: httpx.AsyncClient) -> None:
     summary = (await api_client.get("/api/outbox")).json()
-    assert {(c["endpoint"], c["state"]) for c in summary["counts"]} == {
+    # the configured endpoint with every state (other tests' endpoints may share the schema)
+    listed = {(c["endpoint"], c["state"]) for c in summary["counts"]}
+    assert {pair for pair in listed if pair[0] == "default"} == {
         ("default", "pending"),
         ("default", "sent"),
         ("default", "failed"),

@@ -70,6 +70,7 @@ __all__ = [
     "error_text",
     "is_retryable",
     "outcome_bytes",
+    "postpone",
     "retry_delay",
 ]
 
@@ -145,6 +146,32 @@ def retry_delay(config: EhrSettings, exc: BaseException, attempts: int) -> float
     if isinstance(exc, RemoteRateLimited | RemoteUnavailable) and asked:
         delay = max(delay, float(asked))
     return float(min(delay, config.retry_max))
+
+
+async def postpone(
+    engine: AsyncEngine,
+    config: EhrSettings,
+    writes: Sequence[CaseWrite],
+    exc: BaseException,
+    *,
+    error: str | None = None,
+    outcome: bytes | None = None,
+) -> int:
+    """Leave ``writes`` (one, then its patient's next ones, which wait behind it) pending for the
+    back-off after ``exc`` (:func:`retry_delay`); ``error`` and ``outcome`` default to the
+    words and the OperationOutcome of ``exc``. The number of rows postponed."""
+    now = datetime.now(UTC)
+    delay = retry_delay(config, exc, writes[0].attempts)
+    async with engine.begin() as connection:
+        await connection.run_sync(
+            settle_retry,
+            list(writes),
+            error if error is not None else error_text(exc),
+            outcome if outcome is not None else outcome_bytes(exc),
+            now,
+            now + timedelta(seconds=delay),
+        )
+    return len(writes)
 
 
 async def claim_work(

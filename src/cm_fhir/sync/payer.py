@@ -47,7 +47,7 @@ from cm_fhir.store.case_repo import file_in_state, read_case
 from cm_fhir.store.case_writes import OutboxRoute
 from cm_fhir.store.ehr_status import lock_cursor, save_cursor
 from cm_fhir.store.fhir_inbox import CLAIM_RESPONSE, fhir_message, store_fhir_message
-from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
+from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_sent
 from cm_fhir.store.payer_reviews import (
     PayerReview,
     due_inquiries,
@@ -66,7 +66,7 @@ from cm_fhir.sync.deliver import (
     error_text,
     is_retryable,
     outcome_bytes,
-    retry_delay,
+    postpone,
 )
 from cm_fhir.sync.notifications import Notification
 from cm_fhir.sync.status_parts import PassResult, events_seen
@@ -130,20 +130,10 @@ class PayerDelivery:
         try:
             response = await self.client.request("POST", operation, body=orjson.loads(write.bundle))
         except Exception as exc:
-            now = datetime.now(UTC)
             if is_retryable(exc):
-                delay = retry_delay(self.config, exc, write.attempts)
-                async with self.engine.begin() as connection:
-                    await connection.run_sync(
-                        settle_retry,
-                        [write, *later],
-                        error_text(exc),
-                        outcome_bytes(exc),
-                        now,
-                        now + timedelta(seconds=delay),
-                    )
-                self.stats.retried += 1 + len(later)
+                self.stats.retried += await postpone(self.engine, self.config, [write, *later], exc)
                 return False
+            now = datetime.now(UTC)
             async with self.engine.begin() as connection:
                 await connection.run_sync(
                     settle_failed, write, error_text(exc), outcome_bytes(exc), now
@@ -185,18 +175,15 @@ class PayerDelivery:
         """A notification answered ``transient-error`` is sent again later (its patient's
         later messages wait); ``fatal-error`` ends it ``failed``, kept with the reply."""
         error = f"the payer answered the notification with {code}"
-        async with self.engine.begin() as connection:
-            if code == _TRANSIENT:
-                delay = retry_delay(self.config, Exception(error), write.attempts)
-                await connection.run_sync(
-                    settle_retry, [write, *later], error, body, now, now + timedelta(seconds=delay)
-                )
-            else:
-                await connection.run_sync(settle_failed, write, error, body, now)
         log.warning("payer %s did not take outbox row %d (%s)", self.endpoint.name, write.id, code)
         if code == _TRANSIENT:
-            self.stats.retried += 1 + len(later)
+            writes = [write, *later]
+            self.stats.retried += await postpone(
+                self.engine, self.config, writes, Exception(error), error=error, outcome=body
+            )
             return False
+        async with self.engine.begin() as connection:
+            await connection.run_sync(settle_failed, write, error, body, now)
         self.stats.failed += 1
         return True
 

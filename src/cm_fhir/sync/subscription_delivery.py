@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import orjson
@@ -30,7 +30,7 @@ from cm_fhir.errors import RemoteAuthError
 from cm_fhir.fhir_client import FhirClient, RetryPolicy
 from cm_fhir.fhir_client.breaker import CircuitBreaker
 from cm_fhir.store.case_tables import OutboxState, outbox
-from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_retry, settle_sent
+from cm_fhir.store.outbox import CaseWrite, settle_failed, settle_sent
 from cm_fhir.store.subscriptions import (
     StoredSubscription,
     active_endpoints,
@@ -45,7 +45,7 @@ from cm_fhir.sync.deliver import (
     error_text,
     is_retryable,
     outcome_bytes,
-    retry_delay,
+    postpone,
 )
 
 __all__ = ["SubscriptionDelivery"]
@@ -171,20 +171,10 @@ class SubscriptionDelivery:
                 url=subscription.request.endpoint,
             )
         except Exception as exc:
-            now = datetime.now(UTC)
             if is_retryable(exc) and not isinstance(exc, RemoteAuthError):
-                delay = retry_delay(self.config, exc, write.attempts)
-                async with self.engine.begin() as connection:
-                    await connection.run_sync(
-                        settle_retry,
-                        [write, *later],
-                        error_text(exc),
-                        outcome_bytes(exc),
-                        now,
-                        now + timedelta(seconds=delay),
-                    )
-                self.stats.retried += 1 + len(later)
+                self.stats.retried += await postpone(self.engine, self.config, [write, *later], exc)
                 return False
+            now = datetime.now(UTC)
             async with self.engine.begin() as connection:  # refused: the subscription ends
                 await connection.run_sync(
                     settle_failed, write, error_text(exc), outcome_bytes(exc), now
