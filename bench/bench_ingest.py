@@ -101,9 +101,10 @@ async def serve_cm(url: str, schema: str | None, with_worker: bool) -> None:
         await listener.start()
         worker = None
         if with_worker:  # as in ``cm-fhir serve``: the worker shares the process and its loop
+            from cm_fhir.service_roles import SWITCH_INTERVAL
             from cm_fhir.worker import Worker
 
-            sys.setswitchinterval(0.0005)  # as serve sets it beside a worker
+            sys.setswitchinterval(SWITCH_INTERVAL)  # as serve sets it beside a worker
             worker = asyncio.create_task(Worker(engine, own_loop=True).run(stop))
         print(READY, listener.port, flush=True)
         await stop.wait()  # never set: the bench terminates this process

@@ -178,9 +178,13 @@ class Worker:
         self._sqlite = engine.dialect.name == "sqlite"
         self._thread_engine = sqlite_thread_engine(engine)
         self._thread: ThreadPoolExecutor | None = None
+        self._release_thread: Callable[[], Any] = lambda: None
         if self._thread_engine is not None:
             self._thread = ThreadPoolExecutor(1, thread_name_prefix="cm-fhir-worker")
-            weakref.finalize(self, _release, self._thread, self._thread_engine)
+            # once: by aclose(), or when the worker is collected without it
+            self._release_thread = weakref.finalize(
+                self, _release, self._thread, self._thread_engine
+            )
         # A loop of its own (``own_loop``, elsewhere than a SQLite file): the worker's Python work
         # leaves the caller's loop, which answers senders in ``cm-fhir serve``; see aclose().
         self._loop: LoopThread | None = None
@@ -198,7 +202,8 @@ class Worker:
 
         On a SQLite file the whole transaction runs in the worker's own thread on a plain
         sqlite3 connection: no thread hop per statement, and the batch's Python work leaves the
-        event loop (and the listener's ACKs) free. Elsewhere it runs on the async connection.
+        event loop (and the listener's ACKs) free. With ``own_loop`` it runs on the worker's
+        own event loop and engine; otherwise on the caller's async connection.
         """
         if self._thread is not None:
             return await self._in_thread(_in_transaction, work, *args)
@@ -210,9 +215,7 @@ class Worker:
         """Release the worker's own thread, loop and connections (the engine given stays open)."""
         if self._loop is not None and self._loop_engine is not None:
             await self._loop.close(self._loop_engine.dispose())
-        if self._thread is not None and self._thread_engine is not None:
-            self._thread.shutdown(wait=True)
-            self._thread_engine.dispose()
+        self._release_thread()
 
     async def _in_thread(self, work: Callable[..., _T], *args: Any) -> _T:
         """``work(engine, *args)`` in the worker's thread, on its SQLite engine."""
@@ -253,18 +256,20 @@ class Worker:
         self.totals.add(result)
         return result
 
-    def _note_arrivals(self, connection: Connection) -> None:
-        top = inbox_top(connection)
-        self._arriving = self._top is None or top != self._top
-        self._top = top
-
-    def _claim(self, connection: Connection, retry_before: datetime) -> BatchResult:
-        """One batch in the caller's transaction, of :attr:`batch_limit` rows, once it is known
+    def _next_limit(self, connection: Connection) -> int:
+        """The rows this batch claims, once it is known (in the batch's first transaction)
         whether rows arrived since the batch before."""
         if self._budget > 0:
-            self._note_arrivals(connection)
+            top = inbox_top(connection)
+            self._arriving = self._top is None or top != self._top
+            self._top = top
         limit = self.batch_limit
         self._one_at_a_time = max(0, self._one_at_a_time - 1)
+        return limit
+
+    def _claim(self, connection: Connection, retry_before: datetime) -> BatchResult:
+        """One batch whole in the caller's transaction."""
+        limit = self._next_limit(connection)
         started = time.perf_counter()
         result = self.processor.process(connection, limit, retry_before)
         self._locked_seconds = time.perf_counter() - started
@@ -278,11 +283,7 @@ class Worker:
         with engine.connect() as reader:
             reader = reader.execution_options(**{READ_ONLY_OPTION: True})
             with reader.begin():
-                if self._budget > 0:
-                    self._note_arrivals(reader)
-                limit = self.batch_limit
-                self._one_at_a_time = max(0, self._one_at_a_time - 1)
-                prepared = self.processor.prepare(reader, limit, retry_before)
+                prepared = self.processor.prepare(reader, self._next_limit(reader), retry_before)
         if not prepared.rows:
             return BatchResult()
         with engine.begin() as writer:
@@ -399,5 +400,5 @@ def _in_transaction(engine: Engine, work: Callable[..., _T], *args: Any) -> _T:
 
 
 def _release(thread: ThreadPoolExecutor, engine: Engine) -> None:
-    thread.shutdown(wait=False)
+    thread.shutdown(wait=False)  # may run on that thread (collected there): never join it
     engine.dispose()
